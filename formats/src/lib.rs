@@ -1,0 +1,6 @@
+//! auditlog-formats: every byte layout and pure algorithm of auditlog. No I/O, no async.
+//! The layouts are written down in `FORMATS.md` next to this crate.
+
+pub mod hash;
+
+pub use hash::{Hash, TreeHash};
