@@ -2,5 +2,6 @@
 //! The layouts are written down in `FORMATS.md` next to this crate.
 
 pub mod hash;
+pub mod tree;
 
 pub use hash::{Hash, TreeHash};
