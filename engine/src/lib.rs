@@ -1,1 +1,661 @@
-// placeholder
+//! auditlog-engine: where the bytes are and when they are durable.
+//!
+//! Threads, each owning one job: the sequencer (batches, appends, syncs, tree, receipts),
+//! the checkpointer (signs the newest tree head on its own clock), the sealer (compresses
+//! full segments), the preallocator (zero-fills the next segment file). Producers build an
+//! [`EventBatch`] on their own thread (validation, record encoding and leaf hashing run
+//! there, in parallel) and submit it into a bounded queue.
+
+mod checkpointer;
+pub mod checkpoints;
+pub mod config;
+pub mod error;
+mod hashstore;
+mod io;
+mod recovery;
+mod sealer;
+mod segments;
+mod sequencer;
+pub mod signer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use auditlog_formats::batch::push_entry;
+use auditlog_formats::note::VerifierKey;
+use auditlog_formats::record::Record;
+use auditlog_formats::schema;
+use auditlog_formats::tree::{self, HashReader, NodeId};
+use auditlog_formats::{Hash, TreeHash};
+use crossbeam_channel::{Sender, TrySendError};
+
+pub use checkpoints::SignedCheckpoint;
+pub use config::{EngineConfig, FaultHooks, IoMode};
+pub use error::{EngineError, Result};
+pub use signer::{KeyFileSigner, Signer};
+
+use hashstore::HashFiles;
+use segments::{BatchLoc, Segment};
+
+/// What a producer gets back once its events are durable.
+#[derive(Clone, Debug)]
+pub struct Receipts {
+    pub first_index: u64,
+    pub received_at_unix_ns: u64,
+    pub leaf_hashes: Vec<Hash>,
+}
+
+pub type Done = Box<dyn FnOnce(Result<Receipts>) + Send>;
+
+pub(crate) struct Submission {
+    pub body: Vec<u8>,
+    pub leaf_hashes: Vec<Hash>,
+    pub count: u32,
+    pub max_classification: u8,
+    pub received_at_unix_ns: u64,
+    pub done: Done,
+}
+
+/// Events on their way in, built on the producer's thread: each `push` validates the
+/// payload, frames its record and hashes its leaf, so the sequencer only orders and writes.
+pub struct EventBatch {
+    alg: TreeHash,
+    mode: schema::SchemaMode,
+    bytes_max: usize,
+    received_at_unix_ns: u64,
+    body: Vec<u8>,
+    leaf_hashes: Vec<Hash>,
+    max_classification: u8,
+}
+
+pub fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl EventBatch {
+    pub fn len(&self) -> usize {
+        self.leaf_hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaf_hashes.is_empty()
+    }
+
+    pub fn body_bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Adds one event. On refusal nothing of it is kept.
+    pub fn push(&mut self, payload: &[u8]) -> Result<()> {
+        let position = self.leaf_hashes.len();
+        let info = schema::validate(payload, self.mode).map_err(|e| EngineError::BadEvent {
+            position,
+            reason: e.to_string(),
+        })?;
+        let record = Record {
+            received_at_unix_ns: self.received_at_unix_ns,
+            payload,
+        };
+        let added = 4 + record.encoded_len();
+        if self.body.len() + added > self.bytes_max {
+            return Err(EngineError::SubmissionTooLarge {
+                bytes: self.body.len() + added,
+                max: self.bytes_max,
+            });
+        }
+        let start = self.body.len();
+        push_entry(&mut self.body, &record);
+        self.leaf_hashes
+            .push(self.alg.leaf(&self.body[start + 4..]));
+        self.max_classification = self.max_classification.max(info.classification as u8);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub events: u64,
+    pub bytes: u64,
+    pub batches: u64,
+    pub sync_ns_total: u64,
+}
+
+/// A consistent view of the head the sequencer last made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeHead {
+    pub size: u64,
+    pub root: Hash,
+}
+
+pub(crate) struct SegmentSet {
+    sealed: Vec<Arc<Segment>>,
+    open: Vec<OpenView>,
+}
+
+pub(crate) struct OpenView {
+    first: u64,
+    end: u64,
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    batches: Vec<BatchLoc>,
+}
+
+pub(crate) struct Shared {
+    pub config: EngineConfig,
+    pub hashes: HashFiles,
+    pub signer: Arc<dyn Signer>,
+    pub io_mode_name: &'static str,
+    head: Mutex<TreeHead>,
+    size: AtomicU64,
+    segments: RwLock<SegmentSet>,
+    checkpoint: Mutex<Option<Arc<SignedCheckpoint>>>,
+    checkpoint_cv: Condvar,
+    checkpoint_wanted: Mutex<u64>,
+    checkpoint_wake: Condvar,
+    checkpoint_at: Mutex<Option<Instant>>,
+    failed: Mutex<Option<String>>,
+    failed_flag: AtomicBool,
+    prealloc_error: Mutex<Option<String>>,
+    signer_error: Mutex<Option<String>>,
+    shutting_down: AtomicBool,
+    stats: Mutex<Stats>,
+}
+
+impl Shared {
+    pub fn segments_dir(&self) -> PathBuf {
+        self.config.data_dir.join("segments")
+    }
+
+    pub fn fail(&self, reason: &str) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            tracing::error!("engine stops accepting writes: {reason}");
+            *f = Some(reason.to_string());
+        }
+        self.failed_flag.store(true, Ordering::SeqCst);
+    }
+
+    pub fn failed(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn prealloc_error(&self) -> Option<String> {
+        self.prealloc_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_prealloc_error(&self, e: Option<String>) {
+        *self
+            .prealloc_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    pub fn set_signer_error(&self, e: Option<String>) {
+        *self.signer_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    pub fn head(&self) -> TreeHead {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a durable batch visible: its location to readers, the head to everyone.
+    fn publish(
+        &self,
+        open: &sequencer::OpenSegment,
+        loc: BatchLoc,
+        size: u64,
+        root: Hash,
+        bytes: u64,
+        sync_ns: u64,
+    ) {
+        {
+            let mut set = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            let view = set
+                .open
+                .iter_mut()
+                .find(|v| v.first == open.first)
+                .expect("open segment is registered");
+            view.batches.push(loc);
+            view.end = size;
+        }
+        {
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.events += size - loc.first_index;
+            s.bytes += bytes;
+            s.batches += 1;
+            s.sync_ns_total += sync_ns;
+        }
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = TreeHead { size, root };
+        self.size.store(size, Ordering::Release);
+    }
+
+    fn add_open_segment(&self, open: &sequencer::OpenSegment) {
+        let mut set = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        set.open.push(OpenView {
+            first: open.first,
+            end: open.first,
+            path: open.path.clone(),
+            file: open.file.clone(),
+            batches: Vec::new(),
+        });
+    }
+
+    fn remove_open_segment(&self, first: u64) {
+        let mut set = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        set.open.retain(|v| v.first != first);
+    }
+
+    /// The sealer's last step: the sealed file replaces the open one for readers.
+    fn replace_with_sealed(&self, sealed: Segment) {
+        let mut set = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        set.open.retain(|v| v.first != sealed.first);
+        set.sealed.push(Arc::new(sealed));
+        set.sealed.sort_by_key(|s| s.first);
+    }
+
+    fn set_checkpoint(&self, cp: SignedCheckpoint) {
+        *self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cp));
+        self.checkpoint_cv.notify_all();
+    }
+
+    fn checkpoint_age_ms(&self) -> Option<u64> {
+        self.checkpoint_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed().as_millis() as u64)
+    }
+
+    fn latest_checkpoint(&self) -> Option<Arc<SignedCheckpoint>> {
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads `[start, end)` in order through `f`, which returns false to stop early.
+    fn for_each_record(
+        &self,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut at = start;
+        while at < end {
+            // Resolve where `at` lives under the lock, read outside it.
+            let plan = {
+                let set = self.segments.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(s) = set.sealed.iter().find(|s| s.first <= at && at < s.end) {
+                    ReadPlan::Sealed(s.clone())
+                } else if let Some(v) = set.open.iter().find(|v| v.first <= at && at < v.end) {
+                    let stop = end.min(v.end);
+                    let i = v
+                        .batches
+                        .partition_point(|b| b.first_index <= at)
+                        .saturating_sub(1);
+                    let j = v.batches.partition_point(|b| b.first_index < stop);
+                    ReadPlan::Open(Segment {
+                        first: v.first,
+                        end: stop,
+                        path: v.path.clone(),
+                        file: v.file.clone(),
+                        body: segments::Body::Open {
+                            batches: v.batches[i..j].to_vec(),
+                        },
+                    })
+                } else {
+                    return Err(EngineError::Corrupt {
+                        path: self.segments_dir(),
+                        what: format!("no segment holds index {at}"),
+                    });
+                }
+            };
+            let seg: &Segment = match &plan {
+                ReadPlan::Sealed(s) => s,
+                ReadPlan::Open(s) => s,
+            };
+            let seg_end = seg.end;
+            if !seg.for_each_record(at, end, f)? {
+                return Ok(());
+            }
+            at = seg_end.min(end);
+        }
+        Ok(())
+    }
+}
+
+enum ReadPlan {
+    Sealed(Arc<Segment>),
+    Open(Segment),
+}
+
+/// What the engine says about itself, for `/ready`, metrics and operators.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub tree_size: u64,
+    pub checkpoint_size: Option<u64>,
+    pub checkpoint_age_ms: Option<u64>,
+    pub failed: Option<String>,
+    pub preallocation_error: Option<String>,
+    pub signer_error: Option<String>,
+    pub io_mode: &'static str,
+    pub sealed_segments: usize,
+    pub open_segments: usize,
+    pub stats: Stats,
+    pub recovery: recovery::RecoveryReport,
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    submit_tx: Option<Sender<Submission>>,
+    threads: Vec<JoinHandle<()>>,
+    recovery: recovery::RecoveryReport,
+    started: Instant,
+}
+
+impl Engine {
+    /// Opens (or creates) the log in `config.data_dir`, recovering whatever a crash left,
+    /// with the development key file signer unless `signer` is given.
+    pub fn open(config: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
+        recovery::open(config, signer)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    pub fn tree_hash(&self) -> TreeHash {
+        self.shared.config.tree_hash
+    }
+
+    pub fn verifier_key(&self) -> VerifierKey {
+        self.shared.signer.verifier_key()
+    }
+
+    pub fn new_batch(&self) -> EventBatch {
+        let c = &self.shared.config;
+        EventBatch {
+            alg: c.tree_hash,
+            mode: c.schema,
+            bytes_max: c.submission_bytes_max,
+            received_at_unix_ns: now_unix_ns(),
+            body: Vec::new(),
+            leaf_hashes: Vec::new(),
+            max_classification: 0,
+        }
+    }
+
+    fn submission(
+        &self,
+        batch: EventBatch,
+        done: Done,
+    ) -> Result<(Sender<Submission>, Submission)> {
+        if let Some(why) = self.shared.failed() {
+            return Err(if why.starts_with("disk full") {
+                EngineError::DiskFull(why)
+            } else {
+                EngineError::Failed(why)
+            });
+        }
+        let tx = self.submit_tx.clone().ok_or(EngineError::ShuttingDown)?;
+        if batch.is_empty() {
+            return Err(EngineError::BadRequest("no events".into()));
+        }
+        Ok((
+            tx,
+            Submission {
+                count: batch.leaf_hashes.len() as u32,
+                body: batch.body,
+                leaf_hashes: batch.leaf_hashes,
+                max_classification: batch.max_classification,
+                received_at_unix_ns: batch.received_at_unix_ns,
+                done,
+            },
+        ))
+    }
+
+    /// Queues a batch; `done` runs (on the sequencer thread: keep it short) once the events
+    /// are durable or refused. Blocks while the queue is full: that is the back-pressure.
+    pub fn submit(&self, batch: EventBatch, done: Done) -> Result<()> {
+        let (tx, s) = self.submission(batch, done)?;
+        tx.send(s).map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// As `submit`, but refuses with `QueueFull` instead of waiting.
+    pub fn try_submit(&self, batch: EventBatch, done: Done) -> Result<()> {
+        let (tx, s) = self.submission(batch, done)?;
+        match tx.try_send(s) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(EngineError::QueueFull(
+                self.shared.config.queue_submissions_max,
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShuttingDown),
+        }
+    }
+
+    /// Submits and waits for the receipts.
+    pub fn append(&self, batch: EventBatch) -> Result<Receipts> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(batch, Box::new(move |r| drop(tx.send(r))))?;
+        rx.recv().map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Validates and appends payloads in one batch (a convenience for tools and tests).
+    pub fn append_payloads<'a>(
+        &self,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Receipts> {
+        let mut b = self.new_batch();
+        for p in payloads {
+            b.push(p)?;
+        }
+        self.append(b)
+    }
+
+    pub fn head(&self) -> TreeHead {
+        self.shared.head()
+    }
+
+    pub fn tree_size(&self) -> u64 {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    /// The exact record bytes (`version || received_at || payload`) at `index`.
+    pub fn read_record(&self, index: u64) -> Result<Vec<u8>> {
+        let size = self.tree_size();
+        if index >= size {
+            return Err(EngineError::NotFound { index, size });
+        }
+        let mut out = None;
+        self.shared
+            .for_each_record(index, index + 1, &mut |_, rec| {
+                out = Some(rec.to_vec());
+                Ok(false)
+            })?;
+        out.ok_or(EngineError::NotFound { index, size })
+    }
+
+    /// Calls `f(index, record)` for `[start, end)`, clipped to the tree; `f` returns false
+    /// to stop. Memory stays at one batch or block whatever the range.
+    pub fn read_records(
+        &self,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let end = end.min(self.tree_size());
+        if start >= end {
+            return Ok(());
+        }
+        self.shared.for_each_record(start, end, f)
+    }
+
+    pub fn leaf_hash(&self, index: u64) -> Result<Hash> {
+        let size = self.tree_size();
+        if index >= size {
+            return Err(EngineError::NotFound { index, size });
+        }
+        Ok(self.shared.hashes.read_hashes(&[NodeId::new(0, index)])?[0])
+    }
+
+    pub fn latest_checkpoint(&self) -> Option<Arc<SignedCheckpoint>> {
+        self.shared.latest_checkpoint()
+    }
+
+    /// Asks the checkpointer to sign now and waits (up to `timeout`) for a checkpoint that
+    /// covers at least `min_size`.
+    pub fn wait_checkpoint(
+        &self,
+        min_size: u64,
+        timeout: Duration,
+    ) -> Option<Arc<SignedCheckpoint>> {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut want = self
+                .shared
+                .checkpoint_wanted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *want = (*want).max(min_size);
+            self.shared.checkpoint_wake.notify_all();
+        }
+        let mut guard = self
+            .shared
+            .checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(cp) = guard.as_ref() {
+                if cp.checkpoint.size >= min_size {
+                    return Some(cp.clone());
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            guard = self
+                .shared
+                .checkpoint_cv
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn proof_size_check(&self, size: u64) -> Result<()> {
+        let signed = self
+            .latest_checkpoint()
+            .map(|c| c.checkpoint.size)
+            .unwrap_or(0);
+        if size > signed {
+            return Err(EngineError::BadRequest(format!(
+                "tree size {size} is beyond the newest checkpoint ({signed})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// RFC 9162 inclusion proof of `index` in the tree of `size` (at most the newest checkpoint).
+    pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        self.proof_size_check(size)?;
+        tree::prove_inclusion(self.tree_hash(), index, size, &self.shared.hashes)?
+            .map_err(|e| EngineError::BadRequest(e.to_string()))
+    }
+
+    /// RFC 9162 consistency proof between the trees of `from` and `to`.
+    pub fn prove_consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>> {
+        self.proof_size_check(to)?;
+        tree::prove_consistency(self.tree_hash(), from, to, &self.shared.hashes)?
+            .map_err(|e| EngineError::BadRequest(e.to_string()))
+    }
+
+    /// The root of the tree at `size` (at most the current size).
+    pub fn root_at(&self, size: u64) -> Result<Hash> {
+        if size > self.tree_size() {
+            return Err(EngineError::BadRequest(format!(
+                "tree size {size} is beyond the log ({})",
+                self.tree_size()
+            )));
+        }
+        tree::tree_hash(self.tree_hash(), size, &self.shared.hashes)
+    }
+
+    pub fn status(&self) -> Status {
+        let cp = self.latest_checkpoint();
+        let set = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        Status {
+            tree_size: self.tree_size(),
+            checkpoint_size: cp.as_ref().map(|c| c.checkpoint.size),
+            checkpoint_age_ms: self.shared.checkpoint_age_ms(),
+            failed: self.shared.failed(),
+            preallocation_error: self.shared.prealloc_error(),
+            signer_error: self
+                .shared
+                .signer_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            io_mode: self.shared.io_mode_name,
+            sealed_segments: set.sealed.len(),
+            open_segments: set.open.len(),
+            stats: self
+                .shared
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            recovery: self.recovery.clone(),
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops taking writes, lets the sequencer drain what is queued, signs a final
+    /// checkpoint, and waits for every thread.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop();
+        match self.shared.failed() {
+            Some(why) => Err(EngineError::Failed(why)),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        // Sequencer first (threads[0]): it drains the queue once its sender is gone. Then
+        // the others see the flag; the checkpointer signs a final checkpoint on its way out.
+        self.submit_tx.take();
+        let mut threads = self.threads.drain(..);
+        if let Some(seq) = threads.next() {
+            let _ = seq.join();
+        }
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.checkpoint_wake.notify_all();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

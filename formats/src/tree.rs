@@ -546,6 +546,33 @@ impl RightEdge {
         Ok(edge)
     }
 
+    /// The edge of a tree of `size` from its complete-subtree roots, largest first (the
+    /// order of [`RightEdge::subtree_roots`]).
+    pub fn from_parts(alg: TreeHash, size: u64, roots: &[Hash]) -> RightEdge {
+        assert_eq!(
+            roots.len(),
+            size.count_ones() as usize,
+            "bad math: edge of {size}"
+        );
+        let mut edge = RightEdge::new(alg);
+        edge.size = size;
+        let levels = (0..64u8).rev().filter(|l| size & (1u64 << l) != 0);
+        for (level, h) in levels.zip(roots) {
+            edge.edge[level as usize] = *h;
+        }
+        edge
+    }
+
+    /// The roots of the complete subtrees the tree splits into, largest (leftmost) first.
+    /// Together they determine every later tree head.
+    pub fn subtree_roots(&self) -> Vec<Hash> {
+        (0..64u8)
+            .rev()
+            .filter(|l| self.size & (1u64 << l) != 0)
+            .map(|l| self.edge[l as usize])
+            .collect()
+    }
+
     pub fn alg(&self) -> TreeHash {
         self.alg
     }

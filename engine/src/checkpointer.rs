@@ -1,0 +1,96 @@
+//! The checkpointer: on its own clock (or sooner when asked), makes the hash store durable
+//! up to the newest head, signs that head, appends the note to the checkpoint log, syncs,
+//! and only then announces it. Signing never sits on the ingest path: a slow or failing
+//! signer delays checkpoints, never acknowledgements.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditlog_formats::note::Checkpoint;
+
+use crate::checkpoints::{CheckpointLog, SignedCheckpoint};
+use crate::error::Result;
+use crate::Shared;
+
+pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
+    let interval = Duration::from_millis(shared.config.checkpoint_interval_ms.max(1));
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let stopping = shared.shutting_down.load(Ordering::SeqCst);
+        match checkpoint_once(&shared, &mut log) {
+            Ok(()) => {
+                shared.set_signer_error(None);
+                backoff = Duration::from_millis(50);
+            }
+            Err(e) => {
+                tracing::warn!("checkpoint failed, will retry in {backoff:?}: {e}");
+                shared.set_signer_error(Some(e.to_string()));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if !stopping {
+                    continue;
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        // Sleep until the interval passes or someone asks for a size we have not signed.
+        let deadline = Instant::now() + interval;
+        let mut want = shared
+            .checkpoint_wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        loop {
+            let signed = shared
+                .latest_checkpoint()
+                .map(|c| c.checkpoint.size)
+                .unwrap_or(0);
+            let head = shared.head().size;
+            if shared.shutting_down.load(Ordering::SeqCst) || (*want > signed && head > signed) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Short waits: a waiter's size may become available without anyone notifying us.
+            let step = (deadline - now).min(Duration::from_millis(2));
+            want = shared
+                .checkpoint_wake
+                .wait_timeout(want, step)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
+    let head = shared.head();
+    if let Some(cp) = shared.latest_checkpoint() {
+        if cp.checkpoint.size == head.size {
+            return Ok(());
+        }
+        assert!(
+            cp.checkpoint.size < head.size,
+            "tree shrank below its checkpoint"
+        );
+    }
+    // The checkpoint promises the hashes behind it survive a crash.
+    shared.hashes.sync()?;
+    let checkpoint = Checkpoint {
+        origin: shared.config.origin.clone(),
+        size: head.size,
+        root: head.root,
+        extensions: Vec::new(),
+    };
+    let note = crate::signer::sign_checkpoint(&checkpoint, &[shared.signer.as_ref()])?;
+    log.append(&note)?;
+    shared.set_checkpoint(SignedCheckpoint { checkpoint, note });
+    *shared
+        .checkpoint_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Engine configuration: every queue, batch and file size has a named limit here.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use auditlog_formats::schema::SchemaMode;
+use auditlog_formats::TreeHash;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// io_uring when the kernel has it (probed at start), else pwrite + fdatasync.
+    #[default]
+    Auto,
+    IoUring,
+    Pwrite,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// The checkpoint origin line; fixed at log creation.
+    pub origin: String,
+    /// Fixed at log creation; a different value on reopen is refused.
+    pub tree_hash: TreeHash,
+    pub schema: SchemaMode,
+    /// Submissions waiting for the sequencer; a full queue blocks or refuses producers.
+    pub queue_submissions_max: usize,
+    /// One submission's body; bounds the queue's memory with `queue_submissions_max`.
+    pub submission_bytes_max: usize,
+    /// One group commit: bytes and events appended by one write and one sync.
+    pub batch_bytes_max: usize,
+    pub batch_events_max: usize,
+    /// Size of each open segment file, zero-filled ahead of the writer.
+    pub segment_bytes: u64,
+    /// Seal the open segment once it is this old, even if not full (0: never by age).
+    pub seal_age_ms: u64,
+    pub checkpoint_interval_ms: u64,
+    /// Raw bytes per compressed block of a sealed segment.
+    pub block_raw_bytes: usize,
+    pub zstd_level: i32,
+    pub io_mode: IoMode,
+    /// Test hooks that make the next sync or write fail.
+    pub faults: Option<Arc<FaultHooks>>,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            origin: "auditlog.local/log".to_string(),
+            tree_hash: TreeHash::Sha256,
+            schema: SchemaMode::Audit,
+            queue_submissions_max: 4096,
+            submission_bytes_max: 4 << 20,
+            batch_bytes_max: 4 << 20,
+            batch_events_max: 65536,
+            segment_bytes: 256 << 20,
+            seal_age_ms: 300_000,
+            checkpoint_interval_ms: 1000,
+            block_raw_bytes: 256 << 10,
+            zstd_level: 3,
+            io_mode: IoMode::Auto,
+            faults: None,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.batch_bytes_max < 128 << 10 {
+            return Err(
+                "batch_bytes_max must be at least 128 KiB (one largest event and its framing)"
+                    .into(),
+            );
+        }
+        if self.submission_bytes_max > self.batch_bytes_max {
+            return Err("submission_bytes_max must not exceed batch_bytes_max".into());
+        }
+        if self.segment_bytes < 2 * self.batch_bytes_max as u64 {
+            return Err("segment_bytes must hold at least two full batches".into());
+        }
+        if self.queue_submissions_max == 0 || self.batch_events_max == 0 {
+            return Err("queue_submissions_max and batch_events_max must be positive".into());
+        }
+        if self.origin.is_empty() || self.origin.chars().any(|c| c.is_control()) {
+            return Err("origin must be a non-empty line of text".into());
+        }
+        Ok(())
+    }
+}
+
+/// Failure injection for tests: each flag, once set, makes the next such operation fail
+/// (and clears itself).
+#[derive(Debug, Default)]
+pub struct FaultHooks {
+    pub fail_next_sync: AtomicBool,
+    pub enospc_next_write: AtomicBool,
+}

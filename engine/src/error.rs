@@ -1,0 +1,57 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("event {position} refused: {reason}")]
+    BadEvent { position: usize, reason: String },
+    #[error("submission of {bytes} bytes is over the {max}-byte limit")]
+    SubmissionTooLarge { bytes: usize, max: usize },
+    #[error("submission queue is full ({0} waiting)")]
+    QueueFull(usize),
+    #[error("engine refuses writes: {0}")]
+    Failed(String),
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    #[error("engine is shutting down")]
+    ShuttingDown,
+    #[error("index {index} is not in the log (size {size})")]
+    NotFound { index: u64, size: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("signer: {0}")]
+    Signer(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(
+    path: impl Into<PathBuf>,
+    what: impl Into<String>,
+) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.into();
+    let what = what.into();
+    move |source| {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            EngineError::DiskFull(format!("{}: {what}", path.display()))
+        } else {
+            EngineError::Io { path, what, source }
+        }
+    }
+}
+
+pub(crate) fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> EngineError {
+    EngineError::Corrupt {
+        path: path.into(),
+        what: what.into(),
+    }
+}

@@ -1,0 +1,525 @@
+//! Opening a log: check its metadata, load the newest checkpoint, scan segments (cutting a
+//! torn tail of the open one), bring the hash store to the checkpoint and re-derive it past
+//! that from the records, refuse to start if the checkpoint and the segments disagree, then
+//! start the threads.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use auditlog_formats::tree::{self, RightEdge};
+use auditlog_formats::{Hash, TreeHash};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoints::CheckpointLog;
+use crate::config::EngineConfig;
+use crate::error::{corrupt, io_err, EngineError, Result};
+use crate::hashstore::{HashFiles, PendingNodes};
+use crate::io::Appender;
+use crate::segments::{self, parse_name, Body, Segment, SegmentName};
+use crate::sequencer::{OpenSegment, Sequencer};
+use crate::signer::{KeyFileSigner, Signer};
+use crate::{Engine, OpenView, SegmentSet, Shared, Stats, TreeHead};
+
+/// What recovery found and did, for the operator.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub tree_size: u64,
+    pub checkpoint_size: u64,
+    pub rederived_leaves: u64,
+    pub hash_store_rebuilt: bool,
+    pub torn_tail: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogMeta {
+    pub format: u32,
+    pub origin: String,
+    pub tree_hash: String,
+    pub created_at_unix_ns: u64,
+}
+
+pub(crate) fn load_or_create_meta(cfg: &EngineConfig) -> Result<LogMeta> {
+    let path = cfg.data_dir.join("log.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
+        let meta: LogMeta =
+            serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;
+        if meta.origin != cfg.origin {
+            return Err(EngineError::Config(format!(
+                "{}: the log's origin is {:?}, the configuration says {:?}",
+                path.display(),
+                meta.origin,
+                cfg.origin
+            )));
+        }
+        if TreeHash::from_name(&meta.tree_hash) != Some(cfg.tree_hash) {
+            return Err(EngineError::Config(format!(
+                "{}: the log's tree hash is {}, fixed at creation; the configuration says {}",
+                path.display(),
+                meta.tree_hash,
+                cfg.tree_hash.name()
+            )));
+        }
+        return Ok(meta);
+    }
+    let meta = LogMeta {
+        format: 1,
+        origin: cfg.origin.clone(),
+        tree_hash: cfg.tree_hash.name().to_string(),
+        created_at_unix_ns: crate::now_unix_ns(),
+    };
+    let tmp = path.with_extension("partial");
+    let text =
+        serde_json::to_string_pretty(&meta).map_err(|e| EngineError::Config(e.to_string()))?;
+    std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp, "write"))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp, "sync"))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path, "install"))?;
+    crate::io::sync_dir(&cfg.data_dir).map_err(io_err(&cfg.data_dir, "sync"))?;
+    Ok(meta)
+}
+
+pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
+    let started = Instant::now();
+    cfg.validate().map_err(EngineError::Config)?;
+    let seg_dir = cfg.data_dir.join("segments");
+    std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "create data directory"))?;
+    let _meta = load_or_create_meta(&cfg)?;
+    let signer: Arc<dyn Signer> = match signer {
+        Some(s) => s,
+        None => Arc::new(KeyFileSigner::load_or_create(
+            &cfg.data_dir.join("keys/checkpoint.key"),
+            &key_name(&cfg.origin),
+        )?),
+    };
+    let alg = cfg.tree_hash;
+    let mut report = RecoveryReport::default();
+
+    // 1. The newest checkpoint: a promise about what the segments hold.
+    let (cp_log, latest) = CheckpointLog::open(
+        &cfg.data_dir.join("checkpoints.log"),
+        &cfg.origin,
+        &[signer.verifier_key()],
+    )?;
+    let (cp_size, cp_root) = latest
+        .as_ref()
+        .map(|c| (c.checkpoint.size, c.checkpoint.root))
+        .unwrap_or((0, alg.empty()));
+    report.checkpoint_size = cp_size;
+
+    // 2. The hash store, brought back to exactly the checkpoint.
+    let hashes = HashFiles::open(&cfg.data_dir.join("hashes"))?;
+    let mut derive_from = cp_size;
+    let store_ok = hashes.truncate_to(cp_size)?
+        && tree::tree_hash(alg, cp_size, &hashes)
+            .map(|r| r == cp_root)
+            .unwrap_or(false);
+    if !store_ok {
+        tracing::warn!(
+            "hash store does not match checkpoint {cp_size}; rebuilding it from the segments"
+        );
+        hashes.clear()?;
+        derive_from = 0;
+        report.hash_store_rebuilt = true;
+    }
+    let mut edge = if derive_from == 0 {
+        RightEdge::new(alg)
+    } else {
+        RightEdge::load(alg, derive_from, &hashes)?
+    };
+    let mut pending = PendingNodes::new();
+    let mut root_at_cp: Option<Hash> = (derive_from == cp_size).then_some(cp_root);
+    let mut derive =
+        |index: u64, rec: &[u8], edge: &mut RightEdge, pending: &mut PendingNodes| -> Result<()> {
+            if index < derive_from {
+                return Ok(());
+            }
+            assert_eq!(index, edge.size(), "re-derivation out of order");
+            edge.append(alg.leaf(rec), |n, h| pending.push(n, h));
+            if edge.size() == cp_size {
+                root_at_cp = Some(edge.root());
+            }
+            if edge.size().is_multiple_of(65536) {
+                pending.flush(&hashes)?;
+            }
+            Ok(())
+        };
+
+    // 3. Segments in order: sealed ones, then open ones; contiguous from leaf 0.
+    let mut sealed_list = Vec::new();
+    let mut open_list = Vec::new();
+    let mut prealloc = Vec::new();
+    for entry in std::fs::read_dir(&seg_dir).map_err(io_err(&seg_dir, "list"))? {
+        let entry = entry.map_err(io_err(&seg_dir, "list"))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        match parse_name(&name) {
+            Some(SegmentName::Sealed(a, b)) => sealed_list.push((a, b, entry.path())),
+            Some(SegmentName::Open(a)) => open_list.push((a, entry.path())),
+            Some(SegmentName::Prealloc) => prealloc.push(entry.path()),
+            Some(SegmentName::Temporary) => {
+                std::fs::remove_file(entry.path())
+                    .map_err(io_err(entry.path(), "remove leftover"))?;
+            }
+            None => tracing::warn!("ignoring unknown file {}", entry.path().display()),
+        }
+    }
+    sealed_list.sort();
+    open_list.sort();
+    let mut set = SegmentSet {
+        sealed: Vec::new(),
+        open: Vec::new(),
+    };
+    let mut end = 0u64;
+    for (a, b, path) in sealed_list {
+        if a != end || b <= a {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "sealed segment [{a}, {b}) does not follow leaf {end}: a segment is missing"
+                ),
+            ));
+        }
+        let file = std::fs::File::open(&path).map_err(io_err(&path, "open"))?;
+        let (header, footer) = segments::load_sealed(&path, &file)?;
+        if header.first_index != a
+            || header.first_index + header.count != b
+            || header.tree_hash != alg
+        {
+            return Err(corrupt(
+                &path,
+                "header does not match the file name or the log's tree hash",
+            ));
+        }
+        let seg = Segment {
+            first: a,
+            end: b,
+            path: path.clone(),
+            file: Arc::new(file),
+            body: Body::Sealed {
+                footer: Arc::new(footer),
+            },
+        };
+        if b > derive_from {
+            seg.for_each_record(derive_from.max(a), b, &mut |i, rec| {
+                derive(i, rec, &mut edge, &mut pending)?;
+                Ok(true)
+            })?;
+        }
+        set.sealed.push(Arc::new(seg));
+        end = b;
+    }
+    let mut open_state: Option<OpenSegment> = None;
+    let mut to_seal = Vec::new();
+    let open_count = open_list.len();
+    for (n, (a, path)) in open_list.into_iter().enumerate() {
+        if a < end {
+            // Sealed before the crash; only the delete was lost.
+            std::fs::remove_file(&path).map_err(io_err(&path, "remove sealed open segment"))?;
+            continue;
+        }
+        if a != end {
+            return Err(corrupt(
+                &path,
+                format!("open segment starts at {a}, expected {end}: a segment is missing"),
+            ));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        let allowance = cfg.batch_bytes_max as u64 + 64;
+        let mut max_class = 0u8;
+        let scan = segments::scan_open(&path, &file, a, allowance, |i, rec| {
+            derive(i, rec, &mut edge, &mut pending)
+        })?;
+        for b in &scan.batches {
+            let mut h = [0u8; auditlog_formats::batch::BATCH_HEADER_BYTES];
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut h, b.offset)
+                .map_err(io_err(&path, "read"))?;
+            max_class = max_class.max(h[20]);
+        }
+        if let Some((at, why)) = &scan.torn {
+            if n + 1 != open_count {
+                return Err(corrupt(
+                    &path,
+                    format!("batch at offset {at}: {why}, in a segment that is not the last"),
+                ));
+            }
+            let msg = format!("{}: cut torn tail at offset {at} ({why})", path.display());
+            tracing::warn!("{msg}");
+            report.torn_tail = Some(msg);
+            // Zero what the torn write left, so no stale bytes sit after the next batch.
+            let file_len = file.metadata().map_err(io_err(&path, "stat"))?.len();
+            let zero_to = (at + allowance).min(file_len);
+            let zeros = vec![0u8; (zero_to - at) as usize];
+            crate::io::pwritev_all(&file, *at, &[&zeros])
+                .map_err(io_err(&path, "zero torn tail"))?;
+            file.sync_data().map_err(io_err(&path, "fdatasync"))?;
+        }
+        let file = Arc::new(file);
+        set.open.push(OpenView {
+            first: a,
+            end: scan.end_index,
+            path: path.clone(),
+            file: file.clone(),
+            batches: scan.batches,
+        });
+        let seg = OpenSegment {
+            first: a,
+            path,
+            file,
+            write_offset: scan.valid_bytes,
+            opened_at: Instant::now(),
+            max_classification: max_class,
+        };
+        if let Some(prev) = open_state.replace(seg) {
+            to_seal.push(prev);
+        }
+        end = scan.end_index;
+    }
+    pending.flush(&hashes)?;
+    report.rederived_leaves = end.saturating_sub(derive_from);
+
+    // 4. The checkpoint must be a prefix of what the segments hold.
+    if cp_size > end {
+        return Err(corrupt(
+            cfg.data_dir.join("checkpoints.log"),
+            format!("the newest checkpoint covers {cp_size} events but the segments hold {end}: segments were lost or cut; refusing to start"),
+        ));
+    }
+    if root_at_cp != Some(cp_root) && cp_size > 0 {
+        return Err(corrupt(
+            cfg.data_dir.join("checkpoints.log"),
+            format!("the segments give a different root at the checkpointed size {cp_size}: records were altered; refusing to start"),
+        ));
+    }
+    assert_eq!(
+        edge.size(),
+        end,
+        "tree and segments disagree after recovery"
+    );
+    report.tree_size = end;
+
+    let (appender, io_name) = Appender::new(cfg.io_mode).map_err(io_err(&seg_dir, "set up I/O"))?;
+    let shared = Arc::new(Shared {
+        hashes: hashes.clone(),
+        signer,
+        io_mode_name: io_name,
+        head: Mutex::new(TreeHead {
+            size: end,
+            root: edge.root(),
+        }),
+        size: AtomicU64::new(end),
+        segments: RwLock::new(set),
+        checkpoint: Mutex::new(latest.map(Arc::new)),
+        checkpoint_cv: Condvar::new(),
+        checkpoint_wanted: Mutex::new(0),
+        checkpoint_wake: Condvar::new(),
+        checkpoint_at: Mutex::new(None),
+        failed: Mutex::new(None),
+        failed_flag: AtomicBool::new(false),
+        prealloc_error: Mutex::new(None),
+        signer_error: Mutex::new(None),
+        shutting_down: AtomicBool::new(false),
+        stats: Mutex::new(Stats::default()),
+        config: cfg,
+    });
+
+    // 5. Threads: preallocator, sealer, sequencer, checkpointer.
+    let (prealloc_tx, prealloc_rx) = crossbeam_channel::bounded::<PathBuf>(1);
+    let next_n = prealloc.len() as u64;
+    let mut threads = Vec::new();
+    {
+        let shared = shared.clone();
+        threads.push(spawn("auditlog-prealloc", move || {
+            preallocate(shared, prealloc, next_n, prealloc_tx)
+        })?);
+    }
+    let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
+    for old in to_seal {
+        let end = shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .iter()
+            .find(|v| v.first == old.first)
+            .map(|v| v.end)
+            .unwrap_or(old.first);
+        seal_tx
+            .send(crate::sequencer::SealJob {
+                first: old.first,
+                end,
+                path: old.path,
+                file: old.file,
+                max_classification: old.max_classification,
+            })
+            .map_err(|_| EngineError::Failed("sealer gone".into()))?;
+    }
+    let open = match open_state {
+        Some(o) => o,
+        None => {
+            let p = prealloc_rx
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| {
+                    EngineError::Failed(
+                        shared
+                            .prealloc_error()
+                            .unwrap_or_else(|| "could not prepare the first segment".into()),
+                    )
+                })?;
+            let path = shared.segments_dir().join(segments::open_name(end));
+            std::fs::rename(&p, &path).map_err(io_err(&path, "activate segment"))?;
+            crate::io::sync_dir(&shared.segments_dir()).map_err(io_err(&path, "sync"))?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path, "open"))?;
+            let o = OpenSegment {
+                first: end,
+                path,
+                file: Arc::new(file),
+                write_offset: 0,
+                opened_at: Instant::now(),
+                max_classification: 0,
+            };
+            shared.add_open_segment(&o);
+            o
+        }
+    };
+    let (submit_tx, submit_rx) = crossbeam_channel::bounded(shared.config.queue_submissions_max);
+    let seq = Sequencer {
+        shared: shared.clone(),
+        rx: submit_rx,
+        appender,
+        open,
+        edge,
+        pending,
+        prealloc_rx,
+        seal_tx,
+    };
+    // The sequencer is joined first on shutdown, so queued work drains before the final checkpoint.
+    threads.insert(0, spawn("auditlog-sequencer", move || seq.run())?);
+    {
+        let shared = shared.clone();
+        threads.push(spawn("auditlog-sealer", move || {
+            crate::sealer::run(shared, seal_rx)
+        })?);
+    }
+    {
+        let shared = shared.clone();
+        threads.push(spawn("auditlog-checkpointer", move || {
+            crate::checkpointer::run(shared, cp_log)
+        })?);
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        "log open: {} events, checkpoint {}, recovery {:?}",
+        report.tree_size,
+        report.checkpoint_size,
+        report
+    );
+    Ok(Engine {
+        shared,
+        submit_tx: Some(submit_tx),
+        threads,
+        recovery: report,
+        started,
+    })
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| EngineError::Failed(format!("cannot start thread {name}: {e}")))
+}
+
+/// A key name from the origin: note key names may not hold spaces or '+'.
+pub(crate) fn key_name(origin: &str) -> String {
+    origin
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c == '+' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Keeps one zero-filled segment file ready ahead of the writer.
+fn preallocate(
+    shared: Arc<Shared>,
+    existing: Vec<PathBuf>,
+    mut n: u64,
+    tx: crossbeam_channel::Sender<PathBuf>,
+) {
+    let dir = shared.segments_dir();
+    let bytes = shared.config.segment_bytes;
+    let mut ready: Vec<PathBuf> = existing
+        .into_iter()
+        .filter(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.len() == bytes)
+                .unwrap_or(false)
+                || std::fs::remove_file(p).is_err()
+        })
+        .collect();
+    loop {
+        let path = match ready.pop() {
+            Some(p) => p,
+            None => {
+                loop {
+                    let path = dir.join(format!("prealloc-{n:06}.tmp"));
+                    let partial = dir.join(format!("prealloc-{n:06}.partial"));
+                    n += 1;
+                    let _ = std::fs::remove_file(&partial);
+                    let made = crate::io::create_zeroed(&partial, bytes)
+                        .and_then(|()| std::fs::rename(&partial, &path));
+                    match made {
+                        Ok(()) => {
+                            shared.set_prealloc_error(None);
+                            break path;
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&partial);
+                            let why = if e.raw_os_error() == Some(libc::ENOSPC) {
+                                format!("disk full: cannot zero-fill the next {bytes}-byte segment in {}", dir.display())
+                            } else {
+                                format!("cannot prepare the next segment in {}: {e}", dir.display())
+                            };
+                            tracing::warn!("{why}");
+                            shared.set_prealloc_error(Some(why));
+                            if shared.shutting_down.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+        };
+        let mut item = path;
+        loop {
+            match tx.send_timeout(item, Duration::from_millis(200)) {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(p)) => {
+                    if shared.shutting_down.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    item = p;
+                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
+            }
+        }
+    }
+}

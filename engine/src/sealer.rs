@@ -1,0 +1,190 @@
+//! The sealer: turns a full open segment into a sealed one (zstd blocks, block index,
+//! footer with the prior edge, the head at its last leaf and a signed checkpoint of it,
+//! BLAKE3 digest), syncs and renames it into place, checks it by reading it back, and only
+//! then retires the open file. A crash at any step leaves the open file as the truth.
+
+use std::fs::OpenOptions;
+use std::sync::Arc;
+
+use auditlog_formats::note::Checkpoint;
+use auditlog_formats::segment::{SegmentBuilder, SegmentHeader};
+use auditlog_formats::tree::{self, RightEdge};
+use crossbeam_channel::Receiver;
+
+use crate::error::{corrupt, io_err, Result};
+use crate::segments::{self, sealed_name, Body, Segment};
+use crate::sequencer::SealJob;
+use crate::Shared;
+
+pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
+    for job in jobs {
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match seal(&shared, &job) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        "sealing {} failed, retrying in {delay:?}: {e}",
+                        job.path.display()
+                    );
+                    if shared
+                        .shutting_down
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        break; // the open file stays; recovery seals it next start
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
+    let cfg = &shared.config;
+    let alg = cfg.tree_hash;
+    let dir = shared.segments_dir();
+    let final_path = dir.join(sealed_name(job.first, job.end));
+    let tmp = dir.join(format!("{}.tmp", sealed_name(job.first, job.end)));
+    let _ = std::fs::remove_file(&tmp);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp, "create"))?;
+
+    let header = SegmentHeader {
+        tree_hash: alg,
+        first_index: job.first,
+        count: job.end - job.first,
+    };
+    let (mut builder, head) = SegmentBuilder::new(header, cfg.zstd_level);
+    use std::io::Write;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+    w.write_all(&head).map_err(io_err(&tmp, "write"))?;
+
+    // Re-block the records: the open segment's batches are as big as load made them; the
+    // sealed blocks are a fixed size, so reads cost the same everywhere.
+    let mut raw: Vec<u8> = Vec::with_capacity(cfg.block_raw_bytes + 70_000);
+    let mut in_block = 0u32;
+    let mut seen = job.first;
+    let mut leaves = RightEdge::new(alg);
+    let scan = segments::scan_open(
+        &job.path,
+        &job.file,
+        job.first,
+        cfg.batch_bytes_max as u64 + 64,
+        |index, rec| {
+            if index >= job.end {
+                return Ok(());
+            }
+            assert_eq!(index, seen, "records out of order while sealing");
+            seen += 1;
+            leaves.append(alg.leaf(rec), |_, _| {});
+            raw.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+            raw.extend_from_slice(rec);
+            in_block += 1;
+            if raw.len() >= cfg.block_raw_bytes {
+                let c = builder
+                    .add_block(&raw, in_block)
+                    .map_err(io_err(&tmp, "compress"))?;
+                w.write_all(&c).map_err(io_err(&tmp, "write"))?;
+                raw.clear();
+                in_block = 0;
+            }
+            Ok(())
+        },
+    )?;
+    if scan.end_index < job.end || seen != job.end {
+        return Err(corrupt(
+            &job.path,
+            format!("holds leaves to {}, expected {}", scan.end_index, job.end),
+        ));
+    }
+    if in_block > 0 {
+        let c = builder
+            .add_block(&raw, in_block)
+            .map_err(io_err(&tmp, "compress"))?;
+        w.write_all(&c).map_err(io_err(&tmp, "write"))?;
+    }
+
+    // The footer ties the segment into the tree: the edge before it, the head after it.
+    let prior = RightEdge::load(alg, job.first, &shared.hashes)?;
+    let root = tree::tree_hash(alg, job.end, &shared.hashes)?;
+    let recomputed = auditlog_formats::segment::root_from_edge(
+        alg,
+        job.first,
+        &prior.subtree_roots(),
+        std::iter::empty(),
+    )
+    .expect("edge size");
+    assert_eq!(recomputed, prior.root(), "edge round trip");
+    let cp = Checkpoint {
+        origin: cfg.origin.clone(),
+        size: job.end,
+        root,
+        extensions: Vec::new(),
+    };
+    let note = crate::signer::sign_checkpoint(&cp, &[shared.signer.as_ref()])?;
+    let tail = builder.finish(
+        prior.subtree_roots(),
+        root,
+        crate::now_unix_ns(),
+        job.max_classification,
+        note,
+    );
+    w.write_all(&tail).map_err(io_err(&tmp, "write"))?;
+    w.flush().map_err(io_err(&tmp, "write"))?;
+    drop(w);
+    out.sync_all().map_err(io_err(&tmp, "fsync"))?;
+    drop(out);
+
+    // Read back before trusting it: footer, every block, and the leaves' root.
+    let f = std::fs::File::open(&tmp).map_err(io_err(&tmp, "reopen"))?;
+    let (h2, footer) = segments::load_sealed(&tmp, &f)?;
+    if h2 != header || footer.root != root {
+        return Err(corrupt(&tmp, "read back differs from what was written"));
+    }
+    let mut sealed_leaves = Vec::with_capacity((job.end - job.first) as usize);
+    let seg = Segment {
+        first: job.first,
+        end: job.end,
+        path: tmp.clone(),
+        file: Arc::new(f),
+        body: Body::Sealed {
+            footer: Arc::new(footer),
+        },
+    };
+    seg.for_each_record(job.first, job.end, &mut |_, rec| {
+        sealed_leaves.push(alg.leaf(rec));
+        Ok(true)
+    })?;
+    let Body::Sealed { footer, .. } = &seg.body else {
+        unreachable!()
+    };
+    let again = auditlog_formats::segment::root_from_edge(
+        alg,
+        job.first,
+        &footer.prior_edge,
+        sealed_leaves.into_iter(),
+    );
+    if again != Some(root) || leaves.size() != job.end - job.first {
+        return Err(corrupt(
+            &tmp,
+            "sealed records do not reproduce the tree head",
+        ));
+    }
+
+    std::fs::rename(&tmp, &final_path).map_err(io_err(&final_path, "rename sealed segment"))?;
+    crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
+    let sealed = Segment {
+        path: final_path,
+        ..seg
+    };
+    shared.replace_with_sealed(sealed);
+    std::fs::remove_file(&job.path).map_err(io_err(&job.path, "remove sealed open segment"))?;
+    crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
+    tracing::info!("sealed segment [{}, {})", job.first, job.end);
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! Segment files: naming, scanning the open segment (the last complete batch and a torn
+//! tail), loading sealed segments, and reading records back from either.
+//!
+//! `segments/{first:020}.open`               open segment: zero-filled, batches from offset 0
+//! `segments/{first:020}-{end:020}.seg`      sealed segment (formats::segment layout)
+//! `segments/prealloc-{n:06}.tmp`            zero-filled file waiting to become open
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use auditlog_formats::batch::{self, BatchError, Entries, BATCH_HEADER_BYTES};
+use auditlog_formats::segment::{self, Footer, SegmentHeader, TRAILER_BYTES};
+
+use crate::error::{corrupt, io_err, Result};
+
+pub(crate) fn open_name(first: u64) -> String {
+    format!("{first:020}.open")
+}
+
+pub(crate) fn sealed_name(first: u64, end: u64) -> String {
+    format!("{first:020}-{end:020}.seg")
+}
+
+pub(crate) enum SegmentName {
+    Open(u64),
+    Sealed(u64, u64),
+    Prealloc,
+    Temporary,
+}
+
+pub(crate) fn parse_name(name: &str) -> Option<SegmentName> {
+    if let Some(first) = name.strip_suffix(".open") {
+        return first.parse().ok().map(SegmentName::Open);
+    }
+    if let Some(range) = name.strip_suffix(".seg") {
+        let (a, b) = range.split_once('-')?;
+        return Some(SegmentName::Sealed(a.parse().ok()?, b.parse().ok()?));
+    }
+    if name.starts_with("prealloc-") && name.ends_with(".tmp") {
+        return Some(SegmentName::Prealloc);
+    }
+    if name.ends_with(".partial") || name.ends_with(".seg.tmp") {
+        return Some(SegmentName::Temporary);
+    }
+    None
+}
+
+/// Where one batch of the open segment lies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchLoc {
+    pub first_index: u64,
+    pub offset: u64,
+    pub total_bytes: u32,
+}
+
+pub(crate) enum Body {
+    Open { batches: Vec<BatchLoc> },
+    Sealed { footer: Arc<Footer> },
+}
+
+pub(crate) struct Segment {
+    pub first: u64,
+    pub end: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub body: Body,
+}
+
+/// Reads a file through an 8 MiB window, so a scan of many small batches costs a few
+/// large reads instead of two syscalls per batch.
+pub(crate) struct Window<'f> {
+    file: &'f File,
+    file_len: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+const WINDOW_BYTES: usize = 8 << 20;
+
+impl<'f> Window<'f> {
+    pub fn new(file: &'f File, file_len: u64) -> Window<'f> {
+        Window {
+            file,
+            file_len,
+            start: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at the end of the file).
+    pub fn get(&mut self, offset: u64, len: usize) -> std::io::Result<&[u8]> {
+        let end = (offset + len as u64).min(self.file_len);
+        if offset < self.start || end > self.start + self.buf.len() as u64 {
+            let want = (end - offset)
+                .max(WINDOW_BYTES as u64)
+                .min(self.file_len - offset) as usize;
+            self.buf.resize(want, 0);
+            let mut done = 0;
+            while done < want {
+                let n = self
+                    .file
+                    .read_at(&mut self.buf[done..], offset + done as u64)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            self.buf.truncate(done);
+            self.start = offset;
+        }
+        let a = (offset - self.start) as usize;
+        let b = ((end - self.start) as usize).min(self.buf.len());
+        Ok(&self.buf[a.min(b)..b])
+    }
+}
+
+pub(crate) struct OpenScan {
+    pub batches: Vec<BatchLoc>,
+    pub end_index: u64,
+    /// Offset just past the last complete batch: where the next batch goes.
+    pub valid_bytes: u64,
+    /// The first bad batch, if the segment does not end in zeros there.
+    pub torn: Option<(u64, BatchError)>,
+}
+
+/// Scans an open segment from its start. Stops at zeros (the normal end) or at the first
+/// batch that does not check (a torn tail). Data that does check beyond a bad batch, past
+/// what one torn write could have left, is corruption and refused. Calls `on_record` for
+/// every record of every complete batch.
+pub(crate) fn scan_open(
+    path: &Path,
+    file: &File,
+    first: u64,
+    tail_allowance_bytes: u64,
+    mut on_record: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<OpenScan> {
+    let file_len = file.metadata().map_err(io_err(path, "stat"))?.len();
+    let mut window = Window::new(file, file_len);
+    let mut scan = OpenScan {
+        batches: Vec::new(),
+        end_index: first,
+        valid_bytes: 0,
+        torn: None,
+    };
+    let mut offset = 0u64;
+    loop {
+        if offset + BATCH_HEADER_BYTES as u64 > file_len {
+            break;
+        }
+        let head = window
+            .get(offset, BATCH_HEADER_BYTES)
+            .map_err(io_err(path, "read"))?;
+        if head.iter().all(|&b| b == 0) {
+            break;
+        }
+        let total = match batch::decode_header(head) {
+            Ok(h) => h.total_bytes(),
+            Err(e) => {
+                scan.torn = Some((offset, e));
+                break;
+            }
+        };
+        let bytes = window.get(offset, total).map_err(io_err(path, "read"))?;
+        let (header, body) = match batch::decode_batch(bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                scan.torn = Some((offset, e));
+                break;
+            }
+        };
+        if header.first_index != scan.end_index {
+            return Err(corrupt(
+                path,
+                format!(
+                    "batch at offset {offset}: starts at index {}, expected {}",
+                    header.first_index, scan.end_index
+                ),
+            ));
+        }
+        for (i, rec) in Entries::new(body).enumerate() {
+            let rec = rec.map_err(|(p, r)| {
+                corrupt(path, format!("batch at offset {offset}: record {p}: {r}"))
+            })?;
+            on_record(header.first_index + i as u64, rec)?;
+        }
+        scan.batches.push(BatchLoc {
+            first_index: header.first_index,
+            offset,
+            total_bytes: total as u32,
+        });
+        scan.end_index = header.end_index();
+        offset += total as u64;
+        scan.valid_bytes = offset;
+    }
+    if let Some((at, e)) = &scan.torn {
+        // One torn write can leave garbage over at most one batch's length; beyond that the
+        // file must still be zeros, or something other than a crash changed it.
+        let from = at + tail_allowance_bytes;
+        let to = (from + (16 << 20)).min(file_len);
+        let mut pos = from;
+        while pos < to {
+            let chunk = window
+                .get(pos, (to - pos).min(1 << 20) as usize)
+                .map_err(io_err(path, "read"))?;
+            if chunk.is_empty() {
+                break;
+            }
+            if let Some(nz) = chunk.iter().position(|&b| b != 0) {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "batch at offset {at}: {e}; and data follows at offset {}: corruption, not a torn tail",
+                        pos + nz as u64
+                    ),
+                ));
+            }
+            pos += chunk.len() as u64;
+        }
+    }
+    Ok(scan)
+}
+
+/// Reads and checks a sealed segment's header, trailer and footer (not its digest: that is
+/// the verifier's full pass).
+pub(crate) fn load_sealed(path: &Path, file: &File) -> Result<(SegmentHeader, Footer)> {
+    let len = file.metadata().map_err(io_err(path, "stat"))?.len();
+    let bad = |e: segment::SegmentError| corrupt(path, e.to_string());
+    let mut head = [0u8; segment::HEADER_BYTES];
+    file.read_exact_at(&mut head, 0)
+        .map_err(io_err(path, "read header"))?;
+    let header = SegmentHeader::decode(&head).map_err(bad)?;
+    if len < TRAILER_BYTES as u64 {
+        return Err(bad(segment::SegmentError::TooShort(len)));
+    }
+    let mut tail = [0u8; TRAILER_BYTES];
+    file.read_exact_at(&mut tail, len - TRAILER_BYTES as u64)
+        .map_err(io_err(path, "read trailer"))?;
+    let trailer = segment::decode_trailer(len, &tail).map_err(bad)?;
+    let mut fb = vec![0u8; trailer.footer_bytes as usize];
+    file.read_exact_at(&mut fb, trailer.footer_offset)
+        .map_err(io_err(path, "read footer"))?;
+    let footer = segment::decode_footer(&header, &trailer, &fb).map_err(bad)?;
+    Ok((header, footer))
+}
+
+impl Segment {
+    /// Calls `f(index, record)` for every record in `[start, end)` ∩ this segment, in order.
+    pub(crate) fn for_each_record(
+        &self,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        let (start, end) = (start.max(self.first), end.min(self.end));
+        if start >= end {
+            return Ok(true);
+        }
+        match &self.body {
+            Body::Open { batches } => {
+                let i = batches
+                    .partition_point(|b| b.first_index <= start)
+                    .saturating_sub(1);
+                let mut buf = Vec::new();
+                for loc in &batches[i..] {
+                    if loc.first_index >= end {
+                        break;
+                    }
+                    buf.resize(loc.total_bytes as usize, 0);
+                    self.file
+                        .read_exact_at(&mut buf, loc.offset)
+                        .map_err(io_err(&self.path, format!("read batch at {}", loc.offset)))?;
+                    let (_, body) = batch::decode_batch(&buf).map_err(|e| {
+                        corrupt(&self.path, format!("batch at offset {}: {e}", loc.offset))
+                    })?;
+                    if !walk(&self.path, loc.first_index, body, start, end, f)? {
+                        return Ok(false);
+                    }
+                }
+            }
+            Body::Sealed { footer, .. } => {
+                let i = footer
+                    .blocks
+                    .partition_point(|b| b.first_index <= start)
+                    .saturating_sub(1);
+                let mut buf = Vec::new();
+                for (n, b) in footer.blocks.iter().enumerate().skip(i) {
+                    if b.first_index >= end {
+                        break;
+                    }
+                    buf.resize(b.compressed_bytes as usize, 0);
+                    self.file
+                        .read_exact_at(&mut buf, b.offset)
+                        .map_err(io_err(&self.path, format!("read block {n}")))?;
+                    let raw = segment::decode_block(n as u32, b, &buf)
+                        .map_err(|e| corrupt(&self.path, e.to_string()))?;
+                    if !walk(&self.path, b.first_index, &raw, start, end, f)? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn walk(
+    path: &Path,
+    first: u64,
+    body: &[u8],
+    start: u64,
+    end: u64,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+) -> Result<bool> {
+    for (i, rec) in Entries::new(body).enumerate() {
+        let index = first + i as u64;
+        if index >= end {
+            return Ok(true);
+        }
+        let rec =
+            rec.map_err(|(p, r)| corrupt(path, format!("record {p} after index {first}: {r}")))?;
+        if index >= start && !f(index, rec)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

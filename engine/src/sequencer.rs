@@ -1,0 +1,270 @@
+//! The sequencer: one thread owns the open segment and the tree's right edge. The life of a
+//! batch, in `run`: take what producers queued (up to the batch limits), append it with one
+//! write and make it durable with one sync (hashing the new leaves into the tree while the
+//! kernel works), publish the new tree head, and only then complete every receipt.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditlog_formats::batch::{encode_header_parts, BATCH_HEADER_BYTES};
+use auditlog_formats::tree::RightEdge;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::error::{io_err, EngineError, Result};
+use crate::hashstore::PendingNodes;
+use crate::io::Appender;
+use crate::segments::{open_name, BatchLoc};
+use crate::{Receipts, Shared, Submission};
+
+/// The segment being appended to.
+pub(crate) struct OpenSegment {
+    pub first: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub write_offset: u64,
+    pub opened_at: Instant,
+    pub max_classification: u8,
+}
+
+/// A full (or old) open segment handed to the sealer.
+pub(crate) struct SealJob {
+    pub first: u64,
+    pub end: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub max_classification: u8,
+}
+
+pub(crate) struct Sequencer {
+    pub shared: Arc<Shared>,
+    pub rx: Receiver<Submission>,
+    pub appender: Appender,
+    pub open: OpenSegment,
+    pub edge: RightEdge,
+    pub pending: PendingNodes,
+    pub prealloc_rx: Receiver<PathBuf>,
+    pub seal_tx: Sender<SealJob>,
+}
+
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
+impl Sequencer {
+    pub fn run(mut self) {
+        let cfg = self.shared.config.clone();
+        let mut batch: Vec<Submission> = Vec::with_capacity(1024);
+        let mut carry: Option<Submission> = None;
+        loop {
+            // Take: block for the first submission, then drain what is already queued.
+            let first = match carry.take() {
+                Some(s) => s,
+                None => match self.rx.recv_timeout(IDLE_TICK) {
+                    Ok(s) => s,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.seal_if_old();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            let (mut bytes, mut events) = (first.body.len(), first.count as usize);
+            batch.push(first);
+            while bytes < cfg.batch_bytes_max && events < cfg.batch_events_max {
+                match self.rx.try_recv() {
+                    Ok(s)
+                        if bytes + s.body.len() <= cfg.batch_bytes_max
+                            && events + (s.count as usize) <= cfg.batch_events_max =>
+                    {
+                        bytes += s.body.len();
+                        events += s.count as usize;
+                        batch.push(s);
+                    }
+                    Ok(s) => {
+                        carry = Some(s);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Append, sync, add to the tree, acknowledge.
+            match self.commit(&batch, bytes, events) {
+                Ok(first_index) => acknowledge(&mut batch, first_index),
+                Err(e) => {
+                    // Whatever failed (write, sync, hash store), the page cache and the tree's
+                    // edge can no longer be trusted to match the disk: stop, say why, ack nothing.
+                    let disk_full = matches!(e, EngineError::DiskFull(_));
+                    let reason = e.to_string();
+                    self.shared.fail(&reason);
+                    for s in batch.drain(..) {
+                        (s.done)(Err(if disk_full {
+                            EngineError::DiskFull(reason.clone())
+                        } else {
+                            EngineError::Failed(reason.clone())
+                        }));
+                    }
+                    break;
+                }
+            }
+            self.seal_if_old();
+        }
+        // Refuse whatever is still queued: with the engine failed or shutting down, none of
+        // it will be written.
+        let why = self.shared.failed();
+        for s in carry.into_iter().chain(self.rx.try_iter()) {
+            (s.done)(Err(match &why {
+                Some(r) => EngineError::Failed(r.clone()),
+                None => EngineError::ShuttingDown,
+            }));
+        }
+    }
+
+    /// Writes the batch durably and adds it to the tree; returns its first index.
+    fn commit(&mut self, batch: &[Submission], bytes: usize, events: usize) -> Result<u64> {
+        let total = (BATCH_HEADER_BYTES + bytes) as u64;
+        if self.open.write_offset + total > self.shared.config.segment_bytes {
+            self.rotate()?;
+        }
+        let first_index = self.edge.size();
+        let max_class = batch
+            .iter()
+            .map(|s| s.max_classification)
+            .max()
+            .unwrap_or(0);
+        let parts: Vec<&[u8]> = batch.iter().map(|s| s.body.as_slice()).collect();
+        let header = encode_header_parts(first_index, events as u32, max_class, &parts);
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        bufs.push(&header);
+        bufs.extend_from_slice(&parts);
+
+        let edge = &mut self.edge;
+        let pending = &mut self.pending;
+        let mut hash_leaves = || {
+            for s in batch {
+                for leaf in &s.leaf_hashes {
+                    edge.append(*leaf, |node, h| pending.push(node, h));
+                }
+            }
+        };
+        let started = Instant::now();
+        self.appender
+            .write_and_sync(
+                &self.open.file,
+                self.open.write_offset,
+                &bufs,
+                self.shared.config.faults.as_ref(),
+                &mut hash_leaves,
+            )
+            .map_err(io_err(
+                &self.open.path,
+                format!("append batch at offset {}", self.open.write_offset),
+            ))?;
+        let sync_ns = started.elapsed().as_nanos() as u64;
+        assert_eq!(
+            self.edge.size(),
+            first_index + events as u64,
+            "tree and batch disagree"
+        );
+
+        self.pending.flush(&self.shared.hashes)?;
+        let loc = BatchLoc {
+            first_index,
+            offset: self.open.write_offset,
+            total_bytes: total as u32,
+        };
+        self.open.write_offset += total;
+        self.open.max_classification = self.open.max_classification.max(max_class);
+        self.shared.publish(
+            &self.open,
+            loc,
+            self.edge.size(),
+            self.edge.root(),
+            bytes as u64,
+            sync_ns,
+        );
+        Ok(first_index)
+    }
+
+    fn seal_if_old(&mut self) {
+        let age_ms = self.shared.config.seal_age_ms;
+        if age_ms == 0
+            || self.open.write_offset == 0
+            || self.open.opened_at.elapsed() < Duration::from_millis(age_ms)
+        {
+            return;
+        }
+        if let Err(e) = self.rotate() {
+            tracing::warn!("sealing by age postponed: {e}");
+        }
+    }
+
+    /// Closes the open segment (handing it to the sealer) and opens the next one from the
+    /// zero-filled files the preallocator keeps ready.
+    fn rotate(&mut self) -> Result<()> {
+        let next = match self.prealloc_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(p) => p,
+            Err(_) => {
+                let why = self
+                    .shared
+                    .prealloc_error()
+                    .unwrap_or_else(|| "no zero-filled segment ready after 10 s".into());
+                return Err(if why.contains("disk full") {
+                    EngineError::DiskFull(why)
+                } else {
+                    EngineError::Failed(why)
+                });
+            }
+        };
+        let first = self.edge.size();
+        let dir = self.shared.segments_dir();
+        let path = dir.join(open_name(first));
+        std::fs::rename(&next, &path).map_err(io_err(&path, "activate preallocated segment"))?;
+        crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open segment"))?;
+        let new = OpenSegment {
+            first,
+            path,
+            file: Arc::new(file),
+            write_offset: 0,
+            opened_at: Instant::now(),
+            max_classification: 0,
+        };
+        let old = std::mem::replace(&mut self.open, new);
+        self.shared.add_open_segment(&self.open);
+        if old.write_offset == 0 {
+            // Never written: nothing to seal.
+            self.shared.remove_open_segment(old.first);
+            let _ = std::fs::remove_file(&old.path);
+            return Ok(());
+        }
+        let job = SealJob {
+            first: old.first,
+            end: first,
+            path: old.path,
+            file: old.file,
+            max_classification: old.max_classification,
+        };
+        self.seal_tx
+            .send(job)
+            .map_err(|_| EngineError::Failed("sealer thread is gone".into()))?;
+        Ok(())
+    }
+}
+
+fn acknowledge(batch: &mut Vec<Submission>, first_index: u64) {
+    let mut next = first_index;
+    for s in batch.drain(..) {
+        let count = s.count as u64;
+        let receipts = Receipts {
+            first_index: next,
+            received_at_unix_ns: s.received_at_unix_ns,
+            leaf_hashes: s.leaf_hashes,
+        };
+        next += count;
+        (s.done)(Ok(receipts));
+    }
+}
