@@ -10,8 +10,7 @@ use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 
 use crate::error::{corrupt, io_err, Result};
 
-pub const ENTRY_HEADER_BYTES: usize = 8;
-pub const NOTE_BYTES_MAX: usize = 64 << 10;
+pub use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
 
 #[derive(Clone, Debug)]
 pub struct SignedCheckpoint {
@@ -23,40 +22,6 @@ pub(crate) struct CheckpointLog {
     path: PathBuf,
     file: File,
     len: u64,
-}
-
-/// Splits the log's bytes into notes; returns them and the length of the complete prefix.
-pub fn parse_log(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at + ENTRY_HEADER_BYTES <= bytes.len() {
-        let len =
-            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let crc = u32::from_be_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-        let end = at + ENTRY_HEADER_BYTES + len;
-        if len == 0 || len > NOTE_BYTES_MAX || end > bytes.len() {
-            break;
-        }
-        let body = &bytes[at + ENTRY_HEADER_BYTES..end];
-        if crc32c_of(body) != crc {
-            break;
-        }
-        out.push(body);
-        at = end;
-    }
-    (out, at)
-}
-
-fn crc32c_of(b: &[u8]) -> u32 {
-    crc32c::crc32c(b)
-}
-
-pub fn encode_entry(note: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ENTRY_HEADER_BYTES + note.len());
-    out.extend_from_slice(&(note.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32c_of(note.as_bytes()).to_be_bytes());
-    out.extend_from_slice(note.as_bytes());
-    out
 }
 
 impl CheckpointLog {

@@ -166,9 +166,9 @@ fn push_sqe(ring: &mut io_uring::IoUring, entry: &io_uring::squeue::Entry) -> io
     unsafe {
         if ring.submission().push(entry).is_err() {
             ring.submit()?;
-            ring.submission().push(entry).map_err(|_| {
-                io::Error::other("io_uring submission queue full")
-            })?;
+            ring.submission()
+                .push(entry)
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
         }
     }
     Ok(())

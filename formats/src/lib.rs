@@ -2,6 +2,7 @@
 //! The layouts are written down in `FORMATS.md` next to this crate.
 
 pub mod batch;
+pub mod checkpoint_log;
 pub mod hash;
 pub mod note;
 pub mod record;

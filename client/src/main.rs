@@ -1,0 +1,99 @@
+//! `auditlog`: the command-line client.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use auditlog_formats::note::VerifierKey;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "auditlog",
+    version,
+    about = "auditlog client: verify a log offline, trusting only its key"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify a data directory: every record, segment, hash and checkpoint.
+    Verify {
+        /// The data directory (for example ./data).
+        dir: PathBuf,
+        /// The log's verifier key (`name+keyid+base64`), or @FILE to read it from a file.
+        #[arg(long, env = "AUDITLOG_VERIFIER_KEY")]
+        key: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("auditlog: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Verify { dir, key } => {
+            let key_text = match key.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading key file {file}"))?,
+                None => key,
+            };
+            let key = VerifierKey::parse(key_text.trim()).context("parsing the verifier key")?;
+            let bar = if std::io::stderr().is_terminal() {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "verifying {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                Some(b)
+            } else {
+                None
+            };
+            let mut progress = |done: u64, total: u64| {
+                if let Some(b) = &bar {
+                    b.set_length(total);
+                    b.set_position(done);
+                }
+            };
+            let result = auditlog_client::verify::verify_dir(&dir, &key, &mut progress);
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            match result {
+                Ok(s) => {
+                    for w in &s.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!(
+                        "OK: {} events ({} sealed, {} open segments), root {}, {} checkpoints verified with {}, {} stored hashes checked",
+                        s.events,
+                        s.sealed_segments,
+                        s.open_segments,
+                        hex::encode(s.root),
+                        s.checkpoints,
+                        key.name(),
+                        s.hash_nodes_checked
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    anyhow::bail!("verification failed: {e}")
+                }
+            }
+        }
+    }
+}
