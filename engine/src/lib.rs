@@ -239,6 +239,13 @@ impl Shared {
         }
         *self.head.lock().unwrap_or_else(|e| e.into_inner()) = TreeHead { size, root };
         self.size.store(size, Ordering::Release);
+        let want = self
+            .checkpoint_wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *want > loc.first_index {
+            self.checkpoint_wake.notify_all();
+        }
     }
 
     fn add_open_segment(&self, open: &sequencer::OpenSegment) {
@@ -647,7 +654,14 @@ impl Engine {
             let _ = seq.join();
         }
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        self.shared.checkpoint_wake.notify_all();
+        {
+            let _want = self
+                .shared
+                .checkpoint_wanted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.checkpoint_wake.notify_all();
+        }
         for t in threads {
             let _ = t.join();
         }

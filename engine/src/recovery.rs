@@ -332,8 +332,19 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     });
 
     // 5. Threads: preallocator, sealer, sequencer, checkpointer.
-    let (prealloc_tx, prealloc_rx) = crossbeam_channel::bounded::<PathBuf>(1);
-    let next_n = prealloc.len() as u64;
+    // A rendezvous channel: the preallocator holds one ready file, not one more in a queue.
+    let (prealloc_tx, prealloc_rx) = crossbeam_channel::bounded::<PathBuf>(0);
+    let next_n = prealloc
+        .iter()
+        .filter_map(|p| {
+            p.file_stem()?
+                .to_str()?
+                .strip_prefix("prealloc-")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |n| n + 1);
     let mut threads = Vec::new();
     {
         let shared = shared.clone();

@@ -416,3 +416,113 @@ impl<'a> Reader<'a> {
         self.take(32).and_then(|b| b.try_into().ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::push_entry;
+    use crate::record::Record;
+    use crate::tree::MemoryTree;
+
+    /// Builds a segment of leaves [first, first+count) of a tree whose earlier leaves are
+    /// also synthetic; returns the file bytes and the full tree.
+    fn build(first: u64, count: u64, per_block: u64) -> (Vec<u8>, MemoryTree) {
+        let alg = TreeHash::Sha256;
+        let rec = |i: u64| {
+            Record {
+                received_at_unix_ns: i,
+                payload: format!("{{\"i\":{i}}}").as_bytes().to_vec().leak(),
+            }
+            .to_bytes()
+        };
+        let mut tree = MemoryTree::new(alg);
+        for i in 0..first {
+            tree.append_leaf_hash(alg.leaf(&rec(i)));
+        }
+        let prior = tree.edge.subtree_roots();
+        let header = SegmentHeader {
+            tree_hash: alg,
+            first_index: first,
+            count,
+        };
+        let (mut b, head) = SegmentBuilder::new(header, 3);
+        let mut file = head.to_vec();
+        let mut raw = Vec::new();
+        let mut n = 0u32;
+        for i in first..first + count {
+            let r = rec(i);
+            tree.append_leaf_hash(alg.leaf(&r));
+            push_entry(&mut raw, &Record::parse(&r).expect("record"));
+            n += 1;
+            if n as u64 == per_block || i + 1 == first + count {
+                file.extend(b.add_block(&raw, n).expect("compress"));
+                raw.clear();
+                n = 0;
+            }
+        }
+        file.extend(b.finish(prior, tree.root(), 42, 1, String::new()));
+        (file, tree)
+    }
+
+    fn parse(file: &[u8]) -> Result<(SegmentHeader, Footer), SegmentError> {
+        let header = SegmentHeader::decode(file)?;
+        let trailer = decode_trailer(file.len() as u64, &file[file.len() - TRAILER_BYTES..])?;
+        let digest: [u8; 32] = blake3::hash(&file[..file.len() - DIGEST_COVERS_ALL_BUT]).into();
+        if digest != trailer.digest {
+            return Err(SegmentError::Footer("digest".into()));
+        }
+        let f = &file[trailer.footer_offset as usize
+            ..(trailer.footer_offset + trailer.footer_bytes as u64) as usize];
+        Ok((header, decode_footer(&header, &trailer, f)?))
+    }
+
+    #[test]
+    fn round_trip_and_root_from_prior_edge() {
+        for (first, count, per_block) in [
+            (0u64, 1u64, 1u64),
+            (0, 100, 7),
+            (13, 50, 50),
+            (1000, 333, 64),
+        ] {
+            let (file, tree) = build(first, count, per_block);
+            let (h, footer) = parse(&file).expect("parses");
+            assert_eq!((h.first_index, h.count), (first, count));
+            assert_eq!(footer.root, tree.root());
+            let mut leaves = Vec::new();
+            for (n, b) in footer.blocks.iter().enumerate() {
+                let raw = decode_block(
+                    n as u32,
+                    b,
+                    &file[b.offset as usize..(b.offset + b.compressed_bytes as u64) as usize],
+                )
+                .expect("block");
+                leaves.extend(Entries::new(&raw).map(|r| TreeHash::Sha256.leaf(r.expect("rec"))));
+            }
+            assert_eq!(leaves.len() as u64, count);
+            let root = root_from_edge(
+                TreeHash::Sha256,
+                first,
+                &footer.prior_edge,
+                leaves.into_iter(),
+            );
+            assert_eq!(
+                root,
+                Some(tree.root()),
+                "a lone segment reproduces the head at its last leaf"
+            );
+        }
+    }
+
+    #[test]
+    fn any_changed_byte_is_refused() {
+        let (file, _) = build(5, 40, 9);
+        for at in 0..file.len() {
+            let mut t = file.clone();
+            t[at] ^= 0x01;
+            assert!(parse(&t).is_err(), "flip at {at} not caught");
+        }
+        for cut in [1, 10, TRAILER_BYTES, file.len() / 2] {
+            assert!(parse(&file[..file.len() - cut]).is_err());
+        }
+    }
+}
