@@ -133,7 +133,13 @@ pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if header.body_bytes as usize > BATCH_BODY_BYTES_MAX {
         return Err(BatchError::BodyTooLarge(header.body_bytes));
     }
-    if header.count == 0 || header.body_bytes == 0 {
+    if header.count == 0
+        || header.body_bytes == 0
+        || header
+            .first_index
+            .checked_add(header.count as u64)
+            .is_none()
+    {
         return Err(BatchError::BadCount(header.count));
     }
     Ok(header)

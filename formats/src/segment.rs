@@ -67,10 +67,16 @@ impl SegmentHeader {
             return Err(SegmentError::Version(b[8]));
         }
         let tree_hash = TreeHash::from_code(b[9]).ok_or(SegmentError::TreeHash(b[9]))?;
+        let (first_index, count) = (be_u64(&b[16..24]), be_u64(&b[24..32]));
+        if count == 0 || first_index.checked_add(count).is_none() {
+            return Err(SegmentError::Mismatch(format!(
+                "leaf range {first_index} + {count} is empty or overflows"
+            )));
+        }
         Ok(SegmentHeader {
             tree_hash,
-            first_index: be_u64(&b[16..24]),
-            count: be_u64(&b[24..32]),
+            first_index,
+            count,
         })
     }
 }
@@ -289,8 +295,14 @@ pub fn decode_footer(
                 "block {i}: entry out of sequence"
             )));
         }
-        next_index += e.record_count as u64;
-        next_offset += e.compressed_bytes as u64;
+        let (Some(ni), Some(no)) = (
+            next_index.checked_add(e.record_count as u64),
+            next_offset.checked_add(e.compressed_bytes as u64),
+        ) else {
+            return Err(SegmentError::Footer(format!("block {i}: range overflows")));
+        };
+        next_index = ni;
+        next_offset = no;
         blocks.push(e);
     }
     if next_index != header.first_index + header.count {
@@ -511,6 +523,24 @@ mod tests {
                 "a lone segment reproduces the head at its last leaf"
             );
         }
+    }
+
+    #[test]
+    fn overflowing_leaf_ranges_are_refused() {
+        // Found by `cargo fuzz run segment`: first_index + count past u64 panicked.
+        let h = SegmentHeader {
+            tree_hash: TreeHash::Sha256,
+            first_index: u64::MAX - 1,
+            count: 5,
+        }
+        .encode();
+        assert!(matches!(
+            SegmentHeader::decode(&h),
+            Err(SegmentError::Mismatch(_))
+        ));
+        let mut b = crate::batch::encode_header(u64::MAX - 1, 5, 0, b"x").to_vec();
+        b.push(b'x');
+        assert!(crate::batch::decode_header(&b).is_err());
     }
 
     #[test]
