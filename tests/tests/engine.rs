@@ -315,3 +315,33 @@ fn queue_limit_gives_back_pressure() {
         "a producer faster than the disk is told the queue is full"
     );
 }
+
+#[test]
+fn old_segments_are_sealed_by_age() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.segment_bytes = 64 << 20; // far from full: only age can seal it
+    cfg.seal_age_ms = 200;
+    let engine = Engine::open(cfg.clone(), None).expect("open");
+    let receipts = append_n(&engine, 0, 50, 50);
+    for _ in 0..100 {
+        if engine.status().sealed_segments == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(engine.status().sealed_segments, 1, "{:?}", engine.status());
+    // Reads now come from the sealed file, and ingest goes on in a new open segment.
+    check_everything(&engine, &receipts);
+    append_n(&engine, 50, 10, 10);
+    assert_eq!(engine.read_record(55).map(|r| r.len()).ok(), Some(9 + 256));
+    let sealed: Vec<_> = std::fs::read_dir(dir.path().join("segments"))
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    assert_eq!(
+        sealed,
+        vec!["00000000000000000000-00000000000000000050.seg".to_string()]
+    );
+}
