@@ -69,7 +69,6 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     let mut raw: Vec<u8> = Vec::with_capacity(cfg.block_raw_bytes + 70_000);
     let mut in_block = 0u32;
     let mut seen = job.first;
-    let mut leaves = RightEdge::new(alg);
     let scan = segments::scan_open(
         &job.path,
         &job.file,
@@ -81,7 +80,6 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
             }
             assert_eq!(index, seen, "records out of order while sealing");
             seen += 1;
-            leaves.append(alg.leaf(rec), |_, _| {});
             raw.extend_from_slice(&(rec.len() as u32).to_be_bytes());
             raw.extend_from_slice(rec);
             in_block += 1;
@@ -112,14 +110,6 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     // The footer ties the segment into the tree: the edge before it, the head after it.
     let prior = RightEdge::load(alg, job.first, &shared.hashes)?;
     let root = tree::tree_hash(alg, job.end, &shared.hashes)?;
-    let recomputed = auditlog_formats::segment::root_from_edge(
-        alg,
-        job.first,
-        &prior.subtree_roots(),
-        std::iter::empty(),
-    )
-    .expect("edge size");
-    assert_eq!(recomputed, prior.root(), "edge round trip");
     let cp = Checkpoint {
         origin: cfg.origin.clone(),
         size: job.end,
@@ -146,7 +136,9 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     if h2 != header || footer.root != root {
         return Err(corrupt(&tmp, "read back differs from what was written"));
     }
-    let mut sealed_leaves = Vec::with_capacity((job.end - job.first) as usize);
+    // Re-hash the sealed records into the tree from the footer's prior edge, streaming (one
+    // block in memory at a time): the file must reproduce the head we signed.
+    let mut again = RightEdge::from_parts(alg, job.first, &footer.prior_edge);
     let seg = Segment {
         first: job.first,
         end: job.end,
@@ -157,19 +149,10 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         },
     };
     seg.for_each_record(job.first, job.end, &mut |_, rec| {
-        sealed_leaves.push(alg.leaf(rec));
+        again.append(alg.leaf(rec), |_, _| {});
         Ok(true)
     })?;
-    let Body::Sealed { footer, .. } = &seg.body else {
-        unreachable!()
-    };
-    let again = auditlog_formats::segment::root_from_edge(
-        alg,
-        job.first,
-        &footer.prior_edge,
-        sealed_leaves.into_iter(),
-    );
-    if again != Some(root) || leaves.size() != job.end - job.first {
+    if again.size() != job.end || again.root() != root {
         return Err(corrupt(
             &tmp,
             "sealed records do not reproduce the tree head",

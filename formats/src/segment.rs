@@ -133,6 +133,8 @@ pub struct SegmentBuilder {
     next_index: u64,
     blocks: Vec<BlockEntry>,
     zstd_level: i32,
+    /// One compression context for the whole segment, not one per block.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl SegmentBuilder {
@@ -148,6 +150,7 @@ impl SegmentBuilder {
             next_index: header.first_index,
             blocks: Vec::new(),
             zstd_level,
+            compressor: None,
         };
         (b, bytes)
     }
@@ -155,7 +158,13 @@ impl SegmentBuilder {
     /// Compresses one raw block of `record_count` entries; returns the bytes to write.
     pub fn add_block(&mut self, raw: &[u8], record_count: u32) -> std::io::Result<Vec<u8>> {
         assert!(record_count > 0 && raw.len() <= BLOCK_RAW_BYTES_MAX);
-        let compressed = zstd::bulk::compress(raw, self.zstd_level)?;
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            None => self
+                .compressor
+                .insert(zstd::bulk::Compressor::new(self.zstd_level)?),
+        };
+        let compressed = compressor.compress(raw)?;
         self.blocks.push(BlockEntry {
             first_index: self.next_index,
             offset: self.offset,

@@ -1,0 +1,58 @@
+//! Per-event CPU costs on the producer's side: leaf hashing and schema validation.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use auditlog_benches::event;
+use auditlog_formats::schema::{validate, SchemaMode};
+use auditlog_formats::TreeHash;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+fn leaf_hash(c: &mut Criterion) {
+    let mut g = c.benchmark_group("leaf_hash");
+    for bytes in [64usize, 256] {
+        let record = vec![0x5au8; bytes];
+        g.throughput(Throughput::Bytes(bytes as u64));
+        for (name, alg) in [("sha256", TreeHash::Sha256), ("blake3", TreeHash::Blake3)] {
+            g.bench_with_input(BenchmarkId::new(name, bytes), &record, |b, r| {
+                b.iter(|| alg.leaf(black_box(r)))
+            });
+        }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("node_hash");
+    let (l, r) = ([1u8; 32], [2u8; 32]);
+    for (name, alg) in [("sha256", TreeHash::Sha256), ("blake3", TreeHash::Blake3)] {
+        g.bench_function(name, |b| b.iter(|| alg.node(black_box(&l), black_box(&r))));
+    }
+    g.finish();
+}
+
+fn schema(c: &mut Criterion) {
+    let mut g = c.benchmark_group("schema_validate");
+    let payload = event(42, 256);
+    assert_eq!(payload.len(), 256);
+    g.throughput(Throughput::Bytes(payload.len() as u64));
+    g.bench_function("audit_256B", |b| {
+        b.iter(|| validate(black_box(&payload), SchemaMode::Audit).expect("valid event"))
+    });
+    g.bench_function("raw_256B", |b| {
+        b.iter(|| validate(black_box(&payload), SchemaMode::Raw).expect("valid object"))
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = leaf_hash, schema
+}
+criterion_main!(benches);
