@@ -17,6 +17,7 @@
 //! tree and signed checkpoints are).
 
 use crate::record::{Record, RecordError, RECORD_BYTES_MAX};
+use crate::{be_u32, be_u64};
 
 pub const BATCH_MAGIC: u32 = 0x414C_4231; // "ALB1"
 pub const BATCH_HEADER_BYTES: usize = 32;
@@ -61,16 +62,6 @@ pub enum BatchError {
     Checksum { stored: u32, computed: u32 },
     #[error("record {position} of the batch: {reason}")]
     Entry { position: u32, reason: String },
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(x)
 }
 
 /// Appends one entry (`record_bytes:u32 | record`) to a batch body under construction.

@@ -11,3 +11,14 @@ pub mod segment;
 pub mod tree;
 
 pub use hash::{Hash, TreeHash};
+
+/// Big-endian reads for the decoders; callers have checked the length.
+pub(crate) fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+pub(crate) fn be_u64(b: &[u8]) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(x)
+}

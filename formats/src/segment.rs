@@ -7,6 +7,7 @@
 
 use crate::batch::Entries;
 use crate::hash::{Hash, TreeHash};
+use crate::{be_u32, be_u64};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"AUDLSEG1";
 pub const TRAILER_MAGIC: &[u8; 8] = b"AUDLSEGX";
@@ -112,16 +113,6 @@ pub struct Trailer {
     pub footer_offset: u64,
     pub footer_bytes: u32,
     pub digest: [u8; 32],
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(x)
 }
 
 /// Builds a sealed segment as a stream of byte chunks for the caller to write, keeping the
