@@ -490,7 +490,15 @@ impl Engine {
                 out = Some(rec.to_vec());
                 Ok(false)
             })?;
-        out.ok_or(EngineError::NotFound { index, size })
+        let rec = out.ok_or(EngineError::NotFound { index, size })?;
+        // Checked end to end: the bytes must hash to the leaf the tree holds.
+        if self.tree_hash().leaf(&rec) != self.leaf_hash(index)? {
+            return Err(EngineError::Corrupt {
+                path: self.shared.segments_dir(),
+                what: format!("record {index} does not hash to its stored leaf hash"),
+            });
+        }
+        Ok(rec)
     }
 
     /// Calls `f(index, record)` for `[start, end)`, clipped to the tree; `f` returns false
