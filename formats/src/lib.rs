@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod checkpoint_log;
+pub mod frame;
 pub mod hash;
 pub mod note;
 pub mod record;
