@@ -214,7 +214,7 @@ pub struct BatchEvents<'a> {
 }
 
 impl BatchEvents<'_> {
-    pub fn count(&self) -> u32 {
+    pub fn declared_count(&self) -> u32 {
         self.left
     }
 }
