@@ -1,0 +1,285 @@
+//! Network load generator for `auditlogd`: N connections over TCP (binary protocol,
+//! pipelined) or HTTP (NDJSON batches, keep-alive), fixed event size, closed loop (a window
+//! of batches in flight per connection) or open loop (`--rate` events/s across all
+//! connections). Reports events/s, MB/s and p50/p99/p999 ack latency; writes a JSON summary.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use auditlog_benches::event;
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// `tcp` or `http`.
+    #[arg(long, default_value = "tcp")]
+    protocol: String,
+    /// host:port of the TCP listener or the HTTP server.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    addr: String,
+    #[arg(long, env = "AUDITLOG_TOKEN")]
+    token: String,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Events in all.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    #[arg(long, default_value_t = 256)]
+    event_bytes: usize,
+    /// Events per batch (TCP frame or HTTP request).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Batches in flight per connection (TCP; HTTP/1.1 has one).
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Open loop: send at this many events/s in all (0: closed loop, as fast as acks allow).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long)]
+    json: Option<String>,
+}
+
+struct Result1 {
+    events: u64,
+    latency_us: Histogram<u64>,
+    refused: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    let per_conn = args.events / args.connections as u64;
+    // Pre-built batches, so generation is not measured.
+    let pool: Vec<Vec<Vec<u8>>> = (0..8u64)
+        .map(|b| {
+            (0..args.batch as u64)
+                .map(|i| event(b * 1_000_000 + i, args.event_bytes))
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let results: Vec<Result1> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.connections)
+            .map(|c| {
+                let (args, pool) = (args.clone(), &pool);
+                s.spawn(move || match args.protocol.as_str() {
+                    "tcp" => run_tcp(&args, pool, per_conn, c),
+                    "http" => run_http(&args, pool, per_conn, c),
+                    p => panic!("unknown protocol {p}"),
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("connection thread"))
+            .collect()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let (mut events, mut refused) = (0u64, 0u64);
+    for r in &results {
+        hist.add(&r.latency_us).expect("merge");
+        events += r.events;
+        refused += r.refused;
+    }
+    let eps = events as f64 / secs;
+    let mbps = eps * args.event_bytes as f64 / 1e6;
+    println!(
+        "{} x{} conns, {} B events, batch {}, {}: {:.0} events/s, {:.1} MB/s, ack latency p50 {} µs p99 {} µs p999 {} µs, {} refused",
+        args.protocol,
+        args.connections,
+        args.event_bytes,
+        args.batch,
+        if args.rate > 0 { format!("open loop {} ev/s", args.rate) } else { format!("closed loop, window {}", args.window) },
+        eps,
+        mbps,
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        refused
+    );
+    if let Some(path) = &args.json {
+        let j = serde_json::json!({
+            "protocol": args.protocol, "connections": args.connections, "event_bytes": args.event_bytes,
+            "batch": args.batch, "window": args.window, "rate": args.rate, "events": events, "seconds": secs,
+            "events_per_s": eps, "mb_per_s": mbps, "refused": refused,
+            "latency_us": {"p50": hist.value_at_quantile(0.5), "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
+        });
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&j).unwrap_or_default()) {
+            eprintln!("loadgen: writing {path}: {e}");
+        }
+    }
+}
+
+/// Open-loop pacing: when batch `n` of this connection is due.
+fn due(args: &Args, start: Instant, n: u64) -> Option<Instant> {
+    (args.rate > 0).then(|| {
+        let per_conn_rate = args.rate as f64 / args.connections as f64;
+        start + Duration::from_secs_f64(n as f64 * args.batch as f64 / per_conn_rate)
+    })
+}
+
+fn run_tcp(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Result1 {
+    use auditlog_formats::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
+    // The handshake through the client library, then the socket split in two: this thread
+    // writes, a reader thread timestamps each ACK the moment it arrives. The bounded
+    // channel of send times is both the window and the latency record.
+    let mut stream = TcpStream::connect(&args.addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+        .write_all(&frame::frame(
+            FrameType::Hello,
+            0,
+            &frame::hello_payload(&args.token),
+        ))
+        .expect("hello");
+    let mut reader = BufReader::with_capacity(1 << 16, stream.try_clone().expect("clone"));
+    let read_frame = |r: &mut BufReader<TcpStream>| -> Option<(FrameHeader, Vec<u8>)> {
+        let mut h = [0u8; FRAME_HEADER_BYTES];
+        r.read_exact(&mut h).ok()?;
+        let h = FrameHeader::decode(&h, 64 << 20).ok()?;
+        let mut p = vec![0u8; h.payload_bytes as usize];
+        r.read_exact(&mut p).ok()?;
+        Some((h, p))
+    };
+    let (h, p) = read_frame(&mut reader).expect("HELLO_OK");
+    assert_eq!(
+        h.frame_type,
+        FrameType::HelloOk,
+        "server refused: {:?}",
+        frame::decode_error(&p)
+    );
+    let limits = frame::HelloOk::decode(&p).expect("hello ok");
+    let window = args
+        .window
+        .clamp(1, limits.batches_in_flight_max.max(1) as usize);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Instant>(window);
+    let batches = events / args.batch as u64;
+    let reader_thread = std::thread::spawn(move || {
+        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+        let (mut done, mut refused) = (0u64, 0u64);
+        for _ in 0..batches {
+            let Some((h, p)) = read_frame(&mut reader) else {
+                break;
+            };
+            let at = rx.recv().expect("send time");
+            match h.frame_type {
+                FrameType::Ack => {
+                    done += frame::decode_ack(&p)
+                        .map(|a| a.leaf_hashes.len() as u64)
+                        .unwrap_or(0);
+                    let _ = hist.record(at.elapsed().as_micros() as u64);
+                }
+                _ => refused += 1,
+            }
+        }
+        Result1 {
+            events: done,
+            latency_us: hist,
+            refused,
+        }
+    });
+    let start = Instant::now();
+    let payloads: Vec<Vec<u8>> = pool
+        .iter()
+        .map(|b| {
+            let mut p = vec![0u8; 4];
+            for e in b {
+                frame::push_batch_event(&mut p, e);
+            }
+            p
+        })
+        .collect();
+    for n in 0..batches {
+        if let Some(t) = due(args, start, n) {
+            if let Some(wait) = t.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let p = &payloads[(n as usize + conn) % pool.len()];
+        tx.send(Instant::now()).expect("window");
+        stream
+            .write_all(&frame::frame(FrameType::Batch, n as u32 + 1, p))
+            .expect("send");
+    }
+    drop(tx);
+    reader_thread.join().expect("reader")
+}
+
+fn run_http(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Result1 {
+    let mut stream = BufReader::new(TcpStream::connect(&args.addr).expect("connect"));
+    stream.get_ref().set_nodelay(true).expect("nodelay");
+    let bodies: Vec<Vec<u8>> = pool
+        .iter()
+        .map(|b| {
+            let mut body = Vec::new();
+            for e in b {
+                body.extend_from_slice(e);
+                body.push(b'\n');
+            }
+            body
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let (mut done, mut refused) = (0u64, 0u64);
+    let batches = events / args.batch as u64;
+    let start = Instant::now();
+    for n in 0..batches {
+        if let Some(t) = due(args, start, n) {
+            if let Some(wait) = t.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let body = &bodies[(n as usize + conn) % bodies.len()];
+        let t0 = Instant::now();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            args.addr,
+            args.token,
+            body.len()
+        );
+        let w = stream.get_mut();
+        w.write_all(head.as_bytes()).expect("write");
+        w.write_all(body).expect("write");
+        let (status, _) = read_response(&mut stream);
+        if status == 200 {
+            done += args.batch as u64;
+            let _ = hist.record(t0.elapsed().as_micros() as u64);
+        } else {
+            refused += 1;
+        }
+    }
+    Result1 {
+        events: done,
+        latency_us: hist,
+        refused,
+    }
+}
+
+fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("header");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().expect("length");
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).expect("body");
+    (status, body)
+}
