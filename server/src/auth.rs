@@ -1,0 +1,248 @@
+//! Bearer tokens mapped to roles. Only SHA-256 hashes of tokens are kept, in memory and in
+//! `<data-dir>/tokens.json`; the tokens themselves are written once, on first start, to
+//! `<data-dir>/initial-tokens` (mode 0600).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Writer,
+    Reader,
+    Auditor,
+    Admin,
+}
+
+pub const ROLES: [Role; 4] = [Role::Writer, Role::Reader, Role::Auditor, Role::Admin];
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// What a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// POST /v1/events: writer.
+    Ingest,
+    /// GET /v1/events: reader, auditor.
+    ReadEvents,
+    /// Checkpoints, proofs, log metadata: auditor.
+    Audit,
+}
+
+impl Access {
+    pub fn allows(self, role: Role) -> bool {
+        matches!(
+            (self, role),
+            (_, Role::Admin)
+                | (Access::Ingest, Role::Writer)
+                | (Access::ReadEvents, Role::Reader | Role::Auditor)
+                | (Access::Audit, Role::Auditor)
+        )
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token, or one that matches no known hash.
+    Unauthenticated(&'static str),
+    /// A valid token whose role may not use the route.
+    Forbidden(Role),
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenFile {
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenEntry {
+    role: Role,
+    /// Lowercase hex SHA-256 of the token's text.
+    sha256: String,
+}
+
+pub struct Tokens {
+    hashes: Vec<([u8; 32], Role)>,
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+impl Tokens {
+    #[cfg(test)]
+    pub fn from_pairs(pairs: &[(&str, Role)]) -> Tokens {
+        Tokens {
+            hashes: pairs
+                .iter()
+                .map(|(t, r)| (digest(t.as_bytes()), *r))
+                .collect(),
+        }
+    }
+
+    /// Loads `tokens.json`, or on first start makes one token per role, writes them to
+    /// `initial-tokens` and returns that file's path alongside.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<(Tokens, Option<PathBuf>)> {
+        let store = data_dir.join("tokens.json");
+        match std::fs::read(&store) {
+            Ok(bytes) => {
+                let file: TokenFile = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", store.display()))?;
+                let mut hashes = Vec::with_capacity(file.tokens.len());
+                for t in file.tokens {
+                    let raw = hex::decode(&t.sha256).ok().and_then(|v| {
+                        let a: Option<[u8; 32]> = v.try_into().ok();
+                        a
+                    });
+                    match raw {
+                        Some(h) => hashes.push((h, t.role)),
+                        None => bail!("{}: a hash is not 32 bytes of hex", store.display()),
+                    }
+                }
+                Ok((Tokens { hashes }, None))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (tokens, path) = Self::create(data_dir, &store)?;
+                Ok((tokens, Some(path)))
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", store.display())),
+        }
+    }
+
+    fn create(data_dir: &Path, store: &Path) -> anyhow::Result<(Tokens, PathBuf)> {
+        let mut lines = String::new();
+        let mut hashes = Vec::new();
+        for role in ROLES {
+            let mut raw = [0u8; 32];
+            getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
+            let token = hex::encode(raw);
+            lines.push_str(&format!("{} {token}\n", role.name()));
+            hashes.push((digest(token.as_bytes()), role));
+        }
+        let initial = data_dir.join("initial-tokens");
+        write_private(&initial, lines.as_bytes())?;
+        let file = TokenFile {
+            tokens: hashes
+                .iter()
+                .map(|(h, r)| TokenEntry {
+                    role: *r,
+                    sha256: hex::encode(h),
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec_pretty(&file).context("encoding tokens.json")?;
+        let tmp = data_dir.join("tokens.json.tmp");
+        write_private(&tmp, &json)?;
+        std::fs::rename(&tmp, store).with_context(|| format!("renaming to {}", store.display()))?;
+        Ok((Tokens { hashes }, initial))
+    }
+
+    /// The role of the bearer token in an `Authorization` header value. Every known hash
+    /// is compared, in constant time, whichever matches.
+    pub fn role_of(&self, authorization: Option<&[u8]>) -> Result<Role, AuthError> {
+        let Some(value) = authorization else {
+            return Err(AuthError::Unauthenticated("no bearer token"));
+        };
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let token = match value.split_at_checked(7) {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case(b"bearer ") => t,
+            _ => return Err(AuthError::Unauthenticated("not a bearer token")),
+        };
+        let d = digest(token);
+        let mut found = None;
+        for (h, role) in &self.hashes {
+            if bool::from(h.ct_eq(&d)) {
+                found = Some(*role);
+            }
+        }
+        found.ok_or(AuthError::Unauthenticated("unknown token"))
+    }
+
+    pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<Role, AuthError> {
+        let role = self.role_of(authorization)?;
+        if access.allows(role) {
+            Ok(role)
+        } else {
+            Err(AuthError::Forbidden(role))
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_tokens() {
+        let t = Tokens::from_pairs(&[("w", Role::Writer), ("a", Role::Auditor)]);
+        assert_eq!(t.check(Some(b"Bearer w"), Access::Ingest), Ok(Role::Writer));
+        assert_eq!(t.check(Some(b"bearer w"), Access::Ingest), Ok(Role::Writer));
+        assert!(t.check(Some(b"Basic w"), Access::Ingest).is_err());
+        assert_eq!(
+            t.check(Some(b"Bearer w"), Access::Audit),
+            Err(AuthError::Forbidden(Role::Writer))
+        );
+        assert_eq!(
+            t.check(Some(b"Bearer a"), Access::ReadEvents),
+            Ok(Role::Auditor)
+        );
+        assert!(matches!(
+            t.check(Some(b"Bearer x"), Access::Ingest),
+            Err(AuthError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            t.check(None, Access::Ingest),
+            Err(AuthError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn first_start_writes_tokens_and_restart_keeps_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("auditlogd-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (_, path) = Tokens::load_or_create(&dir).expect("create");
+        let path = path.expect("first start");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let (again, none) = Tokens::load_or_create(&dir).expect("reload");
+        assert!(none.is_none());
+        for line in text.lines() {
+            let (role, token) = line.split_once(' ').expect("role token");
+            let got = again
+                .role_of(Some(format!("Bearer {token}").as_bytes()))
+                .expect("known");
+            assert_eq!(got.name(), role);
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

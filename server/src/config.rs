@@ -1,0 +1,220 @@
+//! The daemon's configuration: a TOML file with an `[engine]` section (the engine's named
+//! limits) and a `[server]` section (every HTTP limit), overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use auditlog_engine::{EngineConfig, IoMode};
+use auditlog_formats::schema::SchemaMode;
+use auditlog_formats::TreeHash;
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// The whole file. Every field is optional; absent ones keep their defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub server: ServerSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub data_dir: Option<PathBuf>,
+    pub origin: Option<String>,
+    /// "sha256" or "blake3".
+    pub tree_hash: Option<String>,
+    /// "audit" or "raw".
+    pub schema: Option<String>,
+    pub queue_submissions_max: Option<usize>,
+    pub submission_bytes_max: Option<usize>,
+    pub batch_bytes_max: Option<usize>,
+    pub batch_events_max: Option<usize>,
+    pub segment_bytes: Option<u64>,
+    pub seal_age_ms: Option<u64>,
+    pub checkpoint_interval_ms: Option<u64>,
+    pub block_raw_bytes: Option<usize>,
+    pub zstd_level: Option<i32>,
+    /// "auto", "io_uring" or "pwrite".
+    pub io_mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub http_addr: Option<String>,
+    pub body_bytes_max: Option<usize>,
+    pub connections_max: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub long_poll_ms_max: Option<u64>,
+    pub range_events_max: Option<u64>,
+}
+
+/// The HTTP side's limits, resolved.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub http_addr: SocketAddr,
+    /// One request body; larger ones get 413.
+    pub body_bytes_max: usize,
+    /// Open connections; further ones wait in the kernel's accept queue.
+    pub connections_max: usize,
+    /// One request, from headers read to response ready; past it, 503.
+    pub request_timeout_ms: u64,
+    /// Cap on `wait_ms` of `GET /v1/checkpoint`; must be under `request_timeout_ms`.
+    pub long_poll_ms_max: u64,
+    /// Events in one `GET /v1/events?start=&end=` answer.
+    pub range_events_max: u64,
+}
+
+impl ServerConfig {
+    pub fn defaults() -> ServerConfig {
+        ServerConfig {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_bytes_max: 4 << 20,
+            connections_max: 1024,
+            request_timeout_ms: 60_000,
+            long_poll_ms_max: 30_000,
+            range_events_max: 10_000,
+        }
+    }
+}
+
+/// Command-line overrides.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<String>,
+}
+
+pub struct Config {
+    pub engine: EngineConfig,
+    pub server: ServerConfig,
+}
+
+pub fn load(path: Option<&Path>, over: Overrides) -> anyhow::Result<Config> {
+    let file = match path {
+        None => FileConfig::default(),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+    };
+    resolve(file, over)
+}
+
+pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
+    let e = file.engine;
+    let data_dir = over
+        .data_dir
+        .or(e.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let mut engine = EngineConfig::new(data_dir);
+    if let Some(v) = e.origin {
+        engine.origin = v;
+    }
+    if let Some(v) = e.tree_hash {
+        engine.tree_hash = TreeHash::from_name(&v)
+            .with_context(|| format!("engine.tree_hash {v:?}: expected sha256 or blake3"))?;
+    }
+    if let Some(v) = e.schema {
+        engine.schema = match v.as_str() {
+            "audit" => SchemaMode::Audit,
+            "raw" => SchemaMode::Raw,
+            _ => bail!("engine.schema {v:?}: expected audit or raw"),
+        };
+    }
+    if let Some(v) = e.io_mode {
+        engine.io_mode = match v.as_str() {
+            "auto" => IoMode::Auto,
+            "io_uring" => IoMode::IoUring,
+            "pwrite" => IoMode::Pwrite,
+            _ => bail!("engine.io_mode {v:?}: expected auto, io_uring or pwrite"),
+        };
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = e.$f { engine.$f = v; } )* };
+    }
+    set!(
+        queue_submissions_max,
+        submission_bytes_max,
+        batch_bytes_max,
+        batch_events_max,
+        segment_bytes,
+        seal_age_ms,
+        checkpoint_interval_ms,
+        block_raw_bytes,
+        zstd_level
+    );
+
+    let s = file.server;
+    let mut server = ServerConfig::defaults();
+    let addr = over.http_addr.or(s.http_addr);
+    if let Some(a) = addr {
+        server.http_addr = a
+            .parse()
+            .with_context(|| format!("http_addr {a:?} is not host:port"))?;
+    }
+    macro_rules! set_s {
+        ($($f:ident),*) => { $( if let Some(v) = s.$f { server.$f = v; } )* };
+    }
+    set_s!(
+        body_bytes_max,
+        connections_max,
+        request_timeout_ms,
+        long_poll_ms_max,
+        range_events_max
+    );
+    if server.body_bytes_max == 0 || server.connections_max == 0 || server.range_events_max == 0 {
+        bail!("server.body_bytes_max, connections_max and range_events_max must be positive");
+    }
+    if server.long_poll_ms_max >= server.request_timeout_ms {
+        bail!("server.long_poll_ms_max must be under server.request_timeout_ms");
+    }
+    Ok(Config { engine, server })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = resolve(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!(c.engine.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.body_bytes_max, 4 << 20);
+    }
+
+    #[test]
+    fn file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "[engine]\ndata_dir = \"/x\"\nschema = \"raw\"\nsubmission_bytes_max = 1000\n\
+             [server]\nhttp_addr = \"0.0.0.0:1\"\nlong_poll_ms_max = 5\n",
+        )
+        .expect("parse");
+        let c = resolve(
+            file,
+            Overrides {
+                data_dir: None,
+                http_addr: Some("127.0.0.1:9".into()),
+            },
+        )
+        .expect("resolve");
+        assert_eq!(c.engine.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.engine.schema, SchemaMode::Raw);
+        assert_eq!(c.engine.submission_bytes_max, 1000);
+        assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9");
+        assert_eq!(c.server.long_poll_ms_max, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("[server]\nbody_max = 1\n").is_err());
+    }
+}

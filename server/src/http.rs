@@ -1,0 +1,468 @@
+//! The HTTP API of DESIGN.md "Reading and proving": routes, auth, errors and the read side.
+//! Ingest is in `ingest.rs`. Every engine call that may block runs on the blocking pool.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use auditlog_engine::{Engine, EngineError};
+use auditlog_formats::hash::to_hex;
+use auditlog_formats::record::Record;
+use auditlog_formats::TreeHash;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::auth::{Access, AuthError, Tokens};
+use crate::config::ServerConfig;
+use crate::metrics::{self, HttpCounters};
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub tokens: Tokens,
+    pub cfg: ServerConfig,
+    pub http: HttpCounters,
+    pub started: Instant,
+}
+
+pub type St = Arc<AppState>;
+
+/// An error answer: `{"error":{"code","message"}}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() && self.status != StatusCode::NOT_IMPLEMENTED {
+            tracing::warn!("answering {}: {}: {}", self.status, self.code, self.message);
+        }
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of an oversized body may still be on its way.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            EngineError::BadEvent { .. } => (S::BAD_REQUEST, "bad_event"),
+            EngineError::SubmissionTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "too_large"),
+            EngineError::QueueFull(_) => (S::TOO_MANY_REQUESTS, "queue_full"),
+            EngineError::Failed(_) | EngineError::DiskFull(_) => {
+                (S::SERVICE_UNAVAILABLE, "engine_failed")
+            }
+            EngineError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
+            EngineError::NotFound { .. } => (S::NOT_FOUND, "not_found"),
+            EngineError::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
+            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+pub type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Checks the bearer token against what the route needs.
+pub fn authorize(st: &AppState, headers: &HeaderMap, access: Access) -> ApiResult<()> {
+    let value = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match st.tokens.check(value, access) {
+        Ok(_) => Ok(()),
+        Err(AuthError::Unauthenticated(why)) => {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
+        }
+        Err(AuthError::Forbidden(role)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {} may not use this route", role.name()),
+        )),
+    }
+}
+
+/// Runs an engine call on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!("engine task failed: {e}"))),
+    }
+}
+
+pub fn router(st: St) -> Router {
+    Router::new()
+        .route(
+            "/v1/events",
+            get(get_range).post(crate::ingest::post_events),
+        )
+        .route("/v1/events/{index}", get(get_event))
+        .route("/v1/checkpoint", get(get_checkpoint))
+        .route("/v1/proof/inclusion", get(get_inclusion))
+        .route("/v1/proof/consistency", get(get_consistency))
+        .route("/v1/log", get(get_log))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(get_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(st.clone(), guard))
+        .with_state(st)
+}
+
+/// Bounds each request's time and counts the answers.
+async fn guard(State(st): State<St>, req: Request, next: Next) -> Response {
+    let limit = Duration::from_millis(st.cfg.request_timeout_ms);
+    let resp = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("request took over {} ms", st.cfg.request_timeout_ms),
+        )
+        .into_response(),
+    };
+    st.http.record(resp.status().as_u16());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(q: Params) -> ApiResult<HashMap<String, String>> {
+    q.map(|Query(m)| m)
+        .map_err(|e| ApiError::bad(format!("query string: {e}")))
+}
+
+fn num(m: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+    match m.get(name) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad(format!("{name}={v:?} is not a non-negative integer"))),
+    }
+}
+
+fn need(m: &HashMap<String, String>, name: &str) -> ApiResult<u64> {
+    num(m, name)?.ok_or_else(|| ApiError::bad(format!("{name} is required")))
+}
+
+/// One event as the API shows it. The payload was validated as a JSON object on ingest,
+/// so it is embedded as is.
+fn event_json(alg: TreeHash, index: u64, record: &[u8]) -> ApiResult<String> {
+    let r = Record::parse(record)
+        .map_err(|e| ApiError::internal(format!("record {index} is damaged: {e}")))?;
+    let payload = std::str::from_utf8(r.payload)
+        .map_err(|_| ApiError::internal(format!("record {index} payload is not UTF-8")))?;
+    Ok(format!(
+        r#"{{"index":{index},"received_at_unix_ns":{},"leaf_hash":"{}","event":{payload}}}"#,
+        r.received_at_unix_ns,
+        to_hex(&alg.leaf(record))
+    ))
+}
+
+fn with_type(body: impl Into<Body>, content_type: &'static str) -> Response {
+    let mut r = Response::new(body.into());
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+const JSON: &str = "application/json";
+
+async fn get_event(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path(index): Path<String>,
+    q: Params,
+) -> ApiResult {
+    authorize(&st, &headers, Access::ReadEvents)?;
+    let q = params(q)?;
+    let index: u64 = index
+        .parse()
+        .map_err(|_| ApiError::bad(format!("event index {index:?} is not an integer")))?;
+    let raw = match q.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("record") => true,
+        Some(f) => {
+            return Err(ApiError::bad(format!(
+                "format={f:?}: expected json or record"
+            )))
+        }
+    };
+    let engine = st.engine.clone();
+    let record = blocking(move || engine.read_record(index)).await?;
+    if raw {
+        return Ok(with_type(record, "application/octet-stream"));
+    }
+    Ok(with_type(
+        event_json(st.engine.tree_hash(), index, &record)?,
+        JSON,
+    ))
+}
+
+/// A response body fed by the blocking task that reads the records.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(http_body::Frame::data)))
+    }
+}
+
+const RANGE_CHUNK_BYTES: usize = 64 << 10;
+
+async fn get_range(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
+    authorize(&st, &headers, Access::ReadEvents)?;
+    let q = params(q)?;
+    let max = st.cfg.range_events_max;
+    let size = st.engine.tree_size();
+    let start = num(&q, "start")?.unwrap_or(0);
+    let end = match num(&q, "end")? {
+        Some(e) => e,
+        None => start.saturating_add(max).min(size),
+    };
+    if end < start {
+        return Err(ApiError::bad(format!("end {end} is before start {start}")));
+    }
+    if end - start > max {
+        return Err(ApiError::bad(format!(
+            "range of {} events is over the {max}-event limit per request",
+            end - start
+        )));
+    }
+    let (tx, rx) = mpsc::channel(8);
+    let engine = st.engine.clone();
+    let alg = engine.tree_hash();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = String::new();
+        let r = engine.read_records(start, end, &mut |i, rec| {
+            match event_json(alg, i, rec) {
+                Ok(line) => buf.push_str(&line),
+                Err(e) => return Err(EngineError::BadRequest(e.message)),
+            }
+            buf.push('\n');
+            if buf.len() >= RANGE_CHUNK_BYTES {
+                let chunk = Bytes::from(std::mem::take(&mut buf));
+                // The client went away: stop reading.
+                return Ok(tx.blocking_send(Ok(chunk)).is_ok());
+            }
+            Ok(true)
+        });
+        let last = match r {
+            Ok(()) => Ok(Bytes::from(buf)),
+            // A status is already sent; cutting the stream short tells the client.
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        let _ = tx.blocking_send(last);
+    });
+    Ok(with_type(
+        Body::new(ChannelBody(rx)),
+        "application/x-ndjson",
+    ))
+}
+
+async fn get_checkpoint(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
+    authorize(&st, &headers, Access::Audit)?;
+    let q = params(q)?;
+    let wait_ms = num(&q, "wait_ms")?
+        .unwrap_or(0)
+        .min(st.cfg.long_poll_ms_max);
+    let cp = match num(&q, "min_size")? {
+        None => st.engine.latest_checkpoint(),
+        Some(min) => {
+            let engine = st.engine.clone();
+            blocking(move || {
+                Ok(wait_checkpoint(
+                    &engine,
+                    min,
+                    Duration::from_millis(wait_ms),
+                ))
+            })
+            .await?
+        }
+    };
+    match cp {
+        Some(cp) => Ok(with_type(cp.note.clone(), "text/plain; charset=utf-8")),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "checkpoint_pending",
+            "no signed checkpoint covers the size asked for yet",
+        )),
+    }
+}
+
+/// Waits for a checkpoint covering `min_size`. The engine is only ever asked for sizes the
+/// tree has reached: its wanted size is sticky, and one beyond the head would make every
+/// later append sign a checkpoint at once.
+fn wait_checkpoint(
+    engine: &Engine,
+    min_size: u64,
+    wait: Duration,
+) -> Option<Arc<auditlog_engine::SignedCheckpoint>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let target = min_size.min(engine.tree_size());
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(cp) = engine.wait_checkpoint(target, left) {
+            if cp.checkpoint.size >= min_size {
+                return Some(cp);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        // The tree has not reached `min_size` yet: look again shortly.
+        std::thread::sleep(left.min(Duration::from_millis(10)));
+    }
+}
+
+fn hex_list(hashes: &[[u8; 32]]) -> Vec<String> {
+    hashes.iter().map(to_hex).collect()
+}
+
+async fn get_inclusion(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
+    authorize(&st, &headers, Access::Audit)?;
+    let q = params(q)?;
+    if q.contains_key("leaf_hash") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "proofs by leaf_hash need the leaf-hash index, which is not built yet; use index=",
+        ));
+    }
+    let index = need(&q, "index")?;
+    let size = need(&q, "size")?;
+    let engine = st.engine.clone();
+    let hashes = blocking(move || engine.prove_inclusion(index, size)).await?;
+    Ok(
+        axum::Json(json!({"index": index, "size": size, "hashes": hex_list(&hashes)}))
+            .into_response(),
+    )
+}
+
+async fn get_consistency(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
+    authorize(&st, &headers, Access::Audit)?;
+    let q = params(q)?;
+    let from = need(&q, "from")?;
+    let to = need(&q, "to")?;
+    let engine = st.engine.clone();
+    let hashes = blocking(move || engine.prove_consistency(from, to)).await?;
+    Ok(axum::Json(json!({"from": from, "to": to, "hashes": hex_list(&hashes)})).into_response())
+}
+
+async fn get_log(State(st): State<St>, headers: HeaderMap) -> ApiResult {
+    authorize(&st, &headers, Access::Audit)?;
+    let e = &st.engine;
+    Ok(axum::Json(json!({
+        "origin": e.config().origin,
+        "tree_hash": e.tree_hash().name(),
+        "verifier_keys": [e.verifier_key().to_string()],
+        "tree_size": e.tree_size(),
+    }))
+    .into_response())
+}
+
+async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn ready(State(st): State<St>) -> ApiResult {
+    let s = st.engine.status();
+    let mut reasons = Vec::new();
+    if let Some(f) = s.failed {
+        reasons.push(format!("engine failed: {f}"));
+    }
+    if let Some(f) = s.signer_error {
+        reasons.push(format!("signer: {f}"));
+    }
+    if let Some(f) = s.preallocation_error {
+        reasons.push(format!("preallocation: {f}"));
+    }
+    if reasons.is_empty() {
+        Ok(axum::Json(json!({"status": "ready"})).into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            reasons.join("; "),
+        ))
+    }
+}
+
+async fn get_metrics(State(st): State<St>) -> Response {
+    let text = metrics::render(
+        &st.engine.status(),
+        &st.http,
+        st.started.elapsed().as_secs(),
+    );
+    with_type(text, "text/plain; version=0.0.4; charset=utf-8")
+}

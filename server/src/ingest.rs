@@ -1,0 +1,220 @@
+//! `POST /v1/events`: one JSON object (`application/json`) or many (`application/x-ndjson`).
+//! Every event of a request is validated before any is submitted; a request becomes one
+//! engine batch, or several in order when it is over the engine's `submission_bytes_max`.
+
+use std::sync::Arc;
+
+use auditlog_engine::{Engine, EngineError, EventBatch, Receipts};
+use auditlog_formats::hash::to_hex;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::auth::Access;
+use crate::http::{authorize, ApiError, ApiResult, St};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    One,
+    Many,
+}
+
+#[derive(Serialize)]
+struct Receipt {
+    index: u64,
+    leaf_hash: String,
+    received_at_unix_ns: u64,
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request body is over the {max}-byte limit"),
+    )
+}
+
+fn kind_of(headers: &HeaderMap) -> ApiResult<Kind> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    match mime.to_ascii_lowercase().as_str() {
+        "application/json" => Ok(Kind::One),
+        "application/x-ndjson" => Ok(Kind::Many),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type {ct:?}: expected application/json or application/x-ndjson"),
+        )),
+    }
+}
+
+/// Past `body_bytes_max`, this much more is read and thrown away before the 413, so the
+/// client, still sending, reads the answer instead of a reset connection.
+const DRAIN_BYTES_MAX: u64 = 64 << 20;
+
+async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> ApiResult<Vec<u8>> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64 + DRAIN_BYTES_MAX) {
+        return Err(too_large(max));
+    }
+    let mut buf = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen <= max as u64 {
+            buf.extend_from_slice(&data);
+        } else if seen > max as u64 + DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if seen > max as u64 {
+        return Err(too_large(max));
+    }
+    Ok(buf)
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+/// Splits the body into events and validates each into batches; nothing is submitted.
+pub fn build_batches(engine: &Engine, body: &[u8], kind: Kind) -> ApiResult<Vec<EventBatch>> {
+    let events: Vec<&[u8]> = match kind {
+        Kind::One => vec![trim(body)],
+        Kind::Many => body
+            .split(|b| *b == b'\n')
+            .map(trim)
+            .filter(|l| !l.is_empty())
+            .collect(),
+    };
+    if events.is_empty() || events[0].is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_event",
+            "the request holds no event",
+        ));
+    }
+    let refused = |position: usize, reason: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_event",
+            format!("event {position} refused: {reason}"),
+        )
+    };
+    let mut batches = Vec::new();
+    let mut batch = engine.new_batch();
+    for (position, event) in events.into_iter().enumerate() {
+        match batch.push(event) {
+            Ok(()) => continue,
+            Err(EngineError::BadEvent { reason, .. }) => return Err(refused(position, reason)),
+            Err(EngineError::SubmissionTooLarge { bytes, max }) if batch.is_empty() => {
+                return Err(refused(
+                    position,
+                    format!("{bytes} bytes framed is over the {max}-byte submission limit"),
+                ))
+            }
+            Err(EngineError::SubmissionTooLarge { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // The batch is full: start the next one with this event.
+        batches.push(std::mem::replace(&mut batch, engine.new_batch()));
+        match batch.push(event) {
+            Ok(()) => {}
+            Err(EngineError::BadEvent { reason, .. }) => return Err(refused(position, reason)),
+            Err(e) => return Err(refused(position, e.to_string())),
+        }
+    }
+    batches.push(batch);
+    Ok(batches)
+}
+
+type Waiting = oneshot::Receiver<Result<Receipts, EngineError>>;
+
+fn done_sender() -> (auditlog_engine::Done, Waiting) {
+    let (tx, rx) = oneshot::channel();
+    // Runs on the sequencer thread: only a send.
+    let done: auditlog_engine::Done = Box::new(move |r| {
+        let _ = tx.send(r);
+    });
+    (done, rx)
+}
+
+pub async fn post_events(State(st): State<St>, headers: HeaderMap, body: Body) -> ApiResult {
+    authorize(&st, &headers, Access::Ingest)?;
+    let kind = kind_of(&headers)?;
+    let bytes = read_body(&headers, body, st.cfg.body_bytes_max).await?;
+    let engine: Arc<Engine> = st.engine.clone();
+    let batches =
+        match tokio::task::spawn_blocking(move || build_batches(&engine, &bytes, kind)).await {
+            Ok(r) => r?,
+            Err(e) => return Err(ApiError::internal(format!("validation task failed: {e}"))),
+        };
+    let mut waiting = Vec::with_capacity(batches.len());
+    for (i, batch) in batches.into_iter().enumerate() {
+        let (done, rx) = done_sender();
+        if i == 0 {
+            // A full queue refuses the request while nothing of it is queued.
+            st.engine.try_submit(batch, done)?;
+        } else {
+            // Later parts wait their turn so the request is not left half-queued.
+            let engine = st.engine.clone();
+            crate::http::blocking(move || engine.submit(batch, done)).await?;
+        }
+        waiting.push(rx);
+    }
+    let mut receipts = Vec::new();
+    for rx in waiting {
+        let r = match rx.await {
+            Ok(r) => r?,
+            Err(_) => return Err(EngineError::ShuttingDown.into()),
+        };
+        for (k, leaf) in r.leaf_hashes.iter().enumerate() {
+            receipts.push(Receipt {
+                index: r.first_index + k as u64,
+                leaf_hash: to_hex(leaf),
+                received_at_unix_ns: r.received_at_unix_ns,
+            });
+        }
+    }
+    Ok(axum::Json(serde_json::json!({ "receipts": receipts })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_ascii_whitespace() {
+        assert_eq!(trim(b"  {}\r\n"), b"{}");
+        assert_eq!(trim(b" \t "), b"");
+        assert_eq!(trim(b""), b"");
+    }
+}

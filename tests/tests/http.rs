@@ -1,0 +1,610 @@
+//! The HTTP API end to end: the real `auditlogd` binary on a free port over a temporary data
+//! directory, driven by a blocking HTTP client. Ingest, read back, checkpoints and proofs
+//! checked against the verifier key, a restart, the auth matrix, and bad input.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use auditlog_formats::note::{self, Checkpoint, VerifierKey};
+use auditlog_formats::record::Record;
+use auditlog_formats::tree;
+use auditlog_formats::TreeHash;
+use auditlog_tests::event;
+use serde_json::Value;
+
+/// `target/<profile>/auditlogd`, next to this test's `deps/` directory, (re)built once per
+/// run so it is never older than the source.
+fn daemon_exe() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test exe in target/<profile>/deps")
+            .to_path_buf();
+        let bin = profile_dir.join("auditlogd");
+        // `cargo test -p auditlog-tests` does not build other packages' binaries; a build
+        // here is quick when nothing changed and keeps a stale daemon from being tested.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "auditlog-server", "--bin", "auditlogd"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(st) => assert!(st.success(), "cargo build -p auditlog-server failed"),
+            // No cargo (the test run by hand): use the binary that is there.
+            Err(e) => eprintln!("cannot run cargo ({e}); using {}", bin.display()),
+        }
+        assert!(bin.exists(), "{} missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
+const CONFIG: &str = r#"
+[engine]
+submission_bytes_max = 131072
+batch_bytes_max = 131072
+segment_bytes = 1048576
+block_raw_bytes = 16384
+checkpoint_interval_ms = 50
+
+[server]
+body_bytes_max = 524288
+request_timeout_ms = 20000
+long_poll_ms_max = 10000
+range_events_max = 1000
+"#;
+
+const BODY_BYTES_MAX: usize = 524288;
+
+struct Daemon {
+    child: Option<Child>,
+    base: String,
+    tokens: HashMap<String, String>,
+    agent: ureq::Agent,
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, CONFIG)
+    }
+
+    fn start_with(dir: &Path, config_text: &str) -> Daemon {
+        let config = dir.join("auditlogd.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        let port = free_port();
+        let child = Command::new(daemon_exe())
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn auditlogd");
+        let mut d = Daemon {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            tokens: HashMap::new(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = d.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("auditlogd exited at start: {st}");
+                }
+            }
+            if d.agent.get(&format!("{}/health", d.base)).call().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "auditlogd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(dir.join("data/initial-tokens")).expect("tokens");
+        for line in text.lines() {
+            let (role, token) = line.split_once(' ').expect("<role> <token>");
+            d.tokens.insert(role.to_string(), token.to_string());
+        }
+        assert_eq!(d.tokens.len(), 4, "one token per role");
+        d
+    }
+
+    fn token(&self, role: &str) -> String {
+        self.tokens[role].clone()
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+    ) -> Reply {
+        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let res = match body {
+            Some((ct, b)) => req.set("Content-Type", ct).send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let content_type = resp.header("content-type").unwrap_or("").to_string();
+        let mut body = Vec::new();
+        resp.into_reader()
+            .read_to_end(&mut body)
+            .expect("read body");
+        Reply {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    fn get(&self, path: &str, role: &str) -> Reply {
+        self.call("GET", path, Some(&self.token(role)), None)
+    }
+
+    fn post(&self, ct: &str, body: &[u8]) -> Reply {
+        self.call(
+            "POST",
+            "/v1/events",
+            Some(&self.token("writer")),
+            Some((ct, body)),
+        )
+    }
+
+    /// SIGTERM, and the daemon must drain, sign and exit 0.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                assert!(st.success(), "auditlogd exited with {st}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "auditlogd did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> (VerifierKey, TreeHash, u64) {
+        let r = self.get("/v1/log", "auditor");
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        let key: VerifierKey = v["verifier_keys"][0]
+            .as_str()
+            .expect("key")
+            .parse()
+            .expect("verifier key");
+        let alg = TreeHash::from_name(v["tree_hash"].as_str().expect("alg")).expect("alg name");
+        (key, alg, v["tree_size"].as_u64().expect("tree_size"))
+    }
+
+    fn checkpoint(&self, min_size: u64, key: &VerifierKey) -> Checkpoint {
+        let r = self.get(
+            &format!("/v1/checkpoint?min_size={min_size}&wait_ms=5000"),
+            "auditor",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.content_type.starts_with("text/plain"));
+        let (cp, _) = note::open_checkpoint(&r.text(), std::slice::from_ref(key)).expect("signed");
+        assert!(cp.size >= min_size);
+        cp
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn hash(v: &Value) -> [u8; 32] {
+    let h = hex::decode(v.as_str().expect("hex string")).expect("hex");
+    h.try_into().expect("32 bytes")
+}
+
+fn receipts(r: &Reply) -> Vec<(u64, [u8; 32])> {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["receipts"]
+        .as_array()
+        .expect("receipts")
+        .iter()
+        .map(|x| (x["index"].as_u64().expect("index"), hash(&x["leaf_hash"])))
+        .collect()
+}
+
+fn check_inclusion(d: &Daemon, alg: TreeHash, cp: &Checkpoint, index: u64, leaf: &[u8; 32]) {
+    let r = d.get(
+        &format!("/v1/proof/inclusion?index={index}&size={}", cp.size),
+        "auditor",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["index"], index);
+    assert_eq!(v["size"], cp.size);
+    let proof: Vec<[u8; 32]> = v["hashes"]
+        .as_array()
+        .expect("hashes")
+        .iter()
+        .map(hash)
+        .collect();
+    tree::verify_inclusion(alg, index, cp.size, leaf, &proof, &cp.root).expect("inclusion");
+}
+
+fn check_consistency(d: &Daemon, alg: TreeHash, old: &Checkpoint, new: &Checkpoint) {
+    let r = d.get(
+        &format!("/v1/proof/consistency?from={}&to={}", old.size, new.size),
+        "auditor",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["from"], old.size);
+    assert_eq!(v["to"], new.size);
+    let proof: Vec<[u8; 32]> = v["hashes"]
+        .as_array()
+        .expect("hashes")
+        .iter()
+        .map(hash)
+        .collect();
+    tree::verify_consistency(alg, old.size, new.size, &old.root, &new.root, &proof)
+        .expect("consistency");
+}
+
+#[test]
+fn ingest_read_prove_and_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start(dir.path());
+    let (key, alg, size0) = d.log();
+    assert_eq!(size0, 0);
+
+    let mut sent: Vec<Vec<u8>> = vec![event(0, 300)];
+    let one = receipts(&d.post("application/json", &sent[0]));
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].0, 0);
+    let cp1 = d.checkpoint(1, &key);
+
+    // Over the engine's 128 KiB submission limit: several batches, in order.
+    let batch: Vec<Vec<u8>> = (1..=120).map(|n| event(n, 2000)).collect();
+    let mut ndjson = Vec::new();
+    for (i, e) in batch.iter().enumerate() {
+        ndjson.extend_from_slice(e);
+        ndjson.extend_from_slice(if i % 10 == 0 { b"\n\n" } else { b"\r\n" });
+    }
+    let many = receipts(&d.post("application/x-ndjson", &ndjson));
+    assert_eq!(many.len(), batch.len());
+    for (k, (index, _)) in many.iter().enumerate() {
+        assert_eq!(*index, 1 + k as u64);
+    }
+    sent.extend(batch);
+    let leaves: Vec<[u8; 32]> = one.iter().chain(&many).map(|r| r.1).collect();
+
+    for i in [0u64, 1, 60, 120] {
+        let r = d.get(&format!("/v1/events/{i}"), "reader");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["index"], i);
+        assert_eq!(hash(&v["leaf_hash"]), leaves[i as usize]);
+        let want: Value = serde_json::from_slice(&sent[i as usize]).expect("event JSON");
+        assert_eq!(v["event"], want);
+        let raw = d.get(&format!("/v1/events/{i}?format=record"), "auditor");
+        assert_eq!(raw.status, 200);
+        assert_eq!(raw.content_type, "application/octet-stream");
+        let rec = Record::parse(&raw.body).expect("record");
+        assert_eq!(rec.payload, &sent[i as usize][..]);
+        assert_eq!(
+            Some(rec.received_at_unix_ns),
+            v["received_at_unix_ns"].as_u64()
+        );
+        assert_eq!(alg.leaf(&raw.body), leaves[i as usize]);
+    }
+    let range = d.get("/v1/events?start=0&end=121", "reader");
+    assert_eq!(range.status, 200);
+    assert!(range.content_type.starts_with("application/x-ndjson"));
+    let lines: Vec<Value> = range
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON line"))
+        .collect();
+    assert_eq!(lines.len(), 121);
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["index"], i as u64);
+        assert_eq!(hash(&v["leaf_hash"]), leaves[i]);
+        let want: Value = serde_json::from_slice(&sent[i]).expect("event JSON");
+        assert_eq!(v["event"], want);
+    }
+
+    let cp2 = d.checkpoint(121, &key);
+    for i in [0u64, 1, 59, 120] {
+        check_inclusion(&d, alg, &cp2, i, &leaves[i as usize]);
+    }
+    check_consistency(&d, alg, &cp1, &cp2);
+
+    d.stop();
+    let d = Daemon::start(dir.path());
+    let (key2, alg2, size) = d.log();
+    assert_eq!(key2.to_string(), key.to_string(), "same key after restart");
+    assert_eq!(alg2, alg);
+    assert_eq!(size, 121);
+    let cp3 = d.checkpoint(121, &key);
+    check_consistency(&d, alg, &cp2, &cp3);
+    let again = receipts(&d.post("application/json", &event(999, 400)));
+    assert_eq!(again[0].0, 121);
+    let cp4 = d.checkpoint(122, &key);
+    check_consistency(&d, alg, &cp1, &cp4);
+    check_inclusion(&d, alg, &cp4, 121, &again[0].1);
+    check_inclusion(&d, alg, &cp4, 60, &leaves[60]);
+    let r = d.get("/v1/events/60", "admin");
+    assert_eq!(hash(&r.json()["leaf_hash"]), leaves[60]);
+}
+
+/// (method, path, body, roles allowed besides admin); `None` roles: no token needed.
+type Route<'a> = (&'a str, &'a str, Option<&'a [u8]>, Option<&'a [&'a str]>);
+
+#[test]
+fn auth_matrix() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path());
+    let (key, _, _) = d.log();
+    receipts(&d.post("application/json", &event(1, 300)));
+    d.checkpoint(1, &key);
+    let ev = event(2, 300);
+    let routes: Vec<Route> = vec![
+        ("POST", "/v1/events", Some(&ev), Some(&["writer"])),
+        ("GET", "/v1/events/0", None, Some(&["reader", "auditor"])),
+        (
+            "GET",
+            "/v1/events?start=0&end=1",
+            None,
+            Some(&["reader", "auditor"]),
+        ),
+        ("GET", "/v1/checkpoint", None, Some(&["auditor"])),
+        (
+            "GET",
+            "/v1/proof/inclusion?index=0&size=1",
+            None,
+            Some(&["auditor"]),
+        ),
+        (
+            "GET",
+            "/v1/proof/consistency?from=1&to=1",
+            None,
+            Some(&["auditor"]),
+        ),
+        ("GET", "/v1/log", None, Some(&["auditor"])),
+        ("GET", "/health", None, None),
+        ("GET", "/ready", None, None),
+        ("GET", "/metrics", None, None),
+    ];
+    for (method, path, body, allowed) in routes {
+        let body = body.map(|b| ("application/json", b));
+        let mut cases: Vec<(String, Option<String>, u16)> = Vec::new();
+        let open = allowed.is_none();
+        cases.push(("none".into(), None, if open { 200 } else { 401 }));
+        cases.push((
+            "wrong".into(),
+            Some("not-a-token".into()),
+            if open { 200 } else { 401 },
+        ));
+        for role in ["writer", "reader", "auditor", "admin"] {
+            let ok = allowed.is_none_or(|a| role == "admin" || a.contains(&role));
+            cases.push((role.into(), Some(d.token(role)), if ok { 200 } else { 403 }));
+        }
+        for (who, token, want) in cases {
+            let r = d.call(method, path, token.as_deref(), body);
+            assert_eq!(r.status, want, "{method} {path} as {who}: {}", r.text());
+            if want != 200 {
+                let v = r.json();
+                assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path());
+    receipts(&d.post("application/json", &event(1, 300)));
+    let (_, _, size) = d.log();
+    assert_eq!(size, 1);
+
+    let good = event(2, 300);
+    let mut mixed = good.clone();
+    mixed.extend_from_slice(b"\n{\"not\": \"an audit event\"\n");
+    let mut bad_utf8 = good.clone();
+    let at = bad_utf8.len() - 4;
+    bad_utf8[at] = 0xff;
+    let oversized_body: Vec<u8> = std::iter::repeat_n(b'x', BODY_BYTES_MAX + 100_000).collect();
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"a\":".to_vec(),
+            400,
+            "event 0",
+        ),
+        (
+            "invalid UTF-8",
+            "application/json",
+            bad_utf8,
+            400,
+            "event 0",
+        ),
+        (
+            "not an object",
+            "application/json",
+            b"[1,2,3]".to_vec(),
+            400,
+            "event 0",
+        ),
+        ("a bad line", "application/x-ndjson", mixed, 400, "event 1"),
+        ("empty", "application/x-ndjson", b"\n\n".to_vec(), 400, ""),
+        (
+            "oversized event",
+            "application/json",
+            event(3, 70_000),
+            400,
+            "event 0",
+        ),
+        (
+            "oversized body",
+            "application/x-ndjson",
+            oversized_body,
+            413,
+            "",
+        ),
+        ("wrong type", "text/plain", good.clone(), 415, ""),
+    ];
+    for (what, ct, body, want, names) in cases {
+        let r = d.post(ct, &body);
+        assert_eq!(r.status, want, "{what}: {}", r.text());
+        assert!(r.content_type.starts_with("application/json"), "{what}");
+        let v = r.json();
+        let msg = v["error"]["message"].as_str().expect("message");
+        assert!(v["error"]["code"].is_string(), "{what}");
+        assert!(msg.contains(names), "{what}: {msg}");
+        assert_eq!(d.log().2, 1, "{what}: nothing stored");
+        assert_eq!(d.call("GET", "/health", None, None).status, 200);
+    }
+    for (path, want) in [
+        ("/v1/events/5", 404),
+        ("/v1/events/x", 400),
+        ("/v1/events?start=0&end=5000", 400),
+        ("/v1/proof/inclusion?index=0", 400),
+        ("/v1/proof/inclusion?leaf_hash=00&size=1", 501),
+        ("/v1/proof/inclusion?index=0&size=99", 400),
+        ("/v1/nope", 404),
+    ] {
+        let r = d.get(path, "admin");
+        assert_eq!(r.status, want, "{path}: {}", r.text());
+        assert!(r.json()["error"]["message"].is_string(), "{path}");
+    }
+    let r = d.call("DELETE", "/v1/events/0", Some(&d.token("admin")), None);
+    assert_eq!(r.status, 405);
+    assert!(r.json()["error"]["code"].is_string());
+    // A long poll for a size the log has not reached answers 503 once its wait is over.
+    let t = Instant::now();
+    let r = d.get("/v1/checkpoint?min_size=1000&wait_ms=300", "auditor");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // Still serving, and what it holds is what was acknowledged.
+    let r = d.get("/v1/events/0", "reader");
+    let want: Value = serde_json::from_slice(&event(1, 300)).expect("JSON");
+    assert_eq!(r.json()["event"], want);
+}
+
+#[test]
+fn concurrent_ingest_is_all_or_429_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = CONFIG.replace("[engine]\n", "[engine]\nqueue_submissions_max = 1\n");
+    let d = Daemon::start_with(dir.path(), &config);
+    let (threads, posts, per_post) = (8u64, 20u64, 5u64);
+    let results: Vec<(u16, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let d = &d;
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for p in 0..posts {
+                        let mut body = Vec::new();
+                        for k in 0..per_post {
+                            body.extend_from_slice(&event((t * posts + p) * per_post + k, 500));
+                            body.push(b'\n');
+                        }
+                        let r = d.post("application/x-ndjson", &body);
+                        match r.status {
+                            200 => out.push((200, receipts(&r).iter().map(|x| x.0).collect())),
+                            429 => {
+                                assert_eq!(r.json()["error"]["code"], "queue_full");
+                                out.push((429, Vec::new()));
+                            }
+                            other => panic!("status {other}: {}", r.text()),
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut indices: Vec<u64> = results.iter().flat_map(|r| r.1.clone()).collect();
+    let accepted = results.iter().filter(|r| r.0 == 200).count() as u64;
+    eprintln!(
+        "{accepted} of {} requests accepted, the rest 429",
+        results.len()
+    );
+    for (_, idx) in &results {
+        // One request's events are contiguous: one batch.
+        assert!(idx.windows(2).all(|w| w[1] == w[0] + 1), "{idx:?}");
+    }
+    indices.sort_unstable();
+    let size = d.log().2;
+    assert_eq!(size, accepted * per_post, "refused requests stored nothing");
+    assert_eq!(
+        indices,
+        (0..size).collect::<Vec<_>>(),
+        "no index lost or repeated"
+    );
+    let metrics = d.call("GET", "/metrics", None, None).text();
+    assert!(
+        metrics.contains(&format!("auditlog_tree_size {size}")),
+        "{metrics}"
+    );
+}
