@@ -53,6 +53,12 @@ pub struct ServerSection {
     pub request_timeout_ms: Option<u64>,
     pub long_poll_ms_max: Option<u64>,
     pub range_events_max: Option<u64>,
+    pub tcp_addr: Option<String>,
+    pub tcp_frame_bytes_max: Option<u32>,
+    pub tcp_batches_in_flight_max: Option<u32>,
+    pub tcp_connections_max: Option<usize>,
+    pub tcp_hello_timeout_ms: Option<u64>,
+    pub tcp_idle_timeout_ms: Option<u64>,
 }
 
 /// The HTTP side's limits, resolved.
@@ -69,6 +75,18 @@ pub struct ServerConfig {
     pub long_poll_ms_max: u64,
     /// Events in one `GET /v1/events?start=&end=` answer.
     pub range_events_max: u64,
+    /// TCP ingest listener (FORMATS.md §11.1).
+    pub tcp_addr: SocketAddr,
+    /// One TCP frame's payload; larger frames are refused and the connection closed.
+    pub tcp_frame_bytes_max: u32,
+    /// BATCH frames one TCP connection may have unacknowledged; beyond, it is not read.
+    pub tcp_batches_in_flight_max: u32,
+    /// Open TCP ingest connections; further ones get an ERROR and are closed.
+    pub tcp_connections_max: usize,
+    /// Time from connect to HELLO.
+    pub tcp_hello_timeout_ms: u64,
+    /// A TCP connection idle this long is closed.
+    pub tcp_idle_timeout_ms: u64,
 }
 
 impl ServerConfig {
@@ -80,6 +98,12 @@ impl ServerConfig {
             request_timeout_ms: 60_000,
             long_poll_ms_max: 30_000,
             range_events_max: 10_000,
+            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tcp_frame_bytes_max: 4 << 20,
+            tcp_batches_in_flight_max: 64,
+            tcp_connections_max: 256,
+            tcp_hello_timeout_ms: 10_000,
+            tcp_idle_timeout_ms: 300_000,
         }
     }
 }
@@ -89,6 +113,7 @@ impl ServerConfig {
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub http_addr: Option<String>,
+    pub tcp_addr: Option<String>,
 }
 
 pub struct Config {
@@ -163,13 +188,29 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
     macro_rules! set_s {
         ($($f:ident),*) => { $( if let Some(v) = s.$f { server.$f = v; } )* };
     }
+    if let Some(a) = over.tcp_addr.or(s.tcp_addr) {
+        server.tcp_addr = a
+            .parse()
+            .with_context(|| format!("tcp_addr {a:?} is not host:port"))?;
+    }
     set_s!(
         body_bytes_max,
         connections_max,
         request_timeout_ms,
         long_poll_ms_max,
-        range_events_max
+        range_events_max,
+        tcp_frame_bytes_max,
+        tcp_batches_in_flight_max,
+        tcp_connections_max,
+        tcp_hello_timeout_ms,
+        tcp_idle_timeout_ms
     );
+    if server.tcp_frame_bytes_max < 65_536 + 8
+        || server.tcp_batches_in_flight_max == 0
+        || server.tcp_connections_max == 0
+    {
+        bail!("server.tcp_frame_bytes_max must hold one largest event; tcp_batches_in_flight_max and tcp_connections_max must be positive");
+    }
     if server.body_bytes_max == 0 || server.connections_max == 0 || server.range_events_max == 0 {
         bail!("server.body_bytes_max, connections_max and range_events_max must be positive");
     }
@@ -203,6 +244,7 @@ mod tests {
             Overrides {
                 data_dir: None,
                 http_addr: Some("127.0.0.1:9".into()),
+                tcp_addr: None,
             },
         )
         .expect("resolve");

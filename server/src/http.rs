@@ -28,7 +28,7 @@ use crate::metrics::{self, HttpCounters};
 
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub tokens: Tokens,
+    pub tokens: Arc<Tokens>,
     pub cfg: ServerConfig,
     pub http: HttpCounters,
     pub started: Instant,

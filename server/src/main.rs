@@ -8,6 +8,7 @@ mod http;
 mod ingest;
 mod listener;
 mod metrics;
+mod tcp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ struct Args {
     /// HTTP listen address (default 127.0.0.1:8080); overrides `server.http_addr`.
     #[arg(long, env = "AUDITLOG_HTTP_ADDR")]
     http_addr: Option<String>,
+    /// TCP ingest listen address (default 127.0.0.1:7070); overrides `server.tcp_addr`.
+    #[arg(long, env = "AUDITLOG_TCP_ADDR")]
+    tcp_addr: Option<String>,
 }
 
 /// How long a runtime shutdown waits for blocking engine calls still running.
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         config::Overrides {
             data_dir: args.data_dir,
             http_addr: args.http_addr,
+            tcp_addr: args.tcp_addr,
         },
     )?;
     let data_dir = cfg.engine.data_dir.clone();
@@ -85,9 +90,10 @@ fn main() -> anyhow::Result<()> {
         .thread_name("auditlogd-http")
         .build()
         .context("starting the async runtime")?;
+    let tokens = Arc::new(tokens);
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
-        tokens,
+        tokens: tokens.clone(),
         cfg: cfg.server.clone(),
         http: metrics::HttpCounters::default(),
         started: Instant::now(),
@@ -101,7 +107,26 @@ fn main() -> anyhow::Result<()> {
         })
         .context("starting the signal thread")?;
 
+    let (tcp_stop_tx, tcp_stop_rx) = tokio::sync::watch::channel(false);
     let served = runtime.block_on(async {
+        let ingest = tokio::net::TcpListener::bind(cfg.server.tcp_addr)
+            .await
+            .with_context(|| format!("binding {}", cfg.server.tcp_addr))?;
+        println!("auditlogd: TCP ingest on {}", ingest.local_addr()?);
+        let limits = tcp::TcpLimits {
+            frame_bytes_max: cfg.server.tcp_frame_bytes_max,
+            batches_in_flight_max: cfg.server.tcp_batches_in_flight_max,
+            connections_max: cfg.server.tcp_connections_max,
+            hello_timeout_ms: cfg.server.tcp_hello_timeout_ms,
+            idle_timeout_ms: cfg.server.tcp_idle_timeout_ms,
+        };
+        let tcp_task = tokio::spawn(tcp::serve(
+            ingest,
+            engine.clone(),
+            tokens.clone(),
+            limits,
+            tcp_stop_rx,
+        ));
         let tcp = tokio::net::TcpListener::bind(cfg.server.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.server.http_addr))?;
@@ -111,9 +136,12 @@ fn main() -> anyhow::Result<()> {
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
                 eprintln!("auditlogd: stopping: draining requests");
+                let _ = tcp_stop_tx.send(true);
             })
             .await
-            .context("serving HTTP")
+            .context("serving HTTP")?;
+        let _ = tcp_task.await;
+        Ok::<(), anyhow::Error>(())
     });
     runtime.shutdown_timeout(DRAIN_BLOCKING);
     served?;

@@ -68,6 +68,7 @@ const BODY_BYTES_MAX: usize = 524288;
 struct Daemon {
     child: Option<Child>,
     base: String,
+    tcp_addr: String,
     tokens: HashMap<String, String>,
     agent: ureq::Agent,
 }
@@ -108,7 +109,10 @@ impl Daemon {
         let config = dir.join("auditlogd.toml");
         std::fs::write(&config, config_text).expect("write config");
         let port = free_port();
+        let tcp_port = free_port();
         let child = Command::new(daemon_exe())
+            .arg("--tcp-addr")
+            .arg(format!("127.0.0.1:{tcp_port}"))
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
@@ -122,6 +126,7 @@ impl Daemon {
         let mut d = Daemon {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
+            tcp_addr: format!("127.0.0.1:{tcp_port}"),
             tokens: HashMap::new(),
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(30))
@@ -607,4 +612,201 @@ fn concurrent_ingest_is_all_or_429_and_loses_nothing() {
         metrics.contains(&format!("auditlog_tree_size {size}")),
         "{metrics}"
     );
+}
+
+// ---- TCP ingest (FORMATS.md §11.1) ----
+
+mod tcp {
+    use super::*;
+    use auditlog_client::tcp::{Outcome, TcpError, TcpIngest};
+    use auditlog_formats::frame::{self, ErrorCode, FrameHeader, FrameType, FRAME_HEADER_BYTES};
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    fn read_frame(s: &mut TcpStream) -> Option<(FrameHeader, Vec<u8>)> {
+        let mut h = [0u8; FRAME_HEADER_BYTES];
+        s.read_exact(&mut h).ok()?;
+        let h = FrameHeader::decode(&h, 64 << 20).ok()?;
+        let mut p = vec![0u8; h.payload_bytes as usize];
+        s.read_exact(&mut p).ok()?;
+        Some((h, p))
+    }
+
+    fn raw_hello(d: &Daemon, role: &str) -> TcpStream {
+        let mut s = TcpStream::connect(&d.tcp_addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(&frame::frame(
+            FrameType::Hello,
+            0,
+            &frame::hello_payload(&d.token(role)),
+        ))
+        .expect("hello");
+        let (h, _) = read_frame(&mut s).expect("HELLO_OK");
+        assert_eq!(h.frame_type, FrameType::HelloOk);
+        s
+    }
+
+    /// The server's answer on a raw connection, then whether it closed.
+    fn error_then_close(s: &mut TcpStream) -> (ErrorCode, String, bool) {
+        let (h, p) = read_frame(s).expect("an ERROR frame");
+        assert_eq!(h.frame_type, FrameType::Error);
+        let (code, msg) = frame::decode_error(&p).expect("error payload");
+        let mut one = [0u8; 1];
+        let closed = matches!(s.read(&mut one), Ok(0));
+        (code.expect("known code"), msg, closed)
+    }
+
+    #[test]
+    fn pipelined_batches_are_acked_in_order_and_prove() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = Daemon::start(dir.path());
+        let mut c = TcpIngest::connect(&d.tcp_addr, &d.token("writer"), Duration::from_secs(30))
+            .expect("connect");
+        assert!(c.server_limits().batches_in_flight_max >= 2);
+        let batches: Vec<Vec<Vec<u8>>> = (0..40u64)
+            .map(|b| (0..100u64).map(|i| event(b * 1000 + i, 256)).collect())
+            .collect();
+        let mut outcomes = Vec::new();
+        for b in &batches {
+            let (_, done) = c.send(b.iter().map(|e| e.as_slice())).expect("send");
+            outcomes.extend(done);
+            assert!(c.in_flight() as u32 <= c.server_limits().batches_in_flight_max);
+        }
+        outcomes.extend(c.drain().expect("drain"));
+        assert_eq!(outcomes.len(), 40);
+        let (key, alg, _) = d.log();
+        let mut next = None;
+        let mut all = Vec::new();
+        for (k, (id, o)) in outcomes.into_iter().enumerate() {
+            assert_eq!(id, k as u32 + 1, "acks come in send order");
+            let Outcome::Acked(a) = o else {
+                panic!("batch {k} refused: {o:?}")
+            };
+            if let Some(n) = next {
+                assert_eq!(a.first_index, n, "one connection's batches are contiguous");
+            }
+            next = Some(a.first_index + a.leaf_hashes.len() as u64);
+            for (i, leaf) in a.leaf_hashes.iter().enumerate() {
+                // The client recomputes its leaf hash from its bytes and the receipt alone.
+                let rec = Record {
+                    received_at_unix_ns: a.received_at_unix_ns,
+                    payload: &batches[k][i],
+                }
+                .to_bytes();
+                assert_eq!(alg.leaf(&rec), *leaf);
+                all.push((a.first_index + i as u64, *leaf));
+            }
+        }
+        let size = next.expect("acked");
+        let cp = d.checkpoint(size, &key);
+        for &(index, leaf) in all.iter().step_by(391) {
+            check_inclusion(&d, alg, &cp, index, &leaf);
+            let r = d.get(&format!("/v1/events/{index}?format=record"), "reader");
+            assert_eq!(alg.leaf(&r.body), leaf, "HTTP serves what TCP stored");
+        }
+    }
+
+    #[test]
+    fn refusals_are_clear_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = format!("{CONFIG}tcp_hello_timeout_ms = 300\ntcp_frame_bytes_max = 70000\n");
+        let d = Daemon::start_with(dir.path(), &config);
+        let size = || d.log().2;
+
+        // Wrong token; a role that may not ingest.
+        match TcpIngest::connect(&d.tcp_addr, "not-a-token", Duration::from_secs(10)) {
+            Err(TcpError::Refused {
+                code: Some(ErrorCode::Unauthorized),
+                ..
+            }) => {}
+            other => panic!("wrong token: {:?}", other.err()),
+        }
+        match TcpIngest::connect(&d.tcp_addr, &d.token("reader"), Duration::from_secs(10)) {
+            Err(TcpError::Refused {
+                code: Some(ErrorCode::Forbidden),
+                ..
+            }) => {}
+            other => panic!("reader token: {:?}", other.err()),
+        }
+
+        // A bad event refuses its whole batch, names it, and the connection goes on.
+        let mut c = TcpIngest::connect(&d.tcp_addr, &d.token("writer"), Duration::from_secs(10))
+            .expect("connect");
+        let good = event(1, 256);
+        let bad: &[&[u8]] = &[&good, b"[1,2]"];
+        c.send(bad.iter().copied()).expect("send");
+        match c.recv().expect("reply") {
+            (
+                _,
+                Outcome::Refused {
+                    code: Some(ErrorCode::BadEvent),
+                    message,
+                },
+            ) => {
+                assert!(message.contains("event 1"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(size(), 0, "nothing of a refused batch is stored");
+        c.send([good.as_slice()]).expect("send");
+        assert!(matches!(c.recv().expect("reply").1, Outcome::Acked(_)));
+        assert_eq!(size(), 1);
+
+        // Unknown frame type: ERROR, then the server closes.
+        let mut s = raw_hello(&d, "writer");
+        let mut f = frame::frame(FrameType::Batch, 1, &[0, 0, 0, 0]);
+        f[0] = 0x42;
+        s.write_all(&f).expect("write");
+        let (code, _, closed) = error_then_close(&mut s);
+        assert_eq!(code, ErrorCode::BadFrame);
+        assert!(closed);
+
+        // A frame larger than the limit is refused from its header alone.
+        let mut s = raw_hello(&d, "writer");
+        let h = FrameHeader {
+            frame_type: FrameType::Batch,
+            request_id: 1,
+            payload_bytes: 1 << 30,
+        }
+        .encode();
+        s.write_all(&h).expect("write");
+        let (code, msg, closed) = error_then_close(&mut s);
+        assert_eq!(code, ErrorCode::TooLarge, "{msg}");
+        assert!(closed);
+
+        // A malformed batch payload (count says 3, holds 1).
+        let mut s = raw_hello(&d, "writer");
+        let mut p = vec![0u8; 4];
+        frame::push_batch_event(&mut p, &good);
+        p[3] = 3;
+        s.write_all(&frame::frame(FrameType::Batch, 9, &p))
+            .expect("write");
+        let (h, payload) = read_frame(&mut s).expect("reply");
+        assert_eq!((h.frame_type, h.request_id), (FrameType::Error, 9));
+        assert_eq!(
+            frame::decode_error(&payload).expect("error").0,
+            Some(ErrorCode::BadFrame)
+        );
+
+        // A truncated frame, then the client goes away; and a client that never says HELLO.
+        let mut s = raw_hello(&d, "writer");
+        s.write_all(&frame::frame(FrameType::Batch, 1, &p)[..20])
+            .expect("write");
+        drop(s);
+        let mut silent = TcpStream::connect(&d.tcp_addr).expect("connect");
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let (code, msg, closed) = error_then_close(&mut silent);
+        assert_eq!(code, ErrorCode::BadFrame, "{msg}");
+        assert!(msg.contains("HELLO") && closed, "{msg}");
+
+        // Through all of it the daemon kept serving, and stored only the one good event.
+        let mut c = TcpIngest::connect(&d.tcp_addr, &d.token("writer"), Duration::from_secs(10))
+            .expect("connect");
+        c.send([event(2, 256).as_slice()]).expect("send");
+        assert!(matches!(c.recv().expect("reply").1, Outcome::Acked(_)));
+        assert_eq!(size(), 2);
+    }
 }

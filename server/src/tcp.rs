@@ -1,0 +1,302 @@
+//! The TCP ingest listener (FORMATS.md §11.1): binary frames, a HELLO with a bearer token,
+//! pipelined BATCH frames answered in order by ACK or ERROR. Every length is checked
+//! before it is read, the number of batches in flight per connection and the number of
+//! connections are bounded, and a full engine queue slows the reader (back-pressure)
+//! instead of buffering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditlog_engine::{Engine, EngineError, EventBatch, Receipts};
+use auditlog_formats::frame::{
+    self, ErrorCode, FrameError, FrameHeader, FrameType, HelloOk, FRAME_HEADER_BYTES,
+    PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::auth::{Access, Tokens};
+
+#[derive(Clone, Debug)]
+pub struct TcpLimits {
+    pub frame_bytes_max: u32,
+    pub batches_in_flight_max: u32,
+    pub connections_max: usize,
+    pub hello_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    tokens: Arc<Tokens>,
+    limits: TcpLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let connections = Arc::new(Semaphore::new(limits.connections_max));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((mut stream, _)) => {
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        // Over the limit: say so and close, without holding a slot.
+                        tokio::spawn(async move {
+                            let f = error_frame(0, ErrorCode::Busy, "too many connections");
+                            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&f)).await;
+                        });
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (engine, tokens, limits) = (engine.clone(), tokens.clone(), limits.clone());
+                    tokio::spawn(async move {
+                        let (rd, wr) = stream.into_split();
+                        if let Err(e) = connection(rd, wr, engine, tokens, limits).await {
+                            tracing::debug!("tcp connection ended: {e}");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("tcp accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// What the writer half sends next, in the order the reader produced it.
+enum Reply {
+    Frame(Vec<u8>),
+    Ack(u32, oneshot::Receiver<Result<Receipts, EngineError>>),
+}
+
+fn error_frame(request_id: u32, code: ErrorCode, message: &str) -> Vec<u8> {
+    frame::frame(
+        FrameType::Error,
+        request_id,
+        &frame::error_payload(code, message),
+    )
+}
+
+fn code_of(e: &EngineError) -> ErrorCode {
+    match e {
+        EngineError::BadEvent { .. } | EngineError::BadRequest(_) => ErrorCode::BadEvent,
+        EngineError::SubmissionTooLarge { .. } => ErrorCode::TooLarge,
+        EngineError::QueueFull(_) => ErrorCode::Busy,
+        EngineError::ShuttingDown => ErrorCode::ShuttingDown,
+        _ => ErrorCode::EngineFailed,
+    }
+}
+
+enum ReadError {
+    Closed,
+    Io(std::io::Error),
+    Frame(FrameError),
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    payload_bytes_max: u32,
+) -> Result<(FrameHeader, Vec<u8>), ReadError> {
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    match r.read_exact(&mut h).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ReadError::Closed),
+        Err(e) => return Err(ReadError::Io(e)),
+    }
+    let h = FrameHeader::decode(&h, payload_bytes_max).map_err(ReadError::Frame)?;
+    let mut p = vec![0u8; h.payload_bytes as usize];
+    r.read_exact(&mut p).await.map_err(ReadError::Io)?;
+    Ok((h, p))
+}
+
+async fn connection<R, W>(
+    rd: R,
+    wr: W,
+    engine: Arc<Engine>,
+    tokens: Arc<Tokens>,
+    limits: TcpLimits,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut rd = BufReader::with_capacity(1 << 16, rd);
+    // The channel bounds batches in flight: when the writer is that far behind, the reader
+    // stops reading, and TCP flow control slows the client.
+    let (tx, rx) = mpsc::channel::<Reply>(limits.batches_in_flight_max.max(1) as usize);
+    let writer = tokio::spawn(write_replies(wr, rx));
+
+    let hello = tokio::time::timeout(
+        Duration::from_millis(limits.hello_timeout_ms),
+        read_frame(&mut rd, 4 + frame::TOKEN_BYTES_MAX as u32),
+    )
+    .await;
+    let mut authenticated = false;
+    let refusal = match hello {
+        Err(_) => Some((ErrorCode::BadFrame, "no HELLO in time".to_string())),
+        Ok(Err(ReadError::Frame(e))) => Some((ErrorCode::BadFrame, e.to_string())),
+        Ok(Err(_)) => None,
+        Ok(Ok((h, _))) if h.frame_type != FrameType::Hello => {
+            Some((ErrorCode::BadFrame, "the first frame must be HELLO".into()))
+        }
+        Ok(Ok((_, p))) => match frame::decode_hello(&p) {
+            Err(e) => Some((ErrorCode::BadFrame, e.to_string())),
+            Ok((v, _)) if v != PROTOCOL_VERSION => Some((
+                ErrorCode::UnsupportedVersion,
+                format!("version {v} is not supported (1 is)"),
+            )),
+            Ok((_, token)) => match tokens.role_of(Some(format!("Bearer {token}").as_bytes())) {
+                Err(_) => Some((ErrorCode::Unauthorized, "unknown token".into())),
+                Ok(role) if !Access::Ingest.allows(role) => Some((
+                    ErrorCode::Forbidden,
+                    format!("role {} may not ingest", role.name()),
+                )),
+                Ok(_) => {
+                    let ok = HelloOk {
+                        version: PROTOCOL_VERSION,
+                        tree_hash: engine.tree_hash().code(),
+                        frame_bytes_max: limits.frame_bytes_max,
+                        batches_in_flight_max: limits.batches_in_flight_max,
+                    };
+                    let _ = tx
+                        .send(Reply::Frame(frame::frame(
+                            FrameType::HelloOk,
+                            0,
+                            &ok.encode(),
+                        )))
+                        .await;
+                    authenticated = true;
+                    None
+                }
+            },
+        },
+    };
+    if let Some((code, msg)) = refusal {
+        let _ = tx.send(Reply::Frame(error_frame(0, code, &msg))).await;
+    }
+    if authenticated {
+        read_batches(&mut rd, &tx, &engine, &limits).await;
+    }
+    drop(tx);
+    match writer.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+/// Reads BATCH frames until the client stops, a frame is malformed, or the writer is gone;
+/// each is validated, submitted, and queued for the writer in arrival order.
+async fn read_batches<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    tx: &mpsc::Sender<Reply>,
+    engine: &Arc<Engine>,
+    limits: &TcpLimits,
+) {
+    loop {
+        let next = tokio::time::timeout(
+            Duration::from_millis(limits.idle_timeout_ms),
+            read_frame(rd, limits.frame_bytes_max),
+        )
+        .await;
+        let (h, payload) = match next {
+            Err(_) | Ok(Err(ReadError::Closed)) => break,
+            Ok(Err(ReadError::Io(e))) => {
+                tracing::debug!("tcp read: {e}");
+                break;
+            }
+            Ok(Err(ReadError::Frame(e))) => {
+                let code = if matches!(e, FrameError::TooLarge { .. }) {
+                    ErrorCode::TooLarge
+                } else {
+                    ErrorCode::BadFrame
+                };
+                let _ = tx
+                    .send(Reply::Frame(error_frame(0, code, &e.to_string())))
+                    .await;
+                break;
+            }
+            Ok(Ok(x)) => x,
+        };
+        if h.frame_type != FrameType::Batch {
+            let _ = tx
+                .send(Reply::Frame(error_frame(
+                    0,
+                    ErrorCode::BadFrame,
+                    &format!("expected BATCH, got {:?}", h.frame_type),
+                )))
+                .await;
+            break;
+        }
+        let id = h.request_id;
+        // Validation, record framing and leaf hashing are CPU work: off the async workers.
+        let built = tokio::task::block_in_place(|| build_batch(engine, &payload));
+        let reply = match built {
+            Err((code, msg)) => Reply::Frame(error_frame(id, code, &msg)),
+            Ok(batch) => {
+                let (done_tx, done_rx) = oneshot::channel();
+                let done: auditlog_engine::Done = Box::new(move |r| {
+                    let _ = done_tx.send(r);
+                });
+                // A full engine queue blocks here, so this connection stops reading.
+                match tokio::task::block_in_place(|| engine.submit(batch, done)) {
+                    Ok(()) => Reply::Ack(id, done_rx),
+                    Err(e) => Reply::Frame(error_frame(id, code_of(&e), &e.to_string())),
+                }
+            }
+        };
+        if tx.send(reply).await.is_err() {
+            break; // the writer is gone: the client stopped reading
+        }
+    }
+}
+
+fn build_batch(engine: &Engine, payload: &[u8]) -> Result<EventBatch, (ErrorCode, String)> {
+    let events = frame::decode_batch(payload).map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
+    let mut batch = engine.new_batch();
+    for (position, e) in events.enumerate() {
+        batch.push(e).map_err(|err| match err {
+            EngineError::BadEvent { reason, .. } => (
+                ErrorCode::BadEvent,
+                format!("event {position} refused: {reason}"),
+            ),
+            other => (code_of(&other), format!("event {position}: {other}")),
+        })?;
+    }
+    Ok(batch)
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    wr: W,
+    mut rx: mpsc::Receiver<Reply>,
+) -> std::io::Result<()> {
+    let mut wr = BufWriter::with_capacity(1 << 16, wr);
+    while let Some(reply) = rx.recv().await {
+        let bytes = match reply {
+            Reply::Frame(f) => f,
+            Reply::Ack(id, done) => match done.await {
+                Ok(Ok(r)) => frame::frame(
+                    FrameType::Ack,
+                    id,
+                    &frame::ack_payload(r.first_index, r.received_at_unix_ns, &r.leaf_hashes),
+                ),
+                Ok(Err(e)) => error_frame(id, code_of(&e), &e.to_string()),
+                Err(_) => error_frame(
+                    id,
+                    ErrorCode::ShuttingDown,
+                    "the engine stopped before this batch was durable",
+                ),
+            },
+        };
+        wr.write_all(&bytes).await?;
+        // Coalesce replies that are ready; flush when none is waiting.
+        if rx.is_empty() {
+            wr.flush().await?;
+        }
+    }
+    wr.flush().await?;
+    wr.shutdown().await
+}
