@@ -39,6 +39,10 @@ struct Args {
     rate: u64,
     #[arg(long)]
     json: Option<String>,
+    /// `--protocol syslog` only: the file the syslog daemon writes; the run ends when it
+    /// stops growing, and its lines are counted.
+    #[arg(long)]
+    wait_file: Option<String>,
 }
 
 struct Result1 {
@@ -66,6 +70,7 @@ fn main() {
                 s.spawn(move || match args.protocol.as_str() {
                     "tcp" => run_tcp(&args, pool, per_conn, c),
                     "http" => run_http(&args, pool, per_conn, c),
+                    "syslog" => run_syslog(&args, pool, per_conn, c),
                     p => panic!("unknown protocol {p}"),
                 })
             })
@@ -75,13 +80,34 @@ fn main() {
             .map(|h| h.join().expect("connection thread"))
             .collect()
     });
-    let secs = started.elapsed().as_secs_f64();
+    let mut secs = started.elapsed().as_secs_f64();
+    let mut delivered = None;
+    if let (Some(path), "syslog") = (&args.wait_file, args.protocol.as_str()) {
+        // Syslog has no acks: the time is until the daemon's file stops growing.
+        let (mut last_len, mut last_change) = (0u64, Instant::now());
+        while last_change.elapsed() < Duration::from_millis(1000) {
+            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            if len != last_len {
+                (last_len, last_change) = (len, Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        secs = (last_change - started).as_secs_f64();
+        let lines = std::fs::read(path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        delivered = Some(lines as u64);
+    }
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
     let (mut events, mut refused) = (0u64, 0u64);
     for r in &results {
         hist.add(&r.latency_us).expect("merge");
         events += r.events;
         refused += r.refused;
+    }
+    if let Some(d) = delivered {
+        println!("syslog daemon wrote {d} lines of {events} sent");
+        events = d;
     }
     let eps = events as f64 / secs;
     let mbps = eps * args.event_bytes as f64 / 1e6;
@@ -254,6 +280,42 @@ fn run_http(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Res
         events: done,
         latency_us: hist,
         refused,
+    }
+}
+
+fn run_syslog(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Result1 {
+    // RFC 3164-style lines, LF-framed, as rsyslog's imtcp and syslog-ng take them.
+    let mut s = std::io::BufWriter::with_capacity(
+        1 << 20,
+        TcpStream::connect(&args.addr).expect("connect"),
+    );
+    let lines: Vec<Vec<u8>> = pool
+        .iter()
+        .flatten()
+        .map(|e| {
+            let mut l = b"<134>Nov 23 10:00:00 host app: ".to_vec();
+            l.extend_from_slice(e);
+            l.push(b'\n');
+            l
+        })
+        .collect();
+    let start = Instant::now();
+    for n in 0..events {
+        if n % args.batch as u64 == 0 {
+            if let Some(t) = due(args, start, n / args.batch as u64) {
+                if let Some(wait) = t.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        s.write_all(&lines[(n as usize + conn) % lines.len()])
+            .expect("send");
+    }
+    s.flush().expect("flush");
+    Result1 {
+        events,
+        latency_us: Histogram::<u64>::new(3).expect("histogram"),
+        refused: 0,
     }
 }
 
