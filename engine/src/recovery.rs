@@ -232,7 +232,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "open"))?;
-        let allowance = cfg.batch_bytes_max as u64 + 64;
+        let allowance = segments::torn_tail_allowance_bytes(cfg.batch_bytes_max);
         let mut max_class = 0u8;
         let scan = segments::scan_open(&path, &file, a, allowance, |i, rec| {
             derive(i, rec, &mut edge, &mut pending)

@@ -73,7 +73,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         &job.path,
         &job.file,
         job.first,
-        cfg.batch_bytes_max as u64 + 64,
+        segments::torn_tail_allowance_bytes(cfg.batch_bytes_max),
         |index, rec| {
             if index >= job.end {
                 return Ok(());

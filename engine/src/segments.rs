@@ -222,6 +222,12 @@ pub(crate) fn scan_open(
     Ok(scan)
 }
 
+/// How far past a bad batch one torn write can have left garbage: one whole batch (with
+/// slack for its header). Beyond that an open segment must be zeros.
+pub(crate) fn torn_tail_allowance_bytes(batch_bytes_max: usize) -> u64 {
+    batch_bytes_max as u64 + 64
+}
+
 /// Reads and checks a sealed segment's header, trailer and footer (not its digest: that is
 /// the verifier's full pass).
 pub(crate) fn load_sealed(path: &Path, file: &File) -> Result<(SegmentHeader, Footer)> {
@@ -311,9 +317,7 @@ impl Segment {
         }
         Ok(true)
     }
-}
 
-impl Segment {
     fn read_one_open(&self, loc: &BatchLoc, index: u64) -> Result<Vec<u8>> {
         const STEP: usize = 64 << 10;
         let batch_end = loc.offset + loc.total_bytes as u64;

@@ -163,6 +163,12 @@ impl Tokens {
             Some((scheme, t)) if scheme.eq_ignore_ascii_case(b"bearer ") => t,
             _ => return Err(AuthError::Unauthenticated("not a bearer token")),
         };
+        self.role_of_token(token)
+    }
+
+    /// The role of a bare token (HTTP's bearer value, TCP's HELLO). Every known hash is
+    /// compared, in constant time, whichever matches.
+    pub fn role_of_token(&self, token: &[u8]) -> Result<Role, AuthError> {
         let d = digest(token);
         let mut found = None;
         for (h, role) in &self.hashes {

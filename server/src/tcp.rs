@@ -149,7 +149,7 @@ where
                 ErrorCode::UnsupportedVersion,
                 format!("version {v} is not supported (1 is)"),
             )),
-            Ok((_, token)) => match tokens.role_of(Some(format!("Bearer {token}").as_bytes())) {
+            Ok((_, token)) => match tokens.role_of_token(token.as_bytes()) {
                 Err(_) => Some((ErrorCode::Unauthorized, "unknown token".into())),
                 Ok(role) if !Access::Ingest.allows(role) => Some((
                     ErrorCode::Forbidden,
