@@ -79,6 +79,11 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
     }
     // The checkpoint promises the hashes behind it survive a crash.
     shared.hashes.sync()?;
+    // Every size a proof may be asked at is indexed by leaf hash before it is published. The
+    // index is derived: a failure is logged and lookups scan the unindexed tail instead.
+    if let Err(e) = shared.leaf_index.extend(&shared.hashes, head.size) {
+        tracing::warn!("leaf index: {e}");
+    }
     let checkpoint = Checkpoint {
         origin: shared.config.origin.clone(),
         size: head.size,
@@ -92,5 +97,8 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
         .checkpoint_at
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    if let Err(e) = shared.leaf_index.compact() {
+        tracing::warn!("leaf index: {e}");
+    }
     Ok(())
 }

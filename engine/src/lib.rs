@@ -17,6 +17,7 @@ mod sealer;
 mod segments;
 mod sequencer;
 pub mod signer;
+mod leafindex;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,6 +125,22 @@ pub struct Stats {
     pub bytes: u64,
     pub batches: u64,
     pub sync_ns_total: u64,
+    /// Group commits by the time their write and sync took: counts per bucket of
+    /// `SYNC_BUCKETS_US` (the last one is everything slower).
+    pub sync_latency_counts: [u64; SYNC_BUCKETS_US.len() + 1],
+    /// Group commits by events held: counts per bucket of `BATCH_EVENTS_BUCKETS`.
+    pub batch_events_counts: [u64; BATCH_EVENTS_BUCKETS.len() + 1],
+}
+
+/// Upper bounds (inclusive, microseconds) of the sync-latency histogram's buckets.
+pub const SYNC_BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+/// Upper bounds (inclusive) of the batch-size histogram's buckets, in events.
+pub const BATCH_EVENTS_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+fn bucket(bounds: &[u64], value: u64) -> usize {
+    bounds.partition_point(|&b| b < value)
 }
 
 /// A consistent view of the head the sequencer last made durable.
@@ -149,6 +166,7 @@ pub(crate) struct OpenView {
 pub(crate) struct Shared {
     pub config: EngineConfig,
     pub hashes: HashFiles,
+    pub leaf_index: leafindex::LeafIndex,
     pub signer: Arc<dyn Signer>,
     pub io_mode_name: &'static str,
     head: Mutex<TreeHead>,
@@ -236,6 +254,8 @@ impl Shared {
             s.bytes += bytes;
             s.batches += 1;
             s.sync_ns_total += sync_ns;
+            s.sync_latency_counts[bucket(&SYNC_BUCKETS_US, sync_ns / 1_000)] += 1;
+            s.batch_events_counts[bucket(&BATCH_EVENTS_BUCKETS, size - loc.first_index)] += 1;
         }
         *self.head.lock().unwrap_or_else(|e| e.into_inner()) = TreeHead { size, root };
         self.size.store(size, Ordering::Release);
@@ -360,6 +380,9 @@ pub struct Status {
     pub sealed_segments: usize,
     pub open_segments: usize,
     pub stats: Stats,
+    /// Submissions waiting for the sequencer, and the queue's limit.
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
     pub recovery: recovery::RecoveryReport,
 }
 
@@ -524,6 +547,12 @@ impl Engine {
         Ok(self.shared.hashes.read_hashes(&[NodeId::new(0, index)])?[0])
     }
 
+    /// The first index below `size` whose leaf hash is `leaf` (for proofs by leaf hash).
+    pub fn index_of_leaf(&self, leaf: &Hash, size: u64) -> Result<Option<u64>> {
+        self.proof_size_check(size)?;
+        self.shared.leaf_index.find(&self.shared.hashes, leaf, size)
+    }
+
     pub fn latest_checkpoint(&self) -> Option<Arc<SignedCheckpoint>> {
         self.shared.latest_checkpoint()
     }
@@ -637,6 +666,8 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            queue_depth: self.submit_tx.as_ref().map_or(0, |t| t.len()),
+            queue_capacity: self.shared.config.queue_submissions_max,
             recovery: self.recovery.clone(),
         }
     }

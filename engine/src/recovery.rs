@@ -307,8 +307,10 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     report.tree_size = end;
 
     let (appender, io_name) = Appender::new(cfg.io_mode).map_err(io_err(&seg_dir, "set up I/O"))?;
+    let leaf_index = crate::leafindex::LeafIndex::open(&cfg.data_dir.join("leafindex"), end)?;
     let shared = Arc::new(Shared {
         hashes: hashes.clone(),
+        leaf_index,
         signer,
         io_mode_name: io_name,
         head: Mutex::new(TreeHead {

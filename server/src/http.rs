@@ -392,17 +392,32 @@ fn hex_list(hashes: &[[u8; 32]]) -> Vec<String> {
 async fn get_inclusion(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
     authorize(&st, &headers, Access::Audit)?;
     let q = params(q)?;
-    if q.contains_key("leaf_hash") {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "proofs by leaf_hash need the leaf-hash index, which is not built yet; use index=",
-        ));
-    }
-    let index = need(&q, "index")?;
     let size = need(&q, "size")?;
     let engine = st.engine.clone();
+    let index = match q.get("leaf_hash") {
+        None => need(&q, "index")?,
+        Some(text) => {
+            let leaf = auditlog_formats::hash::from_hex(text).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "leaf_hash must be 64 lowercase hex digits",
+                )
+            })?;
+            let engine = engine.clone();
+            blocking(move || engine.index_of_leaf(&leaf, size))
+                .await?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("no leaf with that hash in the tree of size {size}"),
+                    )
+                })?
+        }
+    };
     let hashes = blocking(move || engine.prove_inclusion(index, size)).await?;
+    st.http.proofs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(
         axum::Json(json!({"index": index, "size": size, "hashes": hex_list(&hashes)}))
             .into_response(),
@@ -416,6 +431,7 @@ async fn get_consistency(State(st): State<St>, headers: HeaderMap, q: Params) ->
     let to = need(&q, "to")?;
     let engine = st.engine.clone();
     let hashes = blocking(move || engine.prove_consistency(from, to)).await?;
+    st.http.proofs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(axum::Json(json!({"from": from, "to": to, "hashes": hex_list(&hashes)})).into_response())
 }
 

@@ -1,0 +1,434 @@
+//! The leaf-hash index: the index of a leaf from its hash, for inclusion proofs asked for by
+//! leaf hash (DESIGN.md "Reading and proving"). Derived state like the hash store: built by
+//! the checkpointer from the level-0 hashes before it publishes a checkpoint, so every size a
+//! proof may be asked at is covered; never synced, checked on open, rebuilt when it is not
+//! whole.
+//!
+//! Layout (`leafindex/{first:020}-{end:020}.run`): immutable sorted runs, each covering the
+//! leaves `[first, end)` exactly once, 32-byte header (`AUDLIDX1`, first u64, end u64, CRC-32C
+//! of the entries u32, reserved u32) then `end - first` 16-byte entries (first 8 bytes of the
+//! leaf hash as a big-endian key, leaf index u64 BE) sorted by (key, index). New runs are
+//! merged with the previous one while they are of similar size (a binary counter, as in an
+//! LSM tree), up to `RUN_ENTRIES_MERGED_MAX`, so a lookup reads one 4 KiB block in each of a
+//! few runs, found through an in-memory fence of every 256th key.
+//!
+//! Keys are 8 bytes, not 32: a key match is a candidate whose full leaf hash is then read
+//! from the hash store, so a collision costs one extra read and never a wrong answer.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use auditlog_formats::tree::{HashReader, NodeId};
+use auditlog_formats::Hash;
+
+use crate::error::{corrupt, io_err, Result};
+use crate::hashstore::HashFiles;
+
+const MAGIC: &[u8; 8] = b"AUDLIDX1";
+const HEADER_BYTES: u64 = 32;
+const ENTRY_BYTES: u64 = 16;
+/// Entries per fence block: one 4 KiB read per run per lookup.
+const BLOCK_ENTRIES: u64 = 256;
+/// Leaves read from the hash store and sorted at once when building a run (32 MiB of hashes).
+const RUN_ENTRIES_NEW_MAX: u64 = 1 << 20;
+/// Runs stop merging at this size (256 MiB), bounding the cost of one merge.
+const RUN_ENTRIES_MERGED_MAX: u64 = 1 << 24;
+/// The unindexed tail scanned by a lookup is read this many hashes at a time.
+const SCAN_HASHES_STEP: u64 = 8192;
+
+struct Run {
+    first: u64,
+    end: u64,
+    path: PathBuf,
+    file: File,
+    /// Key of entry `i * BLOCK_ENTRIES`.
+    fences: Vec<u64>,
+}
+
+impl Run {
+    fn count(&self) -> u64 {
+        self.end - self.first
+    }
+}
+
+pub(crate) struct LeafIndex {
+    dir: PathBuf,
+    /// Runs in leaf order, contiguous from 0.
+    runs: RwLock<Vec<Arc<Run>>>,
+}
+
+fn key_of(hash: &[u8]) -> u64 {
+    u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+fn run_path(dir: &Path, first: u64, end: u64) -> PathBuf {
+    dir.join(format!("{first:020}-{end:020}.run"))
+}
+
+fn parse_run_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".run")?;
+    let (a, b) = stem.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+impl LeafIndex {
+    /// Opens the runs that are whole and cover a prefix of a tree of `tree_size`; anything
+    /// else (a torn or altered run, a gap, a run past the tree) is deleted and rebuilt later.
+    pub(crate) fn open(dir: &Path, tree_size: u64) -> Result<LeafIndex> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir, "create leaf index directory"))?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir, "list leaf index"))? {
+            let entry = entry.map_err(io_err(dir, "list leaf index"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match parse_run_name(&name) {
+                Some((first, end)) => found.push((first, end, entry.path())),
+                None => remove(&entry.path())?,
+            }
+        }
+        found.sort();
+        let mut runs: Vec<Arc<Run>> = Vec::new();
+        let mut next = 0u64;
+        for (first, end, path) in found {
+            let usable = first == next && end > first && end <= tree_size;
+            match usable.then(|| load_run(&path, first, end)) {
+                Some(Ok(run)) => {
+                    next = end;
+                    runs.push(Arc::new(run));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("leaf index: dropping {}: {e}", path.display());
+                    remove(&path)?;
+                }
+                None => remove(&path)?,
+            }
+        }
+        Ok(LeafIndex {
+            dir: dir.to_path_buf(),
+            runs: RwLock::new(runs),
+        })
+    }
+
+    /// Leaves covered: `[0, indexed_size)`.
+    pub(crate) fn indexed_size(&self) -> u64 {
+        self.runs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map_or(0, |r| r.end)
+    }
+
+    /// Indexes the leaves up to `size` (whose hashes are in the hash store) in new runs.
+    pub(crate) fn extend(&self, hashes: &HashFiles, size: u64) -> Result<()> {
+        let level0 = match hashes.level_file(0) {
+            Some(f) => f,
+            None => return Ok(()),
+        };
+        let mut first = self.indexed_size();
+        while first < size {
+            let end = size.min(first + RUN_ENTRIES_NEW_MAX);
+            let mut bytes = vec![0u8; ((end - first) * 32) as usize];
+            level0
+                .read_exact_at(&mut bytes, first * 32)
+                .map_err(io_err(&self.dir, "read leaf hashes"))?;
+            let mut entries: Vec<(u64, u64)> = bytes
+                .chunks_exact(32)
+                .zip(first..end)
+                .map(|(h, i)| (key_of(h), i))
+                .collect();
+            entries.sort_unstable();
+            let run = write_run(&self.dir, first, end, entries.into_iter().map(Ok))?;
+            self.runs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::new(run));
+            first = end;
+        }
+        Ok(())
+    }
+
+    /// Merges the newest runs while they are of similar size. Lookups keep using the old
+    /// runs until the merged one replaces them.
+    pub(crate) fn compact(&self) -> Result<()> {
+        loop {
+            let (a, b) = {
+                let runs = self.runs.read().unwrap_or_else(|e| e.into_inner());
+                let n = runs.len();
+                if n < 2 {
+                    return Ok(());
+                }
+                let (a, b) = (runs[n - 2].clone(), runs[n - 1].clone());
+                if a.count() > 2 * b.count() || a.count() + b.count() > RUN_ENTRIES_MERGED_MAX {
+                    return Ok(());
+                }
+                (a, b)
+            };
+            let merged = write_run(&self.dir, a.first, b.end, merge(&a, &b)?)?;
+            {
+                let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
+                let n = runs.len();
+                assert!(
+                    n >= 2 && runs[n - 2].first == a.first && runs[n - 1].end == b.end,
+                    "leaf index runs changed during a merge"
+                );
+                runs.truncate(n - 2);
+                runs.push(Arc::new(merged));
+            }
+            remove(&a.path)?;
+            remove(&b.path)?;
+        }
+    }
+
+    /// The first index below `size` whose leaf hash is `leaf`, if any. Leaves past the
+    /// indexed size (only when indexing failed) are scanned from the hash store.
+    pub(crate) fn find(&self, hashes: &HashFiles, leaf: &Hash, size: u64) -> Result<Option<u64>> {
+        let key = key_of(leaf);
+        let runs: Vec<Arc<Run>> = self.runs.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut scanned_from = 0;
+        for run in &runs {
+            if run.first >= size {
+                break;
+            }
+            for index in run_candidates(run, key)? {
+                if index < size && hashes.read_hashes(&[NodeId::new(0, index)])?[0] == *leaf {
+                    // Runs are in leaf order and a run's candidates come sorted: the first
+                    // match is the first occurrence.
+                    return Ok(Some(index));
+                }
+            }
+            scanned_from = run.end;
+        }
+        scan_tail(hashes, leaf, scanned_from, size)
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path, "remove")(e)),
+    }
+}
+
+/// Candidate indexes (key matches) in `run`, ascending.
+fn run_candidates(run: &Run, key: u64) -> Result<Vec<u64>> {
+    let count = run.count();
+    // The first block that may hold `key`: the one before the first fence >= key.
+    let mut block = (run.fences.partition_point(|&f| f < key) as u64).saturating_sub(1);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; (BLOCK_ENTRIES * ENTRY_BYTES) as usize];
+    while block * BLOCK_ENTRIES < count {
+        let n = (count - block * BLOCK_ENTRIES).min(BLOCK_ENTRIES);
+        let bytes = &mut buf[..(n * ENTRY_BYTES) as usize];
+        run.file
+            .read_exact_at(bytes, HEADER_BYTES + block * BLOCK_ENTRIES * ENTRY_BYTES)
+            .map_err(io_err(&run.path, "read leaf index block"))?;
+        let mut past = false;
+        for e in bytes.chunks_exact(ENTRY_BYTES as usize) {
+            let k = key_of(e);
+            if k == key {
+                let index = u64::from_be_bytes(e[8..16].try_into().expect("8 bytes"));
+                // Checked after reading, like every stored value: a run holds its own range.
+                if !(run.first..run.end).contains(&index) {
+                    return Err(corrupt(&run.path, format!("entry index {index} outside run")));
+                }
+                out.push(index);
+            } else if k > key {
+                past = true;
+                break;
+            }
+        }
+        if past {
+            break;
+        }
+        block += 1;
+    }
+    Ok(out)
+}
+
+fn scan_tail(hashes: &HashFiles, leaf: &Hash, from: u64, size: u64) -> Result<Option<u64>> {
+    let mut start = from;
+    while start < size {
+        let end = size.min(start + SCAN_HASHES_STEP);
+        let level0 = hashes.level_file(0).ok_or_else(|| {
+            corrupt(PathBuf::from("hashes/level-00.bin"), "missing level 0")
+        })?;
+        let mut bytes = vec![0u8; ((end - start) * 32) as usize];
+        level0
+            .read_exact_at(&mut bytes, start * 32)
+            .map_err(io_err("hashes/level-00.bin", "read leaf hashes"))?;
+        if let Some(pos) = bytes.chunks_exact(32).position(|h| h == leaf) {
+            return Ok(Some(start + pos as u64));
+        }
+        start = end;
+    }
+    Ok(None)
+}
+
+/// Writes a run from sorted entries (temp file, then rename): not synced, since a torn run
+/// fails its CRC on open and is rebuilt.
+fn write_run(
+    dir: &Path,
+    first: u64,
+    end: u64,
+    entries: impl Iterator<Item = Result<(u64, u64)>>,
+) -> Result<Run> {
+    let path = run_path(dir, first, end);
+    let tmp = path.with_extension("tmp");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp, "create leaf index run"))?;
+    let mut w = BufWriter::with_capacity(1 << 20, &file);
+    w.write_all(&[0u8; HEADER_BYTES as usize])
+        .map_err(io_err(&tmp, "write"))?;
+    let mut crc = 0u32;
+    let mut fences = Vec::with_capacity(((end - first) / BLOCK_ENTRIES + 1) as usize);
+    let mut written = 0u64;
+    let mut last = (0u64, 0u64);
+    for entry in entries {
+        let (key, index) = entry?;
+        assert!(
+            (first..end).contains(&index) && (written == 0 || (key, index) > last),
+            "leaf index entries out of order or range"
+        );
+        if written % BLOCK_ENTRIES == 0 {
+            fences.push(key);
+        }
+        let mut e = [0u8; 16];
+        e[..8].copy_from_slice(&key.to_be_bytes());
+        e[8..].copy_from_slice(&index.to_be_bytes());
+        crc = crc32c::crc32c_append(crc, &e);
+        w.write_all(&e).map_err(io_err(&tmp, "write"))?;
+        written += 1;
+        last = (key, index);
+    }
+    assert_eq!(written, end - first, "a run holds each leaf of its range once");
+    w.flush().map_err(io_err(&tmp, "write"))?;
+    drop(w);
+    file.write_all_at(&header(first, end, crc), 0)
+        .map_err(io_err(&tmp, "write header"))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename leaf index run"))?;
+    Ok(Run {
+        first,
+        end,
+        path,
+        file,
+        fences,
+    })
+}
+
+fn header(first: u64, end: u64, crc: u32) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&first.to_be_bytes());
+    h[16..24].copy_from_slice(&end.to_be_bytes());
+    h[24..28].copy_from_slice(&crc.to_be_bytes());
+    h
+}
+
+/// Reads a whole run and checks header, length, CRC, order and ranges.
+fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
+    let file = File::open(path).map_err(io_err(path, "open leaf index run"))?;
+    let len = file.metadata().map_err(io_err(path, "stat"))?.len();
+    let count = end - first;
+    if len != HEADER_BYTES + count * ENTRY_BYTES {
+        return Err(corrupt(path, format!("{len} bytes for {count} entries")));
+    }
+    let mut r = BufReader::with_capacity(1 << 20, &file);
+    let mut h = [0u8; 32];
+    r.read_exact(&mut h).map_err(io_err(path, "read"))?;
+    let mut crc = 0u32;
+    let mut fences = Vec::with_capacity((count / BLOCK_ENTRIES + 1) as usize);
+    let mut last: Option<(u64, u64)> = None;
+    let mut e = [0u8; 16];
+    for i in 0..count {
+        r.read_exact(&mut e).map_err(io_err(path, "read"))?;
+        crc = crc32c::crc32c_append(crc, &e);
+        let key = key_of(&e);
+        let index = u64::from_be_bytes(e[8..].try_into().expect("8 bytes"));
+        if !(first..end).contains(&index) || last.is_some_and(|l| l >= (key, index)) {
+            return Err(corrupt(path, format!("entry {i} out of order or range")));
+        }
+        if i % BLOCK_ENTRIES == 0 {
+            fences.push(key);
+        }
+        last = Some((key, index));
+    }
+    if h != header(first, end, crc) {
+        return Err(corrupt(path, "header or CRC does not match"));
+    }
+    Ok(Run {
+        first,
+        end,
+        path: path.to_path_buf(),
+        file,
+        fences,
+    })
+}
+
+/// The entries of two runs, merged in order, streamed.
+fn merge<'a>(a: &'a Run, b: &'a Run) -> Result<impl Iterator<Item = Result<(u64, u64)>> + 'a> {
+    struct Entries<'a> {
+        r: BufReader<&'a File>,
+        left: u64,
+        path: &'a Path,
+    }
+    impl Entries<'_> {
+        fn next(&mut self) -> Result<Option<(u64, u64)>> {
+            if self.left == 0 {
+                return Ok(None);
+            }
+            let mut e = [0u8; 16];
+            self.r
+                .read_exact(&mut e)
+                .map_err(io_err(self.path, "read run"))?;
+            self.left -= 1;
+            Ok(Some((
+                key_of(&e),
+                u64::from_be_bytes(e[8..].try_into().expect("8 bytes")),
+            )))
+        }
+    }
+    let open = |run: &'a Run| -> Result<Entries<'a>> {
+        let mut r = BufReader::with_capacity(1 << 20, &run.file);
+        std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(HEADER_BYTES))
+            .map_err(io_err(&run.path, "seek run"))?;
+        Ok(Entries {
+            r,
+            left: run.count(),
+            path: &run.path,
+        })
+    };
+    let (mut ra, mut rb) = (open(a)?, open(b)?);
+    let (mut ha, mut hb) = (ra.next()?, rb.next()?);
+    Ok(std::iter::from_fn(move || {
+        let take_a = match (ha, hb) {
+            (None, None) => return None,
+            (Some(x), Some(y)) => x < y,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        let (out, next) = if take_a {
+            (ha, ra.next())
+        } else {
+            (hb, rb.next())
+        };
+        match next {
+            Ok(n) => {
+                if take_a {
+                    ha = n
+                } else {
+                    hb = n
+                }
+                out.map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
+}
