@@ -232,7 +232,10 @@ fn run_candidates(run: &Run, key: u64) -> Result<Vec<u64>> {
                 let index = u64::from_be_bytes(e[8..16].try_into().expect("8 bytes"));
                 // Checked after reading, like every stored value: a run holds its own range.
                 if !(run.first..run.end).contains(&index) {
-                    return Err(corrupt(&run.path, format!("entry index {index} outside run")));
+                    return Err(corrupt(
+                        &run.path,
+                        format!("entry index {index} outside run"),
+                    ));
                 }
                 out.push(index);
             } else if k > key {
@@ -252,9 +255,9 @@ fn scan_tail(hashes: &HashFiles, leaf: &Hash, from: u64, size: u64) -> Result<Op
     let mut start = from;
     while start < size {
         let end = size.min(start + SCAN_HASHES_STEP);
-        let level0 = hashes.level_file(0).ok_or_else(|| {
-            corrupt(PathBuf::from("hashes/level-00.bin"), "missing level 0")
-        })?;
+        let level0 = hashes
+            .level_file(0)
+            .ok_or_else(|| corrupt(PathBuf::from("hashes/level-00.bin"), "missing level 0"))?;
         let mut bytes = vec![0u8; ((end - start) * 32) as usize];
         level0
             .read_exact_at(&mut bytes, start * 32)
@@ -297,7 +300,7 @@ fn write_run(
             (first..end).contains(&index) && (written == 0 || (key, index) > last),
             "leaf index entries out of order or range"
         );
-        if written % BLOCK_ENTRIES == 0 {
+        if written.is_multiple_of(BLOCK_ENTRIES) {
             fences.push(key);
         }
         let mut e = [0u8; 16];
@@ -308,7 +311,11 @@ fn write_run(
         written += 1;
         last = (key, index);
     }
-    assert_eq!(written, end - first, "a run holds each leaf of its range once");
+    assert_eq!(
+        written,
+        end - first,
+        "a run holds each leaf of its range once"
+    );
     w.flush().map_err(io_err(&tmp, "write"))?;
     drop(w);
     file.write_all_at(&header(first, end, crc), 0)
@@ -355,7 +362,7 @@ fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
         if !(first..end).contains(&index) || last.is_some_and(|l| l >= (key, index)) {
             return Err(corrupt(path, format!("entry {i} out of order or range")));
         }
-        if i % BLOCK_ENTRIES == 0 {
+        if i.is_multiple_of(BLOCK_ENTRIES) {
             fences.push(key);
         }
         last = Some((key, index));

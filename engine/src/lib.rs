@@ -12,12 +12,12 @@ pub mod config;
 pub mod error;
 mod hashstore;
 mod io;
+mod leafindex;
 mod recovery;
 mod sealer;
 mod segments;
 mod sequencer;
 pub mod signer;
-mod leafindex;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -137,7 +137,8 @@ pub const SYNC_BUCKETS_US: [u64; 12] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
 ];
 /// Upper bounds (inclusive) of the batch-size histogram's buckets, in events.
-pub const BATCH_EVENTS_BUCKETS: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+pub const BATCH_EVENTS_BUCKETS: [u64; 8] =
+    [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
 fn bucket(bounds: &[u64], value: u64) -> usize {
     bounds.partition_point(|&b| b < value)

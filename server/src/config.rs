@@ -59,6 +59,9 @@ pub struct ServerSection {
     pub tcp_connections_max: Option<usize>,
     pub tcp_hello_timeout_ms: Option<u64>,
     pub tcp_idle_timeout_ms: Option<u64>,
+    pub tls_handshake_timeout_ms: Option<u64>,
+    /// TLS for both listeners (and mutual TLS with `client_ca_path`).
+    pub tls: Option<crate::tls::TlsSection>,
 }
 
 /// The HTTP side's limits, resolved.
@@ -87,6 +90,9 @@ pub struct ServerConfig {
     pub tcp_hello_timeout_ms: u64,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout_ms: u64,
+    /// A TLS handshake (HTTP or TCP) must finish within this.
+    pub tls_handshake_timeout_ms: u64,
+    pub tls: Option<crate::tls::TlsSection>,
 }
 
 impl ServerConfig {
@@ -104,6 +110,8 @@ impl ServerConfig {
             tcp_connections_max: 256,
             tcp_hello_timeout_ms: 10_000,
             tcp_idle_timeout_ms: 300_000,
+            tls_handshake_timeout_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -203,8 +211,10 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         tcp_batches_in_flight_max,
         tcp_connections_max,
         tcp_hello_timeout_ms,
-        tcp_idle_timeout_ms
+        tcp_idle_timeout_ms,
+        tls_handshake_timeout_ms
     );
+    server.tls = s.tls;
     if server.tcp_frame_bytes_max < 65_536 + 8
         || server.tcp_batches_in_flight_max == 0
         || server.tcp_connections_max == 0

@@ -1,7 +1,7 @@
 //! The HTTP API of DESIGN.md "Reading and proving": routes, auth, errors and the read side.
 //! Ingest is in `ingest.rs`. Every engine call that may block runs on the blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,18 +13,20 @@ use auditlog_formats::record::Record;
 use auditlog_formats::TreeHash;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
-use crate::auth::{Access, AuthError, Tokens};
+use crate::auth::{Access, AuthError, Role, Tokens};
 use crate::config::ServerConfig;
+use crate::listener::Peer;
 use crate::metrics::{self, HttpCounters};
+use crate::tls::ClientNames;
 
 pub struct AppState {
     pub engine: Arc<Engine>,
@@ -32,6 +34,11 @@ pub struct AppState {
     pub cfg: ServerConfig,
     pub http: HttpCounters,
     pub started: Instant,
+    /// Client certificate name -> role, under mutual TLS.
+    pub client_roles: BTreeMap<String, Role>,
+    /// Open-connection limits of the two listeners, for `/metrics`.
+    pub http_connections: Arc<Semaphore>,
+    pub tcp_connections: Arc<Semaphore>,
 }
 
 pub type St = Arc<AppState>;
@@ -64,6 +71,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        crate::metrics::count_http_error(self.code);
         if self.status.is_server_error() && self.status != StatusCode::NOT_IMPLEMENTED {
             tracing::warn!("answering {}: {}: {}", self.status, self.code, self.message);
         }
@@ -110,11 +118,43 @@ impl From<EngineError> for ApiError {
 
 pub type ApiResult<T = Response> = Result<T, ApiError>;
 
-/// Checks the bearer token against what the route needs.
-pub fn authorize(st: &AppState, headers: &HeaderMap, access: Access) -> ApiResult<()> {
-    let value = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match st.tokens.check(value, access) {
-        Ok(_) => Ok(()),
+/// Who is calling: the `Authorization` header and, under mutual TLS, the names in the
+/// client's verified certificate.
+pub struct Caller {
+    authorization: Option<HeaderValue>,
+    client: ClientNames,
+}
+
+impl axum::extract::FromRequestParts<St> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &St,
+    ) -> Result<Caller, Self::Rejection> {
+        Ok(Caller {
+            authorization: parts.headers.get(header::AUTHORIZATION).cloned(),
+            client: parts
+                .extensions
+                .get::<ConnectInfo<Peer>>()
+                .map(|c| c.0.client.clone())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Checks the caller against what the route needs: a bearer token if one is sent (it
+/// names the role explicitly), else the role mapped from the client certificate.
+pub fn authorize(st: &AppState, caller: &Caller, access: Access) -> ApiResult<Role> {
+    let result = match (&caller.authorization, caller.client.role(&st.client_roles)) {
+        (None, Some((_, role))) if access.allows(role) => Ok(role),
+        (None, Some((_, role))) => Err(AuthError::Forbidden(role)),
+        (value, _) => st
+            .tokens
+            .check(value.as_ref().map(|v| v.as_bytes()), access),
+    };
+    match result {
+        Ok(role) => Ok(role),
         Err(AuthError::Unauthenticated(why)) => {
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
         }
@@ -231,11 +271,11 @@ const JSON: &str = "application/json";
 
 async fn get_event(
     State(st): State<St>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(index): Path<String>,
     q: Params,
 ) -> ApiResult {
-    authorize(&st, &headers, Access::ReadEvents)?;
+    authorize(&st, &caller, Access::ReadEvents)?;
     let q = params(q)?;
     let index: u64 = index
         .parse()
@@ -279,8 +319,8 @@ impl http_body::Body for ChannelBody {
 
 const RANGE_CHUNK_BYTES: usize = 64 << 10;
 
-async fn get_range(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
-    authorize(&st, &headers, Access::ReadEvents)?;
+async fn get_range(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
+    authorize(&st, &caller, Access::ReadEvents)?;
     let q = params(q)?;
     let max = st.cfg.range_events_max;
     let size = st.engine.tree_size();
@@ -329,8 +369,8 @@ async fn get_range(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiRe
     ))
 }
 
-async fn get_checkpoint(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
-    authorize(&st, &headers, Access::Audit)?;
+async fn get_checkpoint(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
+    authorize(&st, &caller, Access::Audit)?;
     let q = params(q)?;
     let wait_ms = num(&q, "wait_ms")?
         .unwrap_or(0)
@@ -389,8 +429,8 @@ fn hex_list(hashes: &[[u8; 32]]) -> Vec<String> {
     hashes.iter().map(to_hex).collect()
 }
 
-async fn get_inclusion(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
-    authorize(&st, &headers, Access::Audit)?;
+async fn get_inclusion(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
+    authorize(&st, &caller, Access::Audit)?;
     let q = params(q)?;
     let size = need(&q, "size")?;
     let engine = st.engine.clone();
@@ -417,26 +457,30 @@ async fn get_inclusion(State(st): State<St>, headers: HeaderMap, q: Params) -> A
         }
     };
     let hashes = blocking(move || engine.prove_inclusion(index, size)).await?;
-    st.http.proofs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    st.http
+        .proofs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(
         axum::Json(json!({"index": index, "size": size, "hashes": hex_list(&hashes)}))
             .into_response(),
     )
 }
 
-async fn get_consistency(State(st): State<St>, headers: HeaderMap, q: Params) -> ApiResult {
-    authorize(&st, &headers, Access::Audit)?;
+async fn get_consistency(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
+    authorize(&st, &caller, Access::Audit)?;
     let q = params(q)?;
     let from = need(&q, "from")?;
     let to = need(&q, "to")?;
     let engine = st.engine.clone();
     let hashes = blocking(move || engine.prove_consistency(from, to)).await?;
-    st.http.proofs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    st.http
+        .proofs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(axum::Json(json!({"from": from, "to": to, "hashes": hex_list(&hashes)})).into_response())
 }
 
-async fn get_log(State(st): State<St>, headers: HeaderMap) -> ApiResult {
-    authorize(&st, &headers, Access::Audit)?;
+async fn get_log(State(st): State<St>, caller: Caller) -> ApiResult {
+    authorize(&st, &caller, Access::Audit)?;
     let e = &st.engine;
     Ok(axum::Json(json!({
         "origin": e.config().origin,
@@ -475,9 +519,16 @@ async fn ready(State(st): State<St>) -> ApiResult {
 }
 
 async fn get_metrics(State(st): State<St>) -> Response {
+    let conns = metrics::Connections {
+        http_open: st.cfg.connections_max - st.http_connections.available_permits(),
+        http_max: st.cfg.connections_max,
+        tcp_open: st.cfg.tcp_connections_max - st.tcp_connections.available_permits(),
+        tcp_max: st.cfg.tcp_connections_max,
+    };
     let text = metrics::render(
         &st.engine.status(),
         &st.http,
+        &conns,
         st.started.elapsed().as_secs(),
     );
     with_type(text, "text/plain; version=0.0.4; charset=utf-8")

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::auth::Access;
-use crate::http::{authorize, ApiError, ApiResult, St};
+use crate::http::{authorize, ApiError, ApiResult, Caller, St};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -167,8 +167,13 @@ fn done_sender() -> (auditlog_engine::Done, Waiting) {
     (done, rx)
 }
 
-pub async fn post_events(State(st): State<St>, headers: HeaderMap, body: Body) -> ApiResult {
-    authorize(&st, &headers, Access::Ingest)?;
+pub async fn post_events(
+    State(st): State<St>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    authorize(&st, &caller, Access::Ingest)?;
     let kind = kind_of(&headers)?;
     let bytes = read_body(&headers, body, st.cfg.body_bytes_max).await?;
     let engine: Arc<Engine> = st.engine.clone();

@@ -9,6 +9,7 @@ mod ingest;
 mod listener;
 mod metrics;
 mod tcp;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,6 +91,16 @@ fn main() -> anyhow::Result<()> {
         .thread_name("auditlogd-http")
         .build()
         .context("starting the async runtime")?;
+    let tls = cfg.server.tls.as_ref().map(tls::load).transpose()?;
+    let client_roles = tls
+        .as_ref()
+        .map(|t| t.client_roles.clone())
+        .unwrap_or_default();
+    let acceptor = tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+    let http_connections = Arc::new(tokio::sync::Semaphore::new(cfg.server.connections_max));
+    let tcp_connections = Arc::new(tokio::sync::Semaphore::new(cfg.server.tcp_connections_max));
     let tokens = Arc::new(tokens);
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
@@ -97,6 +108,9 @@ fn main() -> anyhow::Result<()> {
         cfg: cfg.server.clone(),
         http: metrics::HttpCounters::default(),
         started: Instant::now(),
+        client_roles: client_roles.clone(),
+        http_connections: http_connections.clone(),
+        tcp_connections: tcp_connections.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -116,30 +130,40 @@ fn main() -> anyhow::Result<()> {
         let limits = tcp::TcpLimits {
             frame_bytes_max: cfg.server.tcp_frame_bytes_max,
             batches_in_flight_max: cfg.server.tcp_batches_in_flight_max,
-            connections_max: cfg.server.tcp_connections_max,
             hello_timeout_ms: cfg.server.tcp_hello_timeout_ms,
             idle_timeout_ms: cfg.server.tcp_idle_timeout_ms,
         };
-        let tcp_task = tokio::spawn(tcp::serve(
-            ingest,
-            engine.clone(),
-            tokens.clone(),
+        let ctx = Arc::new(tcp::TcpContext {
+            engine: engine.clone(),
+            tokens: tokens.clone(),
             limits,
-            tcp_stop_rx,
-        ));
+            tls: acceptor.clone(),
+            client_roles,
+            connections: tcp_connections,
+        });
+        let tcp_task = tokio::spawn(tcp::serve(ingest, ctx, tcp_stop_rx));
         let tcp = tokio::net::TcpListener::bind(cfg.server.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.server.http_addr))?;
-        println!("auditlogd: HTTP on {}", tcp.local_addr()?);
-        let listener = listener::LimitedListener::new(tcp, cfg.server.connections_max);
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-                eprintln!("auditlogd: stopping: draining requests");
-                let _ = tcp_stop_tx.send(true);
-            })
-            .await
-            .context("serving HTTP")?;
+        let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
+        println!("auditlogd: {scheme} on {}", tcp.local_addr()?);
+        let listener = listener::spawn_acceptor(
+            tcp,
+            acceptor,
+            http_connections,
+            Duration::from_millis(cfg.server.tls_handshake_timeout_ms),
+        )?;
+        axum::serve(
+            listener,
+            http::router(state).into_make_service_with_connect_info::<listener::Peer>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+            eprintln!("auditlogd: stopping: draining requests");
+            let _ = tcp_stop_tx.send(true);
+        })
+        .await
+        .context("serving HTTP")?;
         let _ = tcp_task.await;
         Ok::<(), anyhow::Error>(())
     });

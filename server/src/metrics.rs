@@ -1,10 +1,41 @@
 //! `/metrics` in the Prometheus text format, from `Engine::status()` and the server's own
 //! counters.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use auditlog_engine::Status;
+use auditlog_engine::{Status, BATCH_EVENTS_BUCKETS, SYNC_BUCKETS_US};
+use auditlog_formats::frame::ErrorCode;
+
+/// Error answers by kind: `http:<code>` (the JSON error code) and `tcp:<code>` (the ERROR
+/// frame's code). Errors are rare and off the hot path, so one lock is enough.
+static ERRORS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+fn count_error(kind: String) {
+    *ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(kind)
+        .or_insert(0) += 1;
+}
+
+pub fn count_http_error(code: &str) {
+    count_error(format!("http:{code}"));
+}
+
+pub fn count_tcp_error(code: ErrorCode) {
+    count_error(format!("tcp:{code:?}").to_lowercase());
+}
+
+/// Open connections per listener, from their semaphores.
+pub struct Connections {
+    pub http_open: usize,
+    pub http_max: usize,
+    pub tcp_open: usize,
+    pub tcp_max: usize,
+}
 
 /// Counters the HTTP layer keeps.
 #[derive(Default)]
@@ -13,6 +44,8 @@ pub struct HttpCounters {
     pub client_errors: AtomicU64,
     pub server_errors: AtomicU64,
     pub queue_full: AtomicU64,
+    /// Inclusion and consistency proofs answered.
+    pub proofs: AtomicU64,
 }
 
 impl HttpCounters {
@@ -37,9 +70,105 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     );
 }
 
-pub fn render(status: &Status, http: &HttpCounters, uptime_s: u64) -> String {
+/// A Prometheus histogram from per-bucket counts (the last count is above every bound).
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[u64],
+    scale: f64,
+    counts: &[u64],
+    sum: f64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, count) in bounds.iter().zip(counts) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 * scale
+        );
+    }
+    cumulative += counts.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+}
+
+pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_s: u64) -> String {
     let mut out = String::new();
     let s = &status.stats;
+    histogram(
+        &mut out,
+        "auditlog_sync_latency_seconds",
+        "Time of each group commit's write and durable sync.",
+        &SYNC_BUCKETS_US,
+        1e-6,
+        &s.sync_latency_counts,
+        s.sync_ns_total as f64 * 1e-9,
+    );
+    histogram(
+        &mut out,
+        "auditlog_batch_events",
+        "Events per group commit.",
+        &BATCH_EVENTS_BUCKETS,
+        1.0,
+        &s.batch_events_counts,
+        s.events as f64,
+    );
+    metric(
+        &mut out,
+        "auditlog_queue_depth",
+        "gauge",
+        "Submissions waiting for the sequencer.",
+        status.queue_depth as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_queue_capacity",
+        "gauge",
+        "Limit of the submission queue.",
+        status.queue_capacity as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_http_connections",
+        "gauge",
+        "Open HTTP connections.",
+        conns.http_open as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_http_connections_max",
+        "gauge",
+        "Limit of open HTTP connections.",
+        conns.http_max as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_tcp_connections",
+        "gauge",
+        "Open TCP ingest connections.",
+        conns.tcp_open as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_tcp_connections_max",
+        "gauge",
+        "Limit of open TCP ingest connections.",
+        conns.tcp_max as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_proofs_total",
+        "counter",
+        "Inclusion and consistency proofs served.",
+        http.proofs.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(out, "# HELP auditlog_errors_total Error answers by kind (http:<code>, tcp:<code>).\n# TYPE auditlog_errors_total counter");
+    for (kind, n) in ERRORS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(out, "auditlog_errors_total{{kind=\"{kind}\"}} {n}");
+    }
     metric(
         &mut out,
         "auditlog_events_total",

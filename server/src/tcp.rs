@@ -4,6 +4,7 @@
 //! connections are bounded, and a full engine queue slows the reader (back-pressure)
 //! instead of buffering.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,47 +16,60 @@ use auditlog_formats::frame::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{Access, Tokens};
+use crate::auth::{Access, Role, Tokens};
+use crate::listener::{handshake, Conn, Io};
 
 #[derive(Clone, Debug)]
 pub struct TcpLimits {
     pub frame_bytes_max: u32,
     pub batches_in_flight_max: u32,
-    pub connections_max: usize,
     pub hello_timeout_ms: u64,
     pub idle_timeout_ms: u64,
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    engine: Arc<Engine>,
-    tokens: Arc<Tokens>,
-    limits: TcpLimits,
-    mut stop: watch::Receiver<bool>,
-) {
-    let connections = Arc::new(Semaphore::new(limits.connections_max));
+/// What every connection shares.
+pub struct TcpContext {
+    pub engine: Arc<Engine>,
+    pub tokens: Arc<Tokens>,
+    pub limits: TcpLimits,
+    pub tls: Option<TlsAcceptor>,
+    /// Client certificate name -> role, under mutual TLS.
+    pub client_roles: BTreeMap<String, Role>,
+    /// Open connections: `connections_max` permits.
+    pub connections: Arc<Semaphore>,
+}
+
+pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch::Receiver<bool>) {
+    let handshake_timeout = Duration::from_millis(ctx.limits.hello_timeout_ms);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((mut stream, _)) => {
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        // Over the limit: say so and close, without holding a slot.
-                        tokio::spawn(async move {
-                            let f = error_frame(0, ErrorCode::Busy, "too many connections");
-                            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&f)).await;
-                        });
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let (engine, tokens, limits) = (engine.clone(), tokens.clone(), limits.clone());
+                Ok((stream, _)) => {
+                    let permit = ctx.connections.clone().try_acquire_owned();
+                    let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let (rd, wr) = stream.into_split();
-                        if let Err(e) = connection(rd, wr, engine, tokens, limits).await {
+                        let (io, client) = match handshake(stream, ctx.tls.as_ref(), handshake_timeout).await {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::debug!("tcp handshake: {e}");
+                                return;
+                            }
+                        };
+                        let Ok(permit) = permit else {
+                            // Over the limit: say so and close, without holding a slot.
+                            let mut conn = io;
+                            let f = error_frame(0, ErrorCode::Busy, "too many connections");
+                            let _ = tokio::time::timeout(Duration::from_secs(1), write_raw(&mut conn, &f)).await;
+                            return;
+                        };
+                        let cert_role = client.role(&ctx.client_roles).map(|(_, r)| r);
+                        let (rd, wr) = tokio::io::split(Conn::new(io, permit));
+                        if let Err(e) = connection(rd, wr, &ctx, cert_role).await {
                             tracing::debug!("tcp connection ended: {e}");
                         }
-                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -67,6 +81,16 @@ pub async fn serve(
     }
 }
 
+async fn write_raw(io: &mut Io, bytes: &[u8]) -> std::io::Result<()> {
+    match io {
+        Io::Plain(s) => s.write_all(bytes).await,
+        Io::Tls(s) => {
+            s.write_all(bytes).await?;
+            s.shutdown().await
+        }
+    }
+}
+
 /// What the writer half sends next, in the order the reader produced it.
 enum Reply {
     Frame(Vec<u8>),
@@ -74,6 +98,7 @@ enum Reply {
 }
 
 fn error_frame(request_id: u32, code: ErrorCode, message: &str) -> Vec<u8> {
+    crate::metrics::count_tcp_error(code);
     frame::frame(
         FrameType::Error,
         request_id,
@@ -116,14 +141,14 @@ async fn read_frame<R: AsyncRead + Unpin>(
 async fn connection<R, W>(
     rd: R,
     wr: W,
-    engine: Arc<Engine>,
-    tokens: Arc<Tokens>,
-    limits: TcpLimits,
+    ctx: &TcpContext,
+    cert_role: Option<Role>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let (engine, limits) = (&ctx.engine, &ctx.limits);
     let mut rd = BufReader::with_capacity(1 << 16, rd);
     // The channel bounds batches in flight: when the writer is that far behind, the reader
     // stops reading, and TCP flow control slows the client.
@@ -149,7 +174,12 @@ where
                 ErrorCode::UnsupportedVersion,
                 format!("version {v} is not supported (1 is)"),
             )),
-            Ok((_, token)) => match tokens.role_of_token(token.as_bytes()) {
+            // An empty token stands for the client certificate's role, under mutual TLS.
+            Ok((_, token)) => match cert_role
+                .filter(|_| token.is_empty())
+                .ok_or(())
+                .or_else(|_| ctx.tokens.role_of_token(token.as_bytes()).map_err(|_| ()))
+            {
                 Err(_) => Some((ErrorCode::Unauthorized, "unknown token".into())),
                 Ok(role) if !Access::Ingest.allows(role) => Some((
                     ErrorCode::Forbidden,
@@ -179,7 +209,7 @@ where
         let _ = tx.send(Reply::Frame(error_frame(0, code, &msg))).await;
     }
     if authenticated {
-        read_batches(&mut rd, &tx, &engine, &limits).await;
+        read_batches(&mut rd, &tx, engine, limits).await;
     }
     drop(tx);
     match writer.await {

@@ -288,6 +288,18 @@ fn check_inclusion(d: &Daemon, alg: TreeHash, cp: &Checkpoint, index: u64, leaf:
         .map(hash)
         .collect();
     tree::verify_inclusion(alg, index, cp.size, leaf, &proof, &cp.root).expect("inclusion");
+    // The same proof, asked for by leaf hash (the leaf-hash index).
+    let r = d.get(
+        &format!(
+            "/v1/proof/inclusion?leaf_hash={}&size={}",
+            auditlog_formats::hash::to_hex(leaf),
+            cp.size
+        ),
+        "auditor",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["index"], index, "found by leaf hash");
+    assert_eq!(r.json()["hashes"], v["hashes"]);
 }
 
 fn check_consistency(d: &Daemon, alg: TreeHash, old: &Checkpoint, new: &Checkpoint) {
@@ -530,7 +542,11 @@ fn bad_input_is_refused_and_nothing_is_stored() {
         ("/v1/events/x", 400),
         ("/v1/events?start=0&end=5000", 400),
         ("/v1/proof/inclusion?index=0", 400),
-        ("/v1/proof/inclusion?leaf_hash=00&size=1", 501),
+        ("/v1/proof/inclusion?leaf_hash=00&size=1", 400),
+        (
+            "/v1/proof/inclusion?leaf_hash=0000000000000000000000000000000000000000000000000000000000000000&size=0",
+            404,
+        ),
         ("/v1/proof/inclusion?index=0&size=99", 400),
         ("/v1/nope", 404),
     ] {
