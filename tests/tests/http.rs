@@ -826,3 +826,206 @@ mod tcp {
         assert_eq!(size(), 2);
     }
 }
+
+// ---- Limits: slow clients, connection counts, back-pressure ----
+
+mod limits {
+    use super::*;
+    use auditlog_client::tcp::{Outcome, TcpIngest};
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    const LIMITS: &str = r#"
+[engine]
+queue_submissions_max = 8
+submission_bytes_max = 1048576
+batch_bytes_max = 1048576
+segment_bytes = 16777216
+checkpoint_interval_ms = 50
+
+[server]
+connections_max = 4
+request_timeout_ms = 1500
+long_poll_ms_max = 1000
+tcp_connections_max = 2
+tcp_batches_in_flight_max = 4
+tcp_frame_bytes_max = 1048576
+"#;
+
+    fn rss_kib(pid: u32) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
+    fn pid(d: &Daemon) -> u32 {
+        d.child.as_ref().expect("running").id()
+    }
+
+    /// A client that sends half a body and stalls gets 503 at the request deadline, holds
+    /// one connection slot until then, stores nothing, and everyone else is served meanwhile.
+    #[test]
+    fn slow_client_times_out_and_others_are_served() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = Daemon::start_with(dir.path(), LIMITS);
+        let addr = d.base.trim_start_matches("http://").to_string();
+        let mut slow = TcpStream::connect(&addr).expect("connect");
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: 100000\r\n\r\n",
+            d.token("writer")
+        );
+        slow.write_all(head.as_bytes()).expect("head");
+        slow.write_all(&event(999, 300)).expect("part of the body");
+        let started = Instant::now();
+        for i in 0..5 {
+            assert_eq!(d.post("application/json", &event(i, 200)).status, 200);
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "served while the slow client stalls"
+        );
+        let mut answer = Vec::new();
+        let _ = slow.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 503"),
+            "the slow request times out: {answer}"
+        );
+        assert!(answer.contains("\"timeout\""), "{answer}");
+        let (_, _, size) = d.log();
+        assert_eq!(size, 5, "nothing of the stalled request is stored");
+    }
+
+    /// Past `connections_max`, HTTP connections wait (not served, not dropped) until a slot
+    /// frees; past `tcp_connections_max`, TCP ingest answers ERROR busy and closes.
+    #[test]
+    fn connection_limits_hold() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = Daemon::start_with(dir.path(), LIMITS);
+        let addr = d.base.trim_start_matches("http://").to_string();
+        let idle: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(&addr).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let quick = ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(700))
+            .build();
+        assert!(
+            quick.get(&format!("{}/health", d.base)).call().is_err(),
+            "a fifth connection is not served while four are open"
+        );
+        drop(idle);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while quick.get(&format!("{}/health", d.base)).call().is_err() {
+            assert!(Instant::now() < deadline, "served once slots free up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        let a = tcp_hello(&d);
+        let b = tcp_hello(&d);
+        let mut c = TcpStream::connect(&d.tcp_addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut h = [0u8; auditlog_formats::frame::FRAME_HEADER_BYTES];
+        c.read_exact(&mut h).expect("an answer");
+        let h = auditlog_formats::frame::FrameHeader::decode(&h, 1 << 20).expect("header");
+        let mut p = vec![0u8; h.payload_bytes as usize];
+        c.read_exact(&mut p).expect("payload");
+        let (code, msg) = auditlog_formats::frame::decode_error(&p).expect("ERROR");
+        assert_eq!(
+            code,
+            Some(auditlog_formats::frame::ErrorCode::Busy),
+            "{msg}"
+        );
+        let mut one = [0u8; 1];
+        assert!(matches!(c.read(&mut one), Ok(0)), "then closed");
+        drop(a);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut again =
+            TcpIngest::connect(&d.tcp_addr, &d.token("writer"), Duration::from_secs(10))
+                .expect("a slot is free again");
+        let (_, _) = again.send([event(1, 200).as_slice()]).expect("send");
+        assert!(matches!(
+            again.drain().expect("ack")[0].1,
+            Outcome::Acked(_)
+        ));
+        drop(b);
+    }
+
+    fn tcp_hello(d: &Daemon) -> TcpIngest {
+        TcpIngest::connect(&d.tcp_addr, &d.token("writer"), Duration::from_secs(10))
+            .expect("connect")
+    }
+
+    /// Two producers that never wait for acks, faster than the log can take: they are slowed
+    /// by TCP flow control, the daemon's memory stays within what its limits allow, and
+    /// every acknowledged event is in the log.
+    #[test]
+    fn back_pressure_bounds_memory() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = Daemon::start_with(dir.path(), LIMITS);
+        let before = rss_kib(pid(&d));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+        let watcher = {
+            let (stop, peak, p) = (stop.clone(), peak.clone(), pid(&d));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(p), std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let producers: Vec<_> = (0..2u64)
+            .map(|k| {
+                let (addr, token) = (d.tcp_addr.clone(), d.token("writer"));
+                std::thread::spawn(move || {
+                    let mut c = TcpIngest::connect(&addr, &token, Duration::from_secs(30))
+                        .expect("connect");
+                    // ~900 KiB batches: each fills most of one engine submission.
+                    let batch: Vec<Vec<u8>> =
+                        (0..3500).map(|i| event(k * 1_000_000 + i, 256)).collect();
+                    let mut acked = 0u64;
+                    let until = Instant::now() + Duration::from_secs(3);
+                    let mut count = |o: Option<(u32, Outcome)>| {
+                        if let Some((_, Outcome::Acked(a))) = o {
+                            acked += a.leaf_hashes.len() as u64;
+                        }
+                    };
+                    while Instant::now() < until {
+                        let (_, done) = c.send(batch.iter().map(|e| e.as_slice())).expect("send");
+                        count(done);
+                    }
+                    for o in c.drain().expect("drain") {
+                        count(Some(o));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: u64 = producers
+            .into_iter()
+            .map(|p| p.join().expect("producer"))
+            .sum();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().expect("watcher");
+        let grew_kib = peak.load(std::sync::atomic::Ordering::Relaxed) - before;
+        // Allowed by the limits: 8 queued submissions of 1 MiB, 2 connections x 4 batches in
+        // flight x 1 MiB, their validated copies, read buffers and the group-commit buffer;
+        // well under 128 MiB. Unbounded buffering of 3 s of sending would be gigabytes.
+        assert!(
+            grew_kib < 128 * 1024,
+            "daemon RSS grew by {grew_kib} KiB under back-pressure"
+        );
+        let (_, _, size) = d.log();
+        assert!(acked > 0);
+        assert_eq!(
+            size, acked,
+            "every acknowledged event is in the log, nothing else"
+        );
+    }
+}
