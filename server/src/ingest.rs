@@ -182,7 +182,12 @@ pub async fn post_events(
             Ok(r) => r?,
             Err(e) => return Err(ApiError::internal(format!("validation task failed: {e}"))),
         };
-    let mut waiting = Vec::with_capacity(batches.len());
+    let parts = batches.len();
+    let mut waiting = Vec::with_capacity(parts);
+    // Once part of a request is queued it may be stored whatever happens to the rest (the
+    // engine fails-stop mid-request, or is shutting down): the answer then lists exactly
+    // what was stored, so the client loses no receipt and can resend the rest.
+    let mut failure: Option<ApiError> = None;
     for (i, batch) in batches.into_iter().enumerate() {
         let (done, rx) = done_sender();
         if i == 0 {
@@ -191,15 +196,25 @@ pub async fn post_events(
         } else {
             // Later parts wait their turn so the request is not left half-queued.
             let engine = st.engine.clone();
-            crate::http::blocking(move || engine.submit(batch, done)).await?;
+            if let Err(e) = crate::http::blocking(move || engine.submit(batch, done)).await {
+                failure = Some(e);
+                break;
+            }
         }
         waiting.push(rx);
     }
     let mut receipts = Vec::new();
     for rx in waiting {
         let r = match rx.await {
-            Ok(r) => r?,
-            Err(_) => return Err(EngineError::ShuttingDown.into()),
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                failure.get_or_insert(e.into());
+                continue;
+            }
+            Err(_) => {
+                failure.get_or_insert(EngineError::ShuttingDown.into());
+                continue;
+            }
         };
         for (k, leaf) in r.leaf_hashes.iter().enumerate() {
             receipts.push(Receipt {
@@ -209,7 +224,23 @@ pub async fn post_events(
             });
         }
     }
-    Ok(axum::Json(serde_json::json!({ "receipts": receipts })).into_response())
+    match failure {
+        None => Ok(axum::Json(serde_json::json!({ "receipts": receipts })).into_response()),
+        Some(e) if receipts.is_empty() => Err(e),
+        Some(e) => {
+            crate::metrics::count_http_error(e.code);
+            let message = format!(
+                "{}; {} events of this request were stored (their receipts are listed), the rest were not",
+                e.message,
+                receipts.len()
+            );
+            let body = serde_json::json!({
+                "error": {"code": e.code, "message": message},
+                "receipts": receipts,
+            });
+            Ok((e.status, axum::Json(body)).into_response())
+        }
+    }
 }
 
 #[cfg(test)]
