@@ -13,6 +13,7 @@ pub struct HttpCounters {
     pub client_errors: AtomicU64,
     pub server_errors: AtomicU64,
     pub queue_full: AtomicU64,
+    pub proofs: AtomicU64,
 }
 
 impl HttpCounters {
@@ -153,6 +154,13 @@ pub fn render(status: &Status, http: &HttpCounters, uptime_s: u64) -> String {
         "counter",
         "Ingest requests refused with 429 because the engine's queue was full.",
         http.queue_full.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "auditlog_http_proofs_total",
+        "counter",
+        "Inclusion and consistency proofs served.",
+        http.proofs.load(Ordering::Relaxed),
     );
     metric(
         &mut out,

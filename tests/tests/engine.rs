@@ -408,7 +408,10 @@ fn leaf_hash_index_finds_every_leaf() {
             // Not in a smaller tree.
             assert_eq!(engine.index_of_leaf(&leaf, index).expect("lookup"), None);
         }
-        assert_eq!(engine.index_of_leaf(&[7u8; 32], size).expect("lookup"), None);
+        assert_eq!(
+            engine.index_of_leaf(&[7u8; 32], size).expect("lookup"),
+            None
+        );
     };
     check(&engine);
     let runs = std::fs::read_dir(dir.path().join("leafindex"))
@@ -442,7 +445,9 @@ fn leaf_hash_index_finds_every_leaf() {
     check(&engine);
     for (index, leaf) in more {
         assert_eq!(
-            engine.index_of_leaf(&leaf, engine.tree_size()).expect("lookup"),
+            engine
+                .index_of_leaf(&leaf, engine.tree_size())
+                .expect("lookup"),
             Some(index)
         );
     }
