@@ -20,17 +20,24 @@ pub struct Conn {
         long,
         env = "AUDITLOG_URL",
         default_value = "http://127.0.0.1:8080",
-        global = true
+        global = true,
+        help_heading = "Server"
     )]
     pub url: String,
     /// Bearer token (writer for `send`, auditor for `checkpoint` and `prove`).
-    #[arg(long, env = "AUDITLOG_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "AUDITLOG_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Server"
+    )]
     pub token: Option<String>,
     /// PEM file of CA certificates to trust for an `https://` URL.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Server")]
     pub ca_file: Option<PathBuf>,
     /// Timeout of each request (connect, read, write), in milliseconds.
-    #[arg(long, default_value_t = 30_000, global = true)]
+    #[arg(long, default_value_t = 30_000, global = true, help_heading = "Server")]
     pub timeout_ms: u64,
 }
 

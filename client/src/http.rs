@@ -28,15 +28,16 @@ pub enum HttpError {
         message: String,
     },
     /// No answer: connection, DNS, TLS or timeout.
-    #[error("{what}: {source}")]
+    // Not `source`: the messages already hold their causes, and a chain would repeat them.
+    #[error("{what}: {detail}")]
     Transport {
         what: String,
-        source: Box<ureq::Transport>,
+        detail: Box<ureq::Transport>,
     },
-    #[error("{what}: reading the answer: {source}")]
+    #[error("{what}: reading the answer: {detail}")]
     Read {
         what: String,
-        source: std::io::Error,
+        detail: std::io::Error,
     },
     /// An answer that is not what the API promises.
     #[error("{what}: unexpected answer: {reason}")]
@@ -245,9 +246,9 @@ impl HttpClient {
             resp.into_reader()
                 .take(max + 1)
                 .read_to_end(&mut body)
-                .map_err(|source| HttpError::Read {
+                .map_err(|detail| HttpError::Read {
                     what: what.to_string(),
-                    source,
+                    detail,
                 })?;
             if body.len() as u64 > max {
                 return Err(HttpError::bad(what, format!("over {max} bytes")));
@@ -275,7 +276,7 @@ impl HttpClient {
             }
             Err(ureq::Error::Transport(t)) => Err(HttpError::Transport {
                 what: what.to_string(),
-                source: Box::new(t),
+                detail: Box::new(t),
             }),
         }
     }

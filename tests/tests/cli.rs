@@ -28,6 +28,7 @@ fn run(d: &Daemon, role: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let started = std::time::Instant::now();
     let mut child = cmd.spawn().expect("spawn auditlog");
     let mut pipe = child.stdin.take().expect("stdin");
     let input = stdin.unwrap_or_default().to_vec();
@@ -47,10 +48,11 @@ fn run(d: &Daemon, role: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
     eprintln!(
-        "$ auditlog {}\n{}{}-> {status}",
+        "$ auditlog {}\n{}{}-> {status} in {:?}",
         args.join(" "),
         r.stdout,
-        r.stderr
+        r.stderr,
+        started.elapsed()
     );
     r
 }
