@@ -8,13 +8,18 @@ use anyhow::Context;
 use auditlog_formats::note::VerifierKey;
 use clap::{Parser, Subcommand};
 
+mod cli;
+mod prove;
+
 #[derive(Parser)]
 #[command(
     name = "auditlog",
     version,
-    about = "auditlog client: verify a log offline, trusting only its key"
+    about = "auditlog client: send events, fetch checkpoints and proofs, verify a log trusting only its key"
 )]
 struct Cli {
+    #[command(flatten)]
+    conn: cli::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +34,15 @@ enum Command {
         #[arg(long, env = "AUDITLOG_VERIFIER_KEY")]
         key: String,
     },
+    /// Send events (one JSON object, or NDJSON) from a file or stdin; keeps receipts.
+    Send(cli::SendArgs),
+    /// Fetch one event as JSON, or its exact record bytes.
+    Get(cli::GetArgs),
+    /// Fetch the latest signed checkpoint; with --key, verify its signature.
+    Checkpoint(cli::CheckpointArgs),
+    /// Prove an event is in the log: checkpoint signature, leaf hash and inclusion proof
+    /// (and consistency with an older checkpoint), all checked here.
+    Prove(prove::ProveArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,7 +56,12 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let args = Cli::parse();
+    match args.command {
+        Command::Send(a) => cli::send(&args.conn, &a),
+        Command::Get(a) => cli::get(&args.conn, &a),
+        Command::Checkpoint(a) => cli::checkpoint(&args.conn, &a),
+        Command::Prove(a) => prove::prove(&args.conn, &a),
         Command::Verify { dir, key } => {
             let key_text = match key.strip_prefix('@') {
                 Some(file) => std::fs::read_to_string(file)

@@ -26,3 +26,4 @@ pub fn small_config(dir: &std::path::Path) -> EngineConfig {
     c.checkpoint_interval_ms = 20;
     c
 }
+pub mod daemon;

@@ -11,35 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_formats::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
+use auditlog_tests::daemon::{daemon_exe, free_port};
 use auditlog_tests::event;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-
-// TODO(merge): share with the other daemon tests once the harness lives in tests/src.
-fn daemon_exe() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test exe in target/<profile>/deps")
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "auditlog-server", "--bin", "auditlogd"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    if let Ok(st) = cmd.status() {
-        assert!(st.success(), "cargo build -p auditlog-server failed");
-    }
-    profile_dir.join("auditlogd")
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 struct Ca {
     cert: rcgen::Certificate,

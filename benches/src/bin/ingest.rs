@@ -269,6 +269,7 @@ fn stats_delta(after: &Stats, before: &Stats) -> Stats {
         bytes: after.bytes - before.bytes,
         batches: after.batches - before.batches,
         sync_ns_total: after.sync_ns_total - before.sync_ns_total,
+        ..Stats::default()
     }
 }
 

@@ -2,6 +2,8 @@
 //! pipelined) or HTTP (NDJSON batches, keep-alive), fixed event size, closed loop (a window
 //! of batches in flight per connection) or open loop (`--rate` events/s across all
 //! connections). Reports events/s, MB/s and p50/p99/p999 ack latency; writes a JSON summary.
+//! `--protocol proofs` instead asks for inclusion proofs over HTTP (random leaves below the
+//! latest checkpoint, at its size) and reports proofs/s, verifying a sample of them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -13,7 +15,7 @@ use hdrhistogram::Histogram;
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
-    /// `tcp` or `http`.
+    /// `tcp`, `http`, `syslog` or `proofs`.
     #[arg(long, default_value = "tcp")]
     protocol: String,
     /// host:port of the TCP listener or the HTTP server.
@@ -43,6 +45,13 @@ struct Args {
     /// stops growing, and its lines are counted.
     #[arg(long)]
     wait_file: Option<String>,
+    /// `--protocol proofs` only: proof requests in all.
+    #[arg(long, default_value_t = 300_000)]
+    requests: u64,
+    /// `--protocol proofs` only: verify every Nth proof against the checkpoint's root, with
+    /// the leaf recomputed from the record (0: none).
+    #[arg(long, default_value_t = 1000)]
+    verify_every: u64,
 }
 
 struct Result1 {
@@ -53,6 +62,10 @@ struct Result1 {
 
 fn main() {
     let args = Args::parse();
+    if args.protocol == "proofs" {
+        run_proofs(&args);
+        return;
+    }
     let per_conn = args.events / args.connections as u64;
     // Pre-built batches, so generation is not measured.
     let pool: Vec<Vec<Vec<u8>>> = (0..8u64)
@@ -344,4 +357,139 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<u8>) {
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).expect("body");
     (status, body)
+}
+
+/// One HTTP/1.1 GET on a kept-alive connection.
+fn http_get(stream: &mut BufReader<TcpStream>, args: &Args, path: &str) -> (u16, Vec<u8>) {
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        args.addr, args.token
+    );
+    stream
+        .get_mut()
+        .write_all(head.as_bytes())
+        .expect("write request");
+    read_response(stream)
+}
+
+fn connect_http(args: &Args) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(&args.addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    BufReader::with_capacity(1 << 16, s)
+}
+
+/// Proofs/s over HTTP at the latest checkpoint's size: N connection threads, each asking
+/// for the proof of a pseudo-random leaf, one request at a time (HTTP/1.1 keep-alive).
+fn run_proofs(args: &Args) {
+    use auditlog_formats::note::{self, Checkpoint};
+    use auditlog_formats::{hash, tree, TreeHash};
+    let mut c = connect_http(args);
+    let (st, body) = http_get(&mut c, args, "/v1/checkpoint");
+    assert_eq!(st, 200, "checkpoint: {}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8(body).expect("note is UTF-8");
+    // The signature is not what is measured here; the CLI's `prove` checks it.
+    let (body_text, _) = note::parse_note(&text).expect("note");
+    let cp = Checkpoint::parse_text(&body_text).expect("checkpoint");
+    let (st, body) = http_get(&mut c, args, "/v1/log");
+    assert_eq!(st, 200, "log: {}", String::from_utf8_lossy(&body));
+    let log: serde_json::Value = serde_json::from_slice(&body).expect("log JSON");
+    let alg = TreeHash::from_name(log["tree_hash"].as_str().expect("tree_hash")).expect("alg");
+    assert!(cp.size > 0, "the log is empty");
+    println!(
+        "proofs at size {} (root {}), {} connections, {} requests",
+        cp.size,
+        hash::to_hex(&cp.root),
+        args.connections,
+        args.requests
+    );
+    let per_conn = args.requests / args.connections as u64;
+    let started = Instant::now();
+    let results: Vec<(Histogram<u64>, u64, u64, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.connections)
+            .map(|conn| {
+                let cp = &cp;
+                s.spawn(move || {
+                    let mut c = connect_http(args);
+                    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                    let (mut ok, mut failed, mut verified) = (0u64, 0u64, 0u64);
+                    // xorshift64*: cheap, and no two connections ask the same sequence.
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64
+                        ^ (conn as u64 + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
+                    for n in 0..per_conn {
+                        x ^= x >> 12;
+                        x ^= x << 25;
+                        x ^= x >> 27;
+                        let index = x.wrapping_mul(0x2545_f491_4f6c_dd1d) % cp.size;
+                        let path = format!("/v1/proof/inclusion?index={index}&size={}", cp.size);
+                        let t0 = Instant::now();
+                        let (st, body) = http_get(&mut c, args, &path);
+                        let _ = hist.record(t0.elapsed().as_micros() as u64);
+                        if st != 200 {
+                            failed += 1;
+                            continue;
+                        }
+                        ok += 1;
+                        if args.verify_every > 0 && n % args.verify_every == 0 {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&body).expect("proof JSON");
+                            let proof: Vec<[u8; 32]> = v["hashes"]
+                                .as_array()
+                                .expect("hashes")
+                                .iter()
+                                .map(|h| hash::from_hex(h.as_str().expect("hex")).expect("hash"))
+                                .collect();
+                            let (st, rec) = http_get(
+                                &mut c,
+                                args,
+                                &format!("/v1/events/{index}?format=record"),
+                            );
+                            assert_eq!(st, 200, "record {index}");
+                            let leaf = alg.leaf(&rec);
+                            tree::verify_inclusion(alg, index, cp.size, &leaf, &proof, &cp.root)
+                                .unwrap_or_else(|e| {
+                                    panic!("proof of {index} does not verify: {e}")
+                                });
+                            verified += 1;
+                        }
+                    }
+                    (hist, ok, failed, verified)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("connection thread"))
+            .collect()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let (mut ok, mut failed, mut verified) = (0u64, 0u64, 0u64);
+    for (h, o, f, v) in &results {
+        hist.add(h).expect("merge");
+        ok += o;
+        failed += f;
+        verified += v;
+    }
+    let pps = ok as f64 / secs;
+    println!(
+        "proofs x{} conns at size {}: {:.0} proofs/s, latency p50 {} µs p99 {} µs p999 {} µs, {} failed, {} verified",
+        args.connections,
+        cp.size,
+        pps,
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        failed,
+        verified
+    );
+    if let Some(path) = &args.json {
+        let j = serde_json::json!({
+            "protocol": "proofs", "connections": args.connections, "size": cp.size, "requests": ok,
+            "seconds": secs, "proofs_per_s": pps, "failed": failed, "verified": verified,
+            "latency_us": {"p50": hist.value_at_quantile(0.5), "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
+        });
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&j).unwrap_or_default()) {
+            eprintln!("loadgen: writing {path}: {e}");
+        }
+    }
 }

@@ -1,0 +1,288 @@
+//! The real `auditlogd` on free ports over a temporary data directory, shared by the
+//! system tests that talk to it (HTTP, TCP, the CLI).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use auditlog_formats::note::{self, Checkpoint, VerifierKey};
+use auditlog_formats::TreeHash;
+use serde_json::Value;
+
+/// `target/<profile>/<bin>` of another package of the workspace, next to this test's
+/// `deps/` directory, (re)built once per run so it is never older than the source.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test exe in target/<profile>/deps")
+        .to_path_buf();
+    let bin = profile_dir.join(name);
+    // `cargo test -p auditlog-tests` does not build other packages' binaries; a build
+    // here is quick when nothing changed and keeps a stale binary from being tested.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", package, "--bin", name]);
+    // What cargo sets for this test's own package must not leak into the nested build:
+    // build scripts that watch these (ring's does) would be rebuilt on every run.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(st) => assert!(st.success(), "cargo build -p {package} failed"),
+        // No cargo (the test run by hand): use the binary that is there.
+        Err(e) => eprintln!("cannot run cargo ({e}); using {}", bin.display()),
+    }
+    assert!(bin.exists(), "{} missing", bin.display());
+    built.push((name.to_string(), bin.clone()));
+    bin
+}
+
+/// The `auditlogd` binary.
+pub fn daemon_exe() -> PathBuf {
+    workspace_bin("auditlog-server", "auditlogd")
+}
+
+/// The `auditlog` CLI binary.
+pub fn client_exe() -> PathBuf {
+    workspace_bin("auditlog-client", "auditlog")
+}
+
+pub const CONFIG: &str = r#"
+[engine]
+submission_bytes_max = 131072
+batch_bytes_max = 131072
+segment_bytes = 1048576
+block_raw_bytes = 16384
+checkpoint_interval_ms = 50
+
+[server]
+body_bytes_max = 524288
+request_timeout_ms = 20000
+long_poll_ms_max = 10000
+range_events_max = 1000
+"#;
+
+pub const BODY_BYTES_MAX: usize = 524288;
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub base: String,
+    pub tcp_addr: String,
+    pub tokens: HashMap<String, String>,
+    pub agent: ureq::Agent,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Daemon {
+    pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, CONFIG)
+    }
+
+    pub fn start_with(dir: &Path, config_text: &str) -> Daemon {
+        let config = dir.join("auditlogd.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        let port = free_port();
+        let tcp_port = free_port();
+        let child = Command::new(daemon_exe())
+            .arg("--tcp-addr")
+            .arg(format!("127.0.0.1:{tcp_port}"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn auditlogd");
+        let mut d = Daemon {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            tcp_addr: format!("127.0.0.1:{tcp_port}"),
+            tokens: HashMap::new(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = d.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("auditlogd exited at start: {st}");
+                }
+            }
+            if d.agent.get(&format!("{}/health", d.base)).call().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "auditlogd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(dir.join("data/initial-tokens")).expect("tokens");
+        for line in text.lines() {
+            let (role, token) = line.split_once(' ').expect("<role> <token>");
+            d.tokens.insert(role.to_string(), token.to_string());
+        }
+        assert_eq!(d.tokens.len(), 4, "one token per role");
+        d
+    }
+
+    /// The daemon's process id (for /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn token(&self, role: &str) -> String {
+        self.tokens[role].clone()
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+    ) -> Reply {
+        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let res = match body {
+            Some((ct, b)) => req.set("Content-Type", ct).send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let content_type = resp.header("content-type").unwrap_or("").to_string();
+        let mut body = Vec::new();
+        resp.into_reader()
+            .read_to_end(&mut body)
+            .expect("read body");
+        Reply {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str, role: &str) -> Reply {
+        self.call("GET", path, Some(&self.token(role)), None)
+    }
+
+    pub fn post(&self, ct: &str, body: &[u8]) -> Reply {
+        self.call(
+            "POST",
+            "/v1/events",
+            Some(&self.token("writer")),
+            Some((ct, body)),
+        )
+    }
+
+    /// SIGTERM, and the daemon must drain, sign and exit 0.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                assert!(st.success(), "auditlogd exited with {st}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "auditlogd did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> (VerifierKey, TreeHash, u64) {
+        let r = self.get("/v1/log", "auditor");
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        let key: VerifierKey = v["verifier_keys"][0]
+            .as_str()
+            .expect("key")
+            .parse()
+            .expect("verifier key");
+        let alg = TreeHash::from_name(v["tree_hash"].as_str().expect("alg")).expect("alg name");
+        (key, alg, v["tree_size"].as_u64().expect("tree_size"))
+    }
+
+    pub fn checkpoint(&self, min_size: u64, key: &VerifierKey) -> Checkpoint {
+        let r = self.get(
+            &format!("/v1/checkpoint?min_size={min_size}&wait_ms=5000"),
+            "auditor",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.content_type.starts_with("text/plain"));
+        let (cp, _) = note::open_checkpoint(&r.text(), std::slice::from_ref(key)).expect("signed");
+        assert!(cp.size >= min_size);
+        cp
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

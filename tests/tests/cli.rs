@@ -1,0 +1,409 @@
+//! The `auditlog` CLI end to end: the real binary against a real `auditlogd` on free ports.
+//! Send (stdin, file, one object), receipts, get, checkpoint, prove (by index, leaf hash,
+//! event file, older size, since an older checkpoint), and failures that must be named.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use auditlog_formats::note::{self, NoteSigner, VerifierKey};
+use auditlog_formats::record::Record;
+use auditlog_tests::daemon::{client_exe, Daemon};
+use auditlog_tests::event;
+use serde_json::Value;
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `auditlog ARGS` as `role` against `d`, with `stdin` piped in.
+fn run(d: &Daemon, role: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut cmd = Command::new(client_exe());
+    cmd.args(args)
+        .env("AUDITLOG_URL", &d.base)
+        .env("AUDITLOG_TOKEN", d.token(role))
+        .env_remove("AUDITLOG_VERIFIER_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().expect("spawn auditlog");
+    let mut pipe = child.stdin.take().expect("stdin");
+    let input = stdin.unwrap_or_default().to_vec();
+    // Written from a thread: a large input could fill the pipe while the CLI writes output.
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("auditlog output");
+    writer.join().expect("stdin writer");
+    let r = Run {
+        ok: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    eprintln!(
+        "$ auditlog {}\n{}{}-> {status} in {:?}",
+        args.join(" "),
+        r.stdout,
+        r.stderr,
+        started.elapsed()
+    );
+    r
+}
+
+fn must(r: Run) -> Run {
+    assert!(r.ok, "failed:\n{}\n{}", r.stdout, r.stderr);
+    r
+}
+
+fn ndjson(events: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        out.extend_from_slice(e);
+        // Blank lines and CRLF are part of what senders produce.
+        out.extend_from_slice(if i % 5 == 0 { b"\n\n" } else { b"\r\n" });
+    }
+    out
+}
+
+/// Each receipts line: (index, leaf hash, received_at); must match what was sent.
+fn read_receipts(path: &Path, sent: &[Vec<u8>], alg: auditlog_formats::TreeHash) -> Vec<u64> {
+    let text = std::fs::read_to_string(path).expect("receipts file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), sent.len(), "one receipt per event");
+    lines
+        .iter()
+        .zip(sent)
+        .map(|(l, e)| {
+            let r = auditlog_client::http::parse_receipt_line(l).expect("receipt line");
+            let rec = Record {
+                received_at_unix_ns: r.received_at_unix_ns,
+                payload: e,
+            }
+            .to_bytes();
+            assert_eq!(
+                alg.leaf(&rec),
+                r.leaf_hash,
+                "receipt recomputes from the bytes"
+            );
+            r.index
+        })
+        .collect()
+}
+
+fn contiguous(indexes: &[u64], first: u64) {
+    let want: Vec<u64> = (first..first + indexes.len() as u64).collect();
+    assert_eq!(indexes, want);
+}
+
+#[test]
+fn send_get_checkpoint_and_prove() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path());
+    let (key, alg, _) = d.log();
+    let k = key.to_string();
+    let tmp = |name: &str| dir.path().join(name).display().to_string();
+
+    // NDJSON on stdin, in batches of 7.
+    let first: Vec<Vec<u8>> = (0..30).map(|n| event(n, 300)).collect();
+    let r = must(run(
+        &d,
+        "writer",
+        &["send", "--batch", "7", "--receipts", &tmp("r1")],
+        Some(&ndjson(&first)),
+    ));
+    assert!(
+        r.stdout
+            .contains("sent 30 events in 5 requests: indexes 0..=29"),
+        "{}",
+        r.stdout
+    );
+    contiguous(&read_receipts(&dir.path().join("r1"), &first, alg), 0);
+
+    // A checkpoint at 30 saved for `--since`; verified with the key.
+    let r = must(run(
+        &d,
+        "auditor",
+        &["checkpoint", "--min-size", "30", "--key", &k],
+        None,
+    ));
+    assert!(r.stderr.contains("verified: signed by"), "{}", r.stderr);
+    let (old, _) = note::open_checkpoint(&r.stdout, std::slice::from_ref(&key)).expect("note");
+    assert!(old.size >= 30);
+    std::fs::write(tmp("old.cp"), &r.stdout).expect("write");
+
+    // NDJSON from a file, then one pretty-printed object from a file.
+    let second: Vec<Vec<u8>> = (100..125).map(|n| event(n, 500)).collect();
+    std::fs::write(tmp("events.ndjson"), ndjson(&second)).expect("write");
+    let r = must(run(
+        &d,
+        "writer",
+        &[
+            "send",
+            &tmp("events.ndjson"),
+            "--batch",
+            "10",
+            "--receipts",
+            &tmp("r2"),
+        ],
+        None,
+    ));
+    assert!(
+        r.stdout.contains("sent 25 events in 3 requests"),
+        "{}",
+        r.stdout
+    );
+    contiguous(&read_receipts(&dir.path().join("r2"), &second, alg), 30);
+    let pretty = serde_json::to_vec_pretty(
+        &serde_json::from_slice::<Value>(&event(999, 200)).expect("json"),
+    )
+    .expect("pretty");
+    std::fs::write(tmp("one.json"), &pretty).expect("write");
+    let r = must(run(&d, "writer", &["send", &tmp("one.json")], None));
+    assert!(
+        r.stdout
+            .contains("sent 1 events in 1 requests: indexes 55..=55"),
+        "{}",
+        r.stdout
+    );
+
+    // get: JSON, and the exact record bytes.
+    let r = must(run(&d, "reader", &["get", "33"], None));
+    let v: Value = serde_json::from_str(&r.stdout).expect("event JSON");
+    assert_eq!(v["index"], 33);
+    assert_eq!(
+        v["event"],
+        serde_json::from_slice::<Value>(&second[3]).expect("json")
+    );
+    must(run(
+        &d,
+        "reader",
+        &["get", "55", "--record", "-o", &tmp("55.rec")],
+        None,
+    ));
+    let rec55 = std::fs::read(tmp("55.rec")).expect("record");
+    // Sent as one line: the same JSON, without a line break.
+    let payload = Record::parse(&rec55).expect("record").payload;
+    assert!(!payload.contains(&b'\n'));
+    assert_eq!(
+        serde_json::from_slice::<Value>(payload).expect("json"),
+        serde_json::from_slice::<Value>(&pretty).expect("json")
+    );
+    must(run(
+        &d,
+        "reader",
+        &["get", "7", "--record", "-o", &tmp("7.rec")],
+        None,
+    ));
+    let rec7 = std::fs::read(tmp("7.rec")).expect("record");
+    assert_eq!(Record::parse(&rec7).expect("record").payload, &first[7][..]);
+
+    // prove by index, with every step printed.
+    let r = must(run(
+        &d,
+        "auditor",
+        &["prove", "--index", "5", "--key", &k],
+        None,
+    ));
+    for want in [
+        "(given)",
+        "checkpoint   signature OK",
+        "origin auditlog.local/log",
+        "record       index 5,",
+        "recomputed here",
+        "inclusion    leaf 5 in tree of size",
+        "hashes: OK",
+        "OK: event 5 is in the log",
+    ] {
+        assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
+    }
+    // by leaf hash, from a receipt.
+    let receipt40 = std::fs::read_to_string(tmp("r2")).expect("r2");
+    let receipt40 =
+        auditlog_client::http::parse_receipt_line(receipt40.lines().nth(10).expect("line"))
+            .expect("receipt");
+    assert_eq!(receipt40.index, 40);
+    let h = hex::encode(receipt40.leaf_hash);
+    let r = must(run(
+        &d,
+        "auditor",
+        &["prove", "--leaf-hash", &h, "--key", &k],
+        None,
+    ));
+    assert!(r.stdout.contains("record       index 40,"), "{}", r.stdout);
+    assert!(r.stdout.contains(&h), "{}", r.stdout);
+    // by event file: the saved record, and the JSON with its receipt's time.
+    let r = must(run(
+        &d,
+        "auditor",
+        &["prove", "--event-file", &tmp("55.rec"), "--key", &k],
+        None,
+    ));
+    assert!(r.stdout.contains("OK: event 55"), "{}", r.stdout);
+    std::fs::write(tmp("40.json"), [&second[10][..], b"\n"].concat()).expect("write");
+    let at = receipt40.received_at_unix_ns.to_string();
+    let r = must(run(
+        &d,
+        "auditor",
+        &[
+            "prove",
+            "--event-file",
+            &tmp("40.json"),
+            "--received-at-ns",
+            &at,
+            "--key",
+            &k,
+        ],
+        None,
+    ));
+    assert!(r.stdout.contains("OK: event 40"), "{}", r.stdout);
+    // At an older size, tied to the checkpoint by a consistency proof; and since the old
+    // checkpoint.
+    let r = must(run(
+        &d,
+        "auditor",
+        &["prove", "--index", "2", "--size", "31", "--key", &k],
+        None,
+    ));
+    assert!(
+        r.stdout.contains("inclusion    leaf 2 in tree of size 31"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("consistency  31 -> "), "{}", r.stdout);
+    let r = must(run(
+        &d,
+        "auditor",
+        &[
+            "prove",
+            "--index",
+            "50",
+            "--since",
+            &tmp("old.cp"),
+            "--key",
+            &k,
+        ],
+        None,
+    ));
+    assert!(
+        r.stdout.contains(&format!("since        {} -> ", old.size)),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("is a prefix of the checkpoint"),
+        "{}",
+        r.stdout
+    );
+
+    // Without --key it still checks, but says the key is the server's own.
+    let r = must(run(&d, "auditor", &["prove", "--index", "1"], None));
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("pin it"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("NOT pinned"), "{}", r.stdout);
+}
+
+#[test]
+fn failures_are_named_and_exit_non_zero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path());
+    let (key, alg, _) = d.log();
+    let tmp = |name: &str| dir.path().join(name).display().to_string();
+    let events: Vec<Vec<u8>> = (0..12).map(|n| event(n, 300)).collect();
+    must(run(&d, "writer", &["send"], Some(&ndjson(&events))));
+
+    // A key of the same name that did not sign.
+    let wrong: VerifierKey = NoteSigner::from_seed(key.name(), [7u8; 32])
+        .expect("signer")
+        .verifier_key();
+    assert_ne!(wrong, key);
+    let w = wrong.to_string();
+    let r = run(&d, "auditor", &["checkpoint", "--key", &w], None);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("signature check") && r.stderr.contains("FAILED"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&d, "auditor", &["prove", "--index", "3", "--key", &w], None);
+    assert!(!r.ok);
+    assert!(
+        r.stdout
+            .contains("checkpoint   FAILED: signature check with key"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("OK: event"), "{}", r.stdout);
+
+    // A record file with one byte changed: its leaf is not in the log.
+    must(run(
+        &d,
+        "reader",
+        &["get", "4", "--record", "-o", &tmp("4.rec")],
+        None,
+    ));
+    let mut rec = std::fs::read(tmp("4.rec")).expect("record");
+    let at = rec.len() - 10;
+    rec[at] ^= 0x01;
+    std::fs::write(tmp("4.rec"), &rec).expect("write");
+    let k = key.to_string();
+    let r = run(
+        &d,
+        "auditor",
+        &["prove", "--event-file", &tmp("4.rec"), "--key", &k],
+        None,
+    );
+    assert!(!r.ok);
+    assert!(
+        r.stdout.contains("inclusion    FAILED: no leaf")
+            && r.stdout.contains(&hex::encode(alg.leaf(&rec))),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("OK: event"), "{}", r.stdout);
+
+    // Bad line 7 of 12, batches of 4: the first batch is stored, the second refused at
+    // line 7, nothing after.
+    let size0 = d.log().2;
+    let mut lines: Vec<Vec<u8>> = (100..112).map(|n| event(n, 300)).collect();
+    lines[6] = br#"{"not": "an audit event"}"#.to_vec();
+    let body: Vec<u8> = lines
+        .iter()
+        .flat_map(|l| [&l[..], b"\n"].concat())
+        .collect();
+    let r = run(
+        &d,
+        "writer",
+        &["send", "--batch", "4", "--receipts", &tmp("r")],
+        Some(&body),
+    );
+    assert!(!r.ok);
+    for want in [
+        "batch 2 (stdin lines 5..=8) refused at stdin line 7",
+        "HTTP 400 bad_event",
+        "4 events in 1 requests were stored before it (indexes 12..=15)",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?} in {}", r.stderr);
+    }
+    assert_eq!(d.log().2, size0 + 4, "only the first batch is stored");
+    let kept = std::fs::read_to_string(tmp("r")).expect("receipts");
+    assert_eq!(
+        kept.lines().count(),
+        4,
+        "receipts of what was stored are kept"
+    );
+
+    // Wrong token: the server's refusal is shown.
+    let r = run(&d, "writer", &["--token", "nope", "get", "0"], None);
+    assert!(!r.ok);
+    assert!(r.stderr.contains("HTTP 401 unauthorized"), "{}", r.stderr);
+}
