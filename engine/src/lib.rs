@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 mod hashstore;
 mod io;
+pub mod pkcs11;
 mod recovery;
 mod sealer;
 mod segments;
@@ -35,6 +36,7 @@ use crossbeam_channel::{Sender, TrySendError};
 pub use checkpoints::SignedCheckpoint;
 pub use config::{EngineConfig, FaultHooks, IoMode};
 pub use error::{EngineError, Result};
+pub use pkcs11::{PinSource, Pkcs11Error, Pkcs11Signer, Pkcs11Spec};
 pub use signer::{KeyFileSigner, Signer};
 
 use hashstore::HashFiles;
