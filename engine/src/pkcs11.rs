@@ -188,6 +188,14 @@ impl Signer for Pkcs11Signer {
         self.verifier.clone()
     }
 
+    fn backend(&self) -> auditlog_formats::keyhistory::KeyBackend {
+        auditlog_formats::keyhistory::KeyBackend::Pkcs11 {
+            module: self.spec.module.display().to_string(),
+            token_label: self.spec.token_label.clone(),
+            key_label: self.spec.key_label.clone(),
+        }
+    }
+
     fn sign(&self, message: &[u8]) -> Result<[u8; 64]> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {

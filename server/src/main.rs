@@ -2,10 +2,12 @@
 //! proving", and on SIGINT / SIGTERM stops accepting, drains what is in flight, signs a
 //! final checkpoint and exits 0.
 
+mod admin;
 mod auth;
 mod config;
 mod http;
 mod ingest;
+mod keys;
 mod listener;
 mod metrics;
 mod tcp;
@@ -33,6 +35,9 @@ struct Args {
     /// TCP ingest listen address (default 127.0.0.1:7070); overrides `server.tcp_addr`.
     #[arg(long, env = "AUDITLOG_TCP_ADDR")]
     tcp_addr: Option<String>,
+    /// Run a key or token command instead of the daemon.
+    #[command(subcommand)]
+    command: Option<keys::Cmd>,
 }
 
 /// How long a runtime shutdown waits for blocking engine calls still running.
@@ -63,6 +68,9 @@ fn main() -> anyhow::Result<()> {
             tcp_addr: args.tcp_addr,
         },
     )?;
+    if let Some(cmd) = args.command {
+        return keys::run(cmd, &cfg);
+    }
     let data_dir = cfg.engine.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -91,11 +99,13 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let tokens = Arc::new(tokens);
+    let admin = Arc::new(admin::Admin::open(&data_dir, cfg.admin.clone())?);
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         tokens: tokens.clone(),
         cfg: cfg.server.clone(),
         http: metrics::HttpCounters::default(),
+        admin,
         started: Instant::now(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
