@@ -113,3 +113,346 @@ fn library_signs_and_names_each_failure() {
     vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&back))
         .expect("verifies after reconnect");
 }
+
+// ---- The daemon with its key in SoftHSM2 -------------------------------------------------
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use auditlog_client::verify::{load_history, verify_dir, verify_dir_with_history};
+use auditlog_formats::keyhistory::KeyHistory;
+use auditlog_formats::note::{self, Checkpoint, NoteSigner, VerifierKey};
+use auditlog_tests::event;
+use serde_json::{json, Value};
+
+const PIN_VAR: &str = "AUDITLOG_TEST_HSM_PIN";
+
+/// `target/<profile>/auditlogd`, built once per run (as in http.rs).
+fn daemon_exe() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test exe in target/<profile>/deps")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "auditlog-server", "--bin", "auditlogd"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if let Ok(st) = cmd.status() {
+            assert!(st.success(), "cargo build -p auditlog-server failed");
+        }
+        profile_dir.join("auditlogd")
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A test's world: a SoftHSM2 token directory and a data directory.
+struct World {
+    dir: tempfile::TempDir,
+    hsm: SoftHsm,
+}
+
+impl World {
+    fn new(token: &str) -> World {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hsm = SoftHsm::new(dir.path());
+        hsm.init_token(token);
+        World { dir, hsm }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn config(&self, signer: &str, extra: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("auditlogd-{}.toml", free_port()));
+        let text = format!(
+            "[engine]\nsubmission_bytes_max = 131072\nbatch_bytes_max = 131072\nsegment_bytes = 1048576\n\
+             block_raw_bytes = 16384\ncheckpoint_interval_ms = 50\n\n{signer}\n{extra}\n"
+        );
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    fn command(&self, config: &Path, pin: &str) -> Command {
+        let mut c = Command::new(daemon_exe());
+        c.arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(self.data())
+            .env("SOFTHSM2_CONF", &self.hsm.conf)
+            .env(PIN_VAR, pin)
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    /// `auditlogd keys generate --pkcs11 …`; returns the verifier key it printed.
+    fn generate(&self, token: &str, label: &str) -> VerifierKey {
+        let config = self.config("", "");
+        let out = self
+            .command(&config, softhsm::PIN)
+            .args(["keys", "generate", "--pkcs11", "--module"])
+            .arg(softhsm::module())
+            .args(["--token-label", token, "--key-label", label, "--pin-env", PIN_VAR])
+            .output()
+            .expect("run auditlogd keys generate");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        text.lines().next().expect("key line").parse().expect("verifier key")
+    }
+
+    fn start(&self, config: &Path) -> Daemon {
+        let port = free_port();
+        let child = self
+            .command(config, softhsm::PIN)
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--tcp-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn auditlogd");
+        let mut d = Daemon {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            tokens: HashMap::new(),
+            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(st))) = d.child.as_mut().map(|c| c.try_wait()) {
+                panic!("auditlogd exited at start: {st}");
+            }
+            if d.agent.get(&format!("{}/health", d.base)).call().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "auditlogd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(self.data().join("initial-tokens")).expect("tokens");
+        for line in text.lines() {
+            let (role, token) = line.split_once(' ').expect("<role> <token>");
+            d.tokens.insert(role.to_string(), token.to_string());
+        }
+        d
+    }
+
+    /// Runs auditlogd expecting it to fail at start; returns its output.
+    fn start_fails(&self, config: &Path, pin: &str) -> Output {
+        let out = self
+            .command(config, pin)
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--tcp-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .output()
+            .expect("run auditlogd");
+        assert!(!out.status.success(), "auditlogd started although it should not");
+        out
+    }
+}
+
+fn hsm_signer(token: &str, key: &str) -> String {
+    format!(
+        "[signer]\nbackend = \"pkcs11\"\npkcs11_module = \"{}\"\ntoken_label = \"{token}\"\nkey_label = \"{key}\"\npin_env = \"{PIN_VAR}\"\n",
+        softhsm::module().display()
+    )
+}
+
+struct Daemon {
+    child: Option<Child>,
+    base: String,
+    tokens: HashMap<String, String>,
+    agent: ureq::Agent,
+}
+
+impl Daemon {
+    fn call(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
+        let req = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {token}"));
+        let res = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_bytes(&serde_json::to_vec(b).expect("json")),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let mut body = Vec::new();
+        resp.into_reader().read_to_end(&mut body).expect("body");
+        (status, body)
+    }
+
+    fn json(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+        let (s, b) = self.call(method, path, token, body);
+        let v = serde_json::from_slice(&b).unwrap_or_else(|_| json!(String::from_utf8_lossy(&b)));
+        (s, v)
+    }
+
+    fn ingest(&self, from: u64, n: u64) {
+        let mut body = Vec::new();
+        for i in from..from + n {
+            body.extend_from_slice(&event(i, 200));
+            body.push(b'\n');
+        }
+        let resp = self
+            .agent
+            .post(&format!("{}/v1/events", self.base))
+            .set("Authorization", &format!("Bearer {}", self.tokens["writer"]))
+            .set("Content-Type", "application/x-ndjson")
+            .send_bytes(&body);
+        assert!(resp.is_ok(), "ingest: {:?}", resp.err());
+    }
+
+    fn size(&self) -> u64 {
+        self.json("GET", "/v1/log", &self.tokens["auditor"], None).1["tree_size"]
+            .as_u64()
+            .expect("tree_size")
+    }
+
+    fn history(&self) -> KeyHistory {
+        let (s, v) = self.json("GET", "/v1/log", &self.tokens["auditor"], None);
+        assert_eq!(s, 200);
+        serde_json::from_value(v["key_history"].clone()).expect("key_history")
+    }
+
+    /// The note of a checkpoint covering `min_size`, waiting up to `wait_ms`.
+    fn checkpoint_note(&self, min_size: u64, wait_ms: u64) -> Option<String> {
+        let (s, b) = self.call(
+            "GET",
+            &format!("/v1/checkpoint?min_size={min_size}&wait_ms={wait_ms}"),
+            &self.tokens["auditor"],
+            None,
+        );
+        (s == 200).then(|| String::from_utf8(b).expect("utf-8"))
+    }
+
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let st = child.wait().expect("wait");
+        assert!(st.success(), "auditlogd exited with {st}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ed25519_verifies(key: &VerifierKey, note_text: &str) {
+    let (text, sigs) = note::parse_note(note_text).expect("note");
+    let sig = sigs
+        .iter()
+        .find(|s| s.name == key.name() && s.key_id == key.key_id())
+        .expect("a signature by the key");
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(key.public_key()).expect("key");
+    let sig: [u8; 64] = sig.signature.as_slice().try_into().expect("64 bytes");
+    vk.verify_strict(text.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("ed25519-dalek verifies the HSM signature");
+}
+
+#[test]
+fn daemon_signs_checkpoints_in_softhsm() {
+    let w = World::new("daemon");
+    let key = w.generate("daemon", "cp-a");
+    let mut d = w.start(&w.config(&hsm_signer("daemon", "cp-a"), ""));
+    let (_, log) = d.json("GET", "/v1/log", &d.tokens["auditor"], None);
+    assert_eq!(log["verifier_keys"][0], key.to_string());
+    d.ingest(0, 50);
+    let text = d.checkpoint_note(50, 10_000).expect("checkpoint");
+    ed25519_verifies(&key, &text);
+    let (cp, _) = note::open_checkpoint(&text, std::slice::from_ref(&key)).expect("opens");
+    assert_eq!(cp.size, 50);
+    let (s, m) = d.call("GET", "/metrics", &d.tokens["auditor"], None);
+    assert_eq!(s, 200);
+    assert!(String::from_utf8_lossy(&m).contains("auditlog_signer_failures_total 0"));
+    d.stop();
+    let summary = verify_dir(&w.data(), &key, &mut |_, _| {}).expect("offline verifier");
+    assert_eq!(summary.events, 50);
+    let h = load_history(&w.data().join("keys.json")).expect("history");
+    verify_dir_with_history(&w.data(), &h, &mut |_, _| {}).expect("with the history");
+}
+
+#[test]
+fn daemon_start_errors_name_what_failed() {
+    let w = World::new("errs");
+    w.generate("errs", "cp");
+    let stderr = |o: Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let wrong_pin = stderr(w.start_fails(&w.config(&hsm_signer("errs", "cp"), ""), "0000"));
+    assert!(wrong_pin.contains("wrong PIN"), "{wrong_pin}");
+    let no_token = stderr(w.start_fails(&w.config(&hsm_signer("other", "cp"), ""), softhsm::PIN));
+    assert!(no_token.contains("no token labelled \"other\""), "{no_token}");
+    let no_key = stderr(w.start_fails(&w.config(&hsm_signer("errs", "nokey"), ""), softhsm::PIN));
+    assert!(no_key.contains("no Ed25519 key labelled \"nokey\""), "{no_key}");
+    let bad_module = hsm_signer("errs", "cp").replace(
+        &softhsm::module().display().to_string(),
+        "/nonexistent/libpkcs11.so",
+    );
+    let no_module = stderr(w.start_fails(&w.config(&bad_module, ""), softhsm::PIN));
+    assert!(no_module.contains("/nonexistent/libpkcs11.so: cannot load it"), "{no_module}");
+    let all = [&wrong_pin, &no_token, &no_key, &no_module];
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+}
+
+#[test]
+fn token_removed_while_running_then_back() {
+    let w = World::new("flaky");
+    let key = w.generate("flaky", "cp");
+    let d = w.start(&w.config(&hsm_signer("flaky", "cp"), ""));
+    d.ingest(0, 20);
+    d.checkpoint_note(20, 10_000).expect("first checkpoint");
+    let away = w.dir.path().join("tokens-away");
+    std::fs::rename(&w.hsm.token_dir, &away).expect("remove the token");
+    // Ingest goes on without the HSM.
+    d.ingest(20, 30);
+    assert_eq!(d.size(), 50);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, b) = d.call("GET", "/ready", "", None);
+        if s == 503 && String::from_utf8_lossy(&b).contains("signer") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready never reported the signer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, m) = d.call("GET", "/metrics", "", None);
+    let m = String::from_utf8_lossy(&m).to_string();
+    assert!(m.contains("auditlog_signer_error 1"), "{m}");
+    assert!(!m.contains("auditlog_signer_failures_total 0\n"), "{m}");
+    assert!(d.checkpoint_note(50, 200).is_none(), "no checkpoint without the HSM");
+    std::fs::rename(&away, &w.hsm.token_dir).expect("token back");
+    let text = d.checkpoint_note(50, 20_000).expect("signing recovers");
+    ed25519_verifies(&key, &text);
+    let (s, _) = d.call("GET", "/ready", "", None);
+    assert_eq!(s, 200);
+}
