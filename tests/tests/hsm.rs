@@ -124,6 +124,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use auditlog_client::verify::{load_history, verify_dir, verify_dir_with_history};
+use auditlog_formats::checkpoint_log;
 use auditlog_formats::keyhistory::KeyHistory;
 use auditlog_formats::note::{self, Checkpoint, NoteSigner, VerifierKey};
 use auditlog_tests::event;
@@ -179,7 +180,10 @@ impl World {
     }
 
     fn config(&self, signer: &str, extra: &str) -> PathBuf {
-        let p = self.dir.path().join(format!("auditlogd-{}.toml", free_port()));
+        let p = self
+            .dir
+            .path()
+            .join(format!("auditlogd-{}.toml", free_port()));
         let text = format!(
             "[engine]\nsubmission_bytes_max = 131072\nbatch_bytes_max = 131072\nsegment_bytes = 1048576\n\
              block_raw_bytes = 16384\ncheckpoint_interval_ms = 50\n\n{signer}\n{extra}\n"
@@ -207,12 +211,27 @@ impl World {
             .command(&config, softhsm::PIN)
             .args(["keys", "generate", "--pkcs11", "--module"])
             .arg(softhsm::module())
-            .args(["--token-label", token, "--key-label", label, "--pin-env", PIN_VAR])
+            .args([
+                "--token-label",
+                token,
+                "--key-label",
+                label,
+                "--pin-env",
+                PIN_VAR,
+            ])
             .output()
             .expect("run auditlogd keys generate");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).expect("utf-8");
-        text.lines().next().expect("key line").parse().expect("verifier key")
+        text.lines()
+            .next()
+            .expect("key line")
+            .parse()
+            .expect("verifier key")
     }
 
     fn start(&self, config: &Path) -> Daemon {
@@ -230,7 +249,9 @@ impl World {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             tokens: HashMap::new(),
-            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -261,7 +282,10 @@ impl World {
             .arg(format!("127.0.0.1:{}", free_port()))
             .output()
             .expect("run auditlogd");
-        assert!(!out.status.success(), "auditlogd started although it should not");
+        assert!(
+            !out.status.success(),
+            "auditlogd started although it should not"
+        );
         out
     }
 }
@@ -287,7 +311,9 @@ impl Daemon {
             .request(method, &format!("{}{path}", self.base))
             .set("Authorization", &format!("Bearer {token}"));
         let res = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_bytes(&serde_json::to_vec(b).expect("json")),
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_bytes(&serde_json::to_vec(b).expect("json")),
             None => req.call(),
         };
         let resp = match res {
@@ -316,7 +342,10 @@ impl Daemon {
         let resp = self
             .agent
             .post(&format!("{}/v1/events", self.base))
-            .set("Authorization", &format!("Bearer {}", self.tokens["writer"]))
+            .set(
+                "Authorization",
+                &format!("Bearer {}", self.tokens["writer"]),
+            )
             .set("Content-Type", "application/x-ndjson")
             .send_bytes(&body);
         assert!(resp.is_ok(), "ingest: {:?}", resp.err());
@@ -407,15 +436,24 @@ fn daemon_start_errors_name_what_failed() {
     let wrong_pin = stderr(w.start_fails(&w.config(&hsm_signer("errs", "cp"), ""), "0000"));
     assert!(wrong_pin.contains("wrong PIN"), "{wrong_pin}");
     let no_token = stderr(w.start_fails(&w.config(&hsm_signer("other", "cp"), ""), softhsm::PIN));
-    assert!(no_token.contains("no token labelled \"other\""), "{no_token}");
+    assert!(
+        no_token.contains("no token labelled \"other\""),
+        "{no_token}"
+    );
     let no_key = stderr(w.start_fails(&w.config(&hsm_signer("errs", "nokey"), ""), softhsm::PIN));
-    assert!(no_key.contains("no Ed25519 key labelled \"nokey\""), "{no_key}");
+    assert!(
+        no_key.contains("no Ed25519 key labelled \"nokey\""),
+        "{no_key}"
+    );
     let bad_module = hsm_signer("errs", "cp").replace(
         &softhsm::module().display().to_string(),
         "/nonexistent/libpkcs11.so",
     );
     let no_module = stderr(w.start_fails(&w.config(&bad_module, ""), softhsm::PIN));
-    assert!(no_module.contains("/nonexistent/libpkcs11.so: cannot load it"), "{no_module}");
+    assert!(
+        no_module.contains("/nonexistent/libpkcs11.so: cannot load it"),
+        "{no_module}"
+    );
     let all = [&wrong_pin, &no_token, &no_key, &no_module];
     for (i, a) in all.iter().enumerate() {
         for b in &all[i + 1..] {
@@ -442,17 +480,243 @@ fn token_removed_while_running_then_back() {
         if s == 503 && String::from_utf8_lossy(&b).contains("signer") {
             break;
         }
-        assert!(Instant::now() < deadline, "/ready never reported the signer");
+        assert!(
+            Instant::now() < deadline,
+            "/ready never reported the signer"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (_, m) = d.call("GET", "/metrics", "", None);
     let m = String::from_utf8_lossy(&m).to_string();
     assert!(m.contains("auditlog_signer_error 1"), "{m}");
     assert!(!m.contains("auditlog_signer_failures_total 0\n"), "{m}");
-    assert!(d.checkpoint_note(50, 200).is_none(), "no checkpoint without the HSM");
+    assert!(
+        d.checkpoint_note(50, 200).is_none(),
+        "no checkpoint without the HSM"
+    );
     std::fs::rename(&away, &w.hsm.token_dir).expect("token back");
     let text = d.checkpoint_note(50, 20_000).expect("signing recovers");
     ed25519_verifies(&key, &text);
     let (s, _) = d.call("GET", "/ready", "", None);
     assert_eq!(s, 200);
+}
+
+fn admin_actions(d: &Daemon) -> Vec<(String, String, String)> {
+    let size = d.size();
+    let (s, b) = d.call(
+        "GET",
+        &format!("/v1/events?start=0&end={size}"),
+        &d.tokens["auditor"],
+        None,
+    );
+    assert_eq!(s, 200);
+    String::from_utf8_lossy(&b)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"]["event_type"] == "admin")
+        .map(|v| {
+            let e = &v["event"];
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (s("actor"), s("action"), s("outcome"))
+        })
+        .collect()
+}
+
+/// Key A (the development key file) → rotate to B in SoftHSM2 with an overlap → retire A,
+/// every step under the two-person rule; the whole log verifies offline with the history,
+/// and a checkpoint forged with A after its retirement does not.
+#[test]
+fn rotation_under_two_person_rule() {
+    let w = World::new("rot");
+    let b_key = w.generate("rot", "cp-b");
+    // Named admins, added before start (tokens.json is read at start).
+    let config = w.config(
+        &format!("[signer]\npin_env = \"{PIN_VAR}\"\n"),
+        "[admin]\napprovals_required = 1\nrequest_ttl_ms = 3000\n",
+    );
+    let mut admins = HashMap::new();
+    for name in ["bob", "carol"] {
+        let out = w
+            .command(&config, softhsm::PIN)
+            .args(["tokens", "add", "--role", "admin", "--name", name])
+            .output()
+            .expect("tokens add");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        admins.insert(
+            name,
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_string(),
+        );
+    }
+    let mut d = w.start(&config);
+    let alice = d.tokens["admin"].clone(); // the initial admin token is named "admin"
+    let (bob, carol) = (admins["bob"].clone(), admins["carol"].clone());
+    let a_key: VerifierKey = d.json("GET", "/v1/log", &d.tokens["auditor"], None).1
+        ["verifier_keys"][0]
+        .as_str()
+        .expect("key")
+        .parse()
+        .expect("key A");
+    d.ingest(0, 10);
+    d.checkpoint_note(10, 10_000).expect("checkpoint by A");
+
+    // A writer may not; a lone admin cannot rotate: requesting does not execute, and the
+    // requester's own approval is refused.
+    let rotate = json!({"op": "rotate_key", "backend": {"type": "pkcs11",
+        "module": softhsm::module().display().to_string(), "token_label": "rot", "key_label": "cp-b"}});
+    let (s, _) = d.json(
+        "POST",
+        "/v1/admin/requests",
+        &d.tokens["writer"],
+        Some(&rotate),
+    );
+    assert_eq!(s, 403);
+    let (s, req) = d.json("POST", "/v1/admin/requests", &alice, Some(&rotate));
+    assert_eq!(s, 201, "{req}");
+    let id = req["id"].as_str().expect("id").to_string();
+    assert_eq!(d.history().keys.len(), 1, "a request alone changes nothing");
+    let approve = format!("/v1/admin/requests/{id}/approve");
+    let (s, v) = d.json("POST", &approve, &alice, None);
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "self_approval");
+    assert_eq!(d.history().keys.len(), 1);
+    let (s, v) = d.json("POST", &approve, &bob, None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "executed", "{v}");
+    let (s, v) = d.json("POST", &approve, &carol, None);
+    assert_eq!(s, 409, "an executed request cannot be approved again: {v}");
+    let h = d.history();
+    assert_eq!(h.keys.len(), 2);
+    assert_eq!(h.keys[1].verifier_key, b_key.to_string());
+    // Admin events are log events too: B starts one past the largest size signed so far.
+    let b_from = h.keys[1].from_size;
+    assert!(b_from > 10, "{b_from}");
+
+    // The overlap: both keys sign.
+    d.ingest(10, 10);
+    let both = d
+        .checkpoint_note(d.size(), 10_000)
+        .expect("checkpoint in the overlap");
+    ed25519_verifies(&a_key, &both);
+    ed25519_verifies(&b_key, &both);
+
+    // Retire A: bob requests, carol approves; bob's second approval would be refused.
+    let retire = json!({"op": "retire_key", "key": a_key.to_string()});
+    let (s, req) = d.json("POST", "/v1/admin/requests", &bob, Some(&retire));
+    assert_eq!(s, 201, "{req}");
+    let rid = req["id"].as_str().expect("id").to_string();
+    let (s, v) = d.json(
+        "POST",
+        &format!("/v1/admin/requests/{rid}/approve"),
+        &carol,
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "executed", "{v}");
+    let h = d.history();
+    let a_until = h.keys[0].until_size.expect("A retired");
+    assert!(a_until > b_from, "{a_until} {b_from}");
+    d.ingest(20, 10);
+    let only_b = d
+        .checkpoint_note(d.size(), 10_000)
+        .expect("checkpoint after retirement");
+    let (_, opened) =
+        note::open_checkpoint(&only_b, &[a_key.clone(), b_key.clone()]).expect("opens");
+    assert_eq!(
+        opened.verified,
+        vec![b_key.clone()],
+        "only B signs after A's retirement"
+    );
+
+    // Expiry: a request nobody approves in time is refused.
+    let retention = json!({"op": "set_retention", "retention": {"days": {"CUI//BASIC": 3000}}});
+    let (s, req) = d.json("POST", "/v1/admin/requests", &carol, Some(&retention));
+    assert_eq!(s, 201, "{req}");
+    let eid = req["id"].as_str().expect("id").to_string();
+    std::thread::sleep(Duration::from_millis(3200));
+    let (s, v) = d.json(
+        "POST",
+        &format!("/v1/admin/requests/{eid}/approve"),
+        &bob,
+        None,
+    );
+    assert_eq!(s, 410, "{v}");
+    // In time, it executes and lands in log.json.
+    let (_, req) = d.json("POST", "/v1/admin/requests", &carol, Some(&retention));
+    let rid = req["id"].as_str().expect("id").to_string();
+    let (s, v) = d.json(
+        "POST",
+        &format!("/v1/admin/requests/{rid}/approve"),
+        &alice,
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(w.data().join("log.json")).expect("log.json"))
+            .expect("json");
+    assert_eq!(meta["retention"]["days"]["CUI//BASIC"], 3000);
+
+    // Every step is in the log, by name.
+    let actions = admin_actions(&d);
+    for want in [
+        ("admin", "request", "success"),
+        ("admin", "refuse", "failure"),
+        ("bob", "approve", "success"),
+        ("bob", "execute", "success"),
+        ("carol", "refuse", "failure"),
+        ("bob", "request", "success"),
+        ("carol", "execute", "success"),
+        ("bob", "refuse", "failure"),
+        ("admin", "execute", "success"),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()) == want),
+            "{want:?} missing from {actions:?}"
+        );
+    }
+    let total = d.size();
+    d.stop();
+
+    // Offline: the whole log verifies with the history; not with A alone.
+    let hist = load_history(&w.data().join("keys.json")).expect("history");
+    let s = verify_dir_with_history(&w.data(), &hist, &mut |_, _| {})
+        .expect("verifies with the history");
+    assert_eq!(s.events, total);
+    assert!(
+        verify_dir(&w.data(), &a_key, &mut |_, _| {}).is_err(),
+        "A alone cannot verify after its retirement"
+    );
+
+    // A forged checkpoint: A (a key file) signs a size after its retirement.
+    let a_signer = NoteSigner::parse_private(
+        std::fs::read_to_string(w.data().join("keys/checkpoint.key"))
+            .expect("key")
+            .trim(),
+    )
+    .expect("A's key");
+    let last = Checkpoint::parse_text(
+        &note::open_note(&only_b, &[b_key.clone()])
+            .expect("open")
+            .text,
+    )
+    .expect("checkpoint");
+    let forged = note::sign_checkpoint(&last, &[&a_signer]).expect("sign");
+    let err = hist
+        .open_checkpoint(&forged)
+        .expect_err("A outside its validity");
+    assert!(err.to_string().contains("outside its validity"), "{err}");
+    let mut cp_log = std::fs::read(w.data().join("checkpoints.log")).expect("read");
+    cp_log.extend_from_slice(&checkpoint_log::encode_entry(&forged));
+    std::fs::write(w.data().join("checkpoints.log"), cp_log).expect("write");
+    let e = verify_dir_with_history(&w.data(), &hist, &mut |_, _| {})
+        .expect_err("forged checkpoint fails");
+    assert!(e.to_string().contains("outside its validity"), "{e}");
 }
