@@ -174,10 +174,7 @@ impl KeyHistory {
             if from > c {
                 return Err(KeyHistoryError::Gap(c));
             }
-            covered = match until {
-                None => None,
-                Some(u) => Some(u.max(c)),
-            };
+            covered = until.map(|u| u.max(c));
         }
         if let Some(c) = covered {
             return Err(KeyHistoryError::NoCurrentKey(c));

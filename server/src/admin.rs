@@ -165,7 +165,7 @@ fn record(
     engine
         .append_payloads([bytes.as_slice()])
         .map(|_| ())
-        .map_err(|e| ApiError::from(e))
+        .map_err(ApiError::from)
 }
 
 /// RFC 3339 UTC with milliseconds, from the system clock (civil-from-days, proleptic

@@ -703,7 +703,7 @@ fn rotation_under_two_person_rule() {
     )
     .expect("A's key");
     let last = Checkpoint::parse_text(
-        &note::open_note(&only_b, &[b_key.clone()])
+        &note::open_note(&only_b, std::slice::from_ref(&b_key))
             .expect("open")
             .text,
     )
