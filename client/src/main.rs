@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use auditlog_formats::keyhistory::KeyHistory;
 use auditlog_formats::note::VerifierKey;
 use clap::{Parser, Subcommand};
 
@@ -30,9 +31,15 @@ enum Command {
     Verify {
         /// The data directory (for example ./data).
         dir: PathBuf,
-        /// The log's verifier key (`name+keyid+base64`), or @FILE to read it from a file.
-        #[arg(long, env = "AUDITLOG_VERIFIER_KEY")]
-        key: String,
+        /// The log's verifier key (`name+keyid+base64`), or @FILE to read it from a file,
+        /// for a log that never rotated its key.
+        #[arg(long, env = "AUDITLOG_VERIFIER_KEY", conflicts_with = "history")]
+        key: Option<String>,
+        /// The key history (`keys.json`, obtained out of band or from `GET /v1/log`).
+        /// Without --key or --history, `<dir>/keys.json` is used, with a warning: it then
+        /// trusts the directory being verified.
+        #[arg(long)]
+        history: Option<PathBuf>,
     },
     /// Send events (one JSON object, or NDJSON) from a file or stdin; keeps receipts.
     Send(cli::SendArgs),
@@ -62,13 +69,36 @@ fn run() -> anyhow::Result<()> {
         Command::Get(a) => cli::get(&args.conn, &a),
         Command::Checkpoint(a) => cli::checkpoint(&args.conn, &a),
         Command::Prove(a) => prove::prove(&args.conn, &a),
-        Command::Verify { dir, key } => {
-            let key_text = match key.strip_prefix('@') {
-                Some(file) => std::fs::read_to_string(file)
-                    .with_context(|| format!("reading key file {file}"))?,
-                None => key,
+        Command::Verify { dir, key, history } => {
+            let history = match (key, history) {
+                (Some(key), _) => {
+                    let key_text = match key.strip_prefix('@') {
+                        Some(file) => std::fs::read_to_string(file)
+                            .with_context(|| format!("reading key file {file}"))?,
+                        None => key,
+                    };
+                    let key =
+                        VerifierKey::parse(key_text.trim()).context("parsing the verifier key")?;
+                    KeyHistory::single(&key)
+                        .check()
+                        .context("the verifier key")?
+                }
+                (None, Some(path)) => auditlog_client::verify::load_history(&path)?,
+                (None, None) => {
+                    let path = dir.join("keys.json");
+                    eprintln!(
+                        "warning: no --key or --history: trusting {} from the directory being verified",
+                        path.display()
+                    );
+                    auditlog_client::verify::load_history(&path)?
+                }
             };
-            let key = VerifierKey::parse(key_text.trim()).context("parsing the verifier key")?;
+            let key_names = history
+                .keys
+                .iter()
+                .map(|k| k.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             let bar = if std::io::stderr().is_terminal() {
                 let b = indicatif::ProgressBar::new(0);
                 b.set_style(
@@ -87,7 +117,8 @@ fn run() -> anyhow::Result<()> {
                     b.set_position(done);
                 }
             };
-            let result = auditlog_client::verify::verify_dir(&dir, &key, &mut progress);
+            let result =
+                auditlog_client::verify::verify_dir_with_history(&dir, &history, &mut progress);
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
@@ -103,7 +134,7 @@ fn run() -> anyhow::Result<()> {
                         s.open_segments,
                         hex::encode(s.root),
                         s.checkpoints,
-                        key.name(),
+                        key_names,
                         s.hash_nodes_checked
                     );
                     Ok(())

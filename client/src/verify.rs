@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use auditlog_formats::batch::{self, Entries, BATCH_HEADER_BYTES};
 use auditlog_formats::checkpoint_log;
-use auditlog_formats::note::{self, Checkpoint, VerifierKey};
+use auditlog_formats::keyhistory::{CheckedHistory, KeyHistory};
+use auditlog_formats::note::{Checkpoint, VerifierKey};
 use auditlog_formats::record::Record;
 use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
 use auditlog_formats::tree::{self, HashReader, NodeId, RightEdge};
@@ -61,9 +62,29 @@ enum Seg {
     Open(u64, PathBuf),
 }
 
+/// Verifies with one key, valid at every size (the log never rotated).
 pub fn verify_dir(
     dir: &Path,
     key: &VerifierKey,
+    progress: Progress<'_>,
+) -> Result<Summary, VerifyError> {
+    let history = KeyHistory::single(key)
+        .check()
+        .or_else(|e| fail("--key", e.to_string()))?;
+    verify_dir_with_history(dir, &history, progress)
+}
+
+/// Reads a key history file (`keys.json`, FORMATS.md §12) and checks its rules.
+pub fn load_history(path: &Path) -> Result<CheckedHistory, VerifyError> {
+    let bytes = std::fs::read(path).or_else(|e| fail(path, format!("cannot read: {e}")))?;
+    KeyHistory::parse(&bytes).or_else(|e| fail(path, e.to_string()))
+}
+
+/// Verifies with a key history: every checkpoint (the checkpoint log's and each sealed
+/// footer's) must be signed by exactly the history keys valid at its size (§12).
+pub fn verify_dir_with_history(
+    dir: &Path,
+    history: &CheckedHistory,
     progress: Progress<'_>,
 ) -> Result<Summary, VerifyError> {
     let meta_path = dir.join("log.json");
@@ -99,7 +120,8 @@ pub fn verify_dir(
     for (i, raw) in entries.iter().enumerate() {
         let text = std::str::from_utf8(raw)
             .or_else(|_| fail(&cp_path, format!("entry {i}: not UTF-8")))?;
-        let (cp, _) = note::open_checkpoint(text, std::slice::from_ref(key))
+        let cp = history
+            .open_checkpoint(text)
             .or_else(|e| fail(&cp_path, format!("entry {i}: {e}")))?;
         if cp.origin != meta.origin {
             return fail(
@@ -216,9 +238,9 @@ pub fn verify_dir(
                     );
                 }
                 if !footer.checkpoint_note.is_empty() {
-                    let (cp, _) =
-                        note::open_checkpoint(&footer.checkpoint_note, std::slice::from_ref(key))
-                            .or_else(|e| fail(path, format!("footer checkpoint: {e}")))?;
+                    let cp = history
+                        .open_checkpoint(&footer.checkpoint_note)
+                        .or_else(|e| fail(path, format!("footer checkpoint: {e}")))?;
                     if cp.size != *end || cp.root != footer.root || cp.origin != meta.origin {
                         return fail(path, "footer checkpoint does not sign this segment's head");
                     }

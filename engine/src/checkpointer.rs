@@ -20,6 +20,9 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
         let stopping = shared.shutting_down.load(Ordering::SeqCst);
         match checkpoint_once(&shared, &mut log) {
             Ok(()) => {
+                if shared.status_signer_error().is_some() {
+                    tracing::info!("checkpoint signing works again");
+                }
                 shared.set_signer_error(None);
                 backoff = Duration::from_millis(50);
             }
@@ -90,7 +93,13 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
         root: head.root,
         extensions: Vec::new(),
     };
-    let note = crate::signer::sign_checkpoint(&checkpoint, &[shared.signer.as_ref()])?;
+    let note = match shared.keyring.sign(&checkpoint) {
+        Ok(n) => n,
+        Err(e) => {
+            shared.signer_failed();
+            return Err(e);
+        }
+    };
     log.append(&note)?;
     shared.set_checkpoint(SignedCheckpoint { checkpoint, note });
     *shared

@@ -16,6 +16,19 @@ pub enum IoMode {
     Pwrite,
 }
 
+/// Which key signs checkpoints when the log is created (and must be in its key history).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SignerConfig {
+    /// `keys/checkpoint.key` in the data directory, created on first start.
+    #[default]
+    DevKeyFile,
+    /// A key in an HSM; `name` is the note key name (default: from the origin).
+    Pkcs11 {
+        spec: crate::pkcs11::Pkcs11Spec,
+        name: Option<String>,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub data_dir: PathBuf,
@@ -40,6 +53,9 @@ pub struct EngineConfig {
     pub block_raw_bytes: usize,
     pub zstd_level: i32,
     pub io_mode: IoMode,
+    pub signer: SignerConfig,
+    /// Where HSM PINs come from (an environment variable or a file, never the config).
+    pub pkcs11_pin: Option<crate::pkcs11::PinSource>,
     /// Test hooks that make the next sync or write fail.
     pub faults: Option<Arc<FaultHooks>>,
 }
@@ -61,6 +77,8 @@ impl EngineConfig {
             block_raw_bytes: 256 << 10,
             zstd_level: 3,
             io_mode: IoMode::Auto,
+            signer: SignerConfig::DevKeyFile,
+            pkcs11_pin: None,
             faults: None,
         }
     }

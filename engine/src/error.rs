@@ -30,6 +30,8 @@ pub enum EngineError {
     Config(String),
     #[error("signer: {0}")]
     Signer(String),
+    #[error(transparent)]
+    Pkcs11(crate::pkcs11::Pkcs11Error),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

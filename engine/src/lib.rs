@@ -13,7 +13,10 @@ pub mod error;
 mod hashstore;
 mod io;
 mod leafindex;
+mod keyring;
+pub mod pkcs11;
 mod recovery;
+pub mod retention;
 mod sealer;
 mod segments;
 mod sequencer;
@@ -33,9 +36,11 @@ use auditlog_formats::tree::{self, HashReader, NodeId};
 use auditlog_formats::{Hash, TreeHash};
 use crossbeam_channel::{Sender, TrySendError};
 
+pub use auditlog_formats::keyhistory::{KeyBackend, KeyEntry, KeyHistory};
 pub use checkpoints::SignedCheckpoint;
-pub use config::{EngineConfig, FaultHooks, IoMode};
+pub use config::{EngineConfig, FaultHooks, IoMode, SignerConfig};
 pub use error::{EngineError, Result};
+pub use pkcs11::{PinSource, Pkcs11Error, Pkcs11Signer, Pkcs11Spec};
 pub use signer::{KeyFileSigner, Signer};
 
 use hashstore::HashFiles;
@@ -70,6 +75,11 @@ pub struct EventBatch {
     body: Vec<u8>,
     leaf_hashes: Vec<Hash>,
     max_classification: u8,
+}
+
+/// Where the key history lives in a data directory.
+pub fn keyhistory_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join(keyring::KEYS_FILE)
 }
 
 pub fn now_unix_ns() -> u64 {
@@ -168,7 +178,7 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     pub hashes: HashFiles,
     pub leaf_index: leafindex::LeafIndex,
-    pub signer: Arc<dyn Signer>,
+    pub(crate) keyring: keyring::Keyring,
     pub io_mode_name: &'static str,
     head: Mutex<TreeHead>,
     size: AtomicU64,
@@ -182,6 +192,8 @@ pub(crate) struct Shared {
     failed_flag: AtomicBool,
     prealloc_error: Mutex<Option<String>>,
     signer_error: Mutex<Option<String>>,
+    signer_failures: AtomicU64,
+    signer_failures_in_a_row: AtomicU64,
     shutting_down: AtomicBool,
     stats: Mutex<Stats>,
 }
@@ -221,7 +233,24 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner()) = e;
     }
 
+    pub fn status_signer_error(&self) -> Option<String> {
+        self.signer_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts a failed signing (checkpointer or sealer) for metrics.
+    pub fn signer_failed(&self) {
+        self.signer_failures.fetch_add(1, Ordering::Relaxed);
+        self.signer_failures_in_a_row
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn set_signer_error(&self, e: Option<String>) {
+        if e.is_none() {
+            self.signer_failures_in_a_row.store(0, Ordering::Relaxed);
+        }
         *self.signer_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 
@@ -377,6 +406,9 @@ pub struct Status {
     pub failed: Option<String>,
     pub preallocation_error: Option<String>,
     pub signer_error: Option<String>,
+    /// Failed signings since start, and since the last success.
+    pub signer_failures: u64,
+    pub signer_failures_in_a_row: u64,
     pub io_mode: &'static str,
     pub sealed_segments: usize,
     pub open_segments: usize,
@@ -410,8 +442,39 @@ impl Engine {
         self.shared.config.tree_hash
     }
 
+    /// The newest current key (what a client pinning one key should pin).
     pub fn verifier_key(&self) -> VerifierKey {
-        self.shared.signer.verifier_key()
+        self.shared.keyring.current_key()
+    }
+
+    /// Every key the log has used, with the sizes each signs (FORMATS.md §12).
+    pub fn key_history(&self) -> KeyHistory {
+        self.shared.keyring.history()
+    }
+
+    /// Adds the key at `backend` (which must already exist) to the key history: from the
+    /// next checkpoint on, it signs alongside the current keys.
+    pub fn add_key(&self, backend: &KeyBackend, name: Option<&str>) -> Result<KeyEntry> {
+        let default_name = recovery::key_name(&self.shared.config.origin);
+        self.shared
+            .keyring
+            .add(backend, name.unwrap_or(&default_name))
+    }
+
+    /// The retention policy stored in `log.json`, if one was set.
+    pub fn retention(&self) -> Result<Option<retention::RetentionPolicy>> {
+        retention::read(&self.shared.config.data_dir)
+    }
+
+    /// Stores a retention policy in `log.json` (durably; the replicator reads it).
+    pub fn set_retention(&self, policy: &retention::RetentionPolicy) -> Result<()> {
+        retention::write(&self.shared.config.data_dir, policy)
+    }
+
+    /// Ends a key's validity after the largest size signed so far. `which` is its verifier
+    /// key string or `name+hex8(key_id)`.
+    pub fn retire_key(&self, which: &str) -> Result<KeyEntry> {
+        self.shared.keyring.retire(which)
     }
 
     pub fn new_batch(&self) -> EventBatch {
@@ -658,6 +721,8 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            signer_failures: self.shared.signer_failures.load(Ordering::Relaxed),
+            signer_failures_in_a_row: self.shared.signer_failures_in_a_row.load(Ordering::Relaxed),
             io_mode: self.shared.io_mode_name,
             sealed_segments: set.sealed.len(),
             open_segments: set.open.len(),

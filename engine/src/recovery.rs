@@ -17,9 +17,10 @@ use crate::config::EngineConfig;
 use crate::error::{corrupt, io_err, EngineError, Result};
 use crate::hashstore::{HashFiles, PendingNodes};
 use crate::io::Appender;
+use crate::keyring::Keyring;
 use crate::segments::{self, parse_name, Body, Segment, SegmentName};
 use crate::sequencer::{OpenSegment, Sequencer};
-use crate::signer::{KeyFileSigner, Signer};
+use crate::signer::Signer;
 use crate::{Engine, OpenView, SegmentSet, Shared, Stats, TreeHead};
 
 /// What recovery found and did, for the operator.
@@ -89,13 +90,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let seg_dir = cfg.data_dir.join("segments");
     std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "create data directory"))?;
     let _meta = load_or_create_meta(&cfg)?;
-    let signer: Arc<dyn Signer> = match signer {
-        Some(s) => s,
-        None => Arc::new(KeyFileSigner::load_or_create(
-            &cfg.data_dir.join("keys/checkpoint.key"),
-            &key_name(&cfg.origin),
-        )?),
-    };
+    let keyring = Keyring::open(&cfg, signer)?;
     let alg = cfg.tree_hash;
     let mut report = RecoveryReport::default();
 
@@ -103,13 +98,14 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let (cp_log, latest) = CheckpointLog::open(
         &cfg.data_dir.join("checkpoints.log"),
         &cfg.origin,
-        &[signer.verifier_key()],
+        &keyring.all_keys(),
     )?;
     let (cp_size, cp_root) = latest
         .as_ref()
         .map(|c| (c.checkpoint.size, c.checkpoint.root))
         .unwrap_or((0, alg.empty()));
     report.checkpoint_size = cp_size;
+    keyring.note_signed(cp_size);
 
     // 2. The hash store, brought back to exactly the checkpoint.
     let hashes = HashFiles::open(&cfg.data_dir.join("hashes"))?;
@@ -210,6 +206,8 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             })?;
         }
         set.sealed.push(Arc::new(seg));
+        // Its footer holds a note signed at `b`.
+        keyring.note_signed(b);
         end = b;
     }
     let mut open_state: Option<OpenSegment> = None;
@@ -311,7 +309,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let shared = Arc::new(Shared {
         hashes: hashes.clone(),
         leaf_index,
-        signer,
+        keyring,
         io_mode_name: io_name,
         head: Mutex::new(TreeHead {
             size: end,
@@ -328,6 +326,8 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         failed_flag: AtomicBool::new(false),
         prealloc_error: Mutex::new(None),
         signer_error: Mutex::new(None),
+        signer_failures: AtomicU64::new(0),
+        signer_failures_in_a_row: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         stats: Mutex::new(Stats::default()),
         config: cfg,

@@ -116,7 +116,10 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         root,
         extensions: Vec::new(),
     };
-    let note = crate::signer::sign_checkpoint(&cp, &[shared.signer.as_ref()])?;
+    let note = shared
+        .keyring
+        .sign(&cp)
+        .inspect_err(|_| shared.signer_failed())?;
     let tail = builder.finish(
         prior.subtree_roots(),
         root,

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::{self, Checkpoint, NoteSignature, NoteSigner, VerifierKey};
 
 use crate::error::{io_err, EngineError, Result};
@@ -14,6 +15,12 @@ pub trait Signer: Send + Sync {
     fn verifier_key(&self) -> VerifierKey;
     /// A pure Ed25519 signature of `message`.
     fn sign(&self, message: &[u8]) -> Result<[u8; 64]>;
+    /// Where the private key lives, as the key history records it (public information).
+    fn backend(&self) -> KeyBackend {
+        KeyBackend::External {
+            description: "supplied by the embedding program".into(),
+        }
+    }
 }
 
 /// Signs a checkpoint with every signer and checks each signature before returning the note.
@@ -48,6 +55,8 @@ pub fn sign_checkpoint(checkpoint: &Checkpoint, signers: &[&dyn Signer]) -> Resu
 /// An Ed25519 key in a file, in the note private-key form `PRIVATE+KEY+name+id+base64`.
 pub struct KeyFileSigner {
     key: NoteSigner,
+    /// The path the key history records (relative to the data directory when relative).
+    backend_path: Option<String>,
 }
 
 impl KeyFileSigner {
@@ -84,14 +93,37 @@ impl KeyFileSigner {
             path.display(),
             key.verifier_key()
         );
-        Ok(KeyFileSigner { key })
+        Ok(KeyFileSigner {
+            key,
+            backend_path: None,
+        })
+    }
+
+    /// Records `path` as this key's place in the key history.
+    pub fn with_backend_path(mut self, path: &str) -> KeyFileSigner {
+        self.backend_path = Some(path.to_string());
+        self
+    }
+
+    /// Writes a fresh key to `path` (mode 0600); refuses to overwrite one.
+    pub fn generate(path: &Path, name: &str) -> Result<KeyFileSigner> {
+        if path.exists() {
+            return Err(EngineError::Signer(format!(
+                "{} exists; not overwriting a key",
+                path.display()
+            )));
+        }
+        Self::load_or_create(path, name)
     }
 
     pub fn load(path: &Path) -> Result<KeyFileSigner> {
         let text = std::fs::read_to_string(path).map_err(io_err(path, "read key file"))?;
         let key = NoteSigner::parse_private(text.trim())
             .map_err(|e| EngineError::Signer(format!("{}: {e}", path.display())))?;
-        Ok(KeyFileSigner { key })
+        Ok(KeyFileSigner {
+            key,
+            backend_path: Some(path.display().to_string()),
+        })
     }
 }
 
@@ -102,5 +134,14 @@ impl Signer for KeyFileSigner {
 
     fn sign(&self, message: &[u8]) -> Result<[u8; 64]> {
         Ok(self.key.sign(message))
+    }
+
+    fn backend(&self) -> KeyBackend {
+        match &self.backend_path {
+            Some(path) => KeyBackend::File { path: path.clone() },
+            None => KeyBackend::External {
+                description: "key file".into(),
+            },
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod checkpoint_log;
 pub mod frame;
 pub mod hash;
+pub mod keyhistory;
 pub mod note;
 pub mod record;
 pub mod schema;

@@ -42,6 +42,15 @@ pub enum Access {
     ReadEvents,
     /// Checkpoints, proofs, log metadata: auditor.
     Audit,
+    /// Key and policy operations (`/v1/admin/…`): admin only.
+    Admin,
+}
+
+/// Who a token belongs to: a name (for the audit trail and the two-person rule) and a role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
 }
 
 impl Access {
@@ -72,12 +81,17 @@ struct TokenFile {
 #[derive(Serialize, Deserialize)]
 struct TokenEntry {
     role: Role,
+    /// Who holds the token. Entries written before names existed are named after their role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     /// Lowercase hex SHA-256 of the token's text.
     sha256: String,
 }
 
 pub struct Tokens {
     hashes: Vec<([u8; 32], Role)>,
+    /// The holder of each hash, in the same order.
+    names: Vec<String>,
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -92,6 +106,7 @@ impl Tokens {
                 .iter()
                 .map(|(t, r)| (digest(t.as_bytes()), *r))
                 .collect(),
+            names: pairs.iter().map(|(_, r)| r.name().to_string()).collect(),
         }
     }
 
@@ -104,7 +119,9 @@ impl Tokens {
                 let file: TokenFile = serde_json::from_slice(&bytes)
                     .with_context(|| format!("parsing {}", store.display()))?;
                 let mut hashes = Vec::with_capacity(file.tokens.len());
+                let mut names = Vec::with_capacity(file.tokens.len());
                 for t in file.tokens {
+                    names.push(t.name.unwrap_or_else(|| t.role.name().to_string()));
                     let raw = hex::decode(&t.sha256).ok().and_then(|v| {
                         let a: Option<[u8; 32]> = v.try_into().ok();
                         a
@@ -114,7 +131,7 @@ impl Tokens {
                         None => bail!("{}: a hash is not 32 bytes of hex", store.display()),
                     }
                 }
-                Ok((Tokens { hashes }, None))
+                Ok((Tokens { hashes, names }, None))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (tokens, path) = Self::create(data_dir, &store)?;
@@ -141,6 +158,7 @@ impl Tokens {
                 .iter()
                 .map(|(h, r)| TokenEntry {
                     role: *r,
+                    name: None,
                     sha256: hex::encode(h),
                 })
                 .collect(),
@@ -149,7 +167,8 @@ impl Tokens {
         let tmp = data_dir.join("tokens.json.tmp");
         write_private(&tmp, &json)?;
         std::fs::rename(&tmp, store).with_context(|| format!("renaming to {}", store.display()))?;
-        Ok((Tokens { hashes }, initial))
+        let names = ROLES.iter().map(|r| r.name().to_string()).collect();
+        Ok((Tokens { hashes, names }, initial))
     }
 
     /// The role of the bearer token in an `Authorization` header value. Every known hash
@@ -169,14 +188,44 @@ impl Tokens {
     /// The role of a bare token (HTTP's bearer value, TCP's HELLO). Every known hash is
     /// compared, in constant time, whichever matches.
     pub fn role_of_token(&self, token: &[u8]) -> Result<Role, AuthError> {
+        self.principal_of_token(token).map(|p| p.role)
+    }
+
+    /// The holder and role of a bare token; every hash compared in constant time.
+    pub fn principal_of_token(&self, token: &[u8]) -> Result<Principal, AuthError> {
         let d = digest(token);
         let mut found = None;
-        for (h, role) in &self.hashes {
+        for (i, (h, _)) in self.hashes.iter().enumerate() {
             if bool::from(h.ct_eq(&d)) {
-                found = Some(*role);
+                found = Some(i);
             }
         }
-        found.ok_or(AuthError::Unauthenticated("unknown token"))
+        let i = found.ok_or(AuthError::Unauthenticated("unknown token"))?;
+        Ok(Principal {
+            name: self.names[i].clone(),
+            role: self.hashes[i].1,
+        })
+    }
+
+    /// As `check`, returning who the caller is.
+    pub fn check_principal(
+        &self,
+        authorization: Option<&[u8]>,
+        access: Access,
+    ) -> Result<Principal, AuthError> {
+        let Some(value) = authorization else {
+            return Err(AuthError::Unauthenticated("no bearer token"));
+        };
+        let token = match value.split_at_checked(7) {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case(b"bearer ") => t,
+            _ => return Err(AuthError::Unauthenticated("not a bearer token")),
+        };
+        let p = self.principal_of_token(token)?;
+        if access.allows(p.role) {
+            Ok(p)
+        } else {
+            Err(AuthError::Forbidden(p.role))
+        }
     }
 
     pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<Role, AuthError> {
@@ -187,6 +236,39 @@ impl Tokens {
             Err(AuthError::Forbidden(role))
         }
     }
+}
+
+/// `auditlogd tokens add`: a new random token for `name` with `role`, appended to
+/// `tokens.json` (atomically). Returns the token; only its hash is stored. Names are unique:
+/// the two-person rule counts people by name.
+pub fn add_token(data_dir: &Path, role: Role, name: &str) -> anyhow::Result<String> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+        bail!("token name must be 1 to 128 printable characters");
+    }
+    let (existing, _) = Tokens::load_or_create(data_dir)?;
+    if existing.names.iter().any(|n| n == name) {
+        bail!("a token named {name:?} exists already");
+    }
+    let store = data_dir.join("tokens.json");
+    let bytes = std::fs::read(&store).with_context(|| format!("reading {}", store.display()))?;
+    let mut file: TokenFile =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", store.display()))?;
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
+    let token = hex::encode(raw);
+    file.tokens.push(TokenEntry {
+        role,
+        name: Some(name.to_string()),
+        sha256: hex::encode(digest(token.as_bytes())),
+    });
+    let json = serde_json::to_vec_pretty(&file).context("encoding tokens.json")?;
+    let tmp = data_dir.join("tokens.json.tmp");
+    write_private(&tmp, &json)?;
+    std::fs::rename(&tmp, &store).with_context(|| format!("renaming to {}", store.display()))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", data_dir.display()))?;
+    Ok(token)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -20,6 +20,48 @@ pub struct FileConfig {
     pub engine: EngineSection,
     #[serde(default)]
     pub server: ServerSection,
+    #[serde(default)]
+    pub signer: SignerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[signer]`: which key signs checkpoints when the log is created. The PIN is never here,
+/// only where to read it (`pin_env` or `pin_file`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerSection {
+    /// "file" (the development key file, default) or "pkcs11".
+    pub backend: Option<String>,
+    /// Note key name (default: the origin with spaces and '+' replaced by '_').
+    pub key_name: Option<String>,
+    pub pkcs11_module: Option<PathBuf>,
+    pub token_label: Option<String>,
+    pub key_label: Option<String>,
+    /// Name of the environment variable holding the HSM user PIN.
+    pub pin_env: Option<String>,
+    /// File holding the HSM user PIN (trailing newline ignored).
+    pub pin_file: Option<PathBuf>,
+}
+
+/// `[admin]`: the two-person rule for critical operations.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub approvals_required: Option<u32>,
+    pub request_ttl_ms: Option<u64>,
+    pub requests_pending_max: Option<usize>,
+}
+
+/// The two-person rule, resolved.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Distinct admins other than the requester who must approve (at least 1).
+    pub approvals_required: u32,
+    /// A request not approved within this time from its creation is refused.
+    pub request_ttl_ms: u64,
+    /// Requests waiting for approval; more are refused.
+    pub requests_pending_max: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +169,7 @@ pub struct Overrides {
 pub struct Config {
     pub engine: EngineConfig,
     pub server: ServerConfig,
+    pub admin: AdminConfig,
 }
 
 pub fn load(path: Option<&Path>, over: Overrides) -> anyhow::Result<Config> {
@@ -185,6 +228,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         zstd_level
     );
 
+    resolve_signer(&file.signer, &mut engine)?;
+    let admin = resolve_admin(&file.admin)?;
     let s = file.server;
     let mut server = ServerConfig::defaults();
     let addr = over.http_addr.or(s.http_addr);
@@ -227,7 +272,60 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
     if server.long_poll_ms_max >= server.request_timeout_ms {
         bail!("server.long_poll_ms_max must be under server.request_timeout_ms");
     }
-    Ok(Config { engine, server })
+    Ok(Config {
+        engine,
+        server,
+        admin,
+    })
+}
+
+fn resolve_signer(s: &SignerSection, engine: &mut EngineConfig) -> anyhow::Result<()> {
+    engine.pkcs11_pin = match (&s.pin_env, &s.pin_file) {
+        (Some(_), Some(_)) => bail!("signer: give pin_env or pin_file, not both"),
+        (Some(v), None) => Some(auditlog_engine::PinSource::Env(v.clone())),
+        (None, Some(p)) => Some(auditlog_engine::PinSource::File(p.clone())),
+        (None, None) => None,
+    };
+    match s.backend.as_deref().unwrap_or("file") {
+        "file" => {}
+        "pkcs11" => {
+            let (Some(module), Some(token), Some(key)) =
+                (&s.pkcs11_module, &s.token_label, &s.key_label)
+            else {
+                bail!("signer.backend = \"pkcs11\" needs pkcs11_module, token_label and key_label");
+            };
+            if engine.pkcs11_pin.is_none() {
+                bail!("signer.backend = \"pkcs11\" needs pin_env or pin_file");
+            }
+            engine.signer = auditlog_engine::SignerConfig::Pkcs11 {
+                spec: auditlog_engine::Pkcs11Spec {
+                    module: module.clone(),
+                    token_label: token.clone(),
+                    key_label: key.clone(),
+                },
+                name: s.key_name.clone(),
+            };
+        }
+        other => bail!("signer.backend {other:?}: expected file or pkcs11"),
+    }
+    Ok(())
+}
+
+fn resolve_admin(a: &AdminSection) -> anyhow::Result<AdminConfig> {
+    let c = AdminConfig {
+        approvals_required: a.approvals_required.unwrap_or(1),
+        request_ttl_ms: a.request_ttl_ms.unwrap_or(86_400_000),
+        requests_pending_max: a.requests_pending_max.unwrap_or(64),
+    };
+    if c.approvals_required == 0 {
+        bail!(
+            "admin.approvals_required must be at least 1: critical operations need a second admin"
+        );
+    }
+    if c.request_ttl_ms == 0 || c.requests_pending_max == 0 {
+        bail!("admin.request_ttl_ms and admin.requests_pending_max must be positive");
+    }
+    Ok(c)
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub cfg: ServerConfig,
     pub http: HttpCounters,
+    pub admin: Arc<crate::admin::Admin>,
     pub started: Instant,
     /// Client certificate name -> role, under mutual TLS.
     pub client_roles: BTreeMap<String, Role>,
@@ -190,6 +191,7 @@ pub fn router(st: St) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(get_metrics))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(st.clone(), guard))
@@ -486,6 +488,7 @@ async fn get_log(State(st): State<St>, caller: Caller) -> ApiResult {
         "origin": e.config().origin,
         "tree_hash": e.tree_hash().name(),
         "verifier_keys": [e.verifier_key().to_string()],
+        "key_history": e.key_history(),
         "tree_size": e.tree_size(),
     }))
     .into_response())

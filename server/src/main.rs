@@ -2,10 +2,12 @@
 //! proving", and on SIGINT / SIGTERM stops accepting, drains what is in flight, signs a
 //! final checkpoint and exits 0.
 
+mod admin;
 mod auth;
 mod config;
 mod http;
 mod ingest;
+mod keys;
 mod listener;
 mod metrics;
 mod tcp;
@@ -34,6 +36,9 @@ struct Args {
     /// TCP ingest listen address (default 127.0.0.1:7070); overrides `server.tcp_addr`.
     #[arg(long, env = "AUDITLOG_TCP_ADDR")]
     tcp_addr: Option<String>,
+    /// Run a key or token command instead of the daemon.
+    #[command(subcommand)]
+    command: Option<keys::Cmd>,
 }
 
 /// How long a runtime shutdown waits for blocking engine calls still running.
@@ -64,6 +69,9 @@ fn main() -> anyhow::Result<()> {
             tcp_addr: args.tcp_addr,
         },
     )?;
+    if let Some(cmd) = args.command {
+        return keys::run(cmd, &cfg);
+    }
     let data_dir = cfg.engine.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -102,11 +110,13 @@ fn main() -> anyhow::Result<()> {
     let http_connections = Arc::new(tokio::sync::Semaphore::new(cfg.server.connections_max));
     let tcp_connections = Arc::new(tokio::sync::Semaphore::new(cfg.server.tcp_connections_max));
     let tokens = Arc::new(tokens);
+    let admin = Arc::new(admin::Admin::open(&data_dir, cfg.admin.clone())?);
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         tokens: tokens.clone(),
         cfg: cfg.server.clone(),
         http: metrics::HttpCounters::default(),
+        admin,
         started: Instant::now(),
         client_roles: client_roles.clone(),
         http_connections: http_connections.clone(),

@@ -236,6 +236,20 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
     );
     metric(
         &mut out,
+        "auditlog_signer_failures_total",
+        "counter",
+        "Checkpoint or seal signings that failed (HSM unreachable, bad signature).",
+        status.signer_failures,
+    );
+    metric(
+        &mut out,
+        "auditlog_signer_consecutive_failures",
+        "gauge",
+        "Failed signings since the last success (0: the signer works).",
+        status.signer_failures_in_a_row,
+    );
+    metric(
+        &mut out,
         "auditlog_preallocation_error",
         "gauge",
         "1 when preparing the next segment failed.",

@@ -27,3 +27,67 @@ pub fn small_config(dir: &std::path::Path) -> EngineConfig {
     c
 }
 pub mod daemon;
+
+/// SoftHSM2 for the HSM tests: a private configuration and token directory per test, so
+/// tests never share a token, and `softhsm2-util` to create tokens in it.
+pub mod softhsm {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    pub const SO_PIN: &str = "5678";
+    pub const PIN: &str = "1234";
+
+    /// The module's path on this machine (Debian puts it in one of these).
+    pub fn module() -> PathBuf {
+        for p in [
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+            "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+            "/usr/local/lib/softhsm/libsofthsm2.so",
+        ] {
+            if Path::new(p).exists() {
+                return PathBuf::from(p);
+            }
+        }
+        panic!("libsofthsm2.so not found: install softhsm2 (.ci/run does)");
+    }
+
+    pub struct SoftHsm {
+        /// The file to put in `SOFTHSM2_CONF`.
+        pub conf: PathBuf,
+        pub token_dir: PathBuf,
+    }
+
+    impl SoftHsm {
+        /// A configuration whose token directory is `<dir>/tokens`.
+        pub fn new(dir: &Path) -> SoftHsm {
+            let token_dir = dir.join("tokens");
+            std::fs::create_dir_all(&token_dir).expect("token dir");
+            let conf = dir.join("softhsm2.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                    token_dir.display()
+                ),
+            )
+            .expect("write softhsm2.conf");
+            SoftHsm { conf, token_dir }
+        }
+
+        /// Initialises a fresh token with the user PIN [`PIN`].
+        pub fn init_token(&self, label: &str) {
+            let out = Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &self.conf)
+                .args(["--init-token", "--free", "--label", label])
+                .args(["--so-pin", SO_PIN, "--pin", PIN])
+                .output()
+                .expect("run softhsm2-util (install softhsm2)");
+            assert!(
+                out.status.success(),
+                "softhsm2-util --init-token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -97,6 +97,14 @@ struct Args {
     /// Keep the data directory.
     #[arg(long)]
     keep: bool,
+    /// Sign checkpoints with a PKCS#11 key instead of the key file: the module path (the
+    /// token and key must exist; the PIN is read from $AUDITLOG_BENCH_HSM_PIN).
+    #[arg(long, requires_all = ["pkcs11_token", "pkcs11_key"])]
+    pkcs11_module: Option<PathBuf>,
+    #[arg(long)]
+    pkcs11_token: Option<String>,
+    #[arg(long)]
+    pkcs11_key: Option<String>,
 }
 
 fn main() {
@@ -170,6 +178,21 @@ fn engine_config(a: &Args, dir: &Path) -> EngineConfig {
     c.segment_bytes = a.segment_mib << 20;
     if let Some(mib) = a.batch_mib {
         c.batch_bytes_max = mib << 20;
+    }
+    if let (Some(module), Some(token), Some(key)) =
+        (&a.pkcs11_module, &a.pkcs11_token, &a.pkcs11_key)
+    {
+        c.signer = auditlog_engine::SignerConfig::Pkcs11 {
+            spec: auditlog_engine::Pkcs11Spec {
+                module: module.clone(),
+                token_label: token.clone(),
+                key_label: key.clone(),
+            },
+            name: None,
+        };
+        c.pkcs11_pin = Some(auditlog_engine::PinSource::Env(
+            "AUDITLOG_BENCH_HSM_PIN".into(),
+        ));
     }
     c
 }

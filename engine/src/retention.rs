@@ -1,0 +1,90 @@
+//! The log's retention policy, kept in `log.json` (`retention`, FORMATS.md §2): days to keep
+//! events of each classification in WORM storage. Changed only by an approved admin request;
+//! the replicator reads it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{corrupt, io_err, EngineError, Result};
+
+/// Classification names of the audit schema, in FORMATS.md §1 order.
+pub const CLASSIFICATIONS: [&str; 5] = [
+    "UNCLASSIFIED",
+    "CUI//BASIC",
+    "CUI//SP-PRIV",
+    "CUI//SP-PROP",
+    "CUI//SP-LEI",
+];
+/// About a century: longer is surely a typo.
+pub const RETENTION_DAYS_MAX: u32 = 36_500;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    /// Days to retain, by classification name; absent classifications keep the defaults.
+    pub days: BTreeMap<String, u32>,
+}
+
+impl RetentionPolicy {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.days.is_empty() {
+            return Err("retention policy names no classification".into());
+        }
+        for (c, d) in &self.days {
+            if !CLASSIFICATIONS.contains(&c.as_str()) {
+                return Err(format!("unknown classification {c:?}"));
+            }
+            if *d == 0 || *d > RETENTION_DAYS_MAX {
+                return Err(format!(
+                    "{c}: {d} days is not within 1..={RETENTION_DAYS_MAX}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serialises read-modify-write of `log.json`.
+static META_LOCK: Mutex<()> = Mutex::new(());
+
+pub(crate) fn read(data_dir: &Path) -> Result<Option<RetentionPolicy>> {
+    let path = data_dir.join("log.json");
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;
+    match v.get("retention") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(r) => serde_json::from_value(r.clone())
+            .map(Some)
+            .map_err(|e| corrupt(&path, format!("retention: {e}"))),
+    }
+}
+
+/// Rewrites `log.json` with `policy`, keeping every other field: temp, fsync, rename, fsync.
+pub(crate) fn write(data_dir: &Path, policy: &RetentionPolicy) -> Result<()> {
+    policy.validate().map_err(EngineError::BadRequest)?;
+    let _g = META_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = data_dir.join("log.json");
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| corrupt(&path, "not a JSON object"))?;
+    obj.insert(
+        "retention".into(),
+        serde_json::to_value(policy).map_err(|e| EngineError::BadRequest(e.to_string()))?,
+    );
+    let out =
+        serde_json::to_string_pretty(&v).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, out + "\n").map_err(io_err(&tmp, "write"))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp, "fsync"))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path, "install"))?;
+    crate::io::sync_dir(data_dir).map_err(io_err(data_dir, "sync"))?;
+    Ok(())
+}

@@ -1,0 +1,485 @@
+//! The two-person rule for critical operations (key rotation and retirement, retention
+//! policy): one admin requests, `approvals_required` distinct other admins approve within
+//! `request_ttl_ms`, and only then does the daemon carry it out. Every request, approval,
+//! refusal and execution is appended to the log itself as an `admin` audit event, before
+//! the answer is sent. Pending requests live in `<data-dir>/admin-requests.json`, rewritten
+//! atomically on every change, so a restart keeps them.
+//!
+//! Routes: `POST /v1/admin/requests` (create), `GET /v1/admin/requests` (list),
+//! `GET /v1/admin/requests/{id}`, `POST /v1/admin/requests/{id}/approve`.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use auditlog_engine::retention::RetentionPolicy;
+use auditlog_engine::{Engine, KeyBackend};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::{Access, AuthError, Principal};
+use crate::config::AdminConfig;
+use crate::http::{ApiError, ApiResult, St};
+
+pub const REQUESTS_FILE: &str = "admin-requests.json";
+/// Finished requests kept in the file for `GET`; the log holds the full record.
+const FINISHED_KEPT_MAX: usize = 256;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Operation {
+    /// Add an existing key (a key file or an HSM key) to the key history.
+    RotateKey {
+        backend: KeyBackend,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// End a key's validity: `key` is its verifier key or `name+hex8(id)`.
+    RetireKey {
+        key: String,
+    },
+    SetRetention {
+        retention: RetentionPolicy,
+    },
+}
+
+impl Operation {
+    fn name(&self) -> &'static str {
+        match self {
+            Operation::RotateKey { .. } => "rotate_key",
+            Operation::RetireKey { .. } => "retire_key",
+            Operation::SetRetention { .. } => "set_retention",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Pending,
+    Executed,
+    Failed,
+    Expired,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Approval {
+    pub admin: String,
+    pub at_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminRequest {
+    pub id: String,
+    #[serde(flatten)]
+    pub op: Operation,
+    pub requester: String,
+    pub created_at_unix_ms: u64,
+    pub expires_at_unix_ms: u64,
+    pub approvals: Vec<Approval>,
+    pub state: RequestState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct RequestFile {
+    requests: Vec<AdminRequest>,
+}
+
+pub struct Admin {
+    cfg: AdminConfig,
+    path: PathBuf,
+    requests: Mutex<Vec<AdminRequest>>,
+}
+
+fn now_ms() -> u64 {
+    auditlog_engine::now_unix_ns() / 1_000_000
+}
+
+impl Admin {
+    pub fn open(data_dir: &FsPath, cfg: AdminConfig) -> anyhow::Result<Admin> {
+        let path = data_dir.join(REQUESTS_FILE);
+        let requests = match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice::<RequestFile>(&b)
+                    .with_context(|| format!("parsing {}", path.display()))?
+                    .requests
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Admin {
+            cfg,
+            path,
+            requests: Mutex::new(requests),
+        })
+    }
+
+    fn save(&self, requests: &[AdminRequest]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let body = serde_json::to_vec_pretty(&RequestFile {
+            requests: requests.to_vec(),
+        })?;
+        let tmp = self.path.with_extension("partial");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
+        f.write_all(&body)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("installing {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends one `admin` audit event; the answer waits until it is durable.
+fn record(
+    engine: &Engine,
+    actor: &str,
+    action: &str,
+    id: &str,
+    outcome: &str,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    let event = json!({
+        "timestamp": rfc3339_now(),
+        "event_type": "admin",
+        "actor": actor,
+        "action": action,
+        "resource": format!("admin/requests/{id}"),
+        "outcome": outcome,
+        "details": details,
+    });
+    let bytes = serde_json::to_vec(&event).map_err(|e| ApiError::internal(e.to_string()))?;
+    engine
+        .append_payloads([bytes.as_slice()])
+        .map(|_| ())
+        .map_err(ApiError::from)
+}
+
+/// RFC 3339 UTC with milliseconds, from the system clock (civil-from-days, proleptic
+/// Gregorian).
+fn rfc3339_now() -> String {
+    let ms = now_ms();
+    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+fn admin_principal(st: &St, headers: &HeaderMap) -> ApiResult<Principal> {
+    let value = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match st.tokens.check_principal(value, Access::Admin) {
+        Ok(p) => Ok(p),
+        Err(AuthError::Unauthenticated(why)) => {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
+        }
+        Err(AuthError::Forbidden(role)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {} may not use admin routes", role.name()),
+        )),
+    }
+}
+
+pub fn routes() -> Router<St> {
+    Router::new()
+        .route("/v1/admin/requests", post(create).get(list))
+        .route("/v1/admin/requests/{id}", get(show))
+        .route("/v1/admin/requests/{id}/approve", post(approve))
+}
+
+async fn list(State(st): State<St>, headers: HeaderMap) -> ApiResult {
+    admin_principal(&st, &headers)?;
+    let reqs = st
+        .admin
+        .requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(axum::Json(json!({ "requests": reqs })).into_response())
+}
+
+async fn show(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    admin_principal(&st, &headers)?;
+    let reqs = st.admin.requests.lock().unwrap_or_else(|e| e.into_inner());
+    match reqs.iter().find(|r| r.id == id) {
+        Some(r) => Ok(axum::Json(r).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such request",
+        )),
+    }
+}
+
+async fn create(State(st): State<St>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let who = admin_principal(&st, &headers)?;
+    let op: Operation =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
+    if let Operation::SetRetention { retention } = &op {
+        retention.validate().map_err(ApiError::bad)?;
+    }
+    let st2 = st.clone();
+    run_blocking(move || create_blocking(&st2, who, op)).await
+}
+
+fn create_blocking(st: &St, who: Principal, op: Operation) -> ApiResult {
+    let admin = &st.admin;
+    let mut reqs = admin.requests.lock().unwrap_or_else(|e| e.into_inner());
+    let now = now_ms();
+    let pending = reqs
+        .iter()
+        .filter(|r| r.state == RequestState::Pending && r.expires_at_unix_ms > now)
+        .count();
+    let mut raw = [0u8; 8];
+    getrandom::getrandom(&mut raw).map_err(|e| ApiError::internal(e.to_string()))?;
+    let id = hex::encode(raw);
+    if pending >= admin.cfg.requests_pending_max {
+        let why = format!(
+            "{pending} requests are pending, the limit is {}",
+            admin.cfg.requests_pending_max
+        );
+        record(
+            &st.engine,
+            &who.name,
+            "refuse",
+            &id,
+            "failure",
+            json!({"op": op.name(), "reason": why}),
+        )?;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            why,
+        ));
+    }
+    let req = AdminRequest {
+        id: id.clone(),
+        op,
+        requester: who.name.clone(),
+        created_at_unix_ms: now,
+        expires_at_unix_ms: now + admin.cfg.request_ttl_ms,
+        approvals: Vec::new(),
+        state: RequestState::Pending,
+        result: None,
+    };
+    // The log records the request before anyone can act on it.
+    record(
+        &st.engine,
+        &who.name,
+        "request",
+        &id,
+        "success",
+        json!({"request": &req, "approvals_required": admin.cfg.approvals_required}),
+    )?;
+    reqs.push(req.clone());
+    prune(&mut reqs);
+    admin
+        .save(&reqs)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok((StatusCode::CREATED, axum::Json(req)).into_response())
+}
+
+async fn approve(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let who = admin_principal(&st, &headers)?;
+    let st2 = st.clone();
+    run_blocking(move || approve_blocking(&st2, who, &id)).await
+}
+
+fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
+    let admin = &st.admin;
+    let mut reqs = admin.requests.lock().unwrap_or_else(|e| e.into_inner());
+    let now = now_ms();
+    let Some(i) = reqs.iter().position(|r| r.id == id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such request",
+        ));
+    };
+    let refuse = |reqs: &mut Vec<AdminRequest>, status, code, why: String| -> ApiResult {
+        record(
+            &st.engine,
+            &who.name,
+            "refuse",
+            id,
+            "failure",
+            json!({"op": reqs[i].op.name(), "reason": why}),
+        )?;
+        Err(ApiError::new(status, code, why))
+    };
+    if reqs[i].state == RequestState::Pending && now >= reqs[i].expires_at_unix_ms {
+        reqs[i].state = RequestState::Expired;
+        admin
+            .save(&reqs)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    }
+    match reqs[i].state {
+        RequestState::Pending => {}
+        RequestState::Expired => {
+            let why = format!("request {id} expired without enough approvals");
+            return refuse(&mut reqs, StatusCode::GONE, "expired", why);
+        }
+        _ => {
+            let why = format!("request {id} is already {:?}", reqs[i].state).to_lowercase();
+            return refuse(&mut reqs, StatusCode::CONFLICT, "not_pending", why);
+        }
+    }
+    if reqs[i].requester == who.name {
+        let why = format!(
+            "{} requested this operation and cannot approve it",
+            who.name
+        );
+        return refuse(&mut reqs, StatusCode::FORBIDDEN, "self_approval", why);
+    }
+    if reqs[i].approvals.iter().any(|a| a.admin == who.name) {
+        let why = format!("{} has already approved request {id}", who.name);
+        return refuse(&mut reqs, StatusCode::CONFLICT, "duplicate_approval", why);
+    }
+    record(
+        &st.engine,
+        &who.name,
+        "approve",
+        id,
+        "success",
+        json!({"op": reqs[i].op.name()}),
+    )?;
+    reqs[i].approvals.push(Approval {
+        admin: who.name.clone(),
+        at_unix_ms: now,
+    });
+    if reqs[i].approvals.len() >= admin.cfg.approvals_required as usize {
+        let result = execute(&st.engine, &reqs[i].op);
+        let (state, outcome, text) = match result {
+            Ok(v) => (RequestState::Executed, "success", v),
+            Err(e) => (RequestState::Failed, "failure", e),
+        };
+        record(
+            &st.engine,
+            &who.name,
+            "execute",
+            id,
+            outcome,
+            json!({"op": reqs[i].op.name(), "requester": reqs[i].requester, "approvers": reqs[i].approvals.iter().map(|a| a.admin.clone()).collect::<Vec<_>>(), "result": text}),
+        )?;
+        reqs[i].state = state;
+        reqs[i].result = Some(text);
+    }
+    let out = reqs[i].clone();
+    prune(&mut reqs);
+    admin
+        .save(&reqs)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok(axum::Json(out).into_response())
+}
+
+/// Carries out an approved operation; the text is what the audit event and the answer say.
+fn execute(engine: &Engine, op: &Operation) -> Result<String, String> {
+    match op {
+        Operation::RotateKey { backend, name } => engine
+            .add_key(backend, name.as_deref())
+            .map(|e| {
+                format!(
+                    "key {} added, signs from size {}",
+                    e.verifier_key, e.from_size
+                )
+            })
+            .map_err(|e| e.to_string()),
+        Operation::RetireKey { key } => engine
+            .retire_key(key)
+            .map(|e| {
+                format!(
+                    "key {} retired, signs sizes below {}",
+                    e.verifier_key,
+                    e.until_size.unwrap_or(0)
+                )
+            })
+            .map_err(|e| e.to_string()),
+        Operation::SetRetention { retention } => engine
+            .set_retention(retention)
+            .map(|()| "retention policy stored in log.json".to_string())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Keeps every pending request and the newest finished ones.
+fn prune(reqs: &mut Vec<AdminRequest>) {
+    let finished = reqs
+        .iter()
+        .filter(|r| r.state != RequestState::Pending)
+        .count();
+    let mut drop_n = finished.saturating_sub(FINISHED_KEPT_MAX);
+    reqs.retain(|r| {
+        if drop_n > 0 && r.state != RequestState::Pending {
+            drop_n -= 1;
+            return false;
+        }
+        true
+    });
+}
+
+async fn run_blocking(f: impl FnOnce() -> ApiResult + Send + 'static) -> ApiResult {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(ApiError::internal(format!("admin task failed: {e}"))),
+    }
+}
+
+/// `auditlogd tokens add --role R --name N`: prints the new token once.
+pub fn tokens_add(data_dir: &FsPath, role: &str, name: &str) -> anyhow::Result<()> {
+    let role = crate::auth::ROLES
+        .into_iter()
+        .find(|r| r.name() == role)
+        .with_context(|| format!("role {role:?}: expected writer, reader, auditor or admin"))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let token = crate::auth::add_token(data_dir, role, name)?;
+    println!("{token}");
+    eprintln!(
+        "auditlogd: token for {name} ({}) added; restart the daemon to use it",
+        role.name()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_is_valid_audit_timestamp() {
+        let t = super::rfc3339_now();
+        let ev = format!(
+            r#"{{"timestamp":"{t}","event_type":"admin","actor":"a","action":"x","resource":"r","outcome":"success"}}"#
+        );
+        auditlog_formats::schema::validate(
+            ev.as_bytes(),
+            auditlog_formats::schema::SchemaMode::Audit,
+        )
+        .expect("valid audit event");
+        assert!(t.starts_with("20"), "{t}");
+    }
+}
