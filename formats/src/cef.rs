@@ -80,8 +80,8 @@ const CUSTOM_STRINGS: [(&str, &str, &str); 5] = [
     ("cs6", "requestId", "request_id"),
 ];
 
-/// Renders one event as a CEF line (no line terminator).
-pub fn render(device: &CefDevice, e: &StoredEvent, out: &mut String) -> Result<(), ExportError> {
+/// Renders one event as a CEF line (no line terminator); returns its severity.
+pub fn render(device: &CefDevice, e: &StoredEvent, out: &mut String) -> Result<u8, ExportError> {
     let f = AuditFields::parse(e)?;
     out.push_str("CEF:0|");
     for h in [&device.vendor, &device.product, &device.version] {
@@ -91,7 +91,8 @@ pub fn render(device: &CefDevice, e: &StoredEvent, out: &mut String) -> Result<(
     escape_header(f.get("event_type").as_deref().unwrap_or("audit"), out);
     out.push('|');
     escape_header(f.get("action").as_deref().unwrap_or("event"), out);
-    let _ = write!(out, "|{}|", severity_of(&f));
+    let severity = severity_of(&f);
+    let _ = write!(out, "|{severity}|");
 
     // Extensions. Keys are fixed, so only values need escaping.
     let mut first = true;
@@ -146,5 +147,5 @@ pub fn render(device: &CefDevice, e: &StoredEvent, out: &mut String) -> Result<(
     if let Some(d) = f.get("details") {
         ext("msg", &d, out);
     }
-    Ok(())
+    Ok(severity)
 }

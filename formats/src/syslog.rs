@@ -417,7 +417,7 @@ fn bsd_timestamp(t: &[u8], received_at_unix_ns: u64) -> Option<String> {
 }
 
 /// RFC 3164 as relays send it, read leniently (§4.3 of that RFC): `TIMESTAMP SP HOSTNAME
-/// SP` is optional (absent: no timestamp, no hostname); then an optional TAG of up to 48
+/// SP` is optional (TIMESTAMP BSD-style or RFC 3339; absent: no timestamp, no hostname); then an optional TAG of up to 48
 /// characters from `[A-Za-z0-9_.-/]`, with `[PID]`, ended by `:`; the rest is MSG.
 fn parse_3164(
     m: &[u8],
@@ -428,12 +428,24 @@ fn parse_3164(
     let mut s = m;
     let mut timestamp = None;
     let mut hostname = None;
-    if let Some(ts) = s
-        .get(..15)
-        .and_then(|t| bsd_timestamp(t, received_at_unix_ns))
-    {
+    // rsyslog's and syslog-ng's forwarding formats put an RFC 3339 stamp where RFC 3164
+    // has its BSD one: take either.
+    let rfc3339 = s
+        .iter()
+        .position(|&c| c == b' ')
+        .filter(|&sp| s[..sp].first().is_some_and(u8::is_ascii_digit))
+        .and_then(|sp| {
+            let t = std::str::from_utf8(&s[..sp]).ok()?;
+            crate::time::rfc3339_to_unix_ms(t).map(|_| (t.to_string(), sp))
+        });
+    let stamp = rfc3339.or_else(|| {
+        s.get(..15)
+            .and_then(|t| bsd_timestamp(t, received_at_unix_ns))
+            .map(|t| (t, 15))
+    });
+    if let Some((ts, len)) = stamp {
         timestamp = Some(ts);
-        s = s[15..]
+        s = s[len..]
             .strip_prefix(b" ")
             .ok_or(ParseError::Rfc3164("no space after TIMESTAMP"))?;
         let sp = s

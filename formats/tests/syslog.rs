@@ -143,6 +143,14 @@ fn parses_rfc3164() {
     // A December stamp received in November would be in the future: last year.
     let dec = syslog::parse(b"<13>Dec  5 01:02:03 h t: x", NOW_NS).expect("parse");
     assert_eq!(dec.timestamp.as_deref(), Some("2025-12-05T01:02:03Z"));
+    // rsyslog's RSYSLOG_ForwardFormat: an RFC 3339 stamp in a 3164 message.
+    let iso =
+        syslog::parse(b"<38>2026-11-23T10:00:01+00:00 web1 app[9]: hi", NOW_NS).expect("parse");
+    assert_eq!(iso.format, SyslogFormat::Rfc3164);
+    assert_eq!(iso.timestamp.as_deref(), Some("2026-11-23T10:00:01+00:00"));
+    assert_eq!(iso.hostname.as_deref(), Some("web1"));
+    assert_eq!(iso.app_name.as_deref(), Some("app"));
+    assert_eq!(iso.msg, "hi");
     // No header at all: the whole text is MSG.
     let bare = syslog::parse(b"<13>just text: here", NOW_NS).expect("parse");
     assert_eq!(bare.timestamp, None);

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub engine: EngineSection,
     #[serde(default)]
     pub server: ServerSection,
+    #[serde(default)]
+    pub siem: crate::siem_config::SiemSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +89,8 @@ pub struct ServerConfig {
     pub tcp_hello_timeout_ms: u64,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout_ms: u64,
+    /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
+    pub siem: crate::siem_config::SiemConfig,
 }
 
 impl ServerConfig {
@@ -104,6 +108,7 @@ impl ServerConfig {
             tcp_connections_max: 256,
             tcp_hello_timeout_ms: 10_000,
             tcp_idle_timeout_ms: 300_000,
+            siem: crate::siem_config::SiemConfig::defaults(),
         }
     }
 }
@@ -179,6 +184,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
 
     let s = file.server;
     let mut server = ServerConfig::defaults();
+    server.siem = crate::siem_config::resolve(file.siem)?;
     let addr = over.http_addr.or(s.http_addr);
     if let Some(a) = addr {
         server.http_addr = a

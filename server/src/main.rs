@@ -4,10 +4,15 @@
 
 mod auth;
 mod config;
+mod export;
+mod forwarder;
 mod http;
 mod ingest;
 mod listener;
 mod metrics;
+mod siem_config;
+mod siem_metrics;
+mod syslog;
 mod tcp;
 
 use std::path::PathBuf;
@@ -33,6 +38,9 @@ struct Args {
     /// TCP ingest listen address (default 127.0.0.1:7070); overrides `server.tcp_addr`.
     #[arg(long, env = "AUDITLOG_TCP_ADDR")]
     tcp_addr: Option<String>,
+    /// Syslog TCP listen address (default: disabled); overrides `siem.syslog_addr`.
+    #[arg(long, env = "AUDITLOG_SYSLOG_ADDR")]
+    syslog_addr: Option<String>,
 }
 
 /// How long a runtime shutdown waits for blocking engine calls still running.
@@ -55,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let cfg = config::load(
+    let mut cfg = config::load(
         args.config.as_deref(),
         config::Overrides {
             data_dir: args.data_dir,
@@ -63,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             tcp_addr: args.tcp_addr,
         },
     )?;
+    cfg.server.siem.override_syslog_addr(args.syslog_addr)?;
     let data_dir = cfg.engine.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -107,7 +116,14 @@ fn main() -> anyhow::Result<()> {
         })
         .context("starting the signal thread")?;
 
+    let forward_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = forwarder::start(
+        engine.clone(),
+        cfg.server.siem.clone(),
+        forward_stop.clone(),
+    )?;
     let (tcp_stop_tx, tcp_stop_rx) = tokio::sync::watch::channel(false);
+    let syslog_stop_rx = tcp_stop_rx.clone();
     let served = runtime.block_on(async {
         let ingest = tokio::net::TcpListener::bind(cfg.server.tcp_addr)
             .await
@@ -127,6 +143,22 @@ fn main() -> anyhow::Result<()> {
             limits,
             tcp_stop_rx,
         ));
+        let syslog_task = match cfg.server.siem.syslog_addr {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding syslog {addr}"))?;
+                println!("auditlogd: syslog on {}", l.local_addr()?);
+                let siem = cfg.server.siem.clone();
+                Some(tokio::spawn(syslog::serve(
+                    l,
+                    engine.clone(),
+                    siem,
+                    syslog_stop_rx,
+                )))
+            }
+        };
         let tcp = tokio::net::TcpListener::bind(cfg.server.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.server.http_addr))?;
@@ -141,9 +173,16 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("serving HTTP")?;
         let _ = tcp_task.await;
+        if let Some(t) = syslog_task {
+            let _ = t.await;
+        }
         Ok::<(), anyhow::Error>(())
     });
     runtime.shutdown_timeout(DRAIN_BLOCKING);
+    forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(f) = forwarder {
+        let _ = f.join();
+    }
     served?;
     eprintln!("auditlogd: draining the engine and signing a final checkpoint");
     let mut engine = engine;

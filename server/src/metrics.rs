@@ -29,7 +29,7 @@ impl HttpCounters {
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
@@ -161,5 +161,6 @@ pub fn render(status: &Status, http: &HttpCounters, uptime_s: u64) -> String {
         "Seconds since the daemon started.",
         uptime_s,
     );
+    crate::siem_metrics::render(&mut out, status.tree_size);
     out
 }
