@@ -2,5 +2,6 @@
 //! with `auditlog-formats` alone, so an auditor's tool shares nothing with the write path.
 
 pub mod http;
+pub mod export;
 pub mod tcp;
 pub mod verify;

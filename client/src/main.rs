@@ -50,6 +50,30 @@ enum Command {
     /// Prove an event is in the log: checkpoint signature, leaf hash and inclusion proof
     /// (and consistency with an older checkpoint), all checked here.
     Prove(prove::ProveArgs),
+    /// Export events as CEF, JSON lines or CSV from a running daemon.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The daemon's base URL.
+    #[arg(long, env = "AUDITLOG_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A bearer token of role reader, auditor or admin.
+    #[arg(long, env = "AUDITLOG_TOKEN")]
+    token: String,
+    /// cef, json or csv.
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// First log index (inclusive).
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// End log index (exclusive); default: the tree size when the export starts.
+    #[arg(long)]
+    end: Option<u64>,
+    /// Output file; default stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +93,7 @@ fn run() -> anyhow::Result<()> {
         Command::Get(a) => cli::get(&args.conn, &a),
         Command::Checkpoint(a) => cli::checkpoint(&args.conn, &a),
         Command::Prove(a) => prove::prove(&args.conn, &a),
+        Command::Export(a) => export(a),
         Command::Verify { dir, key, history } => {
             let history = match (key, history) {
                 (Some(key), _) => {
@@ -146,4 +171,55 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn export(a: ExportArgs) -> anyhow::Result<()> {
+    use auditlog_client::export::{export, ExportRequest};
+    let req = ExportRequest {
+        url: a.url,
+        token: a.token,
+        format: a.format,
+        start: a.start,
+        end: a.end,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = match req.end {
+            Some(e) => indicatif::ProgressBar::new(e.saturating_sub(req.start)),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "exporting {bar:40} {pos}/{len} events {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut progress = |events: u64| {
+        if let Some(b) = &bar {
+            b.set_position(events);
+        }
+    };
+    let summary = match &a.out {
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            let s = export(&req, &mut w, &mut progress)?;
+            w.into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            s
+        }
+        None => export(&req, &mut std::io::stdout().lock(), &mut progress)?,
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    eprintln!(
+        "exported {} events ({} bytes) as {} from index {}",
+        summary.events, summary.bytes, req.format, req.start
+    );
+    Ok(())
 }

@@ -2,7 +2,9 @@
 //! The layouts are written down in `FORMATS.md` next to this crate.
 
 pub mod batch;
+pub mod cef;
 pub mod checkpoint_log;
+pub mod export;
 pub mod frame;
 pub mod hash;
 pub mod keyhistory;
@@ -10,6 +12,8 @@ pub mod note;
 pub mod record;
 pub mod schema;
 pub mod segment;
+pub mod syslog;
+pub mod time;
 pub mod tree;
 
 pub use hash::{Hash, TreeHash};

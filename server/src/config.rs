@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub signer: SignerSection,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub siem: crate::siem_config::SiemSection,
 }
 
 /// `[signer]`: which key signs checkpoints when the log is created. The PIN is never here,
@@ -135,6 +137,8 @@ pub struct ServerConfig {
     /// A TLS handshake (HTTP or TCP) must finish within this.
     pub tls_handshake_timeout_ms: u64,
     pub tls: Option<crate::tls::TlsSection>,
+    /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
+    pub siem: crate::siem_config::SiemConfig,
 }
 
 impl ServerConfig {
@@ -154,6 +158,7 @@ impl ServerConfig {
             tcp_idle_timeout_ms: 300_000,
             tls_handshake_timeout_ms: 10_000,
             tls: None,
+            siem: crate::siem_config::SiemConfig::defaults(),
         }
     }
 }
@@ -232,6 +237,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
     let admin = resolve_admin(&file.admin)?;
     let s = file.server;
     let mut server = ServerConfig::defaults();
+    server.siem = crate::siem_config::resolve(file.siem)?;
     let addr = over.http_addr.or(s.http_addr);
     if let Some(a) = addr {
         server.http_addr = a

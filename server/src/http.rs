@@ -188,6 +188,7 @@ pub fn router(st: St) -> Router {
         .route("/v1/proof/inclusion", get(get_inclusion))
         .route("/v1/proof/consistency", get(get_consistency))
         .route("/v1/log", get(get_log))
+        .route("/v1/export", get(crate::export::get_export))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(get_metrics))
@@ -226,14 +227,14 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn params(q: Params) -> ApiResult<HashMap<String, String>> {
+pub(crate) fn params(q: Params) -> ApiResult<HashMap<String, String>> {
     q.map(|Query(m)| m)
         .map_err(|e| ApiError::bad(format!("query string: {e}")))
 }
 
-fn num(m: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+pub(crate) fn num(m: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
     match m.get(name) {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
@@ -262,7 +263,7 @@ fn event_json(alg: TreeHash, index: u64, record: &[u8]) -> ApiResult<String> {
     ))
 }
 
-fn with_type(body: impl Into<Body>, content_type: &'static str) -> Response {
+pub(crate) fn with_type(body: impl Into<Body>, content_type: &'static str) -> Response {
     let mut r = Response::new(body.into());
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -303,7 +304,7 @@ async fn get_event(
 }
 
 /// A response body fed by the blocking task that reads the records.
-struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Result<Bytes, std::io::Error>>);
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;

@@ -5,11 +5,16 @@
 mod admin;
 mod auth;
 mod config;
+mod export;
+mod forwarder;
 mod http;
 mod ingest;
 mod keys;
 mod listener;
 mod metrics;
+mod siem_config;
+mod siem_metrics;
+mod syslog;
 mod tcp;
 mod tls;
 
@@ -39,6 +44,9 @@ struct Args {
     /// Run a key or token command instead of the daemon.
     #[command(subcommand)]
     command: Option<keys::Cmd>,
+    /// Syslog TCP listen address (default: disabled); overrides `siem.syslog_addr`.
+    #[arg(long, env = "AUDITLOG_SYSLOG_ADDR")]
+    syslog_addr: Option<String>,
 }
 
 /// How long a runtime shutdown waits for blocking engine calls still running.
@@ -61,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let cfg = config::load(
+    let mut cfg = config::load(
         args.config.as_deref(),
         config::Overrides {
             data_dir: args.data_dir,
@@ -72,6 +80,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(cmd) = args.command {
         return keys::run(cmd, &cfg);
     }
+    cfg.server.siem.override_syslog_addr(args.syslog_addr)?;
     let data_dir = cfg.engine.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -131,7 +140,14 @@ fn main() -> anyhow::Result<()> {
         })
         .context("starting the signal thread")?;
 
+    let forward_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = forwarder::start(
+        engine.clone(),
+        cfg.server.siem.clone(),
+        forward_stop.clone(),
+    )?;
     let (tcp_stop_tx, tcp_stop_rx) = tokio::sync::watch::channel(false);
+    let syslog_stop_rx = tcp_stop_rx.clone();
     let served = runtime.block_on(async {
         let ingest = tokio::net::TcpListener::bind(cfg.server.tcp_addr)
             .await
@@ -152,6 +168,22 @@ fn main() -> anyhow::Result<()> {
             connections: tcp_connections,
         });
         let tcp_task = tokio::spawn(tcp::serve(ingest, ctx, tcp_stop_rx));
+        let syslog_task = match cfg.server.siem.syslog_addr {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding syslog {addr}"))?;
+                println!("auditlogd: syslog on {}", l.local_addr()?);
+                let siem = cfg.server.siem.clone();
+                Some(tokio::spawn(syslog::serve(
+                    l,
+                    engine.clone(),
+                    siem,
+                    syslog_stop_rx,
+                )))
+            }
+        };
         let tcp = tokio::net::TcpListener::bind(cfg.server.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.server.http_addr))?;
@@ -175,9 +207,16 @@ fn main() -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
         let _ = tcp_task.await;
+        if let Some(t) = syslog_task {
+            let _ = t.await;
+        }
         Ok::<(), anyhow::Error>(())
     });
     runtime.shutdown_timeout(DRAIN_BLOCKING);
+    forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(f) = forwarder {
+        let _ = f.join();
+    }
     served?;
     eprintln!("auditlogd: draining the engine and signing a final checkpoint");
     let mut engine = engine;

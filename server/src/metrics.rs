@@ -62,7 +62,7 @@ impl HttpCounters {
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
@@ -304,5 +304,6 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         "Seconds since the daemon started.",
         uptime_s,
     );
+    crate::siem_metrics::render(&mut out, status.tree_size);
     out
 }

@@ -1,0 +1,98 @@
+//! `GET /v1/export?format=cef|json|csv&start=&end=`: a range of any length, streamed.
+//!
+//! Memory stays bounded whatever the range: a blocking task reads `export_chunk_events`
+//! records at a time from the engine, renders them into a buffer that is handed to the
+//! response body every `EXPORT_CHUNK_BYTES`, and the body channel holds at most
+//! `EXPORT_CHUNKS_IN_FLIGHT` of those; a slow client therefore slows the reader instead of
+//! growing a queue. `end` defaults to the tree size when the request arrives.
+
+use auditlog_engine::EngineError;
+use auditlog_formats::cef;
+use auditlog_formats::export::{self, ExportFormat, StoredEvent};
+use auditlog_formats::record::Record;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use tokio::sync::mpsc;
+
+use crate::auth::Access;
+use crate::http::{
+    authorize, num, params, with_type, ApiError, Caller, ApiResult, ChannelBody, Params, St,
+};
+
+/// A body chunk is sent once the buffer holds this much.
+const EXPORT_CHUNK_BYTES: usize = 64 << 10;
+/// Chunks waiting for the client, per export.
+const EXPORT_CHUNKS_IN_FLIGHT: usize = 4;
+
+pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
+    authorize(&st, &caller, Access::ReadEvents)?;
+    let q = params(q)?;
+    let format = match q.get("format").map(String::as_str) {
+        None => ExportFormat::JsonLines,
+        Some(f) => ExportFormat::parse(f)
+            .ok_or_else(|| ApiError::bad(format!("format={f:?}: expected cef, json or csv")))?,
+    };
+    let size = st.engine.tree_size();
+    let start = num(&q, "start")?.unwrap_or(0);
+    let asked_end = num(&q, "end")?;
+    if let Some(e) = asked_end.filter(|e| *e < start) {
+        return Err(ApiError::bad(format!("end {e} is before start {start}")));
+    }
+    // Past the head there is nothing (yet): the export stops at the tree size.
+    let end = asked_end.unwrap_or(size).min(size);
+    let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_IN_FLIGHT);
+    let engine = st.engine.clone();
+    let device = st.cfg.siem.cef.clone();
+    let chunk_events = st.cfg.siem.export_chunk_events;
+    tokio::task::spawn_blocking(move || {
+        let alg = engine.tree_hash();
+        let mut buf = String::with_capacity(EXPORT_CHUNK_BYTES + (80 << 10));
+        if format == ExportFormat::Csv {
+            export::render_csv_header(&mut buf);
+        }
+        let mut render = |index: u64, rec: &[u8]| -> Result<bool, EngineError> {
+            let r = Record::parse(rec)
+                .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
+            let leaf = alg.leaf(rec);
+            let e = StoredEvent {
+                index,
+                leaf_hash: &leaf,
+                received_at_unix_ns: r.received_at_unix_ns,
+                payload: r.payload,
+            };
+            let rendered = match format {
+                ExportFormat::JsonLines => export::render_json_line(&e, &mut buf),
+                ExportFormat::Csv => export::render_csv_row(&e, &mut buf),
+                ExportFormat::Cef => cef::render(&device, &e, &mut buf).map(|_| buf.push('\n')),
+            };
+            rendered.map_err(|e| EngineError::BadRequest(e.to_string()))?;
+            if buf.len() >= EXPORT_CHUNK_BYTES {
+                let chunk = Bytes::from(std::mem::take(&mut buf));
+                buf.reserve(EXPORT_CHUNK_BYTES + (80 << 10));
+                // The client went away: stop reading.
+                return Ok(tx.blocking_send(Ok(chunk)).is_ok());
+            }
+            Ok(true)
+        };
+        let mut at = start;
+        let mut outcome = Ok(());
+        while at < end && !tx.is_closed() {
+            let stop = end.min(at.saturating_add(chunk_events));
+            if let Err(e) = engine.read_records(at, stop, &mut render) {
+                outcome = Err(e);
+                break;
+            }
+            at = stop;
+        }
+        let last = match outcome {
+            Ok(()) => Ok(Bytes::from(buf)),
+            // The status is already sent; cutting the stream short tells the client.
+            Err(e) => {
+                tracing::warn!("export {start}..{end} stopped: {e}");
+                Err(std::io::Error::other(e.to_string()))
+            }
+        };
+        let _ = tx.blocking_send(last);
+    });
+    Ok(with_type(Body::new(ChannelBody(rx)), format.content_type()))
+}

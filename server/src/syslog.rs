@@ -1,0 +1,214 @@
+//! The syslog TCP listener (FORMATS.md §12.3–12.4): RFC 6587 framing detected per message,
+//! RFC 5424 and RFC 3164 messages, each mapped to an audit event and appended.
+//!
+//! Syslog has no acknowledgements, so this listener batches by what arrived: every read
+//! from the socket (up to 64 KiB) is decoded and its messages go to the engine as one
+//! submission. Up to `syslog_batches_in_flight_max` submissions per connection may wait
+//! for durability; beyond that the connection is not read, and TCP flow control slows the
+//! sender. A message that does not parse is counted and dropped (a relay cannot be told);
+//! a framing error or an over-long message closes the connection, since the stream can no
+//! longer be split.
+//!
+//! TODO(tls): syslog over TLS (RFC 5425) plugs in at `serve`: wrap the accepted stream with
+//! the shared acceptor of `server/src/tls.rs` when `[siem] syslog_tls` is configured;
+//! `connection` is generic over the stream so nothing else changes.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts};
+use auditlog_formats::syslog::{self, Decoder};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Semaphore};
+
+use crate::siem_config::SiemConfig;
+
+/// Bytes taken from the socket per read, and so the most one submission holds.
+const READ_BYTES: usize = 64 << 10;
+
+/// Listener counters, shown by `/metrics`.
+#[derive(Default)]
+pub struct SyslogCounters {
+    pub messages: AtomicU64,
+    pub stored: AtomicU64,
+    pub refused: AtomicU64,
+    pub framing_errors: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+}
+
+pub static COUNTERS: SyslogCounters = SyslogCounters {
+    messages: AtomicU64::new(0),
+    stored: AtomicU64::new(0),
+    refused: AtomicU64::new(0),
+    framing_errors: AtomicU64::new(0),
+    connections: AtomicU64::new(0),
+    connections_refused: AtomicU64::new(0),
+};
+
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    cfg: SiemConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(cfg.syslog_connections_max));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        // Syslog has no way to say "busy": close, and the sender retries.
+                        COUNTERS.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    };
+                    let (engine, cfg) = (engine.clone(), cfg.clone());
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        COUNTERS.connections.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = connection(stream, Some(peer.ip()), &engine, &cfg, stop).await {
+                            tracing::info!("syslog connection from {peer}: {e}");
+                        }
+                        COUNTERS.connections.fetch_sub(1, Ordering::Relaxed);
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("syslog accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+type Pending = oneshot::Receiver<Result<Receipts, EngineError>>;
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("framing: {0}")]
+    Framing(#[from] syslog::FramingError),
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+}
+
+async fn connection<S: AsyncRead + Unpin>(
+    mut stream: S,
+    peer: Option<IpAddr>,
+    engine: &Arc<Engine>,
+    cfg: &SiemConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ConnError> {
+    let mut decoder = Decoder::new(cfg.syslog_message_bytes_max);
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut in_flight: VecDeque<Pending> = VecDeque::new();
+    let idle = Duration::from_millis(cfg.syslog_idle_timeout_ms);
+    let result = loop {
+        let n = tokio::select! {
+            _ = stop.changed() => break Ok(()),
+            r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+                Err(_) => break Ok(()), // idle
+                Ok(Ok(0)) => break Ok(()),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => break Err(e.into()),
+            }
+        };
+        decoder.extend(&buf[..n]);
+        // Parsing, mapping, validation and hashing are CPU work: off the async workers.
+        let built = tokio::task::block_in_place(|| build(engine, &mut decoder, peer));
+        let (batches, framing) = built;
+        for batch in batches {
+            while in_flight.len() >= cfg.syslog_batches_in_flight_max {
+                if let Some(p) = in_flight.pop_front() {
+                    settle(p).await?;
+                }
+            }
+            in_flight.push_back(submit(engine, batch)?);
+        }
+        if let Some(e) = framing {
+            COUNTERS.framing_errors.fetch_add(1, Ordering::Relaxed);
+            break Err(e.into());
+        }
+    };
+    // What was read is stored before the connection's end is reported.
+    while let Some(p) = in_flight.pop_front() {
+        settle(p).await?;
+    }
+    result
+}
+
+/// Decodes every complete message buffered, into as few engine batches as the submission
+/// limit allows. A framing error ends decoding; the messages before it are kept.
+fn build(
+    engine: &Engine,
+    decoder: &mut Decoder,
+    peer: Option<IpAddr>,
+) -> (Vec<EventBatch>, Option<syslog::FramingError>) {
+    let now = now_unix_ns();
+    let mut batches = vec![engine.new_batch()];
+    let framing = loop {
+        let msg = match decoder.next_message() {
+            Ok(Some(m)) => m,
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        };
+        COUNTERS.messages.fetch_add(1, Ordering::Relaxed);
+        let event = match syslog::parse(msg, now)
+            .and_then(|m| syslog::to_audit_event(&m, msg, now, peer))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                COUNTERS.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("syslog message dropped: {e}");
+                continue;
+            }
+        };
+        let mut pushed = batches.last_mut().map(|b| b.push(&event));
+        if let Some(Err(EngineError::SubmissionTooLarge { .. })) = pushed {
+            let mut b = engine.new_batch();
+            pushed = Some(b.push(&event));
+            batches.push(b);
+        }
+        if let Some(Err(e)) = pushed {
+            COUNTERS.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("syslog event refused: {e}");
+        }
+    };
+    batches.retain(|b| !b.is_empty());
+    (batches, framing)
+}
+
+fn submit(engine: &Engine, batch: EventBatch) -> Result<Pending, EngineError> {
+    let (tx, rx) = oneshot::channel();
+    // A full engine queue blocks here: the connection stops reading.
+    tokio::task::block_in_place(|| {
+        engine.submit(
+            batch,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+    })?;
+    Ok(rx)
+}
+
+async fn settle(p: Pending) -> Result<(), EngineError> {
+    match p.await {
+        Ok(Ok(r)) => {
+            COUNTERS
+                .stored
+                .fetch_add(r.leaf_hashes.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(EngineError::ShuttingDown),
+    }
+}

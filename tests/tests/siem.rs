@@ -1,0 +1,473 @@
+//! SIEM side end to end, with real processes: exports (CEF, JSON lines, CSV) from a running
+//! `auditlogd` through the CLI's export client, bounded memory on a large export, syslog
+//! ingest from a real rsyslog (`omfwd` over TCP) proven into the tree, and the forwarder
+//! sending CEF to a real rsyslog collector that is stopped and restarted mid-stream.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use auditlog_client::export::{export, ExportRequest};
+use auditlog_formats::record::Record;
+use auditlog_tests::event;
+use serde_json::{json, Value};
+use support::{free_port, hex32, wait_for, Daemon, Rsyslog};
+
+const CONFIG: &str = r#"
+[engine]
+submission_bytes_max = 4194304
+batch_bytes_max = 4194304
+segment_bytes = 8388608
+block_raw_bytes = 65536
+checkpoint_interval_ms = 50
+
+[server]
+body_bytes_max = 4194304
+range_events_max = 1000
+
+[siem]
+cef_vendor = "Acme|Sec"
+export_chunk_events = 512
+"#;
+
+/// Extension pairs of a CEF line, unescaped; header fields checked for shape.
+fn cef_extension(line: &str) -> Vec<(String, String)> {
+    let rest = line
+        .strip_prefix("CEF:0|")
+        .unwrap_or_else(|| panic!("not CEF: {line}"));
+    let (mut pipes, mut i, b) = (1, 0, rest.as_bytes());
+    while pipes < 7 {
+        match b.get(i) {
+            Some(b'\\') => i += 2,
+            Some(b'|') => {
+                pipes += 1;
+                i += 1
+            }
+            Some(_) => i += 1,
+            None => panic!("short CEF header: {line}"),
+        }
+    }
+    let ext = &rest[i..];
+    let (mut eqs, mut j, eb) = (Vec::new(), 0, ext.as_bytes());
+    while j < eb.len() {
+        match eb[j] {
+            b'\\' => j += 2,
+            b'=' => {
+                eqs.push(j);
+                j += 1
+            }
+            _ => j += 1,
+        }
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut value_start = 0;
+    for &eq in &eqs {
+        let key_start = ext[value_start..eq]
+            .rfind(' ')
+            .map_or(value_start, |p| value_start + p + 1);
+        if let Some(last) = out.last_mut() {
+            last.1 = unescape(&ext[value_start..key_start - 1]);
+        }
+        out.push((ext[key_start..eq].to_string(), String::new()));
+        value_start = eq + 1;
+    }
+    if let Some(last) = out.last_mut() {
+        last.1 = unescape(&ext[value_start..]);
+    }
+    out
+}
+
+fn unescape(v: &str) -> String {
+    v.replace("\\\\", "\u{0}")
+        .replace("\\=", "=")
+        .replace("\\n", "\n")
+        .replace("\\r", "\r")
+        .replace('\u{0}', "\\")
+}
+
+fn ext_get<'a>(ext: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    ext.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// RFC 4180 records (quoted fields may hold commas, quotes and CRLF).
+fn csv_records(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut field, mut q) = (Vec::new(), Vec::new(), String::new(), false);
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        match (q, c) {
+            (true, '"') if it.peek() == Some(&'"') => {
+                it.next();
+                field.push('"')
+            }
+            (true, '"') => q = false,
+            (true, c) => field.push(c),
+            (false, '"') => q = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') if it.peek() == Some(&'\n') => {
+                it.next();
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    rows
+}
+
+fn tricky_event(n: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "timestamp": "2026-11-23T10:00:00.123Z",
+        "event_type": "auth|login",
+        "actor": format!("user-{n} a=b \\ é"),
+        "action": "lo\ngin",
+        "resource": "/srv/app,\"x\"",
+        "outcome": if n.is_multiple_of(3) { "failure" } else { "success" },
+        "session_id": format!("s-{n}"),
+        "classification": "CUI//BASIC",
+        "details": {"n": n, "text": "line1\r\nline2"}
+    }))
+    .expect("json")
+}
+
+fn run_export(d: &Daemon, format: &str, start: u64, end: Option<u64>) -> Vec<u8> {
+    let req = ExportRequest {
+        url: d.base.clone(),
+        token: d.token("reader"),
+        format: format.into(),
+        start,
+        end,
+    };
+    let mut out = Vec::new();
+    let mut seen = 0;
+    let s = export(&req, &mut out, &mut |n| seen = n).expect("export");
+    assert_eq!(s.bytes as usize, out.len());
+    assert_eq!(seen, s.events);
+    out
+}
+
+#[test]
+fn export_each_format_matches_the_events() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path(), CONFIG);
+    let sent: Vec<Vec<u8>> = (0..1500).map(tricky_event).collect();
+    let idx = d.post_events(&sent);
+    assert_eq!(idx, (0..1500).collect::<Vec<u64>>());
+    let (_, alg) = d.log();
+
+    // JSON lines: the payload byte for byte, and a leaf hash that the record reproduces.
+    let json_out = run_export(&d, "json", 0, None);
+    let lines: Vec<&str> = std::str::from_utf8(&json_out)
+        .expect("utf8")
+        .lines()
+        .collect();
+    assert_eq!(lines.len(), sent.len());
+    let mut leaves = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let v: Value = serde_json::from_str(l).expect("json line");
+        assert_eq!(v["index"], i as u64);
+        let payload = &l[l.find(",\"event\":").expect("event key") + 9..l.len() - 1];
+        assert_eq!(payload.as_bytes(), &sent[i][..]);
+        let rec = Record {
+            received_at_unix_ns: v["received_at_unix_ns"].as_u64().expect("ts"),
+            payload: payload.as_bytes(),
+        }
+        .to_bytes();
+        let leaf = hex32(v["leaf_hash"].as_str().expect("leaf"));
+        assert_eq!(alg.leaf(&rec), leaf);
+        leaves.push(leaf);
+    }
+
+    // CSV: header, one record per event, the event column holding the payload.
+    let csv = run_export(&d, "csv", 0, None);
+    let rows = csv_records(std::str::from_utf8(&csv).expect("utf8"));
+    assert_eq!(rows.len(), sent.len() + 1);
+    assert_eq!(rows[0][0], "index");
+    for (i, r) in rows[1..].iter().enumerate() {
+        assert_eq!(r.len(), 18);
+        assert_eq!(r[0], i.to_string());
+        assert_eq!(hex32(&r[1]), leaves[i]);
+        assert_eq!(r[5], format!("user-{i} a=b \\ é"));
+        assert_eq!(r[7], "/srv/app,\"x\"");
+        assert_eq!(r[17].as_bytes(), &sent[i][..]);
+    }
+
+    // CEF: one line per event, values unescaped back, index and leaf hash carried.
+    let cef = run_export(&d, "cef", 100, Some(1100));
+    let lines: Vec<&str> = std::str::from_utf8(&cef).expect("utf8").lines().collect();
+    assert_eq!(lines.len(), 1000);
+    for (k, l) in lines.iter().enumerate() {
+        let i = 100 + k;
+        assert!(l.starts_with("CEF:0|Acme\\|Sec|auditlogd|"), "{l}");
+        let ext = cef_extension(l);
+        assert_eq!(ext_get(&ext, "cn1"), Some(i.to_string().as_str()));
+        assert_eq!(ext_get(&ext, "cs3"), Some(hex::encode(leaves[i]).as_str()));
+        assert_eq!(
+            ext_get(&ext, "suser"),
+            Some(format!("user-{i} a=b \\ é").as_str())
+        );
+        assert_eq!(ext_get(&ext, "act"), Some("lo\ngin"));
+        assert_eq!(ext_get(&ext, "rt"), Some("1795428000123"));
+        let details: Value =
+            serde_json::from_str(ext_get(&ext, "msg").expect("msg")).expect("json");
+        assert_eq!(details["text"], "line1\r\nline2");
+    }
+
+    // Bad requests and roles.
+    assert_eq!(d.get("/v1/export?format=xml", "reader").status, 400);
+    assert_eq!(d.get("/v1/export?start=5&end=2", "reader").status, 400);
+    assert_eq!(d.get("/v1/export", "writer").status, 403);
+    assert_eq!(
+        d.get("/v1/export?format=csv&start=1400", "auditor").status,
+        200
+    );
+}
+
+#[test]
+fn large_export_stays_within_memory_limits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path(), CONFIG);
+    // 64 MB of events: far over the export's buffers (a few 64 KiB chunks in flight).
+    let per_post = 3000;
+    let total = 64_000u64;
+    let mut n = 0;
+    while n < total {
+        let batch: Vec<Vec<u8>> = (n..(n + per_post).min(total))
+            .map(|i| event(i, 1000))
+            .collect();
+        d.post_events(&batch);
+        n += per_post;
+    }
+    let before = d.vm_rss_kib();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (peak, bytes) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(d.vm_rss_kib());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        let mut resp = d
+            .agent
+            .get(&format!("{}/v1/export?format=cef", d.base))
+            .set("Authorization", &format!("Bearer {}", d.token("reader")))
+            .call()
+            .expect("export")
+            .into_reader();
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut bytes, mut lines) = (0u64, 0u64);
+        let started = Instant::now();
+        loop {
+            let k = std::io::Read::read(&mut resp, &mut buf).expect("read");
+            if k == 0 {
+                break;
+            }
+            bytes += k as u64;
+            lines += buf[..k].iter().filter(|&&c| c == b'\n').count() as u64;
+            // A slow client for a while: an unbounded server would buffer ahead.
+            if bytes < (8 << 20) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        assert_eq!(lines, total);
+        eprintln!("exported {bytes} bytes in {:?}", started.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (sampler.join().expect("sampler"), bytes)
+    });
+    eprintln!(
+        "VmRSS before {before} KiB, peak during export {peak} KiB, exported {} MiB",
+        bytes >> 20
+    );
+    assert!(bytes > 64 << 20, "export of {bytes} bytes is not large");
+    assert!(
+        peak < before + 24 * 1024,
+        "RSS grew from {before} KiB to {peak} KiB during a {bytes}-byte export"
+    );
+}
+
+/// rsyslog reads LF-framed messages on imtcp and forwards them with `omfwd` over TCP into
+/// auditlogd's syslog listener, with the given framing and template.
+fn rsyslog_forwards_into_the_log(framing: &str, template: &str, format: &str) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path(), CONFIG);
+    let (key, alg) = d.log();
+    let in_port = free_port();
+    let syslog_port = d.syslog_addr.rsplit(':').next().expect("port");
+    let conf = format!(
+        r#"global(workDirectory="WORKDIR")
+module(load="imtcp")
+input(type="imtcp" port="{in_port}" address="127.0.0.1" ruleset="fwd")
+ruleset(name="fwd") {{
+  action(type="omfwd" target="127.0.0.1" port="{syslog_port}" protocol="tcp"
+         TCP_Framing="{framing}" template="{template}" action.resumeRetryCount="-1")
+}}
+"#
+    );
+    let rs_dir = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&rs_dir).expect("dir");
+    let mut rs = Rsyslog::start(&rs_dir, &conf, in_port);
+    let n = 600u64;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", in_port)).expect("connect rsyslog");
+    let mut text = Vec::new();
+    for i in 0..n {
+        writeln!(
+            text,
+            "<{}>Nov 23 10:00:{:02} web{} app{}[{i}]: message {i} a=b|c",
+            32 + (i % 8),
+            i % 60,
+            i % 3,
+            i % 5
+        )
+        .expect("fmt");
+    }
+    s.write_all(&text).expect("send");
+    drop(s);
+    d.wait_size(n, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.tree_size(), n, "no extra events");
+    rs.stop();
+
+    let body = d
+        .get(&format!("/v1/export?format=json&start=0&end={n}"), "reader")
+        .text();
+    let cp = d.checkpoint(n, &key);
+    for (i, l) in body.lines().enumerate() {
+        let v: Value = serde_json::from_str(l).expect("line");
+        let e = &v["event"];
+        let sys = &e["details"]["syslog"];
+        assert_eq!(sys["format"], format);
+        assert_eq!(
+            sys["msg"].as_str().map(str::trim),
+            Some(format!("message {i} a=b|c").as_str()),
+            "in order"
+        );
+        assert_eq!(e["event_type"], "syslog");
+        assert_eq!(e["actor"], format!("app{}", i % 5));
+        assert_eq!(e["resource"], format!("web{}", i % 3));
+        assert_eq!(e["category"], "auth");
+        assert_eq!(sys["severity"], i % 8);
+        assert_eq!(e["source_ip"], "127.0.0.1");
+        d.prove(
+            alg,
+            &cp,
+            i as u64,
+            &hex32(v["leaf_hash"].as_str().expect("leaf")),
+        );
+    }
+    assert_eq!(d.metric("auditlog_syslog_stored_total"), Some(n));
+}
+
+#[test]
+fn rsyslog_omfwd_rfc5424_octet_counted() {
+    rsyslog_forwards_into_the_log("octet-counted", "RSYSLOG_SyslogProtocol23Format", "rfc5424");
+}
+
+#[test]
+fn rsyslog_omfwd_rfc3164_lf_framed() {
+    rsyslog_forwards_into_the_log("traditional", "RSYSLOG_ForwardFormat", "rfc3164");
+}
+
+fn collector_conf(port: u16, file: &std::path::Path) -> String {
+    format!(
+        r#"global(workDirectory="WORKDIR" maxMessageSize="64k")
+module(load="imtcp")
+template(name="msgonly" type="string" string="%msg%\n")
+input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="out")
+ruleset(name="out") {{
+  action(type="omfile" file="{}" template="msgonly")
+}}
+"#,
+        file.display()
+    )
+}
+
+/// Log indices (cn1) of the CEF lines the collector wrote, in file order.
+fn collected(file: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let ext = cef_extension(l.trim_start());
+            assert_eq!(ext_get(&ext, "cn1Label"), Some("logIndex"), "{l}");
+            ext_get(&ext, "cn1")
+                .and_then(|v| v.parse().ok())
+                .expect("cn1")
+        })
+        .collect()
+}
+
+#[test]
+fn forwarder_sends_cef_to_rsyslog_and_survives_an_outage() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let out = dir.path().join("collected.log");
+    let rs_dir = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&rs_dir).expect("dir");
+    let mut rs = Rsyslog::start(&rs_dir, &collector_conf(port, &out), port);
+    let cfg = format!("{CONFIG}forward_addr = \"127.0.0.1:{port}\"\nforward_batch_events_max = 200\nforward_backoff_ms_max = 400\n");
+    let d = Daemon::start(dir.path(), &cfg);
+
+    // Phase 1: every event arrives once, in order, as parsable CEF with its index.
+    let first: Vec<Vec<u8>> = (0..3000).map(tricky_event).collect();
+    d.post_events(&first);
+    wait_for(
+        "the collector to hold 3000 events",
+        Duration::from_secs(30),
+        || collected(&out).len() >= 3000,
+    );
+    assert_eq!(collected(&out), (0..3000).collect::<Vec<u64>>());
+    let text = std::fs::read_to_string(&out).expect("file");
+    let ext = cef_extension(text.lines().nth(7).expect("line").trim_start());
+    assert_eq!(ext_get(&ext, "suser"), Some("user-7 a=b \\ é"));
+
+    // Phase 2: the collector stops while events keep coming, then comes back.
+    let second: Vec<Vec<u8>> = (3000..12000).map(tricky_event).collect();
+    let poster = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            for chunk in second.chunks(500) {
+                d.post_events(chunk);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        rs.stop();
+        h.join()
+    });
+    poster.expect("poster");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        d.metric("auditlog_forward_lag_events").unwrap_or(0) > 0,
+        "lag shows the outage"
+    );
+    let mut rs = Rsyslog::start(&rs_dir, &collector_conf(port, &out), port);
+    wait_for("catch-up after the outage", Duration::from_secs(60), || {
+        let got: BTreeSet<u64> = collected(&out).into_iter().collect();
+        got.len() == 12000
+    });
+    let got = collected(&out);
+    let set: BTreeSet<u64> = got.iter().copied().collect();
+    assert_eq!(
+        set,
+        (0..12000).collect::<BTreeSet<u64>>(),
+        "nothing missing"
+    );
+    eprintln!(
+        "{} lines for 12000 events ({} resent)",
+        got.len(),
+        got.len() - 12000
+    );
+    wait_for("the cursor to catch up", Duration::from_secs(10), || {
+        d.metric("auditlog_forward_lag_events") == Some(0)
+    });
+    assert!(d.metric("auditlog_forward_errors_total").unwrap_or(0) >= 1);
+    let cursor: u64 = std::fs::read_to_string(dir.path().join("data/forwarder.cursor"))
+        .expect("cursor")
+        .trim()
+        .parse()
+        .expect("index");
+    assert_eq!(cursor, 12000);
+    rs.stop();
+}
