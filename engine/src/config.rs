@@ -42,6 +42,8 @@ pub struct EngineConfig {
     pub io_mode: IoMode,
     /// Test hooks that make the next sync or write fail.
     pub faults: Option<Arc<FaultHooks>>,
+    /// Shipping sealed data to WORM object storage; `None`: off.
+    pub replication: Option<crate::ReplicationConfig>,
 }
 
 impl EngineConfig {
@@ -62,6 +64,7 @@ impl EngineConfig {
             zstd_level: 3,
             io_mode: IoMode::Auto,
             faults: None,
+            replication: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod error;
 mod hashstore;
 mod io;
 mod recovery;
+pub mod replication;
 mod sealer;
 mod segments;
 mod sequencer;
@@ -35,6 +36,7 @@ use crossbeam_channel::{Sender, TrySendError};
 pub use checkpoints::SignedCheckpoint;
 pub use config::{EngineConfig, FaultHooks, IoMode};
 pub use error::{EngineError, Result};
+pub use replication::{ReplicationConfig, ReplicationStatus};
 pub use signer::{KeyFileSigner, Signer};
 
 use hashstore::HashFiles;
@@ -361,6 +363,8 @@ pub struct Status {
     pub open_segments: usize,
     pub stats: Stats,
     pub recovery: recovery::RecoveryReport,
+    /// `None` when replication is off.
+    pub replication: Option<ReplicationStatus>,
 }
 
 pub struct Engine {
@@ -369,6 +373,7 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     recovery: recovery::RecoveryReport,
     started: Instant,
+    replication: Option<Arc<replication::Monitor>>,
 }
 
 impl Engine {
@@ -638,6 +643,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             recovery: self.recovery.clone(),
+            replication: self.replication.as_ref().map(|m| m.snapshot()),
         }
     }
 

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub engine: EngineSection,
     #[serde(default)]
     pub server: ServerSection,
+    /// Shipping to WORM storage; absent: the embedded default (`<data_dir>/worm`).
+    pub replication: Option<auditlog_engine::ReplicationConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +178,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         block_raw_bytes,
         zstd_level
     );
+
+    engine.replication = Some(file.replication.unwrap_or_default());
 
     let s = file.server;
     let mut server = ServerConfig::defaults();
