@@ -1,5 +1,7 @@
 //! Helpers shared by the system tests and the crash child.
 
+pub mod worm_servers;
+
 use auditlog_engine::EngineConfig;
 
 /// A valid audit event of about `bytes` bytes, distinct per `n`.

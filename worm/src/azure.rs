@@ -146,6 +146,15 @@ impl AzureTarget {
         self.http.send(what, method, &url, &headers, body)
     }
 
+    pub fn create_container(&self) -> Result<()> {
+        let what = "PUT container";
+        let r = self.request(what, "PUT", None, &[("restype".into(), "container".into())], &[], None)?;
+        if !r.ok() {
+            return Err(self.http.status_error(what, &r));
+        }
+        Ok(())
+    }
+
     fn head(&self, key: &str) -> Result<Option<Resp>> {
         let what = format!("HEAD {key}");
         let r = self.request(&what, "HEAD", Some(key), &[], &[], None)?;

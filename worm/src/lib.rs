@@ -277,6 +277,24 @@ pub fn open(url: &str, opts: &TargetOptions) -> Result<Box<dyn WormTarget>> {
     })
 }
 
+/// Creates the bucket (S3, with Object Lock if `object_lock`) or container (Azure) a URL
+/// names: for setting up test servers and new deployments. Local directories are created
+/// by [`open`]; GCS buckets with retention are made with Google's own tools.
+pub fn create_bucket(url: &str, opts: &TargetOptions, object_lock: bool) -> Result<()> {
+    match parse_location(url)? {
+        Location::Local(path) => local::LocalTarget::open(&path).map(drop),
+        Location::S3 { bucket, prefix } => {
+            s3::S3Target::new(&bucket, &prefix, opts)?.create_bucket(object_lock)
+        }
+        Location::Azure { container, prefix } => {
+            azure::AzureTarget::new(&container, &prefix, opts)?.create_container()
+        }
+        Location::Gcs { .. } => Err(WormError::Config(
+            "creating GCS buckets is not supported here".into(),
+        )),
+    }
+}
+
 /// MD5 of `bytes`, as the stores want it in `Content-MD5` (base64).
 pub fn content_md5(bytes: &[u8]) -> [u8; 16] {
     use md5::Digest;

@@ -116,6 +116,19 @@ impl S3Target {
         self.http.send(what, method, &url, &headers, body)
     }
 
+    pub fn create_bucket(&self, object_lock: bool) -> Result<()> {
+        let mut h = Vec::new();
+        if object_lock {
+            h.push(("x-amz-bucket-object-lock-enabled".to_string(), "true".to_string()));
+        }
+        let what = "PUT bucket (CreateBucket)";
+        let r = self.request(what, "PUT", None, &[], &h, None)?;
+        if !r.ok() {
+            return Err(self.http.status_error(what, &r));
+        }
+        Ok(())
+    }
+
     fn head_blake3(&self, key: &str) -> Result<Option<(u64, Option<String>)>> {
         let what = format!("HEAD {key}");
         let r = self.request(&what, "HEAD", Some(key), &[], &[], None)?;
