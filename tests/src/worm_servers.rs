@@ -31,7 +31,10 @@ fn wait_port(port: u16, child: &mut Child, what: &str) {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("{what} exited at start: {st}");
         }
-        assert!(Instant::now() < deadline, "{what} did not come up on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not come up on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -259,7 +262,9 @@ fn serve_gcs(
         // multipart/related: JSON metadata, then the media.
         let text = String::from_utf8_lossy(&body).into_owned();
         let json_start = text.find("\r\n\r\n").map_or(0, |i| i + 4);
-        let json_end = text[json_start..].find("\r\n--").map_or(0, |i| json_start + i);
+        let json_end = text[json_start..]
+            .find("\r\n--")
+            .map_or(0, |i| json_start + i);
         let meta: serde_json::Value =
             serde_json::from_str(&text[json_start..json_end]).unwrap_or_default();
         let media_start = body
@@ -298,7 +303,12 @@ fn serve_gcs(
             },
             None => {
                 let items: Vec<&serde_json::Value> = objs.values().map(|(m, _)| m).collect();
-                (200, serde_json::json!({ "items": items }).to_string().into_bytes())
+                (
+                    200,
+                    serde_json::json!({ "items": items })
+                        .to_string()
+                        .into_bytes(),
+                )
             }
         }
     } else {

@@ -321,46 +321,28 @@ impl WormTarget for S3Target {
     }
 
     fn retention(&self, key: &str) -> Result<Option<Retention>> {
-        let what = format!("GET {key}?retention");
-        let r = self.request(
-            &what,
-            "GET",
-            Some(key),
-            &[("retention".into(), String::new())],
-            &[],
-            None,
-        )?;
-        if r.status == 404 || r.status == 400 {
-            // NoSuchKey, or an object without retention.
+        // HeadObject reports the lock (x-amz-object-lock-*) to callers allowed to read it;
+        // unlike GetObjectRetention it also carries the legal hold, in one request.
+        let what = format!("HEAD {key} (object lock)");
+        let r = self.request(&what, "HEAD", Some(key), &[], &[], None)?;
+        if r.status == 404 {
             return Ok(None);
         }
         if !r.ok() {
             return Err(self.http.status_error(&what, &r));
         }
-        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let legal_hold = r.header("x-amz-object-lock-legal-hold") == Some("ON");
         let (Some(mode), Some(until)) = (
-            xml::first(&text, "Mode"),
-            xml::first(&text, "RetainUntilDate"),
+            r.header("x-amz-object-lock-mode"),
+            r.header("x-amz-object-lock-retain-until-date"),
         ) else {
             return Ok(None);
         };
-        let until = time::parse_rfc3339(&until).ok_or_else(|| {
-            self.http
-                .protocol(&what, format!("bad RetainUntilDate {until:?}"))
-        })?;
-        let hold = self.request(
-            &what,
-            "GET",
-            Some(key),
-            &[("legal-hold".into(), String::new())],
-            &[],
-            None,
-        )?;
-        let legal_hold = hold.ok()
-            && xml::first(&String::from_utf8_lossy(&hold.body), "Status").as_deref() == Some("ON");
+        let until_s = time::parse_rfc3339(until)
+            .ok_or_else(|| self.http.protocol(&what, format!("bad retain-until date {until:?}")))?;
         Ok(Some(Retention {
-            mode,
-            retain_until_unix_s: until,
+            mode: mode.to_string(),
+            retain_until_unix_s: until_s,
             legal_hold,
         }))
     }

@@ -47,6 +47,8 @@ pub struct ReplicationStatus {
     /// does not enforce retention. Shipping stops until an operator looks.
     pub alarm: Option<String>,
     pub manifest_entries: u64,
+    /// The last look found nothing to ship.
+    pub idle: bool,
 }
 
 /// Shared between the replicator thread and `Engine::status`.
@@ -163,8 +165,14 @@ impl Replicator {
             }
             let step = self.step(&shared);
             match step {
-                Ok(true) => backoff = Duration::from_millis(cfg.retry_ms_initial.max(1)),
-                Ok(false) => sleep_unless(&stopping, poll),
+                Ok(true) => {
+                    self.monitor.update(|s| s.idle = false);
+                    backoff = Duration::from_millis(cfg.retry_ms_initial.max(1));
+                }
+                Ok(false) => {
+                    self.monitor.update(|s| s.idle = true);
+                    sleep_unless(&stopping, poll);
+                }
                 Err(e) => {
                     let alarm = matches!(e, StepError::Alarm(_));
                     let text = e.to_string();
@@ -173,6 +181,7 @@ impl Replicator {
                         if alarm { "" } else { "; retrying" }
                     );
                     self.monitor.update(|s| {
+                        s.idle = false;
                         s.failures += 1;
                         s.last_error = Some(text.clone());
                         if alarm {
