@@ -14,6 +14,9 @@ use crate::verify::{fail, FileHashes, HashCheck, VerifyError};
 /// Random access to a sealed segment's bytes.
 pub trait ReadAt {
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
 }
 

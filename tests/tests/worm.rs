@@ -290,7 +290,7 @@ fn s3_kill_during_upload_then_restart_ships_exactly_once() {
     let opts = s3_options(&ep);
     auditlog_worm::create_bucket("s3://crash", &opts, true).expect("bucket");
     let dir = tempfile::tempdir().expect("tmp");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_5);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed5);
     let run = |mode: &str| {
         Command::new(env!("CARGO_BIN_EXE_worm-child"))
             .args([

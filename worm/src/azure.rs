@@ -148,7 +148,14 @@ impl AzureTarget {
 
     pub fn create_container(&self) -> Result<()> {
         let what = "PUT container";
-        let r = self.request(what, "PUT", None, &[("restype".into(), "container".into())], &[], None)?;
+        let r = self.request(
+            what,
+            "PUT",
+            None,
+            &[("restype".into(), "container".into())],
+            &[],
+            None,
+        )?;
         if !r.ok() {
             return Err(self.http.status_error(what, &r));
         }

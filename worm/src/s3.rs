@@ -119,7 +119,10 @@ impl S3Target {
     pub fn create_bucket(&self, object_lock: bool) -> Result<()> {
         let mut h = Vec::new();
         if object_lock {
-            h.push(("x-amz-bucket-object-lock-enabled".to_string(), "true".to_string()));
+            h.push((
+                "x-amz-bucket-object-lock-enabled".to_string(),
+                "true".to_string(),
+            ));
         }
         let what = "PUT bucket (CreateBucket)";
         let r = self.request(what, "PUT", None, &[], &h, None)?;
@@ -338,8 +341,10 @@ impl WormTarget for S3Target {
         ) else {
             return Ok(None);
         };
-        let until_s = time::parse_rfc3339(until)
-            .ok_or_else(|| self.http.protocol(&what, format!("bad retain-until date {until:?}")))?;
+        let until_s = time::parse_rfc3339(until).ok_or_else(|| {
+            self.http
+                .protocol(&what, format!("bad retain-until date {until:?}"))
+        })?;
         Ok(Some(Retention {
             mode: mode.to_string(),
             retain_until_unix_s: until_s,

@@ -2,7 +2,7 @@
 //! of elements by name. The answers are flat and machine-written; no general parser needed.
 
 /// The text of every `<tag>…</tag>` in `doc`, in order, with entities decoded.
-pub(crate) fn all<'a>(doc: &'a str, tag: &str) -> Vec<String> {
+pub(crate) fn all(doc: &str, tag: &str) -> Vec<String> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     let mut out = Vec::new();

@@ -264,24 +264,25 @@ impl Planner {
             .latest_checkpoint()
             .map_or(0, |c| c.checkpoint.size)
             .min(end);
-        for t in 0..8u8 {
-            let shift = 8 * (u32::from(t) + 1);
+        // Tile level 7 spans 2^64 leaves; no log reaches a full one.
+        for t in 0..7u8 {
+            let width = 1u64 << (8 * (u32::from(t) + 1));
             let n = self
                 .shipped
                 .tiles_next
                 .get(t as usize)
                 .copied()
                 .unwrap_or(0);
-            let (Some(first), Some(tile_end)) = (n.checked_shl(shift), (n + 1).checked_shl(shift))
+            let (Some(first), Some(tile_end)) = (n.checked_mul(width), (n + 1).checked_mul(width))
             else {
-                break;
+                continue;
             };
-            if tile_end > durable || shift >= 64 {
-                break; // higher levels cover even more leaves
+            if tile_end > durable {
+                continue; // a higher level may still have a full tile behind it
             }
             let level = 8 * t as usize;
             let Some(f) = shared.hashes.level_file(level) else {
-                break;
+                continue;
             };
             let mut bytes = vec![0u8; TILE_BYTES];
             let path = shared
