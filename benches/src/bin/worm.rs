@@ -54,7 +54,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let o = opts(&args.endpoint);
     match args.what {
-        What::Throughput { object_mib, objects } => {
+        What::Throughput {
+            object_mib,
+            objects,
+        } => {
             let mut state = 0x9e37_79b9_7f4a_7c15u64;
             let data: Vec<Vec<u8>> = (0..objects)
                 .map(|_| {
@@ -88,7 +91,10 @@ fn main() -> anyhow::Result<()> {
                     t.put_mutable(&format!("plain/{i}"), d)?;
                 }
                 plain.push(total / s.elapsed().as_secs_f64());
-                println!("run {run}: locked {:.1} MB/s, plain {:.1} MB/s", locked[run], plain[run]);
+                println!(
+                    "run {run}: locked {:.1} MB/s, plain {:.1} MB/s",
+                    locked[run], plain[run]
+                );
             }
             println!(
                 "median of {}: create-only + COMPLIANCE {:.1} MB/s, plain {:.1} MB/s ({} x {} MiB)",
@@ -99,7 +105,11 @@ fn main() -> anyhow::Result<()> {
                 object_mib
             );
         }
-        What::Lag { rate, seconds, segment_mib } => {
+        What::Lag {
+            rate,
+            seconds,
+            segment_mib,
+        } => {
             let (mut p50s, mut maxes, mut catchups) = (Vec::new(), Vec::new(), Vec::new());
             for run in 0..args.runs {
                 let dir = tempfile_dir(run)?;
@@ -174,7 +184,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn tempfile_dir(run: usize) -> anyhow::Result<std::path::PathBuf> {
-    let d = auditlog_benches::bench_data_root().join(format!("worm-lag-{run}-{}", std::process::id()));
+    let d =
+        auditlog_benches::bench_data_root().join(format!("worm-lag-{run}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d)?;
     Ok(d)
