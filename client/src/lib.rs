@@ -1,7 +1,10 @@
-//! auditlog-client: the `auditlog` CLI's library side. `verify` checks a data directory
-//! with `auditlog-formats` alone, so an auditor's tool shares nothing with the write path.
+//! auditlog-client: the `auditlog` CLI's library side. `verify` checks a data directory, or
+//! the objects shipped to a WORM bucket, with `auditlog-formats` alone (plus
+//! `auditlog-worm` to read buckets), so an auditor's tool shares nothing with the write path.
 
-pub mod http;
+pub mod bucket;
 pub mod export;
+pub mod http;
+pub mod source;
 pub mod tcp;
 pub mod verify;

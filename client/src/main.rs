@@ -27,10 +27,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Verify a data directory: every record, segment, hash and checkpoint.
+    /// Verify a data directory, or a WORM bucket the log was replicated to: every record,
+    /// segment, hash and checkpoint; for a bucket also every object's retention.
     Verify {
-        /// The data directory (for example ./data).
+        /// A data directory (./data), or s3://bucket/prefix, azure://container/prefix,
+        /// gs://bucket/prefix, file:///path (credentials from the usual environment variables).
         dir: PathBuf,
+        /// The store's endpoint (S3-compatible servers, Azure emulators, GCS emulators).
+        #[arg(long, env = "AUDITLOG_WORM_ENDPOINT")]
+        endpoint: Option<String>,
+        /// Region (S3); default AWS_REGION or us-east-1.
+        #[arg(long)]
+        region: Option<String>,
+        /// Retention policy override, `CLASS=DAYS` (e.g. `CUI//BASIC=2555`); repeatable.
+        #[arg(long = "retention-days", value_name = "CLASS=DAYS")]
+        retention_days: Vec<String>,
         /// The log's verifier key (`name+keyid+base64`), or @FILE to read it from a file,
         /// for a log that never rotated its key.
         #[arg(long, env = "AUDITLOG_VERIFIER_KEY", conflicts_with = "history")]
@@ -94,7 +105,14 @@ fn run() -> anyhow::Result<()> {
         Command::Checkpoint(a) => cli::checkpoint(&args.conn, &a),
         Command::Prove(a) => prove::prove(&args.conn, &a),
         Command::Export(a) => export(a),
-        Command::Verify { dir, key, history } => {
+        Command::Verify {
+            dir,
+            key,
+            history,
+            endpoint,
+            region,
+            retention_days,
+        } => {
             let history = match (key, history) {
                 (Some(key), _) => {
                     let key_text = match key.strip_prefix('@') {
@@ -110,6 +128,9 @@ fn run() -> anyhow::Result<()> {
                 }
                 (None, Some(path)) => auditlog_client::verify::load_history(&path)?,
                 (None, None) => {
+                    if auditlog_worm::is_url(&dir.to_string_lossy()) {
+                        anyhow::bail!("verifying a bucket needs --key or --history: the bucket's own key history is not trusted");
+                    }
                     let path = dir.join("keys.json");
                     eprintln!(
                         "warning: no --key or --history: trusting {} from the directory being verified",
@@ -142,8 +163,39 @@ fn run() -> anyhow::Result<()> {
                     b.set_position(done);
                 }
             };
-            let result =
-                auditlog_client::verify::verify_dir_with_history(&dir, &history, &mut progress);
+            let url = dir.to_string_lossy().to_string();
+            let (result, retention) = if auditlog_worm::is_url(&url) {
+                let mut policy = auditlog_worm::RetentionPolicy::default();
+                for r in &retention_days {
+                    let (class, days) = r
+                        .split_once('=')
+                        .context("--retention-days wants CLASS=DAYS")?;
+                    let days: u32 = days.parse().context("--retention-days: DAYS")?;
+                    policy
+                        .set(class, days)
+                        .map_err(|e| anyhow::anyhow!("--retention-days: {e}"))?;
+                }
+                let opts = auditlog_worm::TargetOptions {
+                    endpoint,
+                    region,
+                    ..Default::default()
+                };
+                let target = auditlog_worm::open(&url, &opts).context("opening the bucket")?;
+                match auditlog_client::bucket::verify_bucket(
+                    target.into(),
+                    &history,
+                    &policy,
+                    &mut progress,
+                ) {
+                    Ok((s, r)) => (Ok(s), Some(r)),
+                    Err(e) => (Err(e), None),
+                }
+            } else {
+                (
+                    auditlog_client::verify::verify_dir_with_history(&dir, &history, &mut progress),
+                    None,
+                )
+            };
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
@@ -162,6 +214,22 @@ fn run() -> anyhow::Result<()> {
                         key_names,
                         s.hash_nodes_checked
                     );
+                    if let Some(r) = retention {
+                        for line in &r.short {
+                            println!("RETENTION: {line}");
+                        }
+                        if !r.short.is_empty() {
+                            anyhow::bail!(
+                                "{} of {} objects have less retention than policy",
+                                r.short.len(),
+                                r.objects_checked
+                            );
+                        }
+                        println!(
+                            "retention: {} objects checked against policy",
+                            r.objects_checked
+                        );
+                    }
                     Ok(())
                 }
                 Err(e) => {

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub pkcs11_pin: Option<crate::pkcs11::PinSource>,
     /// Test hooks that make the next sync or write fail.
     pub faults: Option<Arc<FaultHooks>>,
+    /// Shipping sealed data to WORM object storage; `None`: off.
+    pub replication: Option<crate::ReplicationConfig>,
 }
 
 impl EngineConfig {
@@ -80,6 +82,7 @@ impl EngineConfig {
             signer: SignerConfig::DevKeyFile,
             pkcs11_pin: None,
             faults: None,
+            replication: None,
         }
     }
 

@@ -12,10 +12,11 @@ pub mod config;
 pub mod error;
 mod hashstore;
 mod io;
-mod leafindex;
 mod keyring;
+mod leafindex;
 pub mod pkcs11;
 mod recovery;
+pub mod replication;
 pub mod retention;
 mod sealer;
 mod segments;
@@ -41,6 +42,7 @@ pub use checkpoints::SignedCheckpoint;
 pub use config::{EngineConfig, FaultHooks, IoMode, SignerConfig};
 pub use error::{EngineError, Result};
 pub use pkcs11::{PinSource, Pkcs11Error, Pkcs11Signer, Pkcs11Spec};
+pub use replication::{ReplicationConfig, ReplicationStatus};
 pub use signer::{KeyFileSigner, Signer};
 
 use hashstore::HashFiles;
@@ -417,6 +419,8 @@ pub struct Status {
     pub queue_depth: usize,
     pub queue_capacity: usize,
     pub recovery: recovery::RecoveryReport,
+    /// `None` when replication is off.
+    pub replication: Option<ReplicationStatus>,
 }
 
 pub struct Engine {
@@ -425,6 +429,7 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     recovery: recovery::RecoveryReport,
     started: Instant,
+    replication: Option<Arc<replication::Monitor>>,
 }
 
 impl Engine {
@@ -735,6 +740,7 @@ impl Engine {
             queue_depth: self.submit_tx.as_ref().map_or(0, |t| t.len()),
             queue_capacity: self.shared.config.queue_submissions_max,
             recovery: self.recovery.clone(),
+            replication: self.replication.as_ref().map(|m| m.snapshot()),
         }
     }
 

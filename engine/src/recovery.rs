@@ -87,6 +87,8 @@ pub(crate) fn load_or_create_meta(cfg: &EngineConfig) -> Result<LogMeta> {
 pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
     let started = Instant::now();
     cfg.validate().map_err(EngineError::Config)?;
+    // Before anything is touched: a target that cannot keep the WORM promise refuses start.
+    let replicator = crate::replication::prepare(&cfg)?;
     let seg_dir = cfg.data_dir.join("segments");
     std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "create data directory"))?;
     let _meta = load_or_create_meta(&cfg)?;
@@ -432,6 +434,14 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             crate::checkpointer::run(shared, cp_log)
         })?);
     }
+    let replication = match replicator {
+        Some((r, monitor)) => {
+            let shared = shared.clone();
+            threads.push(spawn("auditlog-replicator", move || r.run(shared))?);
+            Some(monitor)
+        }
+        None => None,
+    };
     report.duration_ms = started.elapsed().as_millis() as u64;
     tracing::info!(
         "log open: {} events, checkpoint {}, recovery {:?}",
@@ -445,6 +455,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         threads,
         recovery: report,
         started,
+        replication,
     })
 }
 

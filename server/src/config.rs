@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub siem: crate::siem_config::SiemSection,
+    /// Shipping to WORM storage; absent: the embedded default (`<data_dir>/worm`).
+    pub replication: Option<auditlog_engine::ReplicationConfig>,
 }
 
 /// `[signer]`: which key signs checkpoints when the log is created. The PIN is never here,
@@ -235,6 +237,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
 
     resolve_signer(&file.signer, &mut engine)?;
     let admin = resolve_admin(&file.admin)?;
+    engine.replication = Some(file.replication.unwrap_or_default());
+
     let s = file.server;
     let mut server = ServerConfig::defaults();
     server.siem = crate::siem_config::resolve(file.siem)?;

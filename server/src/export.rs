@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::Access;
 use crate::http::{
-    authorize, num, params, with_type, ApiError, Caller, ApiResult, ChannelBody, Params, St,
+    authorize, num, params, with_type, ApiError, ApiResult, Caller, ChannelBody, Params, St,
 };
 
 /// A body chunk is sent once the buffer holds this much.

@@ -511,6 +511,10 @@ async fn ready(State(st): State<St>) -> ApiResult {
     if let Some(f) = s.preallocation_error {
         reasons.push(format!("preallocation: {f}"));
     }
+    reasons.extend(crate::metrics::replication_not_ready(
+        s.replication.as_ref(),
+        st.engine.config().replication.as_ref(),
+    ));
     if reasons.is_empty() {
         Ok(axum::Json(json!({"status": "ready"})).into_response())
     } else {

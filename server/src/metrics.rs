@@ -305,5 +305,104 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         uptime_s,
     );
     crate::siem_metrics::render(&mut out, status.tree_size);
+    if let Some(r) = &status.replication {
+        render_replication(&mut out, r);
+    }
+    out
+}
+
+fn render_replication(out: &mut String, r: &auditlog_engine::ReplicationStatus) {
+    let rows: [(&str, &str, &str, u64); 10] = [
+        (
+            "auditlog_replication_segments_pending",
+            "gauge",
+            "Sealed segments not yet on the WORM store.",
+            r.segments_pending,
+        ),
+        (
+            "auditlog_replication_bytes_pending",
+            "gauge",
+            "Bytes of sealed segments not yet on the WORM store.",
+            r.bytes_pending,
+        ),
+        (
+            "auditlog_replication_oldest_pending_age_milliseconds",
+            "gauge",
+            "Age of the oldest sealed segment not yet shipped (0: none).",
+            r.oldest_pending_age_ms,
+        ),
+        (
+            "auditlog_replication_shipped_end",
+            "gauge",
+            "Leaves [0, N) whose segments are on the WORM store.",
+            r.shipped_end,
+        ),
+        (
+            "auditlog_replication_objects_shipped_total",
+            "counter",
+            "Objects stored since start.",
+            r.objects_shipped,
+        ),
+        (
+            "auditlog_replication_bytes_shipped_total",
+            "counter",
+            "Bytes stored since start.",
+            r.bytes_shipped,
+        ),
+        (
+            "auditlog_replication_objects_already_there_total",
+            "counter",
+            "Uploads that found the same object already stored (resumed after a crash).",
+            r.objects_already_there,
+        ),
+        (
+            "auditlog_replication_failures_total",
+            "counter",
+            "Failed upload attempts since start (each retried).",
+            r.failures,
+        ),
+        (
+            "auditlog_replication_alarm",
+            "gauge",
+            "1 when shipping stopped on something no retry fixes.",
+            r.alarm.is_some() as u64,
+        ),
+        (
+            "auditlog_replication_worm_enforced",
+            "gauge",
+            "1 when the target said it enforces retention.",
+            (r.worm_enforced == Some(true)) as u64,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(out, name, kind, help, value);
+    }
+}
+
+/// Reasons `/ready` fails on replication: an alarm, or lag past `ready_lag_ms_max`.
+pub fn replication_not_ready(
+    r: Option<&auditlog_engine::ReplicationStatus>,
+    cfg: Option<&auditlog_engine::ReplicationConfig>,
+) -> Vec<String> {
+    let (Some(r), Some(cfg)) = (r, cfg) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(a) = &r.alarm {
+        out.push(format!("replication alarm: {a}"));
+    }
+    if r.oldest_pending_age_ms > cfg.ready_lag_ms_max {
+        out.push(format!(
+            "replication lag: {} segments ({} bytes) unshipped, oldest {} ms (limit {} ms){}",
+            r.segments_pending,
+            r.bytes_pending,
+            r.oldest_pending_age_ms,
+            cfg.ready_lag_ms_max,
+            r.last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        ));
+    }
     out
 }

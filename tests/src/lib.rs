@@ -1,5 +1,7 @@
 //! Helpers shared by the system tests and the crash child.
 
+pub mod worm_servers;
+
 use auditlog_engine::EngineConfig;
 
 /// A valid audit event of about `bytes` bytes, distinct per `n`.
@@ -89,5 +91,44 @@ pub mod softhsm {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+}
+
+/// An audit event of class `class` (a marking such as `CUI//SP-PRIV`).
+pub fn classified_event(n: u64, class: &str) -> Vec<u8> {
+    format!(
+        r#"{{"timestamp":"2026-11-23T10:00:00Z","event_type":"auth","actor":"user-{n}","action":"login","resource":"/srv/app/{n}","outcome":"success","classification":"{class}","details":{{"pad":"{}"}}}}"#,
+        "p".repeat(120)
+    )
+    .into_bytes()
+}
+
+/// S3 client options for a moto server: any credentials, short timeouts so a stopped
+/// server shows up as failures quickly.
+pub fn s3_options(endpoint: &str) -> auditlog_worm::TargetOptions {
+    auditlog_worm::TargetOptions {
+        endpoint: Some(endpoint.to_string()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        connect_timeout_ms: Some(500),
+        request_timeout_ms: Some(2000),
+        ..Default::default()
+    }
+}
+
+/// Replication with fast retries and polling, for tests.
+pub fn replication(
+    target: &str,
+    options: auditlog_worm::TargetOptions,
+) -> auditlog_engine::ReplicationConfig {
+    auditlog_engine::ReplicationConfig {
+        target: target.to_string(),
+        options,
+        retry_ms_initial: 50,
+        retry_ms_max: 400,
+        poll_interval_ms: 20,
+        latest_checkpoint_interval_ms: 100,
+        ..Default::default()
     }
 }

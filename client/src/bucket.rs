@@ -1,0 +1,291 @@
+//! Verifying a log from its WORM objects alone (`auditlog verify s3://bucket/prefix`): the
+//! segments, checkpoints, tiles and metadata the replicator shipped, read through
+//! `auditlog-worm`, checked by the same verifier as a data directory; then every object's
+//! retention is compared with the policy its classification requires.
+
+use std::cell::RefCell;
+use std::io::Read;
+use std::sync::Arc;
+
+use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
+use auditlog_worm::{parse_tile_key, tile_key, RetentionPolicy, WormTarget};
+
+use crate::source::{order_segments, LogSource, ReadAt, SegRef};
+use crate::verify::{fail, verify_source, FileHashes, HashCheck, Progress, Summary, VerifyError};
+use auditlog_formats::keyhistory::CheckedHistory;
+
+/// What a sealed segment's footer says about its retention.
+struct SealedInfo {
+    key: String,
+    sealed_at_unix_s: u64,
+    max_classification: u8,
+}
+
+pub struct BucketSource {
+    target: Arc<dyn WormTarget>,
+    sealed: RefCell<Vec<SealedInfo>>,
+}
+
+fn store_err(place: &str, e: auditlog_worm::WormError) -> VerifyError {
+    VerifyError {
+        place: place.to_string(),
+        what: e.to_string(),
+    }
+}
+
+impl BucketSource {
+    pub fn new(target: Arc<dyn WormTarget>) -> BucketSource {
+        BucketSource {
+            target,
+            sealed: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn at(&self, key: &str) -> String {
+        let d = self.target.describe();
+        if d.ends_with('/') {
+            format!("{d}{key}")
+        } else {
+            format!("{d}/{key}")
+        }
+    }
+
+    fn must_get(&self, key: &str) -> Result<Vec<u8>, VerifyError> {
+        let place = self.at(key);
+        match self.target.get(key) {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => fail(&place, "object is missing"),
+            Err(e) => Err(store_err(&place, e)),
+        }
+    }
+}
+
+impl LogSource for BucketSource {
+    fn log_meta(&self) -> Result<(String, Vec<u8>), VerifyError> {
+        Ok((self.at("log.json"), self.must_get("log.json")?))
+    }
+
+    fn checkpoints(&self) -> Result<(String, Vec<Vec<u8>>), VerifyError> {
+        let place = self.at("checkpoints/");
+        let list = self
+            .target
+            .list("checkpoints/")
+            .map_err(|e| store_err(&place, e))?;
+        let mut out = Vec::with_capacity(list.len());
+        for o in list {
+            out.push(self.must_get(&o.key)?);
+        }
+        Ok((place, out))
+    }
+
+    fn segments(&self) -> Result<Vec<SegRef>, VerifyError> {
+        let place = self.at("segments/");
+        let list = self
+            .target
+            .list("segments/")
+            .map_err(|e| store_err(&place, e))?;
+        // Only sealed segments are ever shipped; anything else there is not the log's.
+        Ok(order_segments(list.into_iter().filter_map(|o| {
+            let name = o.key.strip_prefix("segments/")?.to_string();
+            name.ends_with(".seg").then_some((name, o.bytes))
+        })))
+    }
+
+    fn place(&self, seg: &SegRef) -> String {
+        self.at(&format!("segments/{}", seg.name))
+    }
+
+    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
+        let key = format!("segments/{}", seg.name);
+        let bytes = self.must_get(&key)?;
+        if let Some((sealed_at_unix_s, max_classification)) = footer_retention_facts(&bytes) {
+            self.sealed.borrow_mut().push(SealedInfo {
+                key,
+                sealed_at_unix_s,
+                max_classification,
+            });
+        }
+        Ok(Box::new(bytes))
+    }
+
+    fn read_open(&self, seg: &SegRef) -> Result<Vec<u8>, VerifyError> {
+        fail(self.place(seg), "open segments are never shipped")
+    }
+
+    fn hash_levels(&self) -> Result<HashCheck, VerifyError> {
+        let place = self.at("tile/");
+        let list = self
+            .target
+            .list("tile/")
+            .map_err(|e| store_err(&place, e))?;
+        let mut counts = [0u64; 8];
+        let mut present: Vec<Vec<u64>> = vec![Vec::new(); 8];
+        for o in list {
+            if let Some((t, n)) = parse_tile_key(&o.key) {
+                if (t as usize) < 8 {
+                    present[t as usize].push(n);
+                }
+            }
+        }
+        for (t, ns) in present.iter_mut().enumerate() {
+            ns.sort_unstable();
+            // Tiles are shipped in order; count the run from 0.
+            counts[t] = ns
+                .iter()
+                .enumerate()
+                .take_while(|(i, n)| *i as u64 == **n)
+                .count() as u64;
+        }
+        let mut check = HashCheck {
+            places: (0..64)
+                .map(|l| self.at(&format!("tile/{}", l / 8)))
+                .collect(),
+            levels: (0..64).map(|_| None).collect(),
+            present: vec![0; 64],
+            complete: false,
+            checked: 0,
+        };
+        for (t, &count) in counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            check.present[8 * t] = count * 256;
+            check.levels[8 * t] = Some(Box::new(TileReader {
+                target: self.target.clone(),
+                level: t as u8,
+                next: 0,
+                count,
+                buf: Vec::new(),
+                pos: 0,
+            }));
+        }
+        Ok(check)
+    }
+
+    fn hashes_place(&self) -> String {
+        self.at("tile/")
+    }
+
+    fn hash_reader(&self) -> Option<FileHashes> {
+        None
+    }
+}
+
+/// (sealed_at seconds, max classification) from a sealed segment's footer; `None` if the
+/// bytes do not parse (the verifier reports why).
+fn footer_retention_facts(bytes: &[u8]) -> Option<(u64, u8)> {
+    let len = bytes.len() as u64;
+    let head = bytes.get(..segment::HEADER_BYTES)?;
+    let header = SegmentHeader::decode(head).ok()?;
+    let tail = bytes.get(bytes.len().checked_sub(TRAILER_BYTES)?..)?;
+    let trailer = segment::decode_trailer(len, tail).ok()?;
+    let start = usize::try_from(trailer.footer_offset).ok()?;
+    let fb = bytes.get(start..start.checked_add(trailer.footer_bytes as usize)?)?;
+    let footer = segment::decode_footer(&header, &trailer, fb).ok()?;
+    Some((
+        footer.sealed_at_unix_ns / 1_000_000_000,
+        footer.max_classification,
+    ))
+}
+
+/// Streams a tile level's hashes, fetching one 8 KiB tile at a time.
+struct TileReader {
+    target: Arc<dyn WormTarget>,
+    level: u8,
+    next: u64,
+    count: u64,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for TileReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            if self.next == self.count {
+                return Ok(0);
+            }
+            let key = tile_key(self.level, self.next);
+            self.buf = self
+                .target
+                .get(&key)
+                .map_err(std::io::Error::other)?
+                .ok_or_else(|| std::io::Error::other(format!("{key} is missing")))?;
+            self.pos = 0;
+            self.next += 1;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// What verifying a bucket found about retention.
+#[derive(Debug, Default)]
+pub struct RetentionReport {
+    pub objects_checked: usize,
+    /// One line per object whose retention is missing, unlocked or shorter than policy.
+    pub short: Vec<String>,
+}
+
+/// Verifies the log in a bucket, then checks every object's retention against `policy`.
+pub fn verify_bucket(
+    target: Arc<dyn WormTarget>,
+    history: &CheckedHistory,
+    policy: &RetentionPolicy,
+    progress: Progress<'_>,
+) -> Result<(Summary, RetentionReport), VerifyError> {
+    let src = BucketSource::new(target.clone());
+    let summary = verify_source(&src, history, progress)?;
+    let mut report = RetentionReport::default();
+    for s in src.sealed.borrow().iter() {
+        let want = policy.retain_until(s.sealed_at_unix_s, s.max_classification);
+        check_one(&src, &s.key, Some(want), &mut report)?;
+    }
+    let place = src.at("");
+    let others = target.list("").map_err(|e| store_err(&place, e))?;
+    for o in others {
+        let immutable = o.key == "log.json"
+            || ["keys/", "checkpoints/", "tile/"]
+                .iter()
+                .any(|p| o.key.starts_with(p));
+        if immutable {
+            check_one(&src, &o.key, None, &mut report)?;
+        }
+    }
+    Ok((summary, report))
+}
+
+fn check_one(
+    src: &BucketSource,
+    key: &str,
+    want: Option<u64>,
+    report: &mut RetentionReport,
+) -> Result<(), VerifyError> {
+    let place = src.at(key);
+    let r = src
+        .target
+        .retention(key)
+        .map_err(|e| store_err(&place, e))?;
+    report.objects_checked += 1;
+    let Some(r) = r else {
+        report.short.push(format!("{place}: no retention"));
+        return Ok(());
+    };
+    if !r.is_locked() {
+        report.short.push(format!(
+            "{place}: retention mode {:?} is not locked",
+            r.mode
+        ));
+    }
+    if let Some(want) = want {
+        if r.retain_until_unix_s < want {
+            report.short.push(format!(
+                "{place}: retained until {}, policy requires {}",
+                auditlog_worm::time::rfc3339(r.retain_until_unix_s),
+                auditlog_worm::time::rfc3339(want)
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Where a verifier reads a log from. The verification itself (`verify.rs`) is the same for
+//! every source; a source only lists and reads: a data directory, or the objects the
+//! replicator shipped to a bucket (`bucket.rs`).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use auditlog_formats::checkpoint_log;
+
+use crate::verify::{fail, FileHashes, HashCheck, VerifyError};
+
+/// Random access to a sealed segment's bytes.
+pub trait ReadAt {
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+pub struct FileAt(pub File, pub u64);
+
+impl ReadAt for FileAt {
+    fn len(&self) -> u64 {
+        self.1
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(&self.0, buf, offset)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegKind {
+    Sealed(u64, u64),
+    Open(u64),
+}
+
+/// A segment as listed: its kind and range from the name, its name, its size.
+#[derive(Clone, Debug)]
+pub struct SegRef {
+    pub kind: SegKind,
+    pub name: String,
+    pub bytes: u64,
+}
+
+pub trait LogSource {
+    /// `log.json`: where it is, and its bytes.
+    fn log_meta(&self) -> Result<(String, Vec<u8>), VerifyError>;
+    /// Every checkpoint note in order, and where they come from.
+    fn checkpoints(&self) -> Result<(String, Vec<Vec<u8>>), VerifyError>;
+    /// Segments in index order (see [`order_segments`]).
+    fn segments(&self) -> Result<Vec<SegRef>, VerifyError>;
+    fn place(&self, seg: &SegRef) -> String;
+    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError>;
+    fn read_open(&self, seg: &SegRef) -> Result<Vec<u8>, VerifyError>;
+    /// The stored hashes to compare with the recomputed tree.
+    fn hash_levels(&self) -> Result<HashCheck, VerifyError>;
+    fn hashes_place(&self) -> String;
+    /// Stored hashes for consistency proofs, if the source keeps every level.
+    fn hash_reader(&self) -> Option<FileHashes>;
+}
+
+/// Orders segment names as FORMATS.md §2 says: sealed then open by first index; an open
+/// segment below the end of a sealed one is a leftover of a finished sealing.
+pub fn order_segments(names: impl IntoIterator<Item = (String, u64)>) -> Vec<SegRef> {
+    let mut out = Vec::new();
+    for (name, bytes) in names {
+        let kind = if let Some(first) = name.strip_suffix(".open") {
+            first.parse().ok().map(SegKind::Open)
+        } else if let Some(range) = name.strip_suffix(".seg") {
+            range
+                .split_once('-')
+                .and_then(|(a, b)| Some(SegKind::Sealed(a.parse().ok()?, b.parse().ok()?)))
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            out.push(SegRef { kind, name, bytes });
+        }
+    }
+    out.sort_by_key(|s| match s.kind {
+        SegKind::Sealed(a, _) => (a, 0),
+        SegKind::Open(a) => (a, 1),
+    });
+    let mut kept: Vec<SegRef> = Vec::with_capacity(out.len());
+    for s in out {
+        if let (SegKind::Open(a), Some(SegKind::Sealed(_, end))) =
+            (s.kind, kept.last().map(|k| k.kind))
+        {
+            if a < end {
+                continue;
+            }
+        }
+        kept.push(s);
+    }
+    kept
+}
+
+/// A data directory.
+pub struct DirSource {
+    dir: PathBuf,
+}
+
+impl DirSource {
+    pub fn new(dir: &Path) -> DirSource {
+        DirSource {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl LogSource for DirSource {
+    fn log_meta(&self) -> Result<(String, Vec<u8>), VerifyError> {
+        let p = self.dir.join("log.json");
+        let b = std::fs::read(&p).or_else(|e| fail(&p, format!("cannot read: {e}")))?;
+        Ok((p.display().to_string(), b))
+    }
+
+    fn checkpoints(&self) -> Result<(String, Vec<Vec<u8>>), VerifyError> {
+        let cp_path = self.dir.join("checkpoints.log");
+        let bytes =
+            std::fs::read(&cp_path).or_else(|e| fail(&cp_path, format!("cannot read: {e}")))?;
+        let (entries, good) = checkpoint_log::parse_log(&bytes);
+        if good != bytes.len() {
+            return fail(
+                &cp_path,
+                format!(
+                    "entry {} at offset {good}: bad length or checksum",
+                    entries.len()
+                ),
+            );
+        }
+        Ok((
+            cp_path.display().to_string(),
+            entries.into_iter().map(<[u8]>::to_vec).collect(),
+        ))
+    }
+
+    fn segments(&self) -> Result<Vec<SegRef>, VerifyError> {
+        let seg_dir = self.dir.join("segments");
+        let rd =
+            std::fs::read_dir(&seg_dir).or_else(|e| fail(&seg_dir, format!("cannot list: {e}")))?;
+        let mut names = Vec::new();
+        for e in rd {
+            let e = e.or_else(|e| fail(&seg_dir, e.to_string()))?;
+            let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+            names.push((e.file_name().to_string_lossy().to_string(), bytes));
+        }
+        Ok(order_segments(names))
+    }
+
+    fn place(&self, seg: &SegRef) -> String {
+        self.dir
+            .join("segments")
+            .join(&seg.name)
+            .display()
+            .to_string()
+    }
+
+    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
+        let p = self.place(seg);
+        let f = File::open(&p).or_else(|e| fail(&p, format!("open: {e}")))?;
+        let len = f.metadata().or_else(|e| fail(&p, e.to_string()))?.len();
+        Ok(Box::new(FileAt(f, len)))
+    }
+
+    fn read_open(&self, seg: &SegRef) -> Result<Vec<u8>, VerifyError> {
+        let p = self.place(seg);
+        std::fs::read(&p).or_else(|e| fail(&p, format!("read: {e}")))
+    }
+
+    fn hash_levels(&self) -> Result<HashCheck, VerifyError> {
+        let dir = self.dir.join("hashes");
+        let mut check = HashCheck {
+            places: Vec::new(),
+            levels: Vec::new(),
+            present: Vec::new(),
+            complete: true,
+            checked: 0,
+        };
+        for level in 0..64 {
+            let p = dir.join(format!("level-{level:02}.bin"));
+            check.places.push(p.display().to_string());
+            match File::open(&p) {
+                Ok(f) => {
+                    check
+                        .present
+                        .push(f.metadata().map(|m| m.len() / 32).unwrap_or(0));
+                    check
+                        .levels
+                        .push(Some(Box::new(BufReader::with_capacity(1 << 16, f))));
+                }
+                Err(_) => {
+                    check.present.push(0);
+                    check.levels.push(None);
+                }
+            }
+        }
+        Ok(check)
+    }
+
+    fn hashes_place(&self) -> String {
+        self.dir.join("hashes").display().to_string()
+    }
+
+    fn hash_reader(&self) -> Option<FileHashes> {
+        Some(FileHashes {
+            dir: self.dir.join("hashes"),
+        })
+    }
+}

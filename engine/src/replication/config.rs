@@ -1,0 +1,93 @@
+//! `[replication]`: where sealed data goes, how long it is kept there, and the replicator's
+//! limits. Credentials are best left to the environment (see `auditlog_worm::TargetOptions`).
+
+use std::path::Path;
+
+use auditlog_worm::{RetentionPolicy, TargetOptions};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    pub enabled: bool,
+    /// `s3://bucket/prefix`, `azure://container/prefix`, `gs://bucket/prefix`,
+    /// `file:///path` or a path. Empty: the embedded default, `<data_dir>/worm`.
+    pub target: String,
+    pub options: TargetOptions,
+    /// Days per classification (`"CUI//BASIC" = 2555`); a segment takes its most
+    /// sensitive event's.
+    pub retention_days: RetentionPolicy,
+    /// Also place a legal hold on every object (S3 legal hold, Azure legal hold, GCS
+    /// temporary hold).
+    pub legal_hold: bool,
+    /// Ship to a store that does not enforce retention. The embedded default (an empty
+    /// `target`) is allowed without it: it is the development setup.
+    pub allow_non_worm: bool,
+    /// Backoff after a failed upload: starts here, doubles, stops growing at the max.
+    pub retry_ms_initial: u64,
+    pub retry_ms_max: u64,
+    /// How often to look for newly sealed segments when idle.
+    pub poll_interval_ms: u64,
+    /// The mutable newest-checkpoint object is rewritten at most this often.
+    pub latest_checkpoint_interval_ms: u64,
+    /// `/ready` fails when the oldest unshipped sealed segment is older than this.
+    pub ready_lag_ms_max: u64,
+    /// Checkpoints read from `checkpoints.log` and waiting for their segments to ship.
+    pub checkpoints_pending_max: usize,
+    /// Bytes of `checkpoints.log` read per step.
+    pub checkpoint_log_read_bytes_max: usize,
+    /// The key history file (`keys.json`) and `log.json` are shipped only if no larger.
+    pub small_file_bytes_max: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            enabled: true,
+            target: String::new(),
+            options: TargetOptions::default(),
+            retention_days: RetentionPolicy::default(),
+            legal_hold: false,
+            allow_non_worm: false,
+            retry_ms_initial: 200,
+            retry_ms_max: 30_000,
+            poll_interval_ms: 500,
+            latest_checkpoint_interval_ms: 10_000,
+            ready_lag_ms_max: 3_600_000,
+            checkpoints_pending_max: 4096,
+            checkpoint_log_read_bytes_max: 1 << 20,
+            small_file_bytes_max: 16 << 20,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    pub fn target_url(&self, data_dir: &Path) -> String {
+        if self.target.is_empty() {
+            data_dir.join("worm").display().to_string()
+        } else {
+            self.target.clone()
+        }
+    }
+
+    pub fn non_worm_allowed(&self) -> bool {
+        self.allow_non_worm || self.target.is_empty()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.retry_ms_initial == 0 || self.retry_ms_max < self.retry_ms_initial {
+            return Err(
+                "replication: retry_ms_initial must be positive and at most retry_ms_max".into(),
+            );
+        }
+        if self.checkpoints_pending_max == 0 || self.checkpoint_log_read_bytes_max < 65_544 {
+            return Err("replication: checkpoints_pending_max must be positive and checkpoint_log_read_bytes_max must hold one checkpoint entry (65544 bytes)".into());
+        }
+        if (0..5).any(|c| self.retention_days.days(c) == 0) {
+            return Err(
+                "replication: every classification needs a retention of at least one day".into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! The replication manifest, `<data_dir>/replication/manifest.log`: one entry per object
+//! shipped, appended and `fdatasync`ed after the store confirmed it, in the checkpoint log's
+//! framing (`bytes:u32 | crc32c:u32 | JSON`, FORMATS.md §12). A restart reads it to know
+//! what is already out; a torn last entry is cut, and its object is found again on the
+//! store by the create-only upload (same checksum: shipped; other bytes: an alarm).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{corrupt, io_err, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Meta,
+    Keys,
+    Segment,
+    Tile,
+    Checkpoint,
+}
+
+/// One shipped object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: Kind,
+    pub key: String,
+    pub bytes: u64,
+    /// BLAKE3 of the object, hex.
+    pub blake3: String,
+    pub retain_until_unix_s: u64,
+    pub shipped_at_unix_s: u64,
+    /// Leaf range of a segment; for a tile, its tile level and index; for a checkpoint, its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u64>,
+    /// `"created"` or `"already_there"` (found on the store after a crash).
+    pub outcome: String,
+}
+
+/// A shipped segment, as far as tiles and checkpoints need to know.
+#[derive(Clone, Copy, Debug)]
+pub struct ShippedSegment {
+    pub end: u64,
+    pub retain_until_unix_s: u64,
+}
+
+/// What the manifest says has shipped, in the shape the planner asks about it.
+#[derive(Debug, Default)]
+pub struct Shipped {
+    pub keys: HashSet<String>,
+    pub segments: BTreeMap<u64, ShippedSegment>,
+    /// Per tile level, the next tile index to ship (tiles go out in order).
+    pub tiles_next: Vec<u64>,
+    pub checkpoint_size: u64,
+    pub retain_until_max_unix_s: u64,
+}
+
+impl Shipped {
+    pub fn record(&mut self, e: &Entry) {
+        self.retain_until_max_unix_s = self.retain_until_max_unix_s.max(e.retain_until_unix_s);
+        match e.kind {
+            Kind::Tile => {
+                let (Some(level), Some(n)) = (e.first, e.end) else {
+                    return;
+                };
+                let level = level as usize;
+                if self.tiles_next.len() <= level {
+                    self.tiles_next.resize(level + 1, 0);
+                }
+                self.tiles_next[level] = self.tiles_next[level].max(n + 1);
+            }
+            Kind::Segment => {
+                if let (Some(first), Some(end)) = (e.first, e.end) {
+                    self.segments.insert(
+                        first,
+                        ShippedSegment {
+                            end,
+                            retain_until_unix_s: e.retain_until_unix_s,
+                        },
+                    );
+                }
+                self.keys.insert(e.key.clone());
+            }
+            Kind::Checkpoint => {
+                self.checkpoint_size = self.checkpoint_size.max(e.end.unwrap_or(0));
+                self.keys.insert(e.key.clone());
+            }
+            Kind::Meta | Kind::Keys => {
+                self.keys.insert(e.key.clone());
+            }
+        }
+    }
+
+    /// Leaves `[0, end)` all lie in shipped segments.
+    pub fn contiguous_end(&self) -> u64 {
+        let mut end = 0;
+        for (&first, s) in &self.segments {
+            if first != end {
+                break;
+            }
+            end = s.end;
+        }
+        end
+    }
+
+    /// The longest retention among shipped segments overlapping `[first, end)`.
+    pub fn retain_until_over(&self, first: u64, end: u64) -> u64 {
+        let from = self
+            .segments
+            .range(..=first)
+            .next_back()
+            .map_or(first, |(&f, _)| f);
+        self.segments
+            .range(from..end)
+            .filter(|(_, s)| s.end > first)
+            .map(|(_, s)| s.retain_until_unix_s)
+            .max()
+            .unwrap_or(self.retain_until_max_unix_s)
+    }
+}
+
+pub struct Manifest {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Manifest {
+    /// Opens (or creates) the manifest, cuts a torn tail, and replays it.
+    pub fn open(dir: &Path) -> Result<(Manifest, Shipped, u64)> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir, "create replication directory"))?;
+        let path = dir.join("manifest.log");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path, "open manifest"))?;
+        let bytes = std::fs::read(&path).map_err(io_err(&path, "read manifest"))?;
+        let (entries, good) = parse_log(&bytes);
+        if good < bytes.len() {
+            tracing::warn!(
+                "{}: cutting a torn tail of {} bytes at offset {good}",
+                path.display(),
+                bytes.len() - good
+            );
+            file.set_len(good as u64)
+                .map_err(io_err(&path, "truncate torn tail"))?;
+            file.sync_all().map_err(io_err(&path, "sync"))?;
+        }
+        let mut shipped = Shipped::default();
+        for (i, raw) in entries.iter().enumerate() {
+            let e: Entry = serde_json::from_slice(raw)
+                .map_err(|e| corrupt(&path, format!("entry {i}: {e}")))?;
+            shipped.record(&e);
+        }
+        crate::io::sync_dir(dir).map_err(io_err(dir, "sync"))?;
+        Ok((
+            Manifest {
+                path,
+                file,
+                len: good as u64,
+            },
+            shipped,
+            entries.len() as u64,
+        ))
+    }
+
+    pub fn append(&mut self, e: &Entry) -> Result<()> {
+        let json = serde_json::to_string(e).map_err(|err| corrupt(&self.path, err.to_string()))?;
+        let entry = encode_entry(&json);
+        self.file
+            .write_all_at(&entry, self.len)
+            .map_err(io_err(&self.path, "append"))?;
+        self.file
+            .sync_data()
+            .map_err(io_err(&self.path, "fdatasync"))?;
+        self.len += entry.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(first: u64, end: u64, until: u64) -> Entry {
+        Entry {
+            kind: Kind::Segment,
+            key: format!("segments/{first}"),
+            bytes: 1,
+            blake3: String::new(),
+            retain_until_unix_s: until,
+            shipped_at_unix_s: 0,
+            first: Some(first),
+            end: Some(end),
+            outcome: "created".into(),
+        }
+    }
+
+    #[test]
+    fn replays_and_cuts_a_torn_tail() {
+        let d = tempfile::tempdir().expect("tmp");
+        {
+            let (mut m, s, n) = Manifest::open(d.path()).expect("open");
+            assert_eq!((s.contiguous_end(), n), (0, 0));
+            m.append(&seg(0, 10, 5)).expect("append");
+            m.append(&seg(10, 20, 9)).expect("append");
+            m.append(&seg(30, 40, 7)).expect("append");
+        }
+        let p = d.path().join("manifest.log");
+        let mut bytes = std::fs::read(&p).expect("read");
+        bytes.extend_from_slice(&[0, 0, 1, 0, 9]);
+        std::fs::write(&p, &bytes).expect("write");
+        let (_, s, n) = Manifest::open(d.path()).expect("reopen");
+        assert_eq!(n, 3);
+        assert_eq!(s.contiguous_end(), 20);
+        assert_eq!(s.retain_until_over(5, 15), 9);
+        assert_eq!(s.retain_until_over(0, 10), 5);
+        assert_eq!(
+            std::fs::metadata(&p).expect("stat").len(),
+            bytes.len() as u64 - 5
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! The replicator: one thread that ships every sealed segment, full hash tile, checkpoint,
+//! the log's metadata and key history to a WORM object store, create-only and under the
+//! retention its classification requires, recording each object in a durable manifest.
+//!
+//! Its loop owns all state and control flow: ask the planner for the next object, upload
+//! it, record it, or on failure back off (capped exponential) and try again. Nothing here
+//! sits on the ingest path; a slow or absent store shows up as lag, never as back-pressure.
+
+mod config;
+mod manifest;
+mod plan;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditlog_worm::{PutOutcome, WormError, WormTarget};
+
+pub use config::ReplicationConfig;
+pub use manifest::{Entry as ManifestEntry, Kind as ManifestKind};
+
+use crate::error::{EngineError, Result};
+use crate::Shared;
+use manifest::Manifest;
+use plan::{Item, Planner};
+
+/// What the replicator says about itself, for `/ready` and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationStatus {
+    pub target: String,
+    /// What the store said at the last check (`None`: not reached yet).
+    pub worm_enforced: Option<bool>,
+    pub worm_detail: String,
+    /// Sealed segments (and their bytes) not yet on the store; the age of the oldest.
+    pub segments_pending: u64,
+    pub bytes_pending: u64,
+    pub oldest_pending_age_ms: u64,
+    /// Leaves `[0, shipped_end)` are on the store.
+    pub shipped_end: u64,
+    pub objects_shipped: u64,
+    pub bytes_shipped: u64,
+    /// Objects found already on the store (a crash between upload and manifest).
+    pub objects_already_there: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// Something no retry can fix: a key on the store holds other bytes, or the store
+    /// does not enforce retention. Shipping stops until an operator looks.
+    pub alarm: Option<String>,
+    pub manifest_entries: u64,
+    /// The last look found nothing to ship.
+    pub idle: bool,
+}
+
+/// Shared between the replicator thread and `Engine::status`.
+#[derive(Default)]
+pub(crate) struct Monitor {
+    status: Mutex<ReplicationStatus>,
+}
+
+impl Monitor {
+    pub fn snapshot(&self) -> ReplicationStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ReplicationStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// Everything the thread needs, prepared (and the target checked) while the engine opens.
+pub(crate) struct Replicator {
+    target: Box<dyn WormTarget>,
+    manifest: Manifest,
+    planner: Planner,
+    monitor: Arc<Monitor>,
+    worm_checked: bool,
+}
+
+/// Opens the target and the manifest. A store that answers and cannot keep the WORM
+/// promise is refused here unless `allow_non_worm`; one that does not answer is checked
+/// again by the thread before its first upload.
+pub(crate) fn prepare(
+    shared_cfg: &crate::EngineConfig,
+) -> Result<Option<(Replicator, Arc<Monitor>)>> {
+    let Some(cfg) = shared_cfg.replication.as_ref().filter(|c| c.enabled) else {
+        return Ok(None);
+    };
+    cfg.validate().map_err(EngineError::Config)?;
+    let url = cfg.target_url(&shared_cfg.data_dir);
+    let target = auditlog_worm::open(&url, &cfg.options)
+        .map_err(|e| EngineError::Config(format!("replication target {url}: {e}")))?;
+    let monitor = Arc::new(Monitor::default());
+    monitor.update(|s| s.target = target.describe());
+    let mut worm_checked = false;
+    match target.check_worm() {
+        Ok(c) => {
+            record_check(&monitor, &c);
+            if !c.enforced && !cfg.non_worm_allowed() {
+                return Err(EngineError::Config(format!(
+                    "replication target {} cannot keep the WORM promise ({}); set replication.allow_non_worm = true to ship there anyway",
+                    target.describe(),
+                    c.detail
+                )));
+            }
+            if !c.enforced {
+                tracing::warn!(
+                    "replication target {} is not WORM: {}",
+                    target.describe(),
+                    c.detail
+                );
+            }
+            worm_checked = true;
+        }
+        Err(e) => tracing::warn!(
+            "replication target {} not reachable at start: {e}",
+            target.describe()
+        ),
+    }
+    let dir = shared_cfg.data_dir.join("replication");
+    let (manifest, shipped, entries) = Manifest::open(&dir)?;
+    monitor.update(|s| {
+        s.manifest_entries = entries;
+        s.shipped_end = shipped.contiguous_end();
+    });
+    let planner = Planner::new(cfg.clone(), shipped);
+    Ok(Some((
+        Replicator {
+            target,
+            manifest,
+            planner,
+            monitor: monitor.clone(),
+            worm_checked,
+        },
+        monitor,
+    )))
+}
+
+fn record_check(monitor: &Monitor, c: &auditlog_worm::WormCheck) {
+    monitor.update(|s| {
+        s.worm_enforced = Some(c.enforced);
+        s.worm_detail = c.detail.clone();
+    });
+}
+
+impl Replicator {
+    pub(crate) fn run(mut self, shared: Arc<Shared>) {
+        let cfg = self.planner.config().clone();
+        let poll = Duration::from_millis(cfg.poll_interval_ms.max(1));
+        let mut backoff = Duration::from_millis(cfg.retry_ms_initial.max(1));
+        let stopping = || shared.shutting_down.load(Ordering::SeqCst);
+        while !stopping() {
+            let lag = self.planner.lag(&shared);
+            self.monitor.update(|s| {
+                s.segments_pending = lag.segments;
+                s.bytes_pending = lag.bytes;
+                s.oldest_pending_age_ms = lag.oldest_age_ms;
+                s.shipped_end = self.planner.shipped().contiguous_end();
+            });
+            if self.monitor.snapshot().alarm.is_some() {
+                sleep_unless(&stopping, poll);
+                continue;
+            }
+            let step = self.step(&shared);
+            match step {
+                Ok(true) => {
+                    self.monitor.update(|s| s.idle = false);
+                    backoff = Duration::from_millis(cfg.retry_ms_initial.max(1));
+                }
+                Ok(false) => {
+                    self.monitor.update(|s| s.idle = true);
+                    sleep_unless(&stopping, poll);
+                }
+                Err(e) => {
+                    let alarm = matches!(e, StepError::Alarm(_));
+                    let text = e.to_string();
+                    tracing::warn!(
+                        "replication: {text}{}",
+                        if alarm { "" } else { "; retrying" }
+                    );
+                    self.monitor.update(|s| {
+                        s.idle = false;
+                        s.failures += 1;
+                        s.last_error = Some(text.clone());
+                        if alarm {
+                            s.alarm = Some(text.clone());
+                        }
+                    });
+                    sleep_unless(&stopping, backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(cfg.retry_ms_max.max(1)));
+                }
+            }
+        }
+    }
+
+    /// Ships the next object if there is one; `Ok(false)` when there is nothing to do.
+    fn step(&mut self, shared: &Shared) -> Result<bool, StepError> {
+        if !self.worm_checked {
+            let c = self.target.check_worm().map_err(StepError::Store)?;
+            record_check(&self.monitor, &c);
+            if !c.enforced && !self.planner.config().non_worm_allowed() {
+                return Err(StepError::Alarm(format!(
+                    "target does not keep the WORM promise ({}); nothing is shipped",
+                    c.detail
+                )));
+            }
+            self.worm_checked = true;
+        }
+        let Some(item) = self.planner.next(shared).map_err(StepError::Engine)? else {
+            return Ok(false);
+        };
+        let started = Instant::now();
+        let outcome = match &item {
+            Item::Latest { bytes, .. } => self
+                .target
+                .put_mutable("checkpoint", bytes)
+                .map(|()| PutOutcome::Created),
+            Item::Object { entry, bytes } => self.target.put_create(
+                &entry.key,
+                bytes,
+                self.planner.lock(entry.retain_until_unix_s),
+            ),
+        };
+        let outcome = outcome.map_err(|e| match e {
+            WormError::Checksum { .. } => StepError::Alarm(e.to_string()),
+            e => StepError::Store(e),
+        })?;
+        let bytes = item.bytes_len();
+        if let Item::Object { entry, .. } = item {
+            let mut entry = entry;
+            entry.outcome = match outcome {
+                PutOutcome::Created => "created".into(),
+                PutOutcome::AlreadyThere => "already_there".into(),
+            };
+            self.manifest.append(&entry).map_err(StepError::Engine)?;
+            tracing::debug!(
+                "shipped {} ({bytes} bytes) in {:?}",
+                entry.key,
+                started.elapsed()
+            );
+            self.planner.shipped_mut().record(&entry);
+            self.monitor.update(|s| s.manifest_entries += 1);
+        } else if let Item::Latest { size, .. } = item {
+            self.planner.latest_shipped(size);
+        }
+        self.monitor.update(|s| {
+            s.objects_shipped += 1;
+            s.bytes_shipped += bytes;
+            if outcome == PutOutcome::AlreadyThere {
+                s.objects_already_there += 1;
+            }
+            s.last_error = None;
+        });
+        Ok(true)
+    }
+}
+
+fn sleep_unless(stopping: &dyn Fn() -> bool, d: Duration) {
+    let until = Instant::now() + d;
+    while !stopping() {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(25)));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("{0}")]
+    Store(WormError),
+    #[error("{0}")]
+    Engine(EngineError),
+    #[error("ALARM: {0}")]
+    Alarm(String),
+}

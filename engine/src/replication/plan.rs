@@ -1,0 +1,352 @@
+//! What to ship next, in order of what matters: the log's metadata, the key history, sealed
+//! segments (oldest first), then the newest checkpoint the shipped segments cover, then full
+//! hash tiles under that, then the mutable newest-checkpoint pointer. Tiles and
+//! checkpoints only ever describe data already on the store, so a reader of the bucket never
+//! meets a checkpoint for segments it cannot find.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditlog_formats::checkpoint_log::parse_log;
+use auditlog_worm::{tile_key, Lock};
+
+use super::config::ReplicationConfig;
+use super::manifest::{Entry, Kind, Shipped};
+use crate::error::{io_err, Result};
+use crate::segments::{sealed_name, Body};
+use crate::Shared;
+
+/// Bytes in one full tile: 256 hashes of 32 bytes (C2SP tlog-tiles, height 8).
+const TILE_BYTES: usize = 8192;
+
+pub(crate) enum Item {
+    /// A create-only object under retention, recorded in the manifest once stored.
+    Object { entry: Entry, bytes: Vec<u8> },
+    /// The newest checkpoint, rewritten in place, not recorded.
+    Latest { size: u64, bytes: Vec<u8> },
+}
+
+impl Item {
+    pub fn bytes_len(&self) -> u64 {
+        match self {
+            Item::Object { bytes, .. } | Item::Latest { bytes, .. } => bytes.len() as u64,
+        }
+    }
+}
+
+pub(crate) struct Lag {
+    pub segments: u64,
+    pub bytes: u64,
+    pub oldest_age_ms: u64,
+}
+
+struct Sealed {
+    first: u64,
+    end: u64,
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    sealed_at_unix_ns: u64,
+    max_classification: u8,
+}
+
+pub(crate) struct Planner {
+    cfg: ReplicationConfig,
+    shipped: Shipped,
+    cp_offset: u64,
+    cp_pending: VecDeque<(u64, String)>,
+    cp_candidate: Option<(u64, String)>,
+    latest_size: u64,
+    latest_at: Option<Instant>,
+}
+
+fn now_s() -> u64 {
+    crate::now_unix_ns() / 1_000_000_000
+}
+
+fn sealed_snapshot(shared: &Shared) -> Vec<Sealed> {
+    let set = shared.segments.read().unwrap_or_else(|e| e.into_inner());
+    set.sealed
+        .iter()
+        .filter_map(|s| match &s.body {
+            Body::Sealed { footer } => Some(Sealed {
+                first: s.first,
+                end: s.end,
+                file: s.file.clone(),
+                path: s.path.clone(),
+                sealed_at_unix_ns: footer.sealed_at_unix_ns,
+                max_classification: footer.max_classification,
+            }),
+            Body::Open { .. } => None,
+        })
+        .collect()
+}
+
+fn segment_key(first: u64, end: u64) -> String {
+    format!("segments/{}", sealed_name(first, end))
+}
+
+impl Planner {
+    pub fn new(cfg: ReplicationConfig, shipped: Shipped) -> Planner {
+        Planner {
+            cfg,
+            shipped,
+            cp_offset: 0,
+            cp_pending: VecDeque::new(),
+            cp_candidate: None,
+            latest_size: 0,
+            latest_at: None,
+        }
+    }
+
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.cfg
+    }
+
+    pub fn shipped(&self) -> &Shipped {
+        &self.shipped
+    }
+
+    pub fn shipped_mut(&mut self) -> &mut Shipped {
+        &mut self.shipped
+    }
+
+    pub fn lock(&self, retain_until_unix_s: u64) -> Option<Lock> {
+        Some(Lock {
+            retain_until_unix_s,
+            legal_hold: self.cfg.legal_hold,
+        })
+    }
+
+    pub fn latest_shipped(&mut self, size: u64) {
+        self.latest_size = size;
+        self.latest_at = Some(Instant::now());
+    }
+
+    pub fn lag(&self, shared: &Shared) -> Lag {
+        let now = crate::now_unix_ns();
+        let mut lag = Lag {
+            segments: 0,
+            bytes: 0,
+            oldest_age_ms: 0,
+        };
+        for s in sealed_snapshot(shared) {
+            if self.shipped.keys.contains(&segment_key(s.first, s.end)) {
+                continue;
+            }
+            lag.segments += 1;
+            lag.bytes += s.file.metadata().map(|m| m.len()).unwrap_or(0);
+            lag.oldest_age_ms = lag
+                .oldest_age_ms
+                .max(now.saturating_sub(s.sealed_at_unix_ns) / 1_000_000);
+        }
+        lag
+    }
+
+    fn small_file(&self, shared: &Shared, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = shared.config.data_dir.join(name);
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, "stat")(e)),
+            Ok(m) if m.len() > self.cfg.small_file_bytes_max => {
+                tracing::warn!(
+                    "{}: {} bytes, over small_file_bytes_max; not shipped",
+                    path.display(),
+                    m.len()
+                );
+                return Ok(None);
+            }
+            Ok(_) => {}
+        }
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(io_err(&path, "read"))
+    }
+
+    fn object(
+        &self,
+        kind: Kind,
+        key: String,
+        bytes: Vec<u8>,
+        retain_until: u64,
+        range: (Option<u64>, Option<u64>),
+    ) -> Item {
+        Item::Object {
+            entry: Entry {
+                kind,
+                key,
+                bytes: bytes.len() as u64,
+                blake3: blake3::hash(&bytes).to_hex().to_string(),
+                retain_until_unix_s: retain_until,
+                shipped_at_unix_s: now_s(),
+                first: range.0,
+                end: range.1,
+                outcome: String::new(),
+            },
+            bytes,
+        }
+    }
+
+    /// The next object to ship, or `None` when everything is out.
+    pub fn next(&mut self, shared: &Shared) -> Result<Option<Item>> {
+        let longest = now_s() + u64::from(self.cfg.retention_days.longest_days()) * 86_400;
+        if !self.shipped.keys.contains("log.json") {
+            if let Some(b) = self.small_file(shared, "log.json")? {
+                return Ok(Some(self.object(
+                    Kind::Meta,
+                    "log.json".into(),
+                    b,
+                    longest,
+                    (None, None),
+                )));
+            }
+        }
+        if let Some(b) = self.small_file(shared, "keys.json")? {
+            // One object per version of the history: the name carries its digest.
+            let key = format!("keys/{}.json", &blake3::hash(&b).to_hex()[..16]);
+            if !self.shipped.keys.contains(&key) {
+                return Ok(Some(self.object(Kind::Keys, key, b, longest, (None, None))));
+            }
+        }
+        for s in sealed_snapshot(shared) {
+            let key = segment_key(s.first, s.end);
+            if self.shipped.keys.contains(&key) {
+                continue;
+            }
+            let len = s.file.metadata().map_err(io_err(&s.path, "stat"))?.len();
+            let mut bytes = vec![0u8; len as usize];
+            s.file
+                .read_exact_at(&mut bytes, 0)
+                .map_err(io_err(&s.path, "read sealed segment"))?;
+            let until = self
+                .cfg
+                .retention_days
+                .retain_until(s.sealed_at_unix_ns / 1_000_000_000, s.max_classification);
+            return Ok(Some(self.object(
+                Kind::Segment,
+                key,
+                bytes,
+                until,
+                (Some(s.first), Some(s.end)),
+            )));
+        }
+        let end = self.shipped.contiguous_end();
+        self.read_checkpoint_log(shared)?;
+        while self
+            .cp_pending
+            .front()
+            .is_some_and(|(size, _)| *size <= end)
+        {
+            self.cp_candidate = self.cp_pending.pop_front();
+        }
+        if self
+            .cp_candidate
+            .as_ref()
+            .is_some_and(|(size, _)| *size <= self.shipped.checkpoint_size)
+        {
+            self.cp_candidate = None;
+        }
+        if let Some((size, note)) = &self.cp_candidate {
+            let until = self.shipped.retain_until_max_unix_s;
+            let key = format!("checkpoints/{size:020}");
+            return Ok(Some(self.object(
+                Kind::Checkpoint,
+                key,
+                note.clone().into_bytes(),
+                until,
+                (None, Some(*size)),
+            )));
+        }
+        // Tiles: only below a signed checkpoint (the hash store is synced up to it).
+        let durable = shared
+            .latest_checkpoint()
+            .map_or(0, |c| c.checkpoint.size)
+            .min(end);
+        // Tile level 7 spans 2^64 leaves; no log reaches a full one.
+        for t in 0..7u8 {
+            let width = 1u64 << (8 * (u32::from(t) + 1));
+            let n = self
+                .shipped
+                .tiles_next
+                .get(t as usize)
+                .copied()
+                .unwrap_or(0);
+            let (Some(first), Some(tile_end)) = (n.checked_mul(width), (n + 1).checked_mul(width))
+            else {
+                continue;
+            };
+            if tile_end > durable {
+                continue; // a higher level may still have a full tile behind it
+            }
+            let level = 8 * t as usize;
+            let Some(f) = shared.hashes.level_file(level) else {
+                continue;
+            };
+            let mut bytes = vec![0u8; TILE_BYTES];
+            let path = shared
+                .config
+                .data_dir
+                .join(format!("hashes/level-{level:02}.bin"));
+            f.read_exact_at(&mut bytes, n * TILE_BYTES as u64)
+                .map_err(io_err(&path, format!("read tile {t}/{n}")))?;
+            let until = self.shipped.retain_until_over(first, tile_end);
+            return Ok(Some(self.object(
+                Kind::Tile,
+                tile_key(t, n),
+                bytes,
+                until,
+                (Some(u64::from(t)), Some(n)),
+            )));
+        }
+        if let Some(cp) = shared.latest_checkpoint() {
+            let due = self.latest_at.is_none_or(|t| {
+                t.elapsed() >= Duration::from_millis(self.cfg.latest_checkpoint_interval_ms)
+            });
+            if cp.checkpoint.size != self.latest_size && due {
+                return Ok(Some(Item::Latest {
+                    size: cp.checkpoint.size,
+                    bytes: cp.note.clone().into_bytes(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads what was appended to `checkpoints.log` since the last call (bounded per call).
+    fn read_checkpoint_log(&mut self, shared: &Shared) -> Result<()> {
+        let path = shared.config.data_dir.join("checkpoints.log");
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path, "open")(e)),
+        };
+        let len = f.metadata().map_err(io_err(&path, "stat"))?.len();
+        if len <= self.cp_offset {
+            return Ok(());
+        }
+        let n = (len - self.cp_offset).min(self.cfg.checkpoint_log_read_bytes_max as u64) as usize;
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, self.cp_offset)
+            .map_err(io_err(&path, "read"))?;
+        let (entries, good) = parse_log(&buf);
+        for raw in entries {
+            let Ok(text) = std::str::from_utf8(raw) else {
+                continue;
+            };
+            // Signatures were checked when the engine wrote them; the verifier checks them again.
+            let Some(size) = text.lines().nth(1).and_then(|l| l.parse::<u64>().ok()) else {
+                continue;
+            };
+            if size > self.shipped.checkpoint_size {
+                self.cp_pending.push_back((size, text.to_string()));
+            }
+        }
+        while self.cp_pending.len() > self.cfg.checkpoints_pending_max {
+            self.cp_pending.pop_front();
+        }
+        self.cp_offset += good as u64;
+        Ok(())
+    }
+}

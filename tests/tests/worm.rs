@@ -1,0 +1,497 @@
+//! Replication to WORM storage against real stores: moto's S3 server (Object Lock enforced),
+//! Azurite (immutability accepted, not enforced: the requests are checked instead) and a
+//! recording GCS server (no emulator enforces retention). Each test has its own store
+//! process, bucket and data directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use auditlog_client::bucket::verify_bucket;
+use auditlog_engine::{Engine, EngineConfig, EngineError, ReplicationStatus};
+use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
+use auditlog_tests::worm_servers::*;
+use auditlog_tests::{classified_event, replication, s3_options, small_config};
+use auditlog_worm::{Lock, PutOutcome, RetentionPolicy, TargetOptions, WormError, WormTarget};
+use rand::{Rng, SeedableRng};
+
+const CLASSES: [&str; 3] = ["UNCLASSIFIED", "CUI//SP-PRIV", "CUI//BASIC"];
+
+/// Ingests until `segments` segments are sealed, one classification per segment.
+fn ingest_sealed(engine: &Engine, segments: usize) {
+    let mut n = engine.tree_size();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.status().sealed_segments < segments {
+        assert!(Instant::now() < deadline, "segments did not seal");
+        let class = CLASSES[engine.status().sealed_segments % CLASSES.len()];
+        let evs: Vec<Vec<u8>> = (n..n + 200).map(|i| classified_event(i, class)).collect();
+        engine
+            .append_payloads(evs.iter().map(|e| e.as_slice()))
+            .expect("append");
+        n += 200;
+    }
+}
+
+fn wait_shipped(engine: &Engine) -> ReplicationStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = engine.status();
+        let r = st.replication.clone().expect("replication on");
+        assert!(r.alarm.is_none(), "alarm: {r:?}");
+        if r.segments_pending == 0 && r.idle && st.sealed_segments > 0 {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "not shipped: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (file name, sealed_at seconds, max classification) of every sealed segment in `dir`.
+fn sealed_footers(dir: &Path) -> Vec<(String, u64, u8)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.join("segments")).expect("list") {
+        let e = e.expect("entry");
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".seg") {
+            continue;
+        }
+        let b = std::fs::read(e.path()).expect("read");
+        let header = SegmentHeader::decode(&b[..segment::HEADER_BYTES]).expect("header");
+        let trailer = segment::decode_trailer(b.len() as u64, &b[b.len() - TRAILER_BYTES..])
+            .expect("trailer");
+        let at = trailer.footer_offset as usize;
+        let footer = segment::decode_footer(
+            &header,
+            &trailer,
+            &b[at..at + trailer.footer_bytes as usize],
+        )
+        .expect("footer");
+        out.push((
+            name,
+            footer.sealed_at_unix_ns / 1_000_000_000,
+            footer.max_classification,
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// `key -> (versions, mode, retain_until unix s)` for every object, read with boto3.
+fn s3_objects(endpoint: &str, bucket: &str) -> BTreeMap<String, (u64, String, u64)> {
+    let out = boto3(
+        endpoint,
+        &format!(
+            r#"
+res = {{}}
+for v in s3.list_object_versions(Bucket='{bucket}').get('Versions', []):
+    k = v['Key']
+    r = res.setdefault(k, [0, '', 0])
+    r[0] += 1
+    h = s3.head_object(Bucket='{bucket}', Key=k, VersionId=v['VersionId'])
+    if 'ObjectLockMode' in h:
+        r[1] = h['ObjectLockMode']; r[2] = int(h['ObjectLockRetainUntilDate'].timestamp())
+print(json.dumps(res))"#
+        ),
+    );
+    let v: HashMap<String, (u64, String, u64)> = serde_json::from_str(out.trim()).expect("json");
+    v.into_iter().collect()
+}
+
+/// `target/<profile>/auditlog`, (re)built once per run.
+fn client_exe() -> PathBuf {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("deps dir")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "auditlog-client", "--bin", "auditlog"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if let Ok(st) = cmd.status() {
+            assert!(st.success(), "cargo build -p auditlog-client failed");
+        }
+        profile_dir.join("auditlog")
+    })
+    .clone()
+}
+
+fn engine_with(
+    dir: &Path,
+    target: &str,
+    opts: TargetOptions,
+    allow_non_worm: bool,
+) -> Result<Engine, EngineError> {
+    let mut cfg: EngineConfig = small_config(dir);
+    let mut r = replication(target, opts);
+    r.allow_non_worm = allow_non_worm;
+    cfg.replication = Some(r);
+    Engine::open(cfg, None)
+}
+
+#[test]
+fn s3_object_lock_retention_refusals_and_verify() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    let opts = s3_options(&ep);
+    auditlog_worm::create_bucket("s3://locked", &opts, true).expect("bucket with lock");
+    auditlog_worm::create_bucket("s3://plain", &opts, false).expect("bucket");
+
+    // A bucket without Object Lock cannot keep the promise: the engine refuses to start.
+    let d0 = tempfile::tempdir().expect("tmp");
+    match engine_with(d0.path(), "s3://plain/log", opts.clone(), false) {
+        Err(EngineError::Config(why)) => assert!(why.contains("WORM"), "{why}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("engine started with a non-WORM target"),
+    }
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine = engine_with(dir.path(), "s3://locked/log", opts.clone(), false).expect("open");
+    let key = engine.verifier_key();
+    ingest_sealed(&engine, 4);
+    let st = wait_shipped(&engine);
+    assert_eq!(st.worm_enforced, Some(true));
+    engine.shutdown().expect("shutdown");
+
+    let policy = RetentionPolicy::default();
+    let objects = s3_objects(&ep, "locked");
+    let footers = sealed_footers(dir.path());
+    let mut classes: Vec<u8> = footers.iter().map(|f| f.2).collect();
+    classes.dedup();
+    assert!(
+        classes.len() >= 2,
+        "segments of different classes: {classes:?}"
+    );
+    for (name, sealed_at, class) in &footers {
+        let (versions, mode, until) = objects
+            .get(&format!("log/segments/{name}"))
+            .unwrap_or_else(|| panic!("{name} not shipped"));
+        assert_eq!(*versions, 1, "{name}");
+        assert_eq!(mode, "COMPLIANCE", "{name}");
+        assert_eq!(
+            *until,
+            policy.retain_until(*sealed_at, *class),
+            "{name}: class {class}"
+        );
+    }
+    let now = auditlog_engine::now_unix_ns() / 1_000_000_000;
+    assert!(
+        objects.keys().any(|k| k.starts_with("log/tile/0/")),
+        "{objects:?}"
+    );
+    assert!(objects.keys().any(|k| k.starts_with("log/checkpoints/")));
+    for (k, (versions, mode, until)) in &objects {
+        if k == "log/checkpoint" {
+            continue; // the mutable pointer to the newest checkpoint
+        }
+        assert_eq!(*versions, 1, "{k}");
+        assert_eq!(mode, "COMPLIANCE", "{k}");
+        assert!(*until >= now + 1800 * 86_400, "{k}: retained until {until}");
+    }
+
+    // Deleting the locked version, and overwriting the key, are refused by the store.
+    let seg = format!("log/segments/{}", footers[0].0);
+    let refused = boto3(
+        &ep,
+        &format!(
+            r#"
+v = s3.list_object_versions(Bucket='locked', Prefix='{seg}')['Versions'][0]['VersionId']
+try:
+    s3.delete_object(Bucket='locked', Key='{seg}', VersionId=v); print('deleted')
+except Exception as e:
+    print('refused', e.response['Error']['Code'])
+try:
+    s3.put_object(Bucket='locked', Key='{seg}', Body=b'x', IfNoneMatch='*'); print('overwritten')
+except Exception as e:
+    print('refused', e.response['Error']['Code'])"#
+        ),
+    );
+    assert_eq!(
+        refused.lines().filter(|l| l.starts_with("refused")).count(),
+        2,
+        "{refused}"
+    );
+    let target = auditlog_worm::open("s3://locked/log", &opts).expect("target");
+    let seg_key = format!("segments/{}", footers[0].0);
+    assert!(matches!(
+        target.put_create(&seg_key, b"other bytes", None),
+        Err(WormError::Checksum { .. })
+    ));
+    let local = std::fs::read(dir.path().join("segments").join(&footers[0].0)).expect("read");
+    assert_eq!(
+        target
+            .put_create(&seg_key, &local, None)
+            .expect("same bytes"),
+        PutOutcome::AlreadyThere
+    );
+    assert_eq!(
+        target.get(&seg_key).expect("get").as_deref(),
+        Some(local.as_slice())
+    );
+
+    // The CLI verifies the log from the bucket alone, retention included.
+    let out = Command::new(client_exe())
+        .args([
+            "verify",
+            "s3://locked/log",
+            "--endpoint",
+            &ep,
+            "--key",
+            &key.to_string(),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run auditlog");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK:") && stdout.contains("objects checked against policy"),
+        "{stdout}"
+    );
+
+    // A copy outside the lock can be changed, and the verifier catches it.
+    let copy_dir = tempfile::tempdir().expect("tmp");
+    let copy = auditlog_worm::open(
+        &copy_dir.path().display().to_string(),
+        &TargetOptions::default(),
+    )
+    .expect("local");
+    for o in target.list("").expect("list") {
+        let b = target.get(&o.key).expect("get").expect("present");
+        copy.put_create(&o.key, &b, None).expect("copy");
+    }
+    let victim = copy_dir.path().join(&seg_key);
+    let mut b = std::fs::read(&victim).expect("read");
+    b[100] ^= 1;
+    std::fs::remove_file(&victim).expect("rm");
+    std::fs::write(&victim, &b).expect("write");
+    let copy: Arc<dyn WormTarget> = copy.into();
+    let err = verify_bucket(copy, &history_of(&key), &policy, &mut |_, _| {})
+        .expect_err("tampered copy fails");
+    assert!(err.place.contains(&footers[0].0), "{err}");
+}
+
+#[test]
+fn s3_kill_during_upload_then_restart_ships_exactly_once() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    let opts = s3_options(&ep);
+    auditlog_worm::create_bucket("s3://crash", &opts, true).expect("bucket");
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed5);
+    let run = |mode: &str| {
+        Command::new(env!("CARGO_BIN_EXE_worm-child"))
+            .args([
+                dir.path().to_str().expect("utf8"),
+                "s3://crash/log",
+                &ep,
+                mode,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn worm-child")
+    };
+    for _ in 0..5 {
+        let mut child = run("ingest");
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..900)));
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        child.wait().expect("reap");
+    }
+    let out = run("drain").wait_with_output().expect("drain");
+    assert!(out.status.success(), "drain failed");
+    let shipped_end: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("drained ")
+        .and_then(|n| n.parse().ok())
+        .expect("drained N");
+
+    // Every object once on the store, once in the manifest, and the same set in both.
+    let objects = s3_objects(&ep, "crash");
+    for (k, (versions, _, _)) in &objects {
+        if k != "log/checkpoint" {
+            assert_eq!(*versions, 1, "{k} stored {versions} times");
+        }
+    }
+    let manifest = std::fs::read(dir.path().join("replication/manifest.log")).expect("manifest");
+    let (entries, good) = auditlog_formats::checkpoint_log::parse_log(&manifest);
+    assert_eq!(good, manifest.len());
+    let mut keys: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(e).expect("entry");
+            format!("log/{}", v["key"].as_str().expect("key"))
+        })
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "a key recorded twice");
+    let stored: Vec<String> = objects
+        .keys()
+        .filter(|k| *k != "log/checkpoint")
+        .cloned()
+        .collect();
+    assert_eq!(keys, stored);
+    let sealed = sealed_footers(dir.path());
+    assert!(sealed.len() >= 3, "{} segments", sealed.len());
+    for (name, _, _) in &sealed {
+        assert!(
+            objects.contains_key(&format!("log/segments/{name}")),
+            "{name} missing"
+        );
+    }
+
+    let target: Arc<dyn WormTarget> = auditlog_worm::open("s3://crash/log", &opts)
+        .expect("target")
+        .into();
+    let key = auditlog_engine::KeyFileSigner::load_or_create(
+        &dir.path().join("keys/checkpoint.key"),
+        "auditlog.local/log",
+    )
+    .map(|s| auditlog_engine::Signer::verifier_key(&s))
+    .expect("key");
+    let (summary, report) = verify_bucket(
+        target,
+        &history_of(&key),
+        &RetentionPolicy::default(),
+        &mut |_, _| {},
+    )
+    .expect("verify");
+    assert_eq!(summary.events, shipped_end);
+    assert_eq!(summary.sealed_segments, sealed.len());
+    assert!(report.short.is_empty(), "{:?}", report.short);
+}
+
+#[test]
+fn azure_uploads_carry_locked_immutability_and_verify() {
+    let store = tempfile::tempdir().expect("tmp");
+    let azurite = start_azurite(store.path());
+    let proxy = RecordingProxy::start(azurite.port);
+    let opts = |port: u16| TargetOptions {
+        endpoint: Some(format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")),
+        account: Some(AZURITE_ACCOUNT.into()),
+        account_key: Some(AZURITE_KEY.into()),
+        connect_timeout_ms: Some(500),
+        request_timeout_ms: Some(5000),
+        ..Default::default()
+    };
+    auditlog_worm::create_bucket("azure://audit", &opts(azurite.port), false).expect("container");
+
+    // Azurite does not report version-level immutability: refused unless allowed.
+    let d0 = tempfile::tempdir().expect("tmp");
+    assert!(matches!(
+        engine_with(d0.path(), "azure://audit/log", opts(proxy.port), false),
+        Err(EngineError::Config(_))
+    ));
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine =
+        engine_with(dir.path(), "azure://audit/log", opts(proxy.port), true).expect("open");
+    let key = engine.verifier_key();
+    ingest_sealed(&engine, 3);
+    let st = wait_shipped(&engine);
+    assert_eq!(st.worm_enforced, Some(false));
+    engine.shutdown().expect("shutdown");
+
+    let policy = RetentionPolicy::default();
+    let puts = proxy.requests(&format!("PUT /{AZURITE_ACCOUNT}/audit/log/segments/"));
+    let footers = sealed_footers(dir.path());
+    assert_eq!(puts.len(), footers.len(), "one upload per segment");
+    for (name, sealed_at, class) in &footers {
+        let h = puts
+            .iter()
+            .find(|h| h[0].1.contains(name.as_str()))
+            .unwrap_or_else(|| panic!("no upload of {name}"));
+        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("x-ms-immutability-policy-mode"),
+            Some("Locked"),
+            "{name}"
+        );
+        assert_eq!(
+            get("x-ms-immutability-policy-until-date"),
+            Some(auditlog_worm::time::rfc1123(policy.retain_until(*sealed_at, *class)).as_str()),
+            "{name}"
+        );
+        assert_eq!(get("if-none-match"), Some("*"));
+        assert!(get("content-md5").is_some());
+    }
+    let target: Arc<dyn WormTarget> = auditlog_worm::open("azure://audit/log", &opts(azurite.port))
+        .expect("target")
+        .into();
+    let (summary, _) = verify_bucket(target, &history_of(&key), &policy, &mut |_, _| {})
+        .expect("verify from Azurite");
+    assert_eq!(summary.sealed_segments, footers.len());
+    assert_eq!(summary.events, st.shipped_end);
+}
+
+#[test]
+fn gcs_upload_carries_locked_object_retention() {
+    let gcs = FakeGcs::start();
+    let opts = TargetOptions {
+        endpoint: Some(format!("http://127.0.0.1:{}", gcs.port)),
+        bearer_token: Some("t".into()),
+        ..Default::default()
+    };
+    let t = auditlog_worm::open("gs://bkt/log", &opts).expect("target");
+    assert!(t.check_worm().expect("check").enforced);
+    let lock = Lock {
+        retain_until_unix_s: 4_102_444_800,
+        legal_hold: false,
+    };
+    let bytes = b"sealed segment bytes".to_vec();
+    assert_eq!(
+        t.put_create("segments/a.seg", &bytes, Some(lock))
+            .expect("put"),
+        PutOutcome::Created
+    );
+    let up = gcs.uploads.lock().expect("lock")[0].clone();
+    assert_eq!(up["name"], "log/segments/a.seg");
+    assert_eq!(up["retention"]["mode"], "Locked");
+    assert_eq!(up["retention"]["retainUntilTime"], "2100-01-01T00:00:00Z");
+    use base64::Engine as _;
+    let md5 = base64::engine::general_purpose::STANDARD.encode(auditlog_worm::content_md5(&bytes));
+    assert_eq!(up["md5Hash"], md5.as_str());
+    assert_eq!(
+        t.put_create("segments/a.seg", &bytes, Some(lock))
+            .expect("again"),
+        PutOutcome::AlreadyThere
+    );
+    assert!(matches!(
+        t.put_create("segments/a.seg", b"other", Some(lock)),
+        Err(WormError::Checksum { .. })
+    ));
+    assert_eq!(t.get("segments/a.seg").expect("get"), Some(bytes));
+    assert_eq!(
+        t.retention("segments/a.seg")
+            .expect("ret")
+            .map(|r| r.retain_until_unix_s),
+        Some(lock.retain_until_unix_s)
+    );
+    assert_eq!(t.list("segments/").expect("list").len(), 1);
+}
+
+/// A history of the one key these logs are signed with.
+fn history_of(
+    key: &auditlog_formats::note::VerifierKey,
+) -> auditlog_formats::keyhistory::CheckedHistory {
+    auditlog_formats::keyhistory::KeyHistory::single(key)
+        .check()
+        .expect("a one-key history")
+}

@@ -1,0 +1,263 @@
+//! The WORM store goes away mid-run: the real `auditlogd` replicating to moto keeps taking
+//! events while moto is stopped (SIGSTOP), its lag grows and shows in `/metrics` and
+//! `/ready`, and once moto runs again everything ships, each object once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditlog_client::bucket::verify_bucket;
+use auditlog_formats::note::VerifierKey;
+use auditlog_tests::worm_servers::{boto3, free_port, start_moto};
+use auditlog_tests::{classified_event, s3_options};
+use auditlog_worm::{RetentionPolicy, WormTarget};
+
+fn daemon_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("deps dir")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "auditlog-server", "--bin", "auditlogd"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if let Ok(st) = cmd.status() {
+        assert!(st.success(), "cargo build -p auditlog-server failed");
+    }
+    profile_dir.join("auditlogd")
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+    tokens: HashMap<String, String>,
+    agent: ureq::Agent,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn get(&self, path: &str, role: &str) -> (u16, String) {
+        let r = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.tokens[role]))
+            .call();
+        let r = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {path}: {e}"),
+        };
+        (r.status(), r.into_string().unwrap_or_default())
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics", "admin");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+
+    fn ingest(&self, n0: u64, count: u64) {
+        let body: Vec<u8> = (n0..n0 + count)
+            .flat_map(|i| {
+                let mut e = classified_event(i, "CUI//BASIC");
+                e.push(b'\n');
+                e
+            })
+            .collect();
+        let started = Instant::now();
+        let r = self
+            .agent
+            .post(&format!("{}/v1/events", self.base))
+            .set(
+                "Authorization",
+                &format!("Bearer {}", self.tokens["writer"]),
+            )
+            .set("Content-Type", "application/x-ndjson")
+            .send_bytes(&body)
+            .expect("ingest");
+        assert_eq!(r.status(), 200);
+        // Ingest never waits for the store.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "ingest took {:?}",
+            started.elapsed()
+        );
+    }
+
+    fn wait_metric(&self, name: &str, pred: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.metric(name);
+            if pred(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{name} stuck at {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn store_down_lag_grows_and_shipping_resumes() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    auditlog_worm::create_bucket("s3://down", &s3_options(&ep), true).expect("bucket");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("auditlogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[engine]
+submission_bytes_max = 524288
+batch_bytes_max = 524288
+segment_bytes = 1048576
+block_raw_bytes = 16384
+checkpoint_interval_ms = 50
+
+[server]
+body_bytes_max = 1048576
+
+[replication]
+target = "s3://down/log"
+retry_ms_initial = 50
+retry_ms_max = 300
+poll_interval_ms = 20
+latest_checkpoint_interval_ms = 100
+ready_lag_ms_max = 1000
+
+[replication.options]
+endpoint = "{ep}"
+region = "us-east-1"
+access_key_id = "test"
+secret_access_key = "test"
+connect_timeout_ms = 300
+request_timeout_ms = 700
+"#
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let child = Command::new(daemon_exe())
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--tcp-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn auditlogd");
+    let mut d = Daemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        tokens: HashMap::new(),
+        agent: ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(20))
+            .build(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.agent.get(&format!("{}/health", d.base)).call().is_err() {
+        assert!(Instant::now() < deadline, "auditlogd did not come up");
+        if let Ok(Some(st)) = d.child.try_wait() {
+            panic!("auditlogd exited: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tokens = std::fs::read_to_string(dir.path().join("data/initial-tokens")).expect("tokens");
+    d.tokens = tokens
+        .lines()
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
+        .collect();
+
+    // Store up: segments ship.
+    let mut n = 0;
+    for _ in 0..12 {
+        d.ingest(n, 1000);
+        n += 1000;
+    }
+    d.wait_metric("auditlog_replication_shipped_end", |v| v > 0);
+    d.wait_metric("auditlog_replication_segments_pending", |v| v == 0);
+    assert_eq!(d.metric("auditlog_replication_worm_enforced"), 1);
+
+    // Store stopped: ingest goes on, lag grows and is reported.
+    moto.signal(libc::SIGSTOP);
+    let shipped_before = d.metric("auditlog_replication_shipped_end");
+    for _ in 0..12 {
+        d.ingest(n, 1000);
+        n += 1000;
+    }
+    let pending = d.wait_metric("auditlog_replication_segments_pending", |v| v >= 2);
+    d.wait_metric("auditlog_replication_failures_total", |v| v > 0);
+    d.wait_metric(
+        "auditlog_replication_oldest_pending_age_milliseconds",
+        |v| v > 1000,
+    );
+    assert!(d.metric("auditlog_replication_bytes_pending") > 0);
+    assert_eq!(d.metric("auditlog_replication_shipped_end"), shipped_before);
+    let (status, body) = d.get("/ready", "admin");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("replication lag"), "{body}");
+    eprintln!("store down: {pending} segments pending");
+
+    // Store back: everything ships, /ready recovers.
+    moto.signal(libc::SIGCONT);
+    d.wait_metric("auditlog_replication_segments_pending", |v| v == 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.get("/ready", "admin").0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, log) = d.get("/v1/log", "auditor");
+    let log: serde_json::Value = serde_json::from_str(&log).expect("log json");
+    let key = VerifierKey::parse(log["verifier_keys"][0].as_str().expect("key")).expect("key");
+    let shipped_end = d.metric("auditlog_replication_shipped_end");
+    // SAFETY: kill(2) on our own child: a clean stop.
+    unsafe {
+        libc::kill(d.child.id() as i32, libc::SIGTERM);
+    }
+    let st = d.child.wait().expect("wait");
+    assert!(st.success(), "auditlogd exited with {st}");
+
+    // Nothing lost, nothing doubled.
+    let versions = boto3(
+        &ep,
+        r#"
+from collections import Counter
+c = Counter(v['Key'] for v in s3.list_object_versions(Bucket='down').get('Versions', []))
+print(max(n for k, n in c.items() if k != 'log/checkpoint'))"#,
+    );
+    assert_eq!(versions.trim(), "1", "an object was stored twice");
+    let target: Arc<dyn WormTarget> = auditlog_worm::open("s3://down/log", &s3_options(&ep))
+        .expect("target")
+        .into();
+    let (summary, report) = verify_bucket(
+        target,
+        &auditlog_formats::keyhistory::KeyHistory::single(&key)
+            .check()
+            .expect("one-key history"),
+        &RetentionPolicy::default(),
+        &mut |_, _| {},
+    )
+    .expect("verify");
+    assert!(summary.events >= shipped_end && summary.events > shipped_before);
+    assert!(report.short.is_empty(), "{:?}", report.short);
+}

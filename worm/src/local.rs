@@ -1,0 +1,277 @@
+//! A local directory as the target: the embedded default and the tests' stand-in. Objects
+//! are written to a temporary file, synced, hard-linked into place (which fails if the name
+//! is taken: create-only), read back and compared, then made read-only. The retention asked
+//! for is recorded in a sidecar (`.meta/<key>.json`); nothing here can enforce it against
+//! an administrator, which is why [`WormTarget::check_worm`] says so.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::{Lock, ObjectInfo, PutOutcome, Result, Retention, WormCheck, WormError, WormTarget};
+
+pub(crate) struct LocalTarget {
+    root: PathBuf,
+}
+
+const META_DIR: &str = ".meta";
+const PARTIAL_DIR: &str = ".partial";
+
+fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> WormError {
+    let path = path.display().to_string();
+    let what = what.to_string();
+    move |source| WormError::Io { path, what, source }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Sidecar {
+    retain_until_unix_s: u64,
+    legal_hold: bool,
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "sync directory"))
+}
+
+impl LocalTarget {
+    pub fn open(root: &Path) -> Result<LocalTarget> {
+        for d in [
+            root.to_path_buf(),
+            root.join(META_DIR),
+            root.join(PARTIAL_DIR),
+        ] {
+            fs::create_dir_all(&d).map_err(io(&d, "create directory"))?;
+        }
+        Ok(LocalTarget {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, base: &Path, key: &str) -> Result<PathBuf> {
+        let bad = key.is_empty()
+            || key.starts_with('/')
+            || key
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == ".." || p.starts_with('.'));
+        if bad {
+            return Err(WormError::Config(format!(
+                "object key {key:?} is not a plain relative path"
+            )));
+        }
+        Ok(base.join(key))
+    }
+
+    /// Writes a synced temporary copy and returns its path.
+    fn stage(&self, key: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let tmp = self.root.join(PARTIAL_DIR).join(format!(
+            "{}.{}.{nanos}",
+            key.replace('/', "_"),
+            std::process::id()
+        ));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp, "create"))?;
+        f.write_all(bytes).map_err(io(&tmp, "write"))?;
+        f.sync_all().map_err(io(&tmp, "fsync"))?;
+        Ok(tmp)
+    }
+
+    fn write_sidecar(&self, key: &str, lock: Lock) -> Result<()> {
+        let path = self.path(&self.root.join(META_DIR), &format!("{key}.json"))?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
+        }
+        let text = serde_json::to_vec(&Sidecar {
+            retain_until_unix_s: lock.retain_until_unix_s,
+            legal_hold: lock.legal_hold,
+        })
+        .map_err(|e| WormError::Config(e.to_string()))?;
+        let tmp = self.stage(&format!("{key}.json"), &text)?;
+        fs::rename(&tmp, &path).map_err(io(&path, "install retention sidecar"))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl WormTarget for LocalTarget {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn check_worm(&self) -> Result<WormCheck> {
+        Ok(WormCheck {
+            enforced: false,
+            detail: "a local directory: objects are read-only files, but an administrator can remove them".into(),
+        })
+    }
+
+    fn put_create(&self, key: &str, bytes: &[u8], lock: Option<Lock>) -> Result<PutOutcome> {
+        let path = self.path(&self.root, key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        // Retention is recorded before the object appears, so no object is ever seen without it.
+        if let Some(l) = lock {
+            self.write_sidecar(key, l)?;
+        }
+        let tmp = self.stage(key, bytes)?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let theirs = fs::read(&path).map_err(io(&path, "read existing object"))?;
+                if theirs != bytes {
+                    return Err(WormError::Checksum {
+                        target: self.describe(),
+                        key: key.to_string(),
+                        what: "the key already holds different bytes".into(),
+                    });
+                }
+                return Ok(PutOutcome::AlreadyThere);
+            }
+            Err(e) => return Err(io(&path, "link into place")(e)),
+        }
+        sync_dir(&dir)?;
+        let back = fs::read(&path).map_err(io(&path, "read back"))?;
+        if crate::content_md5(&back) != crate::content_md5(bytes) {
+            return Err(WormError::Checksum {
+                target: self.describe(),
+                key: key.to_string(),
+                what: "read back differs from what was written".into(),
+            });
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o444))
+            .map_err(io(&path, "make read-only"))?;
+        Ok(PutOutcome::Created)
+    }
+
+    fn put_mutable(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.path(&self.root, key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        let tmp = self.stage(key, bytes)?;
+        fs::rename(&tmp, &path).map_err(io(&path, "install"))?;
+        sync_dir(&dir)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(&self.root, key)?;
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path, "read")(e)),
+        }
+    }
+
+    fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        let path = self.path(&self.root.join(META_DIR), &format!("{key}.json"))?;
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path, "read")(e)),
+        };
+        let s: Sidecar = serde_json::from_slice(&text).map_err(|e| WormError::Protocol {
+            target: self.describe(),
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Retention {
+            mode: "local".into(),
+            retain_until_unix_s: s.retain_until_unix_s,
+            legal_hold: s.legal_hold,
+        }))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir, "list")(e)),
+            };
+            for e in rd {
+                let e = e.map_err(io(&dir, "list"))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // sidecars and partial uploads
+                }
+                let key = format!("{rel}{name}");
+                let ft = e.file_type().map_err(io(&e.path(), "stat"))?;
+                if ft.is_dir() {
+                    let sub = format!("{key}/");
+                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                        stack.push((e.path(), sub));
+                    }
+                } else if key.starts_with(prefix) {
+                    let bytes = e.metadata().map_err(io(&e.path(), "stat"))?.len();
+                    out.push(ObjectInfo { key, bytes });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_only_read_only_and_listed() {
+        let d = tempfile::tempdir().expect("tmp");
+        let t = LocalTarget::open(d.path()).expect("open");
+        let lock = Lock {
+            retain_until_unix_s: 1234,
+            legal_hold: false,
+        };
+        assert_eq!(
+            t.put_create("a/b", b"one", Some(lock)).expect("put"),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            t.put_create("a/b", b"one", Some(lock)).expect("again"),
+            PutOutcome::AlreadyThere
+        );
+        assert!(matches!(
+            t.put_create("a/b", b"two", Some(lock)),
+            Err(WormError::Checksum { .. })
+        ));
+        assert_eq!(t.get("a/b").expect("get").as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            t.retention("a/b")
+                .expect("ret")
+                .map(|r| r.retain_until_unix_s),
+            Some(1234)
+        );
+        let mode = fs::metadata(d.path().join("a/b"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o222, 0, "objects are read-only");
+        t.put_mutable("checkpoint", b"x").expect("mutable");
+        t.put_mutable("checkpoint", b"y").expect("mutable again");
+        let keys: Vec<String> = t
+            .list("")
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, vec!["a/b", "checkpoint"]);
+        assert_eq!(t.list("a/").expect("list").len(), 1);
+        assert!(t.put_create("../x", b"", None).is_err());
+    }
+}
