@@ -120,46 +120,17 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use auditlog_client::verify::{load_history, verify_dir, verify_dir_with_history};
 use auditlog_formats::checkpoint_log;
 use auditlog_formats::keyhistory::KeyHistory;
 use auditlog_formats::note::{self, Checkpoint, NoteSigner, VerifierKey};
+use auditlog_tests::daemon::{daemon_exe, free_port};
 use auditlog_tests::event;
 use serde_json::{json, Value};
 
 const PIN_VAR: &str = "AUDITLOG_TEST_HSM_PIN";
-
-/// `target/<profile>/auditlogd`, built once per run (as in http.rs).
-fn daemon_exe() -> PathBuf {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test exe in target/<profile>/deps")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "auditlog-server", "--bin", "auditlogd"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Ok(st) = cmd.status() {
-            assert!(st.success(), "cargo build -p auditlog-server failed");
-        }
-        profile_dir.join("auditlogd")
-    })
-    .clone()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 /// A test's world: a SoftHSM2 token directory and a data directory.
 struct World {

@@ -3,35 +3,17 @@
 //! `/ready`, and once moto runs again everything ships, each object once.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_client::bucket::verify_bucket;
 use auditlog_formats::note::VerifierKey;
+use auditlog_tests::daemon::daemon_exe;
 use auditlog_tests::worm_servers::{boto3, free_port, start_moto};
 use auditlog_tests::{classified_event, s3_options};
 use auditlog_worm::{RetentionPolicy, WormTarget};
-
-fn daemon_exe() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("deps dir")
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "auditlog-server", "--bin", "auditlogd"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    if let Ok(st) = cmd.status() {
-        assert!(st.success(), "cargo build -p auditlog-server failed");
-    }
-    profile_dir.join("auditlogd")
-}
 
 struct Daemon {
     child: Child,

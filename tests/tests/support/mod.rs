@@ -6,48 +6,15 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::tree;
 use auditlog_formats::TreeHash;
+pub use auditlog_tests::daemon::{daemon_exe, free_port};
 use serde_json::Value;
-
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// `target/<profile>/auditlogd`, rebuilt once per run so it is never older than the source.
-pub fn daemon_exe() -> PathBuf {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test exe in target/<profile>/deps")
-            .to_path_buf();
-        let bin = profile_dir.join("auditlogd");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "auditlog-server", "--bin", "auditlogd"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        match cmd.status() {
-            Ok(st) => assert!(st.success(), "cargo build -p auditlog-server failed"),
-            Err(e) => eprintln!("cannot run cargo ({e}); using {}", bin.display()),
-        }
-        assert!(bin.exists(), "{} missing", bin.display());
-        bin
-    })
-    .clone()
-}
 
 pub struct Daemon {
     pub child: Option<Child>,
