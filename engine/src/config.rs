@@ -52,6 +52,10 @@ pub struct EngineConfig {
     /// Raw bytes per compressed block of a sealed segment.
     pub block_raw_bytes: usize,
     pub zstd_level: i32,
+    /// Memory for the upper levels of the hash store, kept whole so that a proof reads
+    /// only the few lowest levels from disk. The lowest cached level rises as the tree
+    /// grows, so this bounds memory whatever the log's size.
+    pub hash_cache_bytes_max: u64,
     pub io_mode: IoMode,
     pub signer: SignerConfig,
     /// Where HSM PINs come from (an environment variable or a file, never the config).
@@ -78,6 +82,7 @@ impl EngineConfig {
             checkpoint_interval_ms: 1000,
             block_raw_bytes: 256 << 10,
             zstd_level: 3,
+            hash_cache_bytes_max: 64 << 20,
             io_mode: IoMode::Auto,
             signer: SignerConfig::DevKeyFile,
             pkcs11_pin: None,

@@ -7,6 +7,11 @@
 //! Derived state: written (not synced) by the sequencer after each batch, synced by the
 //! checkpointer before it publishes a checkpoint, and re-derived from segments past the
 //! last checkpoint on recovery.
+//!
+//! Proofs are served at tens of thousands per second, and ~2 log2(n) preads each made the
+//! system calls cost more than the hashing. The upper levels are small (everything from
+//! level 8 up is under 1% of the store), so they are kept whole in memory, within
+//! `hash_cache_bytes_max`: a proof then reads only the few lowest levels from disk.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -25,14 +30,66 @@ pub(crate) const LEVELS_MAX: usize = 64;
 pub struct HashFiles {
     dir: PathBuf,
     files: Arc<RwLock<Vec<Arc<File>>>>,
+    cache: Arc<RwLock<UpperCache>>,
+}
+
+/// Whole upper levels in memory. A level is extended only up to a node a reader asks for,
+/// and every node before it on that level was appended earlier, so the cache holds only
+/// nodes already written; a stored node never changes (a complete subtree's hash is final),
+/// so a cached copy never goes stale. Only recovery cuts levels, and it clears the cache.
+struct UpperCache {
+    /// Levels below `floor` are read from disk; it only rises, as the tree outgrows memory.
+    floor: usize,
+    /// `levels[k]`: the first nodes of level k (empty below `floor`).
+    levels: Vec<Vec<Hash>>,
+    bytes: u64,
+    bytes_max: u64,
+}
+
+impl UpperCache {
+    fn new(bytes_max: u64) -> UpperCache {
+        UpperCache {
+            floor: 0,
+            levels: (0..LEVELS_MAX).map(|_| Vec::new()).collect(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    fn get(&self, node: NodeId) -> Option<Hash> {
+        self.levels
+            .get(node.level as usize)?
+            .get(usize::try_from(node.index).ok()?)
+            .copied()
+    }
+
+    /// Makes room for `level` to hold `count` nodes by dropping the lowest cached levels;
+    /// false if `level` itself had to go (it is then read from disk from now on).
+    fn make_room(&mut self, level: usize, count: u64) -> bool {
+        if level < self.floor {
+            return false;
+        }
+        let grow = (count.saturating_sub(self.levels[level].len() as u64)).saturating_mul(32);
+        while self.bytes.saturating_add(grow) > self.bytes_max && self.floor <= level {
+            let dropped = std::mem::take(&mut self.levels[self.floor]);
+            self.bytes -= dropped.len() as u64 * 32;
+            self.floor += 1;
+        }
+        level >= self.floor
+    }
+
+    fn clear(&mut self) {
+        *self = UpperCache::new(self.bytes_max);
+    }
 }
 
 impl HashFiles {
-    pub(crate) fn open(dir: &Path) -> Result<HashFiles> {
+    pub(crate) fn open(dir: &Path, cache_bytes_max: u64) -> Result<HashFiles> {
         std::fs::create_dir_all(dir).map_err(io_err(dir, "create hash store directory"))?;
         let files = HashFiles {
             dir: dir.to_path_buf(),
             files: Arc::new(RwLock::new(Vec::new())),
+            cache: Arc::new(RwLock::new(UpperCache::new(cache_bytes_max))),
         };
         // Open the levels that exist; new ones are created as the tree grows into them.
         for level in 0..LEVELS_MAX {
@@ -92,6 +149,10 @@ impl HashFiles {
     /// Cuts every level to what a tree of `size` has. Returns false if some level holds
     /// fewer nodes than that (the store is behind and must be rebuilt from the start).
     pub(crate) fn truncate_to(&self, size: u64) -> Result<bool> {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let mut complete = true;
         for level in 0..LEVELS_MAX {
             let want = if level < 64 { size >> level } else { 0 };
@@ -119,6 +180,10 @@ impl HashFiles {
     }
 
     pub(crate) fn clear(&self) -> Result<()> {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for level in 0..LEVELS_MAX {
             if let Some(f) = self.level_file(level) {
                 f.set_len(0).map_err(io_err(self.path(level), "truncate"))?;
@@ -138,23 +203,77 @@ impl HashFiles {
     }
 }
 
+impl HashFiles {
+    fn read_node(&self, node: NodeId) -> Result<Hash> {
+        let mut h = [0u8; 32];
+        self.read_level(node.level as usize, node.index, &mut h)?;
+        Ok(h)
+    }
+
+    /// Reads `out.len() / 32` consecutive nodes of `level` from node `first` on.
+    fn read_level(&self, level: usize, first: u64, out: &mut [u8]) -> Result<()> {
+        let f = self.level_file(level).ok_or_else(|| EngineError::Corrupt {
+            path: self.path(level),
+            what: format!("missing level for node {first} of level {level}"),
+        })?;
+        f.read_exact_at(out, first * 32).map_err(io_err(
+            self.path(level),
+            format!("read nodes {first}..{}", first + out.len() as u64 / 32),
+        ))
+    }
+
+    /// `node` through the cache: the level is extended up to it with one read, unless
+    /// the level no longer fits in memory.
+    fn read_through(&self, cache: &mut UpperCache, node: NodeId) -> Result<Hash> {
+        let level = node.level as usize;
+        if let Some(h) = cache.get(node) {
+            return Ok(h);
+        }
+        if !cache.make_room(level, node.index + 1) {
+            return self.read_node(node);
+        }
+        let have = cache.levels[level].len();
+        let want = usize::try_from(node.index + 1).expect("a cached level fits in memory");
+        cache.levels[level].resize(want, [0u8; 32]);
+        let fresh = &mut cache.levels[level][have..];
+        if let Err(e) = self.read_level(level, have as u64, fresh.as_flattened_mut()) {
+            cache.levels[level].truncate(have);
+            return Err(e);
+        }
+        cache.bytes += (want - have) as u64 * 32;
+        Ok(cache.levels[level][want - 1])
+    }
+}
+
 impl HashReader for HashFiles {
     type Error = EngineError;
 
     fn read_hashes(&self, nodes: &[NodeId]) -> Result<Vec<Hash>> {
-        let mut out = Vec::with_capacity(nodes.len());
-        for node in nodes {
-            let level = node.level as usize;
-            let f = self.level_file(level).ok_or_else(|| EngineError::Corrupt {
-                path: self.path(level),
-                what: format!("missing level for node {node:?}"),
-            })?;
-            let mut h = [0u8; 32];
-            f.read_exact_at(&mut h, node.index * 32).map_err(io_err(
-                self.path(level),
-                format!("read node {}", node.index),
-            ))?;
-            out.push(h);
+        let mut out = vec![[0u8; 32]; nodes.len()];
+        // (slot, node, whether its level is cached): filled below, outside the read lock.
+        let mut missing = Vec::new();
+        {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            for (slot, node) in nodes.iter().enumerate() {
+                match cache.get(*node) {
+                    Some(h) => out[slot] = h,
+                    None => missing.push((slot, *node, node.level as usize >= cache.floor)),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        for &(slot, node, _) in missing.iter().filter(|m| !m.2) {
+            out[slot] = self.read_node(node)?;
+        }
+        // Misses on cached levels are new right-edge nodes after the tree grew: the
+        // write lock is taken once for all of them, and rarely.
+        if missing.iter().any(|m| m.2) {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            for &(slot, node, _) in missing.iter().filter(|m| m.2) {
+                out[slot] = self.read_through(&mut cache, node)?;
+            }
         }
         Ok(out)
     }
@@ -198,5 +317,69 @@ impl PendingNodes {
             buf.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auditlog_formats::tree::{self, MemoryTree};
+    use auditlog_formats::TreeHash;
+
+    /// The store answers exactly like the in-memory oracle for every budget, while the tree
+    /// grows between reads (the cache must extend, never serve a stale or missing node), and
+    /// a small budget pushes the cached floor up instead of growing past it.
+    #[test]
+    fn cached_reads_match_the_oracle_as_the_tree_grows() {
+        let alg = TreeHash::Sha256;
+        for budget in [0u64, 32 * 40, 32 * 300, 64 << 20] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let files = HashFiles::open(dir.path(), budget).expect("open");
+            let mut oracle = MemoryTree::new(alg);
+            let mut pending = PendingNodes::new();
+            for round in 0..12u64 {
+                for i in 0..(37 + round * 29) {
+                    let leaf = alg.leaf(&(round * 1000 + i).to_be_bytes());
+                    let hashes = &mut oracle.hashes;
+                    oracle
+                        .edge
+                        .append(leaf, |n, h| (hashes.put(n, h), pending.push(n, h)).0);
+                }
+                pending.flush(&files).expect("flush");
+                let size = oracle.size();
+                for index in (0..size).step_by(7).chain([size - 1]) {
+                    let got = tree::prove_inclusion(alg, index, size, &files)
+                        .expect("read")
+                        .expect("proof");
+                    let want = tree::prove_inclusion(alg, index, size, &oracle.hashes)
+                        .expect("read")
+                        .expect("proof");
+                    assert_eq!(got, want, "budget {budget} index {index} size {size}");
+                }
+                let from = size / 3 + 1;
+                assert_eq!(
+                    tree::prove_consistency(alg, from, size, &files)
+                        .expect("read")
+                        .expect("proof"),
+                    tree::prove_consistency(alg, from, size, &oracle.hashes)
+                        .expect("read")
+                        .expect("proof"),
+                );
+                let cache = files.cache.read().expect("lock");
+                assert!(cache.bytes <= budget, "{} > {budget}", cache.bytes);
+            }
+            let floor = files.cache.read().expect("lock").floor;
+            match budget {
+                0 => assert!(
+                    floor > 0,
+                    "nothing fits: the floor rose past every level read"
+                ),
+                b if b >= 64 << 20 => assert_eq!(floor, 0, "everything fits"),
+                _ => assert!(floor > 0, "budget {budget}: the lowest levels were dropped"),
+            }
+            // Recovery cuts levels: the cache must forget what it held past the cut.
+            assert!(files.truncate_to(100).expect("truncate"));
+            assert_eq!(files.cache.read().expect("lock").bytes, 0);
+        }
     }
 }

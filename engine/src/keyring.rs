@@ -203,6 +203,17 @@ impl Keyring {
         g.checked.keys[i].clone()
     }
 
+    /// Every key without an end, oldest first: the keys that sign new checkpoints (two
+    /// or more during a rotation's overlap).
+    pub fn current_keys(&self) -> Vec<VerifierKey> {
+        let g = self.lock();
+        let h = &g.checked.history.keys;
+        (0..h.len())
+            .filter(|&i| h[i].until_size.is_none())
+            .map(|i| g.checked.keys[i].clone())
+            .collect()
+    }
+
     /// Signs `cp` with every key valid at its size and checks the note under the history.
     pub fn sign(&self, cp: &Checkpoint) -> Result<String> {
         let mut g = self.lock();

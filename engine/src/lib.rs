@@ -452,6 +452,11 @@ impl Engine {
         self.shared.keyring.current_key()
     }
 
+    /// Every key that signs new checkpoints (more than one during a rotation's overlap).
+    pub fn verifier_keys(&self) -> Vec<VerifierKey> {
+        self.shared.keyring.current_keys()
+    }
+
     /// Every key the log has used, with the sizes each signs (FORMATS.md §12).
     pub fn key_history(&self) -> KeyHistory {
         self.shared.keyring.history()

@@ -110,7 +110,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     keyring.note_signed(cp_size);
 
     // 2. The hash store, brought back to exactly the checkpoint.
-    let hashes = HashFiles::open(&cfg.data_dir.join("hashes"))?;
+    let hashes = HashFiles::open(&cfg.data_dir.join("hashes"), cfg.hash_cache_bytes_max)?;
     let mut derive_from = cp_size;
     let store_ok = hashes.truncate_to(cp_size)?
         && tree::tree_hash(alg, cp_size, &hashes)

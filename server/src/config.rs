@@ -86,6 +86,7 @@ pub struct EngineSection {
     pub checkpoint_interval_ms: Option<u64>,
     pub block_raw_bytes: Option<usize>,
     pub zstd_level: Option<i32>,
+    pub hash_cache_bytes_max: Option<u64>,
     /// "auto", "io_uring" or "pwrite".
     pub io_mode: Option<String>,
 }
@@ -232,7 +233,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         seal_age_ms,
         checkpoint_interval_ms,
         block_raw_bytes,
-        zstd_level
+        zstd_level,
+        hash_cache_bytes_max
     );
 
     resolve_signer(&file.signer, &mut engine)?;

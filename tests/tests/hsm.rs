@@ -576,6 +576,17 @@ fn rotation_under_two_person_rule() {
         .expect("checkpoint in the overlap");
     ed25519_verifies(&a_key, &both);
     ed25519_verifies(&b_key, &both);
+    // `/v1/log` names every key that signs now, so a client pinning from it sees both.
+    let signing = |d: &Daemon| -> Vec<String> {
+        let log = d.json("GET", "/v1/log", &d.tokens["auditor"], None).1;
+        log["verifier_keys"]
+            .as_array()
+            .expect("verifier_keys")
+            .iter()
+            .map(|k| k.as_str().expect("key").to_string())
+            .collect()
+    };
+    assert_eq!(signing(&d), vec![a_key.to_string(), b_key.to_string()]);
 
     // Retire A: bob requests, carol approves; bob's second approval would be refused.
     let retire = json!({"op": "retire_key", "key": a_key.to_string()});
@@ -604,6 +615,7 @@ fn rotation_under_two_person_rule() {
         vec![b_key.clone()],
         "only B signs after A's retirement"
     );
+    assert_eq!(signing(&d), vec![b_key.to_string()]);
 
     // Expiry: a request nobody approves in time is refused.
     let retention = json!({"op": "set_retention", "retention": {"days": {"CUI//BASIC": 3000}}});
