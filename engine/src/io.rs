@@ -197,6 +197,27 @@ pub(crate) fn datasync(file: &File) -> io::Result<()> {
     file.sync_data()
 }
 
+/// Sealing, zero-filling and shipping may run seconds behind without harm; an ack may not.
+/// These threads take a lower CPU weight (nice 10) and the lowest level of the best-effort
+/// I/O class, so that on a busy machine the sequencer's sync and the network threads go
+/// first. Best effort: where the kernel refuses, the defaults stay.
+pub(crate) fn lower_thread_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: two system calls about the calling thread itself, with no pointers.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid as libc::c_long,
+            (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 7,
+        );
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -353,6 +353,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     {
         let shared = shared.clone();
         threads.push(spawn("auditlog-prealloc", move || {
+            crate::io::lower_thread_priority();
             preallocate(shared, prealloc, next_n, prealloc_tx)
         })?);
     }
@@ -425,6 +426,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     {
         let shared = shared.clone();
         threads.push(spawn("auditlog-sealer", move || {
+            crate::io::lower_thread_priority();
             crate::sealer::run(shared, seal_rx)
         })?);
     }
@@ -437,7 +439,10 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let replication = match replicator {
         Some((r, monitor)) => {
             let shared = shared.clone();
-            threads.push(spawn("auditlog-replicator", move || r.run(shared))?);
+            threads.push(spawn("auditlog-replicator", move || {
+                crate::io::lower_thread_priority();
+                r.run(shared)
+            })?);
             Some(monitor)
         }
         None => None,
