@@ -197,6 +197,88 @@ pub(crate) fn datasync(file: &File) -> io::Result<()> {
     file.sync_data()
 }
 
+/// A writer for big background files (sealed segments) that starts writeback every
+/// `WRITE_BEHIND_BYTES` and waits for the chunk before, so at most two chunks are dirty.
+/// Without it the final fsync pushed a whole sealed segment (tens of MB) at the disk at
+/// once, and the sequencer's small syncs queued behind it: the ack latency tail at steady
+/// load came from there.
+pub(crate) struct WriteBehind<'a> {
+    file: &'a File,
+    buf: Vec<u8>,
+    written: u64,
+    started: u64,
+}
+
+const WRITE_BEHIND_BYTES: u64 = 4 << 20;
+
+impl<'a> WriteBehind<'a> {
+    pub(crate) fn new(file: &'a File) -> WriteBehind<'a> {
+        WriteBehind {
+            file,
+            buf: Vec::with_capacity(1 << 20),
+            written: 0,
+            started: 0,
+        }
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        let mut f = self.file;
+        f.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        if self.written - self.started >= WRITE_BEHIND_BYTES {
+            let fd = self.file.as_raw_fd();
+            let (from, to) = (self.started, self.written);
+            let prev = from.saturating_sub(WRITE_BEHIND_BYTES);
+            // Hints only (durability comes from the caller's fsync, which reports errors):
+            // wait for the previous chunk, start the new one.
+            // SAFETY: a system call on a descriptor the borrow keeps open, no pointers.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    prev as libc::off64_t,
+                    (from - prev) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+            start_writeback(self.file, from, to - from);
+            self.started = to;
+        }
+        Ok(())
+    }
+}
+
+impl Write for WriteBehind<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 20 {
+            self.drain()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain()
+    }
+}
+
+/// Asks the kernel to start writing `[offset, offset + len)` of `file` back, without
+/// waiting: a hint that spreads a file's writeback over time. Durability still comes only
+/// from fsync, which reports any error, so the result is ignored.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: a system call on a descriptor the borrow keeps open, with no pointers.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Sealing, zero-filling and shipping may run seconds behind without harm; an ack may not.
 /// These threads take a lower CPU weight (nice 10) and the lowest level of the best-effort
 /// I/O class, so that on a busy machine the sequencer's sync and the network threads go

@@ -48,7 +48,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     let final_path = dir.join(sealed_name(job.first, job.end));
     let tmp = dir.join(format!("{}.tmp", sealed_name(job.first, job.end)));
     let _ = std::fs::remove_file(&tmp);
-    let mut out = OpenOptions::new()
+    let out = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
@@ -61,7 +61,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     };
     let (mut builder, head) = SegmentBuilder::new(header, cfg.zstd_level);
     use std::io::Write;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+    let mut w = crate::io::WriteBehind::new(&out);
     w.write_all(&head).map_err(io_err(&tmp, "write"))?;
 
     // Re-block the records: the open segment's batches are as big as load made them; the

@@ -89,7 +89,10 @@ impl Sequencer {
             }
             // Append, sync, add to the tree, acknowledge.
             match self.commit(&batch, bytes, events) {
-                Ok(first_index) => acknowledge(&mut batch, first_index),
+                Ok(first_index) => {
+                    acknowledge(&mut batch, first_index);
+                    self.pending.start_writeback(&self.shared.hashes);
+                }
                 Err(e) => {
                     // Whatever failed (write, sync, hash store), the page cache and the tree's
                     // edge can no longer be trusted to match the disk: stop, say why, ack nothing.
