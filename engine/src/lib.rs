@@ -536,6 +536,12 @@ impl Engine {
         tx.send(s).map_err(|_| EngineError::ShuttingDown)
     }
 
+    /// Whether `submit` would queue at once rather than wait for room (a hint: another
+    /// producer may take the room first, and `submit` then waits one commit at most).
+    pub fn queue_has_room(&self) -> bool {
+        self.submit_tx.as_ref().is_some_and(|tx| !tx.is_full())
+    }
+
     /// As `submit`, but refuses with `QueueFull` instead of waiting.
     pub fn try_submit(&self, batch: EventBatch, done: Done) -> Result<()> {
         let (tx, s) = self.submission(batch, done)?;

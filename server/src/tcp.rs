@@ -218,6 +218,10 @@ where
     }
 }
 
+/// Frames up to this size are validated on the async worker itself (~250 events of
+/// 256 B, ~0.1 ms of CPU); larger ones through `block_in_place`.
+const INLINE_FRAME_BYTES_MAX: usize = 64 << 10;
+
 /// Reads BATCH frames until the client stops, a frame is malformed, or the writer is gone;
 /// each is validated, submitted, and queued for the writer in arrival order.
 async fn read_batches<R: AsyncRead + Unpin>(
@@ -262,8 +266,15 @@ async fn read_batches<R: AsyncRead + Unpin>(
             break;
         }
         let id = h.request_id;
-        // Validation, record framing and leaf hashing are CPU work: off the async workers.
-        let built = tokio::task::block_in_place(|| build_batch(engine, &payload));
+        // Validation, record framing and leaf hashing are CPU work (~0.5 µs an event). A
+        // small frame is done right here; `block_in_place` hands the worker's other tasks
+        // to another thread, and doing that per frame cost more than the frame itself (and
+        // put thread wake-ups into every ack's latency). A large frame leaves the worker.
+        let built = if payload.len() <= INLINE_FRAME_BYTES_MAX {
+            build_batch(engine, &payload)
+        } else {
+            tokio::task::block_in_place(|| build_batch(engine, &payload))
+        };
         let reply = match built {
             Err((code, msg)) => Reply::Frame(error_frame(id, code, &msg)),
             Ok(batch) => {
@@ -271,8 +282,14 @@ async fn read_batches<R: AsyncRead + Unpin>(
                 let done: auditlog_engine::Done = Box::new(move |r| {
                     let _ = done_tx.send(r);
                 });
-                // A full engine queue blocks here, so this connection stops reading.
-                match tokio::task::block_in_place(|| engine.submit(batch, done)) {
+                // A full engine queue blocks here, so this connection stops reading; with
+                // room, queueing is a channel push and stays on the worker.
+                let submitted = if engine.queue_has_room() {
+                    engine.submit(batch, done)
+                } else {
+                    tokio::task::block_in_place(|| engine.submit(batch, done))
+                };
+                match submitted {
                     Ok(()) => Reply::Ack(id, done_rx),
                     Err(e) => Reply::Frame(error_frame(id, code_of(&e), &e.to_string())),
                 }

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Network numbers (issue 3), medians of --runs, with release binaries on 127.0.0.1:
+
+  the disk's own durable write rate (pwrite + fdatasync, pre-zeroed file), measured first;
+  TCP ingest at full speed (closed loop) and the same messages into a private rsyslogd
+  writing a plain file (the ratio of the two); TCP ack latency in an open loop at half the
+  measured maximum; HTTP NDJSON batches; inclusion proofs over HTTP on a log of
+  --proof-leaves leaves.
+
+Run from the repository root after
+  cargo build --release -p auditlog-server --bin auditlogd -p auditlog-benches --bin loadgen
+as: python3 benches/net_numbers.py [--events N] [--runs 3] [--proof-leaves 10000000]
+A JSON summary goes to --json (default target/net-numbers.json).
+"""
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from siem_numbers import T, Daemon, Rsyslog, free_port  # noqa: E402
+
+
+def loadgen(*args):
+    """Runs loadgen and returns its JSON summary."""
+    fd, path = tempfile.mkstemp(suffix=".json"); os.close(fd)
+    subprocess.run([f"{T}/loadgen", *map(str, args), "--json", path], check=True,
+                   stdout=subprocess.DEVNULL)
+    with open(path) as f:
+        out = json.load(f)
+    os.unlink(path)
+    return out
+
+
+def raw_disk(dir, block, total=256 << 20, seconds=3.0):
+    """MB/s of pwrite + fdatasync of `block`-byte writes over a pre-zeroed, synced file."""
+    path = os.path.join(dir, "raw.bin")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    zero = b"\0" * (1 << 20)
+    for off in range(0, total, len(zero)):
+        os.pwrite(fd, zero, off)
+    os.fsync(fd)
+    buf, off, t0 = b"x" * block, 0, time.perf_counter()
+    while off + block <= total and time.perf_counter() - t0 < seconds:
+        os.pwrite(fd, buf, off); os.fdatasync(fd); off += block
+    rate = off / (time.perf_counter() - t0) / 1e6
+    os.close(fd); os.unlink(path)
+    return rate
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=4_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--proof-leaves", type=int, default=10_000_000)
+    ap.add_argument("--json", default=os.environ.get("CARGO_TARGET_DIR", "target") + "/net-numbers.json")
+    a = ap.parse_args()
+    n, runs = a.events, a.runs
+    root = tempfile.mkdtemp(prefix="net-numbers-")
+    summary = {"events": n, "runs": runs}
+
+    summary["raw_mb_per_s"] = {str(b): raw_disk(root, b) for b in (64 << 10, 1 << 20)}
+    print("disk, pwrite + fdatasync over a pre-zeroed file: " +
+          ", ".join(f"{int(b) >> 10} KiB {r:,.0f} MB/s" for b, r in summary["raw_mb_per_s"].items()))
+
+    def fresh(i):
+        return Daemon(tempfile.mkdtemp(dir=root, prefix=f"d{i}-"))
+
+    # Full speed: a fresh log each run, 4 connections, batches of 1000, window 16.
+    tcp = []
+    for i in range(runs):
+        d = fresh(i)
+        tcp.append(loadgen("--protocol", "tcp", "--addr", f"127.0.0.1:{d.tcp}", "--token", d.tokens["writer"],
+                           "--connections", 4, "--events", n, "--batch", 1000, "--window", 16))
+        d.stop()
+    rate = med([r["events_per_s"] for r in tcp])
+    mb = med([r["mb_per_s"] for r in tcp])
+    raw1m = summary["raw_mb_per_s"][str(1 << 20)]
+    summary["tcp"] = {"events_per_s": rate, "mb_per_s": mb, "runs": [r["events_per_s"] for r in tcp]}
+    print(f"TCP ingest, durable acks: {rate:,.0f} events/s, {mb:.0f} MB/s of payload "
+          f"({mb / raw1m:.2f} of the disk's 1 MiB durable rate) (runs {[round(r['events_per_s']) for r in tcp]})")
+
+    # rsyslog receiving the same messages over TCP into a plain file, unsynced.
+    for conns in (1, 4):
+        theirs = []
+        for i in range(runs):
+            port = free_port(); rd = f"{root}/rs-{conns}-{i}"; os.makedirs(rd)
+            rs = Rsyslog(rd, port, f"{rd}/out.log")
+            r = loadgen("--protocol", "syslog", "--addr", f"127.0.0.1:{port}", "--token", "-",
+                        "--connections", conns, "--events", n, "--wait-file", f"{rd}/out.log")
+            rs.stop(); shutil.rmtree(rd)
+            theirs.append(r["events_per_s"])
+        summary[f"rsyslog_x{conns}"] = {"events_per_s": med(theirs), "runs": theirs}
+        print(f"rsyslog x{conns} to a plain file (unsynced): {med(theirs):,.0f} msg/s "
+              f"(runs {[round(x) for x in theirs]}); auditlogd x4 durable / this = {rate / med(theirs):.2f}")
+
+    # Half the maximum, open loop, batches of 100: the ack latency a steady producer sees.
+    half = int(rate / 2)
+    lat = []
+    for i in range(runs):
+        d = fresh(100 + i)
+        lat.append(loadgen("--protocol", "tcp", "--addr", f"127.0.0.1:{d.tcp}", "--token", d.tokens["writer"],
+                           "--connections", 4, "--events", n, "--batch", 100, "--window", 64, "--rate", half))
+        d.stop()
+    p50 = med([r["latency_us"]["p50"] for r in lat]); p99 = med([r["latency_us"]["p99"] for r in lat])
+    summary["tcp_half_rate"] = {"rate": half, "p50_us": p50, "p99_us": p99,
+                                "runs": [r["latency_us"] for r in lat]}
+    print(f"TCP open loop at {half:,} events/s (half), batches of 100: ack p50 {p50 / 1000:.2f} ms, "
+          f"p99 {p99 / 1000:.2f} ms (runs p99 {[r['latency_us']['p99'] for r in lat]} µs)")
+
+    # HTTP NDJSON, 1000 events per request.
+    http = []
+    for i in range(runs):
+        d = fresh(200 + i)
+        http.append(loadgen("--protocol", "http", "--addr", f"127.0.0.1:{d.http}", "--token", d.tokens["writer"],
+                            "--connections", 4, "--events", n // 2, "--batch", 1000, "--window", 1))
+        d.stop()
+    summary["http"] = {"events_per_s": med([r["events_per_s"] for r in http]),
+                       "runs": [r["events_per_s"] for r in http]}
+    print(f"HTTP NDJSON x1000: {summary['http']['events_per_s']:,.0f} events/s "
+          f"(runs {[round(r['events_per_s']) for r in http]})")
+
+    # Inclusion proofs at --proof-leaves leaves.
+    if a.proof_leaves:
+        d = fresh(300)
+        loadgen("--protocol", "tcp", "--addr", f"127.0.0.1:{d.tcp}", "--token", d.tokens["writer"],
+                "--connections", 4, "--events", a.proof_leaves, "--batch", 1000, "--window", 16)
+        d.get(f"/v1/checkpoint?min_size={a.proof_leaves}&wait_ms=30000")
+        proofs = [loadgen("--protocol", "proofs", "--addr", f"127.0.0.1:{d.http}", "--token",
+                          d.tokens["auditor"], "--connections", 16, "--requests", 200_000)
+                  for _ in range(runs)]
+        d.stop()
+        summary["proofs"] = {"leaves": a.proof_leaves, "per_s": med([p["proofs_per_s"] for p in proofs]),
+                             "p99_us": med([p["latency_us"]["p99"] for p in proofs]),
+                             "runs": [p["proofs_per_s"] for p in proofs]}
+        print(f"inclusion proofs over HTTP at {a.proof_leaves:,} leaves, 16 connections: "
+              f"{summary['proofs']['per_s']:,.0f} proofs/s, p99 {summary['proofs']['p99_us'] / 1000:.2f} ms "
+              f"(runs {[round(p['proofs_per_s']) for p in proofs]})")
+
+    with open(a.json, "w") as f:
+        json.dump(summary, f, indent=1)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
