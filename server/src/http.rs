@@ -111,6 +111,9 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             EngineError::NotFound { .. } => (S::NOT_FOUND, "not_found"),
             EngineError::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
+            // A pruned segment's store did not answer: the data is safe, come back later.
+            EngineError::StoreUnavailable { .. } => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            EngineError::Corrupt { .. } => (S::INTERNAL_SERVER_ERROR, "corrupt"),
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())

@@ -38,6 +38,14 @@ pub struct ReplicationConfig {
     pub checkpoint_log_read_bytes_max: usize,
     /// The key history file (`keys.json`) and `log.json` are shipped only if no larger.
     pub small_file_bytes_max: u64,
+    /// Local retention: a sealed segment is deleted locally once it is on the store, read
+    /// back and found identical, covered by a signed checkpoint, and sealed longer ago than
+    /// this. Absent: every segment stays local (the default).
+    pub local_keep_ms: Option<u64>,
+    /// Reads of pruned segments fetch whole objects from the store; at most this many
+    /// verified copies, and this many bytes of them, stay cached in memory.
+    pub store_read_cache_segments_max: usize,
+    pub store_read_cache_bytes_max: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -57,6 +65,9 @@ impl Default for ReplicationConfig {
             checkpoints_pending_max: 4096,
             checkpoint_log_read_bytes_max: 1 << 20,
             small_file_bytes_max: 16 << 20,
+            local_keep_ms: None,
+            store_read_cache_segments_max: 2,
+            store_read_cache_bytes_max: 512 << 20,
         }
     }
 }
