@@ -116,6 +116,10 @@ mod tests {
         s
     }
 
+    fn ms(v: u64) -> u64 {
+        v * 1_000_000
+    }
+
     #[test]
     fn picks_only_shipped_old_checkpointed_segments() {
         let d = tempfile::tempdir().expect("tmp");
@@ -128,17 +132,17 @@ mod tests {
             sealed(20, 30, 5000, &f),
         ];
         // Nothing shipped: nothing to prune.
-        assert!(pick(&segs, &shipped(&[]), 100, 10_000, 100).is_none());
+        assert!(pick(&segs, &shipped(&[]), 100, ms(10_000), 100).is_none());
         // Shipped but not old enough.
-        assert!(pick(&segs, &shipped(&[(0, 10)]), 100, 1050, 100).is_none());
+        assert!(pick(&segs, &shipped(&[(0, 10)]), 100, ms(1050), 100).is_none());
         // Shipped, old, but beyond the checkpoint.
-        assert!(pick(&segs, &shipped(&[(0, 10)]), 5, 10_000, 100).is_none());
+        assert!(pick(&segs, &shipped(&[(0, 10)]), 5, ms(10_000), 100).is_none());
         // Shipped under another range: not the same segment.
-        assert!(pick(&segs, &shipped(&[(0, 11)]), 100, 10_000, 100).is_none());
+        assert!(pick(&segs, &shipped(&[(0, 11)]), 100, ms(10_000), 100).is_none());
         let sh = shipped(&[(10, 20), (20, 30)]);
-        assert_eq!(pick(&segs, &sh, 100, 10_000, 100).map(|x| x.0.first), Some(10));
-        assert_eq!(pick(&segs, &sh, 100, 5050, 100).map(|x| x.0.first), Some(10));
-        assert!(pick(&segs[2..], &sh, 100, 5050, 100).is_none());
+        assert_eq!(pick(&segs, &sh, 100, ms(10_000), 100).map(|x| x.0.first), Some(10));
+        assert_eq!(pick(&segs, &sh, 100, ms(5050), 100).map(|x| x.0.first), Some(10));
+        assert!(pick(&segs[2..], &sh, 100, ms(5050), 100).is_none());
 
         let s = &sh.segments[&10];
         assert_eq!(compare(Some(b"abc"), &f, &p, s).expect("cmp"), Verdict::Same);
