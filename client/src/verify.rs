@@ -292,7 +292,13 @@ pub fn verify_source(
                     return fail(&hashes_place, "no leaf hashes for a pruned segment");
                 };
                 if leaves.len() < end.saturating_mul(32) {
-                    return fail(&hashes_place, format!("level 0 holds {} leaves; pruned segment [{first}, {end}) needs them", leaves.len() / 32));
+                    return fail(
+                        &hashes_place,
+                        format!(
+                            "level 0 holds {} leaves; pruned segment [{first}, {end}) needs them",
+                            leaves.len() / 32
+                        ),
+                    );
                 }
                 let mut buf = vec![0u8; 32 << 12];
                 let mut at = first;

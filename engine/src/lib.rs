@@ -403,7 +403,10 @@ impl Shared {
                 ReadPlan::Open(s) => s,
                 ReadPlan::Pruned(p) => {
                     let alg = self.config.tree_hash;
-                    if !self.remote.for_each_record(p, alg, &self.hashes, at, end, f)? {
+                    if !self
+                        .remote
+                        .for_each_record(p, alg, &self.hashes, at, end, f)?
+                    {
                         return Ok(());
                     }
                     at = p.end.min(end);

@@ -49,8 +49,8 @@ pub fn read(data_dir: &Path) -> Result<Vec<PrunedSegment>> {
     let (entries, _) = parse_log(&bytes);
     let mut out = Vec::with_capacity(entries.len());
     for (i, raw) in entries.iter().enumerate() {
-        let p: PrunedSegment = serde_json::from_slice(raw)
-            .map_err(|e| corrupt(&path, format!("entry {i}: {e}")))?;
+        let p: PrunedSegment =
+            serde_json::from_slice(raw).map_err(|e| corrupt(&path, format!("entry {i}: {e}")))?;
         if p.end <= p.first {
             return Err(corrupt(&path, format!("entry {i}: empty range")));
         }

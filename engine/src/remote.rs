@@ -202,15 +202,19 @@ fn check(
         return Err(bad(segment::SegmentError::TooShort(bytes.len() as u64)));
     }
     let len = bytes.len();
-    let trailer = segment::decode_trailer(len as u64, &bytes[len - TRAILER_BYTES..]).map_err(bad)?;
+    let trailer =
+        segment::decode_trailer(len as u64, &bytes[len - TRAILER_BYTES..]).map_err(bad)?;
     let own: [u8; 32] = blake3::hash(&bytes[..len - segment::DIGEST_COVERS_ALL_BUT]).into();
     if own != trailer.digest {
         return Err(corrupt(&place, "sealed segment digest mismatch"));
     }
     let at = trailer.footer_offset as usize;
-    let footer =
-        segment::decode_footer(&header, &trailer, &bytes[at..at + trailer.footer_bytes as usize])
-            .map_err(bad)?;
+    let footer = segment::decode_footer(
+        &header,
+        &trailer,
+        &bytes[at..at + trailer.footer_bytes as usize],
+    )
+    .map_err(bad)?;
     if header.first_index != p.first
         || header.first_index + header.count != p.end
         || header.tree_hash != alg
@@ -246,16 +250,20 @@ fn check(
                 format!("read leaves from {}", b.first_index),
             ))?;
         let mut i = 0usize;
-        fetched.for_each_record(b.first_index, b.first_index + b.record_count as u64, &mut |index, rec| {
-            if alg.leaf(rec)[..] != stored[i * 32..i * 32 + 32] {
-                return Err(corrupt(
-                    &fetched.place,
-                    format!("record {index} does not hash to its stored leaf hash"),
-                ));
-            }
-            i += 1;
-            Ok(true)
-        })?;
+        fetched.for_each_record(
+            b.first_index,
+            b.first_index + b.record_count as u64,
+            &mut |index, rec| {
+                if alg.leaf(rec)[..] != stored[i * 32..i * 32 + 32] {
+                    return Err(corrupt(
+                        &fetched.place,
+                        format!("record {index} does not hash to its stored leaf hash"),
+                    ));
+                }
+                i += 1;
+                Ok(true)
+            },
+        )?;
     }
     Ok(fetched)
 }

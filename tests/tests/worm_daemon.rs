@@ -304,7 +304,10 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
     let (status, body) = d.get(&format!("/v1/export?format=json&start=0&end={n}"), "reader");
     assert_eq!(status, 200);
     assert_eq!(body.lines().count() as u64, n, "export incomplete");
-    let (status, _) = d.get(&format!("/v1/checkpoint?min_size={n}&wait_ms=5000"), "auditor");
+    let (status, _) = d.get(
+        &format!("/v1/checkpoint?min_size={n}&wait_ms=5000"),
+        "auditor",
+    );
     assert_eq!(status, 200);
     let (status, body) = d.get(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
     assert_eq!(status, 200, "{body}");

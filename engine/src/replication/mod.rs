@@ -344,7 +344,10 @@ impl Replicator {
         crate::io::sync_dir(&dir)
             .map_err(io_err(&dir, "sync"))
             .map_err(StepError::Engine)?;
-        tracing::info!("pruned {} (a verified copy is on the store)", path.display());
+        tracing::info!(
+            "pruned {} (a verified copy is on the store)",
+            path.display()
+        );
         Ok(true)
     }
 }

@@ -140,12 +140,21 @@ mod tests {
         // Shipped under another range: not the same segment.
         assert!(pick(&segs, &shipped(&[(0, 11)]), 100, ms(10_000), 100).is_none());
         let sh = shipped(&[(10, 20), (20, 30)]);
-        assert_eq!(pick(&segs, &sh, 100, ms(10_000), 100).map(|x| x.0.first), Some(10));
-        assert_eq!(pick(&segs, &sh, 100, ms(5050), 100).map(|x| x.0.first), Some(10));
+        assert_eq!(
+            pick(&segs, &sh, 100, ms(10_000), 100).map(|x| x.0.first),
+            Some(10)
+        );
+        assert_eq!(
+            pick(&segs, &sh, 100, ms(5050), 100).map(|x| x.0.first),
+            Some(10)
+        );
         assert!(pick(&segs[2..], &sh, 100, ms(5050), 100).is_none());
 
         let s = &sh.segments[&10];
-        assert_eq!(compare(Some(b"abc"), &f, &p, s).expect("cmp"), Verdict::Same);
+        assert_eq!(
+            compare(Some(b"abc"), &f, &p, s).expect("cmp"),
+            Verdict::Same
+        );
         assert_eq!(compare(None, &f, &p, s).expect("cmp"), Verdict::Missing);
         assert!(matches!(
             compare(Some(b"abd"), &f, &p, s).expect("cmp"),

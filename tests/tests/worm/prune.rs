@@ -95,8 +95,15 @@ fn check_all_reads(engine: &Engine, sent: &[Vec<u8>], probes: &[u64]) {
         let proof = engine
             .prove_inclusion(i, cp.checkpoint.size)
             .expect("prove");
-        tree::verify_inclusion(alg, i, cp.checkpoint.size, &leaf, &proof, &cp.checkpoint.root)
-            .expect("inclusion proof verifies");
+        tree::verify_inclusion(
+            alg,
+            i,
+            cp.checkpoint.size,
+            &leaf,
+            &proof,
+            &cp.checkpoint.root,
+        )
+        .expect("inclusion proof verifies");
     }
 }
 
@@ -134,7 +141,9 @@ fn s3_pruned_segments_read_prove_export_restart_and_store_down() {
     // segment and proofs are still served. Sealed segments stay local until shipped.
     moto.signal(libc::SIGSTOP);
     let pruned_before = engine.status().pruned_segments;
-    engine.read_record(size - 1).expect("cache the last pruned segment");
+    engine
+        .read_record(size - 1)
+        .expect("cache the last pruned segment");
     match engine.read_record(0) {
         Err(EngineError::StoreUnavailable { place, .. }) => {
             assert!(place.contains("segments/"), "{place}")
@@ -144,7 +153,10 @@ fn s3_pruned_segments_read_prove_export_restart_and_store_down() {
     ingest_until_sealed(&engine, &mut sent, pruned_before + 2);
     std::thread::sleep(Duration::from_millis(1500));
     let st = engine.status();
-    assert_eq!(st.pruned_segments, pruned_before, "pruned while the store was down");
+    assert_eq!(
+        st.pruned_segments, pruned_before,
+        "pruned while the store was down"
+    );
     assert!(st.sealed_segments >= 2);
     assert!(st.store_reads.fetch_failures >= 1);
     let last = sent.len() as u64 - 1;
@@ -153,8 +165,12 @@ fn s3_pruned_segments_read_prove_export_restart_and_store_down() {
 
     // Store back: reads work again, the new segments ship and are pruned.
     moto.signal(libc::SIGCONT);
-    engine.read_record(0).expect("read after the store came back");
-    wait_for("new segments pruned", 30, || engine.status().sealed_segments == 0);
+    engine
+        .read_record(0)
+        .expect("read after the store came back");
+    wait_for("new segments pruned", 30, || {
+        engine.status().sealed_segments == 0
+    });
     engine.shutdown().expect("shutdown");
 
     // Restart: recovery accepts the recorded pruning; everything still reads and proves.
@@ -200,14 +216,20 @@ fn prune_refuses_bad_copies_reads_refuse_tampered_objects_and_gaps_stay_refused(
         .expect("name")
         .to_string_lossy()
         .to_string();
-    assert!(!a.path().join("segments").join(&name).exists(), "{name} pruned");
+    assert!(
+        !a.path().join("segments").join(&name).exists(),
+        "{name} pruned"
+    );
     let mut b = std::fs::read(victim).expect("read object");
     b[100] ^= 1;
     std::fs::remove_file(victim).expect("rm");
     std::fs::write(victim, &b).expect("write");
     match engine.read_record(0) {
         Err(EngineError::Corrupt { path, what }) => {
-            assert!(path.display().to_string().contains(&name), "{path:?}: {what}")
+            assert!(
+                path.display().to_string().contains(&name),
+                "{path:?}: {what}"
+            )
         }
         other => panic!("expected a corruption error, got {other:?}"),
     }
@@ -215,7 +237,9 @@ fn prune_refuses_bad_copies_reads_refuse_tampered_objects_and_gaps_stay_refused(
         .read_records(0, 10, &mut |_, _| Ok(true))
         .expect_err("range over a tampered object fails");
     assert!(err.to_string().contains(&name), "{err}");
-    engine.read_record(sent.len() as u64 - 1).expect("others still read");
+    engine
+        .read_record(sent.len() as u64 - 1)
+        .expect("others still read");
     engine.shutdown().expect("shutdown");
 
     // Without the pruned list, the pruned segments are an unexplained gap: refused.
@@ -252,8 +276,16 @@ fn prune_refuses_bad_copies_reads_refuse_tampered_objects_and_gaps_stay_refused(
             .replication
             .is_some_and(|r| r.alarm.is_some())
     });
-    let alarm = engine.status().replication.expect("r").alarm.expect("alarm");
-    assert!(alarm.contains(&first) && alarm.contains("not pruned"), "{alarm}");
+    let alarm = engine
+        .status()
+        .replication
+        .expect("r")
+        .alarm
+        .expect("alarm");
+    assert!(
+        alarm.contains(&first) && alarm.contains("not pruned"),
+        "{alarm}"
+    );
     assert_eq!(engine.status().pruned_segments, 0);
     assert!(c.path().join("segments").join(&first).exists());
     engine.read_record(0).expect("still read locally");
