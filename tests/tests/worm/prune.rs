@@ -173,9 +173,23 @@ fn s3_pruned_segments_read_prove_export_restart_and_store_down() {
     });
     engine.shutdown().expect("shutdown");
 
+    // A crash between recording a segment as pruned and unlinking it leaves the file:
+    // recovery finishes the unlink.
+    let target = auditlog_worm::open("s3://prune/log", &opts).expect("target");
+    let first_obj = target
+        .list("segments/")
+        .expect("list")
+        .into_iter()
+        .next()
+        .expect("a segment object");
+    let name = first_obj.key.trim_start_matches("segments/").to_string();
+    let bytes = target.get(&first_obj.key).expect("get").expect("present");
+    std::fs::write(dir.path().join("segments").join(&name), bytes).expect("put back");
+
     // Restart: recovery accepts the recorded pruning; everything still reads and proves.
     let engine = Engine::open(cfg, None).expect("reopen with pruned segments");
     assert!(engine.status().pruned_segments >= pruned_before + 2);
+    assert!(local_sealed_files(dir.path()).is_empty(), "unlink finished");
     check_all_reads(&engine, &sent, &[0, size / 2, size + 5]);
     engine.shutdown().expect("shutdown");
 
@@ -248,12 +262,26 @@ fn prune_refuses_bad_copies_reads_refuse_tampered_objects_and_gaps_stay_refused(
         a.path().join("pruned.log.aside"),
     )
     .expect("move pruned list");
-    match Engine::open(cfg_a, None) {
+    match Engine::open(cfg_a.clone(), None) {
         Err(EngineError::Corrupt { what, .. }) => {
             assert!(what.contains("a segment is missing"), "{what}")
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("started with segments missing"),
+    }
+    // With it, but a hash store that must be rebuilt over pruned ranges: refused, saying why.
+    std::fs::rename(
+        a.path().join("pruned.log.aside"),
+        a.path().join("replication/pruned.log"),
+    )
+    .expect("restore pruned list");
+    std::fs::remove_dir_all(a.path().join("hashes")).expect("rm hashes");
+    match Engine::open(cfg_a, None) {
+        Err(EngineError::Corrupt { what, .. }) => {
+            assert!(what.contains("was pruned locally"), "{what}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("rebuilt a hash store over pruned segments"),
     }
 
     // A shipped segment whose store copy differs is never pruned: the replicator raises
