@@ -318,6 +318,13 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
     let (status, body) = d.get("/v1/events/0", "reader");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store_unavailable"), "{body}");
+    for path in [
+        "/v1/events?start=0&end=10",
+        "/v1/export?format=cef&start=0&end=10",
+    ] {
+        let (status, body) = d.get(path, "reader");
+        assert_eq!(status, 503, "{path}: {body}");
+    }
     let (status, _) = d.get(&format!("/v1/events/{}", n - 1), "reader");
     assert_eq!(status, 200, "the cached or local segment still reads");
     let (status, body) = d.get(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
