@@ -202,6 +202,20 @@ fn s3_pruned_segments_read_prove_export_restart_and_store_down() {
         "{:?}",
         summary.warnings
     );
+    let out = std::process::Command::new(super::client_exe())
+        .arg("verify")
+        .arg(dir.path())
+        .args(["--key", &key.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run auditlog verify");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("pruned segments"), "{stdout}");
+    assert!(stderr.contains("pruned locally"), "{stderr}");
 }
 
 #[test]
