@@ -520,7 +520,12 @@ fn read_target(cfg: &EngineConfig) -> Result<crate::remote::RemoteSegments> {
         return Ok(crate::remote::RemoteSegments::new(None, 0, 0));
     };
     let url = r.target_url(&cfg.data_dir);
-    let target = auditlog_worm::open(&url, &r.options)
+    let mut options = r.options.clone();
+    let upload_timeout_ms = options
+        .request_timeout_ms
+        .unwrap_or(auditlog_worm::REQUEST_TIMEOUT_MS_DEFAULT);
+    options.request_timeout_ms = Some(upload_timeout_ms.min(r.store_read_timeout_ms));
+    let target = auditlog_worm::open(&url, &options)
         .map_err(|e| EngineError::Config(format!("replication target {url}: {e}")))?;
     Ok(crate::remote::RemoteSegments::new(
         Some(target),

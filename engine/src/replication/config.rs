@@ -46,6 +46,9 @@ pub struct ReplicationConfig {
     /// verified copies, and this many bytes of them, stay cached in memory.
     pub store_read_cache_segments_max: usize,
     pub store_read_cache_bytes_max: u64,
+    /// One fetch of a pruned segment, start to end (caps `options.request_timeout_ms` for
+    /// reads only): a reader waits at most this long for a store that does not answer.
+    pub store_read_timeout_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -68,6 +71,7 @@ impl Default for ReplicationConfig {
             local_keep_ms: None,
             store_read_cache_segments_max: 2,
             store_read_cache_bytes_max: 512 << 20,
+            store_read_timeout_ms: 60_000,
         }
     }
 }
@@ -93,6 +97,9 @@ impl ReplicationConfig {
         }
         if self.checkpoints_pending_max == 0 || self.checkpoint_log_read_bytes_max < 65_544 {
             return Err("replication: checkpoints_pending_max must be positive and checkpoint_log_read_bytes_max must hold one checkpoint entry (65544 bytes)".into());
+        }
+        if self.store_read_timeout_ms == 0 {
+            return Err("replication: store_read_timeout_ms must be positive".into());
         }
         if (0..5).any(|c| self.retention_days.days(c) == 0) {
             return Err(
