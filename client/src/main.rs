@@ -205,10 +205,11 @@ fn run() -> anyhow::Result<()> {
                         eprintln!("warning: {w}");
                     }
                     println!(
-                        "OK: {} events ({} sealed, {} open segments), root {}, {} checkpoints verified with {}, {} stored hashes checked",
+                        "OK: {} events ({} sealed, {} open, {} pruned segments), root {}, {} checkpoints verified with {}, {} stored hashes checked",
                         s.events,
                         s.sealed_segments,
                         s.open_segments,
+                        s.pruned_segments,
                         hex::encode(s.root),
                         s.checkpoints,
                         key_names,

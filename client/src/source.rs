@@ -50,6 +50,9 @@ impl ReadAt for Vec<u8> {
 pub enum SegKind {
     Sealed(u64, u64),
     Open(u64),
+    /// Deleted from a data directory by local retention (listed in
+    /// `replication/pruned.log`); its records are on the object store only.
+    Pruned(u64, u64),
 }
 
 /// A segment as listed: its kind and range from the name, its name, its size.
@@ -75,6 +78,11 @@ pub trait LogSource {
     fn hashes_place(&self) -> String;
     /// Stored hashes for consistency proofs, if the source keeps every level.
     fn hash_reader(&self) -> Option<FileHashes>;
+    /// The stored leaf hashes (level 0, 32 bytes each), standing in for the records of
+    /// pruned segments. Only a data directory has pruned segments.
+    fn leaf_hashes(&self) -> Option<Box<dyn ReadAt>> {
+        None
+    }
 }
 
 /// Orders segment names as FORMATS.md §2 says: sealed then open by first index; an open
@@ -96,7 +104,7 @@ pub fn order_segments(names: impl IntoIterator<Item = (String, u64)>) -> Vec<Seg
         }
     }
     out.sort_by_key(|s| match s.kind {
-        SegKind::Sealed(a, _) => (a, 0),
+        SegKind::Sealed(a, _) | SegKind::Pruned(a, _) => (a, 0),
         SegKind::Open(a) => (a, 1),
     });
     let mut kept: Vec<SegRef> = Vec::with_capacity(out.len());
@@ -111,6 +119,32 @@ pub fn order_segments(names: impl IntoIterator<Item = (String, u64)>) -> Vec<Seg
         kept.push(s);
     }
     kept
+}
+
+#[derive(serde::Deserialize)]
+struct PrunedEntry {
+    first: u64,
+    end: u64,
+    key: String,
+}
+
+/// `(first, end, object key)` of every segment `replication/pruned.log` records (FORMATS.md
+/// §12). A torn last entry is ignored, as the engine does: its file was not yet unlinked.
+fn read_pruned(dir: &Path) -> Result<Vec<(u64, u64, String)>, VerifyError> {
+    let p = dir.join("replication").join("pruned.log");
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return fail(&p, format!("cannot read: {e}")),
+    };
+    let (entries, _) = checkpoint_log::parse_log(&bytes);
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, raw) in entries.iter().enumerate() {
+        let e: PrunedEntry =
+            serde_json::from_slice(raw).or_else(|e| fail(&p, format!("entry {i}: {e}")))?;
+        out.push((e.first, e.end, e.key));
+    }
+    Ok(out)
 }
 
 /// A data directory.
@@ -163,7 +197,30 @@ impl LogSource for DirSource {
             let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
             names.push((e.file_name().to_string_lossy().to_string(), bytes));
         }
-        Ok(order_segments(names))
+        let mut segs = order_segments(names);
+        // Pruned segments fill their places; a file still present (a crash between the
+        // record and the unlink) is verified instead.
+        for (first, end, key) in read_pruned(&self.dir)? {
+            if !segs.iter().any(|s| s.kind == SegKind::Sealed(first, end)) {
+                segs.push(SegRef {
+                    kind: SegKind::Pruned(first, end),
+                    // Where its file was (the object key is `segments/<same name>`).
+                    name: key.rsplit('/').next().unwrap_or(&key).to_string(),
+                    bytes: 0,
+                });
+            }
+        }
+        segs.sort_by_key(|s| match s.kind {
+            SegKind::Sealed(a, _) | SegKind::Pruned(a, _) => (a, 0),
+            SegKind::Open(a) => (a, 1),
+        });
+        Ok(segs)
+    }
+
+    fn leaf_hashes(&self) -> Option<Box<dyn ReadAt>> {
+        let f = File::open(self.dir.join("hashes").join("level-00.bin")).ok()?;
+        let len = f.metadata().ok()?.len();
+        Some(Box::new(FileAt(f, len)))
     }
 
     fn place(&self, seg: &SegRef) -> String {

@@ -44,6 +44,9 @@ pub struct Summary {
     pub root: Hash,
     pub sealed_segments: usize,
     pub open_segments: usize,
+    /// Segments a data directory records as pruned: their leaf hashes were taken from the
+    /// hash store, their records not read.
+    pub pruned_segments: usize,
     pub checkpoints: usize,
     pub hash_nodes_checked: u64,
     pub warnings: Vec<String>,
@@ -178,16 +181,13 @@ pub fn verify_source(
     let mut done_bytes = 0u64;
     let mut hashes = src.hash_levels()?;
     let mut edge = RightEdge::new(alg);
-    let check_leaf = |edge: &mut RightEdge,
-                      hashes: &mut HashCheck,
-                      rec: &[u8],
-                      place: &dyn Fn() -> String|
+    let push_leaf = |edge: &mut RightEdge,
+                     hashes: &mut HashCheck,
+                     leaf: Hash,
+                     place: &dyn Fn() -> String|
      -> Result<(), VerifyError> {
-        if let Err(e) = Record::parse(rec) {
-            return fail(place(), format!("index {}: {e}", edge.size()));
-        }
         let mut bad = None;
-        edge.append(alg.leaf(rec), |node, h| {
+        edge.append(leaf, |node, h| {
             if bad.is_none() {
                 bad = hashes.check(node, h).err();
             }
@@ -208,6 +208,17 @@ pub fn verify_source(
         }
         Ok(())
     };
+    let check_leaf = |edge: &mut RightEdge,
+                      hashes: &mut HashCheck,
+                      rec: &[u8],
+                      place: &dyn Fn() -> String|
+     -> Result<(), VerifyError> {
+        if let Err(e) = Record::parse(rec) {
+            return fail(place(), format!("index {}: {e}", edge.size()));
+        }
+        push_leaf(edge, hashes, alg.leaf(rec), place)
+    };
+    let mut pruned = Vec::new();
 
     for seg in &segs {
         let path = &src.place(seg);
@@ -267,6 +278,44 @@ pub fn verify_source(
                     }
                 }
                 summary.sealed_segments += 1;
+            }
+            SegKind::Pruned(first, end) => {
+                // The records are on the store only. Their leaf hashes from the hash store
+                // carry the tree over the gap, so every later segment, footer and
+                // checkpoint is still checked; the records themselves are not (verify the
+                // bucket for them).
+                if first != edge.size() {
+                    return fail(path, format!("pruned segment starts at index {first}, but the log so far ends at {}: a segment is missing", edge.size()));
+                }
+                let hashes_place = src.hashes_place();
+                let Some(leaves) = src.leaf_hashes() else {
+                    return fail(&hashes_place, "no leaf hashes for a pruned segment");
+                };
+                if leaves.len() < end.saturating_mul(32) {
+                    return fail(
+                        &hashes_place,
+                        format!(
+                            "level 0 holds {} leaves; pruned segment [{first}, {end}) needs them",
+                            leaves.len() / 32
+                        ),
+                    );
+                }
+                let mut buf = vec![0u8; 32 << 12];
+                let mut at = first;
+                while at < end {
+                    let n = (end - at).min(1 << 12) as usize;
+                    leaves
+                        .read_exact_at(&mut buf[..n * 32], at * 32)
+                        .or_else(|e| fail(&hashes_place, e.to_string()))?;
+                    for h in buf[..n * 32].chunks_exact(32) {
+                        let mut leaf = [0u8; 32];
+                        leaf.copy_from_slice(h);
+                        push_leaf(&mut edge, &mut hashes, leaf, &|| path.clone())?;
+                    }
+                    at += n as u64;
+                }
+                pruned.push(format!("[{first}, {end})"));
+                summary.pruned_segments += 1;
             }
             SegKind::Open(first) => {
                 let first = &first;
@@ -364,6 +413,13 @@ pub fn verify_source(
             src.hashes_place(),
             format!("hash store holds fewer nodes than checkpoint {last_cp} covers"),
         );
+    }
+    if !pruned.is_empty() {
+        summary.warnings.push(format!(
+            "{} segment(s) pruned locally, records not read here (they are on the object store; `auditlog verify <bucket-url>` checks them): leaves {}",
+            pruned.len(),
+            pruned.join(", ")
+        ));
     }
     summary.events = edge.size();
     summary.root = edge.root();

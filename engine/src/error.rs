@@ -26,6 +26,10 @@ pub enum EngineError {
     },
     #[error("{path}: {what}")]
     Corrupt { path: PathBuf, what: String },
+    /// A read needs a segment that was pruned locally and the object store that holds it
+    /// did not answer (or none is configured): worth retrying later.
+    #[error("{place}: object store unavailable: {reason}")]
+    StoreUnavailable { place: String, reason: String },
     #[error("configuration: {0}")]
     Config(String),
     #[error("signer: {0}")]

@@ -15,7 +15,9 @@ mod io;
 mod keyring;
 mod leafindex;
 pub mod pkcs11;
+pub mod pruned;
 mod recovery;
+mod remote;
 pub mod replication;
 pub mod retention;
 mod sealer;
@@ -42,6 +44,8 @@ pub use checkpoints::SignedCheckpoint;
 pub use config::{EngineConfig, FaultHooks, IoMode, SignerConfig};
 pub use error::{EngineError, Result};
 pub use pkcs11::{PinSource, Pkcs11Error, Pkcs11Signer, Pkcs11Spec};
+pub use pruned::PrunedSegment;
+pub use remote::StoreReadStats;
 pub use replication::{ReplicationConfig, ReplicationStatus};
 pub use signer::{KeyFileSigner, Signer};
 
@@ -166,6 +170,8 @@ pub struct TreeHead {
 pub(crate) struct SegmentSet {
     sealed: Vec<Arc<Segment>>,
     open: Vec<OpenView>,
+    /// Sealed segments deleted locally; their records are read from the store.
+    pruned: Vec<Arc<PrunedSegment>>,
 }
 
 pub(crate) struct OpenView {
@@ -181,6 +187,7 @@ pub(crate) struct Shared {
     pub hashes: HashFiles,
     pub leaf_index: leafindex::LeafIndex,
     pub(crate) keyring: keyring::Keyring,
+    pub(crate) remote: remote::RemoteSegments,
     pub io_mode_name: &'static str,
     head: Mutex<TreeHead>,
     size: AtomicU64,
@@ -324,6 +331,15 @@ impl Shared {
         set.sealed.sort_by_key(|s| s.first);
     }
 
+    /// The pruner's step between recording a segment as pruned and unlinking it: readers
+    /// stop looking for the file and go to the store.
+    fn mark_pruned(&self, p: PrunedSegment) {
+        let mut set = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        set.sealed.retain(|s| s.first != p.first);
+        set.pruned.push(Arc::new(p));
+        set.pruned.sort_by_key(|p| p.first);
+    }
+
     fn set_checkpoint(&self, cp: SignedCheckpoint) {
         *self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cp));
         self.checkpoint_cv.notify_all();
@@ -357,6 +373,8 @@ impl Shared {
                 let set = self.segments.read().unwrap_or_else(|e| e.into_inner());
                 if let Some(s) = set.sealed.iter().find(|s| s.first <= at && at < s.end) {
                     ReadPlan::Sealed(s.clone())
+                } else if let Some(p) = set.pruned.iter().find(|p| p.first <= at && at < p.end) {
+                    ReadPlan::Pruned(p.clone())
                 } else if let Some(v) = set.open.iter().find(|v| v.first <= at && at < v.end) {
                     let stop = end.min(v.end);
                     let i = v
@@ -383,6 +401,17 @@ impl Shared {
             let seg: &Segment = match &plan {
                 ReadPlan::Sealed(s) => s,
                 ReadPlan::Open(s) => s,
+                ReadPlan::Pruned(p) => {
+                    let alg = self.config.tree_hash;
+                    if !self
+                        .remote
+                        .for_each_record(p, alg, &self.hashes, at, end, f)?
+                    {
+                        return Ok(());
+                    }
+                    at = p.end.min(end);
+                    continue;
+                }
             };
             let seg_end = seg.end;
             if !seg.for_each_record(at, end, f)? {
@@ -397,6 +426,7 @@ impl Shared {
 enum ReadPlan {
     Sealed(Arc<Segment>),
     Open(Segment),
+    Pruned(Arc<PrunedSegment>),
 }
 
 /// What the engine says about itself, for `/ready`, metrics and operators.
@@ -412,8 +442,15 @@ pub struct Status {
     pub signer_failures: u64,
     pub signer_failures_in_a_row: u64,
     pub io_mode: &'static str,
+    /// Sealed segments on the local disk.
     pub sealed_segments: usize,
     pub open_segments: usize,
+    /// Sealed segments deleted locally (local retention) and their bytes; their records
+    /// are read from the object store.
+    pub pruned_segments: usize,
+    pub pruned_bytes: u64,
+    /// Reads of pruned segments from the store.
+    pub store_reads: StoreReadStats,
     pub stats: Stats,
     /// Submissions waiting for the sequencer, and the queue's limit.
     pub queue_depth: usize,
@@ -742,6 +779,9 @@ impl Engine {
             io_mode: self.shared.io_mode_name,
             sealed_segments: set.sealed.len(),
             open_segments: set.open.len(),
+            pruned_segments: set.pruned.len(),
+            pruned_bytes: set.pruned.iter().map(|p| p.bytes).sum(),
+            store_reads: self.shared.remote.stats(),
             stats: self
                 .shared
                 .stats

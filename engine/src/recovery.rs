@@ -84,6 +84,12 @@ pub(crate) fn load_or_create_meta(cfg: &EngineConfig) -> Result<LogMeta> {
     Ok(meta)
 }
 
+/// A sealed segment as recovery meets it: a local file, or recorded as pruned.
+enum Piece {
+    Local(PathBuf),
+    Pruned(crate::pruned::PrunedSegment),
+}
+
 pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
     let started = Instant::now();
     cfg.validate().map_err(EngineError::Config)?;
@@ -170,9 +176,55 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let mut set = SegmentSet {
         sealed: Vec::new(),
         open: Vec::new(),
+        pruned: Vec::new(),
     };
-    let mut end = 0u64;
+    // Segments deleted locally by local retention are explained by the pruned list; any
+    // other gap is still refused below.
+    let pruned_path = crate::pruned::pruned_path(&cfg.data_dir);
+    let mut pieces: Vec<(u64, u64, Piece)> = Vec::new();
+    let mut unlinked = false;
+    let mut pruned = crate::pruned::read(&cfg.data_dir)?.into_iter().peekable();
     for (a, b, path) in sealed_list {
+        while let Some(p) = pruned.next_if(|p| p.first < a) {
+            pieces.push((p.first, p.end, Piece::Pruned(p)));
+        }
+        if let Some(p) = pruned.next_if(|p| p.first == a && p.end == b) {
+            // Recorded as pruned, then a crash before the unlink: finish it.
+            tracing::info!("{}: recorded as pruned; removing it", path.display());
+            std::fs::remove_file(&path).map_err(io_err(&path, "unlink pruned segment"))?;
+            unlinked = true;
+            pieces.push((a, b, Piece::Pruned(p)));
+            continue;
+        }
+        pieces.push((a, b, Piece::Local(path)));
+    }
+    pieces.extend(pruned.map(|p| (p.first, p.end, Piece::Pruned(p))));
+    if unlinked {
+        crate::io::sync_dir(&seg_dir).map_err(io_err(&seg_dir, "sync"))?;
+    }
+    let mut end = 0u64;
+    for (a, b, piece) in pieces {
+        let path = match piece {
+            Piece::Local(path) => path,
+            Piece::Pruned(p) => {
+                if a != end {
+                    return Err(corrupt(
+                        &pruned_path,
+                        format!("pruned segment [{a}, {b}) does not follow leaf {end}: a segment is missing"),
+                    ));
+                }
+                if b > derive_from {
+                    return Err(corrupt(
+                        &pruned_path,
+                        format!("the hash store must be re-derived from leaf {derive_from}, but segment [{a}, {b}) was pruned locally (its records are only on the store, {}); copy that object back into segments/ to start", p.key),
+                    ));
+                }
+                keyring.note_signed(b);
+                set.pruned.push(Arc::new(p));
+                end = b;
+                continue;
+            }
+        };
         if a != end || b <= a {
             return Err(corrupt(
                 &path,
@@ -308,7 +360,9 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
 
     let (appender, io_name) = Appender::new(cfg.io_mode).map_err(io_err(&seg_dir, "set up I/O"))?;
     let leaf_index = crate::leafindex::LeafIndex::open(&cfg.data_dir.join("leafindex"), end)?;
+    let remote = read_target(&cfg)?;
     let shared = Arc::new(Shared {
+        remote,
         hashes: hashes.clone(),
         leaf_index,
         keyring,
@@ -462,6 +516,27 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         started,
         replication,
     })
+}
+
+/// The store pruned segments are read from: a target of its own, so readers never wait
+/// on the replicator's uploads.
+fn read_target(cfg: &EngineConfig) -> Result<crate::remote::RemoteSegments> {
+    let Some(r) = cfg.replication.as_ref().filter(|r| r.enabled) else {
+        return Ok(crate::remote::RemoteSegments::new(None, 0, 0));
+    };
+    let url = r.target_url(&cfg.data_dir);
+    let mut options = r.options.clone();
+    let upload_timeout_ms = options
+        .request_timeout_ms
+        .unwrap_or(auditlog_worm::REQUEST_TIMEOUT_MS_DEFAULT);
+    options.request_timeout_ms = Some(upload_timeout_ms.min(r.store_read_timeout_ms));
+    let target = auditlog_worm::open(&url, &options)
+        .map_err(|e| EngineError::Config(format!("replication target {url}: {e}")))?;
+    Ok(crate::remote::RemoteSegments::new(
+        Some(target),
+        r.store_read_cache_segments_max,
+        r.store_read_cache_bytes_max,
+    ))
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {

@@ -40,6 +40,7 @@ pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiR
     }
     // Past the head there is nothing (yet): the export stops at the tree size.
     let end = asked_end.unwrap_or(size).min(size);
+    crate::http::first_record_readable(&st.engine, start, end).await?;
     let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_IN_FLIGHT);
     let engine = st.engine.clone();
     let device = st.cfg.siem.cef.clone();

@@ -111,6 +111,9 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             EngineError::NotFound { .. } => (S::NOT_FOUND, "not_found"),
             EngineError::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
+            // A pruned segment's store did not answer: the data is safe, come back later.
+            EngineError::StoreUnavailable { .. } => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            EngineError::Corrupt { .. } => (S::INTERNAL_SERVER_ERROR, "corrupt"),
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())
@@ -165,6 +168,17 @@ pub fn authorize(st: &AppState, caller: &Caller, access: Access) -> ApiResult<Ro
             format!("role {} may not use this route", role.name()),
         )),
     }
+}
+
+/// Reads the first record of a range before a streamed answer starts, so that a pruned
+/// segment whose store is down (or that does not verify) gets its status (503, 500) instead
+/// of a 200 cut short. Later segments of a long range can still cut the stream.
+pub async fn first_record_readable(engine: &Arc<Engine>, start: u64, end: u64) -> ApiResult<()> {
+    if start >= end {
+        return Ok(());
+    }
+    let engine = engine.clone();
+    blocking(move || engine.read_records(start, start + 1, &mut |_, _| Ok(false))).await
 }
 
 /// Runs an engine call on the blocking pool.
@@ -341,6 +355,7 @@ async fn get_range(State(st): State<St>, caller: Caller, q: Params) -> ApiResult
             end - start
         )));
     }
+    first_record_readable(&st.engine, start, end).await?;
     let (tx, rx) = mpsc::channel(8);
     let engine = st.engine.clone();
     let alg = engine.tree_hash();

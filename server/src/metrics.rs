@@ -259,9 +259,10 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         &mut out,
         "auditlog_sealed_segments",
         "gauge",
-        "Sealed segments.",
+        "Sealed segments on the local disk.",
         status.sealed_segments as u64,
     );
+    render_pruning(&mut out, status);
     metric(
         &mut out,
         "auditlog_open_segments",
@@ -309,6 +310,52 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         render_replication(&mut out, r);
     }
     out
+}
+
+/// Local retention: what left the local disk, and reads of it from the object store.
+fn render_pruning(out: &mut String, status: &auditlog_engine::Status) {
+    let r = &status.store_reads;
+    let rows: [(&str, &str, &str, u64); 6] = [
+        (
+            "auditlog_pruned_segments",
+            "gauge",
+            "Sealed segments deleted locally after a verified copy reached the store.",
+            status.pruned_segments as u64,
+        ),
+        (
+            "auditlog_pruned_bytes",
+            "gauge",
+            "Bytes of the sealed segments deleted locally.",
+            status.pruned_bytes,
+        ),
+        (
+            "auditlog_store_reads_total",
+            "counter",
+            "Pruned segments fetched from the store to serve reads (cache misses).",
+            r.fetches,
+        ),
+        (
+            "auditlog_store_read_failures_total",
+            "counter",
+            "Fetches of pruned segments that failed: store down, object missing or not verifying.",
+            r.fetch_failures,
+        ),
+        (
+            "auditlog_store_read_bytes_total",
+            "counter",
+            "Bytes fetched from the store to serve reads of pruned segments.",
+            r.fetched_bytes,
+        ),
+        (
+            "auditlog_store_read_cache_bytes",
+            "gauge",
+            "Bytes of verified pruned segments cached in memory.",
+            r.cached_bytes,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(out, name, kind, help, value);
+    }
 }
 
 fn render_replication(out: &mut String, r: &auditlog_engine::ReplicationStatus) {

@@ -17,6 +17,9 @@ use auditlog_tests::{classified_event, replication, s3_options, small_config};
 use auditlog_worm::{Lock, PutOutcome, RetentionPolicy, TargetOptions, WormError, WormTarget};
 use rand::{Rng, SeedableRng};
 
+#[path = "worm/prune.rs"]
+mod prune;
+
 const CLASSES: [&str; 3] = ["UNCLASSIFIED", "CUI//SP-PRIV", "CUI//BASIC"];
 
 /// Ingests until `segments` segments are sealed, one classification per segment.

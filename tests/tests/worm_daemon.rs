@@ -3,7 +3,7 @@
 //! `/ready`, and once moto runs again everything ships, each object once.
 
 use std::collections::HashMap;
-
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +42,23 @@ impl Daemon {
             Err(e) => panic!("GET {path}: {e}"),
         };
         (r.status(), r.into_string().unwrap_or_default())
+    }
+
+    fn get_bytes(&self, path: &str, role: &str) -> (u16, Vec<u8>) {
+        let r = match self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.tokens[role]))
+            .call()
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {path}: {e}"),
+        };
+        let status = r.status();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut r.into_reader(), &mut body).expect("body");
+        (status, body)
     }
 
     fn metric(&self, name: &str) -> u64 {
@@ -93,13 +110,10 @@ impl Daemon {
     }
 }
 
-#[test]
-fn store_down_lag_grows_and_shipping_resumes() {
-    let moto = start_moto();
-    let ep = moto.endpoint();
-    auditlog_worm::create_bucket("s3://down", &s3_options(&ep), true).expect("bucket");
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = dir.path().join("auditlogd.toml");
+/// Starts `auditlogd` in `dir` replicating to `s3://<bucket>/log` on moto at `ep`, with
+/// small segments and fast retries; `extra` is appended to the `[replication]` section.
+fn start_daemon(dir: &Path, ep: &str, bucket: &str, extra: &str) -> Daemon {
+    let config = dir.join("auditlogd.toml");
     std::fs::write(
         &config,
         format!(
@@ -115,12 +129,13 @@ checkpoint_interval_ms = 50
 body_bytes_max = 1048576
 
 [replication]
-target = "s3://down/log"
+target = "s3://{bucket}/log"
 retry_ms_initial = 50
 retry_ms_max = 300
 poll_interval_ms = 20
 latest_checkpoint_interval_ms = 100
 ready_lag_ms_max = 1000
+{extra}
 
 [replication.options]
 endpoint = "{ep}"
@@ -138,7 +153,7 @@ request_timeout_ms = 700
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(["--tcp-addr", &format!("127.0.0.1:{}", free_port())])
         .env("RUST_LOG", "error")
@@ -161,7 +176,7 @@ request_timeout_ms = 700
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let tokens = std::fs::read_to_string(dir.path().join("data/initial-tokens")).expect("tokens");
+    let tokens = std::fs::read_to_string(dir.join("data/initial-tokens")).expect("tokens");
     d.tokens = tokens
         .lines()
         .filter_map(|l| {
@@ -169,7 +184,16 @@ request_timeout_ms = 700
                 .map(|(a, b)| (a.to_string(), b.to_string()))
         })
         .collect();
+    d
+}
 
+#[test]
+fn store_down_lag_grows_and_shipping_resumes() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    auditlog_worm::create_bucket("s3://down", &s3_options(&ep), true).expect("bucket");
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut d = start_daemon(dir.path(), &ep, "down", "");
     // Store up: segments ship.
     let mut n = 0;
     for _ in 0..12 {
@@ -242,4 +266,82 @@ print(max(n for k, n in c.items() if k != 'log/checkpoint'))"#,
     .expect("verify");
     assert!(summary.events >= shipped_end && summary.events > shipped_before);
     assert!(report.short.is_empty(), "{:?}", report.short);
+}
+
+#[test]
+fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    auditlog_worm::create_bucket("s3://pruned", &s3_options(&ep), true).expect("bucket");
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = start_daemon(
+        dir.path(),
+        &ep,
+        "pruned",
+        "local_keep_ms = 0\nstore_read_cache_segments_max = 1",
+    );
+    let n = 12_000u64;
+    for k in 0..12 {
+        d.ingest(k * 1000, 1000);
+    }
+    d.wait_metric("auditlog_pruned_segments", |v| v >= 2);
+    assert!(d.metric("auditlog_pruned_bytes") > 0);
+
+    // Every event reads, as JSON and as record bytes; pruned ones come from the store.
+    for i in (0..n).step_by(397).chain([n - 1]) {
+        let (status, body) = d.get(&format!("/v1/events/{i}"), "reader");
+        assert_eq!(status, 200, "{i}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["event"]["actor"], format!("user-{i}"), "{body}");
+        let (status, rec) = d.get_bytes(&format!("/v1/events/{i}?format=record"), "reader");
+        assert_eq!(status, 200);
+        let r = auditlog_formats::record::Record::parse(&rec).expect("record");
+        assert_eq!(r.payload, &classified_event(i, "CUI//BASIC")[..]);
+    }
+    let (status, body) = d.get("/v1/events?start=0&end=500", "reader");
+    assert_eq!(status, 200);
+    assert_eq!(body.lines().count(), 500);
+    let (status, body) = d.get(&format!("/v1/export?format=json&start=0&end={n}"), "reader");
+    assert_eq!(status, 200);
+    assert_eq!(body.lines().count() as u64, n, "export incomplete");
+    let (status, _) = d.get(
+        &format!("/v1/checkpoint?min_size={n}&wait_ms=5000"),
+        "auditor",
+    );
+    assert_eq!(status, 200);
+    let (status, body) = d.get(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
+    assert_eq!(status, 200, "{body}");
+    assert!(d.metric("auditlog_store_reads_total") >= 2);
+
+    // Store down: a pruned index gets 503 store_unavailable; everything else is served.
+    moto.signal(libc::SIGSTOP);
+    let (status, body) = d.get("/v1/events/0", "reader");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store_unavailable"), "{body}");
+    for path in [
+        "/v1/events?start=0&end=10",
+        "/v1/export?format=cef&start=0&end=10",
+    ] {
+        let (status, body) = d.get(path, "reader");
+        assert_eq!(status, 503, "{path}: {body}");
+    }
+    let (status, _) = d.get(&format!("/v1/events/{}", n - 1), "reader");
+    assert_eq!(status, 200, "the cached or local segment still reads");
+    let (status, body) = d.get(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
+    assert_eq!(status, 200, "proofs need no records: {body}");
+    assert_eq!(d.get("/health", "reader").0, 200);
+    assert!(d.metric("auditlog_store_read_failures_total") >= 1);
+
+    // Store back: the same read works.
+    moto.signal(libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = d.get("/v1/events/0", "reader");
+        if status == 200 {
+            assert!(body.contains("user-0"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -38,6 +38,17 @@ pub struct ReplicationConfig {
     pub checkpoint_log_read_bytes_max: usize,
     /// The key history file (`keys.json`) and `log.json` are shipped only if no larger.
     pub small_file_bytes_max: u64,
+    /// Local retention: a sealed segment is deleted locally once it is on the store, read
+    /// back and found identical, covered by a signed checkpoint, and sealed longer ago than
+    /// this. Absent: every segment stays local (the default).
+    pub local_keep_ms: Option<u64>,
+    /// Reads of pruned segments fetch whole objects from the store; at most this many
+    /// verified copies, and this many bytes of them, stay cached in memory.
+    pub store_read_cache_segments_max: usize,
+    pub store_read_cache_bytes_max: u64,
+    /// One fetch of a pruned segment, start to end (caps `options.request_timeout_ms` for
+    /// reads only): a reader waits at most this long for a store that does not answer.
+    pub store_read_timeout_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -57,6 +68,10 @@ impl Default for ReplicationConfig {
             checkpoints_pending_max: 4096,
             checkpoint_log_read_bytes_max: 1 << 20,
             small_file_bytes_max: 16 << 20,
+            local_keep_ms: None,
+            store_read_cache_segments_max: 2,
+            store_read_cache_bytes_max: 512 << 20,
+            store_read_timeout_ms: 60_000,
         }
     }
 }
@@ -82,6 +97,9 @@ impl ReplicationConfig {
         }
         if self.checkpoints_pending_max == 0 || self.checkpoint_log_read_bytes_max < 65_544 {
             return Err("replication: checkpoints_pending_max must be positive and checkpoint_log_read_bytes_max must hold one checkpoint entry (65544 bytes)".into());
+        }
+        if self.store_read_timeout_ms == 0 {
+            return Err("replication: store_read_timeout_ms must be positive".into());
         }
         if (0..5).any(|c| self.retention_days.days(c) == 0) {
             return Err(

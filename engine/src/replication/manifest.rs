@@ -43,11 +43,15 @@ pub struct Entry {
     pub outcome: String,
 }
 
-/// A shipped segment, as far as tiles and checkpoints need to know.
-#[derive(Clone, Copy, Debug)]
+/// A shipped segment, as far as tiles, checkpoints and pruning need to know.
+#[derive(Clone, Debug)]
 pub struct ShippedSegment {
     pub end: u64,
     pub retain_until_unix_s: u64,
+    pub key: String,
+    pub bytes: u64,
+    /// BLAKE3 of the object shipped, hex.
+    pub blake3: String,
 }
 
 /// What the manifest says has shipped, in the shape the planner asks about it.
@@ -82,6 +86,9 @@ impl Shipped {
                         ShippedSegment {
                             end,
                             retain_until_unix_s: e.retain_until_unix_s,
+                            key: e.key.clone(),
+                            bytes: e.bytes,
+                            blake3: e.blake3.clone(),
                         },
                     );
                 }

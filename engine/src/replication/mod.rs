@@ -9,6 +9,7 @@
 mod config;
 mod manifest;
 mod plan;
+mod prune;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,12 @@ use auditlog_worm::{PutOutcome, WormError, WormTarget};
 pub use config::ReplicationConfig;
 pub use manifest::{Entry as ManifestEntry, Kind as ManifestKind};
 
-use crate::error::{EngineError, Result};
+use crate::error::{io_err, EngineError, Result};
+use crate::pruned::{PrunedLog, PrunedSegment};
 use crate::Shared;
 use manifest::Manifest;
 use plan::{Item, Planner};
+use prune::Verdict;
 
 /// What the replicator says about itself, for `/ready` and `/metrics`.
 #[derive(Clone, Debug, Default)]
@@ -74,6 +77,7 @@ impl Monitor {
 pub(crate) struct Replicator {
     target: Box<dyn WormTarget>,
     manifest: Manifest,
+    pruned: PrunedLog,
     planner: Planner,
     monitor: Arc<Monitor>,
     worm_checked: bool,
@@ -120,16 +124,36 @@ pub(crate) fn prepare(
         ),
     }
     let dir = shared_cfg.data_dir.join("replication");
-    let (manifest, shipped, entries) = Manifest::open(&dir)?;
+    let (manifest, mut shipped, entries) = Manifest::open(&dir)?;
+    // A pruned segment was shipped by definition: should the (derived) manifest be lost,
+    // it is not uploaded again (it cannot be: it is gone locally), and tiles and
+    // checkpoints above it still go out.
+    for p in crate::pruned::read(&shared_cfg.data_dir)? {
+        if !shipped.segments.contains_key(&p.first) {
+            shipped.record(&ManifestEntry {
+                kind: ManifestKind::Segment,
+                key: p.key,
+                bytes: p.bytes,
+                blake3: p.blake3,
+                retain_until_unix_s: p.retain_until_unix_s,
+                shipped_at_unix_s: 0,
+                first: Some(p.first),
+                end: Some(p.end),
+                outcome: "pruned".into(),
+            });
+        }
+    }
     monitor.update(|s| {
         s.manifest_entries = entries;
         s.shipped_end = shipped.contiguous_end();
     });
+    let pruned = PrunedLog::open(&shared_cfg.data_dir)?;
     let planner = Planner::new(cfg.clone(), shipped);
     Ok(Some((
         Replicator {
             target,
             manifest,
+            pruned,
             planner,
             monitor: monitor.clone(),
             worm_checked,
@@ -163,7 +187,10 @@ impl Replicator {
                 sleep_unless(&stopping, poll);
                 continue;
             }
-            let step = self.step(&shared);
+            // Shipping comes first; only a replicator with nothing to ship prunes.
+            let step = self
+                .step(&shared)
+                .and_then(|shipped| Ok(shipped || self.prune(&shared)?));
             match step {
                 Ok(true) => {
                     self.monitor.update(|s| s.idle = false);
@@ -253,6 +280,74 @@ impl Replicator {
             }
             s.last_error = None;
         });
+        Ok(true)
+    }
+}
+
+impl Replicator {
+    /// Deletes one local sealed segment the policy lets go (`prune::pick`), after reading
+    /// its object back and finding the same bytes; `Ok(false)` when there is none. The
+    /// pruned list is synced before the unlink, and the directory after it, so a crash
+    /// leaves the segment present, or absent and recorded.
+    fn prune(&mut self, shared: &Shared) -> Result<bool, StepError> {
+        let Some(keep_ms) = self.planner.config().local_keep_ms else {
+            return Ok(false);
+        };
+        let checkpoint_size = shared.latest_checkpoint().map_or(0, |c| c.checkpoint.size);
+        let sealed = plan::sealed_snapshot(shared);
+        let Some((seg, shipped)) = prune::pick(
+            &sealed,
+            self.planner.shipped(),
+            checkpoint_size,
+            crate::now_unix_ns(),
+            keep_ms,
+        ) else {
+            return Ok(false);
+        };
+        let object = self.target.get(&shipped.key).map_err(StepError::Store)?;
+        let verdict = prune::compare(object.as_deref(), &seg.file, &seg.path, shipped)
+            .map_err(StepError::Engine)?;
+        drop(object);
+        match verdict {
+            Verdict::Same => {}
+            Verdict::Missing => {
+                return Err(StepError::Alarm(format!(
+                    "{}: shipped, but missing on the store; not pruned",
+                    shipped.key
+                )))
+            }
+            Verdict::Differs(why) => {
+                return Err(StepError::Alarm(format!(
+                    "{}: the store's copy is not the local segment ({why}); not pruned",
+                    shipped.key
+                )))
+            }
+        }
+        let entry = PrunedSegment {
+            first: seg.first,
+            end: seg.end,
+            key: shipped.key.clone(),
+            bytes: shipped.bytes,
+            blake3: shipped.blake3.clone(),
+            sealed_at_unix_ns: seg.sealed_at_unix_ns,
+            pruned_at_unix_ns: crate::now_unix_ns(),
+            retain_until_unix_s: shipped.retain_until_unix_s,
+        };
+        self.pruned.append(&entry).map_err(StepError::Engine)?;
+        let path = seg.path.clone();
+        shared.mark_pruned(entry);
+        // Readers that already hold the file keep reading it until they drop it.
+        std::fs::remove_file(&path)
+            .map_err(io_err(&path, "unlink pruned segment"))
+            .map_err(StepError::Engine)?;
+        let dir = shared.segments_dir();
+        crate::io::sync_dir(&dir)
+            .map_err(io_err(&dir, "sync"))
+            .map_err(StepError::Engine)?;
+        tracing::info!(
+            "pruned {} (a verified copy is on the store)",
+            path.display()
+        );
         Ok(true)
     }
 }

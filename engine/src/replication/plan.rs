@@ -43,13 +43,13 @@ pub(crate) struct Lag {
     pub oldest_age_ms: u64,
 }
 
-struct Sealed {
-    first: u64,
-    end: u64,
-    file: Arc<std::fs::File>,
-    path: PathBuf,
-    sealed_at_unix_ns: u64,
-    max_classification: u8,
+pub(crate) struct Sealed {
+    pub first: u64,
+    pub end: u64,
+    pub file: Arc<std::fs::File>,
+    pub path: PathBuf,
+    pub sealed_at_unix_ns: u64,
+    pub max_classification: u8,
 }
 
 pub(crate) struct Planner {
@@ -66,7 +66,7 @@ fn now_s() -> u64 {
     crate::now_unix_ns() / 1_000_000_000
 }
 
-fn sealed_snapshot(shared: &Shared) -> Vec<Sealed> {
+pub(crate) fn sealed_snapshot(shared: &Shared) -> Vec<Sealed> {
     let set = shared.segments.read().unwrap_or_else(|e| e.into_inner());
     set.sealed
         .iter()
@@ -84,7 +84,7 @@ fn sealed_snapshot(shared: &Shared) -> Vec<Sealed> {
         .collect()
 }
 
-fn segment_key(first: u64, end: u64) -> String {
+pub(crate) fn segment_key(first: u64, end: u64) -> String {
     format!("segments/{}", sealed_name(first, end))
 }
 

@@ -1,0 +1,151 @@
+//! The pruned list, `<data_dir>/replication/pruned.log`: one entry per sealed segment whose
+//! local file was deleted because a verified copy is on the object store (FORMATS.md §12).
+//! Same framing as the replication manifest (`bytes:u32 | crc32c:u32 | JSON`). An entry is
+//! appended and `fdatasync`ed *before* the file is unlinked, so after a crash a segment is
+//! either present, or absent and explained here; recovery refuses any other gap.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{corrupt, io_err, Result};
+
+pub(crate) const PRUNED_FILE: &str = "pruned.log";
+
+/// A sealed segment that lives only on the object store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedSegment {
+    pub first: u64,
+    pub end: u64,
+    /// The object's key under the target's prefix (`segments/<name>.seg`).
+    pub key: String,
+    pub bytes: u64,
+    /// BLAKE3 of the whole object (hex), as shipped and as read back before pruning: a
+    /// read fetches the object and refuses it unless it hashes to this.
+    pub blake3: String,
+    pub sealed_at_unix_ns: u64,
+    pub pruned_at_unix_ns: u64,
+    /// The object's retention on the store, as shipped.
+    pub retain_until_unix_s: u64,
+}
+
+/// Where the pruned list lives in a data directory.
+pub fn pruned_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("replication").join(PRUNED_FILE)
+}
+
+/// Reads the pruned list (absent: nothing pruned). A torn last entry is ignored: its
+/// segment's file was not yet unlinked when the crash came (the entry is synced first).
+pub fn read(data_dir: &Path) -> Result<Vec<PrunedSegment>> {
+    let path = pruned_path(data_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&path, "read")(e)),
+    };
+    let (entries, _) = parse_log(&bytes);
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, raw) in entries.iter().enumerate() {
+        let p: PrunedSegment =
+            serde_json::from_slice(raw).map_err(|e| corrupt(&path, format!("entry {i}: {e}")))?;
+        if p.end <= p.first {
+            return Err(corrupt(&path, format!("entry {i}: empty range")));
+        }
+        out.push(p);
+    }
+    out.sort_by_key(|p| p.first);
+    Ok(out)
+}
+
+/// The appender, owned by the replicator thread.
+pub(crate) struct PrunedLog {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl PrunedLog {
+    /// Opens (or creates) the list and cuts a torn tail, so appends follow a good entry.
+    pub fn open(data_dir: &Path) -> Result<PrunedLog> {
+        let dir = data_dir.join("replication");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir, "create replication directory"))?;
+        let path = dir.join(PRUNED_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path, "open pruned list"))?;
+        let bytes = std::fs::read(&path).map_err(io_err(&path, "read pruned list"))?;
+        let (_, good) = parse_log(&bytes);
+        if good < bytes.len() {
+            tracing::warn!(
+                "{}: cutting a torn tail of {} bytes",
+                path.display(),
+                bytes.len() - good
+            );
+            file.set_len(good as u64)
+                .map_err(io_err(&path, "truncate torn tail"))?;
+            file.sync_all().map_err(io_err(&path, "sync"))?;
+        }
+        // The file's directory entry must survive a crash before any segment relies on it.
+        crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
+        Ok(PrunedLog {
+            path,
+            file,
+            len: good as u64,
+        })
+    }
+
+    /// Appends and syncs one entry: after this returns, the segment may be unlinked.
+    pub fn append(&mut self, p: &PrunedSegment) -> Result<()> {
+        let json = serde_json::to_string(p).map_err(|e| corrupt(&self.path, e.to_string()))?;
+        let entry = encode_entry(&json);
+        self.file
+            .write_all_at(&entry, self.len)
+            .map_err(io_err(&self.path, "append"))?;
+        self.file
+            .sync_data()
+            .map_err(io_err(&self.path, "fdatasync"))?;
+        self.len += entry.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_survive_and_torn_tail_is_ignored() {
+        let d = tempfile::tempdir().expect("tmp");
+        assert!(read(d.path()).expect("empty").is_empty());
+        let p = |first, end| PrunedSegment {
+            first,
+            end,
+            key: format!("segments/{first}"),
+            bytes: 10,
+            blake3: "00".into(),
+            sealed_at_unix_ns: 1,
+            pruned_at_unix_ns: 2,
+            retain_until_unix_s: 3,
+        };
+        {
+            let mut log = PrunedLog::open(d.path()).expect("open");
+            log.append(&p(10, 20)).expect("append");
+            log.append(&p(0, 10)).expect("append");
+        }
+        let path = pruned_path(d.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend_from_slice(&[0, 0, 0, 9, 1]);
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(read(d.path()).expect("read"), vec![p(0, 10), p(10, 20)]);
+        let mut log = PrunedLog::open(d.path()).expect("reopen");
+        log.append(&p(20, 30)).expect("append");
+        assert_eq!(read(d.path()).expect("read").len(), 3);
+    }
+}
