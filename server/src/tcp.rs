@@ -324,19 +324,33 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     while let Some(reply) = rx.recv().await {
         let bytes = match reply {
             Reply::Frame(f) => f,
-            Reply::Ack(id, done) => match done.await {
-                Ok(Ok(r)) => frame::frame(
-                    FrameType::Ack,
-                    id,
-                    &frame::ack_payload(r.first_index, r.received_at_unix_ns, &r.leaf_hashes),
-                ),
-                Ok(Err(e)) => error_frame(id, code_of(&e), &e.to_string()),
-                Err(_) => error_frame(
-                    id,
-                    ErrorCode::ShuttingDown,
-                    "the engine stopped before this batch was durable",
-                ),
-            },
+            Reply::Ack(id, mut done) => {
+                let outcome = match done.try_recv() {
+                    Ok(r) => Ok(r),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        // Not durable yet: what is already written goes out first.
+                        // Waiting with it in the buffer held every ack behind the next
+                        // group commit, and under pipelining behind ~20 of them (an ack
+                        // latency p99 of ~13 ms at half rate).
+                        wr.flush().await?;
+                        done.await
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => done.await,
+                };
+                match outcome {
+                    Ok(Ok(r)) => frame::frame(
+                        FrameType::Ack,
+                        id,
+                        &frame::ack_payload(r.first_index, r.received_at_unix_ns, &r.leaf_hashes),
+                    ),
+                    Ok(Err(e)) => error_frame(id, code_of(&e), &e.to_string()),
+                    Err(_) => error_frame(
+                        id,
+                        ErrorCode::ShuttingDown,
+                        "the engine stopped before this batch was durable",
+                    ),
+                }
+            }
         };
         wr.write_all(&bytes).await?;
         // Coalesce replies that are ready; flush when none is waiting.
