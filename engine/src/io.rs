@@ -279,14 +279,32 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// How much a background thread yields to the write path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Background {
+    /// Its disk requests wait while the log's own are queued (the I/O scheduler's idle
+    /// class; the kernel ages them in after a few seconds, so it is slowed, not starved).
+    /// For sealing and shipping, whose lag costs nothing but disk space for a while.
+    IdleIo,
+    /// The lowest best-effort level: the preallocator, which the sequencer waits for
+    /// at each segment rotation and so must not be left behind.
+    LowIo,
+}
+
 /// Sealing, zero-filling and shipping may run seconds behind without harm; an ack may not.
-/// These threads take a lower CPU weight (nice 10) and the lowest level of the best-effort
-/// I/O class, so that on a busy machine the sequencer's sync and the network threads go
-/// first. Best effort: where the kernel refuses, the defaults stay.
-pub(crate) fn lower_thread_priority() {
+/// These threads take a lower CPU weight (nice 10) and a lower I/O priority, so that on a
+/// busy machine the sequencer's sync and the network threads go first: the ack latency
+/// tail at steady load came from their bursts (a sealed segment's fsync, thousands of
+/// tile uploads to a local target). Best effort: where the kernel refuses, defaults stay.
+pub(crate) fn lower_thread_priority(kind: Background) {
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
     const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    let prio = match kind {
+        Background::IdleIo => IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        Background::LowIo => (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 7,
+    };
     // SAFETY: two system calls about the calling thread itself, with no pointers.
     unsafe {
         let tid = libc::gettid();
@@ -295,7 +313,7 @@ pub(crate) fn lower_thread_priority() {
             libc::SYS_ioprio_set,
             IOPRIO_WHO_PROCESS,
             tid as libc::c_long,
-            (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 7,
+            prio,
         );
     }
 }

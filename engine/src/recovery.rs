@@ -407,7 +407,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     {
         let shared = shared.clone();
         threads.push(spawn("auditlog-prealloc", move || {
-            crate::io::lower_thread_priority();
+            crate::io::lower_thread_priority(crate::io::Background::LowIo);
             preallocate(shared, prealloc, next_n, prealloc_tx)
         })?);
     }
@@ -480,7 +480,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     {
         let shared = shared.clone();
         threads.push(spawn("auditlog-sealer", move || {
-            crate::io::lower_thread_priority();
+            crate::io::lower_thread_priority(crate::io::Background::IdleIo);
             crate::sealer::run(shared, seal_rx)
         })?);
     }
@@ -494,7 +494,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         Some((r, monitor)) => {
             let shared = shared.clone();
             threads.push(spawn("auditlog-replicator", move || {
-                crate::io::lower_thread_priority();
+                crate::io::lower_thread_priority(crate::io::Background::IdleIo);
                 r.run(shared)
             })?);
             Some(monitor)
