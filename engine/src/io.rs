@@ -327,26 +327,46 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// around the page cache (O_DIRECT) where the file system allows: they would otherwise be
 /// copied into memory and written back, competing with the log's own syncs.
 pub(crate) fn create_zeroed(path: &Path, bytes: u64) -> io::Result<()> {
+    let f = open_for_zeros(path, bytes, true)?;
+    fill_zeroed(f, path, bytes)
+}
+
+/// Overwrites the existing file at `path` with `bytes` of synced zeros (a recycled segment:
+/// its blocks are already allocated, so nothing is freed or allocated).
+pub(crate) fn zero_in_place(path: &Path, bytes: u64) -> io::Result<()> {
+    let f = open_for_zeros(path, bytes, false)?;
+    if f.metadata()?.len() != bytes {
+        f.set_len(bytes)?;
+    }
+    fill_zeroed(f, path, bytes)
+}
+
+fn open_for_zeros(path: &Path, bytes: u64, create: bool) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    const CHUNK: usize = 1 << 20;
-    const ALIGN: usize = 4096;
-    let direct = if bytes.is_multiple_of(ALIGN as u64) {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok()
-    } else {
-        None
-    };
-    let mut f = match direct {
-        Some(f) => f,
-        None => {
-            let _ = std::fs::remove_file(path);
-            OpenOptions::new().write(true).create_new(true).open(path)?
+    let open = |direct: bool| {
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(create);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
         }
+        o.open(path)
     };
+    if bytes.is_multiple_of(ZERO_ALIGN as u64) {
+        if let Ok(f) = open(true) {
+            return Ok(f);
+        }
+    }
+    if create {
+        let _ = std::fs::remove_file(path);
+    }
+    open(false)
+}
+
+const ZERO_ALIGN: usize = 4096;
+
+fn fill_zeroed(mut f: File, path: &Path, bytes: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    const ALIGN: usize = ZERO_ALIGN;
     // An aligned window inside a plain Vec satisfies O_DIRECT's alignment without unsafe code.
     let backing = vec![0u8; CHUNK + ALIGN];
     let off = backing.as_ptr().align_offset(ALIGN);

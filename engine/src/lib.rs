@@ -200,6 +200,9 @@ pub(crate) struct Shared {
     failed: Mutex<Option<String>>,
     failed_flag: AtomicBool,
     prealloc_error: Mutex<Option<String>>,
+    /// Sealed open segments, renamed to `recycle-*.old`, for the preallocator to zero in
+    /// place. Each keeps its open handle: while a reader holds another, it is not reused.
+    recycle: Mutex<Vec<(PathBuf, Option<Arc<std::fs::File>>)>>,
     signer_error: Mutex<Option<String>>,
     signer_failures: AtomicU64,
     signer_failures_in_a_row: AtomicU64,

@@ -157,6 +157,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let mut sealed_list = Vec::new();
     let mut open_list = Vec::new();
     let mut prealloc = Vec::new();
+    let mut recycle = Vec::new();
     for entry in std::fs::read_dir(&seg_dir).map_err(io_err(&seg_dir, "list"))? {
         let entry = entry.map_err(io_err(&seg_dir, "list"))?;
         let name = entry.file_name().to_string_lossy().to_string();
@@ -164,6 +165,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             Some(SegmentName::Sealed(a, b)) => sealed_list.push((a, b, entry.path())),
             Some(SegmentName::Open(a)) => open_list.push((a, entry.path())),
             Some(SegmentName::Prealloc) => prealloc.push(entry.path()),
+            Some(SegmentName::Recycle) => recycle.push(entry.path()),
             Some(SegmentName::Temporary) => {
                 std::fs::remove_file(entry.path())
                     .map_err(io_err(entry.path(), "remove leftover"))?;
@@ -381,6 +383,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         failed: Mutex::new(None),
         failed_flag: AtomicBool::new(false),
         prealloc_error: Mutex::new(None),
+        recycle: Mutex::new(recycle.into_iter().map(|p| (p, None)).collect()),
         signer_error: Mutex::new(None),
         signer_failures: AtomicU64::new(0),
         signer_failures_in_a_row: AtomicU64::new(0),
@@ -560,6 +563,34 @@ pub(crate) fn key_name(origin: &str) -> String {
         .collect()
 }
 
+/// Moves a recycled segment no reader holds open to `partial`; `None` if there is none.
+fn take_recycled(shared: &Shared, partial: &std::path::Path) -> Option<()> {
+    let mut list = shared.recycle.lock().unwrap_or_else(|e| e.into_inner());
+    // The sealer's handle is the only one left once no reader is still inside the file
+    // (readers clone the segment's handle for as long as they read it).
+    let i = list
+        .iter()
+        .position(|(_, f)| f.as_ref().is_none_or(|f| Arc::strong_count(f) == 1))?;
+    let (path, _) = list.swap_remove(i);
+    drop(list);
+    match std::fs::rename(&path, partial) {
+        Ok(()) => Some(()),
+        Err(e) => {
+            tracing::warn!("cannot recycle {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Hands a sealed open segment to the preallocator (see `take_recycled`).
+pub(crate) fn recycle(shared: &Shared, path: PathBuf, file: Arc<std::fs::File>) {
+    shared
+        .recycle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path, Some(file)));
+}
+
 /// Keeps one zero-filled segment file ready ahead of the writer.
 fn preallocate(
     shared: Arc<Shared>,
@@ -587,8 +618,14 @@ fn preallocate(
                     let partial = dir.join(format!("prealloc-{n:06}.partial"));
                     n += 1;
                     let _ = std::fs::remove_file(&partial);
-                    let made = crate::io::create_zeroed(&partial, bytes)
-                        .and_then(|()| std::fs::rename(&partial, &path));
+                    // A sealed open segment is zeroed in place rather than unlinked: freeing
+                    // 256 MiB (with online discard) stalled the disk under the sequencer's
+                    // syncs, and writing over allocated blocks needs no allocation either.
+                    let made = match take_recycled(&shared, &partial) {
+                        Some(()) => crate::io::zero_in_place(&partial, bytes),
+                        None => crate::io::create_zeroed(&partial, bytes),
+                    }
+                    .and_then(|()| std::fs::rename(&partial, &path));
                     match made {
                         Ok(()) => {
                             shared.set_prealloc_error(None);

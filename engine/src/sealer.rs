@@ -169,8 +169,13 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         ..seg
     };
     shared.replace_with_sealed(sealed);
-    std::fs::remove_file(&job.path).map_err(io_err(&job.path, "remove sealed open segment"))?;
+    // Not unlinked: the preallocator zeroes it in place for a later segment (freeing it
+    // stalled the disk). Renamed first, so recovery never takes it for an open segment.
+    let recycled = dir.join(segments::recycle_name(job.first));
+    std::fs::rename(&job.path, &recycled)
+        .map_err(io_err(&job.path, "retire sealed open segment"))?;
     crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
+    crate::recovery::recycle(shared, recycled, job.file.clone());
     tracing::info!("sealed segment [{}, {})", job.first, job.end);
     Ok(())
 }

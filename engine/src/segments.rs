@@ -4,6 +4,8 @@
 //! `segments/{first:020}.open`               open segment: zero-filled, batches from offset 0
 //! `segments/{first:020}-{end:020}.seg`      sealed segment (formats::segment layout)
 //! `segments/prealloc-{n:06}.tmp`            zero-filled file waiting to become open
+//! `segments/recycle-{first:020}.old`         a sealed open segment waiting to be zeroed
+//!                                            in place and reused as a prealloc file
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,6 +21,10 @@ pub(crate) fn open_name(first: u64) -> String {
     format!("{first:020}.open")
 }
 
+pub(crate) fn recycle_name(first: u64) -> String {
+    format!("recycle-{first:020}.old")
+}
+
 pub(crate) fn sealed_name(first: u64, end: u64) -> String {
     format!("{first:020}-{end:020}.seg")
 }
@@ -27,6 +33,7 @@ pub(crate) enum SegmentName {
     Open(u64),
     Sealed(u64, u64),
     Prealloc,
+    Recycle,
     Temporary,
 }
 
@@ -40,6 +47,9 @@ pub(crate) fn parse_name(name: &str) -> Option<SegmentName> {
     }
     if name.starts_with("prealloc-") && name.ends_with(".tmp") {
         return Some(SegmentName::Prealloc);
+    }
+    if name.starts_with("recycle-") && name.ends_with(".old") {
+        return Some(SegmentName::Recycle);
     }
     if name.ends_with(".partial") || name.ends_with(".seg.tmp") {
         return Some(SegmentName::Temporary);
