@@ -271,8 +271,11 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let open_count = open_list.len();
     for (n, (a, path)) in open_list.into_iter().enumerate() {
         if a < end {
-            // Sealed before the crash; only the delete was lost.
-            std::fs::remove_file(&path).map_err(io_err(&path, "remove sealed open segment"))?;
+            // Sealed before the crash; only its retirement was lost.
+            let retired = seg_dir.join(segments::recycle_name(a));
+            std::fs::rename(&path, &retired)
+                .map_err(io_err(&path, "retire sealed open segment"))?;
+            recycle.push(retired);
             continue;
         }
         if a != end {
