@@ -30,6 +30,9 @@ pub enum EngineError {
     /// did not answer (or none is configured): worth retrying later.
     #[error("{place}: object store unavailable: {reason}")]
     StoreUnavailable { place: String, reason: String },
+    /// Only from the `*_cached` calls: the answer needs disk reads; ask the waiting call.
+    #[error("the answer needs reads from disk")]
+    WouldBlock,
     #[error("configuration: {0}")]
     Config(String),
     #[error("signer: {0}")]

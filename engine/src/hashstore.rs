@@ -203,19 +203,34 @@ impl HashFiles {
     }
 }
 
+/// Whether a read may wait for the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// Only what the page cache holds; anything else is `EngineError::WouldBlock`.
+    No,
+}
+
 impl HashFiles {
-    fn read_node(&self, node: NodeId) -> Result<Hash> {
+    fn read_node(&self, node: NodeId, wait: Wait) -> Result<Hash> {
         let mut h = [0u8; 32];
-        self.read_level(node.level as usize, node.index, &mut h)?;
+        self.read_level(node.level as usize, node.index, &mut h, wait)?;
         Ok(h)
     }
 
     /// Reads `out.len() / 32` consecutive nodes of `level` from node `first` on.
-    fn read_level(&self, level: usize, first: u64, out: &mut [u8]) -> Result<()> {
+    fn read_level(&self, level: usize, first: u64, out: &mut [u8], wait: Wait) -> Result<()> {
         let f = self.level_file(level).ok_or_else(|| EngineError::Corrupt {
             path: self.path(level),
             what: format!("missing level for node {first} of level {level}"),
         })?;
+        if wait == Wait::No {
+            return match crate::io::pread_cached(&f, out, first * 32) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(EngineError::WouldBlock),
+                Err(e) => Err(io_err(self.path(level), format!("read nodes from {first}"))(e)),
+            };
+        }
         f.read_exact_at(out, first * 32).map_err(io_err(
             self.path(level),
             format!("read nodes {first}..{}", first + out.len() as u64 / 32),
@@ -224,31 +239,27 @@ impl HashFiles {
 
     /// `node` through the cache: the level is extended up to it with one read, unless
     /// the level no longer fits in memory.
-    fn read_through(&self, cache: &mut UpperCache, node: NodeId) -> Result<Hash> {
+    fn read_through(&self, cache: &mut UpperCache, node: NodeId, wait: Wait) -> Result<Hash> {
         let level = node.level as usize;
         if let Some(h) = cache.get(node) {
             return Ok(h);
         }
         if !cache.make_room(level, node.index + 1) {
-            return self.read_node(node);
+            return self.read_node(node, wait);
         }
         let have = cache.levels[level].len();
         let want = usize::try_from(node.index + 1).expect("a cached level fits in memory");
         cache.levels[level].resize(want, [0u8; 32]);
         let fresh = &mut cache.levels[level][have..];
-        if let Err(e) = self.read_level(level, have as u64, fresh.as_flattened_mut()) {
+        if let Err(e) = self.read_level(level, have as u64, fresh.as_flattened_mut(), wait) {
             cache.levels[level].truncate(have);
             return Err(e);
         }
         cache.bytes += (want - have) as u64 * 32;
         Ok(cache.levels[level][want - 1])
     }
-}
 
-impl HashReader for HashFiles {
-    type Error = EngineError;
-
-    fn read_hashes(&self, nodes: &[NodeId]) -> Result<Vec<Hash>> {
+    fn read_hashes_with(&self, nodes: &[NodeId], wait: Wait) -> Result<Vec<Hash>> {
         let mut out = vec![[0u8; 32]; nodes.len()];
         // (slot, node, whether its level is cached): filled below, outside the read lock.
         let mut missing = Vec::new();
@@ -265,17 +276,38 @@ impl HashReader for HashFiles {
             return Ok(out);
         }
         for &(slot, node, _) in missing.iter().filter(|m| !m.2) {
-            out[slot] = self.read_node(node)?;
+            out[slot] = self.read_node(node, wait)?;
         }
         // Misses on cached levels are new right-edge nodes after the tree grew: the
         // write lock is taken once for all of them, and rarely.
         if missing.iter().any(|m| m.2) {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
             for &(slot, node, _) in missing.iter().filter(|m| m.2) {
-                out[slot] = self.read_through(&mut cache, node)?;
+                out[slot] = self.read_through(&mut cache, node, wait)?;
             }
         }
         Ok(out)
+    }
+}
+
+impl HashReader for HashFiles {
+    type Error = EngineError;
+
+    fn read_hashes(&self, nodes: &[NodeId]) -> Result<Vec<Hash>> {
+        self.read_hashes_with(nodes, Wait::Yes)
+    }
+}
+
+/// The hash store as far as memory and the page cache hold it: a read that would wait for
+/// the disk fails with `EngineError::WouldBlock`. Lets an async caller answer a proof on
+/// its own thread when that costs microseconds, and hand it to a blocking thread otherwise.
+pub(crate) struct CachedOnly<'a>(pub &'a HashFiles);
+
+impl HashReader for CachedOnly<'_> {
+    type Error = EngineError;
+
+    fn read_hashes(&self, nodes: &[NodeId]) -> Result<Vec<Hash>> {
+        self.0.read_hashes_with(nodes, Wait::No)
     }
 }
 
@@ -384,6 +416,12 @@ mod tests {
                         .expect("read")
                         .expect("proof");
                     assert_eq!(got, want, "budget {budget} index {index} size {size}");
+                    // From memory and the page cache only: the same answer, or a refusal
+                    // (never a wrong or partial one) if the pages were evicted meanwhile.
+                    match tree::prove_inclusion(alg, index, size, &CachedOnly(&files)) {
+                        Ok(p) => assert_eq!(p.expect("proof"), want),
+                        Err(e) => assert!(matches!(e, EngineError::WouldBlock), "{e}"),
+                    }
                 }
                 let from = size / 3 + 1;
                 assert_eq!(

@@ -318,6 +318,36 @@ pub(crate) fn lower_thread_priority(kind: Background) {
     }
 }
 
+/// Reads `out` at `offset` only if the page cache holds all of it (`preadv2` with
+/// `RWF_NOWAIT`): `Ok(false)` when any of it would have to come from the disk, or the
+/// kernel does not support the flag.
+pub(crate) fn pread_cached(file: &File, out: &mut [u8], offset: u64) -> io::Result<bool> {
+    let iov = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    // SAFETY: one iovec over `out`, which lives across the call; the descriptor is open.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    // A short read is part cached, part not (or a short file, which the waiting read
+    // reports properly).
+    Ok(n as usize == out.len())
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

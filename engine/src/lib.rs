@@ -740,10 +740,28 @@ impl Engine {
             .map_err(|e| EngineError::BadRequest(e.to_string()))
     }
 
+    /// As `prove_inclusion`, from memory and the page cache only: `WouldBlock` when the
+    /// answer needs the disk (then call `prove_inclusion` where waiting is allowed).
+    pub fn prove_inclusion_cached(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        self.proof_size_check(size)?;
+        let reader = hashstore::CachedOnly(&self.shared.hashes);
+        tree::prove_inclusion(self.tree_hash(), index, size, &reader)?
+            .map_err(|e| EngineError::BadRequest(e.to_string()))
+    }
+
     /// RFC 9162 consistency proof between the trees of `from` and `to`.
     pub fn prove_consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>> {
         self.proof_size_check(to)?;
         tree::prove_consistency(self.tree_hash(), from, to, &self.shared.hashes)?
+            .map_err(|e| EngineError::BadRequest(e.to_string()))
+    }
+
+    /// As `prove_consistency`, from memory and the page cache only (see
+    /// `prove_inclusion_cached`).
+    pub fn prove_consistency_cached(&self, from: u64, to: u64) -> Result<Vec<Hash>> {
+        self.proof_size_check(to)?;
+        let reader = hashstore::CachedOnly(&self.shared.hashes);
+        tree::prove_consistency(self.tree_hash(), from, to, &reader)?
             .map_err(|e| EngineError::BadRequest(e.to_string()))
     }
 

@@ -493,10 +493,16 @@ async fn get_inclusion(State(st): State<St>, caller: Caller, q: Params) -> ApiRe
                 })?
         }
     };
-    // Inline, not on the blocking pool: with the hash store's upper levels in memory a
-    // proof is a few preads of hot pages (~10 µs), and the hand-off to the pool cost more
-    // than the proof (profiled: ~40% of the daemon's CPU went to waking pool threads).
-    let hashes = engine.prove_inclusion(index, size)?;
+    // Inline when memory and the page cache hold the answer (a few µs); the hand-off to
+    // the blocking pool cost more than such a proof (profiled: ~40% of the daemon's CPU
+    // went to waking pool threads). One that needs the disk goes to the pool, so a cold
+    // cache never stalls an async worker.
+    let hashes = match engine.prove_inclusion_cached(index, size) {
+        Err(EngineError::WouldBlock) => {
+            blocking(move || engine.prove_inclusion(index, size)).await?
+        }
+        r => r?,
+    };
     st.http
         .proofs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -508,8 +514,14 @@ async fn get_consistency(State(st): State<St>, caller: Caller, q: Params) -> Api
     let q = params(q)?;
     let from = need(&q, "from")?;
     let to = need(&q, "to")?;
-    // Inline for the reason given in `get_inclusion`.
-    let hashes = st.engine.prove_consistency(from, to)?;
+    // Inline when cached, for the reasons given in `get_inclusion`.
+    let hashes = match st.engine.prove_consistency_cached(from, to) {
+        Err(EngineError::WouldBlock) => {
+            let engine = st.engine.clone();
+            blocking(move || engine.prove_consistency(from, to)).await?
+        }
+        r => r?,
+    };
     st.http
         .proofs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
