@@ -9,9 +9,13 @@
 //! a framing error or an over-long message closes the connection, since the stream can no
 //! longer be split.
 //!
-//! TODO(tls): syslog over TLS (RFC 5425) plugs in at `serve`: wrap the accepted stream with
-//! the shared acceptor of `server/src/tls.rs` when `[siem] syslog_tls` is configured;
-//! `connection` is generic over the stream so nothing else changes.
+//! With `[siem] syslog_tls` the listener speaks syslog over TLS (RFC 5425) only: the
+//! handshake runs in the connection's own task, bounded by `server.tls_handshake_timeout_ms`,
+//! after the connection took its slot under `syslog_connections_max`, so a client that never
+//! finishes a handshake holds one slot until the timeout and blocks nobody else. RFC 5425
+//! frames messages with octet counting; the decoder accepts that (and LF framing) as on
+//! plain TCP. A failed handshake (plain text, an unknown or missing client certificate)
+//! closes the connection with nothing stored.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -22,10 +26,11 @@ use std::time::Duration;
 use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts};
 use auditlog_formats::syslog::{self, Decoder};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-use crate::siem_config::SiemConfig;
+use crate::siem_config::{SiemConfig, SyslogTls};
 
 /// Bytes taken from the socket per read, and so the most one submission holds.
 const READ_BYTES: usize = 64 << 10;
@@ -39,6 +44,7 @@ pub struct SyslogCounters {
     pub framing_errors: AtomicU64,
     pub connections: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 pub static COUNTERS: SyslogCounters = SyslogCounters {
@@ -48,12 +54,35 @@ pub static COUNTERS: SyslogCounters = SyslogCounters {
     framing_errors: AtomicU64::new(0),
     connections: AtomicU64::new(0),
     connections_refused: AtomicU64::new(0),
+    tls_handshake_failures: AtomicU64::new(0),
 };
+
+/// The TLS side of the listener: the acceptor and the handshake's time limit.
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Duration,
+}
+
+impl ListenerTls {
+    /// Loads the listener's certificate, key and optional client CA.
+    pub fn load(t: &SyslogTls, handshake_timeout: Duration) -> anyhow::Result<ListenerTls> {
+        use anyhow::Context;
+        let config =
+            crate::tls::server_config(&t.cert_path, &t.key_path, t.client_ca_path.as_deref(), true)
+                .context("siem.syslog_tls")?;
+        Ok(ListenerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            handshake_timeout,
+        })
+    }
+}
 
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     cfg: SiemConfig,
+    tls: Option<ListenerTls>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.syslog_connections_max));
@@ -68,11 +97,19 @@ pub async fn serve(
                         drop(stream);
                         continue;
                     };
-                    let (engine, cfg) = (engine.clone(), cfg.clone());
+                    let (engine, cfg, tls) = (engine.clone(), cfg.clone(), tls.clone());
                     let stop = stop.clone();
                     tokio::spawn(async move {
                         COUNTERS.connections.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = connection(stream, Some(peer.ip()), &engine, &cfg, stop).await {
+                        let ip = Some(peer.ip());
+                        let r = match tls {
+                            None => connection(stream, ip, &engine, &cfg, stop).await,
+                            Some(tls) => match handshake(stream, &tls).await {
+                                Ok(s) => connection(s, ip, &engine, &cfg, stop).await,
+                                Err(e) => Err(e),
+                            },
+                        };
+                        if let Err(e) = r {
                             tracing::info!("syslog connection from {peer}: {e}");
                         }
                         COUNTERS.connections.fetch_sub(1, Ordering::Relaxed);
@@ -94,10 +131,32 @@ type Pending = oneshot::Receiver<Result<Receipts, EngineError>>;
 enum ConnError {
     #[error("read: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
     #[error("framing: {0}")]
     Framing(#[from] syslog::FramingError),
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
+}
+
+/// The server side of an RFC 5425 handshake, within the configured time.
+async fn handshake(
+    stream: TcpStream,
+    tls: &ListenerTls,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ConnError> {
+    let r = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        )),
+    };
+    r.map_err(|e| {
+        COUNTERS
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        ConnError::Handshake(e)
+    })
 }
 
 async fn connection<S: AsyncRead + Unpin>(
