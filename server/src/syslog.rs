@@ -213,6 +213,9 @@ fn build(
 ) -> (Vec<EventBatch>, Option<syslog::FramingError>) {
     let now = now_unix_ns();
     let mut batches = vec![engine.new_batch()];
+    // One event at a time is mapped here, then copied into the batch: no allocation per
+    // message for the event's bytes.
+    let mut event = Vec::with_capacity(2048);
     let framing = loop {
         let msg = match decoder.next_message() {
             Ok(Some(m)) => m,
@@ -220,10 +223,11 @@ fn build(
             Err(e) => break Some(e),
         };
         COUNTERS.messages.fetch_add(1, Ordering::Relaxed);
-        let event = match syslog::parse(msg, now)
-            .and_then(|m| syslog::to_audit_event(&m, msg, now, peer))
+        event.clear();
+        match syslog::parse(msg, now)
+            .and_then(|m| syslog::write_audit_event(&m, msg, now, peer, &mut event))
         {
-            Ok(e) => e,
+            Ok(()) => {}
             Err(e) => {
                 COUNTERS.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("syslog message dropped: {e}");
