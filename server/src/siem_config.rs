@@ -21,6 +21,7 @@ pub struct SiemSection {
     pub syslog_connections_max: Option<usize>,
     pub syslog_idle_timeout_ms: Option<u64>,
     pub syslog_batches_in_flight_max: Option<usize>,
+    pub syslog_read_bytes_max: Option<usize>,
     pub syslog_tls: Option<bool>,
     pub syslog_tls_cert_path: Option<PathBuf>,
     pub syslog_tls_key_path: Option<PathBuf>,
@@ -77,6 +78,11 @@ pub struct SiemConfig {
     /// Engine submissions one syslog connection may have waiting for durability; beyond,
     /// it stops reading (TCP flow control then slows the sender).
     pub syslog_batches_in_flight_max: usize,
+    /// Bytes taken from a syslog socket per read, so the most one submission holds. Under
+    /// load reads fill up and submissions grow: fewer, larger group commits per message
+    /// (256 KiB ingests about 10% faster than 64 KiB on one connection). Memory: this much
+    /// per open connection.
+    pub syslog_read_bytes_max: usize,
     /// `syslog_tls = true`: the syslog listener speaks TLS only; `None` is plain TCP.
     pub syslog_tls: Option<SyslogTls>,
     /// Collector (`host:port`) the forwarder sends CEF to; `None` (the default) disables it.
@@ -104,6 +110,7 @@ impl SiemConfig {
             syslog_connections_max: 256,
             syslog_idle_timeout_ms: 300_000,
             syslog_batches_in_flight_max: 16,
+            syslog_read_bytes_max: 256 << 10,
             syslog_tls: None,
             forward_addr: None,
             forward_batch_events_max: 2048,
@@ -130,6 +137,10 @@ impl SiemConfig {
 /// Syslog messages become events of at most 64 KiB, which hold the message twice (parsed
 /// and original), escaped: 32 KiB keeps ordinary messages within it.
 const SYSLOG_MESSAGE_BYTES_LIMIT: usize = 32 << 10;
+/// Reads smaller than a page cost a syscall per few messages; larger than 4 MiB only hold
+/// memory (a submission is split at the engine's `submission_bytes_max` anyway).
+const SYSLOG_READ_BYTES_MIN: usize = 4 << 10;
+const SYSLOG_READ_BYTES_LIMIT: usize = 4 << 20;
 
 /// `server_tls` is `[server.tls]`: the syslog listener's certificate and key default to it.
 pub fn resolve(
@@ -167,6 +178,7 @@ pub fn resolve(
         syslog_connections_max,
         syslog_idle_timeout_ms,
         syslog_batches_in_flight_max,
+        syslog_read_bytes_max,
         forward_batch_events_max,
         forward_poll_ms,
         forward_backoff_ms_max,
@@ -179,6 +191,9 @@ pub fn resolve(
         || c.forward_poll_ms == 0
     {
         bail!("siem: export_chunk_events, syslog_connections_max, syslog_batches_in_flight_max, forward_batch_events_max and forward_poll_ms must be positive");
+    }
+    if !(SYSLOG_READ_BYTES_MIN..=SYSLOG_READ_BYTES_LIMIT).contains(&c.syslog_read_bytes_max) {
+        bail!("siem.syslog_read_bytes_max must be {SYSLOG_READ_BYTES_MIN} to {SYSLOG_READ_BYTES_LIMIT}");
     }
     if !(64..=SYSLOG_MESSAGE_BYTES_LIMIT).contains(&c.syslog_message_bytes_max) {
         bail!("siem.syslog_message_bytes_max must be 64 to {SYSLOG_MESSAGE_BYTES_LIMIT}");

@@ -2,7 +2,7 @@
 //! RFC 5424 and RFC 3164 messages, each mapped to an audit event and appended.
 //!
 //! Syslog has no acknowledgements, so this listener batches by what arrived: every read
-//! from the socket (up to 64 KiB) is decoded and its messages go to the engine as one
+//! from the socket (up to `syslog_read_bytes_max`) is decoded and its messages go to the engine as one
 //! submission. Up to `syslog_batches_in_flight_max` submissions per connection may wait
 //! for durability; beyond that the connection is not read, and TCP flow control slows the
 //! sender. A message that does not parse is counted and dropped (a relay cannot be told);
@@ -31,9 +31,6 @@ use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::siem_config::{SiemConfig, SyslogTls};
-
-/// Bytes taken from the socket per read, and so the most one submission holds.
-const READ_BYTES: usize = 64 << 10;
 
 /// Listener counters, shown by `/metrics`.
 #[derive(Default)]
@@ -167,7 +164,7 @@ async fn connection<S: AsyncRead + Unpin>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(cfg.syslog_message_bytes_max);
-    let mut buf = vec![0u8; READ_BYTES];
+    let mut buf = vec![0u8; cfg.syslog_read_bytes_max];
     let mut in_flight: VecDeque<Pending> = VecDeque::new();
     let idle = Duration::from_millis(cfg.syslog_idle_timeout_ms);
     let result = loop {

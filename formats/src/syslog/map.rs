@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 
-use super::parse::{ParseError, SdElement, SyslogFormat, SyslogMessage};
+use super::parse::{lossy, ParseError, SdElement, SyslogFormat, SyslogMessage};
 use crate::time::unix_ns_to_rfc3339;
 
 pub const FACILITY_NAMES: [&str; 24] = [
@@ -74,18 +74,45 @@ const ESCAPE: [u8; 256] = {
     t
 };
 
+/// True when one of the eight bytes of `w` must be escaped: below 0x20, `"` or `\`.
+/// (The has-zero-byte test of "Bit Twiddling Hacks", exact for "any byte".)
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q;
+    let b = w ^ (ONES * u64::from(b'\\'));
+    let backslash = b.wrapping_sub(ONES) & !b;
+    (control | quote | backslash) & HIGH != 0
+}
+
+/// The next byte at or after `from` that must be escaped. Messages are mostly plain text:
+/// skip eight bytes at a time, then find the byte in the word that has one.
+fn next_escape(b: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(word) = b.get(from..from + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if word_needs_escape(u64::from_le_bytes(w)) {
+            break;
+        }
+        from += 8;
+    }
+    b[from..]
+        .iter()
+        .position(|&c| ESCAPE[usize::from(c)] != 0)
+        .map(|p| from + p)
+}
+
 /// Appends `s` as a JSON string.
 fn push_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
     out.push(b'"');
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let e = ESCAPE[usize::from(c)];
-        if e == 0 {
-            continue;
-        }
+    while let Some(i) = next_escape(b, start) {
         out.extend_from_slice(&b[start..i]);
+        let (c, e) = (b[i], ESCAPE[usize::from(b[i])]);
         if e == b'u' {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(c >> 4)]);
@@ -232,7 +259,7 @@ fn write_syslog_details(m: &SyslogMessage, raw: &[u8], out: &mut Vec<u8>) {
     push_str(out, &m.msg);
     opt(out, "msgid", &m.msgid);
     push_key(out, "original", false);
-    push_str(out, &String::from_utf8_lossy(raw));
+    push_str(out, &lossy(raw));
     opt(out, "procid", &m.procid);
     push_key(out, "severity", false);
     push_u8(out, m.severity);

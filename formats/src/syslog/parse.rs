@@ -1,6 +1,17 @@
 //! Syslog message parsing (FORMATS.md §12.4): `<PRI>`, then RFC 5424 or, leniently, RFC 3164.
 
+use std::borrow::Cow;
+
 use crate::time::{civil_from_days, days_from_civil, days_in_month};
+
+/// `b` as text, invalid UTF-8 replaced by U+FFFD. Valid input (nearly all) takes
+/// `from_utf8`'s fast path instead of the chunk-by-chunk lossy decoder.
+pub(super) fn lossy(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -101,12 +112,12 @@ fn field<'a>(s: &mut &'a [u8], what: &'static str, max: usize) -> Result<&'a [u8
 }
 
 fn nil(f: &[u8]) -> Option<String> {
-    (f != b"-").then(|| String::from_utf8_lossy(f).into_owned())
+    (f != b"-").then(|| lossy(f).into_owned())
 }
 
 fn text(b: &[u8]) -> String {
     let b = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b);
-    String::from_utf8_lossy(b).into_owned()
+    lossy(b).into_owned()
 }
 
 fn parse_5424(m: &[u8], facility: u8, severity: u8) -> Result<SyslogMessage, ParseError> {
@@ -169,7 +180,7 @@ fn sd_name(s: &[u8], at: &mut usize, what: &'static str) -> Result<String, Parse
     if *at == start || *at - start > 32 {
         return Err(ParseError::Rfc5424(what));
     }
-    Ok(String::from_utf8_lossy(&s[start..*at]).into_owned())
+    Ok(lossy(&s[start..*at]).into_owned())
 }
 
 /// STRUCTURED-DATA: `-` or one or more `[SD-ID *(SP NAME="VALUE")]`, where VALUE escapes
@@ -215,7 +226,7 @@ fn parse_sd(s: &[u8]) -> Result<(Vec<SdElement>, usize), ParseError> {
                 }
             }
             at += 1;
-            params.push((name, String::from_utf8_lossy(&value).into_owned()));
+            params.push((name, lossy(&value).into_owned()));
         }
         out.push(SdElement { id, params });
     }
@@ -303,7 +314,7 @@ fn parse_3164(
         if sp == 0 || sp > 255 {
             return Err(ParseError::Rfc3164("bad HOSTNAME"));
         }
-        hostname = Some(String::from_utf8_lossy(&s[..sp]).into_owned());
+        hostname = Some(lossy(&s[..sp]).into_owned());
         s = &s[sp + 1..];
     }
     let tag_len = s
@@ -322,8 +333,8 @@ fn parse_3164(
             _ => (None, after),
         };
         if let Some(rest) = rest.strip_prefix(b":") {
-            app_name = Some(String::from_utf8_lossy(&s[..tag_len]).into_owned());
-            procid = pid.map(|p| String::from_utf8_lossy(p).into_owned());
+            app_name = Some(lossy(&s[..tag_len]).into_owned());
+            procid = pid.map(|p| lossy(p).into_owned());
             s = rest.strip_prefix(b" ").unwrap_or(rest);
         }
     }
