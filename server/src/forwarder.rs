@@ -198,7 +198,12 @@ impl Forwarder {
                 let end = size.min(sent + self.cfg.forward_batch_events_max);
                 buf.clear();
                 render_chunk(&self.engine, &self.cfg, sent, end, &mut buf)?;
-                link.send(&buf).context("sending")?;
+                if let Err(e) = link.send(&buf) {
+                    // A refusing collector's TLS alert explains a broken pipe better than
+                    // the pipe does.
+                    link.check_alive()?;
+                    return Err(e).context("sending");
+                }
                 COUNTERS.sent.fetch_add(end - sent, Ordering::Relaxed);
                 pending.push_back((end, link.socket_bytes()));
                 sent = end;

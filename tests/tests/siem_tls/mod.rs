@@ -312,3 +312,40 @@ fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
     });
     rs.stop();
 }
+
+/// A collector that requires a client certificate refuses a forwarder without one. Under
+/// TLS 1.3 the client finishes its side of the handshake first and learns of the refusal
+/// only from the collector's alert (or a broken pipe), possibly after its first chunk was
+/// written: the cursor must still not move.
+#[test]
+fn forwarder_refused_by_a_collector_that_requires_a_certificate_keeps_its_cursor() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = Ca::new("siem test CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let collector = ca.issue(dir.path(), "collector", "collector", &["localhost"]);
+    let port = free_port();
+    let out = dir.path().join("collected.log");
+    let rs_dir = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&rs_dir).expect("dir");
+    let conf = tls_collector_conf(port, &out, &ca_path, &collector, "x509/certvalid");
+    let mut rs = Rsyslog::start(&rs_dir, &conf, port);
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{CONFIG}forward_addr = \"127.0.0.1:{port}\"\nforward_server_name = \"localhost\"\nforward_backoff_ms_max = 400\nforward_tls = true\nforward_ca_path = {}\n",
+            quoted(&ca_path)
+        ),
+    );
+    let events: Vec<Vec<u8>> = (0..300).map(tricky_event).collect();
+    d.post_events(&events);
+    wait_for("refused sessions", Duration::from_secs(15), || {
+        d.metric("auditlog_forward_errors_total") >= Some(3)
+    });
+    assert_eq!(d.metric("auditlog_forward_cursor"), Some(0));
+    assert_eq!(d.metric("auditlog_forward_lag_events"), Some(300));
+    assert!(
+        collected(&out).is_empty(),
+        "nothing reached the collector's file"
+    );
+    rs.stop();
+}
