@@ -1,6 +1,6 @@
 //! Syslog over TLS (RFC 5425), both ways, with real rsyslog and its OpenSSL stream driver
 //! (`rsyslog-openssl`): rsyslog relays into the TLS listener with a client certificate,
-//! the listener refuses plain text and untrusted clients, the forwarder sends CEF to a TLS
+//! the listener refuses plain text and untrusted clients and frees stalled handshakes, the forwarder sends CEF to a TLS
 //! collector under mutual TLS, and a forwarder that distrusts its collector keeps its cursor.
 //! Part of the `siem` test binary; certificates come from a test CA (rcgen).
 
@@ -114,15 +114,32 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     let (cert, key) = ca.issue(dir.path(), "auditlogd", "auditlogd", &["localhost"]);
     let good = ca.issue(dir.path(), "good", "relay-1", &[]);
     let stranger = other.issue(dir.path(), "stranger", "relay-1", &[]);
+    // Two slots, and handshakes that must finish within a second.
+    let config = CONFIG.replace("[server]\n", "[server]\ntls_handshake_timeout_ms = 1000\n");
     let d = Daemon::start(
         dir.path(),
         &format!(
-            "{CONFIG}syslog_tls = true\nsyslog_tls_cert_path = {}\nsyslog_tls_key_path = {}\nsyslog_tls_client_ca_path = {}\n",
+            "{config}syslog_connections_max = 2\nsyslog_tls = true\nsyslog_tls_cert_path = {}\nsyslog_tls_key_path = {}\nsyslog_tls_client_ca_path = {}\n",
             quoted(&cert),
             quoted(&key),
             quoted(&ca_path)
         ),
     );
+
+    // Clients that connect and never start a handshake hold their slots only until the
+    // handshake timeout.
+    let silent: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&d.syslog_addr).expect("connect"))
+        .collect();
+    wait_for(
+        "silent handshakes to time out",
+        Duration::from_secs(10),
+        || {
+            d.metric("auditlog_syslog_tls_handshake_failures_total") >= Some(2)
+                && d.metric("auditlog_syslog_connections") == Some(0)
+        },
+    );
+    drop(silent);
 
     // Plain text, as a sender configured without TLS would send it.
     let mut plain = std::net::TcpStream::connect(&d.syslog_addr).expect("connect");
@@ -144,9 +161,11 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
         tls_client(&ca_path, Some((&stranger.0, &stranger.1))),
         &octet_counted(20, 10),
     );
-    wait_for("three refused handshakes", Duration::from_secs(10), || {
-        d.metric("auditlog_syslog_tls_handshake_failures_total") >= Some(3)
-    });
+    wait_for(
+        "three more refused handshakes",
+        Duration::from_secs(10),
+        || d.metric("auditlog_syslog_tls_handshake_failures_total") >= Some(5),
+    );
 
     // A trusted client is still served, and only its messages are in the log.
     send_over_tls(
