@@ -1,7 +1,8 @@
 //! Syslog over TLS (RFC 5425), both ways, with real rsyslog and its OpenSSL stream driver
-//! (`rsyslog-openssl`): rsyslog relays into the TLS listener with a client certificate,
-//! the listener refuses plain text and untrusted clients and frees stalled handshakes, the forwarder sends CEF to a TLS
-//! collector under mutual TLS, and a forwarder that distrusts its collector keeps its cursor.
+//! (`rsyslog-openssl`): rsyslog relays into the TLS listener with a client certificate;
+//! the listener refuses plain text and untrusted clients and frees stalled handshakes; the
+//! forwarder sends CEF to a TLS collector under mutual TLS; a forwarder that distrusts its
+//! collector, or that the collector refuses, keeps its cursor.
 //! Part of the `siem` test binary; certificates come from a test CA (rcgen).
 
 use std::collections::BTreeSet;
