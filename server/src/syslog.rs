@@ -2,12 +2,12 @@
 //! RFC 5424 and RFC 3164 messages, each mapped to an audit event and appended.
 //!
 //! Syslog has no acknowledgements, so this listener batches by what arrived: every read
-//! from the socket (up to `syslog_read_bytes_max`) is decoded and its messages go to the engine as one
-//! submission. Up to `syslog_batches_in_flight_max` submissions per connection may wait
-//! for durability; beyond that the connection is not read, and TCP flow control slows the
-//! sender. A message that does not parse is counted and dropped (a relay cannot be told);
-//! a framing error or an over-long message closes the connection, since the stream can no
-//! longer be split.
+//! from the socket (up to `syslog_read_bytes_max`) is decoded and its messages go to the
+//! engine as one submission. Up to `syslog_batches_in_flight_max` submissions per
+//! connection may wait for durability; beyond that the connection is not read, and TCP flow
+//! control slows the sender. A message that does not parse is counted and dropped (a relay
+//! cannot be told); a framing error or an over-long message closes the connection, since
+//! the stream can no longer be split.
 //!
 //! With `[siem] syslog_tls` the listener speaks syslog over TLS (RFC 5425) only: the
 //! handshake runs in the connection's own task, bounded by `server.tls_handshake_timeout_ms`,
