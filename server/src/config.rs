@@ -243,7 +243,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
 
     let s = file.server;
     let mut server = ServerConfig::defaults();
-    server.siem = crate::siem_config::resolve(file.siem)?;
+    server.siem = crate::siem_config::resolve(file.siem, s.tls.as_ref())?;
     let addr = over.http_addr.or(s.http_addr);
     if let Some(a) = addr {
         server.http_addr = a

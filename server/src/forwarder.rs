@@ -10,10 +10,16 @@
 //! forwarder reconnects with capped exponential backoff and resends from the cursor, so a
 //! collector that stops mid-stream gets some events twice and none never.
 //!
-//! TODO(tls): RFC 5425 to the collector: wrap the stream with the shared client config of
-//! `server/src/tls.rs` when `[siem] forward_tls` is set; `send_chunk` takes any `Write`.
+//!
+//! With `[siem] forward_tls` the same stream runs inside TLS (RFC 5425), trusting only
+//! `forward_ca_path` and optionally presenting a client certificate. The acknowledgement
+//! check then needs two steps: each chunk is flushed through rustls, so every TLS record of
+//! it sits in the socket, and the socket's byte count (TLS records, not plaintext) is
+//! compared with its send queue as on plain TCP. Alerts and close_notify from the collector
+//! are read between chunks; a handshake failure (an untrusted certificate, a wrong name)
+//! is an error like any other: the cursor stays, the lag grows, and it retries with backoff.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -28,8 +34,10 @@ use auditlog_formats::export::StoredEvent;
 use auditlog_formats::record::Record;
 use auditlog_formats::syslog::{write_rfc5424, Rfc5424Header};
 use auditlog_formats::time::unix_ns_to_rfc3339;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls_pki_types::ServerName;
 
-use crate::siem_config::SiemConfig;
+use crate::siem_config::{ForwardTls, SiemConfig};
 
 /// How long a connection must stay healthy after the collector's TCP acknowledged a chunk
 /// before the cursor moves past it.
@@ -97,6 +105,7 @@ pub fn start(
     let Some(addr) = cfg.forward_addr.clone() else {
         return Ok(None);
     };
+    let tls = cfg.forward_tls.as_ref().map(client_tls).transpose()?;
     let cursor_path = engine.config().data_dir.join(CURSOR_FILE);
     let cursor = read_cursor(&cursor_path)?;
     COUNTERS.cursor.store(cursor, Ordering::Relaxed);
@@ -105,6 +114,7 @@ pub fn start(
         engine,
         cfg,
         addr,
+        tls,
         cursor_path,
         cursor,
         stop,
@@ -120,6 +130,8 @@ struct Forwarder {
     engine: Arc<Engine>,
     cfg: SiemConfig,
     addr: String,
+    /// `forward_tls`: the client configuration and the name the collector must carry.
+    tls: Option<ClientTls>,
     cursor_path: PathBuf,
     /// Durable: everything before it is confirmed.
     cursor: u64,
@@ -167,15 +179,17 @@ impl Forwarder {
             .with_context(|| format!("resolving {}", self.addr))?
             .next()
             .with_context(|| format!("{} resolves to nothing", self.addr))?;
-        let mut sock = TcpStream::connect_timeout(&target, timeout).context("connecting")?;
+        let sock = TcpStream::connect_timeout(&target, timeout).context("connecting")?;
         sock.set_write_timeout(Some(timeout.max(Duration::from_secs(5))))?;
+        // Bounds the TLS handshake; later reads never block (`DontWait`).
+        sock.set_read_timeout(Some(timeout.max(Duration::from_secs(1))))?;
         sock.set_nodelay(true)?;
+        let mut link = Link::open(sock, self.tls.as_ref())?;
         COUNTERS.connects.fetch_add(1, Ordering::Relaxed);
         // Chunks written, waiting for the collector's TCP: (end index, end byte offset).
         let mut pending: std::collections::VecDeque<(u64, u64)> = Default::default();
         // Chunks it acknowledged, waiting out CONFIRM_MS: (end index, when).
         let mut acked: std::collections::VecDeque<(u64, Instant)> = Default::default();
-        let mut written = 0u64;
         let mut sent = self.cursor;
         let mut buf = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
@@ -184,18 +198,24 @@ impl Forwarder {
                 let end = size.min(sent + self.cfg.forward_batch_events_max);
                 buf.clear();
                 render_chunk(&self.engine, &self.cfg, sent, end, &mut buf)?;
-                sock.write_all(&buf).context("sending")?;
+                if let Err(e) = link.send(&buf) {
+                    // A refusing collector's TLS alert explains a broken pipe better than
+                    // the pipe does.
+                    link.check_alive()?;
+                    return Err(e).context("sending");
+                }
                 COUNTERS.sent.fetch_add(end - sent, Ordering::Relaxed);
-                written += buf.len() as u64;
-                pending.push_back((end, written));
+                pending.push_back((end, link.socket_bytes()));
                 sent = end;
             } else {
                 self.sleep(Duration::from_millis(
                     self.cfg.forward_poll_ms.min(CONFIRM_MS),
                 ));
             }
-            check_alive(&sock)?;
-            let acked_bytes = written.saturating_sub(unacked_bytes(&sock)? as u64);
+            link.check_alive()?;
+            let acked_bytes = link
+                .socket_bytes()
+                .saturating_sub(unacked_bytes(link.socket())? as u64);
             while let Some(&(end, byte_end)) = pending.front() {
                 if byte_end > acked_bytes {
                     break;
@@ -218,6 +238,162 @@ impl Forwarder {
             }
         }
         Ok(())
+    }
+}
+
+/// `forward_tls`, loaded: the client configuration and the collector's expected name.
+struct ClientTls {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+fn client_tls(t: &ForwardTls) -> anyhow::Result<ClientTls> {
+    let identity = match (&t.client_cert_path, &t.client_key_path) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let config = crate::tls::client_config(&t.ca_path, identity).context("siem.forward_tls")?;
+    let server_name = ServerName::try_from(t.server_name.clone())
+        .with_context(|| format!("siem.forward_server_name {:?}", t.server_name))?;
+    Ok(ClientTls {
+        config,
+        server_name,
+    })
+}
+
+/// The socket to the collector, counting the bytes written into it: with TLS these are
+/// records, more than the plaintext, and they are what the send queue is compared with.
+struct Counted {
+    sock: TcpStream,
+    written: u64,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.read(buf)
+    }
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.sock.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sock.flush()
+    }
+}
+
+/// Reads what the socket holds without waiting: the collector sends nothing but TLS
+/// session tickets, alerts and close_notify, which must not stall the send loop.
+struct DontWait<'a>(&'a TcpStream);
+
+impl Read for DontWait<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // SAFETY: recv into `buf`, valid for `buf.len()` bytes, on an open fd.
+        let r = unsafe {
+            libc::recv(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+}
+
+/// One connection to the collector, plain or TLS.
+enum Link {
+    Plain(Counted),
+    Tls(Box<StreamOwned<ClientConnection, Counted>>),
+}
+
+impl Link {
+    /// Wraps a connected socket; with TLS, completes the handshake (bounded by the
+    /// socket's read timeout) so a refused certificate is reported as such.
+    fn open(sock: TcpStream, tls: Option<&ClientTls>) -> anyhow::Result<Link> {
+        let mut io = Counted { sock, written: 0 };
+        let Some(tls) = tls else {
+            return Ok(Link::Plain(io));
+        };
+        let mut conn = ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+            .context("starting TLS")?;
+        while conn.is_handshaking() {
+            let (read, wrote) = conn
+                .complete_io(&mut io)
+                .context("TLS handshake with the collector")?;
+            if read == 0 && wrote == 0 && conn.is_handshaking() {
+                bail!("TLS handshake with the collector: no progress");
+            }
+        }
+        Ok(Link::Tls(Box::new(StreamOwned::new(conn, io))))
+    }
+
+    /// Writes all of `buf` and pushes it into the socket: with TLS, every record of it.
+    fn send(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Plain(io) => io.write_all(buf),
+            Link::Tls(s) => {
+                s.write_all(buf)?;
+                s.flush()?;
+                if s.conn.wants_write() {
+                    return Err(std::io::Error::other(
+                        "TLS records left unsent after a flush",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes put into the socket since it was opened (TLS: handshake and records).
+    fn socket_bytes(&self) -> u64 {
+        match self {
+            Link::Plain(io) => io.written,
+            Link::Tls(s) => s.sock.written,
+        }
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Link::Plain(io) => &io.sock,
+            Link::Tls(s) => &s.sock.sock,
+        }
+    }
+
+    /// Fails when the collector closed, reset, or (TLS) sent an alert or close_notify.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        let s = match self {
+            Link::Plain(io) => return check_alive(&io.sock),
+            Link::Tls(s) => s,
+        };
+        let mut discard = [0u8; 4096];
+        loop {
+            match s.conn.read_tls(&mut DontWait(&s.sock.sock)) {
+                Ok(0) => bail!("the collector closed the connection"),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e).context("connection"),
+            }
+            s.conn
+                .process_new_packets()
+                .context("TLS from the collector")?;
+            // Collectors send no data; any is dropped, and the end of it is a close_notify.
+            loop {
+                match s.conn.reader().read(&mut discard) {
+                    Ok(0) => bail!("the collector ended the TLS session"),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e).context("TLS from the collector"),
+                }
+            }
+        }
     }
 }
 

@@ -174,12 +174,25 @@ fn main() -> anyhow::Result<()> {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding syslog {addr}"))?;
-                println!("auditlogd: syslog on {}", l.local_addr()?);
+                let tls = match &cfg.server.siem.syslog_tls {
+                    None => None,
+                    Some(t) => Some(syslog::ListenerTls::load(
+                        t,
+                        Duration::from_millis(cfg.server.tls_handshake_timeout_ms),
+                    )?),
+                };
+                let scheme = if tls.is_some() {
+                    "syslog over TLS"
+                } else {
+                    "syslog"
+                };
+                println!("auditlogd: {scheme} on {}", l.local_addr()?);
                 let siem = cfg.server.siem.clone();
                 Some(tokio::spawn(syslog::serve(
                     l,
                     engine.clone(),
                     siem,
+                    tls,
                     syslog_stop_rx,
                 )))
             }

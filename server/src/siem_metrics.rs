@@ -45,6 +45,12 @@ pub fn render(out: &mut String, tree_size: u64) {
             "Syslog connections closed at once: over syslog_connections_max.",
             s.connections_refused.load(Relaxed),
         ),
+        (
+            "auditlog_syslog_tls_handshake_failures_total",
+            "counter",
+            "Syslog TLS connections closed at the handshake: plain text, a bad or missing certificate, or the timeout.",
+            s.tls_handshake_failures.load(Relaxed),
+        ),
     ] {
         metric(out, name, kind, help, v);
     }

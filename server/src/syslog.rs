@@ -2,16 +2,20 @@
 //! RFC 5424 and RFC 3164 messages, each mapped to an audit event and appended.
 //!
 //! Syslog has no acknowledgements, so this listener batches by what arrived: every read
-//! from the socket (up to 64 KiB) is decoded and its messages go to the engine as one
-//! submission. Up to `syslog_batches_in_flight_max` submissions per connection may wait
-//! for durability; beyond that the connection is not read, and TCP flow control slows the
-//! sender. A message that does not parse is counted and dropped (a relay cannot be told);
-//! a framing error or an over-long message closes the connection, since the stream can no
-//! longer be split.
+//! from the socket (up to `syslog_read_bytes_max`) is decoded and its messages go to the
+//! engine as one submission. Up to `syslog_batches_in_flight_max` submissions per
+//! connection may wait for durability; beyond that the connection is not read, and TCP flow
+//! control slows the sender. A message that does not parse is counted and dropped (a relay
+//! cannot be told); a framing error or an over-long message closes the connection, since
+//! the stream can no longer be split.
 //!
-//! TODO(tls): syslog over TLS (RFC 5425) plugs in at `serve`: wrap the accepted stream with
-//! the shared acceptor of `server/src/tls.rs` when `[siem] syslog_tls` is configured;
-//! `connection` is generic over the stream so nothing else changes.
+//! With `[siem] syslog_tls` the listener speaks syslog over TLS (RFC 5425) only: the
+//! handshake runs in the connection's own task, bounded by `server.tls_handshake_timeout_ms`,
+//! after the connection took its slot under `syslog_connections_max`, so a client that never
+//! finishes a handshake holds one slot until the timeout and blocks nobody else. RFC 5425
+//! frames messages with octet counting; the decoder accepts that (and LF framing) as on
+//! plain TCP. A failed handshake (plain text, an unknown or missing client certificate)
+//! closes the connection with nothing stored.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -22,13 +26,11 @@ use std::time::Duration;
 use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts};
 use auditlog_formats::syslog::{self, Decoder};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-use crate::siem_config::SiemConfig;
-
-/// Bytes taken from the socket per read, and so the most one submission holds.
-const READ_BYTES: usize = 64 << 10;
+use crate::siem_config::{SiemConfig, SyslogTls};
 
 /// Listener counters, shown by `/metrics`.
 #[derive(Default)]
@@ -39,6 +41,7 @@ pub struct SyslogCounters {
     pub framing_errors: AtomicU64,
     pub connections: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 pub static COUNTERS: SyslogCounters = SyslogCounters {
@@ -48,12 +51,35 @@ pub static COUNTERS: SyslogCounters = SyslogCounters {
     framing_errors: AtomicU64::new(0),
     connections: AtomicU64::new(0),
     connections_refused: AtomicU64::new(0),
+    tls_handshake_failures: AtomicU64::new(0),
 };
+
+/// The TLS side of the listener: the acceptor and the handshake's time limit.
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Duration,
+}
+
+impl ListenerTls {
+    /// Loads the listener's certificate, key and optional client CA.
+    pub fn load(t: &SyslogTls, handshake_timeout: Duration) -> anyhow::Result<ListenerTls> {
+        use anyhow::Context;
+        let config =
+            crate::tls::server_config(&t.cert_path, &t.key_path, t.client_ca_path.as_deref(), true)
+                .context("siem.syslog_tls")?;
+        Ok(ListenerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            handshake_timeout,
+        })
+    }
+}
 
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     cfg: SiemConfig,
+    tls: Option<ListenerTls>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.syslog_connections_max));
@@ -68,11 +94,19 @@ pub async fn serve(
                         drop(stream);
                         continue;
                     };
-                    let (engine, cfg) = (engine.clone(), cfg.clone());
+                    let (engine, cfg, tls) = (engine.clone(), cfg.clone(), tls.clone());
                     let stop = stop.clone();
                     tokio::spawn(async move {
                         COUNTERS.connections.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = connection(stream, Some(peer.ip()), &engine, &cfg, stop).await {
+                        let ip = Some(peer.ip());
+                        let r = match tls {
+                            None => connection(stream, ip, &engine, &cfg, stop).await,
+                            Some(tls) => match handshake(stream, &tls).await {
+                                Ok(s) => connection(s, ip, &engine, &cfg, stop).await,
+                                Err(e) => Err(e),
+                            },
+                        };
+                        if let Err(e) = r {
                             tracing::info!("syslog connection from {peer}: {e}");
                         }
                         COUNTERS.connections.fetch_sub(1, Ordering::Relaxed);
@@ -94,10 +128,32 @@ type Pending = oneshot::Receiver<Result<Receipts, EngineError>>;
 enum ConnError {
     #[error("read: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
     #[error("framing: {0}")]
     Framing(#[from] syslog::FramingError),
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
+}
+
+/// The server side of an RFC 5425 handshake, within the configured time.
+async fn handshake(
+    stream: TcpStream,
+    tls: &ListenerTls,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ConnError> {
+    let r = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        )),
+    };
+    r.map_err(|e| {
+        COUNTERS
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        ConnError::Handshake(e)
+    })
 }
 
 async fn connection<S: AsyncRead + Unpin>(
@@ -108,7 +164,7 @@ async fn connection<S: AsyncRead + Unpin>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
     let mut decoder = Decoder::new(cfg.syslog_message_bytes_max);
-    let mut buf = vec![0u8; READ_BYTES];
+    let mut buf = vec![0u8; cfg.syslog_read_bytes_max];
     let mut in_flight: VecDeque<Pending> = VecDeque::new();
     let idle = Duration::from_millis(cfg.syslog_idle_timeout_ms);
     let result = loop {
@@ -154,6 +210,9 @@ fn build(
 ) -> (Vec<EventBatch>, Option<syslog::FramingError>) {
     let now = now_unix_ns();
     let mut batches = vec![engine.new_batch()];
+    // One event at a time is mapped here, then copied into the batch: no allocation per
+    // message for the event's bytes.
+    let mut event = Vec::with_capacity(2048);
     let framing = loop {
         let msg = match decoder.next_message() {
             Ok(Some(m)) => m,
@@ -161,10 +220,11 @@ fn build(
             Err(e) => break Some(e),
         };
         COUNTERS.messages.fetch_add(1, Ordering::Relaxed);
-        let event = match syslog::parse(msg, now)
-            .and_then(|m| syslog::to_audit_event(&m, msg, now, peer))
+        event.clear();
+        match syslog::parse(msg, now)
+            .and_then(|m| syslog::write_audit_event(&m, msg, now, peer, &mut event))
         {
-            Ok(e) => e,
+            Ok(()) => {}
             Err(e) => {
                 COUNTERS.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("syslog message dropped: {e}");

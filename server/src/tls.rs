@@ -1,6 +1,8 @@
 //! TLS for the HTTP and TCP listeners (rustls), and optional mutual TLS: a client
 //! certificate signed by the configured CA identifies the caller by its subject common name
-//! or DNS names, which `client_roles` maps to roles, in place of a bearer token.
+//! or DNS names, which `client_roles` maps to roles, in place of a bearer token. The syslog
+//! listener and the forwarder (RFC 5425) build their server and client configurations here
+//! too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -53,29 +55,43 @@ impl ClientNames {
 }
 
 pub fn load(section: &TlsSection) -> anyhow::Result<Tls> {
-    let certs = read_certs(&section.cert_path)?;
-    let key = PrivateKeyDer::from_pem_file(&section.key_path)
-        .with_context(|| format!("reading the private key {}", section.key_path.display()))?;
+    if section.client_ca_path.is_none() && !section.client_roles.is_empty() {
+        bail!("server.tls.client_roles needs server.tls.client_ca_path");
+    }
+    let mut config = server_config(
+        &section.cert_path,
+        &section.key_path,
+        section.client_ca_path.as_deref(),
+        section.client_cert_required.unwrap_or(true),
+    )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Tls {
+        config: Arc::new(config),
+        client_roles: section.client_roles.clone(),
+    })
+}
+
+/// A server configuration from PEM files: the certificate chain and its key, and with
+/// `client_ca` mutual TLS (clients must present a certificate it signed unless
+/// `client_cert_required` is false). No ALPN: callers that speak a named protocol set it.
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    client_ca: Option<&Path>,
+    client_cert_required: bool,
+) -> anyhow::Result<ServerConfig> {
+    let certs = read_certs(cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .with_context(|| format!("reading the private key {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let builder = match &section.client_ca_path {
-        None => {
-            if !section.client_roles.is_empty() {
-                bail!("server.tls.client_roles needs server.tls.client_ca_path");
-            }
-            builder.with_no_client_auth()
-        }
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots
-                    .add(c)
-                    .with_context(|| format!("adding a CA certificate from {}", ca.display()))?;
-            }
-            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let v = if section.client_cert_required.unwrap_or(true) {
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
+            let v = if client_cert_required {
                 v
             } else {
                 v.allow_unauthenticated()
@@ -83,14 +99,53 @@ pub fn load(section: &TlsSection) -> anyhow::Result<Tls> {
             builder.with_client_cert_verifier(v.build().context("client certificate verifier")?)
         }
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .context("the server certificate and key do not go together")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Tls {
-        config: Arc::new(config),
-        client_roles: section.client_roles.clone(),
+    builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "the certificate {} and the key {} do not go together",
+            cert_path.display(),
+            key_path.display()
+        )
     })
+}
+
+/// A client configuration that trusts only the CA certificates in `ca_path` (a private
+/// collector's CA, not the system's roots), optionally presenting a client certificate
+/// (`identity`: certificate chain and key, PEM) for mutual TLS.
+pub fn client_config(
+    ca_path: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots(ca_path)?);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_path, key_path)) => {
+            let certs = read_certs(cert_path)?;
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .with_context(|| format!("reading the private key {}", key_path.display()))?;
+            builder.with_client_auth_cert(certs, key).with_context(|| {
+                format!(
+                    "the client certificate {} and the key {} do not go together",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            })?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+fn roots(ca_path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(ca_path)? {
+        roots
+            .add(c)
+            .with_context(|| format!("adding a CA certificate from {}", ca_path.display()))?;
+    }
+    Ok(roots)
 }
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {

@@ -1,8 +1,11 @@
 //! SIEM side end to end, with real processes: exports (CEF, JSON lines, CSV) from a running
 //! `auditlogd` through the CLI's export client, bounded memory on a large export, syslog
-//! ingest from a real rsyslog (`omfwd` over TCP) proven into the tree, and the forwarder
-//! sending CEF to a real rsyslog collector that is stopped and restarted mid-stream.
+//! ingest from a real rsyslog (`omfwd` over TCP, and over TLS with rsyslog's OpenSSL
+//! driver and a client certificate) proven into the tree, TLS refusals on the syslog port,
+//! and the forwarder sending CEF to a real rsyslog collector (plain and TLS) that is stopped
+//! and restarted mid-stream, or whose certificate the forwarder does not trust.
 
+mod siem_tls;
 mod support;
 
 use std::collections::BTreeSet;
@@ -288,21 +291,31 @@ fn large_export_stays_within_memory_limits() {
     );
 }
 
+/// How rsyslog and auditlogd are set up for one forwarding test: extra `[siem]` lines for
+/// the daemon, extra `global()` parameters and extra `omfwd` parameters for rsyslog.
+#[derive(Default)]
+struct Setup {
+    siem: String,
+    rsyslog_global: String,
+    omfwd: String,
+}
+
 /// rsyslog reads LF-framed messages on imtcp and forwards them with `omfwd` over TCP into
 /// auditlogd's syslog listener, with the given framing and template.
-fn rsyslog_forwards_into_the_log(framing: &str, template: &str, format: &str) {
+fn rsyslog_forwards_into_the_log(framing: &str, template: &str, format: &str, setup: &Setup) {
     let dir = tempfile::tempdir().expect("tmp");
-    let d = Daemon::start(dir.path(), CONFIG);
+    let d = Daemon::start(dir.path(), &format!("{CONFIG}{}", setup.siem));
     let (key, alg) = d.log();
     let in_port = free_port();
     let syslog_port = d.syslog_addr.rsplit(':').next().expect("port");
+    let (global, omfwd) = (&setup.rsyslog_global, &setup.omfwd);
     let conf = format!(
-        r#"global(workDirectory="WORKDIR")
+        r#"global(workDirectory="WORKDIR" {global})
 module(load="imtcp")
 input(type="imtcp" port="{in_port}" address="127.0.0.1" ruleset="fwd")
 ruleset(name="fwd") {{
   action(type="omfwd" target="127.0.0.1" port="{syslog_port}" protocol="tcp"
-         TCP_Framing="{framing}" template="{template}" action.resumeRetryCount="-1")
+         TCP_Framing="{framing}" template="{template}" action.resumeRetryCount="-1" {omfwd})
 }}
 "#
     );
@@ -362,18 +375,34 @@ ruleset(name="fwd") {{
 
 #[test]
 fn rsyslog_omfwd_rfc5424_octet_counted() {
-    rsyslog_forwards_into_the_log("octet-counted", "RSYSLOG_SyslogProtocol23Format", "rfc5424");
+    rsyslog_forwards_into_the_log(
+        "octet-counted",
+        "RSYSLOG_SyslogProtocol23Format",
+        "rfc5424",
+        &Setup::default(),
+    );
 }
 
 #[test]
 fn rsyslog_omfwd_rfc3164_lf_framed() {
-    rsyslog_forwards_into_the_log("traditional", "RSYSLOG_ForwardFormat", "rfc3164");
+    rsyslog_forwards_into_the_log(
+        "traditional",
+        "RSYSLOG_ForwardFormat",
+        "rfc3164",
+        &Setup::default(),
+    );
 }
 
 fn collector_conf(port: u16, file: &std::path::Path) -> String {
+    collector_conf_with(port, file, "", "")
+}
+
+/// A collector; `global` and `imtcp` are extra parameters of its `global()` and of the
+/// imtcp module (its stream driver).
+fn collector_conf_with(port: u16, file: &std::path::Path, global: &str, imtcp: &str) -> String {
     format!(
-        r#"global(workDirectory="WORKDIR" maxMessageSize="64k")
-module(load="imtcp")
+        r#"global(workDirectory="WORKDIR" maxMessageSize="64k" {global})
+module(load="imtcp" {imtcp})
 template(name="msgonly" type="string" string="%msg%\n")
 input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="out")
 ruleset(name="out") {{

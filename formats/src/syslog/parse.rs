@@ -1,156 +1,15 @@
-//! Syslog over TCP (FORMATS.md §12.3–12.5): RFC 6587 framing (octet counting and LF
-//! termination, detected per message), RFC 5424 and RFC 3164 parsing, the mapping of a
-//! message to an audit event, and an RFC 5424 writer with octet counting for the forwarder.
-//! Pure: the caller owns sockets, buffers and clocks.
+//! Syslog message parsing (FORMATS.md §12.4): `<PRI>`, then RFC 5424 or, leniently, RFC 3164.
 
-use std::net::IpAddr;
-use std::ops::Range;
+use std::borrow::Cow;
 
-use serde_json::{json, Map, Value};
+use crate::time::{civil_from_days, days_from_civil, days_in_month};
 
-use crate::time::{civil_from_days, days_from_civil, days_in_month, unix_ns_to_rfc3339};
-
-/// Digits of an octet count: enough for any length a receiver would accept.
-const OCTET_COUNT_DIGITS_MAX: usize = 9;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FramingError {
-    #[error("syslog message of {bytes} bytes is over the {max}-byte limit")]
-    TooLarge { bytes: usize, max: usize },
-    #[error(
-        "syslog octet count is malformed (expected 1-9 digits, no leading zero, then a space)"
-    )]
-    BadOctetCount,
-}
-
-/// What `next_frame` found at the start of a buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// More bytes are needed.
-    Incomplete,
-    /// A message at `message` (without its count or line end); `consumed` bytes are done.
-    Message {
-        message: Range<usize>,
-        consumed: usize,
-    },
-    /// `consumed` bytes held only an empty line: skip them.
-    Empty { consumed: usize },
-}
-
-/// Decodes the first frame of `buf`. A leading digit means octet counting
-/// (`MSG-LEN SP SYSLOG-MSG`, RFC 6587 §3.4.1); anything else is one message ending at LF
-/// (§3.4.2), a CR before the LF dropped. Every syslog message starts with `<`, so the two
-/// cannot be confused. An error leaves the stream unsynchronised: close the connection.
-pub fn next_frame(buf: &[u8], message_bytes_max: usize) -> Result<Frame, FramingError> {
-    let Some(&first) = buf.first() else {
-        return Ok(Frame::Incomplete);
-    };
-    if first.is_ascii_digit() {
-        if first == b'0' {
-            return Err(FramingError::BadOctetCount);
-        }
-        let digits = buf.iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits > OCTET_COUNT_DIGITS_MAX {
-            return Err(FramingError::BadOctetCount);
-        }
-        match buf.get(digits) {
-            None => return Ok(Frame::Incomplete),
-            Some(b' ') => {}
-            Some(_) => return Err(FramingError::BadOctetCount),
-        }
-        let len = buf[..digits]
-            .iter()
-            .fold(0usize, |n, &c| n * 10 + usize::from(c - b'0'));
-        if len > message_bytes_max {
-            return Err(FramingError::TooLarge {
-                bytes: len,
-                max: message_bytes_max,
-            });
-        }
-        let start = digits + 1;
-        if buf.len() < start + len {
-            return Ok(Frame::Incomplete);
-        }
-        return Ok(Frame::Message {
-            message: start..start + len,
-            consumed: start + len,
-        });
-    }
-    // A CR may precede the LF, so the limit allows one more byte before giving up.
-    let window = &buf[..buf.len().min(message_bytes_max + 2)];
-    let Some(lf) = window.iter().position(|&c| c == b'\n') else {
-        if buf.len() > message_bytes_max + 1 {
-            return Err(FramingError::TooLarge {
-                bytes: buf.len(),
-                max: message_bytes_max,
-            });
-        }
-        return Ok(Frame::Incomplete);
-    };
-    let end = if lf > 0 && buf[lf - 1] == b'\r' {
-        lf - 1
-    } else {
-        lf
-    };
-    if end > message_bytes_max {
-        return Err(FramingError::TooLarge {
-            bytes: end,
-            max: message_bytes_max,
-        });
-    }
-    if end == 0 {
-        return Ok(Frame::Empty { consumed: lf + 1 });
-    }
-    Ok(Frame::Message {
-        message: 0..end,
-        consumed: lf + 1,
-    })
-}
-
-/// A buffering decoder over a byte stream: `extend` with what the socket gave, then take
-/// messages with `next` until it returns `None`.
-#[derive(Debug)]
-pub struct Decoder {
-    buf: Vec<u8>,
-    start: usize,
-    message_bytes_max: usize,
-}
-
-impl Decoder {
-    pub fn new(message_bytes_max: usize) -> Decoder {
-        Decoder {
-            buf: Vec::new(),
-            start: 0,
-            message_bytes_max,
-        }
-    }
-
-    /// Appends received bytes, first dropping what earlier messages used.
-    pub fn extend(&mut self, data: &[u8]) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(data);
-    }
-
-    /// Bytes held that are not yet part of a returned message.
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    pub fn next_message(&mut self) -> Result<Option<&[u8]>, FramingError> {
-        loop {
-            match next_frame(&self.buf[self.start..], self.message_bytes_max)? {
-                Frame::Incomplete => return Ok(None),
-                Frame::Empty { consumed } => self.start += consumed,
-                Frame::Message { message, consumed } => {
-                    let at = self.start;
-                    self.start += consumed;
-                    return Ok(Some(&self.buf[at + message.start..at + message.end]));
-                }
-            }
-        }
+/// `b` as text, invalid UTF-8 replaced by U+FFFD. Valid input (nearly all) takes
+/// `from_utf8`'s fast path instead of the chunk-by-chunk lossy decoder.
+pub(super) fn lossy(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }
 
@@ -253,12 +112,12 @@ fn field<'a>(s: &mut &'a [u8], what: &'static str, max: usize) -> Result<&'a [u8
 }
 
 fn nil(f: &[u8]) -> Option<String> {
-    (f != b"-").then(|| String::from_utf8_lossy(f).into_owned())
+    (f != b"-").then(|| lossy(f).into_owned())
 }
 
 fn text(b: &[u8]) -> String {
     let b = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b);
-    String::from_utf8_lossy(b).into_owned()
+    lossy(b).into_owned()
 }
 
 fn parse_5424(m: &[u8], facility: u8, severity: u8) -> Result<SyslogMessage, ParseError> {
@@ -321,7 +180,7 @@ fn sd_name(s: &[u8], at: &mut usize, what: &'static str) -> Result<String, Parse
     if *at == start || *at - start > 32 {
         return Err(ParseError::Rfc5424(what));
     }
-    Ok(String::from_utf8_lossy(&s[start..*at]).into_owned())
+    Ok(lossy(&s[start..*at]).into_owned())
 }
 
 /// STRUCTURED-DATA: `-` or one or more `[SD-ID *(SP NAME="VALUE")]`, where VALUE escapes
@@ -367,7 +226,7 @@ fn parse_sd(s: &[u8]) -> Result<(Vec<SdElement>, usize), ParseError> {
                 }
             }
             at += 1;
-            params.push((name, String::from_utf8_lossy(&value).into_owned()));
+            params.push((name, lossy(&value).into_owned()));
         }
         out.push(SdElement { id, params });
     }
@@ -455,7 +314,7 @@ fn parse_3164(
         if sp == 0 || sp > 255 {
             return Err(ParseError::Rfc3164("bad HOSTNAME"));
         }
-        hostname = Some(String::from_utf8_lossy(&s[..sp]).into_owned());
+        hostname = Some(lossy(&s[..sp]).into_owned());
         s = &s[sp + 1..];
     }
     let tag_len = s
@@ -474,8 +333,8 @@ fn parse_3164(
             _ => (None, after),
         };
         if let Some(rest) = rest.strip_prefix(b":") {
-            app_name = Some(String::from_utf8_lossy(&s[..tag_len]).into_owned());
-            procid = pid.map(|p| String::from_utf8_lossy(p).into_owned());
+            app_name = Some(lossy(&s[..tag_len]).into_owned());
+            procid = pid.map(|p| lossy(p).into_owned());
             s = rest.strip_prefix(b" ").unwrap_or(rest);
         }
     }
@@ -491,169 +350,4 @@ fn parse_3164(
         structured_data: Vec::new(),
         msg: text(s),
     })
-}
-
-pub const FACILITY_NAMES: [&str; 24] = [
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "authpriv",
-    "ftp",
-    "ntp",
-    "security",
-    "console",
-    "solaris-cron",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-];
-pub const SEVERITY_NAMES: [&str; 8] = [
-    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
-];
-/// Syslog severity (0 emergency … 7 debug) to audit severity (0–10, higher is worse).
-pub const AUDIT_SEVERITY: [u8; 8] = [10, 9, 8, 7, 5, 4, 3, 1];
-
-fn bounded(s: Option<&String>, fallback: &str) -> String {
-    let v = s
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-        .unwrap_or(fallback);
-    // Header fields are bounded by the RFCs, but keep the schema's 1024-byte limit whatever.
-    let mut end = v.len().min(crate::schema::FIELD_BYTES_MAX);
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    v[..end].to_string()
-}
-
-/// The audit event for a received message (FORMATS.md §12.4), as one JSON line. `raw` is
-/// the framed message as received, kept whole in `details.syslog.original`.
-pub fn to_audit_event(
-    m: &SyslogMessage,
-    raw: &[u8],
-    received_at_unix_ns: u64,
-    peer: Option<IpAddr>,
-) -> Result<Vec<u8>, ParseError> {
-    let facility = FACILITY_NAMES[usize::from(m.facility).min(23)];
-    let severity = SEVERITY_NAMES[usize::from(m.severity & 7)];
-    let mut sd = Map::new();
-    for e in &m.structured_data {
-        let params: Vec<Value> = e.params.iter().map(|(k, v)| json!([k, v])).collect();
-        sd.insert(e.id.clone(), Value::Array(params));
-    }
-    let mut syslog = json!({
-        "format": match m.format { SyslogFormat::Rfc5424 => "rfc5424", SyslogFormat::Rfc3164 => "rfc3164" },
-        "facility": m.facility,
-        "severity": m.severity,
-        "msg": m.msg,
-        "original": String::from_utf8_lossy(raw),
-    });
-    for (k, v) in [
-        ("timestamp", &m.timestamp),
-        ("hostname", &m.hostname),
-        ("app_name", &m.app_name),
-        ("procid", &m.procid),
-        ("msgid", &m.msgid),
-    ] {
-        if let Some(v) = v {
-            syslog[k] = Value::String(v.clone());
-        }
-    }
-    if !sd.is_empty() {
-        syslog["structured_data"] = Value::Object(sd);
-    }
-    let timestamp = m
-        .timestamp
-        .clone()
-        .unwrap_or_else(|| unix_ns_to_rfc3339(received_at_unix_ns));
-    let mut event = json!({
-        "timestamp": timestamp,
-        "event_type": "syslog",
-        "actor": bounded(m.app_name.as_ref().or(m.hostname.as_ref()), "unknown"),
-        "action": m.msgid.clone().unwrap_or_else(|| format!("{facility}.{severity}")),
-        "resource": bounded(m.hostname.as_ref(), "unknown"),
-        "outcome": "success",
-        "category": facility,
-        "severity": AUDIT_SEVERITY[usize::from(m.severity & 7)],
-        "details": {"syslog": syslog},
-    });
-    if let Some(ip) = peer {
-        event["source_ip"] = Value::String(ip.to_string());
-    }
-    // serde_json escapes control characters, so the line holds no raw LF.
-    let out = serde_json::to_vec(&event).map_err(|_| ParseError::Rfc5424("unencodable"))?;
-    if out.len() > crate::schema::PAYLOAD_BYTES_MAX {
-        return Err(ParseError::EventTooLarge {
-            bytes: out.len(),
-            max: crate::schema::PAYLOAD_BYTES_MAX,
-        });
-    }
-    Ok(out)
-}
-
-/// Header values of an RFC 5424 message written by [`write_rfc5424`].
-#[derive(Debug, Clone)]
-pub struct Rfc5424Header<'a> {
-    pub facility: u8,
-    pub severity: u8,
-    /// RFC 3339, at most microseconds (RFC 5424 allows six fraction digits).
-    pub timestamp: &'a str,
-    pub hostname: &'a str,
-    pub app_name: &'a str,
-    pub procid: &'a str,
-    pub msgid: &'a str,
-}
-
-/// A header field as RFC 5424 allows it: printable ASCII without spaces, at most `max`
-/// bytes, `-` when empty.
-fn push_header_field(out: &mut Vec<u8>, v: &str, max: usize) {
-    let before = out.len();
-    out.extend(
-        v.bytes()
-            .take(max)
-            .map(|c| if (33..=126).contains(&c) { c } else { b'_' }),
-    );
-    if out.len() == before {
-        out.push(b'-');
-    }
-}
-
-/// Appends `MSG-LEN SP <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG`: one RFC 5424
-/// message with no structured data, octet-counted (RFC 6587 §3.4.1). MSG is UTF-8 and goes
-/// as is (no BOM: CEF receivers compare the text from its first byte).
-pub fn write_rfc5424(out: &mut Vec<u8>, h: &Rfc5424Header, msg: &str) {
-    let mut m = Vec::with_capacity(64 + msg.len());
-    m.push(b'<');
-    m.extend_from_slice(
-        (u16::from(h.facility.min(23)) * 8 + u16::from(h.severity & 7))
-            .to_string()
-            .as_bytes(),
-    );
-    m.extend_from_slice(b">1 ");
-    push_header_field(&mut m, h.timestamp, 64);
-    m.push(b' ');
-    push_header_field(&mut m, h.hostname, 255);
-    m.push(b' ');
-    push_header_field(&mut m, h.app_name, 48);
-    m.push(b' ');
-    push_header_field(&mut m, h.procid, 128);
-    m.push(b' ');
-    push_header_field(&mut m, h.msgid, 32);
-    m.extend_from_slice(b" - ");
-    m.extend_from_slice(msg.as_bytes());
-    out.extend_from_slice(m.len().to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(&m);
 }
