@@ -4,14 +4,13 @@
 //! appended and `fdatasync`ed *before* the file is unlinked, so after a crash a segment is
 //! either present, or absent and explained here; recovery refuses any other gap.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
+use auditlog_formats::checkpoint_log::parse_log;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{corrupt, io_err, Result};
+use crate::framedlog::FramedLog;
 
 pub(crate) const PRUNED_FILE: &str = "pruned.log";
 
@@ -62,57 +61,19 @@ pub fn read(data_dir: &Path) -> Result<Vec<PrunedSegment>> {
 
 /// The appender, owned by the replicator thread.
 pub(crate) struct PrunedLog {
-    path: PathBuf,
-    file: File,
-    len: u64,
+    log: FramedLog,
 }
 
 impl PrunedLog {
     /// Opens (or creates) the list and cuts a torn tail, so appends follow a good entry.
     pub fn open(data_dir: &Path) -> Result<PrunedLog> {
-        let dir = data_dir.join("replication");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir, "create replication directory"))?;
-        let path = dir.join(PRUNED_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path, "open pruned list"))?;
-        let bytes = std::fs::read(&path).map_err(io_err(&path, "read pruned list"))?;
-        let (_, good) = parse_log(&bytes);
-        if good < bytes.len() {
-            tracing::warn!(
-                "{}: cutting a torn tail of {} bytes",
-                path.display(),
-                bytes.len() - good
-            );
-            file.set_len(good as u64)
-                .map_err(io_err(&path, "truncate torn tail"))?;
-            file.sync_all().map_err(io_err(&path, "sync"))?;
-        }
-        // The file's directory entry must survive a crash before any segment relies on it.
-        crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
-        Ok(PrunedLog {
-            path,
-            file,
-            len: good as u64,
-        })
+        let (log, _) = FramedLog::open(&data_dir.join("replication"), PRUNED_FILE)?;
+        Ok(PrunedLog { log })
     }
 
     /// Appends and syncs one entry: after this returns, the segment may be unlinked.
     pub fn append(&mut self, p: &PrunedSegment) -> Result<()> {
-        let json = serde_json::to_string(p).map_err(|e| corrupt(&self.path, e.to_string()))?;
-        let entry = encode_entry(&json);
-        self.file
-            .write_all_at(&entry, self.len)
-            .map_err(io_err(&self.path, "append"))?;
-        self.file
-            .sync_data()
-            .map_err(io_err(&self.path, "fdatasync"))?;
-        self.len += entry.len() as u64;
-        Ok(())
+        self.log.append(p)
     }
 }
 

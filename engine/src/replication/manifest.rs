@@ -5,14 +5,12 @@
 //! store by the create-only upload (same checksum: shipped; other bytes: an alarm).
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{corrupt, io_err, Result};
+use crate::error::{corrupt, Result};
+use crate::framedlog::FramedLog;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,64 +131,24 @@ impl Shipped {
 }
 
 pub struct Manifest {
-    path: PathBuf,
-    file: File,
-    len: u64,
+    log: FramedLog,
 }
 
 impl Manifest {
     /// Opens (or creates) the manifest, cuts a torn tail, and replays it.
     pub fn open(dir: &Path) -> Result<(Manifest, Shipped, u64)> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir, "create replication directory"))?;
-        let path = dir.join("manifest.log");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path, "open manifest"))?;
-        let bytes = std::fs::read(&path).map_err(io_err(&path, "read manifest"))?;
-        let (entries, good) = parse_log(&bytes);
-        if good < bytes.len() {
-            tracing::warn!(
-                "{}: cutting a torn tail of {} bytes at offset {good}",
-                path.display(),
-                bytes.len() - good
-            );
-            file.set_len(good as u64)
-                .map_err(io_err(&path, "truncate torn tail"))?;
-            file.sync_all().map_err(io_err(&path, "sync"))?;
-        }
+        let (log, entries) = FramedLog::open(dir, "manifest.log")?;
         let mut shipped = Shipped::default();
         for (i, raw) in entries.iter().enumerate() {
             let e: Entry = serde_json::from_slice(raw)
-                .map_err(|e| corrupt(&path, format!("entry {i}: {e}")))?;
+                .map_err(|e| corrupt(log.path(), format!("entry {i}: {e}")))?;
             shipped.record(&e);
         }
-        crate::io::sync_dir(dir).map_err(io_err(dir, "sync"))?;
-        Ok((
-            Manifest {
-                path,
-                file,
-                len: good as u64,
-            },
-            shipped,
-            entries.len() as u64,
-        ))
+        Ok((Manifest { log }, shipped, entries.len() as u64))
     }
 
     pub fn append(&mut self, e: &Entry) -> Result<()> {
-        let json = serde_json::to_string(e).map_err(|err| corrupt(&self.path, err.to_string()))?;
-        let entry = encode_entry(&json);
-        self.file
-            .write_all_at(&entry, self.len)
-            .map_err(io_err(&self.path, "append"))?;
-        self.file
-            .sync_data()
-            .map_err(io_err(&self.path, "fdatasync"))?;
-        self.len += entry.len() as u64;
-        Ok(())
+        self.log.append(e)
     }
 }
 
