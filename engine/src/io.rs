@@ -264,6 +264,20 @@ impl Write for WriteBehind<'_> {
     }
 }
 
+/// Unlinks a large file without freeing it all at once: cuts it from the end in steps
+/// first, pausing between them. Only for a file nobody else reads: unlike an unlink, a
+/// truncation takes the bytes from every open handle too.
+pub(crate) fn remove_gently(path: &Path, file: &File) -> io::Result<()> {
+    const STEP_BYTES: u64 = 8 << 20;
+    let mut len = file.metadata()?.len();
+    while len > STEP_BYTES {
+        len -= STEP_BYTES;
+        file.set_len(len)?;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::fs::remove_file(path)
+}
+
 /// Asks the kernel to start writing `[offset, offset + len)` of `file` back, without
 /// waiting: a hint that spreads a file's writeback over time. Durability still comes only
 /// from fsync, which reports any error, so the result is ignored.

@@ -16,7 +16,7 @@
 //! from the hash store, so a collision costs one extra read and never a wrong answer.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -176,8 +176,8 @@ impl LeafIndex {
                 runs.truncate(n - 2);
                 runs.push(Arc::new(merged));
             }
-            remove(&a.path)?;
-            remove(&b.path)?;
+            retire(a)?;
+            retire(b)?;
         }
     }
 
@@ -201,6 +201,22 @@ impl LeafIndex {
             scanned_from = run.end;
         }
         scan_tail(hashes, leaf, scanned_from, size)
+    }
+}
+
+/// Removes a run replaced by a merge. Runs reach 256 MiB, and freeing one at once (with
+/// online discard) stalled the disk under the sequencer's syncs, so a run no lookup holds
+/// any more is cut from the end in steps first; one still read is just unlinked (its
+/// reader keeps the bytes until it lets go).
+fn retire(run: Arc<Run>) -> Result<()> {
+    match Arc::try_unwrap(run) {
+        Ok(run) => crate::io::remove_gently(&run.path, &run.file)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(io_err(&run.path, "remove")),
+        Err(shared) => remove(&shared.path),
     }
 }
 
@@ -287,7 +303,9 @@ fn write_run(
         .truncate(true)
         .open(&tmp)
         .map_err(io_err(&tmp, "create leaf index run"))?;
-    let mut w = BufWriter::with_capacity(1 << 20, &file);
+    // Written back in steps as it grows: merged runs reach 256 MiB, and the kernel's own
+    // writeback of that much at once queued ahead of the sequencer's syncs.
+    let mut w = crate::io::WriteBehind::new(&file);
     w.write_all(&[0u8; HEADER_BYTES as usize])
         .map_err(io_err(&tmp, "write"))?;
     let mut crc = 0u32;
