@@ -2,13 +2,12 @@
 //! `checkpoints.log` as `note_bytes:u32 | crc32c:u32 | note` and synced before it is
 //! announced. A torn last entry is cut on recovery.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 
-use crate::error::{corrupt, io_err, Result};
+use crate::error::{corrupt, Result};
+use crate::framedlog::FramedLog;
 
 pub use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
 
@@ -19,9 +18,7 @@ pub struct SignedCheckpoint {
 }
 
 pub(crate) struct CheckpointLog {
-    path: PathBuf,
-    file: File,
-    len: u64,
+    log: FramedLog,
 }
 
 impl CheckpointLog {
@@ -32,25 +29,8 @@ impl CheckpointLog {
         origin: &str,
         keys: &[VerifierKey],
     ) -> Result<(CheckpointLog, Option<SignedCheckpoint>)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_err(path, "open checkpoint log"))?;
-        let bytes = std::fs::read(path).map_err(io_err(path, "read checkpoint log"))?;
-        let (entries, good) = parse_log(&bytes);
-        if good < bytes.len() {
-            tracing::warn!(
-                "{}: cutting a torn tail of {} bytes at offset {good}",
-                path.display(),
-                bytes.len() - good
-            );
-            file.set_len(good as u64)
-                .map_err(io_err(path, "truncate torn tail"))?;
-            file.sync_all().map_err(io_err(path, "sync"))?;
-        }
+        let (log, bytes) = FramedLog::open_file(path)?;
+        let (entries, _) = parse_log(&bytes);
         let latest = match entries.last() {
             None => None,
             Some(raw) => {
@@ -73,29 +53,15 @@ impl CheckpointLog {
                 })
             }
         };
-        Ok((
-            CheckpointLog {
-                path: path.to_path_buf(),
-                file,
-                len: good as u64,
-            },
-            latest,
-        ))
+        Ok((CheckpointLog { log }, latest))
     }
 
     pub fn append(&mut self, note: &str) -> Result<()> {
         let entry = encode_entry(note);
-        crate::io::pwritev_all(&self.file, self.len, &[&entry])
-            .map_err(io_err(&self.path, "append checkpoint"))?;
-        self.file
-            .sync_data()
-            .map_err(io_err(&self.path, "fdatasync"))?;
-        self.len += entry.len() as u64;
+        let at = self.log.append_framed(&entry)?;
         // Read back what we just made durable: the log must hold exactly this note.
         let mut back = vec![0u8; entry.len()];
-        self.file
-            .read_exact_at(&mut back, self.len - entry.len() as u64)
-            .map_err(io_err(&self.path, "read back checkpoint"))?;
+        self.log.read_at(&mut back, at)?;
         assert_eq!(
             back, entry,
             "checkpoint log read back differs from what was written"

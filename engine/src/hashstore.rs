@@ -244,11 +244,14 @@ impl HashFiles {
         if let Some(h) = cache.get(node) {
             return Ok(h);
         }
+        // A level longer than memory can address is never cached.
+        let Ok(want) = usize::try_from(node.index + 1) else {
+            return self.read_node(node, wait);
+        };
         if !cache.make_room(level, node.index + 1) {
             return self.read_node(node, wait);
         }
         let have = cache.levels[level].len();
-        let want = usize::try_from(node.index + 1).expect("a cached level fits in memory");
         cache.levels[level].resize(want, [0u8; 32]);
         let fresh = &mut cache.levels[level][have..];
         if let Err(e) = self.read_level(level, have as u64, fresh.as_flattened_mut(), wait) {

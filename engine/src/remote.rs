@@ -14,14 +14,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use auditlog_formats::batch::Entries;
-use auditlog_formats::segment::{self, Footer, SegmentHeader, TRAILER_BYTES};
+use auditlog_formats::segment::{self, Footer, TRAILER_BYTES};
 use auditlog_formats::TreeHash;
 use auditlog_worm::WormTarget;
 
 use crate::error::{corrupt, EngineError, Result};
 use crate::hashstore::HashFiles;
 use crate::pruned::PrunedSegment;
+use crate::segments;
 
 /// A verified copy of a pruned segment, held in memory.
 pub(crate) struct Fetched {
@@ -196,25 +196,22 @@ fn check(
             ),
         ));
     }
-    let bad = |e: segment::SegmentError| corrupt(&place, e.to_string());
-    let header = SegmentHeader::decode(&bytes).map_err(bad)?;
-    if bytes.len() < TRAILER_BYTES + segment::HEADER_BYTES {
-        return Err(bad(segment::SegmentError::TooShort(bytes.len() as u64)));
-    }
+    // The object hashed to the digest recorded when it was pruned, so these checks only
+    // fail on a bug; they are the same ones a local sealed segment goes through.
     let len = bytes.len();
-    let trailer =
-        segment::decode_trailer(len as u64, &bytes[len - TRAILER_BYTES..]).map_err(bad)?;
+    if len < TRAILER_BYTES {
+        return Err(corrupt(
+            &place,
+            segment::SegmentError::TooShort(len as u64).to_string(),
+        ));
+    }
     let own: [u8; 32] = blake3::hash(&bytes[..len - segment::DIGEST_COVERS_ALL_BUT]).into();
+    let trailer = segment::decode_trailer(len as u64, &bytes[len - TRAILER_BYTES..])
+        .map_err(|e| corrupt(&place, e.to_string()))?;
     if own != trailer.digest {
         return Err(corrupt(&place, "sealed segment digest mismatch"));
     }
-    let at = trailer.footer_offset as usize;
-    let footer = segment::decode_footer(
-        &header,
-        &trailer,
-        &bytes[at..at + trailer.footer_bytes as usize],
-    )
-    .map_err(bad)?;
+    let (header, footer) = segments::load_sealed(&place, &bytes[..])?;
     if header.first_index != p.first
         || header.first_index + header.count != p.end
         || header.tree_hash != alg
@@ -275,34 +272,6 @@ impl Fetched {
         end: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        let blocks = &self.footer.blocks;
-        let i = blocks
-            .partition_point(|b| b.first_index <= start)
-            .saturating_sub(1);
-        for (n, b) in blocks.iter().enumerate().skip(i) {
-            if b.first_index >= end {
-                break;
-            }
-            let from = b.offset as usize;
-            let compressed = self
-                .bytes
-                .get(from..from + b.compressed_bytes as usize)
-                .ok_or_else(|| corrupt(&self.place, format!("block {n} runs past the end")))?;
-            let raw = segment::decode_block(n as u32, b, compressed)
-                .map_err(|e| corrupt(&self.place, e.to_string()))?;
-            for (k, rec) in Entries::new(&raw).enumerate() {
-                let index = b.first_index + k as u64;
-                if index >= end {
-                    return Ok(true);
-                }
-                let rec = rec.map_err(|(p, r)| {
-                    corrupt(&self.place, format!("block {n}: record {p}: {r}"))
-                })?;
-                if index >= start && !f(index, rec)? {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
+        segments::for_each_sealed_record(&self.place, &self.bytes[..], &self.footer, start, end, f)
     }
 }

@@ -240,25 +240,92 @@ pub(crate) fn torn_tail_allowance_bytes(batch_bytes_max: usize) -> u64 {
 
 /// Reads and checks a sealed segment's header, trailer and footer (not its digest: that is
 /// the verifier's full pass).
-pub(crate) fn load_sealed(path: &Path, file: &File) -> Result<(SegmentHeader, Footer)> {
-    let len = file.metadata().map_err(io_err(path, "stat"))?.len();
+/// Where a sealed segment's bytes are: its local file, or a copy fetched from the store.
+/// The same decoding and the same checks serve both.
+pub(crate) trait SealedBytes {
+    fn len_bytes(&self) -> std::io::Result<u64>;
+    fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl SealedBytes for File {
+    fn len_bytes(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl SealedBytes for [u8] {
+    fn len_bytes(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+
+    fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = from
+            .checked_add(buf.len())
+            .and_then(|to| self.get(from..to))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+pub(crate) fn load_sealed(
+    path: &Path,
+    file: &(impl SealedBytes + ?Sized),
+) -> Result<(SegmentHeader, Footer)> {
+    let len = file.len_bytes().map_err(io_err(path, "stat"))?;
     let bad = |e: segment::SegmentError| corrupt(path, e.to_string());
     let mut head = [0u8; segment::HEADER_BYTES];
-    file.read_exact_at(&mut head, 0)
+    file.read_bytes_at(&mut head, 0)
         .map_err(io_err(path, "read header"))?;
     let header = SegmentHeader::decode(&head).map_err(bad)?;
     if len < TRAILER_BYTES as u64 {
         return Err(bad(segment::SegmentError::TooShort(len)));
     }
     let mut tail = [0u8; TRAILER_BYTES];
-    file.read_exact_at(&mut tail, len - TRAILER_BYTES as u64)
+    file.read_bytes_at(&mut tail, len - TRAILER_BYTES as u64)
         .map_err(io_err(path, "read trailer"))?;
     let trailer = segment::decode_trailer(len, &tail).map_err(bad)?;
     let mut fb = vec![0u8; trailer.footer_bytes as usize];
-    file.read_exact_at(&mut fb, trailer.footer_offset)
+    file.read_bytes_at(&mut fb, trailer.footer_offset)
         .map_err(io_err(path, "read footer"))?;
     let footer = segment::decode_footer(&header, &trailer, &fb).map_err(bad)?;
     Ok((header, footer))
+}
+
+/// Calls `f(index, record)` for every record of a sealed segment in `[start, end)`, one
+/// decompressed block in memory at a time.
+pub(crate) fn for_each_sealed_record(
+    path: &Path,
+    file: &(impl SealedBytes + ?Sized),
+    footer: &Footer,
+    start: u64,
+    end: u64,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+) -> Result<bool> {
+    let i = footer
+        .blocks
+        .partition_point(|b| b.first_index <= start)
+        .saturating_sub(1);
+    let mut buf = Vec::new();
+    for (n, b) in footer.blocks.iter().enumerate().skip(i) {
+        if b.first_index >= end {
+            break;
+        }
+        buf.resize(b.compressed_bytes as usize, 0);
+        file.read_bytes_at(&mut buf, b.offset)
+            .map_err(io_err(path, format!("read block {n}")))?;
+        let raw =
+            segment::decode_block(n as u32, b, &buf).map_err(|e| corrupt(path, e.to_string()))?;
+        if !walk(path, b.first_index, &raw, start, end, f)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 impl Segment {
@@ -304,25 +371,7 @@ impl Segment {
                 }
             }
             Body::Sealed { footer, .. } => {
-                let i = footer
-                    .blocks
-                    .partition_point(|b| b.first_index <= start)
-                    .saturating_sub(1);
-                let mut buf = Vec::new();
-                for (n, b) in footer.blocks.iter().enumerate().skip(i) {
-                    if b.first_index >= end {
-                        break;
-                    }
-                    buf.resize(b.compressed_bytes as usize, 0);
-                    self.file
-                        .read_exact_at(&mut buf, b.offset)
-                        .map_err(io_err(&self.path, format!("read block {n}")))?;
-                    let raw = segment::decode_block(n as u32, b, &buf)
-                        .map_err(|e| corrupt(&self.path, e.to_string()))?;
-                    if !walk(&self.path, b.first_index, &raw, start, end, f)? {
-                        return Ok(false);
-                    }
-                }
+                return for_each_sealed_record(&self.path, &*self.file, footer, start, end, f);
             }
         }
         Ok(true)
