@@ -452,4 +452,46 @@ mod tests {
             assert_eq!(files.cache.read().expect("lock").bytes, 0);
         }
     }
+
+    /// What the page cache does not hold, the cached-only reader refuses (`WouldBlock`)
+    /// instead of waiting or answering wrong; the waiting reader then answers, and after
+    /// that read the cached-only one can too. This is the path the HTTP handlers take to
+    /// the blocking pool when the cache is cold.
+    #[test]
+    fn cached_only_reader_refuses_what_needs_the_disk() {
+        use std::os::fd::AsRawFd;
+        let alg = TreeHash::Sha256;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = HashFiles::open(dir.path(), 0).expect("open");
+        let mut oracle = MemoryTree::new(alg);
+        let mut pending = PendingNodes::new();
+        for i in 0..5000u64 {
+            let hashes = &mut oracle.hashes;
+            oracle.edge.append(alg.leaf(&i.to_be_bytes()), |n, h| {
+                (hashes.put(n, h), pending.push(n, h)).0
+            });
+        }
+        pending.flush(&files).expect("flush");
+        files.sync().expect("sync");
+        let level_files = files.files.read().expect("lock").clone();
+        for f in &level_files {
+            // SAFETY: an advice call on an open descriptor, no pointers.
+            let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(r, 0, "fadvise");
+        }
+        let (index, size) = (1234, oracle.size());
+        let want = tree::prove_inclusion(alg, index, size, &oracle.hashes)
+            .expect("read")
+            .expect("proof");
+        let cold = tree::prove_inclusion(alg, index, size, &CachedOnly(&files));
+        assert!(matches!(cold, Err(EngineError::WouldBlock)), "{cold:?}");
+        let got = tree::prove_inclusion(alg, index, size, &files)
+            .expect("read")
+            .expect("proof");
+        assert_eq!(got, want);
+        let warm = tree::prove_inclusion(alg, index, size, &CachedOnly(&files))
+            .expect("cached now")
+            .expect("proof");
+        assert_eq!(warm, want);
+    }
 }

@@ -459,7 +459,7 @@ fn proof_json(a: (&str, u64), b: (&str, u64), hashes: &[[u8; 32]]) -> Response {
             out.push(',');
         }
         out.push('"');
-        out.push_str(&to_hex(h));
+        auditlog_formats::hash::push_hex(&mut out, h);
         out.push('"');
     }
     out.push_str("]}");
