@@ -1,5 +1,6 @@
 //! Helpers shared by the system tests and the crash child.
 
+pub mod certs;
 pub mod worm_servers;
 
 use auditlog_engine::EngineConfig;

@@ -11,44 +11,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_formats::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
+use auditlog_tests::certs::Ca;
 use auditlog_tests::daemon::{daemon_exe, free_port};
 use auditlog_tests::event;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
 fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let cert = p.self_signed(&key).expect("self-signed CA");
-    Ca { cert, key }
+    Ca::new(name)
 }
 
 /// A leaf signed by `ca`: (certificate DER, key DER, certificate PEM, key PEM).
 fn leaf(ca: &Ca, cn: &str, sans: &[&str], client: bool) -> (Vec<u8>, Vec<u8>, String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![if client {
+    let usage = if client {
         ExtendedKeyUsagePurpose::ClientAuth
     } else {
         ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("sign");
-    (
-        cert.der().to_vec(),
-        key.serialize_der(),
-        cert.pem(),
-        key.serialize_pem(),
-    )
+    };
+    let l = ca.leaf(cn, sans, &[usage]);
+    (l.cert_der, l.key_der, l.cert_pem, l.key_pem)
 }
 
 struct TlsDaemon {
