@@ -47,7 +47,7 @@ pub use error::{EngineError, Result};
 pub use pkcs11::{PinSource, Pkcs11Error, Pkcs11Signer, Pkcs11Spec};
 pub use pruned::PrunedSegment;
 pub use remote::StoreReadStats;
-pub use replication::{ReplicationConfig, ReplicationStatus};
+pub use replication::{ManifestEntry, ManifestKind, ReplicationConfig, ReplicationStatus};
 pub use signer::{KeyFileSigner, Signer};
 
 use hashstore::HashFiles;

@@ -50,6 +50,20 @@ pub(crate) struct Sequencer {
 
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
+const PAGE_BYTES: u64 = 4096;
+static ZERO_PAGE: [u8; PAGE_BYTES as usize] = [0; PAGE_BYTES as usize];
+
+/// Zeros to write after a batch ending at `end` so that the write ends on a page boundary
+/// (or at the file's end). The file already holds zeros there, and the next batch
+/// overwrites them. A write that ended mid-page left that page (and, in a recycled file
+/// zeroed around the page cache, every page) to be read back from the disk before the
+/// next batch could be copied into it: about two synchronous 4 KiB reads per group
+/// commit, in front of its sync (7 MB/s of reads at 526k events/s).
+fn page_pad(end: u64, file_bytes: u64) -> usize {
+    let padded = end.next_multiple_of(PAGE_BYTES).min(file_bytes.max(end));
+    (padded - end) as usize
+}
+
 impl Sequencer {
     pub fn run(mut self) {
         let cfg = self.shared.config.clone();
@@ -136,9 +150,14 @@ impl Sequencer {
             .unwrap_or(0);
         let parts: Vec<&[u8]> = batch.iter().map(|s| s.body.as_slice()).collect();
         let header = encode_header_parts(first_index, events as u32, max_class, &parts);
-        let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
         bufs.push(&header);
         bufs.extend_from_slice(&parts);
+        let pad = page_pad(
+            self.open.write_offset + total,
+            self.shared.config.segment_bytes,
+        );
+        bufs.push(&ZERO_PAGE[..pad]);
 
         let edge = &mut self.edge;
         let pending = &mut self.pending;
@@ -269,5 +288,23 @@ fn acknowledge(batch: &mut Vec<Submission>, first_index: u64) {
         };
         next += count;
         (s.done)(Ok(receipts));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_end_on_page_boundaries_within_the_file() {
+        assert_eq!(page_pad(0, 1 << 20), 0);
+        assert_eq!(page_pad(1, 1 << 20), 4095);
+        assert_eq!(page_pad(4096, 1 << 20), 0);
+        assert_eq!(page_pad(4097 + 4096, 1 << 20), 4095);
+        // Never past the file's end (a file not a whole number of pages)...
+        assert_eq!(page_pad(10_000, 10_001), 1);
+        assert_eq!(page_pad(10_001, 10_001), 0);
+        // ...and never negative for a batch that already runs past it.
+        assert_eq!(page_pad(10_002, 10_001), 0);
     }
 }

@@ -359,7 +359,13 @@ fn render_pruning(out: &mut String, status: &auditlog_engine::Status) {
 }
 
 fn render_replication(out: &mut String, r: &auditlog_engine::ReplicationStatus) {
-    let rows: [(&str, &str, &str, u64); 10] = [
+    let rows: [(&str, &str, &str, u64); 11] = [
+        (
+            "auditlog_replication_tiles_pending",
+            "gauge",
+            "Full level-0 hash tiles under the latest checkpoint not yet on the WORM store.",
+            r.tiles_pending,
+        ),
         (
             "auditlog_replication_segments_pending",
             "gauge",

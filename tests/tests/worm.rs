@@ -498,3 +498,50 @@ fn history_of(
         .check()
         .expect("a one-key history")
 }
+
+/// Full tiles go out in groups of `tiles_per_step_max` (one manifest sync each), every
+/// tile byte for byte the hash store's, and the tile lag comes back to zero.
+#[test]
+fn tiles_ship_in_groups_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg: EngineConfig = small_config(dir.path());
+    let mut r = replication("", TargetOptions::default());
+    r.tiles_per_step_max = 3;
+    cfg.replication = Some(r);
+    let engine = Engine::open(cfg, None).expect("open");
+    ingest_sealed(&engine, 2);
+    wait_shipped(&engine);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shipped_end = loop {
+        let r = engine.status().replication.expect("replication on");
+        if r.tiles_pending == 0 && r.idle && r.shipped_end >= 10 * 256 {
+            break r.shipped_end;
+        }
+        assert!(Instant::now() < deadline, "tiles did not ship: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    engine.shutdown().expect("shutdown");
+
+    let level0 = std::fs::read(dir.path().join("hashes/level-00.bin")).expect("level 0");
+    let worm = dir.path().join("worm");
+    let full = shipped_end / 256;
+    for n in 0..full {
+        let key = auditlog_worm::tile_key(0, n);
+        let tile = std::fs::read(worm.join(&key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let at = n as usize * 8192;
+        assert_eq!(tile, level0[at..at + 8192], "{key}");
+    }
+    // Shipped in groups of at most 3, in order: the manifest lists each tile once.
+    let manifest = std::fs::read(dir.path().join("replication/manifest.log")).expect("manifest");
+    let (entries, _) = auditlog_formats::checkpoint_log::parse_log(&manifest);
+    let tiles: Vec<u64> = entries
+        .iter()
+        .filter_map(|raw| {
+            let e: auditlog_engine::ManifestEntry = serde_json::from_slice(raw).expect("entry");
+            (e.kind == auditlog_engine::ManifestKind::Tile && e.first == Some(0))
+                .then(|| e.end.expect("tile index"))
+        })
+        .collect();
+    assert_eq!(tiles, (0..tiles.len() as u64).collect::<Vec<_>>());
+    assert!(tiles.len() as u64 >= full, "{} of {full}", tiles.len());
+}

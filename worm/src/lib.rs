@@ -110,6 +110,14 @@ impl Retention {
     }
 }
 
+/// One object of a `put_create_many` group.
+#[derive(Clone, Copy, Debug)]
+pub struct NewObject<'a> {
+    pub key: &'a str,
+    pub bytes: &'a [u8],
+    pub lock: Option<Lock>,
+}
+
 /// What a create-only upload found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -147,6 +155,17 @@ pub trait WormTarget: Send + Sync {
     /// existing object with the same bytes is `AlreadyThere` (its retention is raised to
     /// `lock` if it is shorter); with other bytes it is a `Checksum` error.
     fn put_create(&self, key: &str, bytes: &[u8], lock: Option<Lock>) -> Result<PutOutcome>;
+
+    /// `put_create` for a group of objects, in order, with one outcome each. A store that
+    /// can make a group durable at once overrides it (the local directory: three file
+    /// system syncs a group instead of four per object). An error may leave the first
+    /// objects stored; a retry finds them `AlreadyThere`.
+    fn put_create_many(&self, objects: &[NewObject<'_>]) -> Result<Vec<PutOutcome>> {
+        objects
+            .iter()
+            .map(|o| self.put_create(o.key, o.bytes, o.lock))
+            .collect()
+    }
 
     /// Writes or replaces `key` without retention (the newest-checkpoint pointer).
     fn put_mutable(&self, key: &str, bytes: &[u8]) -> Result<()>;

@@ -36,6 +36,10 @@ pub struct ReplicationConfig {
     pub checkpoints_pending_max: usize,
     /// Bytes of `checkpoints.log` read per step.
     pub checkpoint_log_read_bytes_max: usize,
+    /// Full hash tiles shipped as one group (one manifest sync; one store sync on a local
+    /// target). At 500k events/s a log fills ~2,000 tiles a second: one at a time, a
+    /// replicator fell behind for good.
+    pub tiles_per_step_max: usize,
     /// The key history file (`keys.json`) and `log.json` are shipped only if no larger.
     pub small_file_bytes_max: u64,
     /// Local retention: a sealed segment is deleted locally once it is on the store, read
@@ -67,6 +71,7 @@ impl Default for ReplicationConfig {
             ready_lag_ms_max: 3_600_000,
             checkpoints_pending_max: 4096,
             checkpoint_log_read_bytes_max: 1 << 20,
+            tiles_per_step_max: 256,
             small_file_bytes_max: 16 << 20,
             local_keep_ms: None,
             store_read_cache_segments_max: 2,
@@ -93,6 +98,11 @@ impl ReplicationConfig {
         if self.retry_ms_initial == 0 || self.retry_ms_max < self.retry_ms_initial {
             return Err(
                 "replication: retry_ms_initial must be positive and at most retry_ms_max".into(),
+            );
+        }
+        if !(1..=4096).contains(&self.tiles_per_step_max) {
+            return Err(
+                "replication: tiles_per_step_max must be between 1 and 4096 (32 MiB)".into(),
             );
         }
         if self.checkpoints_pending_max == 0 || self.checkpoint_log_read_bytes_max < 65_544 {

