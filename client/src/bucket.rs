@@ -4,11 +4,14 @@
 //! retention is compared with the policy its classification requires.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::sync::Arc;
 
 use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
-use auditlog_worm::{parse_tile_key, tile_key, RetentionPolicy, WormTarget};
+use auditlog_worm::{
+    parse_tile_bundle_key, parse_tile_key, tile_bundle_key, tile_key, RetentionPolicy, WormTarget,
+};
 
 use crate::source::{order_segments, LogSource, ReadAt, SegRef};
 use crate::verify::{fail, verify_source, FileHashes, HashCheck, Progress, Summary, VerifyError};
@@ -118,23 +121,16 @@ impl LogSource for BucketSource {
             .target
             .list("tile/")
             .map_err(|e| store_err(&place, e))?;
-        let mut counts = [0u64; 8];
-        let mut present: Vec<Vec<u64>> = vec![Vec::new(); 8];
+        let mut tiles: Vec<Vec<u64>> = vec![Vec::new(); 8];
+        let mut bundles: BTreeMap<u64, u64> = BTreeMap::new();
         for o in list {
             if let Some((t, n)) = parse_tile_key(&o.key) {
                 if (t as usize) < 8 {
-                    present[t as usize].push(n);
+                    tiles[t as usize].push(n);
                 }
+            } else if let Some((first, count)) = parse_tile_bundle_key(&o.key) {
+                bundles.insert(first, count);
             }
-        }
-        for (t, ns) in present.iter_mut().enumerate() {
-            ns.sort_unstable();
-            // Tiles are shipped in order; count the run from 0.
-            counts[t] = ns
-                .iter()
-                .enumerate()
-                .take_while(|(i, n)| *i as u64 == **n)
-                .count() as u64;
         }
         let mut check = HashCheck {
             places: (0..64)
@@ -145,16 +141,32 @@ impl LogSource for BucketSource {
             complete: false,
             checked: 0,
         };
-        for (t, &count) in counts.iter().enumerate() {
-            if count == 0 {
+        for (t, ns) in tiles.iter_mut().enumerate() {
+            ns.sort_unstable();
+            // Tiles (and level-0 bundles) are shipped in order: take the run from tile 0,
+            // each piece the next tile or a bundle starting there.
+            let mut keys = Vec::new();
+            let mut next = 0u64;
+            let mut singles = ns.iter().peekable();
+            loop {
+                while singles.next_if(|n| **n < next).is_some() {}
+                if singles.next_if(|n| **n == next).is_some() {
+                    keys.push(tile_key(t as u8, next));
+                    next += 1;
+                } else if let Some(count) = bundles.get(&next).filter(|_| t == 0) {
+                    keys.push(tile_bundle_key(next, *count));
+                    next += count;
+                } else {
+                    break;
+                }
+            }
+            if next == 0 {
                 continue;
             }
-            check.present[8 * t] = count * 256;
+            check.present[8 * t] = next * 256;
             check.levels[8 * t] = Some(Box::new(TileReader {
                 target: self.target.clone(),
-                level: t as u8,
-                next: 0,
-                count,
+                keys: keys.into(),
                 buf: Vec::new(),
                 pos: 0,
             }));
@@ -188,12 +200,11 @@ fn footer_retention_facts(bytes: &[u8]) -> Option<(u64, u8)> {
     ))
 }
 
-/// Streams a tile level's hashes, fetching one 8 KiB tile at a time.
+/// Streams a tile level's hashes, fetching one object (a tile, or a bundle of level-0
+/// tiles) at a time.
 struct TileReader {
     target: Arc<dyn WormTarget>,
-    level: u8,
-    next: u64,
-    count: u64,
+    keys: VecDeque<String>,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -201,17 +212,15 @@ struct TileReader {
 impl Read for TileReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.pos == self.buf.len() {
-            if self.next == self.count {
+            let Some(key) = self.keys.pop_front() else {
                 return Ok(0);
-            }
-            let key = tile_key(self.level, self.next);
+            };
             self.buf = self
                 .target
                 .get(&key)
                 .map_err(std::io::Error::other)?
                 .ok_or_else(|| std::io::Error::other(format!("{key} is missing")))?;
             self.pos = 0;
-            self.next += 1;
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);

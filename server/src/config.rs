@@ -86,6 +86,7 @@ pub struct EngineSection {
     pub checkpoint_interval_ms: Option<u64>,
     pub block_raw_bytes: Option<usize>,
     pub zstd_level: Option<i32>,
+    pub seal_check_leaves: Option<bool>,
     pub hash_cache_bytes_max: Option<u64>,
     /// "auto", "io_uring" or "pwrite".
     pub io_mode: Option<String>,
@@ -234,6 +235,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         checkpoint_interval_ms,
         block_raw_bytes,
         zstd_level,
+        seal_check_leaves,
         hash_cache_bytes_max
     );
 

@@ -96,6 +96,28 @@ fn append_read_prove_seal_restart() {
     check_everything(&engine, &receipts);
 }
 
+/// With `seal_check_leaves` the sealer also re-derives the tree from the sealed records.
+#[test]
+fn sealing_with_the_leaf_check() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.seal_check_leaves = true;
+    let engine = Engine::open(cfg, None).expect("open");
+    let receipts = append_n(&engine, 0, 12_000, 300);
+    for _ in 0..200 {
+        if engine.status().sealed_segments >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        engine.status().sealed_segments >= 2,
+        "{:?}",
+        engine.status()
+    );
+    check_everything(&engine, &receipts);
+}
+
 #[test]
 fn blake3_log_and_raw_schema() {
     let dir = tempfile::tempdir().expect("tmp");

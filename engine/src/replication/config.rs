@@ -40,6 +40,9 @@ pub struct ReplicationConfig {
     /// target). At 500k events/s a log fills ~2,000 tiles a second: one at a time, a
     /// replicator fell behind for good.
     pub tiles_per_step_max: usize,
+    /// Full level-0 tiles per object (`tile/bundle/…`, FORMATS.md §12); 1 ships each as
+    /// its own tlog-tiles object (`tile/0/…`). Higher levels always go one per object.
+    pub tile_bundle_tiles: u64,
     /// The key history file (`keys.json`) and `log.json` are shipped only if no larger.
     pub small_file_bytes_max: u64,
     /// Local retention: a sealed segment is deleted locally once it is on the store, read
@@ -72,6 +75,7 @@ impl Default for ReplicationConfig {
             checkpoints_pending_max: 4096,
             checkpoint_log_read_bytes_max: 1 << 20,
             tiles_per_step_max: 256,
+            tile_bundle_tiles: 256,
             small_file_bytes_max: 16 << 20,
             local_keep_ms: None,
             store_read_cache_segments_max: 2,
@@ -104,6 +108,9 @@ impl ReplicationConfig {
             return Err(
                 "replication: tiles_per_step_max must be between 1 and 4096 (32 MiB)".into(),
             );
+        }
+        if !(1..=256).contains(&self.tile_bundle_tiles) {
+            return Err("replication: tile_bundle_tiles must be between 1 and 256".into());
         }
         if self.checkpoints_pending_max == 0 || self.checkpoint_log_read_bytes_max < 65_544 {
             return Err("replication: checkpoints_pending_max must be positive and checkpoint_log_read_bytes_max must hold one checkpoint entry (65544 bytes)".into());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_formats::checkpoint_log::parse_log;
-use auditlog_worm::{tile_key, Lock};
+use auditlog_worm::{tile_bundle_key, tile_key, Lock};
 
 use super::config::ReplicationConfig;
 use super::manifest::{Entry, Kind, Shipped};
@@ -135,8 +135,10 @@ impl Planner {
             .map_or(0, |c| c.checkpoint.size)
             .min(self.shipped.contiguous_end());
         let tiles_shipped = self.shipped.tiles_next.first().copied().unwrap_or(0);
+        let bundle = self.cfg.tile_bundle_tiles;
         let mut lag = Lag {
-            tiles: (durable / 256).saturating_sub(tiles_shipped),
+            // Whole bundles only: a partial one waits for its last tile by design.
+            tiles: (durable / 256).saturating_sub(tiles_shipped) / bundle * bundle,
             segments: 0,
             bytes: 0,
             oldest_age_ms: 0,
@@ -285,11 +287,7 @@ impl Planner {
             .map_or(0, |c| c.checkpoint.size)
             .min(end);
         // Tile level 7 spans 2^64 leaves; no log reaches a full one.
-        for t in 0..(if std::env::var_os("X_NOTILES").is_some() {
-            0
-        } else {
-            7u8
-        }) {
+        for t in 0..7u8 {
             let width = 1u64 << (8 * (u32::from(t) + 1));
             let n = self
                 .shipped
@@ -297,19 +295,24 @@ impl Planner {
                 .get(t as usize)
                 .copied()
                 .unwrap_or(0);
-            let Some(tile_end) = (n + 1).checked_mul(width) else {
-                continue;
+            // Level 0 goes in bundles of `tile_bundle_tiles`; higher levels one by one.
+            let per_object = if t == 0 {
+                self.cfg.tile_bundle_tiles
+            } else {
+                1
             };
-            if tile_end > durable {
+            let full = durable / width;
+            let objects = (full.saturating_sub(n) / per_object)
+                .min((self.cfg.tiles_per_step_max as u64 / per_object).max(1));
+            if objects == 0 {
                 continue; // a higher level may still have a full tile behind it
             }
             let level = 8 * t as usize;
             let Some(f) = shared.hashes.level_file(level) else {
                 continue;
             };
-            // Every full tile of this level under `durable`, up to the group limit, read
-            // with one pread.
-            let count = (durable / width - n).min(self.cfg.tiles_per_step_max as u64);
+            // Every tile of the group, read with one pread.
+            let count = objects * per_object;
             let mut all = vec![0u8; count as usize * TILE_BYTES];
             let path = shared
                 .config
@@ -317,16 +320,27 @@ impl Planner {
                 .join(format!("hashes/level-{level:02}.bin"));
             f.read_exact_at(&mut all, n * TILE_BYTES as u64)
                 .map_err(io_err(&path, format!("read tiles {t}/{n}+{count}")))?;
-            let group = (n..n + count)
-                .zip(all.chunks_exact(TILE_BYTES))
-                .map(|(i, bytes)| {
-                    let until = self.shipped.retain_until_over(i * width, (i + 1) * width);
+            let group = all
+                .chunks_exact(TILE_BYTES * per_object as usize)
+                .zip((n..n + count).step_by(per_object as usize))
+                .map(|(bytes, i)| {
+                    let last = i + per_object - 1;
+                    let key = if per_object == 1 {
+                        tile_key(t, i)
+                    } else {
+                        tile_bundle_key(i, per_object)
+                    };
+                    let until = self
+                        .shipped
+                        .retain_until_over(i * width, (last + 1) * width);
+                    // A bundle is recorded as its last tile: the manifest's tile entries say
+                    // how far each level has shipped.
                     self.entry(
                         Kind::Tile,
-                        tile_key(t, i),
+                        key,
                         bytes.to_vec(),
                         until,
-                        (Some(u64::from(t)), Some(i)),
+                        (Some(u64::from(t)), Some(last)),
                     )
                 })
                 .collect();
