@@ -52,6 +52,17 @@ fn check_everything(engine: &Engine, receipts: &[(u64, [u8; 32])]) {
     }
 }
 
+/// Waits (up to 4 s) for the sealer to have sealed `n` segments.
+fn wait_sealed(engine: &Engine, n: usize) {
+    for _ in 0..200 {
+        if engine.status().sealed_segments >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("fewer than {n} segments sealed: {:?}", engine.status());
+}
+
 #[test]
 fn append_read_prove_seal_restart() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -60,17 +71,7 @@ fn append_read_prove_seal_restart() {
     let mut receipts = append_n(&engine, 0, 12_000, 300);
     assert_eq!(engine.tree_size(), 12_000);
     // 12k × ~270 B over 1 MiB segments: several rotations; wait for the sealer.
-    for _ in 0..200 {
-        if engine.status().sealed_segments >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        engine.status().sealed_segments >= 2,
-        "{:?}",
-        engine.status()
-    );
+    wait_sealed(&engine, 2);
     check_everything(&engine, &receipts);
     // Range reads cross sealed and open segments in order.
     let mut seen = 0u64;
@@ -104,17 +105,7 @@ fn sealing_with_the_leaf_check() {
     cfg.seal_check_leaves = true;
     let engine = Engine::open(cfg, None).expect("open");
     let receipts = append_n(&engine, 0, 12_000, 300);
-    for _ in 0..200 {
-        if engine.status().sealed_segments >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        engine.status().sealed_segments >= 2,
-        "{:?}",
-        engine.status()
-    );
+    wait_sealed(&engine, 2);
     check_everything(&engine, &receipts);
 }
 

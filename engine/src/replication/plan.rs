@@ -91,6 +91,36 @@ pub(crate) fn segment_key(first: u64, end: u64) -> String {
     format!("segments/{}", sealed_name(first, end))
 }
 
+/// An object to ship: its manifest entry (size, BLAKE3, retention, range) and its bytes.
+fn entry(
+    kind: Kind,
+    key: String,
+    bytes: Vec<u8>,
+    retain_until: u64,
+    range: (Option<u64>, Option<u64>),
+) -> (Entry, Vec<u8>) {
+    (
+        Entry {
+            kind,
+            key,
+            bytes: bytes.len() as u64,
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            retain_until_unix_s: retain_until,
+            shipped_at_unix_s: now_s(),
+            first: range.0,
+            end: range.1,
+            outcome: String::new(),
+        },
+        bytes,
+    )
+}
+
+impl Item {
+    fn one(object: (Entry, Vec<u8>)) -> Item {
+        Item::Objects(vec![object])
+    }
+}
+
 impl Planner {
     pub fn new(cfg: ReplicationConfig, shipped: Shipped) -> Planner {
         Planner {
@@ -176,60 +206,31 @@ impl Planner {
             .map_err(io_err(&path, "read"))
     }
 
-    fn object(
-        &self,
-        kind: Kind,
-        key: String,
-        bytes: Vec<u8>,
-        retain_until: u64,
-        range: (Option<u64>, Option<u64>),
-    ) -> Item {
-        Item::Objects(vec![self.entry(kind, key, bytes, retain_until, range)])
-    }
-
-    fn entry(
-        &self,
-        kind: Kind,
-        key: String,
-        bytes: Vec<u8>,
-        retain_until: u64,
-        range: (Option<u64>, Option<u64>),
-    ) -> (Entry, Vec<u8>) {
-        (
-            Entry {
-                kind,
-                key,
-                bytes: bytes.len() as u64,
-                blake3: blake3::hash(&bytes).to_hex().to_string(),
-                retain_until_unix_s: retain_until,
-                shipped_at_unix_s: now_s(),
-                first: range.0,
-                end: range.1,
-                outcome: String::new(),
-            },
-            bytes,
-        )
-    }
-
     /// The next object to ship, or `None` when everything is out.
     pub fn next(&mut self, shared: &Shared) -> Result<Option<Item>> {
         let longest = now_s() + u64::from(self.cfg.retention_days.longest_days()) * 86_400;
         if !self.shipped.keys.contains("log.json") {
             if let Some(b) = self.small_file(shared, "log.json")? {
-                return Ok(Some(self.object(
+                return Ok(Some(Item::one(entry(
                     Kind::Meta,
                     "log.json".into(),
                     b,
                     longest,
                     (None, None),
-                )));
+                ))));
             }
         }
         if let Some(b) = self.small_file(shared, "keys.json")? {
             // One object per version of the history: the name carries its digest.
             let key = format!("keys/{}.json", &blake3::hash(&b).to_hex()[..16]);
             if !self.shipped.keys.contains(&key) {
-                return Ok(Some(self.object(Kind::Keys, key, b, longest, (None, None))));
+                return Ok(Some(Item::one(entry(
+                    Kind::Keys,
+                    key,
+                    b,
+                    longest,
+                    (None, None),
+                ))));
             }
         }
         for s in sealed_snapshot(shared) {
@@ -246,13 +247,13 @@ impl Planner {
                 .cfg
                 .retention_days
                 .retain_until(s.sealed_at_unix_ns / 1_000_000_000, s.max_classification);
-            return Ok(Some(self.object(
+            return Ok(Some(Item::one(entry(
                 Kind::Segment,
                 key,
                 bytes,
                 until,
                 (Some(s.first), Some(s.end)),
-            )));
+            ))));
         }
         let end = self.shipped.contiguous_end();
         self.read_checkpoint_log(shared)?;
@@ -273,13 +274,13 @@ impl Planner {
         if let Some((size, note)) = &self.cp_candidate {
             let until = self.shipped.retain_until_max_unix_s;
             let key = format!("checkpoints/{size:020}");
-            return Ok(Some(self.object(
+            return Ok(Some(Item::one(entry(
                 Kind::Checkpoint,
                 key,
                 note.clone().into_bytes(),
                 until,
                 (None, Some(*size)),
-            )));
+            ))));
         }
         // Tiles: only below a signed checkpoint (the hash store is synced up to it).
         let durable = shared
@@ -335,7 +336,7 @@ impl Planner {
                         .retain_until_over(i * width, (last + 1) * width);
                     // A bundle is recorded as its last tile: the manifest's tile entries say
                     // how far each level has shipped.
-                    self.entry(
+                    entry(
                         Kind::Tile,
                         key,
                         bytes.to_vec(),
