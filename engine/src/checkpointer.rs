@@ -20,9 +20,6 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
         let stopping = shared.shutting_down.load(Ordering::SeqCst);
         match checkpoint_once(&shared, &mut log) {
             Ok(()) => {
-                if shared.status_signer_error().is_some() {
-                    tracing::info!("checkpoint signing works again");
-                }
                 shared.set_signer_error(None);
                 backoff = Duration::from_millis(50);
             }
@@ -100,6 +97,12 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
             return Err(e);
         }
     };
+    // Cleared before the checkpoint is published: whoever sees the new checkpoint also
+    // sees a working signer (`/ready`).
+    if shared.status_signer_error().is_some() {
+        tracing::info!("checkpoint signing works again");
+    }
+    shared.set_signer_error(None);
     log.append(&note)?;
     shared.set_checkpoint(SignedCheckpoint { checkpoint, note });
     *shared
