@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use auditlog_formats::segment::{self, Footer, TRAILER_BYTES};
+use auditlog_formats::segment::Footer;
 use auditlog_formats::TreeHash;
 use auditlog_worm::WormTarget;
 
@@ -198,19 +198,7 @@ fn check(
     }
     // The object hashed to the digest recorded when it was pruned, so these checks only
     // fail on a bug; they are the same ones a local sealed segment goes through.
-    let len = bytes.len();
-    if len < TRAILER_BYTES {
-        return Err(corrupt(
-            &place,
-            segment::SegmentError::TooShort(len as u64).to_string(),
-        ));
-    }
-    let own: [u8; 32] = blake3::hash(&bytes[..len - segment::DIGEST_COVERS_ALL_BUT]).into();
-    let trailer = segment::decode_trailer(len as u64, &bytes[len - TRAILER_BYTES..])
-        .map_err(|e| corrupt(&place, e.to_string()))?;
-    if own != trailer.digest {
-        return Err(corrupt(&place, "sealed segment digest mismatch"));
-    }
+    segments::check_digest(&place, &bytes[..])?;
     let (header, footer) = segments::load_sealed(&place, &bytes[..])?;
     if header.first_index != p.first
         || header.first_index + header.count != p.end

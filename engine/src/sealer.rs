@@ -149,7 +149,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     // Read back before trusting it: the file's digest, footer, and every block, which
     // must decompress to exactly the records read from the open segment.
     let f = std::fs::File::open(&tmp).map_err(io_err(&tmp, "reopen"))?;
-    check_file_digest(&tmp, &f)?;
+    segments::check_digest(&tmp, &f)?;
     let (h2, footer) = segments::load_sealed(&tmp, &f)?;
     if h2 != header || footer.root != root {
         return Err(corrupt(&tmp, "read back differs from what was written"));
@@ -220,39 +220,6 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     Ok(())
 }
 
-/// Checks the sealed file against the BLAKE3 digest in its trailer, reading it back in
-/// steps (it is still in the page cache).
-fn check_file_digest(path: &std::path::Path, f: &std::fs::File) -> Result<()> {
-    use auditlog_formats::segment::{decode_trailer, DIGEST_COVERS_ALL_BUT, TRAILER_BYTES};
-    use std::os::unix::fs::FileExt;
-    let len = f.metadata().map_err(io_err(path, "stat"))?.len();
-    if len < TRAILER_BYTES as u64 {
-        return Err(corrupt(
-            path,
-            format!("{len} bytes: shorter than a trailer"),
-        ));
-    }
-    let mut tail = [0u8; TRAILER_BYTES];
-    f.read_exact_at(&mut tail, len - TRAILER_BYTES as u64)
-        .map_err(io_err(path, "read trailer"))?;
-    let trailer = decode_trailer(len, &tail).map_err(|e| corrupt(path, e.to_string()))?;
-    let covered = len - DIGEST_COVERS_ALL_BUT as u64;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < covered {
-        let n = (covered - at).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], at)
-            .map_err(io_err(path, "read back"))?;
-        h.update(&buf[..n]);
-        at += n as u64;
-    }
-    if <[u8; 32]>::from(h.finalize()) != trailer.digest {
-        return Err(corrupt(path, "digest mismatch on read-back"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,13 +242,13 @@ mod tests {
         let path = d.path().join("s.seg");
         std::fs::write(&path, &file).expect("write");
         let f = std::fs::File::open(&path).expect("open");
-        check_file_digest(&path, &f).expect("intact");
+        segments::check_digest(&path, &f).expect("intact");
         for at in [0, head.len() + 1, file.len() - 41] {
             let mut bad = file.clone();
             bad[at] ^= 1;
             std::fs::write(&path, &bad).expect("write");
             let f = std::fs::File::open(&path).expect("open");
-            let err = check_file_digest(&path, &f).expect_err("changed byte");
+            let err = segments::check_digest(&path, &f).expect_err("changed byte");
             assert!(err.to_string().contains("digest"), "{at}: {err}");
         }
     }

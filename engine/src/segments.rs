@@ -297,6 +297,38 @@ pub(crate) fn load_sealed(
     Ok((header, footer))
 }
 
+/// Checks a sealed segment's bytes against the BLAKE3 digest in its trailer (everything
+/// but the last `DIGEST_COVERS_ALL_BUT` bytes), reading in 1 MiB steps. For the sealer's
+/// read-back and for copies fetched from the store.
+pub(crate) fn check_digest(place: &Path, file: &(impl SealedBytes + ?Sized)) -> Result<()> {
+    let len = file.len_bytes().map_err(io_err(place, "stat"))?;
+    if len < TRAILER_BYTES as u64 {
+        return Err(corrupt(
+            place,
+            segment::SegmentError::TooShort(len).to_string(),
+        ));
+    }
+    let mut tail = [0u8; TRAILER_BYTES];
+    file.read_bytes_at(&mut tail, len - TRAILER_BYTES as u64)
+        .map_err(io_err(place, "read trailer"))?;
+    let trailer = segment::decode_trailer(len, &tail).map_err(|e| corrupt(place, e.to_string()))?;
+    let covered = len - segment::DIGEST_COVERS_ALL_BUT as u64;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; (1 << 20).min(covered as usize)];
+    let mut at = 0u64;
+    while at < covered {
+        let n = (covered - at).min(buf.len() as u64) as usize;
+        file.read_bytes_at(&mut buf[..n], at)
+            .map_err(io_err(place, "read"))?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    if <[u8; 32]>::from(h.finalize()) != trailer.digest {
+        return Err(corrupt(place, "sealed segment digest mismatch"));
+    }
+    Ok(())
+}
+
 /// Calls `f(index, record)` for every record of a sealed segment in `[start, end)`, one
 /// decompressed block in memory at a time.
 pub(crate) fn for_each_sealed_record(

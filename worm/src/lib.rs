@@ -156,10 +156,10 @@ pub trait WormTarget: Send + Sync {
     /// `lock` if it is shorter); with other bytes it is a `Checksum` error.
     fn put_create(&self, key: &str, bytes: &[u8], lock: Option<Lock>) -> Result<PutOutcome>;
 
-    /// `put_create` for a group of objects, in order, with one outcome each. A store that
-    /// can make a group durable at once overrides it (the local directory: three file
-    /// system syncs a group instead of four per object). An error may leave the first
-    /// objects stored; a retry finds them `AlreadyThere`.
+    /// `put_create` for a group of objects, in order, with one outcome each; the
+    /// replicator records a group with one manifest sync. A store that can store a group
+    /// faster than one by one (parallel requests) may override it. An error may leave the
+    /// first objects stored; a retry finds them `AlreadyThere`.
     fn put_create_many(&self, objects: &[NewObject<'_>]) -> Result<Vec<PutOutcome>> {
         objects
             .iter()
