@@ -220,6 +220,39 @@ fn tls_collector_conf(
     )
 }
 
+/// A running TLS collector (rsyslog) in `dir/rsyslog`, writing to `dir/collected.log`, with
+/// a certificate from `ca` for `sans`; `conf` and `rs_dir` start it again after a stop.
+struct TlsCollector {
+    port: u16,
+    out: PathBuf,
+    rs_dir: PathBuf,
+    conf: String,
+    rs: Rsyslog,
+}
+
+fn start_tls_collector(
+    dir: &Path,
+    ca: &Ca,
+    ca_path: &Path,
+    sans: &[&str],
+    auth_mode: &str,
+) -> TlsCollector {
+    let collector = ca.issue(dir, "collector", "collector", sans);
+    let port = free_port();
+    let out = dir.join("collected.log");
+    let rs_dir = dir.join("rsyslog");
+    std::fs::create_dir_all(&rs_dir).expect("dir");
+    let conf = tls_collector_conf(port, &out, ca_path, &collector, auth_mode);
+    let rs = Rsyslog::start(&rs_dir, &conf, port);
+    TlsCollector {
+        port,
+        out,
+        rs_dir,
+        conf,
+        rs,
+    }
+}
+
 /// CEF over TLS with mutual authentication: the collector requires the forwarder's client
 /// certificate, the forwarder checks the collector's by `forward_server_name`. Every event
 /// arrives with its index, also across a collector restart.
@@ -228,14 +261,14 @@ fn forwarder_sends_cef_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().expect("tmp");
     let ca = Ca::new("siem test CA");
     let ca_path = ca.write(dir.path(), "ca.pem");
-    let collector = ca.issue(dir.path(), "collector", "collector", &["localhost"]);
+    let TlsCollector {
+        port,
+        out,
+        rs_dir,
+        conf,
+        mut rs,
+    } = start_tls_collector(dir.path(), &ca, &ca_path, &["localhost"], "x509/certvalid");
     let (fcert, fkey) = ca.issue(dir.path(), "forwarder", "auditlogd-forwarder", &[]);
-    let port = free_port();
-    let out = dir.path().join("collected.log");
-    let rs_dir = dir.path().join("rsyslog");
-    std::fs::create_dir_all(&rs_dir).expect("dir");
-    let conf = tls_collector_conf(port, &out, &ca_path, &collector, "x509/certvalid");
-    let mut rs = Rsyslog::start(&rs_dir, &conf, port);
     let cfg = format!(
         "{CONFIG}forward_addr = \"127.0.0.1:{port}\"\nforward_batch_events_max = 200\nforward_backoff_ms_max = 400\n\
          forward_tls = true\nforward_ca_path = {}\nforward_client_cert_path = {}\nforward_client_key_path = {}\nforward_server_name = \"localhost\"\n",
@@ -285,18 +318,15 @@ fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
     let (ca, other) = (Ca::new("siem test CA"), Ca::new("someone else's CA"));
     let ca_path = ca.write(dir.path(), "ca.pem");
     let other_path = other.write(dir.path(), "other.pem");
-    let collector = ca.issue(
+    let TlsCollector {
+        port, out, mut rs, ..
+    } = start_tls_collector(
         dir.path(),
-        "collector",
-        "collector",
+        &ca,
+        &ca_path,
         &["localhost", "127.0.0.1"],
+        "anon",
     );
-    let port = free_port();
-    let out = dir.path().join("collected.log");
-    let rs_dir = dir.path().join("rsyslog");
-    std::fs::create_dir_all(&rs_dir).expect("dir");
-    let conf = tls_collector_conf(port, &out, &ca_path, &collector, "anon");
-    let mut rs = Rsyslog::start(&rs_dir, &conf, port);
     // forward_server_name defaults to forward_addr's host, here the IP address.
     let cfg = |trusted: &Path| {
         format!(
@@ -342,13 +372,9 @@ fn forwarder_refused_by_a_collector_that_requires_a_certificate_keeps_its_cursor
     let dir = tempfile::tempdir().expect("tmp");
     let ca = Ca::new("siem test CA");
     let ca_path = ca.write(dir.path(), "ca.pem");
-    let collector = ca.issue(dir.path(), "collector", "collector", &["localhost"]);
-    let port = free_port();
-    let out = dir.path().join("collected.log");
-    let rs_dir = dir.path().join("rsyslog");
-    std::fs::create_dir_all(&rs_dir).expect("dir");
-    let conf = tls_collector_conf(port, &out, &ca_path, &collector, "x509/certvalid");
-    let mut rs = Rsyslog::start(&rs_dir, &conf, port);
+    let TlsCollector {
+        port, out, mut rs, ..
+    } = start_tls_collector(dir.path(), &ca, &ca_path, &["localhost"], "x509/certvalid");
     let d = Daemon::start(
         dir.path(),
         &format!(
