@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use auditlog_benches::event;
+use auditlog_benches::{event, latency_histogram};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -52,11 +52,19 @@ struct Args {
     /// the leaf recomputed from the record (0: none).
     #[arg(long, default_value_t = 1000)]
     verify_every: u64,
+    /// Acks of batches sent in the first this many ms are left out of the latency figures
+    /// and reported on their own (the daemon's first seconds: empty caches, first segment).
+    #[arg(long, default_value_t = 0)]
+    warmup_ms: u64,
+    /// Print p50/p99/max ack latency for each second of the run.
+    #[arg(long)]
+    timeline: bool,
 }
 
 struct Result1 {
     events: u64,
-    latency_us: Histogram<u64>,
+    /// Per acked batch: (ms from the start of the run when it was sent, ack latency in µs).
+    samples: Vec<(u32, u32)>,
     refused: u64,
 }
 
@@ -81,8 +89,8 @@ fn main() {
             .map(|c| {
                 let (args, pool) = (args.clone(), &pool);
                 s.spawn(move || match args.protocol.as_str() {
-                    "tcp" => run_tcp(&args, pool, per_conn, c),
-                    "http" => run_http(&args, pool, per_conn, c),
+                    "tcp" => run_tcp(&args, pool, per_conn, c, started),
+                    "http" => run_http(&args, pool, per_conn, c, started),
                     "syslog" => run_syslog(&args, pool, per_conn, c),
                     p => panic!("unknown protocol {p}"),
                 })
@@ -111,12 +119,52 @@ fn main() {
             .unwrap_or(0);
         delivered = Some(lines as u64);
     }
-    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    // Steady state (after the warm-up) is the headline; the warm-up is reported beside it.
+    let (mut hist, mut warmup) = (latency_histogram(), latency_histogram());
+    let mut per_second: Vec<Histogram<u64>> = Vec::new();
     let (mut events, mut refused) = (0u64, 0u64);
     for r in &results {
-        hist.add(&r.latency_us).expect("merge");
+        for &(at_ms, latency_us) in &r.samples {
+            let h = if u64::from(at_ms) < args.warmup_ms {
+                &mut warmup
+            } else {
+                &mut hist
+            };
+            let _ = h.record(u64::from(latency_us));
+            let second = (at_ms / 1000) as usize;
+            if per_second.len() <= second {
+                per_second.resize_with(second + 1, latency_histogram);
+            }
+            let _ = per_second[second].record(u64::from(latency_us));
+        }
         events += r.events;
         refused += r.refused;
+    }
+    if args.timeline {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+            - started.elapsed().as_millis();
+        println!("run started at unix ms {}", unix_ms % 1_000_000);
+        for (second, h) in per_second.iter().enumerate() {
+            println!(
+                "second {second:>3}: {:>6} batches, p50 {:>6} µs, p99 {:>6} µs, max {:>6} µs",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max()
+            );
+        }
+    }
+    if args.warmup_ms > 0 {
+        println!(
+            "warm-up (batches sent in the first {} ms, left out below): {} batches, p50 {} µs, p99 {} µs, max {} µs",
+            args.warmup_ms,
+            warmup.len(),
+            warmup.value_at_quantile(0.5),
+            warmup.value_at_quantile(0.99),
+            warmup.max()
+        );
     }
     if let Some(d) = delivered {
         println!("syslog daemon wrote {d} lines of {events} sent");
@@ -144,6 +192,8 @@ fn main() {
             "batch": args.batch, "window": args.window, "rate": args.rate, "events": events, "seconds": secs,
             "events_per_s": eps, "mb_per_s": mbps, "refused": refused,
             "latency_us": {"p50": hist.value_at_quantile(0.5), "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
+            "warmup_ms": args.warmup_ms,
+            "warmup_latency_us": {"batches": warmup.len(), "p50": warmup.value_at_quantile(0.5), "p99": warmup.value_at_quantile(0.99), "max": warmup.max()},
         });
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&j).unwrap_or_default()) {
             eprintln!("loadgen: writing {path}: {e}");
@@ -159,7 +209,23 @@ fn due(args: &Args, start: Instant, n: u64) -> Option<Instant> {
     })
 }
 
-fn run_tcp(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Result1 {
+/// One latency sample: when the batch was sent (ms into the run) and how long its ack took.
+fn sample(run_start: Instant, sent: Instant) -> (u32, u32) {
+    let at_ms = sent.saturating_duration_since(run_start).as_millis();
+    let latency_us = sent.elapsed().as_micros();
+    (
+        u32::try_from(at_ms).unwrap_or(u32::MAX),
+        u32::try_from(latency_us).unwrap_or(u32::MAX),
+    )
+}
+
+fn run_tcp(
+    args: &Args,
+    pool: &[Vec<Vec<u8>>],
+    events: u64,
+    conn: usize,
+    run_start: Instant,
+) -> Result1 {
     use auditlog_formats::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
     // The handshake through the client library, then the socket split in two: this thread
     // writes, a reader thread timestamps each ACK the moment it arrives. The bounded
@@ -196,7 +262,7 @@ fn run_tcp(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Resu
     let (tx, rx) = std::sync::mpsc::sync_channel::<Instant>(window);
     let batches = events / args.batch as u64;
     let reader_thread = std::thread::spawn(move || {
-        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+        let mut samples = Vec::with_capacity(batches as usize);
         let (mut done, mut refused) = (0u64, 0u64);
         for _ in 0..batches {
             let Some((h, p)) = read_frame(&mut reader) else {
@@ -208,14 +274,14 @@ fn run_tcp(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Resu
                     done += frame::decode_ack(&p)
                         .map(|a| a.leaf_hashes.len() as u64)
                         .unwrap_or(0);
-                    let _ = hist.record(at.elapsed().as_micros() as u64);
+                    samples.push(sample(run_start, at));
                 }
                 _ => refused += 1,
             }
         }
         Result1 {
             events: done,
-            latency_us: hist,
+            samples,
             refused,
         }
     });
@@ -246,7 +312,13 @@ fn run_tcp(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Resu
     reader_thread.join().expect("reader")
 }
 
-fn run_http(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Result1 {
+fn run_http(
+    args: &Args,
+    pool: &[Vec<Vec<u8>>],
+    events: u64,
+    conn: usize,
+    run_start: Instant,
+) -> Result1 {
     let mut stream = BufReader::new(TcpStream::connect(&args.addr).expect("connect"));
     stream.get_ref().set_nodelay(true).expect("nodelay");
     let bodies: Vec<Vec<u8>> = pool
@@ -260,7 +332,7 @@ fn run_http(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Res
             body
         })
         .collect();
-    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut samples = Vec::new();
     let (mut done, mut refused) = (0u64, 0u64);
     let batches = events / args.batch as u64;
     let start = Instant::now();
@@ -284,14 +356,14 @@ fn run_http(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> Res
         let (status, _) = read_response(&mut stream);
         if status == 200 {
             done += args.batch as u64;
-            let _ = hist.record(t0.elapsed().as_micros() as u64);
+            samples.push(sample(run_start, t0));
         } else {
             refused += 1;
         }
     }
     Result1 {
         events: done,
-        latency_us: hist,
+        samples,
         refused,
     }
 }
@@ -327,7 +399,7 @@ fn run_syslog(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> R
     s.flush().expect("flush");
     Result1 {
         events,
-        latency_us: Histogram::<u64>::new(3).expect("histogram"),
+        samples: Vec::new(),
         refused: 0,
     }
 }
