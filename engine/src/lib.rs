@@ -25,6 +25,7 @@ mod sealer;
 mod segments;
 mod sequencer;
 pub mod signer;
+mod yielding;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -80,6 +80,8 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     let mut records = blake3::Hasher::new();
     let mut in_block = 0u32;
     let mut seen = job.first;
+    // Runs beside the sequencer on a small machine: gives the CPU away often (`yielding`).
+    let mut pace = crate::yielding::Every::new(256);
     let scan = segments::scan_open(
         &job.path,
         &job.file,
@@ -91,6 +93,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
             }
             assert_eq!(index, seen, "records out of order while sealing");
             seen += 1;
+            pace.tick();
             raw.extend_from_slice(&(rec.len() as u32).to_be_bytes());
             raw.extend_from_slice(rec);
             in_block += 1;
@@ -102,6 +105,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
                 w.write_all(&c).map_err(io_err(&tmp, "write"))?;
                 raw.clear();
                 in_block = 0;
+                crate::yielding::point();
             }
             Ok(())
         },
@@ -174,6 +178,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     let mut framed: Vec<u8> = Vec::with_capacity(cfg.block_raw_bytes + 70_000);
     let mut count = 0u64;
     seg.for_each_record(job.first, job.end, &mut |_, rec| {
+        pace.tick();
         framed.extend_from_slice(&(rec.len() as u32).to_be_bytes());
         framed.extend_from_slice(rec);
         if framed.len() >= 256 << 10 {

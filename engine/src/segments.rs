@@ -78,8 +78,9 @@ pub(crate) struct Segment {
     pub body: Body,
 }
 
-/// Reads a file through an 8 MiB window, so a scan of many small batches costs a few
-/// large reads instead of two syscalls per batch.
+/// Reads a file through a 1 MiB window, so a scan of many small batches costs a few
+/// large reads instead of two syscalls per batch. Not larger: the sealer scans through it
+/// beside the sequencer, and one read cannot give the CPU away (`yielding`).
 pub(crate) struct Window<'f> {
     file: &'f File,
     file_len: u64,
@@ -87,7 +88,7 @@ pub(crate) struct Window<'f> {
     buf: Vec<u8>,
 }
 
-const WINDOW_BYTES: usize = 8 << 20;
+const WINDOW_BYTES: usize = 1 << 20;
 
 impl<'f> Window<'f> {
     pub fn new(file: &'f File, file_len: u64) -> Window<'f> {
@@ -314,7 +315,7 @@ pub(crate) fn check_digest(place: &Path, file: &(impl SealedBytes + ?Sized)) -> 
     let trailer = segment::decode_trailer(len, &tail).map_err(|e| corrupt(place, e.to_string()))?;
     let covered = len - segment::DIGEST_COVERS_ALL_BUT as u64;
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; (1 << 20).min(covered as usize)];
+    let mut buf = vec![0u8; crate::yielding::PIECE_BYTES.min(covered as usize)];
     let mut at = 0u64;
     while at < covered {
         let n = (covered - at).min(buf.len() as u64) as usize;
@@ -322,6 +323,8 @@ pub(crate) fn check_digest(place: &Path, file: &(impl SealedBytes + ?Sized)) -> 
             .map_err(io_err(place, "read"))?;
         h.update(&buf[..n]);
         at += n as u64;
+        // The sealer checks every segment it writes this way (see `yielding`).
+        crate::yielding::point();
     }
     if <[u8; 32]>::from(h.finalize()) != trailer.digest {
         return Err(corrupt(place, "sealed segment digest mismatch"));

@@ -54,6 +54,41 @@ fn write_behind(f: &File, at: usize, len: usize, step: usize) {
     }
 }
 
+/// The largest single write or read of an object: the replicator runs beside the log's
+/// writer, and a woken thread may wait for a running one until the next scheduler tick
+/// (4 ms here) while it is inside one system call. Copying a 2 MiB tile bundle into the
+/// page cache in one `write` was measured holding a CPU for 5 ms in front of the
+/// sequencer; in pieces of this size, with a yield between them, it gives way at once.
+const PIECE_BYTES: usize = 256 << 10;
+
+/// Offers the CPU to whatever woke up meanwhile (returns at once when nothing did).
+fn give_way() {
+    std::thread::yield_now();
+}
+
+/// Whether `path` holds exactly `bytes`, read back in pieces.
+fn same_bytes(path: &Path, bytes: &[u8]) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).map_err(io(path, "read back"))?;
+    let len = f.metadata().map_err(io(path, "read back"))?.len();
+    if len != bytes.len() as u64 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; PIECE_BYTES.min(bytes.len())];
+    let mut at = 0usize;
+    for want in bytes.chunks(PIECE_BYTES) {
+        let got = &mut buf[..want.len()];
+        f.read_exact_at(got, at as u64)
+            .map_err(io(path, "read back"))?;
+        if got != want {
+            return Ok(false);
+        }
+        at += want.len();
+        give_way();
+    }
+    Ok(true)
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -107,13 +142,16 @@ impl LocalTarget {
             .create_new(true)
             .open(&tmp)
             .map_err(io(&tmp, "create"))?;
-        let mut done = 0usize;
-        for chunk in bytes.chunks(STEP_BYTES) {
-            f.write_all(chunk).map_err(io(&tmp, "write"))?;
-            if bytes.len() > STEP_BYTES {
-                write_behind(&f, done, chunk.len(), STEP_BYTES);
+        let (mut done, mut step_start) = (0usize, 0usize);
+        for piece in bytes.chunks(PIECE_BYTES) {
+            f.write_all(piece).map_err(io(&tmp, "write"))?;
+            done += piece.len();
+            if bytes.len() > STEP_BYTES && (done - step_start == STEP_BYTES || done == bytes.len())
+            {
+                write_behind(&f, step_start, done - step_start, STEP_BYTES);
+                step_start = done;
             }
-            done += chunk.len();
+            give_way();
         }
         f.sync_all().map_err(io(&tmp, "fsync"))?;
         Ok(tmp)
@@ -177,8 +215,9 @@ impl WormTarget for LocalTarget {
             Err(e) => return Err(io(&path, "link into place")(e)),
         }
         sync_dir(&dir)?;
-        let back = fs::read(&path).map_err(io(&path, "read back"))?;
-        if crate::content_md5(&back) != crate::content_md5(bytes) {
+        // Compared directly, not by digest: two MD5s over every tile bundle were a third
+        // of the replicator's CPU.
+        if !same_bytes(&path, bytes)? {
             return Err(WormError::Checksum {
                 target: self.describe(),
                 key: key.to_string(),

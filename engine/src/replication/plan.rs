@@ -240,8 +240,8 @@ impl Planner {
             }
             let len = s.file.metadata().map_err(io_err(&s.path, "stat"))?.len();
             let mut bytes = vec![0u8; len as usize];
-            s.file
-                .read_exact_at(&mut bytes, 0)
+            // In pieces: the replicator runs beside the sequencer (`yielding`).
+            crate::yielding::read_exact_at(&s.file, &mut bytes, 0)
                 .map_err(io_err(&s.path, "read sealed segment"))?;
             let until = self
                 .cfg
@@ -312,14 +312,14 @@ impl Planner {
             let Some(f) = shared.hashes.level_file(level) else {
                 continue;
             };
-            // Every tile of the group, read with one pread.
+            // Every tile of the group, read in a few large pieces (`yielding`).
             let count = objects * per_object;
             let mut all = vec![0u8; count as usize * TILE_BYTES];
             let path = shared
                 .config
                 .data_dir
                 .join(format!("hashes/level-{level:02}.bin"));
-            f.read_exact_at(&mut all, n * TILE_BYTES as u64)
+            crate::yielding::read_exact_at(&f, &mut all, n * TILE_BYTES as u64)
                 .map_err(io_err(&path, format!("read tiles {t}/{n}+{count}")))?;
             let group = all
                 .chunks_exact(TILE_BYTES * per_object as usize)
