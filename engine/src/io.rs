@@ -215,7 +215,7 @@ impl<'a> WriteBehind<'a> {
     pub(crate) fn new(file: &'a File) -> WriteBehind<'a> {
         WriteBehind {
             file,
-            buf: Vec::with_capacity(1 << 20),
+            buf: Vec::with_capacity(crate::yielding::PIECE_BYTES),
             written: 0,
             started: 0,
         }
@@ -253,8 +253,11 @@ impl<'a> WriteBehind<'a> {
 impl Write for WriteBehind<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= 1 << 20 {
+        // Written in pieces, with a yield after each: the writers are background threads
+        // (sealer, checkpointer), and a `write` cannot be interrupted by one.
+        if self.buf.len() >= crate::yielding::PIECE_BYTES {
             self.drain()?;
+            crate::yielding::point();
         }
         Ok(data.len())
     }

@@ -132,10 +132,14 @@ impl LeafIndex {
             let mut bytes = vec![0u8; ((end - first) * 32) as usize];
             crate::yielding::read_exact_at(&level0, &mut bytes, first * 32)
                 .map_err(io_err(&self.dir, "read leaf hashes"))?;
+            let mut pace = crate::yielding::Every::new(1024);
             let entries: Vec<(u64, u64)> = bytes
                 .chunks_exact(32)
                 .zip(first..end)
-                .map(|(h, i)| (key_of(h), i))
+                .map(|(h, i)| {
+                    pace.tick();
+                    (key_of(h), i)
+                })
                 .collect();
             let entries = sort_entries(entries);
             let run = write_run(&self.dir, first, end, entries.into_iter().map(Ok))?;
@@ -341,7 +345,7 @@ fn write_run(
     let mut fences = Vec::with_capacity(((end - first) / BLOCK_ENTRIES + 1) as usize);
     let mut written = 0u64;
     let mut last = (0u64, 0u64);
-    let mut pace = crate::yielding::Every::new(4096);
+    let mut pace = crate::yielding::Every::new(256);
     for entry in entries {
         pace.tick();
         let (key, index) = entry?;
@@ -452,7 +456,7 @@ fn merge<'a>(a: &'a Run, b: &'a Run) -> Result<impl Iterator<Item = Result<(u64,
         }
     }
     let open = |run: &'a Run| -> Result<Entries<'a>> {
-        let mut r = BufReader::with_capacity(1 << 20, &run.file);
+        let mut r = BufReader::with_capacity(crate::yielding::PIECE_BYTES, &run.file);
         std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(HEADER_BYTES))
             .map_err(io_err(&run.path, "seek run"))?;
         Ok(Entries {
