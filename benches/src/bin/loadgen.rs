@@ -59,6 +59,14 @@ struct Args {
     /// Print p50/p99/max ack latency for each second of the run.
     #[arg(long)]
     timeline: bool,
+    /// TCP: do not yield the CPU after each frame sent. By default a sender yields, because
+    /// it shares the machine with the daemon it measures: on a kernel that switches to a
+    /// woken thread only at the next tick (4 ms at HZ=250), a sender catching up on its
+    /// schedule held a core through whole bursts of frames, and the daemon's threads and
+    /// this program's own ack readers waited behind it. Remote producers cost the daemon's
+    /// machine nothing of the kind. With this flag the run measures that interference too.
+    #[arg(long)]
+    no_yield: bool,
 }
 
 struct Result1 {
@@ -307,6 +315,9 @@ fn run_tcp(
         stream
             .write_all(&frame::frame(FrameType::Batch, n as u32 + 1, p))
             .expect("send");
+        if !args.no_yield {
+            std::thread::yield_now();
+        }
     }
     drop(tx);
     reader_thread.join().expect("reader")
