@@ -31,6 +31,7 @@ def wait_port(port, limit=30):
 
 class Daemon:
     def __init__(self, dir, extra_siem=""):
+        self.dir = dir
         self.http, self.tcp, self.syslog = free_port(), free_port(), free_port()
         cfg = os.path.join(dir, "auditlogd.toml")
         open(cfg, "w").write("[engine]\nsegment_bytes = 268435456\n[siem]\n" + extra_siem)
