@@ -231,10 +231,11 @@ impl HashFiles {
                 Err(e) => Err(io_err(self.path(level), format!("read nodes from {first}"))(e)),
             };
         }
-        f.read_exact_at(out, first * 32).map_err(io_err(
-            self.path(level),
-            format!("read nodes {first}..{}", first + out.len() as u64 / 32),
-        ))
+        // The path and text are built only on an error: this read serves proofs.
+        f.read_exact_at(out, first * 32).map_err(|e| {
+            let end = first + out.len() as u64 / 32;
+            io_err(self.path(level), format!("read nodes {first}..{end}"))(e)
+        })
     }
 
     /// `node` through the cache: the level is extended up to it with one read, unless
@@ -354,7 +355,7 @@ impl PendingNodes {
             }
             let f = files.ensure_level(level)?;
             crate::io::pwritev_all(&f, *first * 32, &[buf])
-                .map_err(io_err(files.path(level), "append hashes"))?;
+                .map_err(|e| io_err(files.path(level), "append hashes")(e))?;
             let end = *first * 32 + buf.len() as u64;
             let wb = self.writeback[level].get_or_insert((*first * 32, *first * 32));
             wb.0 = end;

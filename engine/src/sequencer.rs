@@ -177,10 +177,10 @@ impl Sequencer {
                 self.shared.config.faults.as_ref(),
                 &mut hash_leaves,
             )
-            .map_err(io_err(
-                &self.open.path,
-                format!("append batch at offset {}", self.open.write_offset),
-            ))?;
+            .map_err(|e| {
+                let at = self.open.write_offset;
+                io_err(&self.open.path, format!("append batch at offset {at}"))(e)
+            })?;
         let sync_ns = started.elapsed().as_nanos() as u64;
         assert_eq!(
             self.edge.size(),
