@@ -160,6 +160,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     }
     // With `seal_check_leaves`, the records are also hashed into the tree again from the
     // footer's prior edge: the file must reproduce the head we signed.
+    let footer = Arc::new(footer);
     let mut edge = cfg
         .seal_check_leaves
         .then(|| RightEdge::from_parts(alg, job.first, &footer.prior_edge));
@@ -169,29 +170,41 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         path: tmp.clone(),
         file: Arc::new(f),
         body: Body::Sealed {
-            footer: Arc::new(footer),
+            footer: footer.clone(),
         },
     };
-    // BLAKE3 is fast on long inputs only: the records are framed into a buffer and
-    // hashed 256 KiB at a time (per record it cost more than the SHA-256 re-hash).
+    // A decompressed block is its records in exactly the framing hashed above, so each
+    // block is hashed whole (BLAKE3 is fast on long inputs only; per record it cost more
+    // than the SHA-256 re-hash).
     let mut again = blake3::Hasher::new();
-    let mut framed: Vec<u8> = Vec::with_capacity(cfg.block_raw_bytes + 70_000);
     let mut count = 0u64;
-    seg.for_each_record(job.first, job.end, &mut |_, rec| {
-        pace.tick();
-        framed.extend_from_slice(&(rec.len() as u32).to_be_bytes());
-        framed.extend_from_slice(rec);
-        if framed.len() >= 256 << 10 {
-            again.update(&framed);
-            framed.clear();
-        }
-        count += 1;
-        if let Some(e) = edge.as_mut() {
-            e.append(alg.leaf(rec), |_, _| {});
-        }
-        Ok(true)
-    })?;
-    again.update(&framed);
+    segments::for_each_sealed_block(
+        &tmp,
+        &*seg.file,
+        &footer,
+        job.first,
+        job.end,
+        &mut |b, raw| {
+            again.update(raw);
+            count += u64::from(b.record_count);
+            if let Some(e) = edge.as_mut() {
+                segments::walk(
+                    &tmp,
+                    b.first_index,
+                    raw,
+                    job.first,
+                    job.end,
+                    &mut |_, rec| {
+                        pace.tick();
+                        e.append(alg.leaf(rec), |_, _| {});
+                        Ok(true)
+                    },
+                )?;
+            }
+            crate::yielding::point();
+            Ok(true)
+        },
+    )?;
     if count != job.end - job.first || again.finalize() != records.finalize() {
         return Err(corrupt(
             &tmp,

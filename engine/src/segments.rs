@@ -246,6 +246,8 @@ pub(crate) fn torn_tail_allowance_bytes(batch_bytes_max: usize) -> u64 {
 pub(crate) trait SealedBytes {
     fn len_bytes(&self) -> std::io::Result<u64>;
     fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Feeds bytes `[0, len)` to `h`.
+    fn hash_prefix(&self, h: &mut blake3::Hasher, len: u64) -> std::io::Result<()>;
 }
 
 impl SealedBytes for File {
@@ -255,6 +257,21 @@ impl SealedBytes for File {
 
     fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)
+    }
+
+    /// In pieces, with a yield after each: the sealer checks every segment it writes this
+    /// way, beside the sequencer (`yielding`).
+    fn hash_prefix(&self, h: &mut blake3::Hasher, len: u64) -> std::io::Result<()> {
+        let mut buf = vec![0u8; crate::yielding::PIECE_BYTES.min(len as usize)];
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(buf.len() as u64) as usize;
+            FileExt::read_exact_at(self, &mut buf[..n], at)?;
+            h.update(&buf[..n]);
+            at += n as u64;
+            crate::yielding::point();
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +287,16 @@ impl SealedBytes for [u8] {
             .and_then(|to| self.get(from..to))
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Directly: the bytes are already in memory.
+    fn hash_prefix(&self, h: &mut blake3::Hasher, len: u64) -> std::io::Result<()> {
+        let to = usize::try_from(len).unwrap_or(usize::MAX);
+        let covered = self
+            .get(..to)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        h.update(covered);
         Ok(())
     }
 }
@@ -299,8 +326,8 @@ pub(crate) fn load_sealed(
 }
 
 /// Checks a sealed segment's bytes against the BLAKE3 digest in its trailer (everything
-/// but the last `DIGEST_COVERS_ALL_BUT` bytes), reading in 1 MiB steps. For the sealer's
-/// read-back and for copies fetched from the store.
+/// but the last `DIGEST_COVERS_ALL_BUT` bytes). For the sealer's read-back and for copies
+/// fetched from the store.
 pub(crate) fn check_digest(place: &Path, file: &(impl SealedBytes + ?Sized)) -> Result<()> {
     let len = file.len_bytes().map_err(io_err(place, "stat"))?;
     if len < TRAILER_BYTES as u64 {
@@ -315,17 +342,8 @@ pub(crate) fn check_digest(place: &Path, file: &(impl SealedBytes + ?Sized)) -> 
     let trailer = segment::decode_trailer(len, &tail).map_err(|e| corrupt(place, e.to_string()))?;
     let covered = len - segment::DIGEST_COVERS_ALL_BUT as u64;
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; crate::yielding::PIECE_BYTES.min(covered as usize)];
-    let mut at = 0u64;
-    while at < covered {
-        let n = (covered - at).min(buf.len() as u64) as usize;
-        file.read_bytes_at(&mut buf[..n], at)
-            .map_err(io_err(place, "read"))?;
-        h.update(&buf[..n]);
-        at += n as u64;
-        // The sealer checks every segment it writes this way (see `yielding`).
-        crate::yielding::point();
-    }
+    file.hash_prefix(&mut h, covered)
+        .map_err(io_err(place, "read"))?;
     if <[u8; 32]>::from(h.finalize()) != trailer.digest {
         return Err(corrupt(place, "sealed segment digest mismatch"));
     }
@@ -342,6 +360,22 @@ pub(crate) fn for_each_sealed_record(
     end: u64,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
+    for_each_sealed_block(path, file, footer, start, end, &mut |b, raw| {
+        walk(path, b.first_index, raw, start, end, f)
+    })
+}
+
+/// Calls `f(block, raw)` with each block of a sealed segment that holds records of
+/// `[start, end)`, decompressed and checked (its CRC and sizes). The raw bytes are the
+/// block's framed records, exactly as the sealer compressed them.
+pub(crate) fn for_each_sealed_block(
+    path: &Path,
+    file: &(impl SealedBytes + ?Sized),
+    footer: &Footer,
+    start: u64,
+    end: u64,
+    f: &mut dyn FnMut(&segment::BlockEntry, &[u8]) -> Result<bool>,
+) -> Result<bool> {
     let i = footer
         .blocks
         .partition_point(|b| b.first_index <= start)
@@ -353,10 +387,10 @@ pub(crate) fn for_each_sealed_record(
         }
         buf.resize(b.compressed_bytes as usize, 0);
         file.read_bytes_at(&mut buf, b.offset)
-            .map_err(io_err(path, format!("read block {n}")))?;
+            .map_err(|e| io_err(path, format!("read block {n}"))(e))?;
         let raw =
             segment::decode_block(n as u32, b, &buf).map_err(|e| corrupt(path, e.to_string()))?;
-        if !walk(path, b.first_index, &raw, start, end, f)? {
+        if !f(b, &raw)? {
             return Ok(false);
         }
     }
@@ -394,9 +428,9 @@ impl Segment {
                         break;
                     }
                     buf.resize(loc.total_bytes as usize, 0);
-                    self.file
-                        .read_exact_at(&mut buf, loc.offset)
-                        .map_err(io_err(&self.path, format!("read batch at {}", loc.offset)))?;
+                    self.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+                        io_err(&self.path, format!("read batch at {}", loc.offset))(e)
+                    })?;
                     let (_, body) = batch::decode_batch(&buf).map_err(|e| {
                         corrupt(&self.path, format!("batch at offset {}: {e}", loc.offset))
                     })?;
@@ -431,7 +465,7 @@ impl Segment {
             buf.resize(n, 0);
             self.file
                 .read_exact_at(buf, at)
-                .map_err(io_err(&self.path, format!("read batch at {}", loc.offset)))?;
+                .map_err(|e| io_err(&self.path, format!("read batch at {}", loc.offset))(e))?;
             *buf_at = at;
             Ok(())
         };
@@ -458,7 +492,7 @@ impl Segment {
     }
 }
 
-fn walk(
+pub(crate) fn walk(
     path: &Path,
     first: u64,
     body: &[u8],
