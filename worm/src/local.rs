@@ -79,7 +79,7 @@ fn same_bytes(path: &Path, bytes: &[u8]) -> Result<bool> {
     for want in bytes.chunks(PIECE_BYTES) {
         let got = &mut buf[..want.len()];
         f.read_exact_at(got, at as u64)
-            .map_err(io(path, "read back"))?;
+            .map_err(|e| io(path, "read back")(e))?;
         if got != want {
             return Ok(false);
         }
@@ -144,7 +144,7 @@ impl LocalTarget {
             .map_err(io(&tmp, "create"))?;
         let (mut done, mut step_start) = (0usize, 0usize);
         for piece in bytes.chunks(PIECE_BYTES) {
-            f.write_all(piece).map_err(io(&tmp, "write"))?;
+            f.write_all(piece).map_err(|e| io(&tmp, "write")(e))?;
             done += piece.len();
             if bytes.len() > STEP_BYTES && (done - step_start == STEP_BYTES || done == bytes.len())
             {
@@ -202,8 +202,7 @@ impl WormTarget for LocalTarget {
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let theirs = fs::read(&path).map_err(io(&path, "read existing object"))?;
-                if theirs != bytes {
+                if !same_bytes(&path, bytes)? {
                     return Err(WormError::Checksum {
                         target: self.describe(),
                         key: key.to_string(),
