@@ -28,7 +28,12 @@ fn ingest_sealed(engine: &Engine, segments: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while engine.status().sealed_segments < segments {
         assert!(Instant::now() < deadline, "segments did not seal");
-        let class = CLASSES[engine.status().sealed_segments % CLASSES.len()];
+        // By the segment being written (the sealed ones, plus those rotated out and still
+        // being sealed), not by the sealed count alone: sealing runs behind, and a slow
+        // sealer left every segment with one class.
+        let st = engine.status();
+        let rotated = st.sealed_segments + st.open_segments.saturating_sub(1);
+        let class = CLASSES[rotated % CLASSES.len()];
         let evs: Vec<Vec<u8>> = (n..n + 200).map(|i| classified_event(i, class)).collect();
         engine
             .append_payloads(evs.iter().map(|e| e.as_slice()))
