@@ -67,6 +67,10 @@ struct Args {
     /// machine nothing of the kind. With this flag the run measures that interference too.
     #[arg(long)]
     no_yield: bool,
+    /// Open loop: every connection sends its nth batch at the same moment (bursts of N
+    /// batches), instead of the connections taking turns on one schedule.
+    #[arg(long)]
+    aligned: bool,
 }
 
 struct Result1 {
@@ -209,11 +213,23 @@ fn main() {
     }
 }
 
-/// Open-loop pacing: when batch `n` of this connection is due.
-fn due(args: &Args, start: Instant, n: u64) -> Option<Instant> {
+/// Open-loop pacing: when batch `n` of connection `conn` is due. The connections share one
+/// schedule of batches at `--rate` in all, starting when the first of them is ready, and
+/// deal it out in turn: connection c sends the schedule's batches c, c+N, c+2N... With each
+/// connection on its own clock instead, all of them sent their nth batch at about the same
+/// moment, so batches arrived in bursts of N (4 frames of 256 KiB at once with batches of
+/// 1000) and the last of each burst waited for the others to be built. `--aligned` keeps
+/// that pattern, to measure it.
+fn due(args: &Args, conn: usize, n: u64) -> Option<Instant> {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     (args.rate > 0).then(|| {
-        let per_conn_rate = args.rate as f64 / args.connections as f64;
-        start + Duration::from_secs_f64(n as f64 * args.batch as f64 / per_conn_rate)
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        let slot = if args.aligned {
+            n * args.connections as u64
+        } else {
+            n * args.connections as u64 + conn as u64
+        };
+        origin + Duration::from_secs_f64(slot as f64 * args.batch as f64 / args.rate as f64)
     })
 }
 
@@ -293,7 +309,6 @@ fn run_tcp(
             refused,
         }
     });
-    let start = Instant::now();
     let payloads: Vec<Vec<u8>> = pool
         .iter()
         .map(|b| {
@@ -305,7 +320,7 @@ fn run_tcp(
         })
         .collect();
     for n in 0..batches {
-        if let Some(t) = due(args, start, n) {
+        if let Some(t) = due(args, conn, n) {
             if let Some(wait) = t.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
@@ -346,9 +361,8 @@ fn run_http(
     let mut samples = Vec::new();
     let (mut done, mut refused) = (0u64, 0u64);
     let batches = events / args.batch as u64;
-    let start = Instant::now();
     for n in 0..batches {
-        if let Some(t) = due(args, start, n) {
+        if let Some(t) = due(args, conn, n) {
             if let Some(wait) = t.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
@@ -395,10 +409,9 @@ fn run_syslog(args: &Args, pool: &[Vec<Vec<u8>>], events: u64, conn: usize) -> R
             l
         })
         .collect();
-    let start = Instant::now();
     for n in 0..events {
         if n % args.batch as u64 == 0 {
-            if let Some(t) = due(args, start, n / args.batch as u64) {
+            if let Some(t) = due(args, conn, n / args.batch as u64) {
                 if let Some(wait) = t.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
