@@ -76,7 +76,7 @@ fn histogram(
     name: &str,
     help: &str,
     bounds: &[u64],
-    scale: f64,
+    bounds_per_unit: f64,
     counts: &[u64],
     sum: f64,
 ) {
@@ -87,7 +87,8 @@ fn histogram(
         let _ = writeln!(
             out,
             "{name}_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 * scale
+            // A division, not a product with 1e-6: 50 * 1e-6 printed as 4.9999999999999996e-5.
+            *bound as f64 / bounds_per_unit
         );
     }
     cumulative += counts.last().copied().unwrap_or(0);
@@ -103,7 +104,7 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         "auditlog_sync_latency_seconds",
         "Time of each group commit's write and durable sync.",
         &SYNC_BUCKETS_US,
-        1e-6,
+        1e6,
         &s.sync_latency_counts,
         s.sync_ns_total as f64 * 1e-9,
     );
@@ -458,4 +459,47 @@ pub fn replication_not_ready(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bucket bounds print as the decimal a person (and a PromQL `le` matcher) would write,
+    /// and the buckets are cumulative, ending in `+Inf` with the overflow bucket counted.
+    #[test]
+    fn histogram_bounds_print_exactly_and_accumulate() {
+        let mut out = String::new();
+        let counts = [1u64, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+        histogram(
+            &mut out,
+            "x_seconds",
+            "help",
+            &SYNC_BUCKETS_US,
+            1e6,
+            &counts,
+            0.5,
+        );
+        let les: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            les,
+            [
+                "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+                "0.025", "0.05", "0.1", "1", "+Inf"
+            ]
+        );
+        assert!(
+            out.contains("x_seconds_bucket{le=\"0.00025\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_bucket{le=\"1\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 6\n"), "{out}");
+        assert!(
+            out.ends_with("x_seconds_sum 0.5\nx_seconds_count 6\n"),
+            "{out}"
+        );
+    }
 }
