@@ -5,7 +5,8 @@
   TCP ingest at full speed (closed loop) and the same messages into a private rsyslogd
   writing a plain file (the ratio of the two); TCP ack latency in an open loop at half the
   measured maximum, for two frame sizes, each against the maximum measured with that frame
-  size (batches of 100 and of 1000 events); HTTP NDJSON batches; inclusion proofs over HTTP
+  size (batches of 100 and of 1000 events), and for batches of 1000 once more with the
+  connections sending in step (loadgen --aligned); HTTP NDJSON batches; inclusion proofs over HTTP
   on a log of --proof-leaves leaves.
 
 Run from the repository root after
@@ -123,21 +124,24 @@ def main():
           f"(runs {[round(r['events_per_s']) for r in tcp100]})")
 
     # Half the maximum, open loop: the ack latency a steady producer sees, for each frame
-    # size at half of the maximum measured with it.
-    for key, batch, window, top in (("tcp_half_rate", 100, 64, rate100),
-                                    ("tcp_half_rate_batch1000", 1000, 16, rate)):
+    # size at half of the maximum measured with it. The connections take turns on one
+    # schedule; the last reading has every connection send at the same moment instead
+    # (loadgen --aligned: bursts of 4 frames of 256 KiB), the worst case for a frame's wait.
+    for key, batch, window, top, extra in (("tcp_half_rate", 100, 64, rate100, ()),
+                                           ("tcp_half_rate_batch1000", 1000, 16, rate, ()),
+                                           ("tcp_half_rate_batch1000_aligned", 1000, 16, rate, ("--aligned",))):
         half = int(top / 2)
         lat = []
         for i in range(runs):
             d = fresh(100 + batch + i)
             lat.append(loadgen("--protocol", "tcp", "--addr", f"127.0.0.1:{d.tcp}", "--token", d.tokens["writer"],
                                "--connections", 4, "--events", a.latency_events, "--batch", batch,
-                               "--window", window, "--rate", half))
+                               "--window", window, "--rate", half, *extra))
             retire(d)
         p50 = med([r["latency_us"]["p50"] for r in lat]); p99 = med([r["latency_us"]["p99"] for r in lat])
-        summary[key] = {"rate": half, "batch": batch, "p50_us": p50, "p99_us": p99,
+        summary[key] = {"rate": half, "batch": batch, "aligned": bool(extra), "p50_us": p50, "p99_us": p99,
                         "runs": [r["latency_us"] for r in lat]}
-        print(f"TCP open loop at {half:,} events/s (half), batches of {batch}: ack p50 {p50 / 1000:.2f} ms, "
+        print(f"TCP open loop at {half:,} events/s (half), batches of {batch}{' (aligned)' if extra else ''}: ack p50 {p50 / 1000:.2f} ms, "
               f"p99 {p99 / 1000:.2f} ms (runs p99 {[r['latency_us']['p99'] for r in lat]} µs)")
 
     # HTTP NDJSON, 1000 events per request.
