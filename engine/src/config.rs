@@ -48,6 +48,12 @@ pub struct EngineConfig {
     pub segment_bytes: u64,
     /// Seal the open segment once it is this old, even if not full (0: never by age).
     pub seal_age_ms: u64,
+    /// Full open segments queued for the sealer. When sealing falls this far behind, the
+    /// sequencer waits at its next rotation and producers feel it as back-pressure, rather
+    /// than unsealed segment files piling up on the disk without bound: at most this many
+    /// plus three exist (the one being written, the one being sealed, the one waiting to
+    /// be queued).
+    pub seal_queue_segments_max: usize,
     pub checkpoint_interval_ms: u64,
     /// Raw bytes per compressed block of a sealed segment.
     pub block_raw_bytes: usize,
@@ -84,6 +90,7 @@ impl EngineConfig {
             batch_events_max: 65536,
             segment_bytes: 256 << 20,
             seal_age_ms: 300_000,
+            seal_queue_segments_max: 4,
             checkpoint_interval_ms: 1000,
             block_raw_bytes: 256 << 10,
             zstd_level: 3,
@@ -110,8 +117,14 @@ impl EngineConfig {
         if self.segment_bytes < 2 * self.batch_bytes_max as u64 {
             return Err("segment_bytes must hold at least two full batches".into());
         }
-        if self.queue_submissions_max == 0 || self.batch_events_max == 0 {
-            return Err("queue_submissions_max and batch_events_max must be positive".into());
+        if self.queue_submissions_max == 0
+            || self.batch_events_max == 0
+            || self.seal_queue_segments_max == 0
+        {
+            return Err(
+                "queue_submissions_max, batch_events_max and seal_queue_segments_max must be positive"
+                    .into(),
+            );
         }
         if self.origin.is_empty() || self.origin.chars().any(|c| c.is_control()) {
             return Err("origin must be a non-empty line of text".into());
@@ -126,4 +139,6 @@ impl EngineConfig {
 pub struct FaultHooks {
     pub fail_next_sync: AtomicBool,
     pub enospc_next_write: AtomicBool,
+    /// While set, the sealer waits before it takes up each segment (a slow sealer).
+    pub hold_sealer: AtomicBool,
 }

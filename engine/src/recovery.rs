@@ -417,7 +417,10 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             preallocate(shared, prealloc, next_n, prealloc_tx)
         })?);
     }
-    let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
+    // Bounded: the sequencer waits at a rotation once sealing is this far behind. The
+    // segments recovery found unsealed all fit, whatever their number.
+    let (seal_tx, seal_rx) =
+        crossbeam_channel::bounded(shared.config.seal_queue_segments_max.max(to_seal.len()));
     for old in to_seal {
         let end = shared
             .segments

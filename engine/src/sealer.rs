@@ -26,6 +26,15 @@ use crate::Shared;
 
 pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
     for job in jobs {
+        if let Some(f) = &shared.config.faults {
+            while f.hold_sealer.load(std::sync::atomic::Ordering::SeqCst)
+                && !shared
+                    .shutting_down
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         let mut delay = std::time::Duration::from_millis(100);
         loop {
             match seal(&shared, &job) {

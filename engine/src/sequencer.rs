@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use auditlog_formats::batch::{encode_header_parts, BATCH_HEADER_BYTES};
 use auditlog_formats::tree::RightEdge;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::error::{io_err, EngineError, Result};
 use crate::hashstore::PendingNodes;
@@ -270,10 +270,19 @@ impl Sequencer {
             file: old.file,
             max_classification: old.max_classification,
         };
-        self.seal_tx
-            .send(job)
-            .map_err(|_| EngineError::Failed("sealer thread is gone".into()))?;
-        Ok(())
+        let gone = |_| EngineError::Failed("sealer thread is gone".into());
+        match self.seal_tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(gone(())),
+            Err(TrySendError::Full(job)) => {
+                // Appends wait here until the sealer takes one; producers see a full queue.
+                tracing::warn!(
+                    "sealing is {} segments behind (seal_queue_segments_max): appends wait for it",
+                    self.shared.config.seal_queue_segments_max
+                );
+                self.seal_tx.send(job).map_err(|_| gone(()))
+            }
+        }
     }
 }
 

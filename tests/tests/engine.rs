@@ -521,3 +521,69 @@ fn sealed_open_segments_are_recycled_never_replayed() {
     );
     check_everything(&engine, &receipts);
 }
+
+/// A sealer that falls behind slows appends instead of letting unsealed segments pile up:
+/// with it held, the open files stop at the one being written, the one it holds, the
+/// queue's `seal_queue_segments_max` and the one the sequencer waits to hand over, and the
+/// producer waits. Released, everything is acked, sealed
+/// and provable.
+#[test]
+fn slow_sealing_gives_back_pressure_not_a_pile_of_segments() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.seal_queue_segments_max = 2;
+    cfg.seal_age_ms = 0;
+    let faults = Arc::new(FaultHooks::default());
+    faults.hold_sealer.store(true, Ordering::SeqCst);
+    cfg.faults = Some(faults.clone());
+    let engine = Arc::new(Engine::open(cfg, None).expect("open"));
+    let open_files = || {
+        std::fs::read_dir(dir.path().join("segments"))
+            .expect("ls")
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().to_string_lossy().ends_with(".open"))
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+    // ~12 segments of 1 MiB: three times what the bound lets through.
+    let total = 40_000u64;
+    let producer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || append_n(&engine, 0, total, 250))
+    };
+    let mut stuck_at = None;
+    for _ in 0..250 {
+        std::thread::sleep(Duration::from_millis(20));
+        let size = engine.tree_size();
+        if open_files() == 2 + 3 && stuck_at == Some(size) {
+            break;
+        }
+        stuck_at = (open_files() == 2 + 3).then_some(size);
+    }
+    let size = stuck_at.expect("the open files reached the bound and appends stopped");
+    assert!(
+        size < total / 2,
+        "appends went on past the bound: {size} of {total}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        engine.tree_size(),
+        size,
+        "appends went on with the queue full"
+    );
+    assert_eq!(
+        open_files(),
+        2 + 3,
+        "more unsealed segments than the bound allows"
+    );
+    assert!(!producer.is_finished(), "the producer was not held back");
+
+    faults.hold_sealer.store(false, Ordering::SeqCst);
+    let receipts = producer.join().expect("producer");
+    assert_eq!(receipts.len() as u64, total);
+    assert_eq!(engine.tree_size(), total);
+    wait_sealed(&engine, 10);
+    check_everything(&engine, &receipts);
+}
