@@ -29,15 +29,20 @@ impl CheckpointLog {
         origin: &str,
         keys: &[VerifierKey],
     ) -> Result<(CheckpointLog, Option<SignedCheckpoint>)> {
-        let (log, bytes) = FramedLog::open_file(path)?;
-        let (entries, _) = parse_log(&bytes);
-        let latest = match entries.last() {
-            None => None,
-            Some(raw) => {
-                let text = std::str::from_utf8(raw)
+        // Only the newest entry is kept: the log grows by a checkpoint a second under load.
+        let (mut newest, mut count) = (Vec::new(), 0u64);
+        let log = FramedLog::open_file(path, |e| {
+            newest.clear();
+            newest.extend_from_slice(e);
+            count += 1;
+        })?;
+        let latest = match count {
+            0 => None,
+            _ => {
+                let text = std::str::from_utf8(&newest)
                     .map_err(|_| corrupt(path, "newest checkpoint is not UTF-8"))?;
                 let (cp, _) = note::open_checkpoint(text, keys)
-                    .map_err(|e| corrupt(path, format!("entry {}: {e}", entries.len() - 1)))?;
+                    .map_err(|e| corrupt(path, format!("entry {}: {e}", count - 1)))?;
                 if cp.origin != origin {
                     return Err(corrupt(
                         path,
