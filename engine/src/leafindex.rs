@@ -448,38 +448,68 @@ fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
 
 /// The entries of a few runs, merged in order, streamed. Entries are unique across runs (each
 /// leaf index is in exactly one), so the order is total.
+///
+/// A run was checked when it was loaded, but its bytes are read again here: each source is
+/// checked again as it streams (order, range, and at its end the header's CRC), so a byte
+/// changed on disk since is reported as corruption instead of being carried into the merged
+/// run under a fresh CRC, or tripping `write_run`'s order assertion.
 fn merge(runs: &[Arc<Run>]) -> Result<impl Iterator<Item = Result<(u64, u64)>> + '_> {
     struct Entries<'a> {
         r: BufReader<&'a File>,
-        left: u64,
-        path: &'a Path,
+        run: &'a Run,
+        read: u64,
+        last: (u64, u64),
+        crc: u32,
+        header_crc: u32,
     }
     impl Entries<'_> {
         fn next(&mut self) -> Result<Option<(u64, u64)>> {
-            if self.left == 0 {
+            let path = &self.run.path;
+            if self.read == self.run.count() {
+                if self.crc != self.header_crc {
+                    return Err(corrupt(path, "entries do not match the header's CRC"));
+                }
                 return Ok(None);
             }
             let mut e = [0u8; 16];
             self.r
                 .read_exact(&mut e)
-                .map_err(io_err(self.path, "read run"))?;
-            self.left -= 1;
-            Ok(Some((
+                .map_err(io_err(path, "read run"))?;
+            self.crc = crc32c::crc32c_append(self.crc, &e);
+            let entry = (
                 key_of(&e),
                 u64::from_be_bytes(e[8..].try_into().expect("8 bytes")),
-            )))
+            );
+            let in_order = self.read == 0 || entry > self.last;
+            if !in_order || !(self.run.first..self.run.end).contains(&entry.1) {
+                let i = self.read;
+                return Err(corrupt(path, format!("entry {i} out of order or range")));
+            }
+            (self.read, self.last) = (self.read + 1, entry);
+            Ok(Some(entry))
         }
     }
     let mut sources = Vec::with_capacity(runs.len());
     let mut heads = Vec::with_capacity(runs.len());
     for run in runs {
         let mut r = BufReader::with_capacity(crate::yielding::PIECE_BYTES, &run.file);
-        std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(HEADER_BYTES))
+        // The reader goes through the file's shared cursor: from the start, whatever
+        // read or wrote through it last.
+        std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(0))
             .map_err(io_err(&run.path, "seek run"))?;
+        let mut h = [0u8; HEADER_BYTES as usize];
+        r.read_exact(&mut h)
+            .map_err(io_err(&run.path, "read run header"))?;
+        if h[..24] != header(run.first, run.end, 0)[..24] {
+            return Err(corrupt(&run.path, "header does not match the run"));
+        }
         let mut src = Entries {
             r,
-            left: run.count(),
-            path: &run.path,
+            run,
+            read: 0,
+            last: (0, 0),
+            crc: 0,
+            header_crc: u32::from_be_bytes(h[24..28].try_into().expect("4 bytes")),
         };
         heads.push(src.next()?);
         sources.push(src);
@@ -539,6 +569,61 @@ mod tests {
         let out = write_run(dir.path(), 0, 5000, merged.into_iter().map(Ok)).expect("write");
         let back = load_run(&out.path, 0, 5000).expect("a valid run");
         assert_eq!(back.fences, out.fences);
+    }
+
+    /// A byte changed on disk after a run was loaded is reported by the merge as corruption
+    /// of that run: one that breaks the order (which `write_run` would otherwise assert
+    /// on) and one that keeps it (a duplicated leaf index, caught by the CRC).
+    #[test]
+    fn a_run_damaged_after_loading_fails_the_merge_not_the_process() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let bounds = [0u64, 300, 600, 900, 1200];
+        let build = |tag: &str| -> Vec<Arc<Run>> {
+            let sub = dir.path().join(tag);
+            std::fs::create_dir_all(&sub).expect("dir");
+            bounds
+                .windows(2)
+                .map(|w| {
+                    let entries = sort_entries(
+                        (w[0]..w[1])
+                            .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i))
+                            .collect(),
+                    );
+                    Arc::new(write_run(&sub, w[0], w[1], entries.into_iter().map(Ok)).expect("run"))
+                })
+                .collect()
+        };
+        let entry_at = |i: u64| HEADER_BYTES + i * ENTRY_BYTES;
+
+        // Out of order: the 100th entry's key becomes the largest possible.
+        let runs = build("order");
+        runs[2]
+            .file
+            .write_all_at(&[0xff; 8], entry_at(100))
+            .expect("damage");
+        let err = merge(&runs)
+            .expect("merge")
+            .collect::<Result<Vec<_>>>()
+            .unwrap_err();
+        assert!(err.to_string().contains("out of order or range"), "{err}");
+        assert!(
+            err.to_string().contains("00000000000000000600"),
+            "names the run: {err}"
+        );
+
+        // Still in order, but wrong: the last entry (the largest key) takes its run's first
+        // index, so that leaf is in the run twice and another of its leaves is missing.
+        let runs = build("crc");
+        let last = runs[1].count() - 1;
+        runs[1]
+            .file
+            .write_all_at(&runs[1].first.to_be_bytes(), entry_at(last) + 8)
+            .expect("damage");
+        let err = write_run(dir.path(), 0, 1200, merge(&runs).expect("merge"))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("CRC"), "{err}");
     }
 
     /// Which runs are merged: the newest four, when the oldest of them is at most twice the
