@@ -270,17 +270,17 @@ impl Sequencer {
             file: old.file,
             max_classification: old.max_classification,
         };
-        let gone = |_| EngineError::Failed("sealer thread is gone".into());
+        let gone = || EngineError::Failed("sealer thread is gone".into());
         match self.seal_tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Disconnected(_)) => Err(gone(())),
+            Err(TrySendError::Disconnected(_)) => Err(gone()),
             Err(TrySendError::Full(job)) => {
                 // Appends wait here until the sealer takes one; producers see a full queue.
                 tracing::warn!(
                     "sealing is {} segments behind (seal_queue_segments_max): appends wait for it",
                     self.shared.config.seal_queue_segments_max
                 );
-                self.seal_tx.send(job).map_err(|_| gone(()))
+                self.seal_tx.send(job).map_err(|_| gone())
             }
         }
     }

@@ -19,10 +19,14 @@ pub(crate) struct LocalTarget {
 const META_DIR: &str = ".meta";
 const PARTIAL_DIR: &str = ".partial";
 
-fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> WormError {
-    let path = path.display().to_string();
-    let what = what.to_string();
-    move |source| WormError::Io { path, what, source }
+/// The `map_err` for an I/O error on `path`. Nothing is copied until there is an error:
+/// it sits in per-piece loops (writes and read-backs of large objects).
+fn io<'a>(path: &'a Path, what: &'a str) -> impl FnOnce(std::io::Error) -> WormError + 'a {
+    move |source| WormError::Io {
+        path: path.display().to_string(),
+        what: what.to_string(),
+        source,
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -79,7 +83,7 @@ fn same_bytes(path: &Path, bytes: &[u8]) -> Result<bool> {
     for want in bytes.chunks(PIECE_BYTES) {
         let got = &mut buf[..want.len()];
         f.read_exact_at(got, at as u64)
-            .map_err(|e| io(path, "read back")(e))?;
+            .map_err(io(path, "read back"))?;
         if got != want {
             return Ok(false);
         }
@@ -144,7 +148,7 @@ impl LocalTarget {
             .map_err(io(&tmp, "create"))?;
         let (mut done, mut step_start) = (0usize, 0usize);
         for piece in bytes.chunks(PIECE_BYTES) {
-            f.write_all(piece).map_err(|e| io(&tmp, "write")(e))?;
+            f.write_all(piece).map_err(io(&tmp, "write"))?;
             done += piece.len();
             if bytes.len() > STEP_BYTES && (done - step_start == STEP_BYTES || done == bytes.len())
             {
