@@ -96,13 +96,17 @@ fn main() {
         })
         .collect();
     let started = Instant::now();
+    // Every connection connects, authenticates and builds its frames before any sends, so
+    // that the open loop's schedule starts once all are ready: a connection still copying
+    // its frames when the others began sent its first ones late, in a burst.
+    let ready = std::sync::Barrier::new(args.connections);
     let results: Vec<Result1> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..args.connections)
             .map(|c| {
-                let (args, pool) = (args.clone(), &pool);
+                let (args, pool, ready) = (args.clone(), &pool, &ready);
                 s.spawn(move || match args.protocol.as_str() {
-                    "tcp" => run_tcp(&args, pool, per_conn, c, started),
-                    "http" => run_http(&args, pool, per_conn, c, started),
+                    "tcp" => run_tcp(&args, pool, per_conn, c, started, ready),
+                    "http" => run_http(&args, pool, per_conn, c, started, ready),
                     "syslog" => run_syslog(&args, pool, per_conn, c),
                     p => panic!("unknown protocol {p}"),
                 })
@@ -214,7 +218,7 @@ fn main() {
 }
 
 /// Open-loop pacing: when batch `n` of connection `conn` is due. The connections share one
-/// schedule of batches at `--rate` in all, starting when the first of them is ready, and
+/// schedule of batches at `--rate` in all, starting once all of them are ready, and
 /// deal it out in turn: connection c sends the schedule's batches c, c+N, c+2N... With each
 /// connection on its own clock instead, all of them sent their nth batch at about the same
 /// moment, so batches arrived in bursts of N (4 frames of 256 KiB at once with batches of
@@ -249,6 +253,7 @@ fn run_tcp(
     events: u64,
     conn: usize,
     run_start: Instant,
+    ready: &std::sync::Barrier,
 ) -> Result1 {
     use auditlog_formats::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
     // The handshake through the client library, then the socket split in two: this thread
@@ -319,6 +324,7 @@ fn run_tcp(
             p
         })
         .collect();
+    ready.wait();
     for n in 0..batches {
         if let Some(t) = due(args, conn, n) {
             if let Some(wait) = t.checked_duration_since(Instant::now()) {
@@ -344,6 +350,7 @@ fn run_http(
     events: u64,
     conn: usize,
     run_start: Instant,
+    ready: &std::sync::Barrier,
 ) -> Result1 {
     let mut stream = BufReader::new(TcpStream::connect(&args.addr).expect("connect"));
     stream.get_ref().set_nodelay(true).expect("nodelay");
@@ -361,6 +368,7 @@ fn run_http(
     let mut samples = Vec::new();
     let (mut done, mut refused) = (0u64, 0u64);
     let batches = events / args.batch as u64;
+    ready.wait();
     for n in 0..batches {
         if let Some(t) = due(args, conn, n) {
             if let Some(wait) = t.checked_duration_since(Instant::now()) {
