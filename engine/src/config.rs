@@ -1,7 +1,7 @@
 //! Engine configuration: every queue, batch and file size has a named limit here.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 
 use auditlog_formats::schema::SchemaMode;
@@ -141,4 +141,8 @@ pub struct FaultHooks {
     pub enospc_next_write: AtomicBool,
     /// While set, the sealer waits before it takes up each segment (a slow sealer).
     pub hold_sealer: AtomicBool,
+    /// The next this many attempts to seal each change one record byte after hashing the
+    /// open segment's records and before compressing them (a compressor or re-blocking
+    /// bug), which the read-back must catch before the open file is retired.
+    pub damage_seals: AtomicU32,
 }

@@ -150,6 +150,10 @@ pub struct Status {
     /// Failed signings since start, and since the last success.
     pub signer_failures: u64,
     pub signer_failures_in_a_row: u64,
+    /// The last failed seal (the sealer retries with backoff), until one succeeds, and
+    /// failed seals since start.
+    pub seal_error: Option<String>,
+    pub seal_failures: u64,
     pub io_mode: &'static str,
     /// Sealed segments on the local disk.
     pub sealed_segments: usize,
@@ -503,6 +507,13 @@ impl Engine {
                 .clone(),
             signer_failures: self.shared.signer_failures.load(Ordering::Relaxed),
             signer_failures_in_a_row: self.shared.signer_failures_in_a_row.load(Ordering::Relaxed),
+            seal_error: self
+                .shared
+                .seal_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            seal_failures: self.shared.seal_failures.load(Ordering::Relaxed),
             io_mode: self.shared.io_mode_name,
             sealed_segments: set.sealed.len(),
             open_segments: set.open.len(),

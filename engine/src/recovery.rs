@@ -390,6 +390,8 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         signer_error: Mutex::new(None),
         signer_failures: AtomicU64::new(0),
         signer_failures_in_a_row: AtomicU64::new(0),
+        seal_error: Mutex::new(None),
+        seal_failures: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         stats: Mutex::new(Stats::default()),
         config: cfg,

@@ -37,7 +37,9 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
         }
         let mut delay = std::time::Duration::from_millis(100);
         loop {
-            match seal(&shared, &job) {
+            let outcome = seal(&shared, &job);
+            shared.seal_outcome(outcome.as_ref().err().map(|e| e.to_string()));
+            match outcome {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(
@@ -89,6 +91,12 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     let mut records = blake3::Hasher::new();
     let mut in_block = 0u32;
     let mut seen = job.first;
+    let mut damage = shared.config.faults.as_ref().is_some_and(|f| {
+        use std::sync::atomic::Ordering::SeqCst;
+        f.damage_seals
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    });
     // Runs beside the sequencer on a small machine: gives the CPU away often (`yielding`).
     let mut pace = crate::yielding::Every::new(256);
     let scan = segments::scan_open(
@@ -108,6 +116,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
             in_block += 1;
             if raw.len() >= cfg.block_raw_bytes {
                 records.update(&raw);
+                damage_for_test(&mut damage, &mut raw);
                 let c = builder
                     .add_block(&raw, in_block)
                     .map_err(io_err(&tmp, "compress"))?;
@@ -127,6 +136,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     }
     if in_block > 0 {
         records.update(&raw);
+        damage_for_test(&mut damage, &mut raw);
         let c = builder
             .add_block(&raw, in_block)
             .map_err(io_err(&tmp, "compress"))?;
@@ -245,6 +255,13 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     crate::recovery::recycle(shared, recycled, job.file.clone());
     tracing::info!("sealed segment [{}, {})", job.first, job.end);
     Ok(())
+}
+
+/// `FaultHooks::damage_seals`: changes the last byte (a record's) of the first block.
+fn damage_for_test(armed: &mut bool, raw: &mut [u8]) {
+    if let (true, Some(b)) = (std::mem::take(armed), raw.last_mut()) {
+        *b ^= 0x20;
+    }
 }
 
 #[cfg(test)]

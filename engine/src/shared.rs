@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) signer_error: Mutex<Option<String>>,
     pub(crate) signer_failures: AtomicU64,
     pub(crate) signer_failures_in_a_row: AtomicU64,
+    /// The last failed seal, until a seal succeeds, and failed seals since start.
+    pub(crate) seal_error: Mutex<Option<String>>,
+    pub(crate) seal_failures: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) stats: Mutex<Stats>,
 }
@@ -139,6 +142,14 @@ impl Shared {
         self.signer_failures.fetch_add(1, Ordering::Relaxed);
         self.signer_failures_in_a_row
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a seal's outcome: an error is counted and kept until a seal succeeds.
+    pub(crate) fn seal_outcome(&self, e: Option<String>) {
+        if e.is_some() {
+            self.seal_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 
     pub fn set_signer_error(&self, e: Option<String>) {

@@ -557,6 +557,9 @@ async fn ready(State(st): State<St>) -> ApiResult {
     if let Some(f) = s.preallocation_error {
         reasons.push(format!("preallocation: {f}"));
     }
+    if let Some(f) = s.seal_error {
+        reasons.push(format!("sealing: {f}"));
+    }
     reasons.extend(crate::metrics::replication_not_ready(
         s.replication.as_ref(),
         st.engine.config().replication.as_ref(),

@@ -251,6 +251,20 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
     );
     metric(
         &mut out,
+        "auditlog_seal_error",
+        "gauge",
+        "1 when the last attempt to seal a segment failed (the sealer retries).",
+        status.seal_error.is_some() as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_seal_failures_total",
+        "counter",
+        "Failed attempts to seal a segment (I/O, signing, or a read-back that differs).",
+        status.seal_failures,
+    );
+    metric(
+        &mut out,
         "auditlog_preallocation_error",
         "gauge",
         "1 when preparing the next segment failed.",
