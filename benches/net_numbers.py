@@ -2,7 +2,7 @@
 """Network numbers (issue 3), medians of --runs, with release binaries on 127.0.0.1:
 
   the disk's own durable write rate (pwrite + fdatasync, pre-zeroed file), measured first;
-  TCP ingest at full speed (closed loop) and the same messages into a private rsyslogd
+  TCP ingest at full speed (closed loop), and again over --sustained-events; the same messages into a private rsyslogd
   writing a plain file (the ratio of the two); TCP ack latency in an open loop at half the
   measured maximum, for two frame sizes, each against the maximum measured with that frame
   size (batches of 100 and of 1000 events), and for batches of 1000 once more with the
@@ -12,7 +12,7 @@
 Run from the repository root after
   cargo build --release -p auditlog-server --bin auditlogd -p auditlog-benches --bin loadgen
 as: python3 benches/net_numbers.py [--events N] [--runs 3] [--latency-events 8000000]
-    [--proof-leaves 10000000]
+    [--proof-leaves 10000000] [--sustained-events 32000000]
 A JSON summary goes to --json (default target/net-numbers.json).
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -75,6 +75,10 @@ def main():
     # small part of each latency run.
     ap.add_argument("--latency-events", type=int, default=8_000_000)
     ap.add_argument("--proof-leaves", type=int, default=10_000_000)
+    # The full-speed reading above ends with sealing a few segments behind; this one runs
+    # long enough (~30 s) that sealing, the leaf index's merges and shipping keep up or
+    # slow the producers, which is the rate a log can take for good. 0: skip.
+    ap.add_argument("--sustained-events", type=int, default=32_000_000)
     ap.add_argument("--json", default=os.environ.get("CARGO_TARGET_DIR", "target") + "/net-numbers.json")
     a = ap.parse_args()
     n, runs = a.events, a.runs
@@ -110,6 +114,19 @@ def main():
     summary["tcp"] = {"events_per_s": rate, "mb_per_s": mb, "runs": [r["events_per_s"] for r in tcp]}
     print(f"TCP ingest, durable acks: {rate:,.0f} events/s, {mb:.0f} MB/s of payload "
           f"({mb / raw1m:.2f} of the disk's 1 MiB durable rate) (runs {[round(r['events_per_s']) for r in tcp]})")
+
+    if a.sustained_events:
+        sus = []
+        for i in range(runs):
+            d = fresh(20 + i)
+            sus.append(loadgen("--protocol", "tcp", "--addr", f"127.0.0.1:{d.tcp}", "--token", d.tokens["writer"],
+                               "--connections", 4, "--events", a.sustained_events, "--batch", 1000, "--window", 16))
+            retire(d)
+        srate = med([r["events_per_s"] for r in sus])
+        summary["tcp_sustained"] = {"events": a.sustained_events, "events_per_s": srate,
+                                    "runs": [r["events_per_s"] for r in sus]}
+        print(f"TCP ingest, durable acks, sustained over {a.sustained_events:,} events: {srate:,.0f} events/s "
+              f"({srate / rate:.2f} of the reading above) (runs {[round(r['events_per_s']) for r in sus]})")
 
     # rsyslog receiving the same messages over TCP into a plain file, unsynced.
     for conns in (1, 4):
