@@ -550,6 +550,7 @@ impl Engine {
     fn stop(&mut self) {
         // Sequencer first (threads[0]): it drains the queue once its sender is gone. Then
         // the others see the flag; the checkpointer signs a final checkpoint on its way out.
+        self.shared.draining.store(true, Ordering::SeqCst);
         self.submit_tx.take();
         let mut threads = self.threads.drain(..);
         if let Some(seq) = threads.next() {

@@ -392,6 +392,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         signer_failures_in_a_row: AtomicU64::new(0),
         seal_error: Mutex::new(None),
         seal_failures: AtomicU64::new(0),
+        draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         stats: Mutex::new(Stats::default()),
         config: cfg,

@@ -25,37 +25,43 @@ use crate::sequencer::SealJob;
 use crate::Shared;
 
 pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::{Duration, Instant};
+    let stopping = || shared.draining.load(SeqCst) || shared.shutting_down.load(SeqCst);
+    // Once a seal is given up on at shutdown, so are the segments after it: sealed
+    // segments stay a prefix of the log, and the next start seals the open files in order.
+    let mut gave_up = false;
     for job in jobs {
         if let Some(f) = &shared.config.faults {
-            while f.hold_sealer.load(std::sync::atomic::Ordering::SeqCst)
-                && !shared
-                    .shutting_down
-                    .load(std::sync::atomic::Ordering::SeqCst)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            while f.hold_sealer.load(SeqCst) && !stopping() {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
-        let mut delay = std::time::Duration::from_millis(100);
-        loop {
+        let mut delay = Duration::from_millis(100);
+        while !gave_up {
             let outcome = seal(&shared, &job);
             shared.seal_outcome(outcome.as_ref().err().map(|e| e.to_string()));
-            match outcome {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(
-                        "sealing {} failed, retrying in {delay:?}: {e}",
-                        job.path.display()
-                    );
-                    if shared
-                        .shutting_down
-                        .load(std::sync::atomic::Ordering::SeqCst)
-                    {
-                        break; // the open file stays; recovery seals it next start
-                    }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
-                }
+            let Err(e) = outcome else { break };
+            if stopping() {
+                tracing::warn!(
+                    "sealing {} failed at shutdown; the open file stays and is sealed at the next start: {e}",
+                    job.path.display()
+                );
+                gave_up = true;
+                break;
             }
+            tracing::warn!(
+                "sealing {} failed, retrying in {delay:?}: {e}",
+                job.path.display()
+            );
+            // Shutdown does not wait out the backoff.
+            let until = Instant::now() + delay;
+            while !stopping() && Instant::now() < until {
+                std::thread::sleep(
+                    Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
+                );
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 }

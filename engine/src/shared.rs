@@ -91,6 +91,10 @@ pub(crate) struct Shared {
     /// The last failed seal, until a seal succeeds, and failed seals since start.
     pub(crate) seal_error: Mutex<Option<String>>,
     pub(crate) seal_failures: AtomicU64,
+    /// Set when shutdown begins, before the sequencer drains its queue (`shutting_down`
+    /// comes after): the sealer stops retrying a failing seal, so that a sequencer waiting
+    /// at a rotation for room in the seal queue is not waiting on it for ever.
+    pub(crate) draining: AtomicBool,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) stats: Mutex<Stats>,
 }

@@ -220,6 +220,18 @@ fn full_disk_is_reported_as_such() {
     assert!(matches!(engine.append(b), Err(EngineError::DiskFull(_))));
 }
 
+/// How many open segment files the data directory holds.
+fn open_segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("segments"))
+        .expect("ls")
+        .filter(|e| {
+            e.as_ref()
+                .map(|e| e.file_name().to_string_lossy().ends_with(".open"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
 fn open_segment_path(dir: &std::path::Path) -> std::path::PathBuf {
     let mut opens: Vec<_> = std::fs::read_dir(dir.join("segments"))
         .expect("ls")
@@ -537,16 +549,7 @@ fn slow_sealing_gives_back_pressure_not_a_pile_of_segments() {
     faults.hold_sealer.store(true, Ordering::SeqCst);
     cfg.faults = Some(faults.clone());
     let engine = Arc::new(Engine::open(cfg, None).expect("open"));
-    let open_files = || {
-        std::fs::read_dir(dir.path().join("segments"))
-            .expect("ls")
-            .filter(|e| {
-                e.as_ref()
-                    .map(|e| e.file_name().to_string_lossy().ends_with(".open"))
-                    .unwrap_or(false)
-            })
-            .count()
-    };
+    let open_files = || open_segment_files(dir.path());
     // ~12 segments of 1 MiB: three times what the bound lets through.
     let total = 40_000u64;
     let producer = {
@@ -615,9 +618,17 @@ fn a_seal_that_reads_back_different_records_is_refused_and_retried() {
     let e = seen_error.expect("the failed seal is shown in the status");
     assert!(e.contains("sealed records differ"), "{e}");
     wait_sealed(&engine, 1);
-    let s = engine.status();
-    assert_eq!(s.seal_failures, 3, "each damaged attempt failed: {s:?}");
+    // The segment is in place just before the sealer records its success.
+    let mut s = engine.status();
+    for _ in 0..500 {
+        if s.seal_error.is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        s = engine.status();
+    }
     assert_eq!(s.seal_error, None, "a successful seal clears the error");
+    assert_eq!(s.seal_failures, 3, "each damaged attempt failed: {s:?}");
     // Every record, not a sample: the damage was one byte of one record.
     let alg = engine.tree_hash();
     for &(index, leaf) in &receipts {
@@ -631,4 +642,82 @@ fn a_seal_that_reads_back_different_records_is_refused_and_retried() {
         .filter(|n| n.ends_with(".tmp") && !n.starts_with("prealloc-"))
         .collect();
     assert!(leftovers.is_empty(), "staged seals left: {leftovers:?}");
+}
+
+/// Shutdown while every seal fails (say, the HSM is gone) and the seal queue is full: the
+/// sequencer waits at a rotation for a sealer that keeps retrying. Shutdown gives up on
+/// sealing instead of hanging (the open files stay, and the next start seals them), acks
+/// or refuses every queued batch, and loses nothing acknowledged.
+#[test]
+fn shutdown_with_seals_failing_and_the_seal_queue_full_completes() {
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.seal_queue_segments_max = 1;
+    let faults = Arc::new(FaultHooks::default());
+    faults.damage_seals.store(u32::MAX, Ordering::SeqCst);
+    cfg.faults = Some(faults);
+    let engine = Engine::open(cfg.clone(), None).expect("open");
+    type Acked = Arc<Mutex<Vec<(u64, [u8; 32])>>>;
+    let (acked, answered): (Acked, Arc<Mutex<u64>>) = Default::default();
+    let (mut submitted, mut last_size, mut still_ms) = (0u64, 0u64, 0u64);
+    // Submit without blocking until appends stop with the open files at the bound: the one
+    // written, the one the sealer retries, one queued, one waiting to be queued.
+    while still_ms < 500 || open_segment_files(dir.path()) < 1 + 3 {
+        if engine.queue_has_room() && submitted < 60_000 {
+            let mut b = engine.new_batch();
+            for k in submitted..submitted + 250 {
+                b.push(&event(k, 256)).expect("valid event");
+            }
+            let (acked, answered) = (acked.clone(), answered.clone());
+            engine
+                .submit(
+                    b,
+                    Box::new(move |r| {
+                        if let Ok(r) = r {
+                            let mut a = acked.lock().expect("lock");
+                            for (k, h) in r.leaf_hashes.iter().enumerate() {
+                                a.push((r.first_index + k as u64, *h));
+                            }
+                        }
+                        *answered.lock().expect("lock") += 1;
+                    }),
+                )
+                .expect("submit");
+            submitted += 250;
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        let size = engine.tree_size();
+        still_ms = if size == last_size { still_ms + 10 } else { 0 };
+        last_size = size;
+    }
+    assert!(last_size < submitted, "appends never waited for the sealer");
+    let s = engine.status();
+    assert_eq!(s.sealed_segments, 0);
+    assert!(s.seal_failures > 0 && s.seal_error.is_some(), "{s:?}");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(engine.shutdown()));
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("shutdown finished")
+        .expect("shutdown succeeded");
+    assert_eq!(
+        *answered.lock().expect("lock"),
+        submitted / 250,
+        "every submitted batch was answered"
+    );
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() as u64 >= last_size);
+
+    // Reopened without the fault: the open files are sealed, and every ack holds.
+    cfg.faults = None;
+    let engine = Engine::open(cfg, None).expect("reopen");
+    assert!(engine.tree_size() >= acked.len() as u64);
+    wait_sealed(&engine, 1);
+    check_everything(&engine, &acked);
+    for &(index, leaf) in &acked {
+        let rec = engine.read_record(index).expect("read");
+        assert_eq!(engine.tree_hash().leaf(&rec), leaf, "record {index}");
+    }
 }
