@@ -23,14 +23,17 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
                 shared.set_signer_error(None);
                 backoff = Duration::from_millis(50);
             }
+            Err(e) if stopping => {
+                // The last try: shutdown does not wait out a backoff for it.
+                tracing::warn!("final checkpoint failed: {e}");
+                shared.set_signer_error(Some(e.to_string()));
+            }
             Err(e) => {
                 tracing::warn!("checkpoint failed, will retry in {backoff:?}: {e}");
                 shared.set_signer_error(Some(e.to_string()));
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                if !stopping {
-                    continue;
-                }
+                continue;
             }
         }
         if stopping {

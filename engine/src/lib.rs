@@ -537,6 +537,14 @@ impl Engine {
         self.started.elapsed()
     }
 
+    /// Tells the engine that shutdown has begun, while callers still hold it (a server
+    /// draining its requests): from here on a seal that fails is left for the next start
+    /// instead of retried, so that appends waiting behind a full seal queue complete and
+    /// the drain can finish. Writes are still taken. `shutdown` does this too.
+    pub fn begin_shutdown(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
     /// Stops taking writes, lets the sequencer drain what is queued, signs a final
     /// checkpoint, and waits for every thread.
     pub fn shutdown(mut self) -> Result<()> {
@@ -550,7 +558,7 @@ impl Engine {
     fn stop(&mut self) {
         // Sequencer first (threads[0]): it drains the queue once its sender is gone. Then
         // the others see the flag; the checkpointer signs a final checkpoint on its way out.
-        self.shared.draining.store(true, Ordering::SeqCst);
+        self.begin_shutdown();
         self.submit_tx.take();
         let mut threads = self.threads.drain(..);
         if let Some(seq) = threads.next() {

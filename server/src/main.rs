@@ -132,10 +132,16 @@ fn main() -> anyhow::Result<()> {
         tcp_connections: tcp_connections.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining = Arc::downgrade(&engine);
     std::thread::Builder::new()
         .name("auditlogd-signals".into())
         .spawn(move || {
             wait_for(&signals);
+            // Before the requests drain: one waiting on a sealer that keeps failing (say,
+            // with the HSM gone) would otherwise hold the drain for good.
+            if let Some(engine) = draining.upgrade() {
+                engine.begin_shutdown();
+            }
             let _ = stop_tx.send(());
         })
         .context("starting the signal thread")?;

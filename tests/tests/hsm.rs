@@ -703,3 +703,129 @@ fn rotation_under_two_person_rule() {
         .expect_err("forged checkpoint fails");
     assert!(e.to_string().contains("outside its validity"), "{e}");
 }
+
+/// SIGTERM with the HSM gone while ingest waits on the sealer: seals (which sign) keep
+/// failing, the seal queue is full, and a request is blocked behind the sequencer's
+/// rotation. The daemon still drains and exits on its own; started again with the token
+/// back, it seals the open segments, every acknowledged event is where its receipt says,
+/// and the offline verifier accepts the directory.
+#[test]
+fn sigterm_with_the_hsm_gone_and_sealing_stuck_still_exits() {
+    let w = World::new("stuck");
+    let key = w.generate("stuck", "cp");
+    let cfg = w.config(&hsm_signer("stuck", "cp"), "");
+    let text = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace("[engine]\n", "[engine]\nseal_queue_segments_max = 1\n");
+    std::fs::write(&cfg, text).expect("config");
+    let mut d = w.start(&cfg);
+    d.ingest(0, 20);
+    d.checkpoint_note(20, 10_000).expect("first checkpoint");
+    let away = w.dir.path().join("tokens-away");
+    std::fs::rename(&w.hsm.token_dir, &away).expect("remove the token");
+
+    // A producer that goes on until a request is refused or times out.
+    let (agent, base, token) = (d.agent.clone(), d.base.clone(), d.tokens["writer"].clone());
+    let producer = std::thread::spawn(move || {
+        let mut acked: Vec<(u64, String)> = Vec::new();
+        for b in 0..80u64 {
+            let mut body = Vec::new();
+            for i in 0..1000 {
+                body.extend_from_slice(&event(1_000_000 + b * 1000 + i, 200));
+                body.push(b'\n');
+            }
+            let r = agent
+                .post(&format!("{base}/v1/events"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .set("Content-Type", "application/x-ndjson")
+                .send_bytes(&body);
+            let v: Value = match r {
+                Ok(r) => serde_json::from_reader(r.into_reader()).expect("json"),
+                Err(ureq::Error::Status(_, r)) => {
+                    let v: Value = serde_json::from_reader(r.into_reader()).unwrap_or(Value::Null);
+                    for rc in v["receipts"].as_array().into_iter().flatten() {
+                        acked.push((
+                            rc["index"].as_u64().expect("index"),
+                            rc["leaf_hash"].as_str().expect("hash").into(),
+                        ));
+                    }
+                    break;
+                }
+                Err(_) => break,
+            };
+            for rc in v["receipts"].as_array().expect("receipts") {
+                acked.push((
+                    rc["index"].as_u64().expect("index"),
+                    rc["leaf_hash"].as_str().expect("hash").into(),
+                ));
+            }
+        }
+        acked
+    });
+    // Wait until appends stop with seals failing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, Instant::now());
+    loop {
+        let (_, m) = d.call("GET", "/metrics", "", None);
+        let m = String::from_utf8_lossy(&m).to_string();
+        let size = d.size();
+        if size != last.0 {
+            last = (size, Instant::now());
+        }
+        if m.contains("auditlog_seal_error 1") && last.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "appends never stopped behind the sealer: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!producer.is_finished(), "the producer was not held back");
+
+    let mut child = d.child.take().expect("running");
+    // SAFETY: signalling our own child by its pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    // Seconds, not the minute of a request timeout: the drain does not wait on the sealer.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("auditlogd did not exit within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "auditlogd exited with {status}");
+    let acked = producer.join().expect("producer");
+    assert!(!acked.is_empty());
+
+    std::fs::rename(&away, &w.hsm.token_dir).expect("token back");
+    let mut d = w.start(&cfg);
+    let size = d.size();
+    assert!(
+        acked.iter().all(|(i, _)| *i < size),
+        "an acknowledged event is missing"
+    );
+    let text = d
+        .checkpoint_note(size, 20_000)
+        .expect("signing works again");
+    ed25519_verifies(&key, &text);
+    for (index, leaf) in acked.iter().step_by(499) {
+        let (s, v) = d.json(
+            "GET",
+            &format!("/v1/proof/inclusion?leaf_hash={leaf}&size={size}"),
+            &d.tokens["auditor"],
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["index"].as_u64(), Some(*index), "{v}");
+    }
+    d.stop();
+    let summary = verify_dir(&w.data(), &key, &mut |_, _| {}).expect("offline verifier");
+    assert_eq!(summary.events, size);
+}
