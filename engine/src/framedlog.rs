@@ -1,6 +1,13 @@
 //! An append-only file of framed JSON entries (the checkpoint log's framing: length, CRC,
 //! bytes), synced on every append. The replication manifest and the pruned list are both
 //! one: a torn tail is cut on open, so appends always follow a good entry.
+//!
+//! Torn or damaged: each append is synced before the next one starts, so a crash can tear
+//! only the last, and no append writes more than `APPEND_BYTES_MAX`. A bad entry further
+//! from the end than that is damage to bytes that were once durable, not a torn write:
+//! opening refuses it and leaves the file as it is, rather than cutting every good entry
+//! after it (for the checkpoint log, the signed history and the promise that recovery
+//! checks the segments against).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -16,6 +23,10 @@ use crate::error::{corrupt, io_err, Result};
 /// Logs are read in pieces of this size on open: read whole, the checkpoint log's memory
 /// grew with the log's age (a checkpoint a second under load is ~40 MB a day).
 const SCAN_PIECE_BYTES: usize = 1 << 20;
+
+/// The most bytes one append writes (one largest entry): the most a crash can tear. Appends
+/// of several entries go out in pieces of at most this, each synced.
+pub(crate) const APPEND_BYTES_MAX: usize = ENTRY_HEADER_BYTES + NOTE_BYTES_MAX;
 
 pub(crate) struct FramedLog {
     path: PathBuf,
@@ -36,7 +47,8 @@ impl FramedLog {
     }
 
     /// Opens (or creates) `path`, hands every good entry to `on_entry` in order, and cuts
-    /// a torn tail (a cut-short last entry, or anything from a bad one on).
+    /// a torn tail (a cut-short last entry, or anything from a bad one on within the last
+    /// `APPEND_BYTES_MAX` bytes). A bad entry before that is an error, and nothing is cut.
     pub(crate) fn open_file(path: &Path, on_entry: impl FnMut(&[u8])) -> Result<FramedLog> {
         FramedLog::open_in_pieces(path, SCAN_PIECE_BYTES, on_entry)
     }
@@ -82,6 +94,18 @@ impl FramedLog {
             "parsed past the end of {}",
             path.display()
         );
+        let tail_bytes = file_len - good;
+        if tail_bytes > APPEND_BYTES_MAX as u64 {
+            return Err(corrupt(
+                path,
+                format!(
+                    "entry at offset {good} is damaged, {tail_bytes} bytes from the end; a \
+                     crash tears at most the last {APPEND_BYTES_MAX}, so this is not a torn \
+                     write and nothing was cut (restore the file from a copy; the \
+                     replication manifest may instead be removed, it is rebuilt)"
+                ),
+            ));
+        }
         if good < file_len {
             tracing::warn!(
                 "{}: cutting a torn tail of {} bytes at offset {good}",
@@ -109,19 +133,34 @@ impl FramedLog {
         self.append_framed(&encode_entry(&json)).map(|_| ())
     }
 
-    /// Appends every value as JSON with one write and one sync.
+    /// Appends every value as JSON, one write and one sync for up to `APPEND_BYTES_MAX`
+    /// bytes of entries (usually all of them).
     pub(crate) fn append_many<T: Serialize>(&mut self, values: &[T]) -> Result<()> {
         let mut framed = Vec::new();
         for v in values {
             let json = serde_json::to_string(v).map_err(|e| corrupt(&self.path, e.to_string()))?;
-            framed.extend_from_slice(&encode_entry(&json));
+            let entry = encode_entry(&json);
+            if framed.len() + entry.len() > APPEND_BYTES_MAX {
+                self.append_framed(&framed)?;
+                framed.clear();
+            }
+            framed.extend_from_slice(&entry);
         }
-        self.append_framed(&framed).map(|_| ())
+        if !framed.is_empty() {
+            self.append_framed(&framed)?;
+        }
+        Ok(())
     }
 
-    /// Appends entries already framed by `encode_entry` and syncs them; returns the offset
-    /// they were written at.
+    /// Appends entries already framed by `encode_entry` (at most `APPEND_BYTES_MAX` bytes)
+    /// and syncs them; returns the offset they were written at.
     pub(crate) fn append_framed(&mut self, framed: &[u8]) -> Result<u64> {
+        // More in one write could tear further back than opening treats as torn.
+        assert!(
+            framed.len() <= APPEND_BYTES_MAX,
+            "append of {} bytes",
+            framed.len()
+        );
         let at = self.len;
         self.file
             .write_all_at(framed, at)
@@ -164,18 +203,21 @@ mod tests {
         }
         let mut torn = clean.clone();
         torn.extend_from_slice(&encode_entry("cut short")[..12]);
-        let mut bad_crc = clean.clone();
-        bad_crc[clean.len() / 2] ^= 0x40;
+        // Damage within the last append's reach reads as a torn write and is cut.
+        let mut bad_last = clean.clone();
+        let n = bad_last.len();
+        bad_last[n - 10] ^= 0x40;
         let mut zero_len = clean.clone();
         zero_len.extend_from_slice(&[0u8; 8]);
         zero_len.extend_from_slice(&encode_entry("after a zero length"));
         for (name, bytes) in [
             ("clean", &clean),
             ("torn", &torn),
-            ("bad", &bad_crc),
+            ("bad last", &bad_last),
             ("zero", &zero_len),
         ] {
             let (want, want_good) = parse_log(bytes);
+            assert!(want_good > 0);
             for piece in [1usize, 13, 4096, 70_000, SCAN_PIECE_BYTES] {
                 let path = dir.path().join(format!("{name}-{piece}.log"));
                 std::fs::write(&path, bytes).expect("write");
@@ -201,5 +243,67 @@ mod tests {
                 assert_eq!(good as u64, log.len);
             }
         }
+    }
+    /// A bad entry further from the end than one append can reach is damage, not a torn
+    /// write: opening fails, names the offset, and cuts nothing. The same bytes with the
+    /// damage in the last entry are cut as before (above).
+    #[test]
+    fn damage_before_the_last_append_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::new();
+        for i in 0..400usize {
+            offsets.push(bytes.len());
+            bytes.extend_from_slice(&encode_entry(&format!("{i:0>600}")));
+        }
+        assert!(bytes.len() > 2 * APPEND_BYTES_MAX);
+        // Entry 3's CRC, entry 3's length, and the last entry that is further back than
+        // one append: all refused.
+        let far = *offsets
+            .iter()
+            .rev()
+            .find(|&&o| bytes.len() - o > APPEND_BYTES_MAX)
+            .expect("an entry that far back");
+        for (what, at) in [
+            ("body", offsets[3] + 20),
+            ("length", offsets[3] + 1),
+            ("last far", far + 30),
+        ] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x08;
+            let bad_entry = *offsets.iter().rev().find(|&&o| o <= at).expect("entry");
+            for piece in [1usize, 4096, SCAN_PIECE_BYTES] {
+                let path = dir.path().join(format!("{what}-{piece}.log"));
+                std::fs::write(&path, &damaged).expect("write");
+                let mut seen = 0usize;
+                let err = FramedLog::open_in_pieces(&path, piece, |_| seen += 1)
+                    .err()
+                    .unwrap_or_else(|| panic!("{what}: opened"));
+                let msg = err.to_string();
+                assert!(
+                    msg.contains(&format!("offset {bad_entry} ")) && msg.contains("not a torn"),
+                    "{what}: {msg}"
+                );
+                assert_eq!(std::fs::read(&path).expect("read"), damaged, "{what}: cut");
+            }
+        }
+    }
+
+    /// Many entries appended at once go out in pieces no larger than a torn write is
+    /// allowed to be, and all of them read back.
+    #[test]
+    fn a_large_append_goes_out_in_pieces_that_read_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut log, _) = FramedLog::open(dir.path(), "many.log").expect("open");
+        let values: Vec<String> = (0..1000).map(|i| format!("{i:0>300}")).collect();
+        log.append_many(&values).expect("append");
+        log.append(&"last").expect("append");
+        let (_, entries) = FramedLog::open(dir.path(), "many.log").expect("reopen");
+        assert_eq!(entries.len(), 1001);
+        for (i, e) in entries.iter().take(1000).enumerate() {
+            let v: String = serde_json::from_slice(e).expect("json");
+            assert_eq!(v, values[i]);
+        }
+        assert_eq!(entries[1000], b"\"last\"");
     }
 }

@@ -319,6 +319,56 @@ fn checkpoint_beyond_segments_refuses_to_start() {
     assert!(err.to_string().contains("different root"), "{err}");
 }
 
+/// A damaged checkpoint-log entry with more than one append's worth of good entries after
+/// it is not a torn write: the engine refuses to open and leaves the log as it was, where it
+/// used to cut the signed history from there on (and with it the newest checkpoint, the
+/// promise that recovery checks the segments against). Restored, the log opens again.
+#[test]
+fn a_checkpoint_log_damaged_before_its_last_append_refuses_to_start() {
+    use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.segment_bytes = 8 << 20;
+    let engine = Engine::open(cfg.clone(), None).expect("open");
+    append_n(&engine, 0, 300, 100);
+    engine
+        .wait_checkpoint(300, Duration::from_secs(5))
+        .expect("checkpoint");
+    engine.shutdown().expect("shutdown");
+    // Longer than one append can tear, by repeating the newest entry: still a good log.
+    let path = dir.path().join("checkpoints.log");
+    let log = std::fs::read(&path).expect("read");
+    let (notes, good) = parse_log(&log);
+    assert_eq!(good, log.len());
+    let newest = std::str::from_utf8(notes.last().expect("a checkpoint")).expect("utf8");
+    let mut grown = log.clone();
+    while grown.len() < log.len() + (80 << 10) {
+        grown.extend(encode_entry(newest));
+    }
+    std::fs::write(&path, &grown).expect("write");
+    let engine = Engine::open(cfg.clone(), None).expect("a long good log opens");
+    assert_eq!(engine.tree_size(), 300);
+    engine.shutdown().expect("shutdown");
+    let grown = std::fs::read(&path).expect("read");
+
+    // One bit of the first checkpoint's note.
+    let mut damaged = grown.clone();
+    damaged[20] ^= 0x20;
+    std::fs::write(&path, &damaged).expect("write");
+    let err = Engine::open(cfg.clone(), None).err().expect("refuses");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("checkpoints.log") && msg.contains("offset 0 ") && msg.contains("not a torn"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&path).expect("read"), damaged, "log changed");
+
+    std::fs::write(&path, &grown).expect("restore");
+    let engine = Engine::open(cfg, None).expect("restored log opens");
+    assert_eq!(engine.tree_size(), 300);
+    engine.shutdown().expect("shutdown");
+}
+
 #[test]
 fn queue_limit_gives_back_pressure() {
     let dir = tempfile::tempdir().expect("tmp");
