@@ -130,6 +130,8 @@ struct PrunedEntry {
 
 /// `(first, end, object key)` of every segment `replication/pruned.log` records (FORMATS.md
 /// §12). A torn last entry is ignored, as the engine does: its file was not yet unlinked.
+/// A bad entry further back than one append is damage, reported as such (ignored, the
+/// segments it and the later entries explain would only show as missing).
 fn read_pruned(dir: &Path) -> Result<Vec<(u64, u64, String)>, VerifyError> {
     let p = dir.join("replication").join("pruned.log");
     let bytes = match std::fs::read(&p) {
@@ -137,7 +139,18 @@ fn read_pruned(dir: &Path) -> Result<Vec<(u64, u64, String)>, VerifyError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return fail(&p, format!("cannot read: {e}")),
     };
-    let (entries, _) = checkpoint_log::parse_log(&bytes);
+    let (entries, good) = checkpoint_log::parse_log(&bytes);
+    if bytes.len() - good > checkpoint_log::APPEND_BYTES_MAX {
+        return fail(
+            &p,
+            format!(
+                "entry {} at offset {good}: damaged, {} bytes from the end (more than a \
+                 crash can tear)",
+                entries.len(),
+                bytes.len() - good
+            ),
+        );
+    }
     let mut out = Vec::with_capacity(entries.len());
     for (i, raw) in entries.iter().enumerate() {
         let e: PrunedEntry =
@@ -281,5 +294,45 @@ impl LogSource for DirSource {
         Some(FileHashes {
             dir: self.dir.join("hashes"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pruned list as the verifier reads it: a torn last entry is left out, damage
+    /// further back than one append is reported where it is.
+    #[test]
+    fn pruned_list_torn_tail_and_damage() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("replication").join("pruned.log");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let mut log = Vec::new();
+        for k in 0..2000u64 {
+            let json = format!(
+                r#"{{"first":{},"end":{},"key":"segments/{k:020}.seg","bytes":1}}"#,
+                k * 10,
+                k * 10 + 10
+            );
+            log.extend(checkpoint_log::encode_entry(&json));
+        }
+        assert!(log.len() > 2 * checkpoint_log::APPEND_BYTES_MAX);
+        std::fs::write(&path, &log).expect("write");
+        assert_eq!(read_pruned(dir.path()).expect("clean").len(), 2000);
+
+        let mut torn = log.clone();
+        torn.extend(&checkpoint_log::encode_entry("{\"first\":10000")[..12]);
+        std::fs::write(&path, &torn).expect("write");
+        assert_eq!(read_pruned(dir.path()).expect("torn").len(), 2000);
+
+        let mut damaged = log.clone();
+        damaged[20] ^= 1;
+        std::fs::write(&path, &damaged).expect("write");
+        let err = read_pruned(dir.path()).expect_err("damage found");
+        assert!(
+            err.to_string().contains("entry 0 at offset 0: damaged"),
+            "{err}"
+        );
     }
 }

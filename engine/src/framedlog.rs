@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub(crate) use auditlog_formats::checkpoint_log::APPEND_BYTES_MAX;
 use auditlog_formats::checkpoint_log::{
     encode_entry, parse_log, ENTRY_HEADER_BYTES, NOTE_BYTES_MAX,
 };
@@ -23,10 +24,6 @@ use crate::error::{corrupt, io_err, Result};
 /// Logs are read in pieces of this size on open: read whole, the checkpoint log's memory
 /// grew with the log's age (a checkpoint a second under load is ~40 MB a day).
 const SCAN_PIECE_BYTES: usize = 1 << 20;
-
-/// The most bytes one append writes (one largest entry): the most a crash can tear. Appends
-/// of several entries go out in pieces of at most this, each synced.
-pub(crate) const APPEND_BYTES_MAX: usize = ENTRY_HEADER_BYTES + NOTE_BYTES_MAX;
 
 pub(crate) struct FramedLog {
     path: PathBuf,
@@ -94,18 +91,7 @@ impl FramedLog {
             "parsed past the end of {}",
             path.display()
         );
-        let tail_bytes = file_len - good;
-        if tail_bytes > APPEND_BYTES_MAX as u64 {
-            return Err(corrupt(
-                path,
-                format!(
-                    "entry at offset {good} is damaged, {tail_bytes} bytes from the end; a \
-                     crash tears at most the last {APPEND_BYTES_MAX}, so this is not a torn \
-                     write and nothing was cut (restore the file from a copy; the \
-                     replication manifest may instead be removed, it is rebuilt)"
-                ),
-            ));
-        }
+        refuse_damage(path, good, file_len)?;
         if good < file_len {
             tracing::warn!(
                 "{}: cutting a torn tail of {} bytes at offset {good}",
@@ -178,6 +164,24 @@ impl FramedLog {
             .read_exact_at(buf, offset)
             .map_err(io_err(&self.path, "read back"))
     }
+}
+
+/// Errs if the bytes after the last good entry, `good .. file_len`, are more than one
+/// append could have torn: the entry at `good` was damaged after it was durable.
+pub(crate) fn refuse_damage(path: &Path, good: u64, file_len: u64) -> Result<()> {
+    let tail_bytes = file_len - good;
+    if tail_bytes > APPEND_BYTES_MAX as u64 {
+        return Err(corrupt(
+            path,
+            format!(
+                "entry at offset {good} is damaged, {tail_bytes} bytes from the end; a \
+                 crash tears at most the last {APPEND_BYTES_MAX}, so this is not a torn \
+                 write and nothing was cut (restore the file from a copy; the \
+                 replication manifest may instead be removed, it is rebuilt)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

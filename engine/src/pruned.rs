@@ -38,6 +38,8 @@ pub fn pruned_path(data_dir: &Path) -> PathBuf {
 
 /// Reads the pruned list (absent: nothing pruned). A torn last entry is ignored: its
 /// segment's file was not yet unlinked when the crash came (the entry is synced first).
+/// An entry damaged further back is an error: ignored, the segments it and the entries
+/// after it explain would look missing.
 pub fn read(data_dir: &Path) -> Result<Vec<PrunedSegment>> {
     let path = pruned_path(data_dir);
     let bytes = match std::fs::read(&path) {
@@ -45,7 +47,8 @@ pub fn read(data_dir: &Path) -> Result<Vec<PrunedSegment>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(&path, "read")(e)),
     };
-    let (entries, _) = parse_log(&bytes);
+    let (entries, good) = parse_log(&bytes);
+    crate::framedlog::refuse_damage(&path, good as u64, bytes.len() as u64)?;
     let mut out = Vec::with_capacity(entries.len());
     for (i, raw) in entries.iter().enumerate() {
         let p: PrunedSegment =
@@ -108,5 +111,25 @@ mod tests {
         let mut log = PrunedLog::open(d.path()).expect("reopen");
         log.append(&p(20, 30)).expect("append");
         assert_eq!(read(d.path()).expect("read").len(), 3);
+
+        // Damage to the first entry with more than one append after it: both the reader
+        // and the appender refuse, and the list is left as it is.
+        for k in 3..1000u64 {
+            log.append(&p(k * 10, k * 10 + 10)).expect("append");
+        }
+        let good = std::fs::read(&path).expect("read");
+        assert!(good.len() > crate::framedlog::APPEND_BYTES_MAX);
+        let mut damaged = good.clone();
+        damaged[12] ^= 1;
+        std::fs::write(&path, &damaged).expect("write");
+        let err = read(d.path()).expect_err("damaged list read");
+        assert!(err.to_string().contains("offset 0 is damaged"), "{err}");
+        let err = PrunedLog::open(d.path())
+            .err()
+            .expect("damaged list opened");
+        assert!(err.to_string().contains("offset 0 is damaged"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), damaged);
+        std::fs::write(&path, &good).expect("restore");
+        assert_eq!(read(d.path()).expect("read").len(), 1000);
     }
 }

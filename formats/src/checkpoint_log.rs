@@ -3,6 +3,10 @@
 
 pub const ENTRY_HEADER_BYTES: usize = 8;
 pub const NOTE_BYTES_MAX: usize = 64 << 10;
+/// The most bytes one append of a framed log writes (one largest entry), so the most a crash
+/// can tear: bad bytes further from the end than this were damaged after they were durable
+/// (FORMATS.md §7).
+pub const APPEND_BYTES_MAX: usize = ENTRY_HEADER_BYTES + NOTE_BYTES_MAX;
 
 /// Splits the log into notes; returns them and the length of the complete prefix (a torn
 /// last entry, or anything after a bad one, is beyond it).
