@@ -275,10 +275,9 @@ fn torn_tail_is_cut_and_ingest_continues() {
     check_everything(&engine, &[]);
 }
 
-#[test]
-fn checkpoint_beyond_segments_refuses_to_start() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = small_config(dir.path());
+/// A stopped log of 300 events in one open segment, with a checkpoint covering all of them.
+fn three_hundred_events_checkpointed(dir: &std::path::Path) -> auditlog_engine::EngineConfig {
+    let mut cfg = small_config(dir);
     cfg.segment_bytes = 8 << 20;
     let engine = Engine::open(cfg.clone(), None).expect("open");
     append_n(&engine, 0, 300, 100);
@@ -286,6 +285,13 @@ fn checkpoint_beyond_segments_refuses_to_start() {
         .wait_checkpoint(300, Duration::from_secs(5))
         .expect("checkpoint");
     engine.shutdown().expect("shutdown");
+    cfg
+}
+
+#[test]
+fn checkpoint_beyond_segments_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = three_hundred_events_checkpointed(dir.path());
     // Lose the last batch (zeroed as if never written): the checkpoint now promises more.
     let path = open_segment_path(dir.path());
     let bytes = std::fs::read(&path).expect("read");
@@ -327,14 +333,7 @@ fn checkpoint_beyond_segments_refuses_to_start() {
 fn a_checkpoint_log_damaged_before_its_last_append_refuses_to_start() {
     use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = small_config(dir.path());
-    cfg.segment_bytes = 8 << 20;
-    let engine = Engine::open(cfg.clone(), None).expect("open");
-    append_n(&engine, 0, 300, 100);
-    engine
-        .wait_checkpoint(300, Duration::from_secs(5))
-        .expect("checkpoint");
-    engine.shutdown().expect("shutdown");
+    let cfg = three_hundred_events_checkpointed(dir.path());
     // Longer than one append can tear, by repeating the newest entry: still a good log.
     let path = dir.path().join("checkpoints.log");
     let log = std::fs::read(&path).expect("read");
