@@ -517,6 +517,57 @@ fn history_of(
 
 /// Full tiles go out in groups (one manifest sync each), one per object or in bundles,
 /// every byte the hash store's; the tile lag comes back to zero, and the bucket verifies.
+/// The checkpoint log damaged while the engine runs (in bytes the replicator has not read
+/// yet): the replicator reports it, naming the file and the offset, where it used to stop
+/// shipping checkpoints without a word.
+#[test]
+fn a_checkpoint_log_damaged_while_running_is_reported_by_the_replicator() {
+    use auditlog_formats::checkpoint_log::{encode_entry, parse_log};
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg: EngineConfig = small_config(dir.path());
+    cfg.replication = Some(replication("", TargetOptions::default()));
+    let engine = Engine::open(cfg, None).expect("open");
+    ingest_sealed(&engine, 1);
+    engine
+        .wait_checkpoint(engine.tree_size(), Duration::from_secs(10))
+        .expect("checkpoint");
+    let r = wait_shipped(&engine);
+    assert!(r.last_error.is_none(), "{r:?}");
+    // Nothing more is ingested, so the engine appends no checkpoint of its own from here.
+    let path = dir.path().join("checkpoints.log");
+    let log = std::fs::read(&path).expect("read");
+    let (notes, good) = parse_log(&log);
+    assert_eq!(good, log.len());
+    let newest = std::str::from_utf8(notes.last().expect("a checkpoint")).expect("utf8");
+    let mut more = Vec::new();
+    while more.len() < 80 << 10 {
+        more.extend(encode_entry(newest));
+    }
+    more[20] ^= 0x20;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(&more).expect("append");
+    }
+    let want = format!("offset {} is damaged", log.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = engine.status().replication.expect("replication on");
+        if let Some(e) = &r.last_error {
+            if e.contains("checkpoints.log") && e.contains(&want) {
+                assert!(r.failures > 0, "{r:?}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "not reported: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.shutdown().expect("shutdown");
+}
+
 #[test]
 fn tiles_ship_in_groups_and_bundles_byte_for_byte() {
     for (bundle, step) in [(1u64, 3usize), (4, 8)] {

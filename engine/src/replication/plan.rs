@@ -378,6 +378,12 @@ impl Planner {
         f.read_exact_at(&mut buf, self.cp_offset)
             .map_err(io_err(&path, "read"))?;
         let (entries, good) = parse_log(&buf);
+        // Stopped at an entry with room for a whole one after it: damage (unless it is the
+        // last append, which the checkpointer may be writing now). Said, rather than waited
+        // on for good without a word; the next start refuses the log (FORMATS.md §7).
+        if n - good >= crate::framedlog::APPEND_BYTES_MAX {
+            crate::framedlog::refuse_damage(&path, self.cp_offset + good as u64, len)?;
+        }
         for raw in entries {
             let Ok(text) = std::str::from_utf8(raw) else {
                 continue;
