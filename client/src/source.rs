@@ -140,7 +140,7 @@ fn read_pruned(dir: &Path) -> Result<Vec<(u64, u64, String)>, VerifyError> {
         Err(e) => return fail(&p, format!("cannot read: {e}")),
     };
     let (entries, good) = checkpoint_log::parse_log(&bytes);
-    if bytes.len() - good > checkpoint_log::APPEND_BYTES_MAX {
+    if checkpoint_log::damaged_before_last_append(good as u64, bytes.len() as u64) {
         return fail(
             &p,
             format!(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub(crate) use auditlog_formats::checkpoint_log::APPEND_BYTES_MAX;
 use auditlog_formats::checkpoint_log::{
-    encode_entry, parse_log, ENTRY_HEADER_BYTES, NOTE_BYTES_MAX,
+    damaged_before_last_append, encode_entry, parse_log, ENTRY_HEADER_BYTES, NOTE_BYTES_MAX,
 };
 use serde::Serialize;
 
@@ -170,7 +170,7 @@ impl FramedLog {
 /// append could have torn: the entry at `good` was damaged after it was durable.
 pub(crate) fn refuse_damage(path: &Path, good: u64, file_len: u64) -> Result<()> {
     let tail_bytes = file_len - good;
-    if tail_bytes > APPEND_BYTES_MAX as u64 {
+    if damaged_before_last_append(good, file_len) {
         return Err(corrupt(
             path,
             format!(

@@ -8,6 +8,14 @@ pub const NOTE_BYTES_MAX: usize = 64 << 10;
 /// (FORMATS.md §7).
 pub const APPEND_BYTES_MAX: usize = ENTRY_HEADER_BYTES + NOTE_BYTES_MAX;
 
+/// Whether the `len - good` bytes after a log's complete prefix (`parse_log`'s `good`) are
+/// more than a crash can tear: then the entry at `good` was damaged after it was durable,
+/// and must be reported, not cut as a torn tail (FORMATS.md §7).
+pub fn damaged_before_last_append(good: u64, len: u64) -> bool {
+    assert!(good <= len, "complete prefix {good} past the end {len}");
+    len - good > APPEND_BYTES_MAX as u64
+}
+
 /// Splits the log into notes; returns them and the length of the complete prefix (a torn
 /// last entry, or anything after a bad one, is beyond it).
 pub fn parse_log(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
