@@ -120,7 +120,9 @@ impl FramedLog {
     }
 
     /// Appends every value as JSON, one write and one sync for up to `APPEND_BYTES_MAX`
-    /// bytes of entries (usually all of them).
+    /// bytes of entries (usually all of them). If a later piece fails (a full disk), the
+    /// earlier ones stay: the caller retries the whole group, so readers must take an entry
+    /// recorded twice (the manifest's replay is idempotent: a key, a maximum).
     pub(crate) fn append_many<T: Serialize>(&mut self, values: &[T]) -> Result<()> {
         let mut framed = Vec::new();
         for v in values {

@@ -27,7 +27,8 @@ use crate::Shared;
 pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
     use std::sync::atomic::Ordering::SeqCst;
     use std::time::{Duration, Instant};
-    let stopping = || shared.draining.load(SeqCst) || shared.shutting_down.load(SeqCst);
+    // `draining` is set first thing at shutdown, before `shutting_down`.
+    let stopping = || shared.draining.load(SeqCst);
     // Once a seal is given up on at shutdown, so are the segments after it: sealed
     // segments stay a prefix of the log, and the next start seals the open files in order.
     let mut gave_up = false;

@@ -195,4 +195,43 @@ mod tests {
             bytes.len() as u64 - 5
         );
     }
+    /// A group whose append failed part-way (a full disk between two of `append_many`'s
+    /// pieces) is shipped and recorded again whole: replay takes the entries recorded twice
+    /// as once.
+    #[test]
+    fn a_group_recorded_twice_replays_as_once() {
+        let tile = |n: u64| Entry {
+            kind: Kind::Tile,
+            key: format!("tile/0/{n}"),
+            first: Some(0),
+            end: Some(n),
+            ..seg(0, 0, 3)
+        };
+        let group = [seg(0, 10, 5), tile(0), seg(10, 20, 9), tile(1)];
+        let once = tempfile::tempdir().expect("tmp");
+        let twice = tempfile::tempdir().expect("tmp");
+        Manifest::open(once.path())
+            .expect("open")
+            .0
+            .append(&group)
+            .expect("append");
+        let (mut m, _, _) = Manifest::open(twice.path()).expect("open");
+        m.append(&group[..2]).expect("the piece that made it");
+        m.append(&group).expect("the retried group");
+        let (_, a, n_once) = Manifest::open(once.path()).expect("reopen");
+        let (_, b, n_twice) = Manifest::open(twice.path()).expect("reopen");
+        assert_eq!((n_once, n_twice), (4, 6));
+        assert_eq!(a.keys, b.keys);
+        assert_eq!(a.tiles_next, b.tiles_next);
+        assert_eq!(a.tiles_next, vec![2]);
+        assert_eq!(
+            a.segments.keys().collect::<Vec<_>>(),
+            b.segments.keys().collect::<Vec<_>>()
+        );
+        assert_eq!((a.contiguous_end(), b.contiguous_end()), (20, 20));
+        assert_eq!(
+            (a.checkpoint_size, a.retain_until_max_unix_s),
+            (b.checkpoint_size, b.retain_until_max_unix_s)
+        );
+    }
 }
