@@ -322,6 +322,16 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).expect("read");
+        // The store the daemon keeps holds hashes only, never a token itself.
+        let store = std::fs::read_to_string(dir.join("tokens.json")).expect("store");
+        for line in text.lines() {
+            let (_, token) = line.split_once(' ').expect("role token");
+            assert!(
+                !store.contains(token),
+                "a token in the clear in tokens.json"
+            );
+            assert!(store.contains(&hex::encode(digest(token.as_bytes()))));
+        }
         let (again, none) = Tokens::load_or_create(&dir).expect("reload");
         assert!(none.is_none());
         for line in text.lines() {
