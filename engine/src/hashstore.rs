@@ -31,6 +31,11 @@ pub struct HashFiles {
     dir: PathBuf,
     files: Arc<RwLock<Vec<Arc<File>>>>,
     cache: Arc<RwLock<UpperCache>>,
+    /// Tests only: a page cache whose contents the test controls, in place of the kernel's
+    /// (which may keep or drop any page whatever it was advised), so that what a cached-only
+    /// read must refuse is known exactly.
+    #[cfg(test)]
+    page_model: Option<Arc<tests::PageModel>>,
 }
 
 /// Whole upper levels in memory. A level is extended only up to a node a reader asks for,
@@ -90,6 +95,8 @@ impl HashFiles {
             dir: dir.to_path_buf(),
             files: Arc::new(RwLock::new(Vec::new())),
             cache: Arc::new(RwLock::new(UpperCache::new(cache_bytes_max))),
+            #[cfg(test)]
+            page_model: None,
         };
         // Open the levels that exist; new ones are created as the tree grows into them.
         for level in 0..LEVELS_MAX {
@@ -224,6 +231,10 @@ impl HashFiles {
             path: self.path(level),
             what: format!("missing level for node {first} of level {level}"),
         })?;
+        #[cfg(test)]
+        if let Some(model) = &self.page_model {
+            return model.read(level, &f, out, first * 32, wait);
+        }
         if wait == Wait::No {
             return match crate::io::pread_cached(&f, out, first * 32) {
                 Ok(true) => Ok(()),
@@ -456,19 +467,71 @@ mod tests {
         }
     }
 
-    /// What the page cache does not hold, the cached-only reader refuses (`WouldBlock`)
-    /// instead of waiting or answering wrong; the waiting reader then answers, and after
-    /// that read the cached-only one can too. This is the path the HTTP handlers take to
-    /// the blocking pool when the cache is cold.
-    #[test]
-    fn cached_only_reader_refuses_what_needs_the_disk() {
-        use std::os::fd::AsRawFd;
+    /// A page cache the test controls: `(level, page)` pairs that are resident. A waiting
+    /// read brings its pages in (as the kernel's would); a cached-only read of anything not
+    /// resident is refused; `evict_all` drops everything, deterministically.
+    pub(super) struct PageModel {
+        resident: std::sync::Mutex<std::collections::HashSet<(usize, u64)>>,
+        /// Cached-only reads that reached the file (none may, for a refused read).
+        cached_reads: std::sync::atomic::AtomicU64,
+    }
+
+    const PAGE_BYTES: u64 = 4096;
+
+    impl PageModel {
+        fn new() -> Arc<PageModel> {
+            Arc::new(PageModel {
+                resident: Default::default(),
+                cached_reads: Default::default(),
+            })
+        }
+
+        fn pages(level: usize, offset: u64, len: usize) -> impl Iterator<Item = (usize, u64)> {
+            let end = offset + len as u64;
+            (offset / PAGE_BYTES..end.div_ceil(PAGE_BYTES)).map(move |p| (level, p))
+        }
+
+        pub(super) fn read(
+            &self,
+            level: usize,
+            f: &File,
+            out: &mut [u8],
+            offset: u64,
+            wait: Wait,
+        ) -> Result<()> {
+            let mut resident = self.resident.lock().expect("lock");
+            if wait == Wait::No {
+                if !Self::pages(level, offset, out.len()).all(|p| resident.contains(&p)) {
+                    return Err(EngineError::WouldBlock);
+                }
+                self.cached_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            f.read_exact_at(out, offset).map_err(|e| EngineError::Io {
+                path: PathBuf::from(format!("level {level}")),
+                what: "read".into(),
+                source: e,
+            })?;
+            resident.extend(Self::pages(level, offset, out.len()));
+            Ok(())
+        }
+
+        fn evict_all(&self) {
+            self.resident.lock().expect("lock").clear();
+        }
+
+        fn resident_pages(&self) -> usize {
+            self.resident.lock().expect("lock").len()
+        }
+    }
+
+    fn store_of(dir: &Path, budget: u64, leaves: u64) -> (HashFiles, MemoryTree) {
         let alg = TreeHash::Sha256;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = HashFiles::open(dir.path(), 0).expect("open");
+        let mut files = HashFiles::open(dir, budget).expect("open");
+        files.page_model = Some(PageModel::new());
         let mut oracle = MemoryTree::new(alg);
         let mut pending = PendingNodes::new();
-        for i in 0..5000u64 {
+        for i in 0..leaves {
             let hashes = &mut oracle.hashes;
             oracle.edge.append(alg.leaf(&i.to_be_bytes()), |n, h| {
                 (hashes.put(n, h), pending.push(n, h)).0
@@ -476,25 +539,86 @@ mod tests {
         }
         pending.flush(&files).expect("flush");
         files.sync().expect("sync");
-        let level_files = files.files.read().expect("lock").clone();
-        for f in &level_files {
-            // SAFETY: an advice call on an open descriptor, no pointers.
-            let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            assert_eq!(r, 0, "fadvise");
+        (files, oracle)
+    }
+
+    /// What the page cache does not hold, the cached-only reader refuses (`WouldBlock`)
+    /// without reading the file, instead of waiting or answering wrong; the waiting reader
+    /// then answers, and after that read the cached-only one can too. This is the path the
+    /// HTTP handlers take to the blocking pool when the cache is cold. The page cache is the
+    /// test's model, so "cold" is a fact here, not the kernel's goodwill (the kernel's own is
+    /// checked, where it cannot fail spuriously, in `cached_reads_match_the_oracle_…`).
+    #[test]
+    fn cached_only_reader_refuses_what_needs_the_disk() {
+        let alg = TreeHash::Sha256;
+        for budget in [0u64, 64 << 20] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (files, oracle) = store_of(dir.path(), budget, 5000);
+            let model = files.page_model.clone().expect("model");
+            model.evict_all();
+            let size = oracle.size();
+            for index in [0, 1234, size - 1] {
+                let want = tree::prove_inclusion(alg, index, size, &oracle.hashes)
+                    .expect("read")
+                    .expect("proof");
+                model.evict_all();
+                let before = model
+                    .cached_reads
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let cold = tree::prove_inclusion(alg, index, size, &CachedOnly(&files));
+                // The upper cache may answer some nodes, but never all of a cold proof.
+                assert!(matches!(cold, Err(EngineError::WouldBlock)), "{cold:?}");
+                assert_eq!(
+                    model
+                        .cached_reads
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    before,
+                    "a refused read must not reach the file"
+                );
+                assert_eq!(model.resident_pages(), 0, "a refusal brings nothing in");
+                let got = tree::prove_inclusion(alg, index, size, &files)
+                    .expect("read")
+                    .expect("proof");
+                assert_eq!(got, want, "budget {budget} index {index}");
+                let warm = tree::prove_inclusion(alg, index, size, &CachedOnly(&files))
+                    .expect("cached now")
+                    .expect("proof");
+                assert_eq!(warm, want, "budget {budget} index {index}");
+            }
         }
-        let (index, size) = (1234, oracle.size());
-        let want = tree::prove_inclusion(alg, index, size, &oracle.hashes)
-            .expect("read")
-            .expect("proof");
-        let cold = tree::prove_inclusion(alg, index, size, &CachedOnly(&files));
+    }
+
+    /// A cached-only read that finds part of what it needs (the leaf level resident, an
+    /// upper level not) refuses the whole proof, and what it read of the resident part
+    /// leaves no half-filled level in the upper cache: the next proof is still exact.
+    #[test]
+    fn partly_cached_reads_refuse_and_leave_the_cache_exact() {
+        let alg = TreeHash::Sha256;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (files, oracle) = store_of(dir.path(), 64 << 20, 3000);
+        let model = files.page_model.clone().expect("model");
+        let size = oracle.size();
+        let want = |index| {
+            tree::prove_inclusion(alg, index, size, &oracle.hashes)
+                .expect("read")
+                .expect("proof")
+        };
+        model.evict_all();
+        // Bring in only level 0, the whole of it.
+        let f = files.level_file(0).expect("level 0");
+        let mut all = vec![0u8; 32 * 3000];
+        model.read(0, &f, &mut all, 0, Wait::Yes).expect("read");
+        let cold = tree::prove_inclusion(alg, 77, size, &CachedOnly(&files));
         assert!(matches!(cold, Err(EngineError::WouldBlock)), "{cold:?}");
-        let got = tree::prove_inclusion(alg, index, size, &files)
-            .expect("read")
-            .expect("proof");
-        assert_eq!(got, want);
-        let warm = tree::prove_inclusion(alg, index, size, &CachedOnly(&files))
-            .expect("cached now")
-            .expect("proof");
-        assert_eq!(warm, want);
+        for index in [77, 2999, 1024] {
+            let got = tree::prove_inclusion(alg, index, size, &files)
+                .expect("read")
+                .expect("proof");
+            assert_eq!(got, want(index));
+            match tree::prove_inclusion(alg, index, size, &CachedOnly(&files)) {
+                Ok(p) => assert_eq!(p.expect("proof"), want(index)),
+                Err(e) => assert!(matches!(e, EngineError::WouldBlock), "{e}"),
+            }
+        }
     }
 }
