@@ -14,7 +14,9 @@ use auditlog_worm::{
 };
 
 use crate::source::{order_segments, LogSource, ReadAt, SegRef};
-use crate::verify::{fail, verify_source, FileHashes, HashCheck, Progress, Summary, VerifyError};
+use crate::verify::{
+    fail, verify_source, FileHashes, HashCheck, Pins, Progress, Summary, VerifyError,
+};
 use auditlog_formats::keyhistory::CheckedHistory;
 
 /// What a sealed segment's footer says about its retention.
@@ -111,7 +113,7 @@ impl LogSource for BucketSource {
         Ok(Box::new(bytes))
     }
 
-    fn read_open(&self, seg: &SegRef) -> Result<Vec<u8>, VerifyError> {
+    fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
         fail(self.place(seg), "open segments are never shipped")
     }
 
@@ -244,8 +246,19 @@ pub fn verify_bucket(
     policy: &RetentionPolicy,
     progress: Progress<'_>,
 ) -> Result<(Summary, RetentionReport), VerifyError> {
+    verify_bucket_pinned(target, history, &Pins::default(), policy, progress)
+}
+
+/// `verify_bucket` under `pins` as well.
+pub fn verify_bucket_pinned(
+    target: Arc<dyn WormTarget>,
+    history: &CheckedHistory,
+    pins: &Pins,
+    policy: &RetentionPolicy,
+    progress: Progress<'_>,
+) -> Result<(Summary, RetentionReport), VerifyError> {
     let src = BucketSource::new(target.clone());
-    let summary = verify_source(&src, history, progress)?;
+    let summary = verify_source(&src, history, pins, progress)?;
     let mut report = RetentionReport::default();
     for s in src.sealed.borrow().iter() {
         let want = policy.retain_until(s.sealed_at_unix_s, s.max_classification);

@@ -502,8 +502,8 @@ pub struct CheckpointArgs {
 pub fn checkpoint(conn: &Conn, args: &CheckpointArgs) -> anyhow::Result<()> {
     let client = conn.client()?;
     let text = client.checkpoint(args.min_size, args.wait_ms)?;
-    print!("{text}");
-    std::io::stdout().flush().context("writing to stdout")?;
+    // With --key the note is printed only once it verified, so what lands in a file an
+    // auditor keeps (`prove --since`, `verify --since`) is never an unchecked note.
     if let Some(k) = &args.key {
         let key = load_key(k)?;
         match note::open_checkpoint(&text, std::slice::from_ref(&key)) {
@@ -516,5 +516,7 @@ pub fn checkpoint(conn: &Conn, args: &CheckpointArgs) -> anyhow::Result<()> {
             Err(e) => bail!("checkpoint signature check with key {key} FAILED: {e}"),
         }
     }
+    print!("{text}");
+    std::io::stdout().flush().context("writing to stdout")?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `auditlog`: the command-line client.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -46,11 +46,32 @@ enum Command {
         /// for a log that never rotated its key.
         #[arg(long, env = "AUDITLOG_VERIFIER_KEY", conflicts_with = "history")]
         key: Option<String>,
-        /// The key history (`keys.json`, obtained out of band or from `GET /v1/log`).
-        /// Without --key or --history, `<dir>/keys.json` is used, with a warning: it then
-        /// trusts the directory being verified.
+        /// The key history (`keys.json`), obtained out of band.
         #[arg(long)]
         history: Option<PathBuf>,
+        /// Without --key or --history, trust `<dir>/keys.json` from the directory being
+        /// verified: this proves nothing against whoever can write it.
+        #[arg(long)]
+        insecure: bool,
+        /// The log's origin, pinned (default: the --since checkpoint's; else log.json's,
+        /// reported as not pinned).
+        #[arg(long)]
+        origin: Option<String>,
+        /// A checkpoint note the auditor kept (`auditlog checkpoint --key K > FILE`): the log
+        /// must extend it; a rolled-back or forked log fails.
+        #[arg(long, value_name = "NOTE_FILE")]
+        since: Option<PathBuf>,
+        /// The signed size must be at least this.
+        #[arg(long)]
+        min_size: Option<u64>,
+        /// A key history kept with --since: the history used must extend it (no key added
+        /// or retired for sizes already signed then).
+        #[arg(long, value_name = "FILE", requires = "since")]
+        prev_history: Option<PathBuf>,
+        /// Accept records past the signed size (e.g. a directory after a crash): they are
+        /// counted and reported, never as verified.
+        #[arg(long)]
+        allow_unsigned_tail: bool,
     },
     /// Send events (one JSON object, or NDJSON) from a file or stdin; keeps receipts.
     Send(cli::SendArgs),
@@ -109,6 +130,12 @@ fn run() -> anyhow::Result<()> {
             dir,
             key,
             history,
+            insecure,
+            origin,
+            since,
+            min_size,
+            prev_history,
+            allow_unsigned_tail,
             endpoint,
             region,
             retention_days,
@@ -131,6 +158,9 @@ fn run() -> anyhow::Result<()> {
                     if auditlog_worm::is_url(&dir.to_string_lossy()) {
                         anyhow::bail!("verifying a bucket needs --key or --history: the bucket's own key history is not trusted");
                     }
+                    if !insecure {
+                        anyhow::bail!("no pinned key: give --key or --history (obtained out of band); --insecure trusts the directory's own keys.json, which proves nothing against whoever can write it");
+                    }
                     let path = dir.join("keys.json");
                     eprintln!(
                         "warning: no --key or --history: trusting {} from the directory being verified",
@@ -138,6 +168,44 @@ fn run() -> anyhow::Result<()> {
                     );
                     auditlog_client::verify::load_history(&path)?
                 }
+            };
+            // The kept checkpoint verifies under the history kept with it (or, without one,
+            // the pinned keys); the history used must then extend that one.
+            let prev = match &prev_history {
+                Some(p) => Some(auditlog_client::verify::load_history(p)?),
+                None => None,
+            };
+            let since = match &since {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    let cp = prev
+                        .as_ref()
+                        .unwrap_or(&history)
+                        .open_checkpoint(&text)
+                        .with_context(|| {
+                            format!(
+                                "{}: the kept checkpoint does not verify under the pinned key(s)",
+                                p.display()
+                            )
+                        })?;
+                    Some(cp)
+                }
+                None => None,
+            };
+            if let (Some(prev), Some(kept)) = (&prev, &since) {
+                history.extends(prev, kept.size).with_context(|| {
+                    format!(
+                        "the key history against {}",
+                        prev_history.as_deref().unwrap_or(Path::new("")).display()
+                    )
+                })?;
+            }
+            let pins = auditlog_client::verify::Pins {
+                origin,
+                since,
+                min_size,
+                allow_unsigned_tail,
             };
             let key_names = history
                 .keys
@@ -181,9 +249,10 @@ fn run() -> anyhow::Result<()> {
                     ..Default::default()
                 };
                 let target = auditlog_worm::open(&url, &opts).context("opening the bucket")?;
-                match auditlog_client::bucket::verify_bucket(
+                match auditlog_client::bucket::verify_bucket_pinned(
                     target.into(),
                     &history,
+                    &pins,
                     &policy,
                     &mut progress,
                 ) {
@@ -192,7 +261,12 @@ fn run() -> anyhow::Result<()> {
                 }
             } else {
                 (
-                    auditlog_client::verify::verify_dir_with_history(&dir, &history, &mut progress),
+                    auditlog_client::verify::verify_dir_pinned(
+                        &dir,
+                        &history,
+                        &pins,
+                        &mut progress,
+                    ),
                     None,
                 )
             };
@@ -205,16 +279,22 @@ fn run() -> anyhow::Result<()> {
                         eprintln!("warning: {w}");
                     }
                     println!(
-                        "OK: {} events ({} sealed, {} open, {} pruned segments), root {}, {} checkpoints verified with {}, {} stored hashes checked",
-                        s.events,
+                        "OK: signed size {} ({} sealed, {} open, {} pruned segments), root {}, {} checkpoints verified with {}, {} stored hashes checked",
+                        s.signed_size,
                         s.sealed_segments,
                         s.open_segments,
                         s.pruned_segments,
-                        hex::encode(s.root),
+                        hex::encode(s.signed_root),
                         s.checkpoints,
                         key_names,
                         s.hash_nodes_checked
                     );
+                    if s.unsigned_records > 0 {
+                        println!(
+                            "UNSIGNED: {} record(s) past the signed size, NOT verified (--allow-unsigned-tail)",
+                            s.unsigned_records
+                        );
+                    }
                     if let Some(r) = retention {
                         for line in &r.short {
                             println!("RETENTION: {line}");

@@ -34,10 +34,17 @@ pub struct ProveArgs {
     /// signed checkpoint by a consistency proof.
     #[arg(long)]
     pub size: Option<u64>,
-    /// The log's verifier key (`name+keyid+base64` or @FILE). Without it the server's own
-    /// key is used, which proves nothing against that server.
+    /// The log's verifier key (`name+keyid+base64` or @FILE), obtained out of band.
+    /// Required unless --insecure is given.
     #[arg(long, env = "AUDITLOG_VERIFIER_KEY")]
     pub key: Option<String>,
+    /// Without --key, use the key the server itself lists: this proves nothing against
+    /// that server (a demonstration only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// The log's origin, pinned; without it the server's is used (and reported).
+    #[arg(long)]
+    pub origin: Option<String>,
     /// A checkpoint saved earlier (`auditlog checkpoint > FILE`): also prove that the log
     /// then is a prefix of the log now.
     #[arg(long)]
@@ -155,9 +162,29 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
     let info = client.log_info().map_err(|e| failed("log", e))?;
     let alg = TreeHash::from_name(&info.tree_hash)
         .ok_or_else(|| failed("log", format!("unknown tree hash {:?}", info.tree_hash)))?;
+    if let Some(o) = &args.origin {
+        if *o != info.origin {
+            return Err(failed(
+                "log",
+                format!(
+                    "the server's origin {:?} is not the pinned {o:?}",
+                    info.origin
+                ),
+            ));
+        }
+    }
     ok(
         "log",
-        format!("origin {}, tree hash {}", info.origin, alg.name()),
+        format!(
+            "origin {}{}, tree hash {}",
+            info.origin,
+            if args.origin.is_some() {
+                " (pinned)"
+            } else {
+                " (from the server, not pinned: --origin)"
+            },
+            alg.name()
+        ),
     );
 
     let key = match &args.key {
@@ -165,6 +192,13 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
             let key = load_key(k).map_err(|e| failed("key", format!("{e:#}")))?;
             ok("key", format!("{key} (given)"));
             key
+        }
+        None if !args.insecure => {
+            return Err(failed(
+                "key",
+                "no verifier key: pin the log's key with --key (obtained out of band); \
+                 --insecure uses the server's own key, which proves nothing against it",
+            ))
         }
         None => {
             let text = info

@@ -38,9 +38,25 @@ pub(crate) fn fail<T>(place: impl Place, what: impl Into<String>) -> Result<T, V
     })
 }
 
+/// What the verifier vouches for. Only `signed_size` records are verified: those a checkpoint
+/// signed by the pinned key(s) covers. Records past it (`unsigned_records`) were read and
+/// checked for framing, but nothing signed them, so anyone who could write the directory
+/// could have put them there.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// Records read from the segments (signed and unsigned).
     pub events: u64,
+    /// The size of the newest checkpoint (checkpoint log or sealed footer) that verifies
+    /// under the pinned keys; the verified records are `[0, signed_size)`.
+    pub signed_size: u64,
+    /// The root of the tree at `signed_size`.
+    pub signed_root: Hash,
+    /// Records past `signed_size` (only with `Pins::allow_unsigned_tail`; otherwise an error).
+    pub unsigned_records: u64,
+    /// A torn tail cut from the last open segment (a write a crash interrupted: never
+    /// acknowledged, not counted).
+    pub torn_tail: Option<String>,
+    /// The root of all records read (`events`).
     pub root: Hash,
     pub sealed_segments: usize,
     pub open_segments: usize,
@@ -50,6 +66,23 @@ pub struct Summary {
     pub checkpoints: usize,
     pub hash_nodes_checked: u64,
     pub warnings: Vec<String>,
+}
+
+/// What the auditor pinned beyond the keys, and what it accepts. The tree hash and the
+/// signatures come from the key history; these pin the rest, so nothing that matters is
+/// taken from the directory or the bucket being verified.
+#[derive(Debug, Default, Clone)]
+pub struct Pins {
+    /// The log's origin. Without it the origin `log.json` names is used (reported).
+    pub origin: Option<String>,
+    /// A checkpoint the auditor kept (already verified under the keys): the log must extend
+    /// it, so a rolled-back or forked log fails.
+    pub since: Option<Checkpoint>,
+    /// The signed size must be at least this.
+    pub min_size: Option<u64>,
+    /// Accept records past the signed size (inspecting a directory after a crash): they are
+    /// counted in `Summary::unsigned_records`, never as verified.
+    pub allow_unsigned_tail: bool,
 }
 
 /// Called with (bytes done, bytes total) as segments are read.
@@ -121,13 +154,25 @@ pub fn verify_dir_with_history(
     history: &CheckedHistory,
     progress: Progress<'_>,
 ) -> Result<Summary, VerifyError> {
-    verify_source(&DirSource::new(dir), history, progress)
+    verify_source(&DirSource::new(dir), history, &Pins::default(), progress)
 }
 
-/// Verifies the log a source holds (a data directory, a bucket), trusting only `history`.
+/// Verifies a data directory under `history` and `pins`.
+pub fn verify_dir_pinned(
+    dir: &Path,
+    history: &CheckedHistory,
+    pins: &Pins,
+    progress: Progress<'_>,
+) -> Result<Summary, VerifyError> {
+    verify_source(&DirSource::new(dir), history, pins, progress)
+}
+
+/// Verifies the log a source holds (a data directory, a bucket), trusting only `history`
+/// and `pins`.
 pub fn verify_source(
     src: &dyn LogSource,
     history: &CheckedHistory,
+    pins: &Pins,
     progress: Progress<'_>,
 ) -> Result<Summary, VerifyError> {
     let (meta_path, meta_bytes) = src.log_meta()?;
@@ -142,9 +187,27 @@ pub fn verify_source(
         );
     };
 
+    let mut summary = Summary::default();
+    let pinned_origin = pins
+        .origin
+        .as_ref()
+        .or(pins.since.as_ref().map(|c| &c.origin));
+    match pinned_origin {
+        Some(o) if *o != meta.origin => {
+            return fail(
+                &meta_path,
+                format!("origin {:?}, but the pinned origin is {o:?}", meta.origin),
+            )
+        }
+        Some(_) => {}
+        None => summary.warnings.push(format!(
+            "origin not pinned (--origin or --since): took {:?} from {meta_path}",
+            meta.origin
+        )),
+    }
+
     // Checkpoints first: they say which roots the records must reproduce.
     let (cp_path, entries) = src.checkpoints()?;
-    let mut summary = Summary::default();
     let mut checkpoints: Vec<Checkpoint> = Vec::with_capacity(entries.len());
     for (i, raw) in entries.iter().enumerate() {
         let text = std::str::from_utf8(raw)
@@ -175,6 +238,12 @@ pub fn verify_source(
     for (i, cp) in checkpoints.iter().enumerate() {
         want_roots.entry(cp.size).or_default().push(i);
     }
+    // The kept checkpoint, as one more root the records must reproduce at its size: the
+    // tree is rebuilt from every record, so this equals checking a consistency proof from
+    // it to every later checkpoint (and needs no hash the source supplies).
+    let since_at = pins.since.as_ref().map(|c| (c.size, c.root));
+    // The newest size a pinned key signed: the checkpoint log's and every sealed footer's.
+    let mut signed: Option<(u64, Hash)> = checkpoints.last().map(|c| (c.size, c.root));
 
     let segs = src.segments()?;
     let total_bytes: u64 = segs.iter().map(|s| s.bytes).sum();
@@ -194,6 +263,14 @@ pub fn verify_source(
         });
         if let Some(e) = bad {
             return Err(e);
+        }
+        if let Some((size, root)) = since_at.filter(|(size, _)| edge.size() == *size) {
+            if edge.root() != root {
+                return fail(place(), format!(
+                    "records up to index {} give root {}, but the kept checkpoint (--since) of size {size} signs {}: the log was forked or rewritten",
+                    size - 1, hex::encode(edge.root()), hex::encode(root)
+                ));
+            }
         }
         if let Some(idx) = want_roots.get(&edge.size()) {
             let root = edge.root();
@@ -269,13 +346,22 @@ pub fn verify_source(
                         ),
                     );
                 }
-                if !footer.checkpoint_note.is_empty() {
-                    let cp = history
-                        .open_checkpoint(&footer.checkpoint_note)
-                        .or_else(|e| fail(path, format!("footer checkpoint: {e}")))?;
-                    if cp.size != *end || cp.root != footer.root || cp.origin != meta.origin {
-                        return fail(path, "footer checkpoint does not sign this segment's head");
-                    }
+                // The engine signs every footer as it seals (DESIGN.md): an empty or
+                // unverifiable note is a segment nobody with the key sealed.
+                if footer.checkpoint_note.is_empty() {
+                    return fail(
+                        path,
+                        "footer has no checkpoint note: no pinned key signed this segment",
+                    );
+                }
+                let cp = history
+                    .open_checkpoint(&footer.checkpoint_note)
+                    .or_else(|e| fail(path, format!("footer checkpoint: {e}")))?;
+                if cp.size != *end || cp.root != footer.root || cp.origin != meta.origin {
+                    return fail(path, "footer checkpoint does not sign this segment's head");
+                }
+                if signed.is_none_or(|(s, _)| cp.size > s) {
+                    signed = Some((cp.size, cp.root));
                 }
                 summary.sealed_segments += 1;
             }
@@ -318,21 +404,12 @@ pub fn verify_source(
                 summary.pruned_segments += 1;
             }
             SegKind::Open(first) => {
-                let first = &first;
-                if *first != edge.size() {
+                if first != edge.size() {
                     return fail(path, format!("starts at index {first}, but the log so far ends at {}: a segment is missing", edge.size()));
                 }
-                let bytes = src.read_open(seg)?;
-                let mut at = 0usize;
-                while at + BATCH_HEADER_BYTES <= bytes.len()
-                    && bytes[at..at + BATCH_HEADER_BYTES].iter().any(|&b| b != 0)
-                {
-                    let (h, body) = batch::decode_batch(&bytes[at..]).or_else(|e| {
-                        fail(
-                            path,
-                            format!("batch at offset {at} (index {}): {e}", edge.size()),
-                        )
-                    })?;
+                let last = std::ptr::eq(seg, segs.last().expect("in the list"));
+                let f = src.open_unsealed(seg)?;
+                let torn = scan_open(path, f.as_ref(), last, &mut |at, h, body| {
                     if h.first_index != edge.size() {
                         return fail(path, format!("batch at offset {at}: starts at index {}, expected {}: events are missing", h.first_index, edge.size()));
                     }
@@ -344,17 +421,11 @@ pub fn verify_source(
                             format!("{path}: batch at offset {at}")
                         })?;
                     }
-                    at += h.total_bytes();
-                }
-                if let Some(nz) = bytes[at..].iter().position(|&b| b != 0) {
-                    return fail(
-                        path,
-                        format!(
-                            "non-zero bytes at offset {} after the last batch (index {})",
-                            at + nz,
-                            edge.size()
-                        ),
-                    );
+                    Ok(())
+                })?;
+                if let Some(t) = torn {
+                    summary.warnings.push(format!("{path}: {t}"));
+                    summary.torn_tail = Some(format!("{path}: {t}"));
                 }
                 summary.open_segments += 1;
             }
@@ -365,6 +436,18 @@ pub fn verify_source(
 
     if let Some(last) = checkpoints.last() {
         if last.size > edge.size() {
+            // A bad batch taken for a torn tail cannot hold signed records: it is damage,
+            // and where it is is the place to name.
+            if let Some(t) = &summary.torn_tail {
+                return fail(
+                    t,
+                    format!(
+                        "records from index {} on were signed (checkpoint size {}), so this is damage, not a torn tail: events are missing",
+                        edge.size(),
+                        last.size
+                    ),
+                );
+            }
             return fail(
                 &cp_path,
                 format!(
@@ -421,11 +504,162 @@ pub fn verify_source(
             pruned.join(", ")
         ));
     }
+    // What is vouched for: the records a pinned key signed, and nothing past them.
+    let Some((signed_size, signed_root)) = signed else {
+        return fail(
+            &cp_path,
+            format!(
+                "no checkpoint verifies under the pinned key(s): none of the {} records is signed",
+                edge.size()
+            ),
+        );
+    };
+    if let Some(kept) = &pins.since {
+        if kept.size > edge.size() || kept.size > signed_size {
+            return fail(
+                &cp_path,
+                format!(
+                    "the kept checkpoint (--since) has size {}, but the log holds {} records signed up to size {signed_size}: the log was rolled back",
+                    kept.size,
+                    edge.size()
+                ),
+            );
+        }
+        if kept.size == 0 && kept.root != RightEdge::new(alg).root() {
+            return fail(
+                &cp_path,
+                "the kept checkpoint (--since) of size 0 has a root other than the empty tree's",
+            );
+        }
+    }
+    if let Some(min) = pins.min_size {
+        if signed_size < min {
+            return fail(
+                &cp_path,
+                format!("signed size {signed_size} is below the pinned minimum {min} (--min-size)"),
+            );
+        }
+    }
+    let unsigned = edge.size() - signed_size;
+    if unsigned > 0 {
+        let what = format!(
+            "{unsigned} record(s) past the signed size {signed_size} (indexes {signed_size}..{}): no pinned key signed them",
+            edge.size()
+        );
+        if !pins.allow_unsigned_tail {
+            return fail(
+                &cp_path,
+                format!("{what}; --allow-unsigned-tail accepts them as unverified"),
+            );
+        }
+        summary
+            .warnings
+            .push(format!("{what}; NOT verified (--allow-unsigned-tail)"));
+    }
+    summary.signed_size = signed_size;
+    summary.signed_root = signed_root;
+    summary.unsigned_records = unsigned;
     summary.events = edge.size();
     summary.root = edge.root();
     summary.checkpoints = checkpoints.len();
     summary.hash_nodes_checked = hashes.checked;
     Ok(summary)
+}
+
+/// Called with each valid batch of an open segment: its offset, header and body.
+type OnBatch<'a> = dyn FnMut(u64, &batch::BatchHeader, &[u8]) -> Result<(), VerifyError> + 'a;
+
+/// Scans an open segment's batches (FORMATS.md §5) in pieces: one batch in memory at a
+/// time, never the segment. `on_batch` sees each valid batch's header
+/// with its body. A bad batch is a torn tail (returned, its records not counted) only in
+/// the last open segment and only if zeros follow as the format's rule requires
+/// (`batch::torn_tail_zeros`, with the format's largest batch as the allowance, since the
+/// verifier does not know the configured limit); otherwise it is a failure.
+fn scan_open(
+    path: &str,
+    f: &dyn ReadAt,
+    last: bool,
+    on_batch: &mut OnBatch<'_>,
+) -> Result<Option<String>, VerifyError> {
+    let len = f.len();
+    let mut buf = Vec::new();
+    let mut at = 0u64;
+    let bad = loop {
+        if at + BATCH_HEADER_BYTES as u64 > len {
+            break None;
+        }
+        let mut head = [0u8; BATCH_HEADER_BYTES];
+        f.read_exact_at(&mut head, at)
+            .or_else(|e| fail(path, format!("offset {at}: {e}")))?;
+        if head.iter().all(|&b| b == 0) {
+            break None;
+        }
+        let total = match batch::decode_header(&head) {
+            Ok(h) if at + h.total_bytes() as u64 <= len => h.total_bytes(),
+            Ok(h) => {
+                break Some(format!(
+                    "batch at offset {at}: {} bytes, past the end of the file",
+                    h.total_bytes()
+                ))
+            }
+            Err(e) => break Some(format!("batch at offset {at}: {e}")),
+        };
+        buf.resize(total, 0);
+        f.read_exact_at(&mut buf, at)
+            .or_else(|e| fail(path, format!("offset {at}: {e}")))?;
+        let (h, body) = match batch::decode_batch(&buf) {
+            Ok(x) => x,
+            Err(e) => break Some(format!("batch at offset {at}: {e}")),
+        };
+        on_batch(at, &h, body)?;
+        at += total as u64;
+    };
+    let Some(why) = bad else {
+        // After the last batch the file is zeros: anything else is not the engine's.
+        let mut pos = at;
+        let mut chunk = vec![0u8; (1 << 20).min(len.saturating_sub(at)) as usize];
+        while pos < len {
+            let n = (len - pos).min(chunk.len() as u64) as usize;
+            f.read_exact_at(&mut chunk[..n], pos)
+                .or_else(|e| fail(path, format!("offset {pos}: {e}")))?;
+            if let Some(nz) = chunk[..n].iter().position(|&b| b != 0) {
+                return fail(
+                    path,
+                    format!(
+                        "non-zero bytes at offset {} after the last batch",
+                        pos + nz as u64
+                    ),
+                );
+            }
+            pos += n as u64;
+        }
+        return Ok(None);
+    };
+    if !last {
+        return fail(
+            path,
+            format!("{why}, in an open segment that is not the last: damage, not a torn tail"),
+        );
+    }
+    let (from, to) = batch::torn_tail_zeros(at, batch::TORN_TAIL_ALLOWANCE_BYTES_MAX, len);
+    let mut pos = from;
+    let mut chunk = vec![0u8; (1 << 20).min(to - from) as usize];
+    while pos < to {
+        let n = (to - pos).min(chunk.len() as u64) as usize;
+        f.read_exact_at(&mut chunk[..n], pos)
+            .or_else(|e| fail(path, format!("offset {pos}: {e}")))?;
+        if let Some(nz) = chunk[..n].iter().position(|&b| b != 0) {
+            return fail(
+                path,
+                format!(
+                    "{why}; and data follows at offset {}: damage, not a torn tail",
+                    pos + nz as u64
+                ),
+            );
+        }
+        pos += n as u64;
+    }
+    Ok(Some(format!("{why}: a torn tail (a write a crash interrupted, never acknowledged), its records not counted")))
 }
 
 fn read_sealed(

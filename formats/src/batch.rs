@@ -27,6 +27,36 @@ pub const ENTRY_PREFIX_BYTES: usize = 4;
 /// allocate or scan gigabytes.
 pub const BATCH_BODY_BYTES_MAX: usize = 64 << 20;
 
+/// The torn-tail rule of FORMATS.md §5, one place for the engine's recovery and sealer and
+/// the offline verifier. A batch is synced before the next is written, so a crash can leave
+/// garbage over at most the one batch being written: a bad batch at `at` is a torn tail only
+/// if the bytes `torn_tail_zeros(at, allowance, file_len)` are all zero, and only in the
+/// last open segment. Anything else is damage.
+///
+/// How far past a bad batch one torn write can reach: one whole batch of the configured
+/// limit, with slack for its header.
+pub fn torn_tail_allowance_bytes(batch_bytes_max: usize) -> u64 {
+    batch_bytes_max as u64 + 64
+}
+
+/// The allowance for a reader that does not know the configured batch limit (the offline
+/// verifier): the format's largest batch.
+pub const TORN_TAIL_ALLOWANCE_BYTES_MAX: u64 =
+    (BATCH_HEADER_BYTES + BATCH_BODY_BYTES_MAX) as u64 + 64;
+
+/// How many bytes past the allowance must be zeros.
+pub const TORN_TAIL_ZEROS_CHECKED_BYTES: u64 = 16 << 20;
+
+/// The byte range `[from, to)` that must be all zeros for a bad batch at `at`, in a file of
+/// `file_len` bytes, to be a torn tail (empty when the file ends within the allowance).
+pub fn torn_tail_zeros(at: u64, allowance_bytes: u64, file_len: u64) -> (u64, u64) {
+    let from = at.saturating_add(allowance_bytes).min(file_len);
+    let to = from
+        .saturating_add(TORN_TAIL_ZEROS_CHECKED_BYTES)
+        .min(file_len);
+    (from, to)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
     pub body_bytes: u32,

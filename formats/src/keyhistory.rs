@@ -83,6 +83,8 @@ pub enum KeyHistoryError {
     Checkpoint { size: u64, what: String },
     #[error("checkpoint: {0}")]
     Note(#[from] NoteError),
+    #[error("does not extend the pinned key history: {0}")]
+    NotAnExtension(String),
 }
 
 /// A parsed, checked history with its keys decoded, in file order.
@@ -90,6 +92,64 @@ pub enum KeyHistoryError {
 pub struct CheckedHistory {
     pub history: KeyHistory,
     pub keys: Vec<VerifierKey>,
+}
+
+impl CheckedHistory {
+    /// Whether this history extends `pinned`, one an auditor kept when the log had signed up
+    /// to `signed_size` (FORMATS.md §12, "Extension"): every pinned key is still there with
+    /// the same `from_size`; a retirement the pinned history had is unchanged, and a new one
+    /// only retires sizes past `signed_size`; every new key starts past `signed_size` and
+    /// past every pinned key's start. So no key can be added, or taken away, for sizes that
+    /// were already signed: a retroactive key fails.
+    pub fn extends(
+        &self,
+        pinned: &CheckedHistory,
+        signed_size: u64,
+    ) -> Result<(), KeyHistoryError> {
+        let bad = |what: String| Err(KeyHistoryError::NotAnExtension(what));
+        let ours = &self.history.keys;
+        let theirs = &pinned.history.keys;
+        let signed_before = theirs
+            .iter()
+            .map(|k| k.from_size)
+            .max()
+            .unwrap_or(0)
+            .max(signed_size);
+        for old in theirs {
+            let Some(new) = ours.iter().find(|k| k.verifier_key == old.verifier_key) else {
+                return bad(format!("key {} {} is gone", old.verifier_key, old.range()));
+            };
+            if new.from_size != old.from_size {
+                return bad(format!(
+                    "key {} now starts at {}, pinned at {}",
+                    old.verifier_key, new.from_size, old.from_size
+                ));
+            }
+            match (old.until_size, new.until_size) {
+                (a, b) if a == b => {}
+                (None, Some(u)) if u > signed_before => {}
+                (a, b) => {
+                    return bad(format!(
+                        "key {} retired at {b:?}, pinned as {a:?} with sizes up to {signed_before} signed",
+                        old.verifier_key
+                    ))
+                }
+            }
+        }
+        for new in ours {
+            if theirs.iter().any(|k| k.verifier_key == new.verifier_key) {
+                continue;
+            }
+            if new.from_size <= signed_before {
+                return bad(format!(
+                    "key {} {} was added for sizes already signed (up to {signed_before}): a retroactive key",
+                    new.verifier_key,
+                    new.range()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl KeyHistory {
@@ -305,6 +365,47 @@ mod tests {
         assert!(
             h.open_checkpoint(&sign(25, &[&w])).is_err(),
             "no history key at all"
+        );
+    }
+
+    /// A history extends a pinned one only by keys and retirements for sizes not yet
+    /// signed when it was pinned; anything that rewrites signed sizes is refused.
+    #[test]
+    fn extension_rule() {
+        let a = NoteSigner::from_seed("log", [1; 32]).unwrap();
+        let b = NoteSigner::from_seed("log", [2; 32]).unwrap();
+        let c = NoteSigner::from_seed("log", [3; 32]).unwrap();
+        let h = |keys: Vec<KeyEntry>| KeyHistory { format: 1, keys }.check().unwrap();
+        let pinned = h(vec![entry(&a, 0, None)]);
+        // Signed up to 100 when pinned.
+        assert_eq!(pinned.extends(&pinned, 100), Ok(()));
+        let rotated = h(vec![entry(&a, 0, Some(202)), entry(&b, 151, None)]);
+        assert_eq!(rotated.extends(&pinned, 100), Ok(()), "a later rotation");
+        assert_eq!(rotated.extends(&rotated, 150), Ok(()));
+        let early = h(vec![entry(&a, 0, Some(202)), entry(&b, 50, None)]);
+        assert!(
+            matches!(early.extends(&pinned, 100), Err(KeyHistoryError::NotAnExtension(m)) if m.contains("retroactive")),
+            "a key added for sizes already signed"
+        );
+        let retired_early = h(vec![entry(&a, 0, Some(60)), entry(&b, 60, None)]);
+        assert!(
+            retired_early.extends(&pinned, 100).is_err(),
+            "a key retired below the signed size"
+        );
+        let replaced = h(vec![entry(&c, 0, None)]);
+        assert!(
+            replaced.extends(&pinned, 100).is_err(),
+            "the pinned key gone"
+        );
+        let moved = h(vec![entry(&b, 0, None), entry(&a, 5, None)]);
+        assert!(
+            moved.extends(&pinned, 0).is_err(),
+            "a pinned key's start moved"
+        );
+        let unretired = h(vec![entry(&a, 0, None), entry(&b, 151, None)]);
+        assert!(
+            unretired.extends(&rotated, 150).is_err(),
+            "a retirement undone"
         );
     }
 

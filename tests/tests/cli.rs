@@ -302,8 +302,17 @@ fn send_get_checkpoint_and_prove() {
         r.stdout
     );
 
-    // Without --key it still checks, but says the key is the server's own.
-    let r = must(run(&d, "auditor", &["prove", "--index", "1"], None));
+    // Without --key it refuses: the server's own key proves nothing against it.
+    let r = run(&d, "auditor", &["prove", "--index", "1"], None);
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(r.stderr.contains("--key"), "{}", r.stderr);
+    // With --insecure it checks, but says the key is the server's own.
+    let r = must(run(
+        &d,
+        "auditor",
+        &["prove", "--index", "1", "--insecure"],
+        None,
+    ));
     assert!(
         r.stderr.contains("warning") && r.stderr.contains("pin it"),
         "{}",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use auditlog_client::verify::{verify_dir, Summary, VerifyError};
+use auditlog_client::verify::{verify_dir, verify_dir_pinned, Pins, Summary, VerifyError};
 use auditlog_engine::Engine;
 use auditlog_formats::note::{self, VerifierKey};
 use auditlog_formats::tree;
@@ -325,7 +325,7 @@ fn tampering_with_any_file_fails_verification_at_the_right_place() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: 8000 events"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: signed size 8000"));
     // A wrong key fails on the first checkpoint.
     let other = note::NoteSigner::from_seed("auditlog.local/log", [9u8; 32])
         .expect("key")
@@ -335,6 +335,341 @@ fn tampering_with_any_file_fails_verification_at_the_right_place() {
         err.to_string().contains("checkpoints.log: entry 0"),
         "{err}"
     );
+}
+
+/// Rewrites a sealed segment's footer note (and the digest over it), as someone with the
+/// disk or the bucket could: the records and the tree head stay as they were.
+fn reseal_with_note(path: &Path, note: &str) {
+    use auditlog_formats::segment::{decode_trailer, TRAILER_BYTES, TRAILER_MAGIC};
+    let b = std::fs::read(path).expect("read");
+    let t = decode_trailer(b.len() as u64, &b[b.len() - TRAILER_BYTES..]).expect("trailer");
+    let fo = t.footer_offset as usize;
+    let footer = &b[fo..fo + t.footer_bytes as usize];
+    // The footer ends with note_len:u32 || note.
+    let mut cut = footer.len() - 4;
+    while u32::from_be_bytes(footer[cut..cut + 4].try_into().expect("4")) as usize
+        != footer.len() - cut - 4
+    {
+        cut -= 1;
+    }
+    let mut out = b[..fo].to_vec();
+    out.extend_from_slice(&footer[..cut]);
+    out.extend_from_slice(&(note.len() as u32).to_be_bytes());
+    out.extend_from_slice(note.as_bytes());
+    let footer_bytes = (out.len() - fo) as u32;
+    out.extend_from_slice(&(fo as u64).to_be_bytes());
+    out.extend_from_slice(&footer_bytes.to_be_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    let digest = blake3::hash(&out);
+    out.extend_from_slice(digest.as_bytes());
+    out.extend_from_slice(TRAILER_MAGIC);
+    std::fs::write(path, out).expect("write");
+}
+
+/// Appends one well-formed, CRC-valid batch after the last one of the newest open segment:
+/// a forged `admin` approval, as anyone who can write the directory could add.
+fn append_forged_batch(dir: &Path) -> u64 {
+    use auditlog_formats::batch;
+    use auditlog_formats::record::Record;
+    let p = files(&dir.join("segments"), "open").pop().expect("open");
+    let mut b = std::fs::read(&p).expect("read");
+    let (mut at, mut next) = (0usize, 0u64);
+    while let Ok(h) = batch::decode_header(&b[at..]) {
+        next = h.end_index();
+        at += h.total_bytes();
+    }
+    let payload = br#"{"timestamp":"2026-01-01T00:00:00Z","event_type":"admin","actor":"auditlogd","action":"approve","resource":"retention","outcome":"success"}"#;
+    let mut body = Vec::new();
+    batch::push_entry(
+        &mut body,
+        &Record {
+            received_at_unix_ns: 1,
+            payload,
+        },
+    );
+    let head = batch::encode_header(next, 1, 0, &body);
+    if b.len() < at + 32 + body.len() {
+        b.resize(at + 32 + body.len(), 0);
+    }
+    b[at..at + 32].copy_from_slice(&head);
+    b[at + 32..at + 32 + body.len()].copy_from_slice(&body);
+    std::fs::write(&p, b).expect("write");
+    next
+}
+
+/// The verifier's verdicts over fixtures the engine writes, one rule each (FORMATS.md §5,
+/// §10): a clean log verifies to its signed size; a forged tail, a missing checkpoint log
+/// and an empty or foreign footer note fail; a torn tail in the last open segment is
+/// reported and not counted; a damaged batch with data after it fails; records past the
+/// signed size pass only with `allow_unsigned_tail`, and are never counted as verified.
+#[test]
+fn the_verifier_vouches_only_for_signed_data() {
+    let base = tempfile::tempdir().expect("tmp");
+    let key = build_log(base.path());
+    let history = auditlog_formats::keyhistory::KeyHistory::single(&key)
+        .check()
+        .expect("history");
+    let run = |dir: &Path, pins: &Pins| verify_dir_pinned(dir, &history, pins, &mut |_, _| {});
+    let strict = Pins::default();
+    let lenient = Pins {
+        allow_unsigned_tail: true,
+        ..Pins::default()
+    };
+    let clean = run(base.path(), &strict).expect("clean");
+    assert_eq!((clean.signed_size, clean.unsigned_records), (8000, 0));
+    let fixture = |tamper: &dyn Fn(&Path)| {
+        let work = tempfile::tempdir().expect("tmp");
+        copy_dir(base.path(), work.path());
+        tamper(work.path());
+        work
+    };
+    let fails = |dir: &Path, pins: &Pins, expect: &str| {
+        let e = run(dir, pins).expect_err(expect);
+        assert!(e.to_string().contains(expect), "{e} (expected {expect:?})");
+    };
+
+    // Forged tail: a valid batch past the last signed record.
+    let forged = fixture(&|d| assert_eq!(append_forged_batch(d), 8000));
+    fails(
+        forged.path(),
+        &strict,
+        "1 record(s) past the signed size 8000",
+    );
+    let s = run(forged.path(), &lenient).expect("allowed as unsigned");
+    assert_eq!(
+        (s.signed_size, s.unsigned_records, s.events),
+        (8000, 1, 8001)
+    );
+    // The CLI: non-zero without the flag, OK with it and the unsigned count printed.
+    let bin = cli_binary();
+    let cli = |dir: &Path, extra: &[&str]| {
+        Command::new(&bin)
+            .arg("verify")
+            .arg(dir)
+            .args(["--key", &key.to_string()])
+            .args(extra)
+            .output()
+            .expect("run cli")
+    };
+    let out = cli(forged.path(), &[]);
+    assert!(!out.status.success());
+    let out = cli(forged.path(), &["--allow-unsigned-tail"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("OK: signed size 8000") && stdout.contains("UNSIGNED: 1 record(s)"),
+        "{stdout}"
+    );
+
+    // No checkpoint log.
+    let no_log = fixture(&|d| std::fs::remove_file(d.join("checkpoints.log")).expect("rm"));
+    fails(no_log.path(), &lenient, "checkpoints.log: cannot read");
+    // An empty checkpoint log: only the sealed footers sign, the open segment is unsigned.
+    let empty_log = fixture(&|d| std::fs::write(d.join("checkpoints.log"), b"").expect("w"));
+    fails(empty_log.path(), &strict, "past the signed size");
+
+    // Sealed footers: an empty note, and one signed by another key.
+    let seg = |d: &Path| files(&d.join("segments"), "seg")[0].clone();
+    let empty_note = fixture(&|d| reseal_with_note(&seg(d), ""));
+    fails(empty_note.path(), &lenient, "footer has no checkpoint note");
+    let other = note::NoteSigner::from_seed("auditlog.local/log", [9u8; 32]).expect("key");
+    let foreign = fixture(&|d| {
+        use auditlog_formats::segment as sg;
+        let b = std::fs::read(seg(d)).expect("read");
+        let h = sg::SegmentHeader::decode(&b[..sg::HEADER_BYTES]).expect("header");
+        let t =
+            sg::decode_trailer(b.len() as u64, &b[b.len() - sg::TRAILER_BYTES..]).expect("trailer");
+        let fo = t.footer_offset as usize;
+        let f = sg::decode_footer(&h, &t, &b[fo..fo + t.footer_bytes as usize]).expect("footer");
+        let cp = note::Checkpoint {
+            origin: "auditlog.local/log".into(),
+            size: h.first_index + h.count,
+            root: f.root,
+            extensions: vec![],
+        };
+        let text = note::sign_checkpoint(&cp, &[&other]).expect("sign");
+        reseal_with_note(&seg(d), &text);
+    });
+    fails(foreign.path(), &lenient, "footer checkpoint");
+
+    // A torn tail in the last open segment: reported, its records not counted.
+    let torn = fixture(&|d| {
+        let n = append_forged_batch(d);
+        assert_eq!(n, 8000);
+        let p = files(&d.join("segments"), "open").pop().expect("open");
+        let (at, len) = batch_at_index(&p, n);
+        let mut b = std::fs::read(&p).expect("read");
+        b[at + len - 3] ^= 0x40; // the batch's CRC no longer matches: a torn write
+        std::fs::write(&p, b).expect("write");
+    });
+    let s = run(torn.path(), &strict).expect("a torn tail is not a failure");
+    assert_eq!((s.signed_size, s.events), (8000, 8000));
+    assert!(
+        s.torn_tail
+            .as_deref()
+            .is_some_and(|t| t.contains("torn tail")),
+        "{s:?}"
+    );
+    // A damaged batch of signed records looks torn to the format's rule here (the file is
+    // shorter than the largest batch), but the records a checkpoint signed are then missing.
+    let damaged = fixture(&|d| {
+        let p = files(&d.join("segments"), "open").pop().expect("open");
+        let (at, _) = batch_at(&p, 0);
+        flip(&p, at + 10);
+    });
+    fails(damaged.path(), &lenient, "events are missing");
+}
+
+/// What the auditor pinned decides, not the directory: a kept checkpoint the log does not
+/// extend (rolled back, or forked with the same key), a wrong origin, a signed size below
+/// the pinned minimum, and a key history that adds a key for sizes already signed all fail,
+/// in the library and in the CLI; `verify` refuses to run without a pinned key.
+#[test]
+fn pins_catch_rollback_fork_wrong_origin_and_retroactive_keys() {
+    use auditlog_formats::keyhistory::{KeyBackend, KeyEntry, KeyHistory};
+    let base = tempfile::tempdir().expect("tmp");
+    let key = build_log(base.path());
+    let history = KeyHistory::single(&key).check().expect("history");
+    let signer = note::NoteSigner::parse_private(
+        std::fs::read_to_string(base.path().join("keys/checkpoint.key"))
+            .expect("key file")
+            .trim(),
+    )
+    .expect("signer");
+    let run = |pins: &Pins| verify_dir_pinned(base.path(), &history, pins, &mut |_, _| {});
+    let fails = |pins: &Pins, expect: &str| {
+        let e = run(pins).expect_err(expect);
+        assert!(e.to_string().contains(expect), "{e} (expected {expect:?})");
+    };
+    let log_bytes = std::fs::read(base.path().join("checkpoints.log")).expect("read");
+    let (notes, _) = auditlog_formats::checkpoint_log::parse_log(&log_bytes);
+    let kept_text = String::from_utf8(notes[notes.len() / 2].to_vec()).expect("utf8");
+    let kept = history.open_checkpoint(&kept_text).expect("kept");
+    assert!(kept.size > 0 && kept.size < 8000);
+    // The honest case: the log extends the kept checkpoint.
+    let s = run(&Pins {
+        since: Some(kept.clone()),
+        min_size: Some(8000),
+        origin: Some(kept.origin.clone()),
+        ..Pins::default()
+    })
+    .expect("extends the kept checkpoint");
+    assert_eq!(s.signed_size, 8000);
+    // Rolled back: the auditor kept a checkpoint newer than anything the log holds.
+    let later = note::Checkpoint {
+        size: 9000,
+        ..kept.clone()
+    };
+    fails(
+        &Pins {
+            since: Some(later),
+            ..Pins::default()
+        },
+        "rolled back",
+    );
+    // Forked: same key, same size, another root.
+    let fork = note::Checkpoint {
+        root: [7u8; 32],
+        ..kept.clone()
+    };
+    fails(
+        &Pins {
+            since: Some(fork.clone()),
+            ..Pins::default()
+        },
+        "forked",
+    );
+    fails(
+        &Pins {
+            origin: Some("another.example/log".into()),
+            ..Pins::default()
+        },
+        "pinned origin",
+    );
+    fails(
+        &Pins {
+            min_size: Some(8001),
+            ..Pins::default()
+        },
+        "below the pinned minimum",
+    );
+
+    // The CLI: no pinned key, no run; a kept note that is a fork; a retroactive key.
+    let work = tempfile::tempdir().expect("tmp");
+    let w = |name: &str, text: &str| {
+        let p = work.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let bin = cli_binary();
+    let cli = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .arg("verify")
+            .arg(base.path())
+            .args(args)
+            .output()
+            .expect("run cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = cli(&[]);
+    assert!(!ok && out.contains("no pinned key"), "{out}");
+    let (ok, out) = cli(&["--insecure"]);
+    assert!(ok && out.contains("trusting"), "{out}");
+    let k = key.to_string();
+    let kept_file = w("kept.note", &kept_text);
+    let (ok, out) = cli(&["--key", &k, "--since", &kept_file, "--min-size", "8000"]);
+    assert!(ok, "{out}");
+    let fork_file = w(
+        "fork.note",
+        &note::sign_checkpoint(&fork, &[&signer]).expect("sign"),
+    );
+    let (ok, out) = cli(&["--key", &k, "--since", &fork_file]);
+    assert!(!ok && out.contains("forked"), "{out}");
+    // A history that adds a second key from size 1 (long signed when the auditor kept its
+    // history and checkpoint) fails against the kept history.
+    let extra = note::NoteSigner::from_seed("auditlog.local/log", [5u8; 32]).expect("key");
+    let entry = |k: &VerifierKey, from: u64| KeyEntry {
+        name: k.name().to_string(),
+        verifier_key: k.to_string(),
+        from_size: from,
+        until_size: None,
+        backend: KeyBackend::External {
+            description: "test".into(),
+        },
+        added_at_unix_ns: 0,
+    };
+    let prev = w("prev.json", &KeyHistory::single(&key).to_json());
+    let retro = KeyHistory {
+        format: 1,
+        keys: vec![entry(&key, 0), entry(&extra.verifier_key(), 1)],
+    };
+    let retro = w("retro.json", &retro.to_json());
+    let (ok, out) = cli(&[
+        "--history",
+        &retro,
+        "--prev-history",
+        &prev,
+        "--since",
+        &kept_file,
+    ]);
+    assert!(!ok && out.contains("retroactive"), "{out}");
+}
+
+/// Offset and length of the batch that starts at leaf `index` in an open segment.
+fn batch_at_index(path: &Path, index: u64) -> (usize, usize) {
+    let b = std::fs::read(path).expect("read");
+    let mut at = 0;
+    loop {
+        let h = auditlog_formats::batch::decode_header(&b[at..]).expect("batch");
+        if h.first_index == index {
+            return (at, h.total_bytes());
+        }
+        at += h.total_bytes();
+    }
 }
 
 /// The `auditlog` binary, built beside this test by `cargo test --workspace`.
