@@ -17,6 +17,10 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
     let interval = Duration::from_millis(shared.config.checkpoint_interval_ms.max(1));
     let mut backoff = Duration::from_millis(50);
     loop {
+        crate::config::FaultHooks::maybe_panic(
+            shared.config.faults.as_ref(),
+            "auditlog-checkpointer",
+        );
         let stopping = shared.shutting_down.load(Ordering::SeqCst);
         match checkpoint_once(&shared, &mut log) {
             Ok(()) => {

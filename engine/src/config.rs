@@ -145,4 +145,21 @@ pub struct FaultHooks {
     /// open segment's records and before compressing them (a compressor or re-blocking
     /// bug), which the read-back must catch before the open file is retired.
     pub damage_seals: AtomicU32,
+    /// The engine thread of this name (`auditlog-sequencer`, `-sealer`, `-checkpointer`,
+    /// `-replicator`, `-prealloc`) panics at its next turn (a broken invariant anywhere),
+    /// which the supervisor must turn into an engine failure. Cleared when taken.
+    pub panic_thread: std::sync::Mutex<Option<String>>,
+}
+
+impl FaultHooks {
+    /// Panics if a test asked `thread` to (see `panic_thread`).
+    pub(crate) fn maybe_panic(faults: Option<&std::sync::Arc<FaultHooks>>, thread: &str) {
+        let Some(f) = faults else { return };
+        let mut want = f.panic_thread.lock().unwrap_or_else(|e| e.into_inner());
+        if want.as_deref() == Some(thread) {
+            *want = None;
+            drop(want);
+            panic!("injected panic in {thread} (FaultHooks::panic_thread)");
+        }
+    }
 }

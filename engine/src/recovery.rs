@@ -289,7 +289,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "open"))?;
-        let allowance = segments::torn_tail_allowance_bytes(cfg.batch_bytes_max);
+        let allowance = auditlog_formats::batch::torn_tail_allowance_bytes(cfg.batch_bytes_max);
         let mut max_class = 0u8;
         let scan = segments::scan_open(&path, &file, a, allowance, |i, rec| {
             derive(i, rec, &mut edge, &mut pending)
@@ -415,7 +415,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     let mut threads = Vec::new();
     {
         let shared = shared.clone();
-        threads.push(spawn("auditlog-prealloc", move || {
+        threads.push(spawn(&shared.clone(), "auditlog-prealloc", move || {
             crate::io::lower_thread_priority(crate::io::Background::LowIo);
             preallocate(shared, prealloc, next_n, prealloc_tx)
         })?);
@@ -488,29 +488,33 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         seal_tx,
     };
     // The sequencer is joined first on shutdown, so queued work drains before the final checkpoint.
-    threads.insert(0, spawn("auditlog-sequencer", move || seq.run())?);
+    threads.insert(0, spawn(&shared, "auditlog-sequencer", move || seq.run())?);
     {
         let shared = shared.clone();
-        threads.push(spawn("auditlog-sealer", move || {
+        threads.push(spawn(&shared.clone(), "auditlog-sealer", move || {
             crate::io::lower_thread_priority(crate::io::Background::IdleIo);
             crate::sealer::run(shared, seal_rx)
         })?);
     }
     {
         let shared = shared.clone();
-        threads.push(spawn("auditlog-checkpointer", move || {
-            // Checkpoints are off the ack path; building the leaf index for them is ~0.13
-            // of a core at 526k events/s. At nice 10 the ack p99 at 596k went from 8.3 to
-            // 6.9 ms (medians of 10, A/B). Under saturation checkpoints come later
-            // (`auditlog_checkpoint_age_milliseconds` shows it), acks do not.
-            crate::io::lower_thread_priority(crate::io::Background::LowIo);
-            crate::checkpointer::run(shared, cp_log)
-        })?);
+        threads.push(spawn(
+            &shared.clone(),
+            "auditlog-checkpointer",
+            move || {
+                // Checkpoints are off the ack path; building the leaf index for them is ~0.13
+                // of a core at 526k events/s. At nice 10 the ack p99 at 596k went from 8.3 to
+                // 6.9 ms (medians of 10, A/B). Under saturation checkpoints come later
+                // (`auditlog_checkpoint_age_milliseconds` shows it), acks do not.
+                crate::io::lower_thread_priority(crate::io::Background::LowIo);
+                crate::checkpointer::run(shared, cp_log)
+            },
+        )?);
     }
     let replication = match replicator {
         Some((r, monitor)) => {
             let shared = shared.clone();
-            threads.push(spawn("auditlog-replicator", move || {
+            threads.push(spawn(&shared.clone(), "auditlog-replicator", move || {
                 crate::io::lower_thread_priority(crate::io::Background::IdleIo);
                 r.run(shared)
             })?);
@@ -556,10 +560,35 @@ fn read_target(cfg: &EngineConfig) -> Result<crate::remote::RemoteSegments> {
     ))
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
+/// Starts an engine thread under supervision: a panic in it is a broken invariant, and
+/// stops the engine (fail-stop, as a failed fsync does) instead of ending one thread while
+/// the rest run on. The failure names the thread and the panic message; writes stop (the
+/// sequencer acknowledges nothing after it), `/ready` shows it, and `shutdown` returns it,
+/// so the daemon exits non-zero.
+fn spawn(
+    shared: &Arc<Shared>,
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    let shared = shared.clone();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(f)
+        .spawn(move || {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                shared.fail(&format!("thread {name} panicked: {msg}"));
+                // Wake whoever waits on the engine (appenders, checkpoint waiters).
+                let _want = shared
+                    .checkpoint_wanted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                shared.checkpoint_wake.notify_all();
+            }
+        })
         .map_err(|e| EngineError::Failed(format!("cannot start thread {name}: {e}")))
 }
 
@@ -624,6 +653,7 @@ fn preallocate(
         })
         .collect();
     loop {
+        crate::config::FaultHooks::maybe_panic(shared.config.faults.as_ref(), "auditlog-prealloc");
         let path = match ready.pop() {
             Some(p) => p,
             None => {

@@ -33,6 +33,7 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
     // segments stay a prefix of the log, and the next start seals the open files in order.
     let mut gave_up = false;
     for job in jobs {
+        crate::config::FaultHooks::maybe_panic(shared.config.faults.as_ref(), "auditlog-sealer");
         if let Some(f) = &shared.config.faults {
             while f.hold_sealer.load(SeqCst) && !stopping() {
                 std::thread::sleep(Duration::from_millis(5));
@@ -110,7 +111,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         &job.path,
         &job.file,
         job.first,
-        segments::torn_tail_allowance_bytes(cfg.batch_bytes_max),
+        auditlog_formats::batch::torn_tail_allowance_bytes(cfg.batch_bytes_max),
         |index, rec| {
             if index >= job.end {
                 return Ok(());

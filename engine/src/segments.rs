@@ -208,8 +208,7 @@ pub(crate) fn scan_open(
     if let Some((at, e)) = &scan.torn {
         // One torn write can leave garbage over at most one batch's length; beyond that the
         // file must still be zeros, or something other than a crash changed it.
-        let from = at + tail_allowance_bytes;
-        let to = (from + (16 << 20)).min(file_len);
+        let (from, to) = batch::torn_tail_zeros(*at, tail_allowance_bytes, file_len);
         let mut pos = from;
         while pos < to {
             let chunk = window
@@ -231,12 +230,6 @@ pub(crate) fn scan_open(
         }
     }
     Ok(scan)
-}
-
-/// How far past a bad batch one torn write can have left garbage: one whole batch (with
-/// slack for its header). Beyond that an open segment must be zeros.
-pub(crate) fn torn_tail_allowance_bytes(batch_bytes_max: usize) -> u64 {
-    batch_bytes_max as u64 + 64
 }
 
 /// Reads and checks a sealed segment's header, trailer and footer (not its digest: that is

@@ -101,6 +101,20 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
+            // A failure elsewhere (a panicked thread: a broken invariant) stops writes: nothing
+            // is acknowledged after it. One atomic load per group commit.
+            if self
+                .shared
+                .failed_flag
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let why = self.shared.failed().unwrap_or_default();
+                for s in batch.drain(..) {
+                    (s.done)(Err(EngineError::Failed(why.clone())));
+                }
+                break;
+            }
+            crate::config::FaultHooks::maybe_panic(cfg.faults.as_ref(), "auditlog-sequencer");
             // Append, sync, add to the tree, acknowledge.
             match self.commit(&batch, bytes, events) {
                 Ok(first_index) => {

@@ -201,6 +201,73 @@ fn failed_sync_stops_writes_and_acks_nothing() {
     assert!(engine.read_record(5).is_ok());
 }
 
+/// A panic in any engine thread is a broken invariant and stops the engine (fail-stop):
+/// the failure names the thread and the message, no append is acknowledged after it, and
+/// `shutdown` returns it (so the daemon exits non-zero). Without the supervisor the thread
+/// ended quietly and the rest ran on: writes kept being acknowledged, `status().failed` was
+/// empty, and `shutdown` returned Ok.
+#[test]
+fn a_panic_in_any_engine_thread_stops_the_engine() {
+    for thread in [
+        "auditlog-sequencer",
+        "auditlog-sealer",
+        "auditlog-checkpointer",
+        "auditlog-replicator",
+        "auditlog-prealloc",
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut cfg = small_config(dir.path());
+        cfg.replication = Some(auditlog_tests::replication(
+            "",
+            auditlog_worm::TargetOptions::default(),
+        ));
+        let faults = Arc::new(FaultHooks::default());
+        cfg.faults = Some(faults.clone());
+        let engine = Engine::open(cfg, None).expect("open");
+        append_n(&engine, 0, 100, 50);
+        *faults.panic_thread.lock().expect("lock") = Some(thread.to_string());
+        // Keep the threads turning (rotations for the sealer and the preallocator, batches
+        // for the sequencer; the checkpointer and the replicator tick on their own) until
+        // the failure shows.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut next = 100u64;
+        let failed = loop {
+            if let Some(f) = engine.status().failed {
+                break f;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{thread}: the panic did not stop the engine"
+            );
+            let mut b = engine.new_batch();
+            for k in next..next + 200 {
+                b.push(&event(k, 256)).expect("valid");
+            }
+            if engine.append(b).is_ok() {
+                next += 200;
+            }
+        };
+        assert!(
+            failed.contains(thread) && failed.contains("panicked"),
+            "{thread}: {failed}"
+        );
+        let size = engine.tree_size();
+        let mut b = engine.new_batch();
+        b.push(&event(next, 256)).expect("valid");
+        assert!(
+            matches!(engine.append(b), Err(EngineError::Failed(_))),
+            "{thread}: no acknowledgement after the failure"
+        );
+        assert_eq!(
+            engine.tree_size(),
+            size,
+            "{thread}: nothing more was written"
+        );
+        let err = engine.shutdown().expect_err("shutdown reports the failure");
+        assert!(err.to_string().contains(thread), "{thread}: {err}");
+    }
+}
+
 #[test]
 fn full_disk_is_reported_as_such() {
     let dir = tempfile::tempdir().expect("tmp");

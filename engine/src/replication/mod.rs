@@ -179,6 +179,10 @@ impl Replicator {
         let mut backoff = Duration::from_millis(cfg.retry_ms_initial.max(1));
         let stopping = || shared.shutting_down.load(Ordering::SeqCst);
         while !stopping() {
+            crate::config::FaultHooks::maybe_panic(
+                shared.config.faults.as_ref(),
+                "auditlog-replicator",
+            );
             let lag = self.planner.lag(&shared);
             self.monitor.update(|s| {
                 s.segments_pending = lag.segments;
