@@ -109,6 +109,13 @@ pub struct ServerSection {
     pub tcp_hello_timeout_ms: Option<u64>,
     pub tcp_idle_timeout_ms: Option<u64>,
     pub tls_handshake_timeout_ms: Option<u64>,
+    pub ops_addr: Option<String>,
+    pub ops_connections_max: Option<usize>,
+    pub http_connections_per_source_max: Option<usize>,
+    pub http_header_read_timeout_ms: Option<u64>,
+    pub http_body_read_timeout_ms: Option<u64>,
+    pub http_write_timeout_ms: Option<u64>,
+    pub tcp_connections_per_source_max: Option<usize>,
     /// TLS for both listeners (and mutual TLS with `client_ca_path`).
     pub tls: Option<crate::tls::TlsSection>,
 }
@@ -141,6 +148,22 @@ pub struct ServerConfig {
     pub tcp_idle_timeout_ms: u64,
     /// A TLS handshake (HTTP or TCP) must finish within this.
     pub tls_handshake_timeout_ms: u64,
+    /// The ops listener: `/health`, `/ready`, `/metrics` on their own port.
+    pub ops_addr: SocketAddr,
+    /// Open connections to the ops listener; past it, 503.
+    pub ops_connections_max: usize,
+    /// Open HTTP connections from one source address; past it, 503 (the API listener;
+    /// the ops listener allows a quarter of `ops_connections_max`).
+    pub http_connections_per_source_max: usize,
+    /// From connect (or the end of the last response) to a request's complete headers.
+    pub http_header_read_timeout_ms: u64,
+    /// Between two chunks of a request body.
+    pub http_body_read_timeout_ms: u64,
+    /// A response write that makes no progress (the client stopped reading) this long
+    /// cuts the connection.
+    pub http_write_timeout_ms: u64,
+    /// Open TCP ingest connections from one source address; past it, closed.
+    pub tcp_connections_per_source_max: usize,
     pub tls: Option<crate::tls::TlsSection>,
     /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
     pub siem: crate::siem_config::SiemConfig,
@@ -162,6 +185,13 @@ impl ServerConfig {
             tcp_hello_timeout_ms: 10_000,
             tcp_idle_timeout_ms: 300_000,
             tls_handshake_timeout_ms: 10_000,
+            ops_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            ops_connections_max: 64,
+            http_connections_per_source_max: 256,
+            http_header_read_timeout_ms: 10_000,
+            http_body_read_timeout_ms: 10_000,
+            http_write_timeout_ms: 30_000,
+            tcp_connections_per_source_max: 64,
             tls: None,
             siem: crate::siem_config::SiemConfig::defaults(),
         }
@@ -174,6 +204,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub http_addr: Option<String>,
     pub tcp_addr: Option<String>,
+    pub ops_addr: Option<String>,
 }
 
 pub struct Config {
@@ -273,8 +304,28 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         tcp_connections_max,
         tcp_hello_timeout_ms,
         tcp_idle_timeout_ms,
-        tls_handshake_timeout_ms
+        tls_handshake_timeout_ms,
+        ops_connections_max,
+        http_connections_per_source_max,
+        http_header_read_timeout_ms,
+        http_body_read_timeout_ms,
+        http_write_timeout_ms,
+        tcp_connections_per_source_max
     );
+    if let Some(a) = over.ops_addr.or(s.ops_addr) {
+        server.ops_addr = a
+            .parse()
+            .with_context(|| format!("ops_addr {a:?} is not host:port"))?;
+    }
+    if server.ops_connections_max < 4
+        || server.http_connections_per_source_max == 0
+        || server.tcp_connections_per_source_max == 0
+        || server.http_header_read_timeout_ms == 0
+        || server.http_body_read_timeout_ms == 0
+        || server.http_write_timeout_ms == 0
+    {
+        bail!("server: ops_connections_max must be at least 4; the per-source caps and the http_*_timeout_ms must be positive");
+    }
     server.tls = s.tls;
     if server.tcp_frame_bytes_max < 65_536 + 8
         || server.tcp_batches_in_flight_max == 0
@@ -369,6 +420,7 @@ mod tests {
                 data_dir: None,
                 http_addr: Some("127.0.0.1:9".into()),
                 tcp_addr: None,
+                ops_addr: Some("127.0.0.1:19".into()),
             },
         )
         .expect("resolve");
@@ -376,6 +428,7 @@ mod tests {
         assert_eq!(c.engine.schema, SchemaMode::Raw);
         assert_eq!(c.engine.submission_bytes_max, 1000);
         assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9");
+        assert_eq!(c.server.ops_addr.to_string(), "127.0.0.1:19");
         assert_eq!(c.server.long_poll_ms_max, 5);
     }
 

@@ -40,6 +40,9 @@ pub struct AppState {
     /// Open-connection limits of the two listeners, for `/metrics`.
     pub http_connections: Arc<Semaphore>,
     pub tcp_connections: Arc<Semaphore>,
+    /// Connections the API and ops listeners shed (over a connection cap).
+    pub api_shed: Arc<crate::serve::ShedCounts>,
+    pub ops_shed: Arc<crate::serve::ShedCounts>,
 }
 
 pub type St = Arc<AppState>;
@@ -191,6 +194,19 @@ pub async fn blocking<T: Send + 'static>(
     }
 }
 
+/// The ops listener's routes: probes and metrics only, on their own port and connection
+/// limit, so they answer whatever the API listener is going through.
+pub fn ops_router(st: St) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(get_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(st.clone(), guard))
+        .with_state(st)
+}
+
 pub fn router(st: St) -> Router {
     Router::new()
         .route(
@@ -203,6 +219,7 @@ pub fn router(st: St) -> Router {
         .route("/v1/proof/consistency", get(get_consistency))
         .route("/v1/log", get(get_log))
         .route("/v1/export", get(crate::export::get_export))
+        // Also on the ops listener (`ops_router`), which is where probes should go.
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(get_metrics))
@@ -581,6 +598,19 @@ async fn get_metrics(State(st): State<St>) -> Response {
         http_max: st.cfg.connections_max,
         tcp_open: st.cfg.tcp_connections_max - st.tcp_connections.available_permits(),
         tcp_max: st.cfg.tcp_connections_max,
+        shed: [("api", &st.api_shed), ("ops", &st.ops_shed)]
+            .into_iter()
+            .flat_map(|(l, c)| {
+                [
+                    (l, "full", c.full.load(std::sync::atomic::Ordering::Relaxed)),
+                    (
+                        l,
+                        "source",
+                        c.source.load(std::sync::atomic::Ordering::Relaxed),
+                    ),
+                ]
+            })
+            .collect(),
     };
     let text = metrics::render(
         &st.engine.status(),

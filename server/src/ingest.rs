@@ -59,7 +59,14 @@ fn kind_of(headers: &HeaderMap) -> ApiResult<Kind> {
 /// client, still sending, reads the answer instead of a reset connection.
 const DRAIN_BYTES_MAX: u64 = 64 << 20;
 
-async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> ApiResult<Vec<u8>> {
+/// Reads a request body of at most `max` bytes, each chunk within `chunk_timeout` (a
+/// client that stops sending mid-body is cut, whatever `request_timeout_ms` allows).
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    max: usize,
+    chunk_timeout: std::time::Duration,
+) -> ApiResult<Vec<u8>> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -69,7 +76,20 @@ async fn read_body(headers: &HeaderMap, mut body: Body, max: usize) -> ApiResult
     }
     let mut buf = Vec::new();
     let mut seen: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(chunk_timeout, body.frame()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body stalled for {} ms (http_body_read_timeout_ms)",
+                    chunk_timeout.as_millis()
+                ),
+            ));
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let frame = frame.map_err(|e| ApiError::bad(format!("reading the request body: {e}")))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -175,7 +195,13 @@ pub async fn post_events(
 ) -> ApiResult {
     authorize(&st, &caller, Access::Ingest)?;
     let kind = kind_of(&headers)?;
-    let bytes = read_body(&headers, body, st.cfg.body_bytes_max).await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        st.cfg.body_bytes_max,
+        std::time::Duration::from_millis(st.cfg.http_body_read_timeout_ms),
+    )
+    .await?;
     let engine: Arc<Engine> = st.engine.clone();
     let batches =
         match tokio::task::spawn_blocking(move || build_batches(&engine, &bytes, kind)).await {

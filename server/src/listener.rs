@@ -4,23 +4,109 @@
 //! handshake holds one slot until then and blocks no one), and the client certificate's
 //! names for mutual TLS.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpStream;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::tls::{client_names, ClientNames};
 
-/// Who is at the other end: under mutual TLS, its certificate's names.
+/// Who is at the other end: its address and, under mutual TLS, its certificate's names.
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub client: ClientNames,
+    pub addr: Option<SocketAddr>,
+}
+
+/// Open connections per source address, under a cap: one client cannot take every slot
+/// of a listener. A slot is given back when its `SourceSlot` drops.
+pub struct SourceSlots {
+    max: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+pub struct SourceSlot {
+    slots: Arc<SourceSlots>,
+    ip: IpAddr,
+}
+
+impl SourceSlots {
+    pub fn new(max: usize) -> Arc<SourceSlots> {
+        assert!(max > 0);
+        Arc::new(SourceSlots {
+            max,
+            open: Default::default(),
+        })
+    }
+
+    /// A slot for `ip`, or `None` when it has `max` open already.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connection's two slots, taken on accept before anything else (the TLS handshake
+/// included), so a client that never speaks holds at most its own source's share.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+/// Why a connection was not admitted, for the log and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// The listener's `connections_max` is reached.
+    Full,
+    /// This source address has its `connections_per_source_max` open.
+    Source,
+}
+
+/// Takes a connection's slots: the source's first, then the listener's.
+pub fn admit(
+    addr: SocketAddr,
+    connections: &Arc<Semaphore>,
+    sources: &Arc<SourceSlots>,
+) -> Result<Admitted, Shed> {
+    let source = sources.take(addr.ip()).ok_or(Shed::Source)?;
+    let permit = connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Shed::Full)?;
+    Ok(Admitted {
+        _permit: permit,
+        _source: source,
+    })
 }
 
 pub enum Io {
@@ -45,87 +131,18 @@ pub async fn handshake(
     Ok((Io::Tls(Box::new(s)), names))
 }
 
-/// A connection with its slot under the connection limit.
+/// A connection with its slots under the connection limits, and a write deadline: a
+/// write that makes no progress for `write_timeout` fails (a client that stops reading an
+/// export or a response cannot hold the connection and its buffers).
 pub struct Conn {
     io: Io,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Accepts HTTP connections up to `connections_max`; past it they wait in the kernel's
-/// backlog. Handshakes run in their own tasks and finished connections are handed to axum
-/// through a channel.
-pub fn spawn_acceptor(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    connections: Arc<Semaphore>,
-    handshake_timeout: Duration,
-) -> io::Result<ChannelListener> {
-    let (tx, rx) = mpsc::channel::<(Conn, Peer)>(64);
-    tokio::spawn(async move {
-        loop {
-            let Ok(permit) = connections.clone().acquire_owned().await else {
-                return; // closed: the server is stopping
-            };
-            let (stream, addr) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, as axum does.
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let (tls, tx) = (tls.clone(), tx.clone());
-            tokio::spawn(async move {
-                match handshake(stream, tls.as_ref(), handshake_timeout).await {
-                    Ok((io, client)) => {
-                        let conn = Conn {
-                            io,
-                            _permit: permit,
-                        };
-                        let _ = tx.send((conn, Peer { client })).await;
-                    }
-                    Err(e) => tracing::debug!("{addr}: {e}"),
-                }
-            });
-        }
-    });
-    Ok(ChannelListener { rx })
-}
-
-pub struct ChannelListener {
-    rx: mpsc::Receiver<(Conn, Peer)>,
-}
-
-impl axum::serve::Listener for ChannelListener {
-    type Io = Conn;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Conn, Peer) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The acceptor is gone; axum's graceful shutdown ends the serve loop.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Peer> {
-        Ok(Peer {
-            client: ClientNames::default(),
-        })
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ChannelListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, ChannelListener>) -> Peer {
-        stream.remote_addr().clone()
-    }
+    _slots: Admitted,
+    write_timeout: Option<Duration>,
+    write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 macro_rules! delegate {
-    ($self:ident, $s:ident => $e:expr) => {
+    ($self:expr, $s:ident => $e:expr) => {
         match &mut $self.get_mut().io {
             Io::Plain($s) => {
                 let $s = Pin::new($s);
@@ -149,17 +166,51 @@ impl AsyncRead for Conn {
     }
 }
 
+impl Conn {
+    /// Applies the write deadline to a write's outcome: progress clears it, a wait arms it
+    /// (once), and a wait past it is an error.
+    fn deadline<T>(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(limit) = self.write_timeout else {
+            return r;
+        };
+        match r {
+            Poll::Ready(x) => {
+                self.write_stall = None;
+                Poll::Ready(x)
+            }
+            Poll::Pending => {
+                let stall = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client read nothing for {} ms", limit.as_millis()),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
 impl AsyncWrite for Conn {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => s.poll_write(cx, buf))
+        let r = delegate!(self.as_mut(), s => s.poll_write(cx, buf));
+        self.deadline(cx, r)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_flush(cx))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = delegate!(self.as_mut(), s => s.poll_flush(cx));
+        self.deadline(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -167,11 +218,12 @@ impl AsyncWrite for Conn {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+        let r = delegate!(self.as_mut(), s => s.poll_write_vectored(cx, bufs));
+        self.deadline(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -182,13 +234,13 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// For the TCP ingest listener, which owns its accept loop: the same delegation over an
-/// `Io` without a permit.
 impl Conn {
-    pub fn new(io: Io, permit: OwnedSemaphorePermit) -> Conn {
+    pub fn new(io: Io, slots: Admitted, write_timeout: Option<Duration>) -> Conn {
         Conn {
             io,
-            _permit: permit,
+            _slots: slots,
+            write_timeout,
+            write_stall: None,
         }
     }
 }

@@ -12,6 +12,7 @@ mod ingest;
 mod keys;
 mod listener;
 mod metrics;
+mod serve;
 mod siem_config;
 mod siem_metrics;
 mod syslog;
@@ -47,6 +48,10 @@ struct Args {
     /// Syslog TCP listen address (default: disabled); overrides `siem.syslog_addr`.
     #[arg(long, env = "AUDITLOG_SYSLOG_ADDR")]
     syslog_addr: Option<String>,
+    /// Ops listener for /health, /ready and /metrics (default 127.0.0.1:9090); overrides
+    /// `server.ops_addr`.
+    #[arg(long, env = "AUDITLOG_OPS_ADDR")]
+    ops_addr: Option<String>,
 }
 
 /// How long a runtime shutdown waits for blocking engine calls still running.
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             data_dir: args.data_dir,
             http_addr: args.http_addr,
             tcp_addr: args.tcp_addr,
+            ops_addr: args.ops_addr,
         },
     )?;
     if let Some(cmd) = args.command {
@@ -130,6 +136,8 @@ fn main() -> anyhow::Result<()> {
         client_roles: client_roles.clone(),
         http_connections: http_connections.clone(),
         tcp_connections: tcp_connections.clone(),
+        api_shed: Default::default(),
+        ops_shed: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let draining = Arc::downgrade(&engine);
@@ -164,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             batches_in_flight_max: cfg.server.tcp_batches_in_flight_max,
             hello_timeout_ms: cfg.server.tcp_hello_timeout_ms,
             idle_timeout_ms: cfg.server.tcp_idle_timeout_ms,
+            connections_per_source_max: cfg.server.tcp_connections_per_source_max,
         };
         let ctx = Arc::new(tcp::TcpContext {
             engine: engine.clone(),
@@ -206,25 +215,57 @@ fn main() -> anyhow::Result<()> {
         let tcp = tokio::net::TcpListener::bind(cfg.server.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.server.http_addr))?;
+        let ops = tokio::net::TcpListener::bind(cfg.server.ops_addr)
+            .await
+            .with_context(|| format!("binding the ops listener {}", cfg.server.ops_addr))?;
         let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
         println!("auditlogd: {scheme} on {}", tcp.local_addr()?);
-        let listener = listener::spawn_acceptor(
+        println!(
+            "auditlogd: ops (health, ready, metrics) on {}",
+            ops.local_addr()?
+        );
+        let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+        let s = &cfg.server;
+        let api_limits = serve::HttpLimits {
+            connections_max: s.connections_max,
+            connections_per_source_max: s.http_connections_per_source_max,
+            header_read_timeout_ms: s.http_header_read_timeout_ms,
+            write_timeout_ms: s.http_write_timeout_ms,
+            tls_handshake_timeout_ms: s.tls_handshake_timeout_ms,
+        };
+        let ops_limits = serve::HttpLimits {
+            connections_max: s.ops_connections_max,
+            connections_per_source_max: (s.ops_connections_max / 4).max(1),
+            ..api_limits.clone()
+        };
+        // The routers hold the only handles on the engine besides `engine` itself: once the
+        // listeners have drained, shutdown finds it free.
+        let ops_router = http::ops_router(state.clone());
+        let (api_shed, ops_shed) = (state.api_shed.clone(), state.ops_shed.clone());
+        let api_task = tokio::spawn(serve::serve(
             tcp,
             acceptor,
+            http::router(state),
+            api_limits,
             http_connections,
-            Duration::from_millis(cfg.server.tls_handshake_timeout_ms),
-        )?;
-        axum::serve(
-            listener,
-            http::router(state).into_make_service_with_connect_info::<listener::Peer>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-            eprintln!("auditlogd: stopping: draining requests");
-            let _ = tcp_stop_tx.send(true);
-        })
-        .await
-        .context("serving HTTP")?;
+            api_shed,
+            http_stop_rx.clone(),
+        ));
+        let ops_task = tokio::spawn(serve::serve(
+            ops,
+            None,
+            ops_router,
+            ops_limits.clone(),
+            Arc::new(tokio::sync::Semaphore::new(ops_limits.connections_max)),
+            ops_shed,
+            http_stop_rx,
+        ));
+        let _ = stop_rx.await;
+        eprintln!("auditlogd: stopping: draining requests");
+        let _ = http_stop_tx.send(true);
+        let _ = tcp_stop_tx.send(true);
+        api_task.await.context("serving HTTP")?;
+        ops_task.await.context("serving ops")?;
         let _ = tcp_task.await;
         if let Some(t) = syslog_task {
             let _ = t.await;

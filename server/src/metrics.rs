@@ -35,6 +35,8 @@ pub struct Connections {
     pub http_max: usize,
     pub tcp_open: usize,
     pub tcp_max: usize,
+    /// (listener, reason, connections shed).
+    pub shed: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// Counters the HTTP layer keeps.
@@ -145,6 +147,13 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         "Limit of open HTTP connections.",
         conns.http_max as u64,
     );
+    let _ = writeln!(out, "# HELP auditlog_http_connections_shed_total Connections closed on accept: over the listener's connections_max (full) or its per-source cap (source).\n# TYPE auditlog_http_connections_shed_total counter");
+    for (listener, why, n) in &conns.shed {
+        let _ = writeln!(
+            out,
+            "auditlog_http_connections_shed_total{{listener=\"{listener}\",reason=\"{why}\"}} {n}"
+        );
+    }
     metric(
         &mut out,
         "auditlog_tcp_connections",

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Access, Role, Tokens};
-use crate::listener::{handshake, Conn, Io};
+use crate::listener::{admit, handshake, Conn, Shed, SourceSlots};
 
 #[derive(Clone, Debug)]
 pub struct TcpLimits {
@@ -27,6 +27,8 @@ pub struct TcpLimits {
     pub batches_in_flight_max: u32,
     pub hello_timeout_ms: u64,
     pub idle_timeout_ms: u64,
+    /// Open connections from one source address.
+    pub connections_per_source_max: usize,
 }
 
 /// What every connection shares.
@@ -43,12 +45,28 @@ pub struct TcpContext {
 
 pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch::Receiver<bool>) {
     let handshake_timeout = Duration::from_millis(ctx.limits.hello_timeout_ms);
+    let sources = SourceSlots::new(ctx.limits.connections_per_source_max);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let permit = ctx.connections.clone().try_acquire_owned();
+                Ok((stream, addr)) => {
+                    // The slots come first, before any handshake: a connection over a cap
+                    // costs nothing but its accept. Plain TCP is told why (one frame into an
+                    // empty send buffer never waits); TLS is closed without a handshake.
+                    let slots = match admit(addr, &ctx.connections, &sources) {
+                        Ok(s) => s,
+                        Err(why) => {
+                            if ctx.tls.is_none() {
+                                let what = match why {
+                                    Shed::Full => "too many connections",
+                                    Shed::Source => "too many connections from this address",
+                                };
+                                let _ = stream.try_write(&error_frame(0, ErrorCode::Busy, what));
+                            }
+                            continue;
+                        }
+                    };
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
                         let (io, client) = match handshake(stream, ctx.tls.as_ref(), handshake_timeout).await {
@@ -58,15 +76,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch:
                                 return;
                             }
                         };
-                        let Ok(permit) = permit else {
-                            // Over the limit: say so and close, without holding a slot.
-                            let mut conn = io;
-                            let f = error_frame(0, ErrorCode::Busy, "too many connections");
-                            let _ = tokio::time::timeout(Duration::from_secs(1), write_raw(&mut conn, &f)).await;
-                            return;
-                        };
                         let cert_role = client.role(&ctx.client_roles).map(|(_, r)| r);
-                        let (rd, wr) = tokio::io::split(Conn::new(io, permit));
+                        let (rd, wr) = tokio::io::split(Conn::new(io, slots, None));
                         if let Err(e) = connection(rd, wr, &ctx, cert_role).await {
                             tracing::debug!("tcp connection ended: {e}");
                         }
@@ -77,16 +88,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch:
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-        }
-    }
-}
-
-async fn write_raw(io: &mut Io, bytes: &[u8]) -> std::io::Result<()> {
-    match io {
-        Io::Plain(s) => s.write_all(bytes).await,
-        Io::Tls(s) => {
-            s.write_all(bytes).await?;
-            s.shutdown().await
         }
     }
 }

@@ -64,6 +64,14 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
 }
 
 /// The `auditlogd` binary.
+/// `auditlogd` with its ops listener on a free port (tests run many daemons at once; the
+/// default 127.0.0.1:9090 would collide). Set `--ops-addr` after this to choose one.
+pub fn daemon_command() -> Command {
+    let mut c = Command::new(daemon_exe());
+    c.env("AUDITLOG_OPS_ADDR", "127.0.0.1:0");
+    c
+}
+
 pub fn daemon_exe() -> PathBuf {
     workspace_bin("auditlog-server", "auditlogd")
 }
@@ -93,6 +101,8 @@ pub const BODY_BYTES_MAX: usize = 524288;
 pub struct Daemon {
     child: Option<Child>,
     pub base: String,
+    /// The ops listener (`/health`, `/ready`, `/metrics`).
+    pub ops_base: String,
     pub tcp_addr: String,
     pub tokens: HashMap<String, String>,
     pub agent: ureq::Agent,
@@ -135,7 +145,10 @@ impl Daemon {
         std::fs::write(&config, config_text).expect("write config");
         let port = free_port();
         let tcp_port = free_port();
-        let child = Command::new(daemon_exe())
+        let ops_port = free_port();
+        let child = daemon_command()
+            .arg("--ops-addr")
+            .arg(format!("127.0.0.1:{ops_port}"))
             .arg("--tcp-addr")
             .arg(format!("127.0.0.1:{tcp_port}"))
             .arg("--config")
@@ -151,6 +164,7 @@ impl Daemon {
         let mut d = Daemon {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
+            ops_base: format!("http://127.0.0.1:{ops_port}"),
             tcp_addr: format!("127.0.0.1:{tcp_port}"),
             tokens: HashMap::new(),
             agent: ureq::AgentBuilder::new()

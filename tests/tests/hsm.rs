@@ -126,7 +126,7 @@ use auditlog_client::verify::{load_history, verify_dir, verify_dir_with_history}
 use auditlog_formats::checkpoint_log;
 use auditlog_formats::keyhistory::KeyHistory;
 use auditlog_formats::note::{self, Checkpoint, NoteSigner, VerifierKey};
-use auditlog_tests::daemon::{daemon_exe, free_port};
+use auditlog_tests::daemon::{daemon_command, free_port};
 use auditlog_tests::event;
 use serde_json::{json, Value};
 
@@ -164,7 +164,7 @@ impl World {
     }
 
     fn command(&self, config: &Path, pin: &str) -> Command {
-        let mut c = Command::new(daemon_exe());
+        let mut c = daemon_command();
         c.arg("--config")
             .arg(config)
             .arg("--data-dir")

@@ -603,6 +603,7 @@ checkpoint_interval_ms = 50
 connections_max = 4
 request_timeout_ms = 1500
 long_poll_ms_max = 1000
+http_header_read_timeout_ms = 1000
 tcp_connections_max = 2
 tcp_batches_in_flight_max = 4
 tcp_frame_bytes_max = 1048576
@@ -652,24 +653,56 @@ tcp_frame_bytes_max = 1048576
         assert_eq!(size, 5, "nothing of the stalled request is stored");
     }
 
-    /// Past `connections_max`, HTTP connections wait (not served, not dropped) until a slot
-    /// frees; past `tcp_connections_max`, TCP ingest answers ERROR busy and closes.
+    /// Past `connections_max`, an HTTP connection is answered 503 with `Retry-After` at once
+    /// (never queued behind the open ones), the probes on the ops listener answer all the
+    /// while, and connections that send nothing are cut after the header-read timeout;
+    /// past `tcp_connections_max`, TCP ingest answers ERROR busy and closes.
     #[test]
     fn connection_limits_hold() {
         let dir = tempfile::tempdir().expect("tmp");
         let d = Daemon::start_with(dir.path(), LIMITS);
         let addr = d.base.trim_start_matches("http://").to_string();
-        let idle: Vec<TcpStream> = (0..4)
+        let mut idle: Vec<TcpStream> = (0..4)
             .map(|_| TcpStream::connect(&addr).expect("connect"))
             .collect();
-        std::thread::sleep(Duration::from_millis(200));
         let quick = ureq::AgentBuilder::new()
             .timeout(Duration::from_millis(700))
             .build();
-        assert!(
-            quick.get(&format!("{}/health", d.base)).call().is_err(),
-            "a fifth connection is not served while four are open"
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            let mut fifth = TcpStream::connect(&addr).expect("connect");
+            fifth
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut answer = Vec::new();
+            let _ = fifth.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer).to_string();
+            // Until the four are accepted, the fifth may still get one of their slots.
+            if answer.starts_with("HTTP/1.1 503") || Instant::now() > deadline {
+                break answer;
+            }
+        };
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("Retry-After: 1"), "{answer}");
+        quick
+            .get(&format!("{}/health", d.ops_base))
+            .call()
+            .expect("the ops listener answers while the API listener is full");
+        // The four never sent a byte: cut after the header-read timeout (1 s here).
+        for s in &mut idle {
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            // Read to the end (a busy answer may come first, if this one was shed).
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            let r = s.read_to_end(&mut rest);
+            assert!(
+                r.is_ok() || started.elapsed() < Duration::from_secs(4),
+                "an idle connection is closed: {r:?} {}",
+                String::from_utf8_lossy(&rest)
+            );
+            assert!(started.elapsed() < Duration::from_secs(4));
+        }
         drop(idle);
         let deadline = Instant::now() + Duration::from_secs(10);
         while quick.get(&format!("{}/health", d.base)).call().is_err() {
@@ -706,6 +739,168 @@ tcp_frame_bytes_max = 1048576
             Outcome::Acked(_)
         ));
         drop(b);
+    }
+
+    const FLOOD: &str = r#"
+[engine]
+submission_bytes_max = 131072
+batch_bytes_max = 131072
+segment_bytes = 1048576
+checkpoint_interval_ms = 50
+
+[server]
+connections_max = 128
+http_connections_per_source_max = 32
+http_header_read_timeout_ms = 1500
+http_write_timeout_ms = 1500
+request_timeout_ms = 20000
+long_poll_ms_max = 10000
+ops_connections_max = 16
+tcp_connections_max = 64
+tcp_connections_per_source_max = 16
+tcp_hello_timeout_ms = 1500
+tls_handshake_timeout_ms = 1500
+"#;
+
+    /// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all
+    /// loopback), so an attacker and a writer are different sources on one machine.
+    fn connect_from(from: [u8; 4], to: &str) -> std::io::Result<TcpStream> {
+        use std::os::fd::FromRawFd;
+        let to: std::net::SocketAddrV4 = to.parse().expect("v4 address");
+        let sa = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: a fresh socket, bound and connected with valid sockaddr_in values; the
+        // descriptor is owned by the TcpStream from here on (or closed on error).
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let s = TcpStream::from_raw_fd(fd);
+            let src = sa(from, 0);
+            if libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let dst = sa(to.ip().octets(), to.port());
+            if libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(s)
+        }
+    }
+
+    /// The attack from an address of its own: 2,000 sockets on the API port that send half
+    /// a request line, 2,000 silent ones on the TCP ingest port, 500 on the ops port, and
+    /// clients that stop reading a large export. Meanwhile a writer from another address
+    /// posts over HTTP and TCP and every receipt is honoured, and `/health` on the ops port
+    /// answers; every attack connection is shed at once or cut within its timeout, and the
+    /// daemon serves normally afterwards. (With `axum::serve` and no header-read timeout,
+    /// the accept loop stopped at `connections_max` and every route timed out.)
+    #[test]
+    fn a_flood_of_idle_sockets_freezes_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = Daemon::start_with(dir.path(), FLOOD);
+        let api = d.base.trim_start_matches("http://").to_string();
+        let ops = d.ops_base.trim_start_matches("http://").to_string();
+        for i in 0..300 {
+            assert_eq!(d.post("application/json", &event(i, 300)).status, 200);
+        }
+        let attacker = [127, 0, 0, 2];
+        let mut sockets: Vec<TcpStream> = Vec::new();
+        for _ in 0..2000 {
+            if let Ok(mut s) = connect_from(attacker, &api) {
+                let _ = s.write_all(b"GET /v1/log HTTP/1.1\r\nHo");
+                sockets.push(s);
+            }
+        }
+        for _ in 0..2000 {
+            if let Ok(s) = connect_from(attacker, &d.tcp_addr) {
+                sockets.push(s);
+            }
+        }
+        for _ in 0..500 {
+            if let Ok(s) = connect_from(attacker, &ops) {
+                sockets.push(s);
+            }
+        }
+        // Exports whose client never reads: the response write stalls and is cut.
+        let export = format!(
+            "GET /v1/export?format=json&start=0&end=300 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            d.token("reader")
+        );
+        for _ in 0..16 {
+            if let Ok(mut s) = connect_from(attacker, &api) {
+                let _ = s.write_all(export.as_bytes());
+                sockets.push(s);
+            }
+        }
+        let attack_started = Instant::now();
+        assert!(sockets.len() > 4000, "{} attack sockets", sockets.len());
+
+        // The writer and the prober, from 127.0.0.1, throughout.
+        let quick = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build();
+        let mut tcp = TcpIngest::connect(&d.tcp_addr, &d.token("writer"), Duration::from_secs(5))
+            .expect("a writer connects over TCP during the attack");
+        for i in 0..20u64 {
+            quick
+                .get(&format!("{}/health", d.ops_base))
+                .call()
+                .expect("the probe answers during the attack");
+            let r = d.post("application/json", &event(1000 + i, 300));
+            assert_eq!(r.status, 200, "{}", r.text());
+            tcp.send([event(2000 + i, 300).as_slice()]).expect("send");
+            assert!(matches!(tcp.recv().expect("ack").1, Outcome::Acked(_)));
+        }
+        // Every attack connection is shed or cut within its timeout (1.5 s) and slack.
+        for s in &mut sockets {
+            let left = Duration::from_secs(8).saturating_sub(attack_started.elapsed());
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
+            let mut buf = [0u8; 65536];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue, // a 503, or the part of an export sent before the cut
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!(
+                        "an attack connection still open after {:?}: {e}",
+                        attack_started.elapsed()
+                    ),
+                }
+            }
+        }
+        drop(sockets);
+        let metrics = quick
+            .get(&format!("{}/metrics", d.ops_base))
+            .set("Authorization", &format!("Bearer {}", d.token("admin")))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text");
+        assert!(
+            metrics.contains(
+                "auditlog_http_connections_shed_total{listener=\"api\",reason=\"source\"}"
+            ),
+            "{metrics}"
+        );
+        // And afterwards, normal service.
+        let r = d.post("application/json", &event(5000, 300));
+        assert_eq!(r.status, 200);
+        let (_, _, size) = d.log();
+        assert_eq!(
+            size,
+            300 + 20 + 20 + 1,
+            "every acknowledged event is in the log"
+        );
     }
 
     fn tcp_hello(d: &Daemon) -> TcpIngest {

@@ -6,13 +6,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_formats::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
 use auditlog_tests::certs::Ca;
-use auditlog_tests::daemon::{daemon_exe, free_port};
+use auditlog_tests::daemon::{daemon_command, free_port};
 use auditlog_tests::event;
 use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -55,7 +55,7 @@ fn start(dir: &Path, tls_section: &str) -> TlsDaemon {
     )
     .expect("config");
     let (hp, tp) = (free_port(), free_port());
-    let child = Command::new(daemon_exe())
+    let child = daemon_command()
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_client::bucket::verify_bucket;
 use auditlog_formats::note::VerifierKey;
-use auditlog_tests::daemon::daemon_exe;
+use auditlog_tests::daemon::daemon_command;
 use auditlog_tests::worm_servers::{boto3, free_port, start_moto};
 use auditlog_tests::{classified_event, s3_options};
 use auditlog_worm::{RetentionPolicy, WormTarget};
@@ -149,7 +149,7 @@ request_timeout_ms = 700
     )
     .expect("config");
     let port = free_port();
-    let child = Command::new(daemon_exe())
+    let child = daemon_command()
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")

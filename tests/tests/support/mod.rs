@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::tree;
 use auditlog_formats::TreeHash;
-pub use auditlog_tests::daemon::{daemon_exe, free_port};
+pub use auditlog_tests::daemon::{daemon_command, free_port};
 use serde_json::Value;
 
 pub struct Daemon {
@@ -51,7 +51,7 @@ impl Daemon {
         let config = dir.join("auditlogd.toml");
         std::fs::write(&config, config_text).expect("write config");
         let (port, tcp_port, syslog_port) = (free_port(), free_port(), free_port());
-        let child = Command::new(daemon_exe())
+        let child = daemon_command()
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
