@@ -38,6 +38,11 @@ const ED25519_OID_DER: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 pub enum PinSource {
     Env(String),
     File(PathBuf),
+    /// The PIN itself, read once at start: the daemon reads `Env`'s variable and removes
+    /// it from its environment (see [`PinSource::take_from_env`]), then keeps the text here
+    /// for reconnecting to the token. Prints `<redacted>` in `Debug`; never serialised.
+    #[serde(skip)]
+    Value(auditlog_formats::Secret),
 }
 
 impl PinSource {
@@ -51,6 +56,30 @@ impl PinSource {
                 .map_err(|e| Pkcs11Error::PinUnavailable {
                     what: format!("{}: {e}", path.display()),
                 }),
+            PinSource::Value(pin) => Ok(pin.expose().to_string()),
+        }
+    }
+
+    /// For `Env`: reads the variable and removes it from the process environment, so that
+    /// no child process inherits the PIN and no later reader of the environment finds it;
+    /// returns the PIN as a `Value`. Other sources, and an unset variable (the error then
+    /// comes, naming the variable, when a key in the HSM is opened), are returned as they
+    /// are.
+    ///
+    /// Call it while the process has one thread only: changing the environment races with
+    /// any other thread reading it (C code calling `getenv` included), which is why Rust
+    /// 2024 makes `remove_var` unsafe. The copy the kernel made at `exec`
+    /// (`/proc/<pid>/environ`, readable by the same user and root) is not changed.
+    pub fn take_from_env(self) -> PinSource {
+        let PinSource::Env(var) = &self else {
+            return self;
+        };
+        match std::env::var(var) {
+            Ok(pin) => {
+                std::env::remove_var(var);
+                PinSource::Value(auditlog_formats::Secret::new(pin))
+            }
+            Err(_) => self,
         }
     }
 }

@@ -69,6 +69,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Still one thread (the subscriber above starts none): `load` removes the HSM PIN's
+    // variable from the environment, which must not race with another thread reading it.
     let mut cfg = config::load(
         args.config.as_deref(),
         config::Overrides {
