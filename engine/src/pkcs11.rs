@@ -51,11 +51,19 @@ impl PinSource {
             PinSource::Env(var) => std::env::var(var).map_err(|_| Pkcs11Error::PinUnavailable {
                 what: format!("environment variable {var} is not set"),
             }),
-            PinSource::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            // Mode 0600 or stricter; a link is followed, as the operator chose the place
+            // (container platforms mount secrets through links) and a swapped link could
+            // only make the login fail.
+            PinSource::File(path) => crate::private::read_private_file_following(path)
                 .map_err(|e| Pkcs11Error::PinUnavailable {
-                    what: format!("{}: {e}", path.display()),
-                }),
+                    what: e.to_string(),
+                })
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| Pkcs11Error::PinUnavailable {
+                        what: format!("{}: not UTF-8", path.display()),
+                    })
+                })
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string()),
             PinSource::Value(pin) => Ok(pin.expose().to_string()),
         }
     }
