@@ -65,6 +65,12 @@ fn softhsm_signer(dir: &Path) -> Option<Pkcs11Signer> {
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let pin_path = dir.join("pin");
     std::fs::write(&pin_path, "1234").ok()?;
+    // PIN files are read only when group and others cannot read them.
+    std::fs::set_permissions(
+        &pin_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .ok()?;
     let pin = PinSource::File(pin_path);
     let spec = Pkcs11Spec {
         module,

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -11,6 +11,7 @@ use auditlog_client::http::{ClientOptions, HttpClient, HttpError, Receipt, Recei
 use auditlog_formats::hash::to_hex;
 use auditlog_formats::note::{self, VerifierKey};
 use auditlog_formats::record::PAYLOAD_BYTES_MAX;
+use auditlog_formats::Secret;
 
 /// Where the server is and who we are; shared by every networked subcommand.
 #[derive(clap::Args, Debug)]
@@ -24,15 +25,20 @@ pub struct Conn {
         help_heading = "Server"
     )]
     pub url: String,
-    /// Bearer token (writer for `send`, auditor for `checkpoint` and `prove`).
+    /// Bearer token (writer for `send`, auditor for `checkpoint` and `prove`); without it
+    /// and --token-file, `AUDITLOG_TOKEN`.
+    #[arg(long, global = true, help_heading = "Server")]
+    pub token: Option<Secret>,
+    /// File holding the bearer token, one line (instead of --token: a token on the command
+    /// line shows in the process list and the shell's history).
     #[arg(
         long,
-        env = "AUDITLOG_TOKEN",
-        hide_env_values = true,
         global = true,
+        conflicts_with = "token",
+        value_name = "FILE",
         help_heading = "Server"
     )]
-    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
     /// PEM file of CA certificates to trust for an `https://` URL.
     #[arg(long, global = true, help_heading = "Server")]
     pub ca_file: Option<PathBuf>,
@@ -47,9 +53,45 @@ impl Conn {
             timeout_ms: self.timeout_ms,
             ca_file: self.ca_file.clone(),
         };
-        HttpClient::new(&self.url, self.token.as_deref(), &opts)
+        let token = token_from(self.token.as_ref(), self.token_file.as_deref())?;
+        HttpClient::new(&self.url, token.as_ref().map(Secret::expose), &opts)
             .with_context(|| format!("connecting to {}", self.url))
     }
+}
+
+/// The environment variable read when neither `--token` nor `--token-file` is given.
+pub const TOKEN_ENV: &str = "AUDITLOG_TOKEN";
+
+/// The bearer token: `--token-file`'s one line, else `--token`, else `AUDITLOG_TOKEN`,
+/// else none. The two flags exclude each other (clap checks); the variable is read here
+/// rather than by clap so that a `--token-file` overrides it instead of conflicting with it.
+pub fn token_from(token: Option<&Secret>, file: Option<&Path>) -> anyhow::Result<Option<Secret>> {
+    match (file, token) {
+        (Some(path), _) => read_token_file(path).map(Some),
+        (None, Some(t)) => Ok(Some(t.clone())),
+        (None, None) => Ok(std::env::var(TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)),
+    }
+}
+
+/// Reads a token file: one line, its line break (LF or CRLF) and surrounding blanks ignored.
+pub fn read_token_file(path: &Path) -> anyhow::Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    if token.contains(['\n', '\r']) {
+        // `initial-tokens` holds one `<role> <token>` line per role.
+        bail!(
+            "token file {} holds more than one line; put the one token in a file of its own",
+            path.display()
+        );
+    }
+    Ok(Secret::new(token))
 }
 
 /// A verifier key given as `name+keyid+base64`, or `@FILE` holding one.

@@ -29,7 +29,8 @@ pub enum ExportError {
 pub struct ExportRequest {
     /// Base URL, e.g. `http://127.0.0.1:8080`.
     pub url: String,
-    pub token: String,
+    /// Prints `<redacted>` in `Debug`.
+    pub token: auditlog_formats::Secret,
     /// `cef`, `json` or `csv`.
     pub format: String,
     pub start: u64,
@@ -99,7 +100,7 @@ pub fn export(
         .build();
     let resp = match agent
         .get(&url)
-        .set("Authorization", &format!("Bearer {}", req.token))
+        .set("Authorization", &format!("Bearer {}", req.token.expose()))
         .call()
     {
         Ok(r) => r,

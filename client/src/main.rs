@@ -91,9 +91,13 @@ struct ExportArgs {
     /// The daemon's base URL.
     #[arg(long, env = "AUDITLOG_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// A bearer token of role reader, auditor or admin.
-    #[arg(long, env = "AUDITLOG_TOKEN")]
-    token: String,
+    /// A bearer token of role reader, auditor or admin; without it and --token-file,
+    /// `AUDITLOG_TOKEN`.
+    #[arg(long)]
+    token: Option<auditlog_formats::Secret>,
+    /// File holding the bearer token, one line (instead of --token).
+    #[arg(long, conflicts_with = "token", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// cef, json or csv.
     #[arg(long, default_value = "json")]
     format: String,
@@ -324,9 +328,11 @@ fn run() -> anyhow::Result<()> {
 
 fn export(a: ExportArgs) -> anyhow::Result<()> {
     use auditlog_client::export::{export, ExportRequest};
+    let token = cli::token_from(a.token.as_ref(), a.token_file.as_deref())?
+        .context("a token is needed: --token, --token-file or AUDITLOG_TOKEN")?;
     let req = ExportRequest {
         url: a.url,
-        token: a.token,
+        token,
         format: a.format,
         start: a.start,
         end: a.end,

@@ -39,6 +39,9 @@ pub enum EngineError {
     Signer(String),
     #[error(transparent)]
     Pkcs11(crate::pkcs11::Pkcs11Error),
+    /// A file that holds a secret is a link, open to others, or unreadable.
+    #[error(transparent)]
+    PrivateFile(#[from] crate::private::PrivateFileError),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -16,6 +16,7 @@ mod io;
 mod keyring;
 mod leafindex;
 pub mod pkcs11;
+pub mod private;
 pub mod pruned;
 mod recovery;
 mod remote;

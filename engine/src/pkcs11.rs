@@ -38,6 +38,11 @@ const ED25519_OID_DER: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 pub enum PinSource {
     Env(String),
     File(PathBuf),
+    /// The PIN itself, read once at start: the daemon reads `Env`'s variable and removes
+    /// it from its environment (see [`PinSource::take_from_env`]), then keeps the text here
+    /// for reconnecting to the token. Prints `<redacted>` in `Debug`; never serialised.
+    #[serde(skip)]
+    Value(auditlog_formats::Secret),
 }
 
 impl PinSource {
@@ -46,11 +51,43 @@ impl PinSource {
             PinSource::Env(var) => std::env::var(var).map_err(|_| Pkcs11Error::PinUnavailable {
                 what: format!("environment variable {var} is not set"),
             }),
-            PinSource::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            // Mode 0600 or stricter; a link is followed, as the operator chose the place
+            // (container platforms mount secrets through links) and a swapped link could
+            // only make the login fail.
+            PinSource::File(path) => crate::private::read_private_file_following(path)
                 .map_err(|e| Pkcs11Error::PinUnavailable {
-                    what: format!("{}: {e}", path.display()),
-                }),
+                    what: e.to_string(),
+                })
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| Pkcs11Error::PinUnavailable {
+                        what: format!("{}: not UTF-8", path.display()),
+                    })
+                })
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string()),
+            PinSource::Value(pin) => Ok(pin.expose().to_string()),
+        }
+    }
+
+    /// For `Env`: reads the variable and removes it from the process environment, so that
+    /// no child process inherits the PIN and no later reader of the environment finds it;
+    /// returns the PIN as a `Value`. Other sources, and an unset variable (the error then
+    /// comes, naming the variable, when a key in the HSM is opened), are returned as they
+    /// are.
+    ///
+    /// Call it while the process has one thread only: changing the environment races with
+    /// any other thread reading it (C code calling `getenv` included), which is why Rust
+    /// 2024 makes `remove_var` unsafe. The copy the kernel made at `exec`
+    /// (`/proc/<pid>/environ`, readable by the same user and root) is not changed.
+    pub fn take_from_env(self) -> PinSource {
+        let PinSource::Env(var) = &self else {
+            return self;
+        };
+        match std::env::var(var) {
+            Ok(pin) => {
+                std::env::remove_var(var);
+                PinSource::Value(auditlog_formats::Secret::new(pin))
+            }
+            Err(_) => self,
         }
     }
 }

@@ -93,7 +93,9 @@ enum Piece {
 pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
     let started = Instant::now();
     cfg.validate().map_err(EngineError::Config)?;
-    // Before anything is touched: a target that cannot keep the WORM promise refuses start.
+    // The data directory is the daemon's alone (tokens, the development key): 0700.
+    crate::private::ensure_private_dir(&cfg.data_dir)?;
+    // Before anything else is touched: a target that cannot keep the WORM promise refuses start.
     let replicator = crate::replication::prepare(&cfg)?;
     let seg_dir = cfg.data_dir.join("segments");
     std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "create data directory"))?;

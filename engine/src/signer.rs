@@ -2,14 +2,13 @@
 //! later, PKCS#11. A signature is checked against the signer's public key before a
 //! checkpoint is published, so a faulty signer cannot publish a bad checkpoint.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::{self, Checkpoint, NoteSignature, NoteSigner, VerifierKey};
 
 use crate::error::{io_err, EngineError, Result};
+use crate::private;
 
 pub trait Signer: Send + Sync {
     fn verifier_key(&self) -> VerifierKey;
@@ -60,10 +59,14 @@ pub struct KeyFileSigner {
 }
 
 impl KeyFileSigner {
-    /// Loads the key at `path`, creating it (mode 0600) with a fresh random seed if absent.
+    /// Loads the key at `path`, creating it (mode 0600, in a directory made 0700) with a
+    /// fresh random seed if nothing is there. Anything at the path, a symbolic link
+    /// included, is loaded by [`KeyFileSigner::load`], which refuses links and open modes.
     pub fn load_or_create(path: &Path, name: &str) -> Result<KeyFileSigner> {
-        if path.exists() {
-            return Self::load(path);
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Self::load(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path, "stat key file")(e)),
         }
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed)
@@ -71,23 +74,10 @@ impl KeyFileSigner {
         let key = NoteSigner::from_seed(name, seed)
             .map_err(|e| EngineError::Signer(format!("key name {name:?}: {e}")))?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir, "create key directory"))?;
+            private::create_private_dir(dir)?;
         }
-        let tmp = path.with_extension("partial");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp, "create key file"))?;
-        f.write_all(format!("{}\n", key.to_private_string()).as_bytes())
-            .map_err(io_err(&tmp, "write key"))?;
-        f.sync_all().map_err(io_err(&tmp, "sync key"))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path, "install key file"))?;
-        if let Some(dir) = path.parent() {
-            crate::io::sync_dir(dir).map_err(io_err(dir, "sync"))?;
-        }
+        let text = format!("{}\n", key.to_private_string());
+        private::replace_private_file(path, text.as_bytes())?;
         tracing::info!(
             "created development signing key {} ({})",
             path.display(),
@@ -107,7 +97,7 @@ impl KeyFileSigner {
 
     /// Writes a fresh key to `path` (mode 0600); refuses to overwrite one.
     pub fn generate(path: &Path, name: &str) -> Result<KeyFileSigner> {
-        if path.exists() {
+        if std::fs::symlink_metadata(path).is_ok() {
             return Err(EngineError::Signer(format!(
                 "{} exists; not overwriting a key",
                 path.display()
@@ -116,8 +106,12 @@ impl KeyFileSigner {
         Self::load_or_create(path, name)
     }
 
+    /// Loads the key at `path`: not through a symbolic link, and only from a file that
+    /// group and others cannot read (a key others could read may be a copy elsewhere).
     pub fn load(path: &Path) -> Result<KeyFileSigner> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path, "read key file"))?;
+        let bytes = private::read_private_file(path)?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| EngineError::Signer(format!("{}: not UTF-8", path.display())))?;
         let key = NoteSigner::parse_private(text.trim())
             .map_err(|e| EngineError::Signer(format!("{}: {e}", path.display())))?;
         Ok(KeyFileSigner {
@@ -143,5 +137,43 @@ impl Signer for KeyFileSigner {
                 description: "key file".into(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A key file reached through a planted link (to a key its planter knows) is refused,
+    /// as is one group or others may read; the one the daemon makes is 0600 in a 0700
+    /// directory.
+    #[test]
+    fn key_file_links_and_open_modes_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let planted = dir.path().join("planted.key");
+        KeyFileSigner::load_or_create(&planted, "attacker").expect("a key the planter knows");
+        let keys = dir.path().join("data/keys");
+        std::fs::create_dir_all(&keys).expect("mkdir");
+        let path = keys.join("checkpoint.key");
+        std::os::unix::fs::symlink(&planted, &path).expect("link");
+        let e = KeyFileSigner::load_or_create(&path, "log")
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(KeyFileSigner::load(&path).is_err());
+        std::fs::remove_file(&path).expect("unlink");
+
+        let fresh = dir.path().join("new/keys/checkpoint.key");
+        KeyFileSigner::load_or_create(&fresh, "log").expect("create");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o600);
+        assert_eq!(mode(&dir.path().join("new/keys")), 0o700);
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = KeyFileSigner::load_or_create(&fresh, "log")
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("mode 0644"), "{e}");
     }
 }

@@ -102,6 +102,11 @@ impl AuditFields {
         }
     }
 
+    /// A field when it is a JSON string.
+    pub fn string(&self, key: &str) -> Option<&str> {
+        self.map.get(key)?.as_str()
+    }
+
     /// `severity` when it is an integer 0–10.
     pub fn severity(&self) -> Option<u8> {
         self.map
@@ -155,6 +160,30 @@ pub fn csv_field(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// First characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) read a
+/// cell as a formula, or that some of them strip before doing so (tab, CR).
+pub const CSV_FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Appends a text field taken from the event: as [`csv_field`], but a value that starts
+/// with one of [`CSV_FORMULA_TRIGGERS`] gets a single quote `'` in front (OWASP "CSV
+/// injection"), so a spreadsheet shows it as text instead of running it as a formula
+/// (`=HYPERLINK(…)`, `@SUM(…)`, `-2+3+cmd|…`). The quote goes inside the field's quoting.
+///
+/// Only text from the event passes through here: the columns the exporter writes itself
+/// (index, leaf hash, receipt time: unsigned decimal and hex) and non-string JSON values
+/// (a JSON number such as `-3` or `-1e5` cannot hold a formula, and objects start with
+/// `{`) are left as they are, so numbers stay numbers.
+pub fn csv_text_field(s: &str, out: &mut String) {
+    if s.starts_with(CSV_FORMULA_TRIGGERS) {
+        let mut guarded = String::with_capacity(s.len() + 1);
+        guarded.push('\'');
+        guarded.push_str(s);
+        csv_field(&guarded, out);
+    } else {
+        csv_field(s, out);
+    }
+}
+
 /// The header row, CRLF-terminated as RFC 4180 says.
 pub fn render_csv_header(out: &mut String) {
     out.push_str(&CSV_COLUMNS.join(","));
@@ -175,8 +204,11 @@ pub fn render_csv_row(e: &StoredEvent, out: &mut String) -> Result<(), ExportErr
     );
     for col in &CSV_COLUMNS[3..17] {
         out.push(',');
-        if let Some(v) = f.get(col) {
-            csv_field(&v, out);
+        if let Some(text) = f.string(col) {
+            csv_text_field(text, out);
+        } else if let Some(json) = f.get(col) {
+            // A number, boolean, object or array, as compact JSON.
+            csv_field(&json, out);
         }
     }
     out.push(',');

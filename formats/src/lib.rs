@@ -11,12 +11,14 @@ pub mod keyhistory;
 pub mod note;
 pub mod record;
 pub mod schema;
+pub mod secret;
 pub mod segment;
 pub mod syslog;
 pub mod time;
 pub mod tree;
 
 pub use hash::{Hash, TreeHash};
+pub use secret::Secret;
 
 /// Big-endian reads for the decoders; callers have checked the length.
 pub(crate) fn be_u32(b: &[u8]) -> u32 {

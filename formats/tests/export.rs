@@ -161,7 +161,7 @@ fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
 
 fn nasty() -> impl Strategy<Value = String> {
     prop_oneof![
-        "[a-z|\\\\= \r\n\"',é中😀\t]{0,24}",
+        "[a-z|\\\\=+@ \r\n\"',é中😀\t-]{0,24}",
         any::<String>(),
         Just(String::new()),
         Just("\\".to_string()),
@@ -262,7 +262,14 @@ proptest! {
         prop_assert_eq!(&row[1], &hex::encode(leaf));
         for (col, name) in CSV_COLUMNS.iter().enumerate() {
             if let Some(v) = obj.get(*name) {
-                prop_assert_eq!(&row[col], v.as_str().expect("string"), "{}", name);
+                // Text that a spreadsheet would run as a formula comes back behind a `'`.
+                let v = v.as_str().expect("string");
+                let want = if v.starts_with(export::CSV_FORMULA_TRIGGERS) {
+                    format!("'{v}")
+                } else {
+                    v.to_string()
+                };
+                prop_assert_eq!(&row[col], &want, "{}", name);
             }
         }
         prop_assert_eq!(row[17].as_bytes(), &payload[..]);
@@ -329,4 +336,61 @@ fn json_line_embeds_the_payload() {
         let p = s[at..].find(&format!("\"{k}\"")).expect("key order") + at;
         at = p;
     }
+}
+
+/// OWASP CSV injection: every formula trigger at the start of a text cell gets a `'` in
+/// front, inside the field's quoting; other text, numbers the event holds (a negative
+/// severity in a raw log) and the whole-payload column are left alone.
+#[test]
+fn csv_neutralises_cells_that_start_a_formula() {
+    let cells = |payload: &[u8]| {
+        let e = StoredEvent {
+            index: 1,
+            leaf_hash: &[2; 32],
+            received_at_unix_ns: 3,
+            payload,
+        };
+        let mut text = String::new();
+        export::render_csv_row(&e, &mut text).expect("row");
+        let rows = parse_csv(&text).expect("parse");
+        assert_eq!(rows.len(), 1);
+        (text, rows[0].clone())
+    };
+    for (value, want) in [
+        ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+        ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+        ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+        (
+            "@SUM(1+1)*cmd|' /C calc'!A0",
+            "'@SUM(1+1)*cmd|' /C calc'!A0",
+        ),
+        ("\t=1+1", "'\t=1+1"),
+        ("\r=1+1", "'\r=1+1"),
+        // Not at the start, or not a trigger: unchanged.
+        ("alice=admin", "alice=admin"),
+        ("a-b+c@d", "a-b+c@d"),
+        (" =1", " =1"),
+        ("'=1", "'=1"),
+        ("", ""),
+    ] {
+        let payload = serde_json::to_vec(&json!({"actor": value, "severity": -3})).expect("json");
+        let (text, row) = cells(&payload);
+        assert_eq!(row[5], want, "actor {value:?} in {text:?}");
+        assert_eq!(row[14], "-3", "a number is not text: {text:?}");
+        assert_eq!(
+            row[17].as_bytes(),
+            &payload[..],
+            "the event column is the payload"
+        );
+    }
+    // The quote is inside the RFC 4180 quoting, never outside it.
+    let mut out = String::new();
+    export::csv_text_field("=1,2", &mut out);
+    assert_eq!(out, "\"'=1,2\"");
+    out.clear();
+    export::csv_text_field("=1", &mut out);
+    assert_eq!(out, "'=1");
+    out.clear();
+    export::csv_text_field("\r", &mut out);
+    assert_eq!(out, "\"'\r\"");
 }

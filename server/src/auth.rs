@@ -1,10 +1,12 @@
 //! Bearer tokens mapped to roles. Only SHA-256 hashes of tokens are kept, in memory and in
 //! `<data-dir>/tokens.json`; the tokens themselves are written once, on first start, to
-//! `<data-dir>/initial-tokens` (mode 0600).
+//! `<data-dir>/initial-tokens`. Both files are mode 0600, created afresh (never over an
+//! existing file) and read without following links (`auditlog_engine::private`); either
+//! one found open to group or others stops the start.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use auditlog_engine::private;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -114,7 +116,11 @@ impl Tokens {
     /// `initial-tokens` and returns that file's path alongside.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<(Tokens, Option<PathBuf>)> {
         let store = data_dir.join("tokens.json");
-        match std::fs::read(&store) {
+        let initial = data_dir.join("initial-tokens");
+        // Not read, but it holds every role's first token: open to others, or a link, it
+        // stops the start, before anything is written.
+        let initial_exists = private::check_private_file(&initial)?;
+        match private::read_private_file(&store) {
             Ok(bytes) => {
                 let file: TokenFile = serde_json::from_slice(&bytes)
                     .with_context(|| format!("parsing {}", store.display()))?;
@@ -133,15 +139,23 @@ impl Tokens {
                 }
                 Ok((Tokens { hashes, names }, None))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (tokens, path) = Self::create(data_dir, &store)?;
-                Ok((tokens, Some(path)))
+            Err(e) if e.is_not_found() => {
+                if initial_exists {
+                    bail!(
+                        "{} exists but {} does not: a first start that did not finish, or a \
+                         file put there by someone else; remove it and start again",
+                        initial.display(),
+                        store.display()
+                    );
+                }
+                let tokens = Self::create(&initial, &store)?;
+                Ok((tokens, Some(initial)))
             }
-            Err(e) => Err(e).with_context(|| format!("reading {}", store.display())),
+            Err(e) => Err(e.into()),
         }
     }
 
-    fn create(data_dir: &Path, store: &Path) -> anyhow::Result<(Tokens, PathBuf)> {
+    fn create(initial: &Path, store: &Path) -> anyhow::Result<Tokens> {
         let mut lines = String::new();
         let mut hashes = Vec::new();
         for role in ROLES {
@@ -151,8 +165,7 @@ impl Tokens {
             lines.push_str(&format!("{} {token}\n", role.name()));
             hashes.push((digest(token.as_bytes()), role));
         }
-        let initial = data_dir.join("initial-tokens");
-        write_private(&initial, lines.as_bytes())?;
+        private::create_private_file(initial, lines.as_bytes())?;
         let file = TokenFile {
             tokens: hashes
                 .iter()
@@ -164,11 +177,9 @@ impl Tokens {
                 .collect(),
         };
         let json = serde_json::to_vec_pretty(&file).context("encoding tokens.json")?;
-        let tmp = data_dir.join("tokens.json.tmp");
-        write_private(&tmp, &json)?;
-        std::fs::rename(&tmp, store).with_context(|| format!("renaming to {}", store.display()))?;
+        private::replace_private_file(store, &json)?;
         let names = ROLES.iter().map(|r| r.name().to_string()).collect();
-        Ok((Tokens { hashes, names }, initial))
+        Ok(Tokens { hashes, names })
     }
 
     /// The role of the bearer token in an `Authorization` header value. Every known hash
@@ -250,7 +261,7 @@ pub fn add_token(data_dir: &Path, role: Role, name: &str) -> anyhow::Result<Stri
         bail!("a token named {name:?} exists already");
     }
     let store = data_dir.join("tokens.json");
-    let bytes = std::fs::read(&store).with_context(|| format!("reading {}", store.display()))?;
+    let bytes = private::read_private_file(&store)?;
     let mut file: TokenFile =
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", store.display()))?;
     let mut raw = [0u8; 32];
@@ -262,26 +273,8 @@ pub fn add_token(data_dir: &Path, role: Role, name: &str) -> anyhow::Result<Stri
         sha256: hex::encode(digest(token.as_bytes())),
     });
     let json = serde_json::to_vec_pretty(&file).context("encoding tokens.json")?;
-    let tmp = data_dir.join("tokens.json.tmp");
-    write_private(&tmp, &json)?;
-    std::fs::rename(&tmp, &store).with_context(|| format!("renaming to {}", store.display()))?;
-    std::fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", data_dir.display()))?;
+    private::replace_private_file(&store, &json)?;
     Ok(token)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -319,8 +312,10 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let (_, path) = Tokens::load_or_create(&dir).expect("create");
         let path = path.expect("first start");
-        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for file in [path.clone(), dir.join("tokens.json")] {
+            let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
         let text = std::fs::read_to_string(&path).expect("read");
         // The store the daemon keeps holds hashes only, never a token itself.
         let store = std::fs::read_to_string(dir.join("tokens.json")).expect("store");
@@ -342,5 +337,65 @@ mod tests {
             assert_eq!(got.name(), role);
         }
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A link planted at `initial-tokens` before the first start (to a file its planter can
+    /// read) is refused, and nothing is written through it.
+    #[test]
+    fn a_link_planted_at_initial_tokens_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let stolen = dir.path().join("stolen");
+        std::fs::write(&stolen, b"").expect("write");
+        std::os::unix::fs::symlink(&stolen, dir.path().join("initial-tokens")).expect("link");
+        let e = Tokens::load_or_create(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e:#}");
+        assert_eq!(
+            std::fs::read(&stolen).expect("read"),
+            b"",
+            "written through the link"
+        );
+        assert!(!dir.path().join("tokens.json").exists());
+        // A dangling link, pointing where the planter will look, is refused too.
+        let dir = tempfile::tempdir().expect("tmp");
+        let later = dir.path().join("later");
+        std::os::unix::fs::symlink(&later, dir.path().join("initial-tokens")).expect("link");
+        assert!(Tokens::load_or_create(dir.path()).is_err());
+        assert!(!later.exists(), "created through the link");
+    }
+
+    /// An `initial-tokens` (or `tokens.json`) that group or others may read stops the start
+    /// with the file and its mode named, and nothing in the directory changes.
+    #[test]
+    fn an_open_token_file_is_refused_and_nothing_changes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        Tokens::load_or_create(dir.path()).expect("first start");
+        for name in ["initial-tokens", "tokens.json"] {
+            let path = dir.path().join(name);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            let before = snapshot(dir.path());
+            let e = Tokens::load_or_create(dir.path()).err().expect("refused");
+            let text = format!("{e:#}");
+            assert!(text.contains(name) && text.contains("0644"), "{text}");
+            assert_eq!(snapshot(dir.path()), before, "{name}: something changed");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        Tokens::load_or_create(dir.path()).expect("restart once private again");
+    }
+
+    /// Every file's name, mode and bytes.
+    fn snapshot(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut all: Vec<_> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| {
+                let e = e.expect("entry");
+                let m = e.metadata().expect("stat").permissions().mode();
+                let bytes = std::fs::read(e.path()).expect("read");
+                (e.file_name().to_string_lossy().into_owned(), m, bytes)
+            })
+            .collect();
+        all.sort();
+        all
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use auditlog_engine::{EngineConfig, IoMode};
+use auditlog_engine::{EngineConfig, IoMode, PinSource};
 use auditlog_formats::schema::SchemaMode;
 use auditlog_formats::TreeHash;
 use serde::Deserialize;
@@ -207,6 +207,9 @@ pub struct Overrides {
     pub ops_addr: Option<String>,
 }
 
+/// Everything resolved. `Debug` shows no secret: the PIN and the object-store keys are
+/// `Secret`s, which print `<redacted>`.
+#[derive(Debug)]
 pub struct Config {
     pub engine: EngineConfig,
     pub server: ServerConfig,
@@ -222,7 +225,11 @@ pub fn load(path: Option<&Path>, over: Overrides) -> anyhow::Result<Config> {
             toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
         }
     };
-    resolve(file, over)
+    let mut cfg = resolve(file, over)?;
+    // The PIN leaves the environment as soon as it is known where it is. `main` loads the
+    // configuration before it starts any thread, as `take_from_env` requires.
+    cfg.engine.pkcs11_pin = cfg.engine.pkcs11_pin.map(PinSource::take_from_env);
+    Ok(cfg)
 }
 
 pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
@@ -349,8 +356,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
 fn resolve_signer(s: &SignerSection, engine: &mut EngineConfig) -> anyhow::Result<()> {
     engine.pkcs11_pin = match (&s.pin_env, &s.pin_file) {
         (Some(_), Some(_)) => bail!("signer: give pin_env or pin_file, not both"),
-        (Some(v), None) => Some(auditlog_engine::PinSource::Env(v.clone())),
-        (None, Some(p)) => Some(auditlog_engine::PinSource::File(p.clone())),
+        (Some(v), None) => Some(PinSource::Env(v.clone())),
+        (None, Some(p)) => Some(PinSource::File(p.clone())),
         (None, None) => None,
     };
     match s.backend.as_deref().unwrap_or("file") {
@@ -430,6 +437,47 @@ mod tests {
         assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9");
         assert_eq!(c.server.ops_addr.to_string(), "127.0.0.1:19");
         assert_eq!(c.server.long_poll_ms_max, 5);
+    }
+
+    /// The HSM PIN named by `pin_env` is read once by `load` and its variable removed, and
+    /// no secret of the configuration shows in `Debug`.
+    #[test]
+    fn pin_leaves_the_environment_and_debug_shows_no_secret() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let var = format!("AUDITLOG_TEST_PIN_{}", std::process::id());
+        let path = dir.path().join("auditlogd.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[signer]\npin_env = \"{var}\"\n\
+                 [replication]\ntarget = \"s3://b/p\"\n\
+                 [replication.options]\naccess_key_id = \"AKID\"\n\
+                 secret_access_key = \"s3-secret-9\"\nsession_token = \"sts-9\"\n\
+                 account_key = \"azure-key-9\"\nbearer_token = \"gcs-9\"\n"
+            ),
+        )
+        .expect("write config");
+        // A name no other test uses; std serialises its own environment calls.
+        std::env::set_var(&var, "pin-4711");
+        let cfg = load(Some(&path), Overrides::default()).expect("load");
+        assert!(
+            std::env::var_os(&var).is_none(),
+            "{var} still in the environment after loading the configuration"
+        );
+        match &cfg.engine.pkcs11_pin {
+            Some(PinSource::Value(pin)) => assert_eq!(pin.expose(), "pin-4711"),
+            other => panic!("the PIN was not kept: {other:?}"),
+        }
+        let shown = format!("{cfg:?}");
+        for secret in ["pin-4711", "s3-secret-9", "sts-9", "azure-key-9", "gcs-9"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert!(shown.contains("<redacted>"));
+        // The file as parsed, before resolving, is as discreet.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let file: FileConfig = toml::from_str(&text).expect("parse");
+        let shown = format!("{file:?}");
+        assert!(!shown.contains("s3-secret-9") && !shown.contains("azure-key-9"));
     }
 
     #[test]

@@ -136,7 +136,8 @@ pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
                 key_label: key_label.context("--key-label is needed")?,
             };
             let pin = match pin_env {
-                Some(v) => PinSource::Env(v),
+                // Read once and removed from the environment; still one thread here.
+                Some(v) => PinSource::Env(v).take_from_env(),
                 None => cfg
                     .engine
                     .pkcs11_pin

@@ -74,6 +74,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Still one thread (the subscriber above starts none): `load` removes the HSM PIN's
+    // variable from the environment, which must not race with another thread reading it.
     let mut cfg = config::load(
         args.config.as_deref(),
         config::Overrides {
@@ -88,8 +90,8 @@ fn main() -> anyhow::Result<()> {
     }
     cfg.server.siem.override_syslog_addr(args.syslog_addr)?;
     let data_dir = cfg.engine.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    // 0700: it holds the tokens and the development key (an existing one is tightened).
+    auditlog_engine::private::ensure_private_dir(&data_dir)?;
     let (tokens, initial) = auth::Tokens::load_or_create(&data_dir)?;
     if let Some(path) = initial {
         println!(

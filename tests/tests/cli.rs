@@ -416,3 +416,68 @@ fn failures_are_named_and_exit_non_zero() {
     assert!(!r.ok);
     assert!(r.stderr.contains("HTTP 401 unauthorized"), "{}", r.stderr);
 }
+
+/// `--token-file`: the token is read from a file (its line break ignored) instead of the
+/// command line; a missing, empty or many-line file and `--token` alongside are refused,
+/// with the file named. Also for `export`, which takes its own connection flags.
+#[test]
+fn token_file_instead_of_token() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path());
+    let file = dir.path().join("auditor.token");
+    std::fs::write(&file, format!("{}\n", d.token("auditor"))).expect("write token");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let cli = |args: &[&str]| {
+        let out = Command::new(client_exe())
+            .args(args)
+            .env("AUDITLOG_URL", &d.base)
+            .env_remove("AUDITLOG_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run auditlog");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("$ auditlog {}\n{stderr}-> {}", args.join(" "), out.status);
+        (out.status.success(), stderr)
+    };
+
+    let (ok, stderr) = cli(&["--token-file", file_arg, "checkpoint"]);
+    assert!(ok, "{stderr}");
+    // Without any token the same call is refused: the file's token was the one sent.
+    let (ok, stderr) = cli(&["checkpoint"]);
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+    let (ok, stderr) = cli(&["export", "--token-file", file_arg, "--format", "csv"]);
+    assert!(ok, "{stderr}");
+
+    let (ok, stderr) = cli(&["--token", "x", "--token-file", file_arg, "checkpoint"]);
+    assert!(!ok && stderr.contains("--token-file"), "{stderr}");
+    // The file overrides the environment's token rather than conflicting with it.
+    let out = Command::new(client_exe())
+        .args(["--token-file", file_arg, "checkpoint"])
+        .env("AUDITLOG_URL", &d.base)
+        .env("AUDITLOG_TOKEN", "not-a-token")
+        .output()
+        .expect("run auditlog");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = dir.path().join("missing.token");
+    let (ok, stderr) = cli(&[
+        "--token-file",
+        missing.to_str().expect("utf-8"),
+        "checkpoint",
+    ]);
+    assert!(!ok && stderr.contains("missing.token"), "{stderr}");
+    let empty = dir.path().join("empty.token");
+    std::fs::write(&empty, "\n").expect("write");
+    let (ok, stderr) = cli(&["--token-file", empty.to_str().expect("utf-8"), "checkpoint"]);
+    assert!(!ok && stderr.contains("empty"), "{stderr}");
+    let initial = dir.path().join("data/initial-tokens");
+    let (ok, stderr) = cli(&[
+        "--token-file",
+        initial.to_str().expect("utf-8"),
+        "checkpoint",
+    ]);
+    assert!(!ok && stderr.contains("more than one line"), "{stderr}");
+}

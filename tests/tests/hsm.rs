@@ -18,6 +18,9 @@ fn spec(token: &str, key: &str) -> Pkcs11Spec {
 fn pin_file(dir: &Path, pin: &str) -> PinSource {
     let p = dir.join(format!("pin-{pin}"));
     std::fs::write(&p, format!("{pin}\n")).expect("write pin");
+    // The daemon reads a PIN file only when group and others cannot.
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod pin");
     PinSource::File(p)
 }
 

@@ -976,3 +976,89 @@ tls_handshake_timeout_ms = 1500
         );
     }
 }
+
+/// Every file under `dir`, recursively: its path, mode and bytes.
+fn tree_snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("list") {
+            let p = e.expect("entry").path();
+            let m = std::fs::symlink_metadata(&p).expect("stat");
+            let mode = m.permissions().mode();
+            if m.is_dir() {
+                out.push((p.clone(), mode, Vec::new()));
+                todo.push(p);
+            } else {
+                out.push((p.clone(), mode, std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The data directory ends up 0700 (a group-readable one made beforehand is tightened) and
+/// the files holding secrets 0600; an `initial-tokens` later opened to others stops the
+/// next start with its path and mode named, and nothing in the directory changes.
+#[test]
+fn secret_files_are_private_and_an_open_one_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut d = Daemon::start(dir.path());
+    d.stop();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode();
+    assert_eq!(mode(&data) & 0o777, 0o700, "data directory");
+    for f in ["initial-tokens", "tokens.json", "keys/checkpoint.key"] {
+        assert_eq!(mode(&data.join(f)) & 0o777, 0o600, "{f}");
+    }
+
+    let initial = data.join("initial-tokens");
+    std::fs::set_permissions(&initial, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let before = tree_snapshot(&data);
+    let mut child = std::process::Command::new(auditlog_tests::daemon::daemon_exe())
+        .arg("--config")
+        .arg(dir.path().join("auditlogd.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{}", auditlog_tests::daemon::free_port()))
+        .arg("--tcp-addr")
+        .arg(format!("127.0.0.1:{}", auditlog_tests::daemon::free_port()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn auditlogd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("auditlogd started with a group- and world-readable initial-tokens");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&initial.display().to_string()) && stderr.contains("0644"),
+        "the refusal names the file and its mode: {stderr}"
+    );
+    assert_eq!(
+        tree_snapshot(&data),
+        before,
+        "the refused start changed the data directory"
+    );
+}

@@ -137,7 +137,7 @@ fn tricky_event(n: u64) -> Vec<u8> {
 fn run_export(d: &Daemon, format: &str, start: u64, end: Option<u64>) -> Vec<u8> {
     let req = ExportRequest {
         url: d.base.clone(),
-        token: d.token("reader"),
+        token: d.token("reader").into(),
         format: format.into(),
         start,
         end,

@@ -34,7 +34,7 @@ impl AzureTarget {
     pub fn new(container: &str, prefix: &str, opts: &TargetOptions) -> Result<AzureTarget> {
         let account = TargetOptions::env_or(&opts.account, &["AZURE_STORAGE_ACCOUNT"])
             .ok_or_else(|| WormError::Config("Azure: no AZURE_STORAGE_ACCOUNT".into()))?;
-        let key_b64 = TargetOptions::env_or(&opts.account_key, &["AZURE_STORAGE_KEY"])
+        let key_b64 = TargetOptions::secret_env_or(&opts.account_key, &["AZURE_STORAGE_KEY"])
             .ok_or_else(|| WormError::Config("Azure: no AZURE_STORAGE_KEY".into()))?;
         let key = base64::engine::general_purpose::STANDARD
             .decode(key_b64.trim())

@@ -35,7 +35,7 @@ impl GcsTarget {
                 .unwrap_or_else(|| "https://storage.googleapis.com".into())
                 .trim_end_matches('/')
                 .to_string(),
-            token: TargetOptions::env_or(&opts.bearer_token, &["GOOGLE_OAUTH_ACCESS_TOKEN"]),
+            token: TargetOptions::secret_env_or(&opts.bearer_token, &["GOOGLE_OAUTH_ACCESS_TOKEN"]),
         })
     }
 

@@ -25,6 +25,8 @@ mod xml;
 
 use std::fmt;
 
+pub use auditlog_formats::Secret;
+
 pub use policy::RetentionPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -192,11 +194,12 @@ pub struct TargetOptions {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub session_token: Option<String>,
+    /// Secrets print as `<redacted>` in `Debug` (this struct is part of logged configs).
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
     pub account: Option<String>,
-    pub account_key: Option<String>,
-    pub bearer_token: Option<String>,
+    pub account_key: Option<Secret>,
+    pub bearer_token: Option<Secret>,
     /// Connecting to the store.
     pub connect_timeout_ms: Option<u64>,
     /// One request, start to end of the answer.
@@ -214,6 +217,11 @@ impl TargetOptions {
         v.clone()
             .or_else(|| names.iter().find_map(|n| std::env::var(n).ok()))
             .filter(|s| !s.is_empty())
+    }
+
+    fn secret_env_or(v: &Option<Secret>, names: &[&str]) -> Option<String> {
+        let configured = v.as_ref().map(|s| s.expose().to_string());
+        Self::env_or(&configured, names)
     }
 }
 
@@ -392,6 +400,31 @@ pub fn parse_tile_key(key: &str) -> Option<(u8, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_options_debug_redacts_every_secret() {
+        let opts: TargetOptions = serde_json::from_str(
+            r#"{"access_key_id":"AKIDPUBLIC","secret_access_key":"s3-secret-x",
+                "session_token":"sts-token-x","account_key":"YXp1cmUta2V5LXg=",
+                "bearer_token":"gcs-bearer-x"}"#,
+        )
+        .expect("options");
+        let shown = format!("{opts:?}");
+        for secret in [
+            "s3-secret-x",
+            "sts-token-x",
+            "YXp1cmUta2V5LXg=",
+            "gcs-bearer-x",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // Identifiers are not secrets and stay visible for the operator.
+        assert!(shown.contains("AKIDPUBLIC"));
+        assert_eq!(
+            opts.secret_access_key.as_ref().map(Secret::expose),
+            Some("s3-secret-x")
+        );
+    }
 
     #[test]
     fn tile_keys_follow_tlog_tiles() {

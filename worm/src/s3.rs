@@ -38,12 +38,15 @@ impl S3Target {
         let creds = Credentials {
             access_key_id: TargetOptions::env_or(&opts.access_key_id, &["AWS_ACCESS_KEY_ID"])
                 .ok_or_else(|| WormError::Config("S3: no AWS_ACCESS_KEY_ID".into()))?,
-            secret_access_key: TargetOptions::env_or(
+            secret_access_key: TargetOptions::secret_env_or(
                 &opts.secret_access_key,
                 &["AWS_SECRET_ACCESS_KEY"],
             )
             .ok_or_else(|| WormError::Config("S3: no AWS_SECRET_ACCESS_KEY".into()))?,
-            session_token: TargetOptions::env_or(&opts.session_token, &["AWS_SESSION_TOKEN"]),
+            session_token: TargetOptions::secret_env_or(
+                &opts.session_token,
+                &["AWS_SESSION_TOKEN"],
+            ),
         };
         Ok(S3Target {
             http: Http::new(format!("s3://{bucket}/{prefix}"), opts),
