@@ -5,7 +5,7 @@
 //! panicking its own way (some after a 30 s wait for a port).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Once, OnceLock};
 
@@ -118,6 +118,6 @@ pub fn azurite_blob() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| which("azurite-blob"))
         .unwrap_or_else(|| {
-            Path::new("/opt/auditlog-tools/azurite/node_modules/.bin/azurite-blob").to_path_buf()
+            PathBuf::from("/opt/auditlog-tools/azurite/node_modules/.bin/azurite-blob")
         })
 }
