@@ -1,6 +1,7 @@
 //! Helpers shared by the system tests and the crash child.
 
 pub mod certs;
+pub mod tools;
 pub mod worm_servers;
 
 use auditlog_engine::EngineConfig;
@@ -40,19 +41,10 @@ pub mod softhsm {
     pub const SO_PIN: &str = "5678";
     pub const PIN: &str = "1234";
 
-    /// The module's path on this machine (Debian puts it in one of these).
+    /// The module's path on this machine.
     pub fn module() -> PathBuf {
-        for p in [
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-            "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-            "/usr/local/lib/softhsm/libsofthsm2.so",
-        ] {
-            if Path::new(p).exists() {
-                return PathBuf::from(p);
-            }
-        }
-        panic!("libsofthsm2.so not found: install softhsm2 (.ci/run does)");
+        crate::tools::require(crate::tools::Tool::Softhsm2);
+        crate::tools::softhsm2_module().expect("checked by require")
     }
 
     pub struct SoftHsm {
@@ -64,6 +56,7 @@ pub mod softhsm {
     impl SoftHsm {
         /// A configuration whose token directory is `<dir>/tokens`.
         pub fn new(dir: &Path) -> SoftHsm {
+            crate::tools::require(crate::tools::Tool::Softhsm2);
             let token_dir = dir.join("tokens");
             std::fs::create_dir_all(&token_dir).expect("token dir");
             let conf = dir.join("softhsm2.conf");

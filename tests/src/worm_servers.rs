@@ -5,10 +5,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::tools::{azurite_blob, require, which, Tool};
 
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's published development key.
@@ -65,15 +67,8 @@ impl Drop for Server {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|c| c.is_file())
-    })
-}
-
 pub fn start_moto() -> Server {
+    require(Tool::Moto);
     let port = free_port();
     let mut cmd = match which("moto_server") {
         Some(p) => Command::new(p),
@@ -93,14 +88,10 @@ pub fn start_moto() -> Server {
     Server { child, port }
 }
 
-/// `azurite-blob` from PATH, `$AZURITE_BLOB`, or where `.ci/run` installs it.
+/// `azurite-blob` (see [`crate::tools::azurite_blob`]) on a free port, storing in `dir`.
 pub fn start_azurite(dir: &Path) -> Server {
-    let exe = std::env::var_os("AZURITE_BLOB")
-        .map(PathBuf::from)
-        .or_else(|| which("azurite-blob"))
-        .unwrap_or_else(|| {
-            PathBuf::from("/opt/auditlog-tools/azurite/node_modules/.bin/azurite-blob")
-        });
+    require(Tool::Azurite);
+    let exe = azurite_blob();
     let port = free_port();
     let mut child = Command::new(&exe)
         .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
@@ -118,6 +109,7 @@ pub fn start_azurite(dir: &Path) -> Server {
 /// Runs Python with boto3 against an S3 endpoint; `code` sees `s3` (a client) and prints
 /// its answer. Returns stdout.
 pub fn boto3(endpoint: &str, code: &str) -> String {
+    require(Tool::Moto);
     let prog = format!(
         "import boto3, json, sys\ns3 = boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n{code}\n"
     );

@@ -14,6 +14,7 @@ use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::tree;
 use auditlog_formats::TreeHash;
 pub use auditlog_tests::daemon::{daemon_command, free_port};
+use auditlog_tests::tools::{require, Tool};
 use serde_json::Value;
 
 pub struct Daemon {
@@ -265,6 +266,10 @@ impl Rsyslog {
     /// Starts rsyslogd with `config` (`WORKDIR` in it is replaced by the work directory),
     /// then waits until `port` accepts connections.
     pub fn start(dir: &Path, config: &str, port: u16) -> Rsyslog {
+        require(Tool::Rsyslog);
+        if config.contains("\"ossl\"") {
+            require(Tool::RsyslogOpenssl);
+        }
         let work = dir.join("work");
         std::fs::create_dir_all(&work).expect("rsyslog work dir");
         let conf = dir.join("rsyslog.conf");
