@@ -28,6 +28,33 @@ pub struct RetentionPolicy {
 }
 
 impl RetentionPolicy {
+    /// The first class this policy would keep for less than its legal floor.
+    pub fn below_floor(&self) -> Option<String> {
+        CLASSIFICATIONS.iter().enumerate().find_map(|(c, name)| {
+            let floor = auditlog_worm::LEGAL_FLOOR_DAYS[c];
+            let d = *self.days.get(*name)?;
+            (d < floor)
+                .then(|| format!("{name}: {d} days is below the legal floor of {floor} days"))
+        })
+    }
+
+    /// The policy the replicator applies: this approved policy's days where it names a
+    /// class, `configured` (the TOML, itself at or above the floor) elsewhere, never below
+    /// the legal floor.
+    pub fn applied_over(
+        &self,
+        configured: &auditlog_worm::RetentionPolicy,
+    ) -> auditlog_worm::RetentionPolicy {
+        let mut out = *configured;
+        for (c, name) in CLASSIFICATIONS.iter().enumerate() {
+            if let Some(&d) = self.days.get(*name) {
+                // `set` knows every name of CLASSIFICATIONS.
+                let _ = out.set(name, d.max(auditlog_worm::LEGAL_FLOOR_DAYS[c]));
+            }
+        }
+        out
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.days.is_empty() {
             return Err("retention policy names no classification".into());
@@ -42,7 +69,10 @@ impl RetentionPolicy {
                 ));
             }
         }
-        Ok(())
+        match self.below_floor() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
     }
 }
 

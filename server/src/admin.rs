@@ -242,6 +242,13 @@ async fn create(State(st): State<St>, headers: HeaderMap, body: Bytes) -> ApiRes
     let op: Operation =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
     if let Operation::SetRetention { retention } = &op {
+        if let Some(why) = retention.below_floor() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "below_legal_floor",
+                why,
+            ));
+        }
         retention.validate().map_err(ApiError::bad)?;
     }
     let st2 = st.clone();

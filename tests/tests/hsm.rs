@@ -620,6 +620,11 @@ fn rotation_under_two_person_rule() {
     );
     assert_eq!(signing(&d), vec![b_key.to_string()]);
 
+    // Below a class's legal floor a request is refused at once (422), whoever approves.
+    let short = json!({"op": "set_retention", "retention": {"days": {"CUI//BASIC": 2554}}});
+    let (s, v) = d.json("POST", "/v1/admin/requests", &carol, Some(&short));
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("legal floor"), "{v}");
     // Expiry: a request nobody approves in time is refused.
     let retention = json!({"op": "set_retention", "retention": {"days": {"CUI//BASIC": 3000}}});
     let (s, req) = d.json("POST", "/v1/admin/requests", &carol, Some(&retention));

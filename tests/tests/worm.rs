@@ -675,3 +675,70 @@ fn tiles_ship_in_groups_and_bundles_byte_for_byte() {
         assert!(err.place.contains("tile/0"), "{err}");
     }
 }
+
+/// Retention: what the replicator applies is the approved policy (`log.json`, changed only
+/// under the two-person rule), not just the configured one (the approved value used to be
+/// stored and ignored); neither an approved policy nor the configuration can go below a
+/// class's legal floor (the configuration refuses to open, naming the class).
+#[test]
+fn the_approved_retention_is_applied_and_the_legal_floor_holds() {
+    use auditlog_engine::retention::{RetentionPolicy as Approved, CLASSIFICATIONS};
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg: EngineConfig = small_config(dir.path());
+    cfg.replication = Some(replication("", TargetOptions::default()));
+    let engine = Engine::open(cfg, None).expect("open");
+    let days: BTreeMap<String, u32> = CLASSIFICATIONS
+        .iter()
+        .map(|c| (c.to_string(), 4000))
+        .collect();
+    engine
+        .set_retention(&Approved { days })
+        .expect("an approved policy above the floor");
+    let mut low = BTreeMap::new();
+    low.insert("UNCLASSIFIED".to_string(), 30);
+    let err = engine
+        .set_retention(&Approved { days: low })
+        .expect_err("below the floor");
+    assert!(err.to_string().contains("legal floor"), "{err}");
+    ingest_sealed(&engine, 2);
+    let r = wait_shipped(&engine);
+    assert!(r.last_error.is_none(), "{r:?}");
+    let target = auditlog_worm::open(
+        &format!("file://{}", dir.path().join("worm").display()),
+        &TargetOptions::default(),
+    )
+    .expect("open target");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let segs = target.list("segments/").expect("list");
+    assert!(segs.len() >= 2, "{segs:?}");
+    for o in segs {
+        let until = target
+            .retention(&o.key)
+            .expect("retention")
+            .expect("set")
+            .retain_until_unix_s;
+        // 4000 days from sealing (the configured default is at most 3650).
+        assert!(until > now + 3999 * 86_400, "{}: {until}", o.key);
+    }
+    engine.shutdown().expect("shutdown");
+
+    // The configuration below a floor: the engine refuses to open, naming the class.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg: EngineConfig = small_config(dir.path());
+    let mut r = replication("", TargetOptions::default());
+    let mut short = RetentionPolicy::default();
+    short.set("CUI//BASIC", 100).expect("set");
+    r.retention_days = short;
+    cfg.replication = Some(r);
+    let err = match Engine::open(cfg, None) {
+        Ok(_) => panic!("a policy below the legal floor opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("CUI//BASIC") && err.contains("legal floor"),
+        "{err}"
+    );
+}

@@ -27,7 +27,7 @@ use std::fmt;
 
 pub use auditlog_formats::Secret;
 
-pub use policy::RetentionPolicy;
+pub use policy::{RetentionPolicy, LEGAL_FLOOR_DAYS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WormError {

@@ -34,6 +34,11 @@ impl Default for RetentionPolicy {
     }
 }
 
+/// The legal floor per classification, compiled in: no configuration and no approved
+/// request can keep a class for less (DESIGN.md "Trust model"). UNCLASSIFIED 5 years,
+/// CUI//BASIC 7, the CUI specified categories 10.
+pub const LEGAL_FLOOR_DAYS: [u32; 5] = [1825, 2555, 3650, 3650, 3650];
+
 pub const CLASS_NAMES: [&str; 5] = [
     "UNCLASSIFIED",
     "CUI//BASIC",
@@ -64,6 +69,19 @@ impl RetentionPolicy {
         sealed_at_unix_s + u64::from(self.days(class)) * 86_400
     }
 
+    /// The first class kept for less than its legal floor, as a message naming it.
+    pub fn below_floor(&self) -> Option<String> {
+        (0..5u8).find_map(|c| {
+            let (days, floor) = (self.days(c), LEGAL_FLOOR_DAYS[c as usize]);
+            (days < floor).then(|| {
+                format!(
+                    "{}: {days} days is below the legal floor of {floor} days",
+                    CLASS_NAMES[c as usize]
+                )
+            })
+        })
+    }
+
     /// Sets one class by its marking (`CUI//BASIC=2555` on a command line).
     pub fn set(&mut self, name: &str, days: u32) -> Result<(), String> {
         let slot = match name {
@@ -82,6 +100,20 @@ impl RetentionPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_the_legal_floor_and_nothing_goes_below_it() {
+        let p = RetentionPolicy::default();
+        assert_eq!(p.below_floor(), None);
+        for (c, name) in CLASS_NAMES.iter().enumerate() {
+            let mut q = p;
+            q.set(name, LEGAL_FLOOR_DAYS[c] - 1).expect("set");
+            let why = q.below_floor().expect("below");
+            assert!(why.starts_with(name), "{why}");
+            q.set(name, LEGAL_FLOOR_DAYS[c] + 1).expect("set");
+            assert_eq!(q.below_floor(), None);
+        }
+    }
 
     #[test]
     fn defaults_and_longest() {

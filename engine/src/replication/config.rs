@@ -118,10 +118,8 @@ impl ReplicationConfig {
         if self.store_read_timeout_ms == 0 {
             return Err("replication: store_read_timeout_ms must be positive".into());
         }
-        if (0..5).any(|c| self.retention_days.days(c) == 0) {
-            return Err(
-                "replication: every classification needs a retention of at least one day".into(),
-            );
+        if let Some(why) = self.retention_days.below_floor() {
+            return Err(format!("replication.retention_days: {why}"));
         }
         Ok(())
     }

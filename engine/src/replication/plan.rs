@@ -208,7 +208,13 @@ impl Planner {
 
     /// The next object to ship, or `None` when everything is out.
     pub fn next(&mut self, shared: &Shared) -> Result<Option<Item>> {
-        let longest = now_s() + u64::from(self.cfg.retention_days.longest_days()) * 86_400;
+        // The approved policy (log.json, changed only under the two-person rule) over the
+        // configured one; both are at or above the legal floor.
+        let retention = match crate::retention::read(&shared.config.data_dir)? {
+            Some(approved) => approved.applied_over(&self.cfg.retention_days),
+            None => self.cfg.retention_days,
+        };
+        let longest = now_s() + u64::from(retention.longest_days()) * 86_400;
         if !self.shipped.keys.contains("log.json") {
             if let Some(b) = self.small_file(shared, "log.json")? {
                 return Ok(Some(Item::one(entry(
@@ -243,10 +249,8 @@ impl Planner {
             // In pieces: the replicator runs beside the sequencer (`yielding`).
             crate::yielding::read_exact_at(&s.file, &mut bytes, 0)
                 .map_err(io_err(&s.path, "read sealed segment"))?;
-            let until = self
-                .cfg
-                .retention_days
-                .retain_until(s.sealed_at_unix_ns / 1_000_000_000, s.max_classification);
+            let until =
+                retention.retain_until(s.sealed_at_unix_ns / 1_000_000_000, s.max_classification);
             return Ok(Some(Item::one(entry(
                 Kind::Segment,
                 key,
