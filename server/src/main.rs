@@ -89,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         return keys::run(cmd, &cfg);
     }
     cfg.server.siem.override_syslog_addr(args.syslog_addr)?;
+    if let Some(warning) = cfg.server.siem.check_syslog_senders()? {
+        eprintln!("auditlogd: warning: {warning}");
+    }
     let data_dir = cfg.engine.data_dir.clone();
     // 0700: it holds the tokens and the development key (an existing one is tightened).
     auditlog_engine::private::ensure_private_dir(&data_dir)?;

@@ -26,6 +26,7 @@ pub struct SiemSection {
     pub syslog_tls_cert_path: Option<PathBuf>,
     pub syslog_tls_key_path: Option<PathBuf>,
     pub syslog_tls_client_ca_path: Option<PathBuf>,
+    pub syslog_allow_unauthenticated: Option<bool>,
     pub forward_addr: Option<String>,
     pub forward_batch_events_max: Option<u64>,
     pub forward_poll_ms: Option<u64>,
@@ -85,6 +86,8 @@ pub struct SiemConfig {
     pub syslog_read_bytes_max: usize,
     /// `syslog_tls = true`: the syslog listener speaks TLS only; `None` is plain TCP.
     pub syslog_tls: Option<SyslogTls>,
+    /// Accept syslog senders on a non-loopback address without client certificates.
+    pub syslog_allow_unauthenticated: bool,
     /// Collector (`host:port`) the forwarder sends CEF to; `None` (the default) disables it.
     pub forward_addr: Option<String>,
     /// Events per forwarded chunk; the cursor is synced after each accepted chunk.
@@ -112,6 +115,7 @@ impl SiemConfig {
             syslog_batches_in_flight_max: 16,
             syslog_read_bytes_max: 256 << 10,
             syslog_tls: None,
+            syslog_allow_unauthenticated: false,
             forward_addr: None,
             forward_batch_events_max: 2048,
             forward_poll_ms: 200,
@@ -120,6 +124,33 @@ impl SiemConfig {
             forward_hostname: "auditlogd".into(),
             forward_tls: None,
         }
+    }
+
+    /// Whether the syslog listener may run as configured: on a non-loopback address, syslog
+    /// senders must present client certificates (`syslog_tls_client_ca_path`) unless
+    /// `syslog_allow_unauthenticated = true`, since anyone who reaches the port could
+    /// otherwise submit events. Returns the warning to print at start, if any.
+    pub fn check_syslog_senders(&self) -> anyhow::Result<Option<String>> {
+        let Some(addr) = self.syslog_addr else {
+            return Ok(None);
+        };
+        let authenticated = self
+            .syslog_tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_path.is_some());
+        if addr.ip().is_loopback() || authenticated {
+            return Ok(None);
+        }
+        if !self.syslog_allow_unauthenticated {
+            bail!(
+                "siem.syslog_addr {addr} is not a loopback address and syslog senders are not \
+                 authenticated: set siem.syslog_tls_client_ca_path (client certificates), or \
+                 siem.syslog_allow_unauthenticated = true to accept any sender that reaches it"
+            );
+        }
+        Ok(Some(format!(
+            "syslog on {addr} accepts unauthenticated senders (siem.syslog_allow_unauthenticated = true): anyone who reaches the port can submit events"
+        )))
     }
 
     /// `--syslog-addr` wins over the file.
@@ -182,7 +213,8 @@ pub fn resolve(
         forward_batch_events_max,
         forward_poll_ms,
         forward_backoff_ms_max,
-        forward_connect_timeout_ms
+        forward_connect_timeout_ms,
+        syslog_allow_unauthenticated
     );
     if c.export_chunk_events == 0
         || c.syslog_connections_max == 0
@@ -292,6 +324,32 @@ mod tests {
 
     fn section(text: &str) -> SiemSection {
         toml::from_str(text).expect("parse")
+    }
+
+    /// A syslog listener on a non-loopback address without client certificates is refused
+    /// unless allowed in so many words (then it warns); loopback is accepted as it is.
+    #[test]
+    fn unauthenticated_syslog_off_loopback_needs_saying_so() {
+        let c = resolve(section("syslog_addr = \"0.0.0.0:5514\"\n"), None).expect("resolve");
+        let e = c.check_syslog_senders().expect_err("refused");
+        assert!(
+            e.to_string().contains("syslog_allow_unauthenticated"),
+            "{e}"
+        );
+        let mut c = c;
+        c.override_syslog_addr(Some("127.0.0.1:5514".into()))
+            .expect("addr");
+        assert_eq!(c.check_syslog_senders().expect("loopback"), None);
+        let c = resolve(
+            section("syslog_addr = \"0.0.0.0:5514\"\nsyslog_allow_unauthenticated = true\n"),
+            None,
+        )
+        .expect("resolve");
+        let w = c
+            .check_syslog_senders()
+            .expect("allowed")
+            .expect("a warning");
+        assert!(w.contains("unauthenticated"), "{w}");
     }
 
     #[test]
