@@ -241,16 +241,7 @@ async fn create(State(st): State<St>, headers: HeaderMap, body: Bytes) -> ApiRes
     let who = admin_principal(&st, &headers)?;
     let op: Operation =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
-    if let Operation::SetRetention { retention } = &op {
-        if let Some(why) = retention.below_floor() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "below_legal_floor",
-                why,
-            ));
-        }
-        retention.validate().map_err(ApiError::bad)?;
-    }
+    check_operation(&st.admin.cfg, &op)?;
     let st2 = st.clone();
     run_blocking(move || create_blocking(&st2, who, op)).await
 }
@@ -381,7 +372,10 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
         at_unix_ms: now,
     });
     if reqs[i].approvals.len() >= admin.cfg.approvals_required as usize {
-        let result = execute(&st.engine, &reqs[i].op);
+        let result = match check_operation(&admin.cfg, &reqs[i].op) {
+            Ok(()) => execute(&st.engine, &reqs[i].op),
+            Err(e) => Err(e.message),
+        };
         let (state, outcome, text) = match result {
             Ok(v) => (RequestState::Executed, "success", v),
             Err(e) => (RequestState::Failed, "failure", e),
@@ -406,6 +400,61 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
 }
 
 /// Carries out an approved operation; the text is what the audit event and the answer say.
+/// What no approval can make acceptable: retention below the legal floor, a PKCS#11 module
+/// outside `admin.pkcs11_modules_allowed` (it would be loaded into the daemon and handed
+/// the HSM PIN), a key file outside the data directory. Checked when a request is made and
+/// again before it executes (the configuration may have changed in between).
+fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
+    let refuse = |code: &'static str, why: String| {
+        Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, why))
+    };
+    match op {
+        Operation::SetRetention { retention } => {
+            if let Some(why) = retention.below_floor() {
+                return refuse("below_legal_floor", why);
+            }
+            retention.validate().map_err(ApiError::bad)
+        }
+        Operation::RotateKey { backend, .. } => match backend {
+            KeyBackend::Pkcs11 { module, .. } => {
+                let same = |a: &FsPath| {
+                    let b = FsPath::new(module);
+                    a == b
+                        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+                };
+                if cfg.pkcs11_modules_allowed.iter().any(|m| same(m)) {
+                    Ok(())
+                } else {
+                    refuse(
+                        "module_not_allowed",
+                        format!("PKCS#11 module {module:?} is not in admin.pkcs11_modules_allowed (nor the [signer] module)"),
+                    )
+                }
+            }
+            KeyBackend::File { path } => {
+                let inside = cfg
+                    .data_dir
+                    .join(path)
+                    .canonicalize()
+                    .ok()
+                    .zip(cfg.data_dir.canonicalize().ok());
+                match inside {
+                    Some((p, d)) if p.starts_with(&d) => Ok(()),
+                    _ => refuse(
+                        "key_file_outside_data_dir",
+                        format!("key file {path:?} is not a file inside the data directory"),
+                    ),
+                }
+            }
+            KeyBackend::External { .. } => refuse(
+                "backend_not_allowed",
+                "an external key cannot be added by request".into(),
+            ),
+        },
+        Operation::RetireKey { .. } => Ok(()),
+    }
+}
+
 fn execute(engine: &Engine, op: &Operation) -> Result<String, String> {
     match op {
         Operation::RotateKey { backend, name } => engine

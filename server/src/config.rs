@@ -55,6 +55,7 @@ pub struct AdminSection {
     pub approvals_required: Option<u32>,
     pub request_ttl_ms: Option<u64>,
     pub requests_pending_max: Option<usize>,
+    pub pkcs11_modules_allowed: Option<Vec<PathBuf>>,
 }
 
 /// The two-person rule, resolved.
@@ -66,6 +67,11 @@ pub struct AdminConfig {
     pub request_ttl_ms: u64,
     /// Requests waiting for approval; more are refused.
     pub requests_pending_max: usize,
+    /// PKCS#11 modules a `rotate_key` request may name (the module is loaded into the
+    /// daemon and handed the HSM PIN): these, and the `[signer]` section's own module.
+    pub pkcs11_modules_allowed: Vec<PathBuf>,
+    /// The data directory: a `rotate_key` key file must be inside it.
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,7 +286,11 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
     );
 
     resolve_signer(&file.signer, &mut engine)?;
-    let admin = resolve_admin(&file.admin)?;
+    let mut admin = resolve_admin(&file.admin)?;
+    admin.data_dir = engine.data_dir.clone();
+    if let Some(m) = &file.signer.pkcs11_module {
+        admin.pkcs11_modules_allowed.push(m.clone());
+    }
     engine.replication = Some(file.replication.unwrap_or_default());
 
     let s = file.server;
@@ -390,6 +400,8 @@ fn resolve_admin(a: &AdminSection) -> anyhow::Result<AdminConfig> {
         approvals_required: a.approvals_required.unwrap_or(1),
         request_ttl_ms: a.request_ttl_ms.unwrap_or(86_400_000),
         requests_pending_max: a.requests_pending_max.unwrap_or(64),
+        pkcs11_modules_allowed: a.pkcs11_modules_allowed.clone().unwrap_or_default(),
+        data_dir: PathBuf::new(),
     };
     if c.approvals_required == 0 {
         bail!(

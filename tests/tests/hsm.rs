@@ -504,9 +504,13 @@ fn rotation_under_two_person_rule() {
     let w = World::new("rot");
     let b_key = w.generate("rot", "cp-b");
     // Named admins, added before start (tokens.json is read at start).
+    // The HSM module a rotation may load is allowlisted (the log starts on a key file).
     let config = w.config(
         &format!("[signer]\npin_env = \"{PIN_VAR}\"\n"),
-        "[admin]\napprovals_required = 1\nrequest_ttl_ms = 3000\n",
+        &format!(
+            "[admin]\napprovals_required = 1\nrequest_ttl_ms = 3000\npkcs11_modules_allowed = [\"{}\"]\n",
+            softhsm::module().display()
+        ),
     );
     let mut admins = HashMap::new();
     for name in ["bob", "carol"] {
@@ -551,6 +555,26 @@ fn rotation_under_two_person_rule() {
         Some(&rotate),
     );
     assert_eq!(s, 403);
+    // No request may load a module outside the allowlist (it would be handed the HSM PIN),
+    // nor add a key file outside the data directory: refused at once, nothing stored.
+    for (bad, code) in [
+        (
+            json!({"op": "rotate_key", "backend": {"type": "pkcs11", "module": "/tmp/evil.so",
+                "token_label": "rot", "key_label": "cp-b"}}),
+            "module_not_allowed",
+        ),
+        (
+            json!({"op": "rotate_key", "backend": {"type": "file", "path": "/etc/hostname"}}),
+            "key_file_outside_data_dir",
+        ),
+        (
+            json!({"op": "rotate_key", "backend": {"type": "file", "path": "../../etc/hostname"}}),
+            "key_file_outside_data_dir",
+        ),
+    ] {
+        let (s, v) = d.json("POST", "/v1/admin/requests", &alice, Some(&bad));
+        assert_eq!((s, v["error"]["code"].as_str()), (422, Some(code)), "{v}");
+    }
     let (s, req) = d.json("POST", "/v1/admin/requests", &alice, Some(&rotate));
     assert_eq!(s, 201, "{req}");
     let id = req["id"].as_str().expect("id").to_string();
