@@ -85,7 +85,39 @@ pub fn start_moto() -> Server {
         .spawn()
         .expect("start moto_server (pip install 'moto[server]')");
     wait_port(port, &mut child, "moto_server");
+    warm_up_moto(port, &mut child);
     Server { child, port }
+}
+
+/// moto answers its first S3 request only after importing its S3 backend, which took over
+/// the tests' 2 s request timeout when several servers started at once on a busy machine
+/// (`CreateBucket`: "timed out reading response", seen in a soak run). So one S3 request
+/// (ListBuckets, with an S3 signature header so moto routes it to S3) is answered before
+/// the server is handed out, with a generous deadline: any HTTP answer will do.
+fn warm_up_moto(port: u16, child: &mut Child) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = agent
+            .get(&format!("http://127.0.0.1:{port}/"))
+            .set(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .call();
+        match r {
+            Ok(_) | Err(ureq::Error::Status(..)) => return,
+            Err(e) => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!("moto_server exited at start: {st}");
+                }
+                assert!(Instant::now() < deadline, "moto_server never answered: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 /// `azurite-blob` (see [`crate::tools::azurite_blob`]) on a free port, storing in `dir`.

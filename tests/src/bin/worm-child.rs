@@ -41,7 +41,15 @@ fn main() {
     loop {
         let st = engine.status();
         let r = st.replication.expect("replication on");
-        if r.segments_pending == 0 && r.idle && r.alarm.is_none() && st.sealed_segments > 0 {
+        // Drained: nothing left to seal (only the open segment; a segment recovery queued
+        // for sealing and still being sealed was neither pending nor shipped, and sealed
+        // during shutdown, unshipped: seen in a soak run) and nothing left to ship.
+        if st.open_segments <= 1
+            && r.segments_pending == 0
+            && r.idle
+            && r.alarm.is_none()
+            && st.sealed_segments > 0
+        {
             println!("drained {}", r.shipped_end);
             break;
         }
