@@ -123,7 +123,20 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let args = Cli::parse();
+    let args = {
+        use clap::{CommandFactory, FromArgMatches};
+        // `--version` names the formats it reads too; clap keeps it as a `&'static str`.
+        let version: &'static str = Box::leak(
+            format!(
+                "{} (formats {})",
+                env!("CARGO_PKG_VERSION"),
+                auditlog_formats::FORMATS_VERSION
+            )
+            .into_boxed_str(),
+        );
+        let matches = Cli::command().version(version).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
     match args.command {
         Command::Send(a) => cli::send(&args.conn, &a),
         Command::Get(a) => cli::get(&args.conn, &a),

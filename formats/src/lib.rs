@@ -18,6 +18,10 @@ pub mod time;
 pub mod tree;
 
 pub use hash::{Hash, TreeHash};
+
+/// The version of the formats in `FORMATS.md` as a whole (record, batch, segment, checkpoint
+/// log, key history, frames): raised when any layout changes incompatibly.
+pub const FORMATS_VERSION: u32 = 1;
 pub use secret::Secret;
 
 /// Big-endian reads for the decoders; callers have checked the length.

@@ -20,6 +20,9 @@ pub enum Cmd {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Parse and validate a configuration file; print the effective values (secrets
+    /// redacted), or exit non-zero naming the first bad field.
+    CheckConfig { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +70,7 @@ pub enum TokensCmd {
 pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
     let data_dir = &cfg.engine.data_dir;
     match cmd {
+        Cmd::CheckConfig { file } => crate::check_config(&file),
         Cmd::Tokens(TokensCmd::Add { role, name }) => {
             crate::admin::tokens_add(data_dir, &role, &name)
         }

@@ -481,3 +481,95 @@ fn token_file_instead_of_token() {
     ]);
     assert!(!ok && stderr.contains("more than one line"), "{stderr}");
 }
+
+/// The daemon's front-door flags: `--version` of both binaries names the formats version;
+/// `check-config` prints the effective values with secrets redacted and exits 0, or exits
+/// non-zero naming the bad field; `--log-format json` writes one JSON object a line, and
+/// text logs carry no ANSI escapes when stderr is not a terminal.
+#[test]
+fn version_check_config_and_log_formats() {
+    use auditlog_tests::daemon::{daemon_command, daemon_exe, free_port};
+    use std::io::{BufRead, BufReader};
+    for exe in [daemon_exe(), client_exe()] {
+        let out = Command::new(&exe).arg("--version").output().expect("run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("(formats 1)"),
+            "{text}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[server]\nconnections_max = 7\n[replication]\ntarget = \"s3://b/p\"\n[replication.options]\nsecret_access_key = \"TOPSECRETVALUE\"\n",
+    )
+    .expect("write");
+    let out = Command::new(daemon_exe())
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("connections_max: 7"), "{text}");
+    assert!(
+        !text.contains("TOPSECRETVALUE") && text.contains("redacted"),
+        "{text}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nconnections_maks = 7\n").expect("write");
+    let out = Command::new(daemon_exe())
+        .args(["check-config"])
+        .arg(&bad)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connections_maks"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One start per log format; the first lines it logs are read, then it is stopped.
+    // Small segments: the default 256 MiB would be zero-filled before the first line.
+    let small = dir.path().join("small.toml");
+    std::fs::write(&small, auditlog_tests::daemon::CONFIG).expect("write");
+    for format in ["json", "text"] {
+        let data = dir.path().join(format!("data-{format}"));
+        let mut child = daemon_command()
+            .arg("--config")
+            .arg(&small)
+            .args(["--log-format", format, "--data-dir"])
+            .arg(&data)
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--tcp-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn auditlogd");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let first = lines.next().expect("a log line").expect("utf-8 log line");
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        assert!(child.wait().expect("wait").success());
+        for line in std::iter::once(&first).chain(rest.iter()) {
+            assert!(!line.contains('\u{1b}'), "ANSI escape in {line:?}");
+        }
+        if format == "json" {
+            let v: Value = serde_json::from_str(&first).expect("a JSON log line");
+            for key in ["timestamp", "level", "target", "fields"] {
+                assert!(v.get(key).is_some(), "{key} missing in {first}");
+            }
+        }
+    }
+}
