@@ -336,7 +336,14 @@ fn failures_are_named_and_exit_non_zero() {
         .verifier_key();
     assert_ne!(wrong, key);
     let w = wrong.to_string();
-    let r = run(&d, "auditor", &["checkpoint", "--key", &w], None);
+    // `--min-size` waits for the checkpoint that covers the sends (without it a busy
+    // machine could answer 503 before the first one is signed).
+    let r = run(
+        &d,
+        "auditor",
+        &["checkpoint", "--min-size", "12", "--key", &w],
+        None,
+    );
     assert!(!r.ok);
     assert!(
         r.stderr.contains("signature check") && r.stderr.contains("FAILED"),
@@ -440,19 +447,29 @@ fn token_file_instead_of_token() {
         (out.status.success(), stderr)
     };
 
-    let (ok, stderr) = cli(&["--token-file", file_arg, "checkpoint"]);
+    // `--min-size 0` waits for the first checkpoint (a fresh daemon may not have signed it
+    // yet: without it the call was refused 503 under load, seen in a soak run).
+    let (ok, stderr) = cli(&["--token-file", file_arg, "checkpoint", "--min-size", "0"]);
     assert!(ok, "{stderr}");
     // Without any token the same call is refused: the file's token was the one sent.
-    let (ok, stderr) = cli(&["checkpoint"]);
+    let (ok, stderr) = cli(&["checkpoint", "--min-size", "0"]);
     assert!(!ok && stderr.contains("401"), "{stderr}");
     let (ok, stderr) = cli(&["export", "--token-file", file_arg, "--format", "csv"]);
     assert!(ok, "{stderr}");
 
-    let (ok, stderr) = cli(&["--token", "x", "--token-file", file_arg, "checkpoint"]);
+    let (ok, stderr) = cli(&[
+        "--token",
+        "x",
+        "--token-file",
+        file_arg,
+        "checkpoint",
+        "--min-size",
+        "0",
+    ]);
     assert!(!ok && stderr.contains("--token-file"), "{stderr}");
     // The file overrides the environment's token rather than conflicting with it.
     let out = Command::new(client_exe())
-        .args(["--token-file", file_arg, "checkpoint"])
+        .args(["--token-file", file_arg, "checkpoint", "--min-size", "0"])
         .env("AUDITLOG_URL", &d.base)
         .env("AUDITLOG_TOKEN", "not-a-token")
         .output()
@@ -471,7 +488,13 @@ fn token_file_instead_of_token() {
     assert!(!ok && stderr.contains("missing.token"), "{stderr}");
     let empty = dir.path().join("empty.token");
     std::fs::write(&empty, "\n").expect("write");
-    let (ok, stderr) = cli(&["--token-file", empty.to_str().expect("utf-8"), "checkpoint"]);
+    let (ok, stderr) = cli(&[
+        "--token-file",
+        empty.to_str().expect("utf-8"),
+        "checkpoint",
+        "--min-size",
+        "0",
+    ]);
     assert!(!ok && stderr.contains("empty"), "{stderr}");
     let initial = dir.path().join("data/initial-tokens");
     let (ok, stderr) = cli(&[
