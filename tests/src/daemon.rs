@@ -130,9 +130,34 @@ impl Reply {
     }
 }
 
+/// A port for a test server to bind, below the kernel's ephemeral range. A port found by
+/// binding port 0 and letting go was itself ephemeral: before the server bound it, another
+/// socket bound to port 0 or an outgoing connection could take it ("binding syslog
+/// 127.0.0.1:…: Address already in use", seen in a soak run). Ports below the range are
+/// never handed out by the kernel; here they come from a per-process counter (starting at a
+/// point taken from the pid, so concurrent test processes rarely meet), each checked free.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low < LOW + 2_000 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        return l.local_addr().expect("addr").port();
+    }
+    let span = ephemeral_low - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 impl Daemon {

@@ -41,10 +41,12 @@ fn main() {
     loop {
         let st = engine.status();
         let r = st.replication.expect("replication on");
-        // Drained: nothing left to seal (only the open segment; a segment recovery queued
-        // for sealing and still being sealed was neither pending nor shipped, and sealed
-        // during shutdown, unshipped: seen in a soak run) and nothing left to ship.
+        // Drained: nothing left to seal (only the open segment) and every sealed file on
+        // disk shipped. The replicator's own counters lag a seal by one poll: read alone,
+        // they said "nothing pending" while a segment recovery had queued was being sealed,
+        // which then stayed unshipped (seen twice in soak runs).
         if st.open_segments <= 1
+            && r.shipped_end >= sealed_end(std::path::Path::new(dir))
             && r.segments_pending == 0
             && r.idle
             && r.alarm.is_none()
@@ -63,4 +65,19 @@ fn main() {
         eprintln!("worm-child: shutdown: {e}");
         std::process::exit(1);
     }
+}
+
+/// The end index of the newest sealed segment file (`FIRST-END.seg`) in `<dir>/segments`.
+fn sealed_end(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("segments"))
+        .map(|rd| {
+            rd.filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().to_string();
+                let (_, end) = name.strip_suffix(".seg")?.split_once('-')?;
+                end.parse::<u64>().ok()
+            })
+            .max()
+            .unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
