@@ -616,22 +616,11 @@ fn scan_open(
     };
     let Some(why) = bad else {
         // After the last batch the file is zeros: anything else is not the engine's.
-        let mut pos = at;
-        let mut chunk = vec![0u8; (1 << 20).min(len.saturating_sub(at)) as usize];
-        while pos < len {
-            let n = (len - pos).min(chunk.len() as u64) as usize;
-            f.read_exact_at(&mut chunk[..n], pos)
-                .or_else(|e| fail(path, format!("offset {pos}: {e}")))?;
-            if let Some(nz) = chunk[..n].iter().position(|&b| b != 0) {
-                return fail(
-                    path,
-                    format!(
-                        "non-zero bytes at offset {} after the last batch",
-                        pos + nz as u64
-                    ),
-                );
-            }
-            pos += n as u64;
+        if let Some(nz) = first_non_zero(path, f, at, len)? {
+            return fail(
+                path,
+                format!("non-zero bytes at offset {nz} after the last batch"),
+            );
         }
         return Ok(None);
     };
@@ -642,24 +631,34 @@ fn scan_open(
         );
     }
     let (from, to) = batch::torn_tail_zeros(at, batch::TORN_TAIL_ALLOWANCE_BYTES_MAX, len);
+    if let Some(nz) = first_non_zero(path, f, from, to)? {
+        return fail(
+            path,
+            format!("{why}; and data follows at offset {nz}: damage, not a torn tail"),
+        );
+    }
+    Ok(Some(format!("{why}: a torn tail (a write a crash interrupted, never acknowledged), its records not counted")))
+}
+
+/// The offset of the first non-zero byte of `f` in `[from, to)`, read in 1 MiB pieces.
+fn first_non_zero(
+    path: &str,
+    f: &dyn ReadAt,
+    from: u64,
+    to: u64,
+) -> Result<Option<u64>, VerifyError> {
+    let mut chunk = vec![0u8; (1 << 20).min(to.saturating_sub(from)) as usize];
     let mut pos = from;
-    let mut chunk = vec![0u8; (1 << 20).min(to - from) as usize];
     while pos < to {
         let n = (to - pos).min(chunk.len() as u64) as usize;
         f.read_exact_at(&mut chunk[..n], pos)
             .or_else(|e| fail(path, format!("offset {pos}: {e}")))?;
         if let Some(nz) = chunk[..n].iter().position(|&b| b != 0) {
-            return fail(
-                path,
-                format!(
-                    "{why}; and data follows at offset {}: damage, not a torn tail",
-                    pos + nz as u64
-                ),
-            );
+            return Ok(Some(pos + nz as u64));
         }
         pos += n as u64;
     }
-    Ok(Some(format!("{why}: a torn tail (a write a crash interrupted, never acknowledged), its records not counted")))
+    Ok(None)
 }
 
 fn read_sealed(

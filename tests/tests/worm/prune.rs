@@ -308,18 +308,35 @@ fn prune_refuses_bad_copies_reads_refuse_tampered_objects_and_gaps_stay_refused(
 
     // A shipped segment whose store copy differs is never pruned: the replicator raises
     // an alarm and the local file stays.
+    // The copy is changed while no engine runs: shipped and read back under a keep time
+    // nothing reaches, then reopened with one that every segment has passed, so the
+    // prune's comparison is the first to see the changed copy (changed while running, the
+    // upload's own read-back could see it first: seen in a soak run).
     let c = tempfile::tempdir().expect("tmp");
-    let cfg_c = prune_config(c.path(), "", local, 2_000);
-    let engine = Engine::open(cfg_c.clone(), None).expect("open");
+    let engine =
+        Engine::open(prune_config(c.path(), "", local.clone(), 3_600_000), None).expect("open");
     let mut sent = Vec::new();
     ingest_until_sealed(&engine, &mut sent, 2);
     let first = local_sealed_files(c.path())[0].clone();
+    let first_end: u64 = first
+        .trim_end_matches(".seg")
+        .split_once('-')
+        .and_then(|(_, end)| end.parse().ok())
+        .expect("segment file name");
+    wait_for("first segment shipped", 30, || {
+        engine
+            .status()
+            .replication
+            .is_some_and(|r| r.shipped_end >= first_end)
+    });
+    engine.shutdown().expect("shutdown");
     let object = c.path().join("worm/segments").join(&first);
-    wait_for("first segment shipped", 30, || object.exists());
     let mut b = std::fs::read(&object).expect("read object");
     b[100] ^= 1;
     std::fs::remove_file(&object).expect("rm");
     std::fs::write(&object, &b).expect("write");
+    let cfg_c = prune_config(c.path(), "", local, 1);
+    let engine = Engine::open(cfg_c.clone(), None).expect("reopen");
     wait_for("prune alarm", 30, || {
         engine
             .status()
