@@ -187,7 +187,8 @@ pub fn run_load(
                         let tok = rx.recv().expect("token channel open");
                         record_token(tok, &mut hist, &mut error);
                         let k = (batch_events as u64).min(left);
-                        let mut b = engine.new_batch();
+                        let mut b =
+                            engine.new_batch(auditlog_engine::Submitter::token("bench-writer"));
                         for _ in 0..k {
                             let payload = &pool[at];
                             at = if at + 1 == pool.len() { 0 } else { at + 1 };

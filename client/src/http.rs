@@ -71,17 +71,25 @@ pub struct Receipt {
     pub index: u64,
     pub leaf_hash: Hash,
     pub received_at_unix_ns: u64,
+    /// Who the server recorded as the submitter (HTTP answers say; TCP acks do not).
+    pub submitter: Option<String>,
 }
 
 impl Receipt {
     /// The receipt as one JSON line, as the API spells it (without the newline).
     pub fn to_json_line(&self) -> String {
-        format!(
-            r#"{{"index":{},"leaf_hash":"{}","received_at_unix_ns":{}}}"#,
+        let mut line = format!(
+            r#"{{"index":{},"leaf_hash":"{}","received_at_unix_ns":{}"#,
             self.index,
             to_hex(&self.leaf_hash),
             self.received_at_unix_ns
-        )
+        );
+        if let Some(s) = &self.submitter {
+            line.push_str(r#","submitter":"#);
+            line.push_str(&serde_json::Value::from(s.as_str()).to_string());
+        }
+        line.push('}');
+        line
     }
 }
 
@@ -156,11 +164,15 @@ struct RawReceipt {
     index: u64,
     leaf_hash: String,
     received_at_unix_ns: u64,
+    #[serde(default)]
+    submitter: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct RawReceipts {
     receipts: Vec<RawReceipt>,
+    #[serde(default)]
+    submitter: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +330,7 @@ impl HttpClient {
                 format!("{} receipts for {want} events", raw.receipts.len()),
             ));
         }
+        let submitter = raw.submitter;
         raw.receipts
             .into_iter()
             .map(|r| {
@@ -326,6 +339,7 @@ impl HttpClient {
                     leaf_hash: from_hex(&r.leaf_hash)
                         .ok_or_else(|| HttpError::bad(what, "leaf_hash is not hex"))?,
                     received_at_unix_ns: r.received_at_unix_ns,
+                    submitter: submitter.clone(),
                 })
             })
             .collect()
@@ -460,5 +474,6 @@ pub fn parse_receipt_line(line: &str) -> Option<Receipt> {
         index: r.index,
         leaf_hash: from_hex(&r.leaf_hash)?,
         received_at_unix_ns: r.received_at_unix_ns,
+        submitter: r.submitter,
     })
 }

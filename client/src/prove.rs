@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use auditlog_client::http::{HttpClient, Leaf};
 use auditlog_formats::hash::{from_hex, to_hex};
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
-use auditlog_formats::record::{Record, RECORD_BYTES_MAX, RECORD_VERSION};
+use auditlog_formats::record::{
+    Record, Submitter, PAYLOAD_BYTES_MAX, RECORD_BYTES_MAX, RECORD_VERSION, RECORD_VERSION_V1,
+};
 use auditlog_formats::tree;
 use auditlog_formats::{Hash, TreeHash};
 
@@ -30,6 +32,11 @@ pub struct ProveArgs {
     /// `received_at_unix_ns` of the receipt, for an `--event-file` holding JSON.
     #[arg(long, requires = "event_file")]
     pub received_at_ns: Option<u64>,
+    /// `submitter` of the receipt, for an `--event-file` holding JSON: the record (version 2)
+    /// carries who the server authenticated. Leave it out only for an event stored before
+    /// submitters were recorded (a version 1 record).
+    #[arg(long, requires = "received_at_ns")]
+    pub submitter: Option<String>,
     /// Prove in the tree of this size (default: the checkpoint's size); linked to the
     /// signed checkpoint by a consistency proof.
     #[arg(long)]
@@ -67,7 +74,11 @@ fn failed(step: &str, what: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// The record an event file stands for, and where that came from.
-fn record_from_file(path: &PathBuf, received_at_ns: Option<u64>) -> anyhow::Result<Vec<u8>> {
+fn record_from_file(
+    path: &PathBuf,
+    received_at_ns: Option<u64>,
+    submitter: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() > RECORD_BYTES_MAX {
         bail!(
@@ -76,7 +87,7 @@ fn record_from_file(path: &PathBuf, received_at_ns: Option<u64>) -> anyhow::Resu
             bytes.len()
         );
     }
-    if bytes.first() == Some(&RECORD_VERSION) {
+    if matches!(bytes.first(), Some(&RECORD_VERSION | &RECORD_VERSION_V1)) {
         Record::parse(&bytes).with_context(|| format!("{}: not a record", path.display()))?;
         return Ok(bytes);
     }
@@ -89,8 +100,19 @@ fn record_from_file(path: &PathBuf, received_at_ns: Option<u64>) -> anyhow::Resu
     };
     // The server stores an event without surrounding whitespace (one NDJSON line, say).
     let payload = bytes.trim_ascii();
+    if let Some(s) = submitter {
+        Submitter::parse(s).with_context(|| format!("--submitter {s:?}"))?;
+    }
+    if payload.is_empty() || payload.len() > PAYLOAD_BYTES_MAX {
+        bail!(
+            "{}: {} bytes is not an event",
+            path.display(),
+            payload.len()
+        );
+    }
     Ok(Record {
         received_at_unix_ns: at,
+        submitter,
         payload,
     }
     .to_bytes())
@@ -224,7 +246,7 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(f) = &args.event_file {
-        let rec = record_from_file(f, args.received_at_ns)
+        let rec = record_from_file(f, args.received_at_ns, args.submitter.as_deref())
             .map_err(|e| failed("leaf", format!("{e:#}")))?;
         let h = alg.leaf(&rec);
         ok(
@@ -323,9 +345,10 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
     ok(
         "record",
         format!(
-            "index {}, received_at_unix_ns {}, {} payload bytes, leaf hash {} ({}, recomputed here)",
+            "index {}, received_at_unix_ns {}, submitter {}, {} payload bytes, leaf hash {} ({}, recomputed here)",
             proof.index,
             parsed.received_at_unix_ns,
+            parsed.submitter.unwrap_or("(none: a version 1 record)"),
             parsed.payload.len(),
             to_hex(&leaf),
             alg.name()

@@ -63,6 +63,7 @@ impl TcpIngest {
                 tree_hash: 0,
                 frame_bytes_max: 0,
                 batches_in_flight_max: 0,
+                submitter: None,
             },
             next_id: 1,
             in_flight: VecDeque::new(),
@@ -84,8 +85,9 @@ impl TcpIngest {
         }
     }
 
-    pub fn server_limits(&self) -> HelloOk {
-        self.hello
+    /// The server's HELLO_OK: its limits, and who it records as this connection's submitter.
+    pub fn server_limits(&self) -> &HelloOk {
+        &self.hello
     }
 
     /// Sends one batch; if the window is full, first waits for the oldest outcome and

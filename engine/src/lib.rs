@@ -38,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use auditlog_formats::batch::push_entry;
 use auditlog_formats::note::VerifierKey;
 use auditlog_formats::record::Record;
+pub use auditlog_formats::record::Submitter;
 use auditlog_formats::schema;
 use auditlog_formats::tree::{self, HashReader, NodeId};
 use auditlog_formats::{Hash, TreeHash};
@@ -82,6 +83,8 @@ pub struct EventBatch {
     mode: schema::SchemaMode,
     bytes_max: usize,
     received_at_unix_ns: u64,
+    /// Who the server authenticated for this submission; every record of it carries it.
+    submitter: Submitter,
     body: Vec<u8>,
     leaf_hashes: Vec<Hash>,
     max_classification: u8,
@@ -121,6 +124,7 @@ impl EventBatch {
         })?;
         let record = Record {
             received_at_unix_ns: self.received_at_unix_ns,
+            submitter: Some(self.submitter.as_str()),
             payload,
         };
         let added = 4 + record.encoded_len();
@@ -238,13 +242,17 @@ impl Engine {
         self.shared.keyring.retire(which)
     }
 
-    pub fn new_batch(&self) -> EventBatch {
+    /// An empty submission from `submitter`: who the caller authenticated (the server's
+    /// token, certificate or syslog peer), or `Submitter::daemon()` for the daemon's own
+    /// events. It is written into every record (FORMATS.md §3, version 2).
+    pub fn new_batch(&self, submitter: Submitter) -> EventBatch {
         let c = &self.shared.config;
         EventBatch {
             alg: c.tree_hash,
             mode: c.schema,
             bytes_max: c.submission_bytes_max,
             received_at_unix_ns: now_unix_ns(),
+            submitter,
             body: Vec::new(),
             leaf_hashes: Vec::new(),
             max_classification: 0,
@@ -312,12 +320,13 @@ impl Engine {
         rx.recv().map_err(|_| EngineError::ShuttingDown)?
     }
 
-    /// Validates and appends payloads in one batch (a convenience for tools and tests).
+    /// Validates and appends payloads in one batch (a convenience for tools and tests),
+    /// recorded as submitted by the daemon itself.
     pub fn append_payloads<'a>(
         &self,
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Receipts> {
-        let mut b = self.new_batch();
+        let mut b = self.new_batch(Submitter::daemon());
         for p in payloads {
             b.push(p)?;
         }

@@ -144,6 +144,10 @@ pub fn render(device: &CefDevice, e: &StoredEvent, out: &mut String) -> Result<u
     ext("cn1Label", "logIndex", out);
     ext("cn2", &(e.received_at_unix_ns / 1_000_000).to_string(), out);
     ext("cn2Label", "receivedAtMs", out);
+    if let Some(sub) = e.submitter {
+        ext("flexString1", sub, out);
+        ext("flexString1Label", "submitter", out);
+    }
     if let Some(d) = f.get("details") {
         ext("msg", &d, out);
     }

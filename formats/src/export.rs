@@ -16,8 +16,22 @@ pub struct StoredEvent<'a> {
     pub index: u64,
     pub leaf_hash: &'a Hash,
     pub received_at_unix_ns: u64,
+    /// Who the server authenticated for it (record version 2); `None` for version 1.
+    pub submitter: Option<&'a str>,
     /// The payload exactly as stored: one JSON object.
     pub payload: &'a [u8],
+}
+
+impl<'a> StoredEvent<'a> {
+    pub fn of(index: u64, leaf_hash: &'a Hash, record: &crate::record::Record<'a>) -> Self {
+        StoredEvent {
+            index,
+            leaf_hash,
+            received_at_unix_ns: record.received_at_unix_ns,
+            submitter: record.submitter,
+            payload: record.payload,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,21 +69,44 @@ impl ExportFormat {
     }
 }
 
-/// `{"index":…,"leaf_hash":"…","received_at_unix_ns":…,"event":{…}}` and `\n`. The payload
-/// was validated as a single-line JSON object on ingest and is embedded byte for byte, so a
-/// reader can rebuild the record and its leaf hash from the line.
+/// `{"index":…,"leaf_hash":"…","received_at_unix_ns":…,"submitter":"…","event":{…}}` and
+/// `\n` (`submitter` only for a version 2 record). The payload was validated as a
+/// single-line JSON object on ingest and is embedded byte for byte, so a reader can rebuild
+/// the record and its leaf hash from the line.
 pub fn render_json_line(e: &StoredEvent, out: &mut String) -> Result<(), ExportError> {
     let payload =
         std::str::from_utf8(e.payload).map_err(|_| ExportError::NotUtf8 { index: e.index })?;
     let _ = write!(
         out,
-        r#"{{"index":{},"leaf_hash":"{}","received_at_unix_ns":{},"event":{payload}}}"#,
+        r#"{{"index":{},"leaf_hash":"{}","received_at_unix_ns":{},"#,
         e.index,
         to_hex(e.leaf_hash),
         e.received_at_unix_ns
     );
+    if let Some(sub) = e.submitter {
+        out.push_str(r#""submitter":"#);
+        json_string(sub, out);
+        out.push(',');
+    }
+    let _ = write!(out, r#""event":{payload}}}"#);
     out.push('\n');
     Ok(())
+}
+
+/// A JSON string literal (RFC 8259 §7): `"` and `\` escaped, control characters as `\u00XX`.
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The audit-schema fields of an event, read leniently: a log in `raw` mode may store any
@@ -119,10 +156,11 @@ impl AuditFields {
 
 /// CSV columns, in order. `event` is the whole payload, so no field is lost whatever the
 /// event holds; the others are its audit-schema fields for spreadsheet filtering.
-pub const CSV_COLUMNS: [&str; 18] = [
+pub const CSV_COLUMNS: [&str; 19] = [
     "index",
     "leaf_hash",
     "received_at_unix_ns",
+    "submitter",
     "timestamp",
     "event_type",
     "actor",
@@ -202,7 +240,13 @@ pub fn render_csv_row(e: &StoredEvent, out: &mut String) -> Result<(), ExportErr
         to_hex(e.leaf_hash),
         e.received_at_unix_ns
     );
-    for col in &CSV_COLUMNS[3..17] {
+    // The submitter is the server's, but its names (a token's, a certificate's) are
+    // someone's text: neutralised like the event's strings. Empty for version 1 records.
+    out.push(',');
+    if let Some(sub) = e.submitter {
+        csv_text_field(sub, out);
+    }
+    for col in &CSV_COLUMNS[4..18] {
         out.push(',');
         if let Some(text) = f.string(col) {
             csv_text_field(text, out);

@@ -233,36 +233,60 @@ impl<'a> Iterator for BatchEvents<'a> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HelloOk {
     pub version: u16,
     pub tree_hash: u8,
     pub frame_bytes_max: u32,
     pub batches_in_flight_max: u32,
+    /// Who the server will record as the submitter of this connection's events (record
+    /// version 2), so a client can rebuild its records from an ACK. `None` from a server
+    /// that predates submitters (a 12-byte HELLO_OK).
+    pub submitter: Option<String>,
 }
 
 impl HelloOk {
-    pub fn encode(&self) -> [u8; 12] {
-        let mut p = [0u8; 12];
+    pub fn encode(&self) -> Vec<u8> {
+        let sub = self.submitter.as_deref().unwrap_or("");
+        assert!(sub.len() <= crate::record::SUBMITTER_BYTES_MAX);
+        let mut p = vec![0u8; 12];
         p[0..2].copy_from_slice(&self.version.to_be_bytes());
         p[2] = self.tree_hash;
         p[4..8].copy_from_slice(&self.frame_bytes_max.to_be_bytes());
         p[8..12].copy_from_slice(&self.batches_in_flight_max.to_be_bytes());
+        if self.submitter.is_some() {
+            p.extend_from_slice(&(sub.len() as u16).to_be_bytes());
+            p.extend_from_slice(sub.as_bytes());
+        }
         p
     }
 
     pub fn decode(p: &[u8]) -> Result<HelloOk, FrameError> {
-        if p.len() != 12 {
-            return Err(FrameError::Payload(
-                "HELLO_OK",
-                format!("{} bytes, expected 12", p.len()),
-            ));
+        let bad = |m: String| FrameError::Payload("HELLO_OK", m);
+        if p.len() < 12 {
+            return Err(bad(format!("{} bytes, expected at least 12", p.len())));
         }
+        let submitter = match &p[12..] {
+            [] => None,
+            [a, b, rest @ ..] if u16::from_be_bytes([*a, *b]) as usize == rest.len() => {
+                let s = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|s| crate::record::Submitter::parse(s).ok())
+                    .ok_or_else(|| bad("the submitter is not a valid submitter".into()))?;
+                Some(s.as_str().to_string())
+            }
+            _ => {
+                return Err(bad(
+                    "the submitter's length does not match the payload".into()
+                ))
+            }
+        };
         Ok(HelloOk {
             version: u16::from_be_bytes([p[0], p[1]]),
             tree_hash: p[2],
             frame_bytes_max: crate::be_u32(&p[4..8]),
             batches_in_flight_max: crate::be_u32(&p[8..12]),
+            submitter,
         })
     }
 }
@@ -375,8 +399,23 @@ mod tests {
             tree_hash: 1,
             frame_bytes_max: 4 << 20,
             batches_in_flight_max: 64,
+            submitter: Some("token:ci".into()),
         };
-        assert_eq!(HelloOk::decode(&ok.encode()), Ok(ok));
+        let enc = ok.encode();
+        assert_eq!(enc.len(), 12 + 2 + 8);
+        assert_eq!(HelloOk::decode(&enc), Ok(ok.clone()));
+        // A server from before submitters: 12 bytes, no submitter.
+        let old = HelloOk {
+            submitter: None,
+            ..ok
+        };
+        assert_eq!(old.encode().len(), 12);
+        assert_eq!(HelloOk::decode(&old.encode()), Ok(old));
+        // A length that does not match, and a submitter with a control character.
+        assert!(HelloOk::decode(&enc[..enc.len() - 1]).is_err());
+        let mut ctl = enc.clone();
+        ctl[14] = b'\n';
+        assert!(HelloOk::decode(&ctl).is_err());
         let e = error_payload(ErrorCode::BadEvent, "event 3: bad");
         assert_eq!(
             decode_error(&e).expect("error"),

@@ -21,7 +21,7 @@ pub use hash::{Hash, TreeHash};
 
 /// The version of the formats in `FORMATS.md` as a whole (record, batch, segment, checkpoint
 /// log, key history, frames): raised when any layout changes incompatibly.
-pub const FORMATS_VERSION: u32 = 1;
+pub const FORMATS_VERSION: u32 = 2;
 pub use secret::Secret;
 
 /// Big-endian reads for the decoders; callers have checked the length.

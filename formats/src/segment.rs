@@ -475,6 +475,7 @@ mod tests {
         let rec = |i: u64| {
             Record {
                 received_at_unix_ns: i,
+                submitter: (i % 2 == 1).then_some("auditlogd"),
                 payload: format!("{{\"i\":{i}}}").as_bytes().to_vec().leak(),
             }
             .to_bytes()

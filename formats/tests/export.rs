@@ -198,6 +198,7 @@ proptest! {
         index in any::<u64>(),
         received in any::<u64>(),
         leaf in any::<[u8; 32]>(),
+        submitter in proptest::option::of("[^\\p{Cc}]{1,40}"),
     ) {
         let mut obj = serde_json::Map::new();
         for (k, v) in FIELDS.iter().zip(&values) {
@@ -206,7 +207,7 @@ proptest! {
         obj.insert("details".into(), json!({"k": detail}));
         let payload = serde_json::to_vec(&Value::Object(obj.clone())).expect("json");
         let dev = CefDevice { vendor: device[0].clone(), product: device[1].clone(), version: device[2].clone() };
-        let e = StoredEvent { index, leaf_hash: &leaf, received_at_unix_ns: received, payload: &payload };
+        let e = StoredEvent { index, leaf_hash: &leaf, received_at_unix_ns: received, submitter: submitter.as_deref(), payload: &payload };
         let mut line = String::new();
         cef::render(&dev, &e, &mut line).expect("render");
         let p = parse_cef(&line).map_err(|err| TestCaseError::fail(format!("{err}: {line:?}")))?;
@@ -228,6 +229,8 @@ proptest! {
         prop_assert_eq!(p.get("cs3Label"), Some("leafHash"));
         prop_assert_eq!(p.get("cn1").map(str::to_string), Some(index.to_string()));
         prop_assert_eq!(p.get("cn1Label"), Some("logIndex"));
+        prop_assert_eq!(p.get("flexString1"), submitter.as_deref());
+        prop_assert_eq!(p.get("flexString1Label"), submitter.as_ref().map(|_| "submitter"));
         let msg: Value = serde_json::from_str(p.get("msg").expect("msg")).expect("details JSON");
         prop_assert_eq!(msg, json!({"k": detail}));
         // rt: the timestamp when it parses, else the receipt time.
@@ -241,13 +244,14 @@ proptest! {
         values in proptest::collection::vec(nasty(), FIELDS.len()),
         index in any::<u64>(),
         leaf in any::<[u8; 32]>(),
+        submitter in proptest::option::of("[^\\p{Cc}]{1,40}"),
     ) {
         let mut obj = serde_json::Map::new();
         for (k, v) in FIELDS.iter().zip(&values) {
             obj.insert(k.to_string(), Value::String(v.clone()));
         }
         let payload = serde_json::to_vec(&Value::Object(obj.clone())).expect("json");
-        let e = StoredEvent { index, leaf_hash: &leaf, received_at_unix_ns: 7, payload: &payload };
+        let e = StoredEvent { index, leaf_hash: &leaf, received_at_unix_ns: 7, submitter: submitter.as_deref(), payload: &payload };
         let mut text = String::new();
         export::render_csv_header(&mut text);
         export::render_csv_row(&e, &mut text).expect("row");
@@ -260,6 +264,9 @@ proptest! {
         prop_assert_eq!(row.len(), CSV_COLUMNS.len());
         prop_assert_eq!(&row[0], &index.to_string());
         prop_assert_eq!(&row[1], &hex::encode(leaf));
+        let sub = submitter.as_deref().unwrap_or("");
+        let want_sub = if sub.starts_with(export::CSV_FORMULA_TRIGGERS) { format!("'{sub}") } else { sub.to_string() };
+        prop_assert_eq!(&row[3], &want_sub);
         for (col, name) in CSV_COLUMNS.iter().enumerate() {
             if let Some(v) = obj.get(*name) {
                 // Text that a spreadsheet would run as a formula comes back behind a `'`.
@@ -272,7 +279,7 @@ proptest! {
                 prop_assert_eq!(&row[col], &want, "{}", name);
             }
         }
-        prop_assert_eq!(row[17].as_bytes(), &payload[..]);
+        prop_assert_eq!(row[18].as_bytes(), &payload[..]);
     }
 }
 
@@ -284,6 +291,7 @@ fn cef_known_answer() {
         index: 42,
         leaf_hash: &leaf,
         received_at_unix_ns: 1_795_428_000_500_000_000,
+        submitter: Some("token:app=1"),
         payload,
     };
     let mut line = String::new();
@@ -299,7 +307,8 @@ fn cef_known_answer() {
             "CEF:0|Acme\\|Corp|auditlog|1.0|auth|login|9|rt=1795428000123 suser=alice act=login \
              request=/app|x outcome=failure src=10.0.0.1 cs1=s\\=1 cs1Label=sessionId \
              cs2=CUI//BASIC cs2Label=classification cs5=auth cs5Label=eventType cs3={} \
-             cs3Label=leafHash cn1=42 cn1Label=logIndex cn2=1795428000500 cn2Label=receivedAtMs",
+             cs3Label=leafHash cn1=42 cn1Label=logIndex cn2=1795428000500 cn2Label=receivedAtMs \
+             flexString1=token:app\\=1 flexString1Label=submitter",
             "ab".repeat(32)
         )
     );
@@ -320,6 +329,7 @@ fn json_line_embeds_the_payload() {
         index: 3,
         leaf_hash: &[1; 32],
         received_at_unix_ns: 5,
+        submitter: Some("cert:a\"b\\c"),
         payload,
     };
     let mut s = String::new();
@@ -330,12 +340,32 @@ fn json_line_embeds_the_payload() {
     assert_eq!(v["leaf_hash"], hex::encode([1u8; 32]));
     assert_eq!(v["received_at_unix_ns"], 5);
     assert_eq!(v["event"]["a"], "x\ny");
-    let keys: Vec<&str> = ["index", "leaf_hash", "received_at_unix_ns", "event"].to_vec();
+    assert_eq!(v["submitter"], "cert:a\"b\\c");
+    let keys: Vec<&str> = [
+        "index",
+        "leaf_hash",
+        "received_at_unix_ns",
+        "submitter",
+        "event",
+    ]
+    .to_vec();
     let mut at = 0;
     for k in keys {
         let p = s[at..].find(&format!("\"{k}\"")).expect("key order") + at;
         at = p;
     }
+    // A version 1 record has no submitter, and the line no key for it.
+    let mut s = String::new();
+    export::render_json_line(
+        &StoredEvent {
+            submitter: None,
+            ..e
+        },
+        &mut s,
+    )
+    .expect("render");
+    let v: Value = serde_json::from_str(&s).expect("json");
+    assert!(v.get("submitter").is_none(), "{s}");
 }
 
 /// OWASP CSV injection: every formula trigger at the start of a text cell gets a `'` in
@@ -348,6 +378,7 @@ fn csv_neutralises_cells_that_start_a_formula() {
             index: 1,
             leaf_hash: &[2; 32],
             received_at_unix_ns: 3,
+            submitter: Some("token:=cmd"),
             payload,
         };
         let mut text = String::new();
@@ -375,10 +406,11 @@ fn csv_neutralises_cells_that_start_a_formula() {
     ] {
         let payload = serde_json::to_vec(&json!({"actor": value, "severity": -3})).expect("json");
         let (text, row) = cells(&payload);
-        assert_eq!(row[5], want, "actor {value:?} in {text:?}");
-        assert_eq!(row[14], "-3", "a number is not text: {text:?}");
+        assert_eq!(row[3], "token:=cmd", "the submitter starts with a letter");
+        assert_eq!(row[6], want, "actor {value:?} in {text:?}");
+        assert_eq!(row[15], "-3", "a number is not text: {text:?}");
         assert_eq!(
-            row[17].as_bytes(),
+            row[18].as_bytes(),
             &payload[..],
             "the event column is the payload"
         );

@@ -23,7 +23,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::{Access, AuthError, Principal};
+use crate::auth::{Access, AuthError, Principal, Role};
 use crate::config::AdminConfig;
 use crate::http::{ApiError, ApiResult, St};
 
@@ -47,6 +47,13 @@ pub enum Operation {
     SetRetention {
         retention: RetentionPolicy,
     },
+    /// Add an admin identity. `token_sha256` is the lowercase hex SHA-256 of a token the new
+    /// admin made themselves (e.g. `head -c 32 /dev/urandom | xxd -p -c 64`), so that
+    /// nobody else, the approvers included, ever sees it.
+    AddAdmin {
+        name: String,
+        token_sha256: String,
+    },
 }
 
 impl Operation {
@@ -55,6 +62,7 @@ impl Operation {
             Operation::RotateKey { .. } => "rotate_key",
             Operation::RetireKey { .. } => "retire_key",
             Operation::SetRetention { .. } => "set_retention",
+            Operation::AddAdmin { .. } => "add_admin",
         }
     }
 }
@@ -143,7 +151,7 @@ impl Admin {
     }
 }
 
-/// Appends one `admin` audit event; the answer waits until it is durable.
+/// Appends one `admin` audit event about a request; the answer waits until it is durable.
 fn record(
     engine: &Engine,
     actor: &str,
@@ -152,20 +160,32 @@ fn record(
     outcome: &str,
     details: serde_json::Value,
 ) -> Result<(), ApiError> {
+    let resource = format!("admin/requests/{id}");
+    admin_event(engine, actor, action, &resource, outcome, details).map_err(ApiError::from)
+}
+
+/// Appends one `admin` audit event, submitted by the daemon (`auditlogd`), and returns once
+/// it is durable: the one way the daemon writes about itself into the log.
+pub(crate) fn admin_event(
+    engine: &Engine,
+    actor: &str,
+    action: &str,
+    resource: &str,
+    outcome: &str,
+    details: serde_json::Value,
+) -> Result<(), auditlog_engine::EngineError> {
     let event = json!({
         "timestamp": rfc3339_now(),
         "event_type": "admin",
         "actor": actor,
         "action": action,
-        "resource": format!("admin/requests/{id}"),
+        "resource": resource,
         "outcome": outcome,
         "details": details,
     });
-    let bytes = serde_json::to_vec(&event).map_err(|e| ApiError::internal(e.to_string()))?;
-    engine
-        .append_payloads([bytes.as_slice()])
-        .map(|_| ())
-        .map_err(ApiError::from)
+    let bytes = serde_json::to_vec(&event)
+        .map_err(|e| auditlog_engine::EngineError::BadRequest(e.to_string()))?;
+    engine.append_payloads([bytes.as_slice()]).map(|_| ())
 }
 
 /// RFC 3339 UTC with milliseconds, from the system clock (civil-from-days, proleptic
@@ -373,7 +393,7 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
     });
     if reqs[i].approvals.len() >= admin.cfg.approvals_required as usize {
         let result = match check_operation(&admin.cfg, &reqs[i].op) {
-            Ok(()) => execute(&st.engine, &reqs[i].op),
+            Ok(()) => execute(st, &reqs[i].op),
             Err(e) => Err(e.message),
         };
         let (state, outcome, text) = match result {
@@ -388,6 +408,19 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
             outcome,
             json!({"op": reqs[i].op.name(), "requester": reqs[i].requester, "approvers": reqs[i].approvals.iter().map(|a| a.admin.clone()).collect::<Vec<_>>(), "result": text}),
         )?;
+        if let (RequestState::Executed, Operation::AddAdmin { token_sha256, name }) =
+            (&state, &reqs[i].op)
+        {
+            // The execute event above is the new token's record in the log.
+            let change = crate::auth::UnrecordedChange {
+                action: "token_added",
+                name: name.clone(),
+                role: Role::Admin,
+                sha256: token_sha256.clone(),
+            };
+            crate::auth::mark_recorded(&admin.cfg.data_dir, &change)
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        }
         reqs[i].state = state;
         reqs[i].result = Some(text);
     }
@@ -452,10 +485,29 @@ fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
             ),
         },
         Operation::RetireKey { .. } => Ok(()),
+        Operation::AddAdmin { name, token_sha256 } => {
+            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+                return Err(ApiError::bad("name must be 1 to 128 printable characters"));
+            }
+            if token_hash(token_sha256).is_none() {
+                return Err(ApiError::bad(
+                    "token_sha256 must be 64 lowercase hex digits (the SHA-256 of the token)",
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
-fn execute(engine: &Engine, op: &Operation) -> Result<String, String> {
+fn token_hash(hex_text: &str) -> Option<[u8; 32]> {
+    if hex_text.len() != 64 || hex_text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode(hex_text).ok()?.try_into().ok()
+}
+
+fn execute(st: &St, op: &Operation) -> Result<String, String> {
+    let engine = &st.engine;
     match op {
         Operation::RotateKey { backend, name } => engine
             .add_key(backend, name.as_deref())
@@ -480,6 +532,17 @@ fn execute(engine: &Engine, op: &Operation) -> Result<String, String> {
             .set_retention(retention)
             .map(|()| "retention policy stored in log.json".to_string())
             .map_err(|e| e.to_string()),
+        Operation::AddAdmin { name, token_sha256 } => {
+            let hash = token_hash(token_sha256).ok_or("token_sha256 is not a SHA-256")?;
+            // In tokens.json first (refused for a name or token in use), then accepted.
+            crate::auth::add_token_hash(&st.admin.cfg.data_dir, Role::Admin, name, hash, false)
+                .map_err(|e| format!("{e:#}"))?;
+            st.tokens.insert(hash, Role::Admin, name);
+            Ok(format!(
+                "admin {name} added (token sha256 {})",
+                &token_sha256[..16]
+            ))
+        }
     }
 }
 

@@ -88,12 +88,108 @@ struct TokenEntry {
     name: Option<String>,
     /// Lowercase hex SHA-256 of the token's text.
     sha256: String,
+    /// The log holds this token's `token_added` event (written by the first start that
+    /// loads it; `add_admin` records it as it executes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    recorded: bool,
+    /// Revoked (`auditlogd tokens revoke`): kept in the file, never accepted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    revoked: bool,
+    /// The log holds this token's `token_revoked` event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    revocation_recorded: bool,
 }
 
+impl TokenEntry {
+    fn holder(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.role.name().to_string())
+    }
+}
+
+/// The tokens the daemon accepts. Behind a lock: an approved `add_admin` adds one while
+/// the daemon runs.
 pub struct Tokens {
+    set: std::sync::RwLock<TokenSet>,
+}
+
+struct TokenSet {
     hashes: Vec<([u8; 32], Role)>,
     /// The holder of each hash, in the same order.
     names: Vec<String>,
+}
+
+/// A change to `tokens.json` the log does not hold yet (see `start_record`).
+pub struct UnrecordedChange {
+    /// `token_added` or `token_revoked`.
+    pub action: &'static str,
+    pub name: String,
+    pub role: Role,
+    pub sha256: String,
+}
+
+fn read_token_file(store: &Path) -> anyhow::Result<TokenFile> {
+    let bytes = private::read_private_file(store)?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", store.display()))
+}
+
+fn write_token_file(store: &Path, file: &TokenFile) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(file).context("encoding tokens.json")?;
+    private::replace_private_file(store, &json)?;
+    Ok(())
+}
+
+/// Token changes in `<data_dir>/tokens.json` the log does not hold yet, oldest first.
+pub fn unrecorded_changes(data_dir: &Path) -> anyhow::Result<Vec<UnrecordedChange>> {
+    let file = read_token_file(&data_dir.join("tokens.json"))?;
+    let mut out = Vec::new();
+    for t in &file.tokens {
+        let change = |action| UnrecordedChange {
+            action,
+            name: t.holder(),
+            role: t.role,
+            sha256: t.sha256.clone(),
+        };
+        if !t.recorded {
+            out.push(change("token_added"));
+        }
+        if t.revoked && !t.revocation_recorded {
+            out.push(change("token_revoked"));
+        }
+    }
+    Ok(out)
+}
+
+/// Marks a change `unrecorded_changes` returned as held by the log.
+pub fn mark_recorded(data_dir: &Path, change: &UnrecordedChange) -> anyhow::Result<()> {
+    let store = data_dir.join("tokens.json");
+    let mut file = read_token_file(&store)?;
+    for t in file.tokens.iter_mut().filter(|t| t.sha256 == change.sha256) {
+        match change.action {
+            "token_added" => t.recorded = true,
+            _ => t.revocation_recorded = true,
+        }
+    }
+    write_token_file(&store, &file)
+}
+
+/// Bootstrap: the engine has never opened this data directory (no segment files), so the
+/// log holds no admin yet. Only then may `tokens add --role admin` add an admin; later ones
+/// come by an `add_admin` request under the two-person rule.
+pub fn log_is_new(data_dir: &Path) -> anyhow::Result<bool> {
+    match std::fs::read_dir(data_dir.join("segments")) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("listing {}/segments", data_dir.display())),
+    }
+}
+
+fn check_token_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+        bail!("token name must be 1 to 128 printable characters");
+    }
+    Ok(())
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -101,15 +197,28 @@ fn digest(token: &[u8]) -> [u8; 32] {
 }
 
 impl Tokens {
+    fn from_set(hashes: Vec<([u8; 32], Role)>, names: Vec<String>) -> Tokens {
+        Tokens {
+            set: std::sync::RwLock::new(TokenSet { hashes, names }),
+        }
+    }
+
     #[cfg(test)]
     pub fn from_pairs(pairs: &[(&str, Role)]) -> Tokens {
-        Tokens {
-            hashes: pairs
+        Tokens::from_set(
+            pairs
                 .iter()
                 .map(|(t, r)| (digest(t.as_bytes()), *r))
                 .collect(),
-            names: pairs.iter().map(|(_, r)| r.name().to_string()).collect(),
-        }
+            pairs.iter().map(|(_, r)| r.name().to_string()).collect(),
+        )
+    }
+
+    /// Accepts a token from now on (an executed `add_admin`).
+    pub fn insert(&self, sha256: [u8; 32], role: Role, name: &str) {
+        let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+        set.hashes.push((sha256, role));
+        set.names.push(name.to_string());
     }
 
     /// Loads `tokens.json`, or on first start makes one token per role, writes them to
@@ -126,8 +235,8 @@ impl Tokens {
                     .with_context(|| format!("parsing {}", store.display()))?;
                 let mut hashes = Vec::with_capacity(file.tokens.len());
                 let mut names = Vec::with_capacity(file.tokens.len());
-                for t in file.tokens {
-                    names.push(t.name.unwrap_or_else(|| t.role.name().to_string()));
+                for t in file.tokens.into_iter().filter(|t| !t.revoked) {
+                    names.push(t.holder());
                     let raw = hex::decode(&t.sha256).ok().and_then(|v| {
                         let a: Option<[u8; 32]> = v.try_into().ok();
                         a
@@ -137,7 +246,7 @@ impl Tokens {
                         None => bail!("{}: a hash is not 32 bytes of hex", store.display()),
                     }
                 }
-                Ok((Tokens { hashes, names }, None))
+                Ok((Tokens::from_set(hashes, names), None))
             }
             Err(e) if e.is_not_found() => {
                 if initial_exists {
@@ -173,52 +282,37 @@ impl Tokens {
                     role: *r,
                     name: None,
                     sha256: hex::encode(h),
+                    recorded: false,
+                    revoked: false,
+                    revocation_recorded: false,
                 })
                 .collect(),
         };
-        let json = serde_json::to_vec_pretty(&file).context("encoding tokens.json")?;
-        private::replace_private_file(store, &json)?;
+        write_token_file(store, &file)?;
         let names = ROLES.iter().map(|r| r.name().to_string()).collect();
-        Ok(Tokens { hashes, names })
-    }
-
-    /// The role of the bearer token in an `Authorization` header value. Every known hash
-    /// is compared, in constant time, whichever matches.
-    pub fn role_of(&self, authorization: Option<&[u8]>) -> Result<Role, AuthError> {
-        let Some(value) = authorization else {
-            return Err(AuthError::Unauthenticated("no bearer token"));
-        };
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        let token = match value.split_at_checked(7) {
-            Some((scheme, t)) if scheme.eq_ignore_ascii_case(b"bearer ") => t,
-            _ => return Err(AuthError::Unauthenticated("not a bearer token")),
-        };
-        self.role_of_token(token)
-    }
-
-    /// The role of a bare token (HTTP's bearer value, TCP's HELLO). Every known hash is
-    /// compared, in constant time, whichever matches.
-    pub fn role_of_token(&self, token: &[u8]) -> Result<Role, AuthError> {
-        self.principal_of_token(token).map(|p| p.role)
+        Ok(Tokens::from_set(hashes, names))
     }
 
     /// The holder and role of a bare token; every hash compared in constant time.
     pub fn principal_of_token(&self, token: &[u8]) -> Result<Principal, AuthError> {
         let d = digest(token);
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
-        for (i, (h, _)) in self.hashes.iter().enumerate() {
+        for (i, (h, _)) in set.hashes.iter().enumerate() {
             if bool::from(h.ct_eq(&d)) {
                 found = Some(i);
             }
         }
         let i = found.ok_or(AuthError::Unauthenticated("unknown token"))?;
         Ok(Principal {
-            name: self.names[i].clone(),
-            role: self.hashes[i].1,
+            name: set.names[i].clone(),
+            role: set.hashes[i].1,
         })
     }
 
-    /// As `check`, returning who the caller is.
+    /// Who holds the bearer token in an `Authorization` header value, if their role may use
+    /// `access`. The scheme is case-insensitive (RFC 9110 §11.1); every known hash is
+    /// compared, in constant time, whichever matches.
     pub fn check_principal(
         &self,
         authorization: Option<&[u8]>,
@@ -238,43 +332,74 @@ impl Tokens {
             Err(AuthError::Forbidden(p.role))
         }
     }
-
-    pub fn check(&self, authorization: Option<&[u8]>, access: Access) -> Result<Role, AuthError> {
-        let role = self.role_of(authorization)?;
-        if access.allows(role) {
-            Ok(role)
-        } else {
-            Err(AuthError::Forbidden(role))
-        }
-    }
 }
 
 /// `auditlogd tokens add`: a new random token for `name` with `role`, appended to
 /// `tokens.json` (atomically). Returns the token; only its hash is stored. Names are unique:
-/// the two-person rule counts people by name.
+/// the two-person rule counts people by name. An admin only while the log is new
+/// (`log_is_new`): after that, admins are added by an approved `add_admin` request. The
+/// next start records the token in the log (`token_added`).
 pub fn add_token(data_dir: &Path, role: Role, name: &str) -> anyhow::Result<String> {
-    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-        bail!("token name must be 1 to 128 printable characters");
+    check_token_name(name)?;
+    if role == Role::Admin && !log_is_new(data_dir)? {
+        bail!(
+            "the log in {} exists: an admin is added by an `add_admin` request that other \
+             admins approve (the two-person rule), not on the host; `tokens add --role admin` \
+             only sets up the first admins, before the first start",
+            data_dir.display()
+        );
     }
-    let (existing, _) = Tokens::load_or_create(data_dir)?;
-    if existing.names.iter().any(|n| n == name) {
-        bail!("a token named {name:?} exists already");
-    }
-    let store = data_dir.join("tokens.json");
-    let bytes = private::read_private_file(&store)?;
-    let mut file: TokenFile =
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", store.display()))?;
+    let _ = Tokens::load_or_create(data_dir)?;
     let mut raw = [0u8; 32];
     getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
     let token = hex::encode(raw);
+    add_token_hash(data_dir, role, name, digest(token.as_bytes()), false)?;
+    Ok(token)
+}
+
+/// Appends a token by its SHA-256 to `tokens.json`; refused if the name or the hash is
+/// there already (revoked ones included: names and tokens are never reused).
+pub fn add_token_hash(
+    data_dir: &Path,
+    role: Role,
+    name: &str,
+    sha256: [u8; 32],
+    recorded: bool,
+) -> anyhow::Result<()> {
+    check_token_name(name)?;
+    let store = data_dir.join("tokens.json");
+    let mut file = read_token_file(&store)?;
+    let hex = hex::encode(sha256);
+    if file.tokens.iter().any(|t| t.holder() == name) {
+        bail!("a token named {name:?} exists already");
+    }
+    if file.tokens.iter().any(|t| t.sha256 == hex) {
+        bail!("that token is in use already");
+    }
     file.tokens.push(TokenEntry {
         role,
         name: Some(name.to_string()),
-        sha256: hex::encode(digest(token.as_bytes())),
+        sha256: hex,
+        recorded,
+        revoked: false,
+        revocation_recorded: false,
     });
-    let json = serde_json::to_vec_pretty(&file).context("encoding tokens.json")?;
-    private::replace_private_file(&store, &json)?;
-    Ok(token)
+    write_token_file(&store, &file)
+}
+
+/// `auditlogd tokens revoke`: the token named `name` is never accepted again (from the
+/// next start); it stays in `tokens.json`, and the next start records `token_revoked`.
+pub fn revoke_token(data_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let store = data_dir.join("tokens.json");
+    let mut file = read_token_file(&store)?;
+    let Some(t) = file.tokens.iter_mut().find(|t| t.holder() == name) else {
+        bail!("no token named {name:?}");
+    };
+    if t.revoked {
+        bail!("the token named {name:?} is revoked already");
+    }
+    t.revoked = true;
+    write_token_file(&store, &file)
 }
 
 #[cfg(test)]
@@ -284,23 +409,38 @@ mod tests {
     #[test]
     fn roles_and_tokens() {
         let t = Tokens::from_pairs(&[("w", Role::Writer), ("a", Role::Auditor)]);
-        assert_eq!(t.check(Some(b"Bearer w"), Access::Ingest), Ok(Role::Writer));
-        assert_eq!(t.check(Some(b"bearer w"), Access::Ingest), Ok(Role::Writer));
-        assert!(t.check(Some(b"Basic w"), Access::Ingest).is_err());
         assert_eq!(
-            t.check(Some(b"Bearer w"), Access::Audit),
+            t.check_principal(Some(b"Bearer w"), Access::Ingest),
+            Ok(Principal {
+                name: "writer".into(),
+                role: Role::Writer
+            })
+        );
+        assert_eq!(
+            t.check_principal(Some(b"bearer w"), Access::Ingest),
+            Ok(Principal {
+                name: "writer".into(),
+                role: Role::Writer
+            })
+        );
+        assert!(t.check_principal(Some(b"Basic w"), Access::Ingest).is_err());
+        assert_eq!(
+            t.check_principal(Some(b"Bearer w"), Access::Audit),
             Err(AuthError::Forbidden(Role::Writer))
         );
         assert_eq!(
-            t.check(Some(b"Bearer a"), Access::ReadEvents),
-            Ok(Role::Auditor)
+            t.check_principal(Some(b"Bearer a"), Access::ReadEvents),
+            Ok(Principal {
+                name: "auditor".into(),
+                role: Role::Auditor
+            })
         );
         assert!(matches!(
-            t.check(Some(b"Bearer x"), Access::Ingest),
+            t.check_principal(Some(b"Bearer x"), Access::Ingest),
             Err(AuthError::Unauthenticated(_))
         ));
         assert!(matches!(
-            t.check(None, Access::Ingest),
+            t.check_principal(None, Access::Ingest),
             Err(AuthError::Unauthenticated(_))
         ));
     }
@@ -331,10 +471,8 @@ mod tests {
         assert!(none.is_none());
         for line in text.lines() {
             let (role, token) = line.split_once(' ').expect("role token");
-            let got = again
-                .role_of(Some(format!("Bearer {token}").as_bytes()))
-                .expect("known");
-            assert_eq!(got.name(), role);
+            let got = again.principal_of_token(token.as_bytes()).expect("known");
+            assert_eq!(got.role.name(), role);
         }
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -55,12 +55,7 @@ pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiR
             let r = Record::parse(rec)
                 .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
             let leaf = alg.leaf(rec);
-            let e = StoredEvent {
-                index,
-                leaf_hash: &leaf,
-                received_at_unix_ns: r.received_at_unix_ns,
-                payload: r.payload,
-            };
+            let e = StoredEvent::of(index, &leaf, &r);
             let rendered = match format {
                 ExportFormat::JsonLines => export::render_json_line(&e, &mut buf),
                 ExportFormat::Csv => export::render_csv_row(&e, &mut buf),

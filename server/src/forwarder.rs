@@ -460,12 +460,7 @@ fn render_chunk(
             let r = Record::parse(rec)
                 .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
             let leaf = alg.leaf(rec);
-            let e = StoredEvent {
-                index,
-                leaf_hash: &leaf,
-                received_at_unix_ns: r.received_at_unix_ns,
-                payload: r.payload,
-            };
+            let e = StoredEvent::of(index, &leaf, &r);
             line.clear();
             let sev = cef::render(device, &e, &mut line)
                 .map_err(|e| EngineError::BadRequest(e.to_string()))?;

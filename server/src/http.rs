@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use auditlog_engine::{Engine, EngineError};
-use auditlog_formats::hash::to_hex;
-use auditlog_formats::record::Record;
+use auditlog_formats::export::{self, StoredEvent};
+use auditlog_formats::record::{Record, Submitter};
 use auditlog_formats::TreeHash;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -153,15 +153,27 @@ impl axum::extract::FromRequestParts<St> for Caller {
 /// Checks the caller against what the route needs: a bearer token if one is sent (it
 /// names the role explicitly), else the role mapped from the client certificate.
 pub fn authorize(st: &AppState, caller: &Caller, access: Access) -> ApiResult<Role> {
+    authorize_submitter(st, caller, access).map(|(role, _)| role)
+}
+
+/// As `authorize`, also returning who the caller is in the form records carry
+/// (`token:<name>`, `cert:<name>`): the server's own name for the credential, never
+/// anything the request says about itself.
+pub fn authorize_submitter(
+    st: &AppState,
+    caller: &Caller,
+    access: Access,
+) -> ApiResult<(Role, Submitter)> {
     let result = match (&caller.authorization, caller.client.role(&st.client_roles)) {
-        (None, Some((_, role))) if access.allows(role) => Ok(role),
+        (None, Some((name, role))) if access.allows(role) => Ok((role, Submitter::cert(name))),
         (None, Some((_, role))) => Err(AuthError::Forbidden(role)),
         (value, _) => st
             .tokens
-            .check(value.as_ref().map(|v| v.as_bytes()), access),
+            .check_principal(value.as_ref().map(|v| v.as_bytes()), access)
+            .map(|p| (p.role, Submitter::token(&p.name))),
     };
     match result {
-        Ok(role) => Ok(role),
+        Ok(who) => Ok(who),
         Err(AuthError::Unauthenticated(why)) => {
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
         }
@@ -280,18 +292,17 @@ fn need(m: &HashMap<String, String>, name: &str) -> ApiResult<u64> {
     num(m, name)?.ok_or_else(|| ApiError::bad(format!("{name} is required")))
 }
 
-/// One event as the API shows it. The payload was validated as a JSON object on ingest,
-/// so it is embedded as is.
+/// One event as the API shows it: the export's JSON line (FORMATS.md §13.1) without its
+/// newline. The payload was validated as a JSON object on ingest, so it is embedded as is.
 fn event_json(alg: TreeHash, index: u64, record: &[u8]) -> ApiResult<String> {
     let r = Record::parse(record)
         .map_err(|e| ApiError::internal(format!("record {index} is damaged: {e}")))?;
-    let payload = std::str::from_utf8(r.payload)
-        .map_err(|_| ApiError::internal(format!("record {index} payload is not UTF-8")))?;
-    Ok(format!(
-        r#"{{"index":{index},"received_at_unix_ns":{},"leaf_hash":"{}","event":{payload}}}"#,
-        r.received_at_unix_ns,
-        to_hex(&alg.leaf(record))
-    ))
+    let leaf = alg.leaf(record);
+    let mut out = String::with_capacity(record.len() + 160);
+    export::render_json_line(&StoredEvent::of(index, &leaf, &r), &mut out)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    out.pop();
+    Ok(out)
 }
 
 pub(crate) fn with_type(body: impl Into<Body>, content_type: &'static str) -> Response {

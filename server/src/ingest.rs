@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use auditlog_engine::{Engine, EngineError, EventBatch, Receipts};
+use auditlog_engine::{Engine, EngineError, EventBatch, Receipts, Submitter};
 use auditlog_formats::hash::to_hex;
 use axum::body::Body;
 use axum::extract::State;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::auth::Access;
-use crate::http::{authorize, ApiError, ApiResult, Caller, St};
+use crate::http::{authorize_submitter, ApiError, ApiResult, Caller, St};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -125,8 +125,14 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// Splits the body into events and validates each into batches; nothing is submitted.
-pub fn build_batches(engine: &Engine, body: &[u8], kind: Kind) -> ApiResult<Vec<EventBatch>> {
+/// Splits the body into events and validates each into batches from `submitter`; nothing
+/// is submitted.
+pub fn build_batches(
+    engine: &Engine,
+    body: &[u8],
+    kind: Kind,
+    submitter: &Submitter,
+) -> ApiResult<Vec<EventBatch>> {
     let events: Vec<&[u8]> = match kind {
         Kind::One => vec![trim(body)],
         Kind::Many => body
@@ -150,7 +156,7 @@ pub fn build_batches(engine: &Engine, body: &[u8], kind: Kind) -> ApiResult<Vec<
         )
     };
     let mut batches = Vec::new();
-    let mut batch = engine.new_batch();
+    let mut batch = engine.new_batch(submitter.clone());
     for (position, event) in events.into_iter().enumerate() {
         match batch.push(event) {
             Ok(()) => continue,
@@ -165,7 +171,10 @@ pub fn build_batches(engine: &Engine, body: &[u8], kind: Kind) -> ApiResult<Vec<
             Err(e) => return Err(e.into()),
         }
         // The batch is full: start the next one with this event.
-        batches.push(std::mem::replace(&mut batch, engine.new_batch()));
+        batches.push(std::mem::replace(
+            &mut batch,
+            engine.new_batch(submitter.clone()),
+        ));
         match batch.push(event) {
             Ok(()) => {}
             Err(EngineError::BadEvent { reason, .. }) => return Err(refused(position, reason)),
@@ -193,7 +202,7 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    authorize(&st, &caller, Access::Ingest)?;
+    let (_, submitter) = authorize_submitter(&st, &caller, Access::Ingest)?;
     let kind = kind_of(&headers)?;
     let bytes = read_body(
         &headers,
@@ -203,8 +212,10 @@ pub async fn post_events(
     )
     .await?;
     let engine: Arc<Engine> = st.engine.clone();
+    let who = submitter.clone();
     let batches =
-        match tokio::task::spawn_blocking(move || build_batches(&engine, &bytes, kind)).await {
+        match tokio::task::spawn_blocking(move || build_batches(&engine, &bytes, kind, &who)).await
+        {
             Ok(r) => r?,
             Err(e) => return Err(ApiError::internal(format!("validation task failed: {e}"))),
         };
@@ -251,7 +262,13 @@ pub async fn post_events(
         }
     }
     match failure {
-        None => Ok(axum::Json(serde_json::json!({ "receipts": receipts })).into_response()),
+        // The submitter every record of the request carries: with a receipt and the event's
+        // bytes, a client can rebuild its record (FORMATS.md §3) and leaf hash.
+        None => Ok(axum::Json(serde_json::json!({
+            "receipts": receipts,
+            "submitter": submitter.as_str(),
+        }))
+        .into_response()),
         Some(e) if receipts.is_empty() => Err(e),
         Some(e) => {
             crate::metrics::count_http_error(e.code);
@@ -263,6 +280,7 @@ pub async fn post_events(
             let body = serde_json::json!({
                 "error": {"code": e.code, "message": message},
                 "receipts": receipts,
+                "submitter": submitter.as_str(),
             });
             Ok((e.status, axum::Json(body)).into_response())
         }

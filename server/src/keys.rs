@@ -65,6 +65,12 @@ pub enum TokensCmd {
         #[arg(long)]
         name: String,
     },
+    /// Revoke the token of a named holder: refused from the next start, and recorded in the
+    /// log by it (`token_revoked`).
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
@@ -73,6 +79,11 @@ pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
         Cmd::CheckConfig { file } => crate::check_config(&file),
         Cmd::Tokens(TokensCmd::Add { role, name }) => {
             crate::admin::tokens_add(data_dir, &role, &name)
+        }
+        Cmd::Tokens(TokensCmd::Revoke { name }) => {
+            crate::auth::revoke_token(data_dir, &name)?;
+            eprintln!("auditlogd: token of {name} revoked; restart the daemon to refuse it");
+            Ok(())
         }
         Cmd::Keys(KeysCmd::History) => {
             let h = read_history(cfg)?;

@@ -15,6 +15,7 @@ mod metrics;
 mod serve;
 mod siem_config;
 mod siem_metrics;
+mod start_record;
 mod syslog;
 mod tcp;
 mod tls;
@@ -126,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             ops_addr: args.ops_addr,
         },
     )?;
+    let config_file = args.config.clone();
     if let Some(cmd) = args.command {
         return keys::run(cmd, &cfg);
     }
@@ -143,9 +145,13 @@ fn main() -> anyhow::Result<()> {
             path.display()
         );
     }
-    let engine = Engine::open(cfg.engine, None)
+    let engine = Engine::open(cfg.engine.clone(), None)
         .with_context(|| format!("opening the log in {}", data_dir.display()))?;
     let engine = Arc::new(engine);
+    // Before anything is served: token changes since the last start, and the security
+    // configuration in effect (with a digest of the file), written into the log itself.
+    start_record::record_start(&cfg, &engine, config_file.as_deref())
+        .context("recording the start in the log")?;
     let status = engine.status();
     println!(
         "auditlogd: log open in {} ({} events, io {})",

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts};
+use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts, Submitter};
 use auditlog_formats::syslog::{self, Decoder};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,11 +98,24 @@ pub async fn serve(
                     let stop = stop.clone();
                     tokio::spawn(async move {
                         COUNTERS.connections.fetch_add(1, Ordering::Relaxed);
-                        let ip = Some(peer.ip());
+                        let ip = peer.ip();
+                        // The submitter recorded: the peer's address, and under mutual
+                        // TLS the first name of its verified certificate.
                         let r = match tls {
-                            None => connection(stream, ip, &engine, &cfg, stop).await,
+                            None => {
+                                let from = Submitter::syslog(ip, None);
+                                connection(stream, ip, from, &engine, &cfg, stop).await
+                            }
                             Some(tls) => match handshake(stream, &tls).await {
-                                Ok(s) => connection(s, ip, &engine, &cfg, stop).await,
+                                Ok(s) => {
+                                    let names =
+                                        crate::tls::client_names(s.get_ref().1.peer_certificates());
+                                    let from = Submitter::syslog(
+                                        ip,
+                                        names.0.first().map(String::as_str),
+                                    );
+                                    connection(s, ip, from, &engine, &cfg, stop).await
+                                }
                                 Err(e) => Err(e),
                             },
                         };
@@ -158,7 +171,8 @@ async fn handshake(
 
 async fn connection<S: AsyncRead + Unpin>(
     mut stream: S,
-    peer: Option<IpAddr>,
+    peer: IpAddr,
+    submitter: Submitter,
     engine: &Arc<Engine>,
     cfg: &SiemConfig,
     mut stop: watch::Receiver<bool>,
@@ -179,7 +193,7 @@ async fn connection<S: AsyncRead + Unpin>(
         };
         decoder.extend(&buf[..n]);
         // Parsing, mapping, validation and hashing are CPU work: off the async workers.
-        let built = tokio::task::block_in_place(|| build(engine, &mut decoder, peer));
+        let built = tokio::task::block_in_place(|| build(engine, &mut decoder, peer, &submitter));
         let (batches, framing) = built;
         for batch in batches {
             while in_flight.len() >= cfg.syslog_batches_in_flight_max {
@@ -206,10 +220,11 @@ async fn connection<S: AsyncRead + Unpin>(
 fn build(
     engine: &Engine,
     decoder: &mut Decoder,
-    peer: Option<IpAddr>,
+    peer: IpAddr,
+    submitter: &Submitter,
 ) -> (Vec<EventBatch>, Option<syslog::FramingError>) {
     let now = now_unix_ns();
-    let mut batches = vec![engine.new_batch()];
+    let mut batches = vec![engine.new_batch(submitter.clone())];
     // One event at a time is mapped here, then copied into the batch: no allocation per
     // message for the event's bytes.
     let mut event = Vec::with_capacity(2048);
@@ -222,7 +237,7 @@ fn build(
         COUNTERS.messages.fetch_add(1, Ordering::Relaxed);
         event.clear();
         match syslog::parse(msg, now)
-            .and_then(|m| syslog::write_audit_event(&m, msg, now, peer, &mut event))
+            .and_then(|m| syslog::write_audit_event(&m, msg, now, Some(peer), &mut event))
         {
             Ok(()) => {}
             Err(e) => {
@@ -233,7 +248,7 @@ fn build(
         };
         let mut pushed = batches.last_mut().map(|b| b.push(&event));
         if let Some(Err(EngineError::SubmissionTooLarge { .. })) = pushed {
-            let mut b = engine.new_batch();
+            let mut b = engine.new_batch(submitter.clone());
             pushed = Some(b.push(&event));
             batches.push(b);
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditlog_engine::{Engine, EngineError, EventBatch, Receipts};
+use auditlog_engine::{Engine, EngineError, EventBatch, Receipts, Submitter};
 use auditlog_formats::frame::{
     self, ErrorCode, FrameError, FrameHeader, FrameType, HelloOk, FRAME_HEADER_BYTES,
     PROTOCOL_VERSION,
@@ -76,9 +76,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch:
                                 return;
                             }
                         };
-                        let cert_role = client.role(&ctx.client_roles).map(|(_, r)| r);
+                        let cert = client
+                            .role(&ctx.client_roles)
+                            .map(|(name, r)| (r, Submitter::cert(name)));
                         let (rd, wr) = tokio::io::split(Conn::new(io, slots, None));
-                        if let Err(e) = connection(rd, wr, &ctx, cert_role).await {
+                        if let Err(e) = connection(rd, wr, &ctx, cert).await {
                             tracing::debug!("tcp connection ended: {e}");
                         }
                     });
@@ -143,7 +145,7 @@ async fn connection<R, W>(
     rd: R,
     wr: W,
     ctx: &TcpContext,
-    cert_role: Option<Role>,
+    cert: Option<(Role, Submitter)>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -161,7 +163,7 @@ where
         read_frame(&mut rd, 4 + frame::TOKEN_BYTES_MAX as u32),
     )
     .await;
-    let mut authenticated = false;
+    let mut authenticated = None;
     let refusal = match hello {
         Err(_) => Some((ErrorCode::BadFrame, "no HELLO in time".to_string())),
         Ok(Err(ReadError::Frame(e))) => Some((ErrorCode::BadFrame, e.to_string())),
@@ -176,22 +178,25 @@ where
                 format!("version {v} is not supported (1 is)"),
             )),
             // An empty token stands for the client certificate's role, under mutual TLS.
-            Ok((_, token)) => match cert_role
-                .filter(|_| token.is_empty())
-                .ok_or(())
-                .or_else(|_| ctx.tokens.role_of_token(token.as_bytes()).map_err(|_| ()))
-            {
+            // The submitter recorded is the server's name for the credential.
+            Ok((_, token)) => match cert.filter(|_| token.is_empty()).ok_or(()).or_else(|_| {
+                ctx.tokens
+                    .principal_of_token(token.as_bytes())
+                    .map(|p| (p.role, Submitter::token(&p.name)))
+                    .map_err(|_| ())
+            }) {
                 Err(_) => Some((ErrorCode::Unauthorized, "unknown token".into())),
-                Ok(role) if !Access::Ingest.allows(role) => Some((
+                Ok((role, _)) if !Access::Ingest.allows(role) => Some((
                     ErrorCode::Forbidden,
                     format!("role {} may not ingest", role.name()),
                 )),
-                Ok(_) => {
+                Ok((_, submitter)) => {
                     let ok = HelloOk {
                         version: PROTOCOL_VERSION,
                         tree_hash: engine.tree_hash().code(),
                         frame_bytes_max: limits.frame_bytes_max,
                         batches_in_flight_max: limits.batches_in_flight_max,
+                        submitter: Some(submitter.as_str().to_string()),
                     };
                     let _ = tx
                         .send(Reply::Frame(frame::frame(
@@ -200,7 +205,7 @@ where
                             &ok.encode(),
                         )))
                         .await;
-                    authenticated = true;
+                    authenticated = Some(submitter);
                     None
                 }
             },
@@ -209,8 +214,8 @@ where
     if let Some((code, msg)) = refusal {
         let _ = tx.send(Reply::Frame(error_frame(0, code, &msg))).await;
     }
-    if authenticated {
-        read_batches(&mut rd, &tx, engine, limits).await;
+    if let Some(submitter) = authenticated {
+        read_batches(&mut rd, &tx, engine, limits, &submitter).await;
     }
     drop(tx);
     match writer.await {
@@ -230,6 +235,7 @@ async fn read_batches<R: AsyncRead + Unpin>(
     tx: &mpsc::Sender<Reply>,
     engine: &Arc<Engine>,
     limits: &TcpLimits,
+    submitter: &Submitter,
 ) {
     loop {
         let next = tokio::time::timeout(
@@ -272,9 +278,9 @@ async fn read_batches<R: AsyncRead + Unpin>(
         // to another thread, and doing that per frame cost more than the frame itself (and
         // put thread wake-ups into every ack's latency). A large frame leaves the worker.
         let built = if payload.len() <= INLINE_FRAME_BYTES_MAX {
-            build_batch(engine, &payload)
+            build_batch(engine, &payload, submitter)
         } else {
-            tokio::task::block_in_place(|| build_batch(engine, &payload))
+            tokio::task::block_in_place(|| build_batch(engine, &payload, submitter))
         };
         let reply = match built {
             Err((code, msg)) => Reply::Frame(error_frame(id, code, &msg)),
@@ -302,9 +308,13 @@ async fn read_batches<R: AsyncRead + Unpin>(
     }
 }
 
-fn build_batch(engine: &Engine, payload: &[u8]) -> Result<EventBatch, (ErrorCode, String)> {
+fn build_batch(
+    engine: &Engine,
+    payload: &[u8],
+    submitter: &Submitter,
+) -> Result<EventBatch, (ErrorCode, String)> {
     let events = frame::decode_batch(payload).map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
-    let mut batch = engine.new_batch();
+    let mut batch = engine.new_batch(submitter.clone());
     for (position, e) in events.enumerate() {
         batch.push(e).map_err(|err| match err {
             EngineError::BadEvent { reason, .. } => (

@@ -106,6 +106,9 @@ pub struct Daemon {
     pub tcp_addr: String,
     pub tokens: HashMap<String, String>,
     pub agent: ureq::Agent,
+    /// The log's size when this daemon started serving: every start writes one event (its
+    /// configuration) before it serves, so a fresh log's first client event has this index.
+    pub first: u64,
 }
 
 pub struct Reply {
@@ -195,6 +198,7 @@ impl Daemon {
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(30))
                 .build(),
+            first: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -215,6 +219,11 @@ impl Daemon {
             d.tokens.insert(role.to_string(), token.to_string());
         }
         assert_eq!(d.tokens.len(), 4, "one token per role");
+        d.first = d.log().2;
+        assert!(
+            d.first >= 1,
+            "the start is recorded before the daemon serves"
+        );
         d
     }
 

@@ -82,8 +82,11 @@ fn read_receipts(path: &Path, sent: &[Vec<u8>], alg: auditlog_formats::TreeHash)
         .zip(sent)
         .map(|(l, e)| {
             let r = auditlog_client::http::parse_receipt_line(l).expect("receipt line");
+            // The server says who it recorded: the token's holder, never the client.
+            assert_eq!(r.submitter.as_deref(), Some("token:writer"), "{l}");
             let rec = Record {
                 received_at_unix_ns: r.received_at_unix_ns,
+                submitter: r.submitter.as_deref(),
                 payload: e,
             }
             .to_bytes();
@@ -108,6 +111,9 @@ fn send_get_checkpoint_and_prove() {
     let d = Daemon::start(dir.path());
     let (key, alg, _) = d.log();
     let k = key.to_string();
+    // Client events start after the daemon's own start event.
+    let f = d.first;
+    let at = |i: u64| (f + i).to_string();
     let tmp = |name: &str| dir.path().join(name).display().to_string();
 
     // NDJSON on stdin, in batches of 7.
@@ -119,12 +125,14 @@ fn send_get_checkpoint_and_prove() {
         Some(&ndjson(&first)),
     ));
     assert!(
-        r.stdout
-            .contains("sent 30 events in 5 requests: indexes 0..=29"),
+        r.stdout.contains(&format!(
+            "sent 30 events in 5 requests: indexes {f}..={}",
+            f + 29
+        )),
         "{}",
         r.stdout
     );
-    contiguous(&read_receipts(&dir.path().join("r1"), &first, alg), 0);
+    contiguous(&read_receipts(&dir.path().join("r1"), &first, alg), f);
 
     // A checkpoint at 30 saved for `--since`; verified with the key.
     let r = must(run(
@@ -159,7 +167,7 @@ fn send_get_checkpoint_and_prove() {
         "{}",
         r.stdout
     );
-    contiguous(&read_receipts(&dir.path().join("r2"), &second, alg), 30);
+    contiguous(&read_receipts(&dir.path().join("r2"), &second, alg), f + 30);
     let pretty = serde_json::to_vec_pretty(
         &serde_json::from_slice::<Value>(&event(999, 200)).expect("json"),
     )
@@ -167,16 +175,18 @@ fn send_get_checkpoint_and_prove() {
     std::fs::write(tmp("one.json"), &pretty).expect("write");
     let r = must(run(&d, "writer", &["send", &tmp("one.json")], None));
     assert!(
-        r.stdout
-            .contains("sent 1 events in 1 requests: indexes 55..=55"),
+        r.stdout.contains(&format!(
+            "sent 1 events in 1 requests: indexes {0}..={0}",
+            f + 55
+        )),
         "{}",
         r.stdout
     );
 
     // get: JSON, and the exact record bytes.
-    let r = must(run(&d, "reader", &["get", "33"], None));
+    let r = must(run(&d, "reader", &["get", &at(33)], None));
     let v: Value = serde_json::from_str(&r.stdout).expect("event JSON");
-    assert_eq!(v["index"], 33);
+    assert_eq!(v["index"], f + 33);
     assert_eq!(
         v["event"],
         serde_json::from_slice::<Value>(&second[3]).expect("json")
@@ -184,7 +194,7 @@ fn send_get_checkpoint_and_prove() {
     must(run(
         &d,
         "reader",
-        &["get", "55", "--record", "-o", &tmp("55.rec")],
+        &["get", &at(55), "--record", "-o", &tmp("55.rec")],
         None,
     ));
     let rec55 = std::fs::read(tmp("55.rec")).expect("record");
@@ -198,7 +208,7 @@ fn send_get_checkpoint_and_prove() {
     must(run(
         &d,
         "reader",
-        &["get", "7", "--record", "-o", &tmp("7.rec")],
+        &["get", &at(7), "--record", "-o", &tmp("7.rec")],
         None,
     ));
     let rec7 = std::fs::read(tmp("7.rec")).expect("record");
@@ -228,7 +238,7 @@ fn send_get_checkpoint_and_prove() {
     let receipt40 =
         auditlog_client::http::parse_receipt_line(receipt40.lines().nth(10).expect("line"))
             .expect("receipt");
-    assert_eq!(receipt40.index, 40);
+    assert_eq!(receipt40.index, f + 40);
     let h = hex::encode(receipt40.leaf_hash);
     let r = must(run(
         &d,
@@ -236,7 +246,12 @@ fn send_get_checkpoint_and_prove() {
         &["prove", "--leaf-hash", &h, "--key", &k],
         None,
     ));
-    assert!(r.stdout.contains("record       index 40,"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(&format!("record       index {},", f + 40)),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains(&h), "{}", r.stdout);
     // by event file: the saved record, and the JSON with its receipt's time.
     let r = must(run(
@@ -245,7 +260,11 @@ fn send_get_checkpoint_and_prove() {
         &["prove", "--event-file", &tmp("55.rec"), "--key", &k],
         None,
     ));
-    assert!(r.stdout.contains("OK: event 55"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("OK: event {}", f + 55)),
+        "{}",
+        r.stdout
+    );
     std::fs::write(tmp("40.json"), [&second[10][..], b"\n"].concat()).expect("write");
     let at = receipt40.received_at_unix_ns.to_string();
     let r = must(run(
@@ -257,12 +276,19 @@ fn send_get_checkpoint_and_prove() {
             &tmp("40.json"),
             "--received-at-ns",
             &at,
+            "--submitter",
+            receipt40.submitter.as_deref().expect("submitter"),
             "--key",
             &k,
         ],
         None,
     ));
-    assert!(r.stdout.contains("OK: event 40"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("OK: event {}", f + 40)),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("submitter token:writer"), "{}", r.stdout);
     // At an older size, tied to the checkpoint by a consistency proof; and since the old
     // checkpoint.
     let r = must(run(
@@ -404,11 +430,15 @@ fn failures_are_named_and_exit_non_zero() {
     );
     assert!(!r.ok);
     for want in [
-        "batch 2 (stdin lines 5..=8) refused at stdin line 7",
-        "HTTP 400 bad_event",
-        "4 events in 1 requests were stored before it (indexes 12..=15)",
+        "batch 2 (stdin lines 5..=8) refused at stdin line 7".to_string(),
+        "HTTP 400 bad_event".to_string(),
+        format!(
+            "4 events in 1 requests were stored before it (indexes {}..={})",
+            size0,
+            size0 + 3
+        ),
     ] {
-        assert!(r.stderr.contains(want), "missing {want:?} in {}", r.stderr);
+        assert!(r.stderr.contains(&want), "missing {want:?} in {}", r.stderr);
     }
     assert_eq!(d.log().2, size0 + 4, "only the first batch is stored");
     let kept = std::fs::read_to_string(tmp("r")).expect("receipts");
@@ -517,7 +547,7 @@ fn version_check_config_and_log_formats() {
         let out = Command::new(&exe).arg("--version").output().expect("run");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success() && text.contains("(formats 1)"),
+            out.status.success() && text.contains("(formats 2)"),
             "{text}"
         );
     }

@@ -14,7 +14,7 @@ fn append_n(engine: &Engine, start: u64, n: u64, per_batch: u64) -> Vec<(u64, [u
     let mut out = Vec::new();
     let mut i = start;
     while i < start + n {
-        let mut b = engine.new_batch();
+        let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         let end = (i + per_batch).min(start + n);
         for k in i..end {
             b.push(&event(k, 256)).expect("valid event");
@@ -148,7 +148,7 @@ fn bad_input_is_refused_and_nothing_is_written() {
         (missing, "outcome"),
     ];
     for (payload, why) in cases {
-        let mut b = engine.new_batch();
+        let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         b.push(&event(99, 256)).expect("good one");
         let err = b.push(payload).expect_err("refused");
         let msg = err.to_string().to_lowercase();
@@ -174,7 +174,7 @@ fn failed_sync_stops_writes_and_acks_nothing() {
     let engine = Engine::open(cfg, None).expect("open");
     append_n(&engine, 0, 100, 50);
     faults.fail_next_sync.store(true, Ordering::SeqCst);
-    let mut b = engine.new_batch();
+    let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
     b.push(&event(100, 256)).expect("valid");
     let err = engine
         .append(b)
@@ -191,7 +191,7 @@ fn failed_sync_stops_writes_and_acks_nothing() {
         status.failed.as_deref().unwrap_or("").contains("fdatasync"),
         "{status:?}"
     );
-    let mut b = engine.new_batch();
+    let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
     b.push(&event(101, 256)).expect("valid");
     assert!(
         matches!(engine.append(b), Err(EngineError::Failed(_))),
@@ -239,7 +239,7 @@ fn a_panic_in_any_engine_thread_stops_the_engine() {
                 std::time::Instant::now() < deadline,
                 "{thread}: the panic did not stop the engine"
             );
-            let mut b = engine.new_batch();
+            let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
             for k in next..next + 200 {
                 b.push(&event(k, 256)).expect("valid");
             }
@@ -252,7 +252,7 @@ fn a_panic_in_any_engine_thread_stops_the_engine() {
             "{thread}: {failed}"
         );
         let size = engine.tree_size();
-        let mut b = engine.new_batch();
+        let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         b.push(&event(next, 256)).expect("valid");
         assert!(
             matches!(engine.append(b), Err(EngineError::Failed(_))),
@@ -276,13 +276,13 @@ fn full_disk_is_reported_as_such() {
     cfg.faults = Some(faults.clone());
     let engine = Engine::open(cfg, None).expect("open");
     faults.enospc_next_write.store(true, Ordering::SeqCst);
-    let mut b = engine.new_batch();
+    let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
     b.push(&event(0, 256)).expect("valid");
     let err = engine.append(b).expect_err("disk full");
     assert!(matches!(err, EngineError::DiskFull(_)), "{err:?}");
     assert!(err.to_string().contains("disk full"), "{err}");
     assert_eq!(engine.tree_size(), 0);
-    let mut b = engine.new_batch();
+    let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
     b.push(&event(1, 256)).expect("valid");
     assert!(matches!(engine.append(b), Err(EngineError::DiskFull(_))));
 }
@@ -443,7 +443,7 @@ fn queue_limit_gives_back_pressure() {
     let engine = Engine::open(cfg, None).expect("open");
     let mut full = 0;
     for i in 0..2000 {
-        let mut b = engine.new_batch();
+        let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         b.push(&event(i, 256)).expect("valid");
         match engine.try_submit(b, Box::new(|_| {})) {
             Ok(()) => {}
@@ -475,7 +475,11 @@ fn old_segments_are_sealed_by_age() {
     // Reads now come from the sealed file, and ingest goes on in a new open segment.
     check_everything(&engine, &receipts);
     append_n(&engine, 50, 10, 10);
-    assert_eq!(engine.read_record(55).map(|r| r.len()).ok(), Some(9 + 256));
+    // A version 2 record: 11 header bytes, the submitter, the payload.
+    assert_eq!(
+        engine.read_record(55).map(|r| r.len()).ok(),
+        Some(11 + "token:test-writer".len() + 256)
+    );
     let sealed: Vec<_> = std::fs::read_dir(dir.path().join("segments"))
         .expect("ls")
         .map(|e| e.expect("e").file_name().to_string_lossy().to_string())
@@ -781,7 +785,7 @@ fn shutdown_with_seals_failing_and_the_seal_queue_full_completes() {
     // written, the one the sealer retries, one queued, one waiting to be queued.
     while still_ms < 500 || open_segment_files(dir.path()) < 1 + 3 {
         if engine.queue_has_room() && submitted < 60_000 {
-            let mut b = engine.new_batch();
+            let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
             for k in submitted..submitted + 250 {
                 b.push(&event(k, 256)).expect("valid event");
             }

@@ -155,12 +155,13 @@ fn export_each_format_matches_the_events() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = Daemon::start(dir.path(), CONFIG);
     let sent: Vec<Vec<u8>> = (0..1500).map(tricky_event).collect();
+    let f = d.first;
     let idx = d.post_events(&sent);
-    assert_eq!(idx, (0..1500).collect::<Vec<u64>>());
+    assert_eq!(idx, (f..f + 1500).collect::<Vec<u64>>());
     let (_, alg) = d.log();
 
     // JSON lines: the payload byte for byte, and a leaf hash that the record reproduces.
-    let json_out = run_export(&d, "json", 0, None);
+    let json_out = run_export(&d, "json", f, None);
     let lines: Vec<&str> = std::str::from_utf8(&json_out)
         .expect("utf8")
         .lines()
@@ -169,11 +170,14 @@ fn export_each_format_matches_the_events() {
     let mut leaves = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         let v: Value = serde_json::from_str(l).expect("json line");
-        assert_eq!(v["index"], i as u64);
+        assert_eq!(v["index"], f + i as u64);
         let payload = &l[l.find(",\"event\":").expect("event key") + 9..l.len() - 1];
         assert_eq!(payload.as_bytes(), &sent[i][..]);
+        // Who the server authenticated (the writer token), not anything the event says.
+        assert_eq!(v["submitter"], "token:writer");
         let rec = Record {
             received_at_unix_ns: v["received_at_unix_ns"].as_u64().expect("ts"),
+            submitter: v["submitter"].as_str(),
             payload: payload.as_bytes(),
         }
         .to_bytes();
@@ -183,34 +187,40 @@ fn export_each_format_matches_the_events() {
     }
 
     // CSV: header, one record per event, the event column holding the payload.
-    let csv = run_export(&d, "csv", 0, None);
+    let csv = run_export(&d, "csv", f, None);
     let rows = csv_records(std::str::from_utf8(&csv).expect("utf8"));
     assert_eq!(rows.len(), sent.len() + 1);
     assert_eq!(rows[0][0], "index");
     for (i, r) in rows[1..].iter().enumerate() {
-        assert_eq!(r.len(), 18);
-        assert_eq!(r[0], i.to_string());
+        assert_eq!(r.len(), 19);
+        assert_eq!(r[0], (f + i as u64).to_string());
         assert_eq!(hex32(&r[1]), leaves[i]);
-        assert_eq!(r[5], format!("user-{i} a=b \\ é"));
-        assert_eq!(r[7], "/srv/app,\"x\"");
-        assert_eq!(r[17].as_bytes(), &sent[i][..]);
+        assert_eq!(r[3], "token:writer");
+        assert_eq!(r[6], format!("user-{i} a=b \\ é"));
+        assert_eq!(r[8], "/srv/app,\"x\"");
+        assert_eq!(r[18].as_bytes(), &sent[i][..]);
     }
 
     // CEF: one line per event, values unescaped back, index and leaf hash carried.
-    let cef = run_export(&d, "cef", 100, Some(1100));
+    let cef = run_export(&d, "cef", f + 100, Some(f + 1100));
     let lines: Vec<&str> = std::str::from_utf8(&cef).expect("utf8").lines().collect();
     assert_eq!(lines.len(), 1000);
     for (k, l) in lines.iter().enumerate() {
         let i = 100 + k;
         assert!(l.starts_with("CEF:0|Acme\\|Sec|auditlogd|"), "{l}");
         let ext = cef_extension(l);
-        assert_eq!(ext_get(&ext, "cn1"), Some(i.to_string().as_str()));
+        assert_eq!(
+            ext_get(&ext, "cn1"),
+            Some((f + i as u64).to_string().as_str())
+        );
         assert_eq!(ext_get(&ext, "cs3"), Some(hex::encode(leaves[i]).as_str()));
         assert_eq!(
             ext_get(&ext, "suser"),
             Some(format!("user-{i} a=b \\ é").as_str())
         );
         assert_eq!(ext_get(&ext, "act"), Some("lo\ngin"));
+        assert_eq!(ext_get(&ext, "flexString1"), Some("token:writer"));
+        assert_eq!(ext_get(&ext, "flexString1Label"), Some("submitter"));
         assert_eq!(ext_get(&ext, "rt"), Some("1795428000123"));
         let details: Value =
             serde_json::from_str(ext_get(&ext, "msg").expect("msg")).expect("json");
@@ -253,6 +263,15 @@ fn large_export_stays_within_memory_limits() {
             }
             peak
         });
+        // The sampler stops however this thread leaves the scope (a failed assertion
+        // included), so a failure is reported instead of hanging the scope's join.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let stopper = StopOnDrop(&stop);
         let mut resp = d
             .agent
             .get(&format!("{}/v1/export?format=cef", d.base))
@@ -275,9 +294,10 @@ fn large_export_stays_within_memory_limits() {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        assert_eq!(lines, total);
+        // Everything: the daemon's start event and the events posted.
+        assert_eq!(lines, d.first + total);
         eprintln!("exported {bytes} bytes in {:?}", started.elapsed());
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(stopper);
         (sampler.join().expect("sampler"), bytes)
     });
     eprintln!(
@@ -298,6 +318,8 @@ struct Setup {
     siem: String,
     rsyslog_global: String,
     omfwd: String,
+    /// The submitter the records must carry (default: the plain-TCP peer).
+    submitter: String,
 }
 
 /// rsyslog reads LF-framed messages on imtcp and forwards them with `omfwd` over TCP into
@@ -338,15 +360,19 @@ ruleset(name="fwd") {{
     }
     s.write_all(&text).expect("send");
     drop(s);
-    d.wait_size(n, Duration::from_secs(30));
+    let f = d.first;
+    d.wait_size(f + n, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(d.tree_size(), n, "no extra events");
+    assert_eq!(d.tree_size(), f + n, "no extra events");
     rs.stop();
 
     let body = d
-        .get(&format!("/v1/export?format=json&start=0&end={n}"), "reader")
+        .get(
+            &format!("/v1/export?format=json&start={f}&end={}", f + n),
+            "reader",
+        )
         .text();
-    let cp = d.checkpoint(n, &key);
+    let cp = d.checkpoint(f + n, &key);
     for (i, l) in body.lines().enumerate() {
         let v: Value = serde_json::from_str(l).expect("line");
         let e = &v["event"];
@@ -363,10 +389,16 @@ ruleset(name="fwd") {{
         assert_eq!(e["category"], "auth");
         assert_eq!(sys["severity"], i % 8);
         assert_eq!(e["source_ip"], "127.0.0.1");
+        // The peer the listener saw, outside the event (which the sender wrote).
+        let want = match setup.submitter.as_str() {
+            "" => "syslog:127.0.0.1",
+            s => s,
+        };
+        assert_eq!(v["submitter"], want);
         d.prove(
             alg,
             &cp,
-            i as u64,
+            f + i as u64,
             &hex32(v["leaf_hash"].as_str().expect("leaf")),
         );
     }
@@ -440,16 +472,18 @@ fn forwarder_sends_cef_to_rsyslog_and_survives_an_outage() {
     let d = Daemon::start(dir.path(), &cfg);
 
     // Phase 1: every event arrives once, in order, as parsable CEF with its index.
+    // The daemon's own start events are forwarded too: they come first.
+    let f = d.first;
     let first: Vec<Vec<u8>> = (0..3000).map(tricky_event).collect();
     d.post_events(&first);
     wait_for(
         "the collector to hold 3000 events",
         Duration::from_secs(30),
-        || collected(&out).len() >= 3000,
+        || collected(&out).len() as u64 >= f + 3000,
     );
-    assert_eq!(collected(&out), (0..3000).collect::<Vec<u64>>());
+    assert_eq!(collected(&out), (0..f + 3000).collect::<Vec<u64>>());
     let text = std::fs::read_to_string(&out).expect("file");
-    let ext = cef_extension(text.lines().nth(7).expect("line").trim_start());
+    let ext = cef_extension(text.lines().nth(f as usize + 7).expect("line").trim_start());
     assert_eq!(ext_get(&ext, "suser"), Some("user-7 a=b \\ é"));
 
     // Phase 2: the collector stops while events keep coming, then comes back.
@@ -474,19 +508,20 @@ fn forwarder_sends_cef_to_rsyslog_and_survives_an_outage() {
     let mut rs = Rsyslog::start(&rs_dir, &collector_conf(port, &out), port);
     wait_for("catch-up after the outage", Duration::from_secs(60), || {
         let got: BTreeSet<u64> = collected(&out).into_iter().collect();
-        got.len() == 12000
+        got.len() as u64 == f + 12000
     });
     let got = collected(&out);
     let set: BTreeSet<u64> = got.iter().copied().collect();
     assert_eq!(
         set,
-        (0..12000).collect::<BTreeSet<u64>>(),
+        (0..f + 12000).collect::<BTreeSet<u64>>(),
         "nothing missing"
     );
     eprintln!(
-        "{} lines for 12000 events ({} resent)",
+        "{} lines for {} events ({} resent)",
         got.len(),
-        got.len() - 12000
+        f + 12000,
+        got.len() as u64 - (f + 12000)
     );
     wait_for("the cursor to catch up", Duration::from_secs(10), || {
         d.metric("auditlog_forward_lag_events") == Some(0)
@@ -497,6 +532,6 @@ fn forwarder_sends_cef_to_rsyslog_and_survives_an_outage() {
         .trim()
         .parse()
         .expect("index");
-    assert_eq!(cursor, 12000);
+    assert_eq!(cursor, f + 12000);
     rs.stop();
 }

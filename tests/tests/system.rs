@@ -124,7 +124,7 @@ fn crash_mid_ingest_loses_no_acknowledged_event() {
 fn build_log(dir: &Path) -> VerifierKey {
     let engine = Engine::open(small_config(dir), None).expect("open");
     for chunk in 0..20u64 {
-        let mut b = engine.new_batch();
+        let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         for i in 0..400u64 {
             b.push(&event(chunk * 400 + i, 256)).expect("valid");
         }
@@ -384,6 +384,7 @@ fn append_forged_batch(dir: &Path) -> u64 {
         &mut body,
         &Record {
             received_at_unix_ns: 1,
+            submitter: Some("auditlogd"),
             payload,
         },
     );

@@ -244,7 +244,10 @@ fn mutual_tls_maps_certificates_to_roles_and_refuses_the_rest() {
     let (h, p) = read_frame(&mut s);
     assert_eq!((h.frame_type, h.request_id), (FrameType::Ack, 7));
     let ack = frame::decode_ack(&p).expect("ack");
-    assert_eq!(ack.first_index, 2, "after the two HTTP events");
+    assert_eq!(
+        ack.first_index, 3,
+        "after the daemon's start event and the two HTTP events"
+    );
     // Without a certificate the TCP handshake fails too.
     let mut s = connect(&d.tcp, client_config(&ca1, None));
     let refused = s

@@ -280,7 +280,11 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
         "pruned",
         "local_keep_ms = 0\nstore_read_cache_segments_max = 1",
     );
-    let n = 12_000u64;
+    // The daemon's start event is index 0; event k is at index f + k, and the log holds n.
+    let (_, log) = d.get("/v1/log", "auditor");
+    let log: serde_json::Value = serde_json::from_str(&log).expect("log json");
+    let f = log["tree_size"].as_u64().expect("tree_size");
+    let n = f + 12_000u64;
     for k in 0..12 {
         d.ingest(k * 1000, 1000);
     }
@@ -288,12 +292,12 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
     assert!(d.metric("auditlog_pruned_bytes") > 0);
 
     // Every event reads, as JSON and as record bytes; pruned ones come from the store.
-    for i in (0..n).step_by(397).chain([n - 1]) {
-        let (status, body) = d.get(&format!("/v1/events/{i}"), "reader");
+    for i in (0..n - f).step_by(397).chain([n - f - 1]) {
+        let (status, body) = d.get(&format!("/v1/events/{}", f + i), "reader");
         assert_eq!(status, 200, "{i}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["event"]["actor"], format!("user-{i}"), "{body}");
-        let (status, rec) = d.get_bytes(&format!("/v1/events/{i}?format=record"), "reader");
+        let (status, rec) = d.get_bytes(&format!("/v1/events/{}?format=record", f + i), "reader");
         assert_eq!(status, 200);
         let r = auditlog_formats::record::Record::parse(&rec).expect("record");
         assert_eq!(r.payload, &classified_event(i, "CUI//BASIC")[..]);
@@ -315,7 +319,7 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
 
     // Store down: a pruned index gets 503 store_unavailable; everything else is served.
     moto.signal(libc::SIGSTOP);
-    let (status, body) = d.get("/v1/events/0", "reader");
+    let (status, body) = d.get(&format!("/v1/events/{f}"), "reader");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store_unavailable"), "{body}");
     for path in [
@@ -336,7 +340,7 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
     moto.signal(libc::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = d.get("/v1/events/0", "reader");
+        let (status, body) = d.get(&format!("/v1/events/{f}"), "reader");
         if status == 200 {
             assert!(body.contains("user-0"), "{body}");
             break;

@@ -21,7 +21,7 @@ fn main() {
             std::thread::spawn(move || {
                 let mut n = seed * 1_000_000_000 + p * 100_000_000;
                 loop {
-                    let mut b = engine.new_batch();
+                    let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
                     for _ in 0..(1 + n % 50) {
                         b.push(&auditlog_tests::event(n, 200 + (n % 100) as usize))
                             .expect("valid");

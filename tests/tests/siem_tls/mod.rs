@@ -49,6 +49,8 @@ fn rsyslog_omfwd_over_tls_with_a_client_certificate() {
             quoted(&rkey)
         ),
         omfwd: r#"StreamDriver="ossl" StreamDriverMode="1" StreamDriverAuthMode="x509/name" StreamDriverPermittedPeers="localhost""#.into(),
+        // The relay's verified certificate is recorded with its address.
+        submitter: "syslog:127.0.0.1 cert:rsyslog-relay".into(),
     };
     rsyslog_forwards_into_the_log(
         "octet-counted",
@@ -180,11 +182,15 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
         _ => Err(e),
     })
     .expect("trusted client");
-    d.wait_size(50, Duration::from_secs(10));
+    let f = d.first;
+    d.wait_size(f + 50, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(d.tree_size(), 50, "nothing from the refused senders");
+    assert_eq!(d.tree_size(), f + 50, "nothing from the refused senders");
     let body = d
-        .get("/v1/export?format=json&start=0&end=50", "reader")
+        .get(
+            &format!("/v1/export?format=json&start={f}&end={}", f + 50),
+            "reader",
+        )
         .text();
     for (k, l) in body.lines().enumerate() {
         let v: Value = serde_json::from_str(l).expect("line");
@@ -193,6 +199,8 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
             format!("host{}", 100 + k),
             "in order"
         );
+        // The sender's verified certificate, recorded with its address.
+        assert_eq!(v["submitter"], "syslog:127.0.0.1 cert:relay-1");
     }
     assert_eq!(d.metric("auditlog_syslog_stored_total"), Some(50));
     assert_eq!(d.metric("auditlog_syslog_connections"), Some(0));
@@ -277,19 +285,21 @@ fn forwarder_sends_cef_over_tls_with_a_client_certificate() {
         quoted(&fkey)
     );
     let d = Daemon::start(dir.path(), &cfg);
+    // The daemon's start event is forwarded first.
+    let f = d.first;
     let first: Vec<Vec<u8>> = (0..2000).map(tricky_event).collect();
     d.post_events(&first);
     wait_for(
         "the collector to hold 2000 events",
         Duration::from_secs(30),
-        || collected(&out).len() >= 2000,
+        || collected(&out).len() as u64 >= f + 2000,
     );
-    assert_eq!(collected(&out), (0..2000).collect::<Vec<u64>>());
+    assert_eq!(collected(&out), (0..f + 2000).collect::<Vec<u64>>());
     let text = std::fs::read_to_string(&out).expect("file");
-    let ext = cef_extension(text.lines().nth(7).expect("line").trim_start());
+    let ext = cef_extension(text.lines().nth(f as usize + 7).expect("line").trim_start());
     assert_eq!(ext_get(&ext, "suser"), Some("user-7 a=b \\ é"));
     wait_for("the cursor at 2000", Duration::from_secs(10), || {
-        d.metric("auditlog_forward_cursor") == Some(2000)
+        d.metric("auditlog_forward_cursor") == Some(f + 2000)
     });
 
     // The collector goes away (its TLS session ends) and comes back.
@@ -300,10 +310,14 @@ fn forwarder_sends_cef_over_tls_with_a_client_certificate() {
     assert!(d.metric("auditlog_forward_lag_events").unwrap_or(0) > 0);
     let mut rs = Rsyslog::start(&rs_dir, &conf, port);
     wait_for("catch-up after the outage", Duration::from_secs(60), || {
-        collected(&out).into_iter().collect::<BTreeSet<u64>>().len() == 3000
+        collected(&out).into_iter().collect::<BTreeSet<u64>>().len() as u64 == f + 3000
     });
     let got: BTreeSet<u64> = collected(&out).into_iter().collect();
-    assert_eq!(got, (0..3000).collect::<BTreeSet<u64>>(), "nothing missing");
+    assert_eq!(
+        got,
+        (0..f + 3000).collect::<BTreeSet<u64>>(),
+        "nothing missing"
+    );
     wait_for("the cursor to catch up", Duration::from_secs(10), || {
         d.metric("auditlog_forward_lag_events") == Some(0)
     });
@@ -341,7 +355,7 @@ fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
         d.metric("auditlog_forward_errors_total") >= Some(3)
     });
     assert_eq!(d.metric("auditlog_forward_cursor"), Some(0));
-    assert_eq!(d.metric("auditlog_forward_lag_events"), Some(500));
+    assert_eq!(d.metric("auditlog_forward_lag_events"), Some(d.first + 500));
     assert!(collected(&out).is_empty(), "nothing reached the collector");
     d.stop();
     assert_eq!(
@@ -350,13 +364,16 @@ fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
         "no cursor written"
     );
 
+    // The second start is recorded too: two start events and the 500.
     let d = Daemon::start(dir.path(), &cfg(&ca_path));
+    let all = d.first;
+    assert_eq!(all, 502);
     wait_for(
         "delivery with the right CA",
         Duration::from_secs(30),
-        || collected(&out).len() >= 500,
+        || collected(&out).len() as u64 >= all,
     );
-    assert_eq!(collected(&out), (0..500).collect::<Vec<u64>>());
+    assert_eq!(collected(&out), (0..all).collect::<Vec<u64>>());
     wait_for("the cursor at 500", Duration::from_secs(10), || {
         d.metric("auditlog_forward_lag_events") == Some(0)
     });
@@ -388,7 +405,7 @@ fn forwarder_refused_by_a_collector_that_requires_a_certificate_keeps_its_cursor
         d.metric("auditlog_forward_errors_total") >= Some(3)
     });
     assert_eq!(d.metric("auditlog_forward_cursor"), Some(0));
-    assert_eq!(d.metric("auditlog_forward_lag_events"), Some(300));
+    assert_eq!(d.metric("auditlog_forward_lag_events"), Some(d.first + 300));
     assert!(
         collected(&out).is_empty(),
         "nothing reached the collector's file"

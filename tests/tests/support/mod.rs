@@ -23,6 +23,8 @@ pub struct Daemon {
     pub syslog_addr: String,
     pub tokens: HashMap<String, String>,
     pub agent: ureq::Agent,
+    /// The log's size when the daemon started serving (its own start event comes first).
+    pub first: u64,
 }
 
 pub struct Reply {
@@ -75,6 +77,7 @@ impl Daemon {
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(60))
                 .build(),
+            first: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -94,6 +97,11 @@ impl Daemon {
             let (role, token) = line.split_once(' ').expect("<role> <token>");
             d.tokens.insert(role.to_string(), token.to_string());
         }
+        d.first = d.tree_size();
+        assert!(
+            d.first >= 1,
+            "the start is recorded before the daemon serves"
+        );
         d
     }
 
