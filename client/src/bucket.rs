@@ -102,15 +102,21 @@ impl LogSource for BucketSource {
 
     fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
         let key = format!("segments/{}", seg.name);
-        let bytes = self.must_get(&key)?;
-        if let Some((sealed_at_unix_s, max_classification)) = footer_retention_facts(&bytes) {
+        // Streamed: ranged GETs through one window, never the whole object at once.
+        let object = RangedObject {
+            target: self.target.clone(),
+            key: key.clone(),
+            len: seg.bytes,
+            window: RefCell::new((0, Vec::new())),
+        };
+        if let Some((sealed_at_unix_s, max_classification)) = footer_retention_facts(&object) {
             self.sealed.borrow_mut().push(SealedInfo {
                 key,
                 sealed_at_unix_s,
                 max_classification,
             });
         }
-        Ok(Box::new(bytes))
+        Ok(Box::new(object))
     }
 
     fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
@@ -185,17 +191,72 @@ impl LogSource for BucketSource {
     }
 }
 
+/// How much of a segment object one ranged GET fetches: the most of it held at once.
+pub const SEGMENT_WINDOW_BYTES: u64 = 4 << 20;
+
+/// A segment object read through ranged GETs and one read-ahead window of
+/// `SEGMENT_WINDOW_BYTES` (more only for a single larger read), so a verifier holds at most
+/// that much of it however large the segment. `len` is the size the listing gave: an object
+/// that changed since reads short, and fails.
+struct RangedObject {
+    target: Arc<dyn WormTarget>,
+    key: String,
+    len: u64,
+    /// The bytes held: their offset in the object, and the bytes.
+    window: RefCell<(u64, Vec<u8>)>,
+}
+
+impl ReadAt for RangedObject {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let want = buf.len() as u64;
+        let end = offset
+            .checked_add(want)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        if want == 0 {
+            return Ok(());
+        }
+        let mut w = self.window.borrow_mut();
+        let held = offset >= w.0 && end <= w.0 + w.1.len() as u64;
+        if !held {
+            let fetch = want.max(SEGMENT_WINDOW_BYTES).min(self.len - offset);
+            let bytes = self
+                .target
+                .get_range(&self.key, offset, fetch)
+                .map_err(std::io::Error::other)?
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "object is missing")
+                })?;
+            *w = (offset, bytes);
+        }
+        let start = (offset - w.0) as usize;
+        buf.copy_from_slice(&w.1[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
 /// (sealed_at seconds, max classification) from a sealed segment's footer; `None` if the
 /// bytes do not parse (the verifier reports why).
-fn footer_retention_facts(bytes: &[u8]) -> Option<(u64, u8)> {
-    let len = bytes.len() as u64;
-    let head = bytes.get(..segment::HEADER_BYTES)?;
-    let header = SegmentHeader::decode(head).ok()?;
-    let tail = bytes.get(bytes.len().checked_sub(TRAILER_BYTES)?..)?;
-    let trailer = segment::decode_trailer(len, tail).ok()?;
-    let start = usize::try_from(trailer.footer_offset).ok()?;
-    let fb = bytes.get(start..start.checked_add(trailer.footer_bytes as usize)?)?;
-    let footer = segment::decode_footer(&header, &trailer, fb).ok()?;
+fn footer_retention_facts(f: &dyn ReadAt) -> Option<(u64, u8)> {
+    let len = f.len();
+    let mut head = [0u8; segment::HEADER_BYTES];
+    f.read_exact_at(&mut head, 0).ok()?;
+    let header = SegmentHeader::decode(&head).ok()?;
+    let mut tail = [0u8; TRAILER_BYTES];
+    f.read_exact_at(&mut tail, len.checked_sub(TRAILER_BYTES as u64)?)
+        .ok()?;
+    let trailer = segment::decode_trailer(len, &tail).ok()?;
+    // The footer's length comes from the object: bounded like the verifier bounds it.
+    if trailer.footer_bytes as usize > segment::FOOTER_BYTES_MAX {
+        return None;
+    }
+    let mut fb = vec![0u8; trailer.footer_bytes as usize];
+    f.read_exact_at(&mut fb, trailer.footer_offset).ok()?;
+    let footer = segment::decode_footer(&header, &trailer, &fb).ok()?;
     Some((
         footer.sealed_at_unix_ns / 1_000_000_000,
         footer.max_classification,

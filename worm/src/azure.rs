@@ -314,6 +314,15 @@ impl WormTarget for AzureTarget {
         }
     }
 
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let what = format!("GET {key} (bytes {offset}+{len})");
+        // Azure's own x-ms-range is signed with the other x-ms- headers.
+        let (_, value) = crate::http::range_header(offset, len);
+        let range = [("x-ms-range".to_string(), value)];
+        let r = self.request(&what, "GET", Some(key), &[], &range, None)?;
+        self.http.ranged_body(&what, r, offset, len)
+    }
+
     fn retention(&self, key: &str) -> Result<Option<Retention>> {
         let Some(r) = self.head(key)? else {
             return Ok(None);

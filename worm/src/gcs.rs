@@ -236,6 +236,18 @@ impl WormTarget for GcsTarget {
         }
     }
 
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let what = format!("GET {key} (bytes {offset}+{len})");
+        let r = self.send(
+            &what,
+            "GET",
+            &format!("{}?alt=media", self.object_url(key)),
+            vec![crate::http::range_header(offset, len)],
+            None,
+        )?;
+        self.http.ranged_body(&what, r, offset, len)
+    }
+
     fn retention(&self, key: &str) -> Result<Option<Retention>> {
         let Some(m) = self.metadata(key)? else {
             return Ok(None);

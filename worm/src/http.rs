@@ -138,6 +138,47 @@ impl Http {
             reason: reason.into(),
         }
     }
+
+    /// The body of a ranged GET (`range_header`) for bytes `[offset, offset + len)`: 206
+    /// with exactly those bytes, or 200 with the whole object (RFC 9110 §14.2 lets a server
+    /// ignore Range) cut to them; 404 is `None`; anything else, or a short answer, an error.
+    pub fn ranged_body(
+        &self,
+        what: &str,
+        r: Resp,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, WormError> {
+        let body = match r.status {
+            206 => r.body,
+            200 => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                match r.body.get(start..end) {
+                    Some(b) => b.to_vec(),
+                    None => return Err(self.protocol(what, "the object is shorter than the range")),
+                }
+            }
+            404 => return Ok(None),
+            _ => return Err(self.status_error(what, &r)),
+        };
+        if body.len() as u64 != len {
+            return Err(self.protocol(
+                what,
+                format!("{} bytes answered for a range of {len}", body.len()),
+            ));
+        }
+        Ok(Some(body))
+    }
+}
+
+/// The `Range` header (RFC 9110 §14.2) for bytes `[offset, offset + len)`; `len` ≥ 1.
+pub(crate) fn range_header(offset: u64, len: u64) -> (String, String) {
+    debug_assert!(len >= 1);
+    (
+        "range".into(),
+        format!("bytes={offset}-{}", offset + len - 1),
+    )
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (and `/` if `keep_slash`),

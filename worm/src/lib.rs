@@ -175,6 +175,10 @@ pub trait WormTarget: Send + Sync {
     /// The object's bytes, or `None` if absent.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
+    /// Bytes `[offset, offset + len)` of the object (`len` ≥ 1, within the object), or
+    /// `None` if absent: how a verifier reads a segment without holding all of it.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>>;
+
     /// The object's retention (`None`: the object has none, or is absent).
     fn retention(&self, key: &str) -> Result<Option<Retention>>;
 

@@ -250,6 +250,22 @@ impl WormTarget for LocalTarget {
         }
     }
 
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(&self.root, key)?;
+        let f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path, "open")(e)),
+        };
+        let n = usize::try_from(len)
+            .map_err(|_| io(&path, "read")(std::io::Error::other("range too large")))?;
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, offset)
+            .map_err(io(&path, "read"))?;
+        Ok(Some(buf))
+    }
+
     fn retention(&self, key: &str) -> Result<Option<Retention>> {
         let path = self.path(&self.root.join(META_DIR), &format!("{key}.json"))?;
         let text = match fs::read(&path) {

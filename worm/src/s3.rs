@@ -326,6 +326,13 @@ impl WormTarget for S3Target {
         }
     }
 
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let what = format!("GET {key} (bytes {offset}+{len})");
+        let range = [crate::http::range_header(offset, len)];
+        let r = self.request(&what, "GET", Some(key), &[], &range, None)?;
+        self.http.ranged_body(&what, r, offset, len)
+    }
+
     fn retention(&self, key: &str) -> Result<Option<Retention>> {
         // HeadObject reports the lock (x-amz-object-lock-*) to callers allowed to read it;
         // unlike GetObjectRetention it also carries the legal hold, in one request.
