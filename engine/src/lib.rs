@@ -292,7 +292,22 @@ impl Engine {
     /// are durable or refused. Blocks while the queue is full: that is the back-pressure.
     pub fn submit(&self, batch: EventBatch, done: Done) -> Result<()> {
         let (tx, s) = self.submission(batch, done)?;
-        tx.send(s).map_err(|_| EngineError::ShuttingDown)
+        tx.send(s).map_err(|_| EngineError::ShuttingDown)?;
+        self.answer_if_failed();
+        Ok(())
+    }
+
+    /// After queueing: if the engine failed meanwhile, the sequencer may have stopped after
+    /// its last look at the queue, so the submission is answered here (with the failure)
+    /// instead of waiting for ever. See `Shared::refuse_queued`.
+    fn answer_if_failed(&self) {
+        if self
+            .shared
+            .failed_flag
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.shared.refuse_queued();
+        }
     }
 
     /// Whether `submit` would queue at once rather than wait for room (a hint: another
@@ -305,7 +320,10 @@ impl Engine {
     pub fn try_submit(&self, batch: EventBatch, done: Done) -> Result<()> {
         let (tx, s) = self.submission(batch, done)?;
         match tx.try_send(s) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.answer_if_failed();
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => Err(EngineError::QueueFull(
                 self.shared.config.queue_submissions_max,
             )),

@@ -397,6 +397,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         stats: Mutex::new(Stats::default()),
+        queued: std::sync::OnceLock::new(),
         config: cfg,
     });
 
@@ -479,6 +480,8 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         }
     };
     let (submit_tx, submit_rx) = crossbeam_channel::bounded(shared.config.queue_submissions_max);
+    // Set once, here, before any submission exists.
+    let _ = shared.queued.set(submit_rx.clone());
     let seq = Sequencer {
         shared: shared.clone(),
         rx: submit_rx,
@@ -583,6 +586,9 @@ fn spawn(
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "(no message)".into());
                 shared.fail(&format!("thread {name} panicked: {msg}"));
+                // What was queued will never be written: answer it (a panicked sequencer
+                // answers nothing itself).
+                shared.refuse_queued();
                 // Wake whoever waits on the engine (appenders, checkpoint waiters).
                 let _want = shared
                     .checkpoint_wanted

@@ -140,14 +140,16 @@ impl Sequencer {
             self.seal_if_old();
         }
         // Refuse whatever is still queued: with the engine failed or shutting down, none of
-        // it will be written.
+        // it will be written. A submission queued after this is answered by its producer
+        // (`Engine::submission` checks the failure after queueing).
         let why = self.shared.failed();
-        for s in carry.into_iter().chain(self.rx.try_iter()) {
+        if let Some(s) = carry {
             (s.done)(Err(match &why {
                 Some(r) => EngineError::Failed(r.clone()),
                 None => EngineError::ShuttingDown,
             }));
         }
+        self.shared.refuse_queued();
     }
 
     /// Writes the batch durably and adds it to the tree; returns its first index.

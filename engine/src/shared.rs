@@ -97,6 +97,9 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) stats: Mutex<Stats>,
+    /// A receiving end of the submission queue, for `refuse_queued`: a submission queued
+    /// as the sequencer stops (failed, panicked) is answered, never left waiting.
+    pub(crate) queued: std::sync::OnceLock<crossbeam_channel::Receiver<crate::Submission>>,
 }
 
 impl Shared {
@@ -111,6 +114,21 @@ impl Shared {
             *f = Some(reason.to_string());
         }
         self.failed_flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers every queued submission with the failure (or `ShuttingDown`): called by the
+    /// sequencer as it stops, by the supervisor after a thread panicked, and by a producer
+    /// whose submission went in as the engine failed. Each submission is taken by exactly one
+    /// receiver, so each is answered once, by whoever takes it.
+    pub(crate) fn refuse_queued(&self) {
+        let Some(rx) = self.queued.get() else { return };
+        let why = self.failed();
+        for s in rx.try_iter() {
+            (s.done)(Err(match &why {
+                Some(r) => crate::EngineError::Failed(r.clone()),
+                None => crate::EngineError::ShuttingDown,
+            }));
+        }
     }
 
     pub fn failed(&self) -> Option<String> {
