@@ -144,7 +144,7 @@ impl EventBatch {
 }
 
 /// What the engine says about itself, for `/ready`, metrics and operators.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Status {
     pub tree_size: u64,
     pub checkpoint_size: Option<u64>,

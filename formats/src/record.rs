@@ -180,7 +180,10 @@ impl<'a> Record<'a> {
                 // The length bound keeps the encoding exact; the full rule (UTF-8 without
                 // control characters) is `Submitter`'s, checked where one is made and by
                 // every parse, not again per record on the ingest path.
-                assert!(!s.is_empty() && s.len() <= SUBMITTER_BYTES_MAX, "submitter {s:?}");
+                assert!(
+                    !s.is_empty() && s.len() <= SUBMITTER_BYTES_MAX,
+                    "submitter {s:?}"
+                );
                 debug_assert!(check_submitter(s.as_bytes()).is_ok(), "submitter {s:?}");
                 out.push(RECORD_VERSION);
                 out.extend_from_slice(&self.received_at_unix_ns.to_be_bytes());

@@ -122,6 +122,7 @@ pub struct ServerSection {
     pub http_body_read_timeout_ms: Option<u64>,
     pub http_write_timeout_ms: Option<u64>,
     pub tcp_connections_per_source_max: Option<usize>,
+    pub ready_checkpoint_intervals_max: Option<u64>,
     /// TLS for both listeners (and mutual TLS with `client_ca_path`).
     pub tls: Option<crate::tls::TlsSection>,
 }
@@ -170,6 +171,9 @@ pub struct ServerConfig {
     pub http_write_timeout_ms: u64,
     /// Open TCP ingest connections from one source address; past it, closed.
     pub tcp_connections_per_source_max: usize,
+    /// `/ready` fails while events wait beyond the newest checkpoint and that checkpoint is
+    /// older than this many checkpoint intervals (a stuck signer or checkpointer); 0: off.
+    pub ready_checkpoint_intervals_max: u64,
     pub tls: Option<crate::tls::TlsSection>,
     /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
     pub siem: crate::siem_config::SiemConfig,
@@ -198,6 +202,7 @@ impl ServerConfig {
             http_body_read_timeout_ms: 10_000,
             http_write_timeout_ms: 30_000,
             tcp_connections_per_source_max: 64,
+            ready_checkpoint_intervals_max: 20,
             tls: None,
             siem: crate::siem_config::SiemConfig::defaults(),
         }
@@ -327,7 +332,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         http_header_read_timeout_ms,
         http_body_read_timeout_ms,
         http_write_timeout_ms,
-        tcp_connections_per_source_max
+        tcp_connections_per_source_max,
+        ready_checkpoint_intervals_max
     );
     if let Some(a) = over.ops_addr.or(s.ops_addr) {
         server.ops_addr = a

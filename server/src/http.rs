@@ -573,21 +573,51 @@ async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
+/// Why `/ready` fails for the checkpoints, if it does: events wait beyond the newest
+/// checkpoint, and none was signed for `intervals_max` checkpoint intervals (since start,
+/// if none was signed since) — a signer or checkpointer stuck without reporting an error.
+/// An idle log whose newest checkpoint covers everything is ready however old that is.
+fn checkpoint_stale(
+    s: &auditlog_engine::Status,
+    uptime_ms: u64,
+    interval_ms: u64,
+    intervals_max: u64,
+) -> Option<String> {
+    let signed = s.checkpoint_size.unwrap_or(0);
+    if intervals_max == 0 || signed >= s.tree_size {
+        return None;
+    }
+    let limit = interval_ms.saturating_mul(intervals_max);
+    let age = s.checkpoint_age_ms.unwrap_or(uptime_ms);
+    (age > limit).then(|| {
+        format!(
+            "checkpoints: {} events wait beyond the newest checkpoint, none signed for {age} ms (limit {limit} ms: {intervals_max} checkpoint intervals)",
+            s.tree_size - signed
+        )
+    })
+}
+
 async fn ready(State(st): State<St>) -> ApiResult {
     let s = st.engine.status();
     let mut reasons = Vec::new();
-    if let Some(f) = s.failed {
+    if let Some(f) = &s.failed {
         reasons.push(format!("engine failed: {f}"));
     }
-    if let Some(f) = s.signer_error {
+    if let Some(f) = &s.signer_error {
         reasons.push(format!("signer: {f}"));
     }
-    if let Some(f) = s.preallocation_error {
+    if let Some(f) = &s.preallocation_error {
         reasons.push(format!("preallocation: {f}"));
     }
-    if let Some(f) = s.seal_error {
+    if let Some(f) = &s.seal_error {
         reasons.push(format!("sealing: {f}"));
     }
+    reasons.extend(checkpoint_stale(
+        &s,
+        st.engine.uptime().as_millis() as u64,
+        st.engine.config().checkpoint_interval_ms,
+        st.cfg.ready_checkpoint_intervals_max,
+    ));
     reasons.extend(crate::metrics::replication_not_ready(
         s.replication.as_ref(),
         st.engine.config().replication.as_ref(),
@@ -630,4 +660,44 @@ async fn get_metrics(State(st): State<St>) -> Response {
         st.started.elapsed().as_secs(),
     );
     with_type(text, "text/plain; version=0.0.4; charset=utf-8")
+}
+
+#[cfg(test)]
+mod ready_tests {
+    use super::checkpoint_stale;
+    use auditlog_engine::Status;
+
+    fn status(tree_size: u64, checkpoint_size: Option<u64>, age_ms: Option<u64>) -> Status {
+        Status {
+            tree_size,
+            checkpoint_size,
+            checkpoint_age_ms: age_ms,
+            ..Status::default()
+        }
+    }
+
+    /// Interval 1000 ms, limit 20 intervals.
+    #[test]
+    fn ready_fails_only_while_events_wait_on_a_stale_checkpoint() {
+        let stale = |s: &Status, up: u64| checkpoint_stale(s, up, 1000, 20);
+        // Events wait and the newest checkpoint is 25 s old: not ready, and why.
+        let why = stale(&status(100, Some(90), Some(25_000)), 60_000).expect("stale");
+        assert!(
+            why.contains("10 events wait") && why.contains("20000 ms"),
+            "{why}"
+        );
+        // Within the limit, or nothing waiting (an idle log), or the check off: ready.
+        assert_eq!(stale(&status(100, Some(90), Some(19_000)), 60_000), None);
+        assert_eq!(
+            stale(&status(100, Some(100), Some(3_600_000)), 60_000),
+            None
+        );
+        assert_eq!(
+            checkpoint_stale(&status(100, Some(90), Some(25_000)), 60_000, 1000, 0),
+            None
+        );
+        // None signed since start: measured from the start.
+        assert_eq!(stale(&status(5, None, None), 2_000), None);
+        assert!(stale(&status(5, None, None), 21_000).is_some());
+    }
 }
