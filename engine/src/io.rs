@@ -107,6 +107,12 @@ fn uring_write_and_sync(
     let chunks: Vec<&[libc::iovec]> = iovecs.chunks(IOV_MAX).collect();
     let mut chunk_offset = offset;
     let mut expected = Vec::with_capacity(chunks.len());
+    // From the first push on, the kernel may read `iovecs` and `bufs` until it completes
+    // the operation: `InFlight` waits for every pushed operation before this function
+    // returns or unwinds, whatever happened (a failed push or submit, an interrupted wait,
+    // a panic in `meanwhile`).
+    let mut flight = InFlight { ring, pending: 0 };
+    let mut failure: Option<io::Error> = None;
     for (i, chunk) in chunks.iter().enumerate() {
         let len: usize = chunk.iter().map(|v| v.iov_len).sum();
         let entry = opcode::Writev::new(fd, chunk.as_ptr(), chunk.len() as u32)
@@ -116,35 +122,38 @@ fn uring_write_and_sync(
             .user_data(i as u64);
         expected.push((chunk_offset, len));
         chunk_offset += len as u64;
-        push_sqe(ring, &entry)?;
-    }
-    let sync = opcode::Fsync::new(fd)
-        .flags(types::FsyncFlags::DATASYNC)
-        .build()
-        .user_data(u64::MAX);
-    push_sqe(ring, &sync)?;
-    ring.submit()?;
-    meanwhile();
-    let wanted = chunks.len() + 1;
-    let mut seen = 0usize;
-    let mut short = false;
-    let mut first_error: Option<io::Error> = None;
-    while seen < wanted {
-        ring.submit_and_wait(1)?;
-        for cqe in ring.completion() {
-            seen += 1;
-            let res = cqe.result();
-            let tag = cqe.user_data();
-            if res < 0 {
-                if res == -libc::ECANCELED && short {
-                    continue; // the link broke on a short write; handled below
-                }
-                first_error.get_or_insert(io::Error::from_raw_os_error(-res));
-            } else if tag != u64::MAX && (res as usize) < expected[tag as usize].1 {
-                short = true;
-            }
+        if let Err(e) = flight.push(&entry) {
+            failure = Some(e);
+            break;
         }
     }
+    if failure.is_none() {
+        let sync = opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(u64::MAX);
+        failure = flight.push(&sync).and_then(|()| flight.submit()).err();
+    }
+    if failure.is_none() {
+        meanwhile();
+    }
+    let mut short = false;
+    let mut first_error: Option<io::Error> = failure;
+    while flight.pending > 0 {
+        let cqe = flight.next()?;
+        let res = cqe.result();
+        let tag = cqe.user_data();
+        if res < 0 {
+            if res == -libc::ECANCELED {
+                // The link broke (a short or failed write before it): reported by that one.
+                continue;
+            }
+            first_error.get_or_insert(io::Error::from_raw_os_error(-res));
+        } else if tag != u64::MAX && (res as usize) < expected[tag as usize].1 {
+            short = true;
+        }
+    }
+    drop(flight);
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -158,6 +167,64 @@ fn uring_write_and_sync(
         datasync(file)?;
     }
     Ok(())
+}
+
+/// Operations pushed to the ring and not yet completed. Dropped with some pending (an early
+/// return, a panic), it waits for them: the kernel reads the caller's buffers until then.
+/// If even that wait fails, nothing safe is left to do with the buffers, and the process
+/// aborts rather than free memory the kernel may still read.
+struct InFlight<'r> {
+    ring: &'r mut io_uring::IoUring,
+    pending: usize,
+}
+
+impl InFlight<'_> {
+    fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        push_sqe(self.ring, entry)?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Submits what is queued; an interrupted call is retried.
+    fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r.map(|_| ()),
+            }
+        }
+    }
+
+    /// The next completion, submitting what is queued and waiting; interruptions retried.
+    fn next(&mut self) -> io::Result<io_uring::cqueue::Entry> {
+        debug_assert!(self.pending > 0);
+        loop {
+            if let Some(cqe) = self.ring.completion().next() {
+                self.pending -= 1;
+                return Ok(cqe);
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        while self.pending > 0 {
+            if let Err(e) = self.next() {
+                eprintln!(
+                    "auditlog: io_uring: cannot wait for {} operations still reading buffers \
+                     about to be freed ({e}); aborting",
+                    self.pending
+                );
+                std::process::abort();
+            }
+        }
+    }
 }
 
 fn push_sqe(ring: &mut io_uring::IoUring, entry: &io_uring::squeue::Entry) -> io::Result<()> {
@@ -437,4 +504,52 @@ fn fill_zeroed(mut f: File, path: &Path, bytes: u64) -> io::Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic while the write and sync are in flight (in the caller's `meanwhile`, say)
+    /// leaves nothing in flight: every completion is reaped before the buffers go, and the
+    /// next write on the same ring is correct. Before `InFlight`, the unwind left the
+    /// operations running and their completions queued, to be read as the next write's.
+    #[test]
+    fn io_uring_never_leaves_operations_in_flight() {
+        let Ok((mut appender, "io_uring")) = Appender::new(IoMode::IoUring) else {
+            eprintln!("io_uring unavailable here: nothing to check");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("f");
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        let first = vec![7u8; 1 << 20];
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            appender.write_and_sync(&file, 0, &[&first], None, &mut || {
+                panic!("a broken invariant while the kernel writes")
+            })
+        }));
+        assert!(panicked.is_err());
+        let Appender::Uring(ring) = &mut appender else {
+            unreachable!()
+        };
+        assert_eq!(ring.completion().len(), 0, "completions left behind");
+        // The next write on the same ring sees only its own completions.
+        let second = vec![9u8; 4096];
+        let mut ran = false;
+        appender
+            .write_and_sync(&file, 1 << 20, &[&second], None, &mut || ran = true)
+            .expect("second write");
+        assert!(ran);
+        let mut back = vec![0u8; (1 << 20) + 4096];
+        file.read_exact_at(&mut back, 0).expect("read");
+        assert!(back[..1 << 20].iter().all(|&b| b == 7));
+        assert!(back[1 << 20..].iter().all(|&b| b == 9));
+    }
 }
