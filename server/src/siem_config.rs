@@ -19,6 +19,7 @@ pub struct SiemSection {
     pub syslog_addr: Option<String>,
     pub syslog_message_bytes_max: Option<usize>,
     pub syslog_connections_max: Option<usize>,
+    pub syslog_connections_per_source_max: Option<usize>,
     pub syslog_idle_timeout_ms: Option<u64>,
     pub syslog_batches_in_flight_max: Option<usize>,
     pub syslog_read_bytes_max: Option<usize>,
@@ -74,6 +75,8 @@ pub struct SiemConfig {
     pub syslog_message_bytes_max: usize,
     /// Open syslog connections; further ones are closed at once.
     pub syslog_connections_max: usize,
+    /// Open syslog connections from one source address; further ones are closed at once.
+    pub syslog_connections_per_source_max: usize,
     /// A syslog connection silent this long is closed.
     pub syslog_idle_timeout_ms: u64,
     /// Engine submissions one syslog connection may have waiting for durability; beyond,
@@ -111,6 +114,7 @@ impl SiemConfig {
             syslog_addr: None,
             syslog_message_bytes_max: 8192,
             syslog_connections_max: 256,
+            syslog_connections_per_source_max: 64,
             syslog_idle_timeout_ms: 300_000,
             syslog_batches_in_flight_max: 16,
             syslog_read_bytes_max: 256 << 10,
@@ -207,6 +211,7 @@ pub fn resolve(
         export_chunk_events,
         syslog_message_bytes_max,
         syslog_connections_max,
+        syslog_connections_per_source_max,
         syslog_idle_timeout_ms,
         syslog_batches_in_flight_max,
         syslog_read_bytes_max,
@@ -218,11 +223,12 @@ pub fn resolve(
     );
     if c.export_chunk_events == 0
         || c.syslog_connections_max == 0
+        || c.syslog_connections_per_source_max == 0
         || c.syslog_batches_in_flight_max == 0
         || c.forward_batch_events_max == 0
         || c.forward_poll_ms == 0
     {
-        bail!("siem: export_chunk_events, syslog_connections_max, syslog_batches_in_flight_max, forward_batch_events_max and forward_poll_ms must be positive");
+        bail!("siem: export_chunk_events, syslog_connections_max, syslog_connections_per_source_max, syslog_batches_in_flight_max, forward_batch_events_max and forward_poll_ms must be positive");
     }
     if !(SYSLOG_READ_BYTES_MIN..=SYSLOG_READ_BYTES_LIMIT).contains(&c.syslog_read_bytes_max) {
         bail!("siem.syslog_read_bytes_max must be {SYSLOG_READ_BYTES_MIN} to {SYSLOG_READ_BYTES_LIMIT}");

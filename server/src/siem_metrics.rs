@@ -42,7 +42,7 @@ pub fn render(out: &mut String, tree_size: u64) {
         (
             "auditlog_syslog_connections_refused_total",
             "counter",
-            "Syslog connections closed at once: over syslog_connections_max.",
+            "Syslog connections closed at once: over syslog_connections_max or syslog_connections_per_source_max.",
             s.connections_refused.load(Relaxed),
         ),
         (

@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts, Submitter};
+
+use crate::listener::{admit, SourceSlots};
 use auditlog_formats::syslog::{self, Decoder};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -83,12 +85,14 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.syslog_connections_max));
+    let sources = SourceSlots::new(cfg.syslog_connections_per_source_max);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    // The source's slot and the listener's, before any handshake.
+                    let Ok(permit) = admit(peer, &slots, &sources) else {
                         // Syslog has no way to say "busy": close, and the sender retries.
                         COUNTERS.connections_refused.fetch_add(1, Ordering::Relaxed);
                         drop(stream);

@@ -334,3 +334,37 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A TCP connection to `to` (IPv4 `host:port`) from the loopback address `from` (any of
+/// 127.0.0.0/8): another source address, for per-source limits.
+pub fn connect_from(from: [u8; 4], to: &str) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let to: std::net::SocketAddrV4 = to.parse().expect("v4 address");
+    let sa = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, bound and connected with valid sockaddr_in values; the
+    // descriptor is owned by the TcpStream from here on (or closed on error).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = std::net::TcpStream::from_raw_fd(fd);
+        let src = sa(from, 0);
+        if libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let dst = sa(to.ip().octets(), to.port());
+        if libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+}

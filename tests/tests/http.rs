@@ -835,6 +835,7 @@ mod tcp {
 mod limits {
     use super::*;
     use auditlog_client::tcp::{Outcome, TcpIngest};
+    use auditlog_tests::daemon::connect_from;
     use std::io::Write;
     use std::net::TcpStream;
 
@@ -1012,40 +1013,6 @@ tcp_connections_per_source_max = 16
 tcp_hello_timeout_ms = 1500
 tls_handshake_timeout_ms = 1500
 "#;
-
-    /// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all
-    /// loopback), so an attacker and a writer are different sources on one machine.
-    fn connect_from(from: [u8; 4], to: &str) -> std::io::Result<TcpStream> {
-        use std::os::fd::FromRawFd;
-        let to: std::net::SocketAddrV4 = to.parse().expect("v4 address");
-        let sa = |ip: [u8; 4], port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        // SAFETY: a fresh socket, bound and connected with valid sockaddr_in values; the
-        // descriptor is owned by the TcpStream from here on (or closed on error).
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let s = TcpStream::from_raw_fd(fd);
-            let src = sa(from, 0);
-            if libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let dst = sa(to.ip().octets(), to.port());
-            if libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(s)
-        }
-    }
 
     /// The attack from an address of its own: 2,000 sockets on the API port that send half
     /// a request line, 2,000 silent ones on the TCP ingest port, 500 on the ops port, and

@@ -535,3 +535,69 @@ fn forwarder_sends_cef_to_rsyslog_and_survives_an_outage() {
     assert_eq!(cursor, f + 12000);
     rs.stop();
 }
+
+/// Per-source caps on the syslog listener: past `syslog_connections_per_source_max` from one
+/// address, a connection is closed at once (and counted), while another address still gets
+/// in and is stored; the slots come back when the connections close.
+#[test]
+fn syslog_caps_connections_per_source() {
+    use auditlog_tests::daemon::connect_from;
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(
+        dir.path(),
+        &format!("{CONFIG}syslog_connections_per_source_max = 2\n"),
+    );
+    // Closed at once: the read ends (EOF or reset) long before the read timeout.
+    let closed_at_once = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let started = Instant::now();
+        let mut b = [0u8; 1];
+        let r = s.read(&mut b);
+        matches!(r, Ok(0) | Err(_))
+            && started.elapsed() < Duration::from_secs(4)
+            && !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    };
+    let mut held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| connect_from([127, 0, 0, 3], &d.syslog_addr).expect("connect"))
+        .collect();
+    wait_for("both held", Duration::from_secs(10), || {
+        d.metric("auditlog_syslog_connections") == Some(2)
+    });
+    let mut third = connect_from([127, 0, 0, 3], &d.syslog_addr).expect("connect");
+    assert!(
+        closed_at_once(&mut third),
+        "a third from the same address is closed"
+    );
+    assert_eq!(
+        d.metric("auditlog_syslog_connections_refused_total"),
+        Some(1)
+    );
+    // Another address is not affected, and what it sends is stored.
+    let mut other = connect_from([127, 0, 0, 4], &d.syslog_addr).expect("connect");
+    other
+        .write_all(b"<34>1 2026-11-23T10:00:00Z web1 app 1 - - from another source\n")
+        .expect("send");
+    drop(other);
+    d.wait_size(d.first + 1, Duration::from_secs(10));
+    // The held ones still work; closing one gives its slot back.
+    held[0]
+        .write_all(b"<34>1 2026-11-23T10:00:00Z web1 app 1 - - held\n")
+        .expect("send");
+    drop(held.remove(0));
+    d.wait_size(d.first + 2, Duration::from_secs(10));
+    wait_for("a slot back", Duration::from_secs(10), || {
+        d.metric("auditlog_syslog_connections") == Some(1)
+    });
+    let mut again = connect_from([127, 0, 0, 3], &d.syslog_addr).expect("connect");
+    again
+        .write_all(b"<34>1 2026-11-23T10:00:00Z web1 app 1 - - again\n")
+        .expect("send");
+    drop(again);
+    d.wait_size(d.first + 3, Duration::from_secs(10));
+    assert_eq!(
+        d.metric("auditlog_syslog_connections_refused_total"),
+        Some(1)
+    );
+}
