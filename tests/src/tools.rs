@@ -21,6 +21,10 @@ pub enum Tool {
     Moto,
     /// `azurite-blob`.
     Azurite,
+    /// `kubernetes-validate` (PyPI): Kubernetes manifests against the API schemas.
+    KubernetesValidate,
+    /// `systemd-analyze` (Debian's systemd): unit files.
+    SystemdAnalyze,
 }
 
 impl Tool {
@@ -32,6 +36,8 @@ impl Tool {
             Tool::RsyslogOpenssl => "rsyslog-openssl",
             Tool::Moto => "moto[server]",
             Tool::Azurite => "azurite",
+            Tool::KubernetesValidate => "kubernetes-validate",
+            Tool::SystemdAnalyze => "systemd",
         }
     }
 
@@ -50,6 +56,8 @@ impl Tool {
                     .is_ok_and(|s| s.success())
             }),
             Tool::Azurite => azurite_blob().is_file(),
+            Tool::KubernetesValidate => which("kubernetes-validate").is_some(),
+            Tool::SystemdAnalyze => which("systemd-analyze").is_some(),
         }
     }
 }

@@ -626,3 +626,131 @@ fn version_check_config_and_log_formats() {
         }
     }
 }
+
+/// The deployment files are valid as their tools read them: every Kubernetes manifest
+/// against the API schemas (`kubernetes-validate --strict`), the ConfigMap's configuration
+/// by `auditlogd check-config`, the systemd unit by `systemd-analyze verify`; and each
+/// check fails on a broken copy, so it can fail. The pod's constraints are the ones the
+/// docs promise.
+#[test]
+fn deployment_files_validate() {
+    use auditlog_tests::daemon::daemon_exe;
+    use auditlog_tests::tools::{require, Tool};
+    require(Tool::KubernetesValidate);
+    require(Tool::SystemdAnalyze);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let k8s = root.join("deploy/kubernetes");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let validate = |file: &Path| {
+        Command::new("kubernetes-validate")
+            .arg("--strict")
+            .arg(file)
+            .output()
+            .expect("kubernetes-validate")
+    };
+    let mut manifests: Vec<_> = std::fs::read_dir(&k8s)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    for m in &manifests {
+        let out = validate(m);
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            m.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sts = std::fs::read_to_string(k8s.join("statefulset.yaml")).expect("statefulset");
+    for want in [
+        "runAsNonRoot: true",
+        "runAsUser: 10001",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "drop: [\"ALL\"]",
+        "path: /health",
+        "path: /ready",
+        "prometheus.io/port: \"9090\"",
+        "containerPort: 9090",
+        "mountPath: /var/lib/auditlog",
+    ] {
+        assert!(sts.contains(want), "statefulset.yaml lacks {want:?}");
+    }
+    let broken = tmp.path().join("broken.yaml");
+    std::fs::write(&broken, sts.replace("replicas: 1", "replicas: one")).expect("write");
+    assert!(
+        !validate(&broken).status.success(),
+        "a broken manifest passed"
+    );
+
+    // The ConfigMap's TOML: the lines under `auditlogd.toml: |`, less their indent.
+    let cm = std::fs::read_to_string(k8s.join("configmap.yaml")).expect("configmap");
+    let toml: String = cm
+        .split_once("auditlogd.toml: |\n")
+        .expect("the config key")
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l.trim()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(toml.contains("ops_addr = \"0.0.0.0:9090\""), "{toml}");
+    assert!(toml.contains("data_dir = \"/var/lib/auditlog\""), "{toml}");
+    let config = tmp.path().join("auditlogd.toml");
+    std::fs::write(&config, &toml).expect("write");
+    let out = Command::new(daemon_exe())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The unit, with ExecStart pointing at this build (systemd-analyze wants it to exist).
+    let unit =
+        std::fs::read_to_string(root.join("deploy/systemd/auditlogd.service")).expect("unit");
+    for want in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/auditlog",
+        "NoNewPrivileges=true",
+        "PrivateTmp=true",
+        "LimitNOFILE=",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(want), "auditlogd.service lacks {want}");
+    }
+    let verify = |text: &str| {
+        let path = tmp.path().join("auditlogd.service");
+        std::fs::write(&path, text).expect("write");
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze")
+    };
+    let here = unit.replace(
+        "/usr/local/bin/auditlogd",
+        &daemon_exe().display().to_string(),
+    );
+    // Clean: exit 0 and not a word (systemd-analyze only warns, exit 0, on a bad setting).
+    let out = verify(&here);
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = verify(&here.replace("Type=simple", "Type=sometimes"));
+    assert!(!out.stderr.is_empty(), "a bad setting passed unnoticed");
+    let out = verify(&here.replace(
+        &daemon_exe().display().to_string(),
+        "/nonexistent/auditlogd",
+    ));
+    assert!(!out.status.success(), "a missing binary passed");
+}
