@@ -67,6 +67,10 @@ pub struct Receipts {
 
 pub type Done = Box<dyn FnOnce(Result<Receipts>) + Send>;
 
+/// Called with the size of each checkpoint as it is published, on the checkpointer's
+/// thread: keep it short (a channel send).
+pub type CheckpointListener = Box<dyn Fn(u64) + Send + Sync>;
+
 pub(crate) struct Submission {
     pub body: Vec<u8>,
     pub leaf_hashes: Vec<Hash>,
@@ -423,17 +427,7 @@ impl Engine {
         timeout: Duration,
     ) -> Option<Arc<SignedCheckpoint>> {
         let deadline = Instant::now() + timeout;
-        {
-            let mut want = self
-                .shared
-                .checkpoint_wanted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            // Only sizes the log already has are signed early: a waiter for a future size
-            // gets the regular clock, so no caller can make every batch cost a signature.
-            *want = (*want).max(min_size.min(self.tree_size()));
-            self.shared.checkpoint_wake.notify_all();
-        }
+        self.want_checkpoint(min_size);
         let mut guard = self
             .shared
             .checkpoint
@@ -456,6 +450,29 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Asks for a checkpoint covering `min_size` soon, without waiting for it (an async
+    /// caller waits on `on_checkpoint` instead of a thread).
+    pub fn want_checkpoint(&self, min_size: u64) {
+        let mut want = self
+            .shared
+            .checkpoint_wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Only sizes the log already has are signed early: a waiter for a future size
+        // gets the regular clock, so no caller can make every batch cost a signature.
+        *want = (*want).max(min_size.min(self.tree_size()));
+        self.shared.checkpoint_wake.notify_all();
+    }
+
+    /// Calls `f` with the size of every checkpoint published from now on.
+    pub fn on_checkpoint(&self, f: CheckpointListener) {
+        self.shared
+            .checkpoint_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
     }
 
     fn proof_size_check(&self, size: u64) -> Result<()> {

@@ -398,6 +398,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         shutting_down: AtomicBool::new(false),
         stats: Mutex::new(Stats::default()),
         queued: std::sync::OnceLock::new(),
+        checkpoint_listeners: Mutex::new(Vec::new()),
         config: cfg,
     });
 

@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     /// A receiving end of the submission queue, for `refuse_queued`: a submission queued
     /// as the sequencer stops (failed, panicked) is answered, never left waiting.
     pub(crate) queued: std::sync::OnceLock<crossbeam_channel::Receiver<crate::Submission>>,
+    /// Told the size of every checkpoint as it is published (`Engine::on_checkpoint`).
+    pub(crate) checkpoint_listeners: Mutex<Vec<crate::CheckpointListener>>,
 }
 
 impl Shared {
@@ -259,8 +261,17 @@ impl Shared {
     }
 
     pub(crate) fn set_checkpoint(&self, cp: SignedCheckpoint) {
+        let size = cp.checkpoint.size;
         *self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cp));
         self.checkpoint_cv.notify_all();
+        for f in self
+            .checkpoint_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            f(size);
+        }
     }
 
     pub(crate) fn checkpoint_age_ms(&self) -> Option<u64> {

@@ -123,6 +123,8 @@ pub struct ServerSection {
     pub http_write_timeout_ms: Option<u64>,
     pub tcp_connections_per_source_max: Option<usize>,
     pub ready_checkpoint_intervals_max: Option<u64>,
+    pub long_polls_max: Option<usize>,
+    pub long_polls_per_principal_max: Option<usize>,
     /// TLS for both listeners (and mutual TLS with `client_ca_path`).
     pub tls: Option<crate::tls::TlsSection>,
 }
@@ -174,6 +176,10 @@ pub struct ServerConfig {
     /// `/ready` fails while events wait beyond the newest checkpoint and that checkpoint is
     /// older than this many checkpoint intervals (a stuck signer or checkpointer); 0: off.
     pub ready_checkpoint_intervals_max: u64,
+    /// Checkpoint long-polls (`GET /v1/checkpoint?min_size=&wait_ms=`) waiting at once, in
+    /// all and per principal; past either, 429 at once. A waiting long-poll holds no thread.
+    pub long_polls_max: usize,
+    pub long_polls_per_principal_max: usize,
     pub tls: Option<crate::tls::TlsSection>,
     /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
     pub siem: crate::siem_config::SiemConfig,
@@ -203,6 +209,8 @@ impl ServerConfig {
             http_write_timeout_ms: 30_000,
             tcp_connections_per_source_max: 64,
             ready_checkpoint_intervals_max: 20,
+            long_polls_max: 1024,
+            long_polls_per_principal_max: 64,
             tls: None,
             siem: crate::siem_config::SiemConfig::defaults(),
         }
@@ -333,7 +341,9 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         http_body_read_timeout_ms,
         http_write_timeout_ms,
         tcp_connections_per_source_max,
-        ready_checkpoint_intervals_max
+        ready_checkpoint_intervals_max,
+        long_polls_max,
+        long_polls_per_principal_max
     );
     if let Some(a) = over.ops_addr.or(s.ops_addr) {
         server.ops_addr = a
@@ -346,8 +356,10 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         || server.http_header_read_timeout_ms == 0
         || server.http_body_read_timeout_ms == 0
         || server.http_write_timeout_ms == 0
+        || server.long_polls_max == 0
+        || server.long_polls_per_principal_max == 0
     {
-        bail!("server: ops_connections_max must be at least 4; the per-source caps and the http_*_timeout_ms must be positive");
+        bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll limits and the http_*_timeout_ms must be positive");
     }
     server.tls = s.tls;
     if server.tcp_frame_bytes_max < 65_536 + 8

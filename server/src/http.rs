@@ -43,6 +43,12 @@ pub struct AppState {
     /// Connections the API and ops listeners shed (over a connection cap).
     pub api_shed: Arc<crate::serve::ShedCounts>,
     pub ops_shed: Arc<crate::serve::ShedCounts>,
+    /// The newest checkpoint's size, sent by the engine as each is published: long-polls
+    /// wait on it, holding no thread.
+    pub checkpoints: tokio::sync::watch::Receiver<u64>,
+    /// Long-polls waiting, in all and per principal.
+    pub long_polls: Arc<Semaphore>,
+    pub long_polls_by_principal: Arc<crate::listener::SourceSlots<String>>,
 }
 
 pub type St = Arc<AppState>;
@@ -416,7 +422,7 @@ async fn get_range(State(st): State<St>, caller: Caller, q: Params) -> ApiResult
 }
 
 async fn get_checkpoint(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    authorize(&st, &caller, Access::Audit)?;
+    let (_, who) = authorize_submitter(&st, &caller, Access::Audit)?;
     let q = params(q)?;
     let wait_ms = num(&q, "wait_ms")?
         .unwrap_or(0)
@@ -424,15 +430,26 @@ async fn get_checkpoint(State(st): State<St>, caller: Caller, q: Params) -> ApiR
     let cp = match num(&q, "min_size")? {
         None => st.engine.latest_checkpoint(),
         Some(min) => {
-            let engine = st.engine.clone();
-            blocking(move || {
-                Ok(wait_checkpoint(
-                    &engine,
-                    min,
-                    Duration::from_millis(wait_ms),
-                ))
-            })
-            .await?
+            // The limits first: past either, refused at once, nothing waits.
+            let busy = |why: &str| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_long_polls",
+                    format!("{why}; retry later"),
+                )
+            };
+            let _slot = st
+                .long_polls_by_principal
+                .take(who.as_str().to_string())
+                .ok_or_else(|| {
+                    busy("this caller has long_polls_per_principal_max long-polls waiting")
+                })?;
+            let _permit = st
+                .long_polls
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| busy("long_polls_max long-polls are waiting"))?;
+            wait_checkpoint(&st, min, Duration::from_millis(wait_ms)).await
         }
     };
     match cp {
@@ -445,29 +462,42 @@ async fn get_checkpoint(State(st): State<St>, caller: Caller, q: Params) -> ApiR
     }
 }
 
-/// Waits for a checkpoint covering `min_size`. The engine is only ever asked for sizes the
-/// tree has reached: its wanted size is sticky, and one beyond the head would make every
-/// later append sign a checkpoint at once.
-fn wait_checkpoint(
-    engine: &Engine,
+/// Waits for a checkpoint covering `min_size` without holding a thread: on the engine's
+/// checkpoint notifications, and a short timer while the tree has not reached `min_size`
+/// (the engine is only asked for sizes the tree has: its wanted size is sticky, and one
+/// beyond the head would make every later append sign a checkpoint at once).
+async fn wait_checkpoint(
+    st: &AppState,
     min_size: u64,
     wait: Duration,
 ) -> Option<Arc<auditlog_engine::SignedCheckpoint>> {
-    let deadline = Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut published = st.checkpoints.clone();
     loop {
-        let target = min_size.min(engine.tree_size());
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Some(cp) = engine.wait_checkpoint(target, left) {
+        published.mark_unchanged();
+        if let Some(cp) = st.engine.latest_checkpoint() {
             if cp.checkpoint.size >= min_size {
                 return Some(cp);
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
+        st.engine.want_checkpoint(min_size);
+        let reached = st.engine.tree_size() >= min_size;
+        // A new checkpoint, or (the tree still short of min_size) a look again shortly.
+        let next = if reached {
+            deadline
+        } else {
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))
+        };
+        tokio::select! {
+            r = published.changed() => if r.is_err() { return None },
+            _ = tokio::time::sleep_until(next) => {}
         }
-        // The tree has not reached `min_size` yet: look again shortly.
-        std::thread::sleep(left.min(Duration::from_millis(10)));
+        if tokio::time::Instant::now() >= deadline {
+            return st
+                .engine
+                .latest_checkpoint()
+                .filter(|cp| cp.checkpoint.size >= min_size);
+        }
     }
 }
 

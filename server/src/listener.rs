@@ -28,49 +28,49 @@ pub struct Peer {
     pub addr: Option<SocketAddr>,
 }
 
-/// Open connections per source address, under a cap: one client cannot take every slot
-/// of a listener. A slot is given back when its `SourceSlot` drops.
-pub struct SourceSlots {
+/// Open connections (or requests) per key — a source address, a principal — under a cap:
+/// one client cannot take every slot. A slot is given back when its `SourceSlot` drops.
+pub struct SourceSlots<K = IpAddr> {
     max: usize,
-    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    open: std::sync::Mutex<HashMap<K, usize>>,
 }
 
-pub struct SourceSlot {
-    slots: Arc<SourceSlots>,
-    ip: IpAddr,
+pub struct SourceSlot<K: std::hash::Hash + Eq + Clone = IpAddr> {
+    slots: Arc<SourceSlots<K>>,
+    key: K,
 }
 
-impl SourceSlots {
-    pub fn new(max: usize) -> Arc<SourceSlots> {
+impl<K: std::hash::Hash + Eq + Clone> SourceSlots<K> {
+    pub fn new(max: usize) -> Arc<SourceSlots<K>> {
         assert!(max > 0);
         Arc::new(SourceSlots {
             max,
-            open: Default::default(),
+            open: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    /// A slot for `ip`, or `None` when it has `max` open already.
-    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+    /// A slot for `key`, or `None` when it has `max` open already.
+    pub fn take(self: &Arc<Self>, key: K) -> Option<SourceSlot<K>> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
+        let n = open.entry(key.clone()).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
         Some(SourceSlot {
             slots: self.clone(),
-            ip,
+            key,
         })
     }
 }
 
-impl Drop for SourceSlot {
+impl<K: std::hash::Hash + Eq + Clone> Drop for SourceSlot<K> {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
+        if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ip);
+                open.remove(&self.key);
             }
         }
     }

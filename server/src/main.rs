@@ -178,6 +178,12 @@ fn main() -> anyhow::Result<()> {
     let tcp_connections = Arc::new(tokio::sync::Semaphore::new(cfg.server.tcp_connections_max));
     let tokens = Arc::new(tokens);
     let admin = Arc::new(admin::Admin::open(&data_dir, cfg.admin.clone())?);
+    // Checkpoint long-polls wait on this, not on a thread.
+    let (checkpoint_tx, checkpoints) =
+        tokio::sync::watch::channel(engine.latest_checkpoint().map_or(0, |c| c.checkpoint.size));
+    engine.on_checkpoint(Box::new(move |size| {
+        checkpoint_tx.send_replace(size);
+    }));
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         tokens: tokens.clone(),
@@ -190,6 +196,11 @@ fn main() -> anyhow::Result<()> {
         tcp_connections: tcp_connections.clone(),
         api_shed: Default::default(),
         ops_shed: Default::default(),
+        checkpoints,
+        long_polls: Arc::new(tokio::sync::Semaphore::new(cfg.server.long_polls_max)),
+        long_polls_by_principal: listener::SourceSlots::new(
+            cfg.server.long_polls_per_principal_max,
+        ),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let draining = Arc::downgrade(&engine);

@@ -857,6 +857,77 @@ tcp_batches_in_flight_max = 4
 tcp_frame_bytes_max = 1048576
 "#;
 
+    /// 600 checkpoint long-polls by one auditor hold no thread: a writer's POST (which
+    /// validates on the blocking pool) is stored at once while they wait; past
+    /// long_polls_per_principal_max one principal is refused with 429 at once while another
+    /// principal still long-polls; and a long-poll is answered when its checkpoint comes.
+    #[test]
+    fn long_polls_hold_no_thread_and_are_capped_per_principal() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = CONFIG
+            .replace("long_poll_ms_max = 10000", "long_poll_ms_max = 15000")
+            .replace(
+                "[server]\n",
+                "[server]\nconnections_max = 2000\nhttp_connections_per_source_max = 2000\nlong_polls_max = 1500\nlong_polls_per_principal_max = 600\n",
+            );
+        let d = Daemon::start_with(dir.path(), &config);
+        let addr = d.base.trim_start_matches("http://").to_string();
+        let far = d.first + 1_000_000;
+        let poll = |token: &str| {
+            format!(
+                "GET /v1/checkpoint?min_size={far}&wait_ms=15000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )
+        };
+        let auditor = poll(&d.token("auditor"));
+        let mut held = Vec::new();
+        for _ in 0..600 {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(auditor.as_bytes()).expect("long-poll");
+            held.push(s);
+        }
+        // Once every one of them waits, the 601st by the same principal is refused at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            // Admitted, it would wait 1 ms and answer 503.
+            let r = d.get(
+                &format!("/v1/checkpoint?min_size={far}&wait_ms=1"),
+                "auditor",
+            );
+            if r.status == 429 {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the 601st was not refused: {}",
+                r.status
+            );
+        };
+        assert!(
+            refused.text().contains("too_many_long_polls"),
+            "{}",
+            refused.text()
+        );
+        // A writer is served at once meanwhile (its validation runs on the blocking pool,
+        // which the long-polls used to fill).
+        let started = Instant::now();
+        let r = d.post("application/json", &event(1, 300));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a POST took {:?} behind 600 long-polls",
+            started.elapsed()
+        );
+        // Another principal still long-polls, and is answered when its checkpoint comes.
+        let size = d.log().2;
+        let r = d.get(
+            &format!("/v1/checkpoint?min_size={size}&wait_ms=10000"),
+            "admin",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains(&format!("\n{size}\n")), "{}", r.text());
+        drop(held);
+    }
+
     fn rss_kib(pid: u32) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         s.lines()
