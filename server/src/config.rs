@@ -125,6 +125,8 @@ pub struct ServerSection {
     pub ready_checkpoint_intervals_max: Option<u64>,
     pub long_polls_max: Option<usize>,
     pub long_polls_per_principal_max: Option<usize>,
+    pub streamed_reads_max: Option<usize>,
+    pub streamed_reads_per_principal_max: Option<usize>,
     /// TLS for both listeners (and mutual TLS with `client_ca_path`).
     pub tls: Option<crate::tls::TlsSection>,
 }
@@ -180,6 +182,11 @@ pub struct ServerConfig {
     /// all and per principal; past either, 429 at once. A waiting long-poll holds no thread.
     pub long_polls_max: usize,
     pub long_polls_per_principal_max: usize,
+    /// Streamed reads (`GET /v1/export`, `GET /v1/events?start=&end=`) running at once, in
+    /// all and per principal; past either, 429 at once. Each holds a blocking-pool thread
+    /// while it reads, so these bound how much of the pool reads can take.
+    pub streamed_reads_max: usize,
+    pub streamed_reads_per_principal_max: usize,
     pub tls: Option<crate::tls::TlsSection>,
     /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
     pub siem: crate::siem_config::SiemConfig,
@@ -211,6 +218,8 @@ impl ServerConfig {
             ready_checkpoint_intervals_max: 20,
             long_polls_max: 1024,
             long_polls_per_principal_max: 64,
+            streamed_reads_max: 64,
+            streamed_reads_per_principal_max: 8,
             tls: None,
             siem: crate::siem_config::SiemConfig::defaults(),
         }
@@ -343,7 +352,9 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         tcp_connections_per_source_max,
         ready_checkpoint_intervals_max,
         long_polls_max,
-        long_polls_per_principal_max
+        long_polls_per_principal_max,
+        streamed_reads_max,
+        streamed_reads_per_principal_max
     );
     if let Some(a) = over.ops_addr.or(s.ops_addr) {
         server.ops_addr = a
@@ -358,8 +369,10 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         || server.http_write_timeout_ms == 0
         || server.long_polls_max == 0
         || server.long_polls_per_principal_max == 0
+        || server.streamed_reads_max == 0
+        || server.streamed_reads_per_principal_max == 0
     {
-        bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll limits and the http_*_timeout_ms must be positive");
+        bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll and streamed-read limits and the http_*_timeout_ms must be positive");
     }
     server.tls = s.tls;
     if server.tcp_frame_bytes_max < 65_536 + 8

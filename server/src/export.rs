@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 
 use crate::auth::Access;
 use crate::http::{
-    authorize, num, params, with_type, ApiError, ApiResult, Caller, ChannelBody, Params, St,
+    authorize_submitter, num, params, with_type, ApiError, ApiResult, Caller, ChannelBody, Params,
+    St,
 };
 
 /// A body chunk is sent once the buffer holds this much.
@@ -25,7 +26,7 @@ const EXPORT_CHUNK_BYTES: usize = 64 << 10;
 const EXPORT_CHUNKS_IN_FLIGHT: usize = 4;
 
 pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    authorize(&st, &caller, Access::ReadEvents)?;
+    let (_, who) = authorize_submitter(&st, &caller, Access::ReadEvents)?;
     let q = params(q)?;
     let format = match q.get("format").map(String::as_str) {
         None => ExportFormat::JsonLines,
@@ -40,12 +41,15 @@ pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiR
     }
     // Past the head there is nothing (yet): the export stops at the tree size.
     let end = asked_end.unwrap_or(size).min(size);
+    // Held until the stream ends (a client that stops reading is cut by the write timeout).
+    let slot = st.streamed_reads.take(&who)?;
     crate::http::first_record_readable(&st.engine, start, end).await?;
     let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_IN_FLIGHT);
     let engine = st.engine.clone();
     let device = st.cfg.siem.cef.clone();
     let chunk_events = st.cfg.siem.export_chunk_events;
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let alg = engine.tree_hash();
         let mut buf = String::with_capacity(EXPORT_CHUNK_BYTES + (80 << 10));
         if format == ExportFormat::Csv {

@@ -47,8 +47,64 @@ pub struct AppState {
     /// wait on it, holding no thread.
     pub checkpoints: tokio::sync::watch::Receiver<u64>,
     /// Long-polls waiting, in all and per principal.
-    pub long_polls: Arc<Semaphore>,
-    pub long_polls_by_principal: Arc<crate::listener::SourceSlots<String>>,
+    pub long_polls: ClassLimits,
+    /// Streamed reads (exports and ranges) running, in all and per principal.
+    pub streamed_reads: ClassLimits,
+}
+
+/// The concurrency limits of one route class: in all, and per principal. A request over
+/// either is refused with 429 at once; nothing waits for a slot.
+pub struct ClassLimits {
+    all: Arc<Semaphore>,
+    per_principal: Arc<crate::listener::SourceSlots<String>>,
+    /// The error code, and the two settings' names for the message.
+    code: &'static str,
+    names: (&'static str, &'static str),
+}
+
+/// A request's place in its class; given back when dropped (with the response's stream).
+pub struct ClassSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: crate::listener::SourceSlot<String>,
+}
+
+impl ClassLimits {
+    pub fn new(
+        all: usize,
+        per_principal: usize,
+        code: &'static str,
+        names: (&'static str, &'static str),
+    ) -> ClassLimits {
+        ClassLimits {
+            all: Arc::new(Semaphore::new(all)),
+            per_principal: crate::listener::SourceSlots::new(per_principal),
+            code,
+            names,
+        }
+    }
+
+    pub fn take(&self, who: &Submitter) -> ApiResult<ClassSlot> {
+        let busy = |what: String| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                self.code,
+                format!("{what}; retry later"),
+            )
+        };
+        let slot = self
+            .per_principal
+            .take(who.as_str().to_string())
+            .ok_or_else(|| busy(format!("{who} has {} of these running", self.names.1)))?;
+        let permit = self
+            .all
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy(format!("{} of these are running", self.names.0)))?;
+        Ok(ClassSlot {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
 }
 
 pub type St = Arc<AppState>;
@@ -371,7 +427,7 @@ impl http_body::Body for ChannelBody {
 const RANGE_CHUNK_BYTES: usize = 64 << 10;
 
 async fn get_range(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    authorize(&st, &caller, Access::ReadEvents)?;
+    let (_, who) = authorize_submitter(&st, &caller, Access::ReadEvents)?;
     let q = params(q)?;
     let max = st.cfg.range_events_max;
     let size = st.engine.tree_size();
@@ -389,11 +445,14 @@ async fn get_range(State(st): State<St>, caller: Caller, q: Params) -> ApiResult
             end - start
         )));
     }
+    // Held until the stream ends.
+    let slot = st.streamed_reads.take(&who)?;
     first_record_readable(&st.engine, start, end).await?;
     let (tx, rx) = mpsc::channel(8);
     let engine = st.engine.clone();
     let alg = engine.tree_hash();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut buf = String::new();
         let r = engine.read_records(start, end, &mut |i, rec| {
             match event_json(alg, i, rec) {
@@ -431,24 +490,7 @@ async fn get_checkpoint(State(st): State<St>, caller: Caller, q: Params) -> ApiR
         None => st.engine.latest_checkpoint(),
         Some(min) => {
             // The limits first: past either, refused at once, nothing waits.
-            let busy = |why: &str| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_long_polls",
-                    format!("{why}; retry later"),
-                )
-            };
-            let _slot = st
-                .long_polls_by_principal
-                .take(who.as_str().to_string())
-                .ok_or_else(|| {
-                    busy("this caller has long_polls_per_principal_max long-polls waiting")
-                })?;
-            let _permit = st
-                .long_polls
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| busy("long_polls_max long-polls are waiting"))?;
+            let _slot = st.long_polls.take(&who)?;
             wait_checkpoint(&st, min, Duration::from_millis(wait_ms)).await
         }
     };

@@ -197,9 +197,17 @@ fn main() -> anyhow::Result<()> {
         api_shed: Default::default(),
         ops_shed: Default::default(),
         checkpoints,
-        long_polls: Arc::new(tokio::sync::Semaphore::new(cfg.server.long_polls_max)),
-        long_polls_by_principal: listener::SourceSlots::new(
+        long_polls: http::ClassLimits::new(
+            cfg.server.long_polls_max,
             cfg.server.long_polls_per_principal_max,
+            "too_many_long_polls",
+            ("long_polls_max", "long_polls_per_principal_max"),
+        ),
+        streamed_reads: http::ClassLimits::new(
+            cfg.server.streamed_reads_max,
+            cfg.server.streamed_reads_per_principal_max,
+            "too_many_streamed_reads",
+            ("streamed_reads_max", "streamed_reads_per_principal_max"),
         ),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -928,6 +928,70 @@ tcp_frame_bytes_max = 1048576
         drop(held);
     }
 
+    /// Exports and ranges take a streamed-read slot for as long as they stream: two exports
+    /// by one reader that never read hold theirs, a third by the same principal is refused
+    /// with 429 at once while another principal exports, and a slot comes back when its
+    /// client goes away.
+    #[test]
+    fn streamed_reads_are_capped_per_principal() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = CONFIG.replace(
+            "[server]\n",
+            "[server]\nstreamed_reads_per_principal_max = 2\nhttp_write_timeout_ms = 60000\n",
+        );
+        let d = Daemon::start_with(dir.path(), &config);
+        // Far more than the export's chunks in flight and the socket buffers hold.
+        let mut n = 0;
+        while n < 24_000 {
+            let body: Vec<u8> = (n..n + 400)
+                .flat_map(|i| [event(i, 1000), b"\n".to_vec()].concat())
+                .collect();
+            assert_eq!(d.post("application/x-ndjson", &body).status, 200);
+            n += 400;
+        }
+        let addr = d.base.trim_start_matches("http://").to_string();
+        let export = format!(
+            "GET /v1/export?format=json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            d.token("reader")
+        );
+        let held: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut s = TcpStream::connect(&addr).expect("connect");
+                s.write_all(export.as_bytes()).expect("export");
+                s
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            let r = d.get("/v1/events?start=0&end=1", "reader");
+            if r.status == 429 {
+                break r;
+            }
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(
+                Instant::now() < deadline,
+                "a third streamed read was not refused"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            refused.text().contains("too_many_streamed_reads"),
+            "{}",
+            refused.text()
+        );
+        // Another principal streams meanwhile.
+        let r = d.get("/v1/events?start=0&end=10", "auditor");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text().lines().count(), 10);
+        // One client goes away: its slot comes back.
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while d.get("/v1/events?start=0&end=1", "reader").status != 200 {
+            assert!(Instant::now() < deadline, "the slots did not come back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn rss_kib(pid: u32) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         s.lines()
