@@ -169,22 +169,72 @@ impl Daemon {
     }
 
     pub fn start_with(dir: &Path, config_text: &str) -> Daemon {
+        Daemon::launch(dir, config_text, false)
+    }
+
+    /// As the deployment files run it (deploy/): as uid and gid 10001 with no capabilities
+    /// and no new privileges, in a private mount namespace whose root file system is
+    /// read-only and where only `dir` (the configuration and the data directory) is
+    /// writable. Needs root (to set that up) and util-linux's `unshare` and `setpriv`.
+    pub fn start_constrained(dir: &Path, config_text: &str) -> Daemon {
+        Daemon::launch(dir, config_text, true)
+    }
+
+    fn launch(dir: &Path, config_text: &str, constrained: bool) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
         let config = dir.join("auditlogd.toml");
         std::fs::write(&config, config_text).expect("write config");
         let port = free_port();
         let tcp_port = free_port();
         let ops_port = free_port();
-        let child = daemon_command()
-            .arg("--ops-addr")
-            .arg(format!("127.0.0.1:{ops_port}"))
-            .arg("--tcp-addr")
-            .arg(format!("127.0.0.1:{tcp_port}"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{port}"))
+        let args: Vec<std::ffi::OsString> = vec![
+            "--ops-addr".into(),
+            format!("127.0.0.1:{ops_port}").into(),
+            "--tcp-addr".into(),
+            format!("127.0.0.1:{tcp_port}").into(),
+            "--config".into(),
+            config.clone().into(),
+            "--data-dir".into(),
+            dir.join("data").into(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{port}").into(),
+        ];
+        let mut command = if constrained {
+            // The binary where uid 10001 can run it, and `dir` theirs.
+            let bin = dir.join("bin");
+            std::fs::create_dir_all(&bin).expect("bin dir");
+            let exe = bin.join("auditlogd");
+            std::fs::copy(daemon_exe(), &exe).expect("copy auditlogd");
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            let owned = Command::new("chown")
+                .args(["-R", "10001:10001"])
+                .arg(dir)
+                .status()
+                .expect("chown");
+            assert!(owned.success(), "chown -R 10001:10001 {}", dir.display());
+            let script = r#"set -e
+d=$1; shift
+mount --bind "$d" "$d"
+mount -o remount,bind,ro /
+exec setpriv --reuid=10001 --regid=10001 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs "$@""#;
+            let mut c = Command::new("unshare");
+            c.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(dir)
+            .arg(&exe);
+            c
+        } else {
+            daemon_command()
+        };
+        let child = command
+            .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -754,3 +754,79 @@ fn deployment_files_validate() {
     ));
     assert!(!out.status.success(), "a missing binary passed");
 }
+
+/// The daemon runs under the constraints the deployment files declare (deploy/): uid and gid
+/// 10001, no capabilities, no new privileges, a read-only root file system with only its
+/// directory writable; there it ingests, signs, proves, shuts down cleanly, and the log it
+/// wrote verifies offline.
+#[test]
+fn runs_under_the_deployment_constraints() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "setting up the constrained run needs root (./scripts/test and CI run as root)"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut d = Daemon::start_constrained(dir.path(), auditlog_tests::daemon::CONFIG);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(field("Uid:").iter().all(|u| u == "10001"), "{status}");
+    assert!(field("Gid:").iter().all(|g| g == "10001"), "{status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "{status}");
+    assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
+    // Its root is mounted read-only; its directory is not.
+    let mounts =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", d.pid())).expect("mountinfo");
+    let options = |point: &str| {
+        mounts
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .filter(|f| f.len() > 5 && f[4] == point)
+            .map(|f| f[5].to_string())
+            .next_back()
+            .unwrap_or_else(|| panic!("no mount at {point} in\n{mounts}"))
+    };
+    assert!(options("/").starts_with("ro"), "{}", options("/"));
+    let own = dir.path().canonicalize().expect("dir");
+    assert!(
+        options(&own.display().to_string()).starts_with("rw"),
+        "{mounts}"
+    );
+
+    let (key, _, _) = d.log();
+    let k = key.to_string();
+    let events: Vec<Vec<u8>> = (0..50).map(|n| event(n, 300)).collect();
+    let r = d.post("application/x-ndjson", &ndjson(&events));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cp = d.checkpoint(d.first + 50, &key);
+    assert!(cp.size >= d.first + 50);
+    let r = must(run(
+        &d,
+        "auditor",
+        &["prove", "--index", &(d.first + 7).to_string(), "--key", &k],
+        None,
+    ));
+    assert!(r.stdout.contains("OK: event"), "{}", r.stdout);
+    d.stop();
+    let out = Command::new(client_exe())
+        .args(["verify"])
+        .arg(dir.path().join("data"))
+        .args(["--key", &k])
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
