@@ -127,6 +127,7 @@ pub struct ServerSection {
     pub long_polls_per_principal_max: Option<usize>,
     pub streamed_reads_max: Option<usize>,
     pub streamed_reads_per_principal_max: Option<usize>,
+    pub request_bytes_in_flight_max: Option<usize>,
     /// TLS for both listeners (and mutual TLS with `client_ca_path`).
     pub tls: Option<crate::tls::TlsSection>,
 }
@@ -187,6 +188,10 @@ pub struct ServerConfig {
     /// while it reads, so these bound how much of the pool reads can take.
     pub streamed_reads_max: usize,
     pub streamed_reads_per_principal_max: usize,
+    /// HTTP request body bytes held at once across all requests (each counts its
+    /// Content-Length, or `body_bytes_max` if chunked, from before it is read until it
+    /// ends); past it, 503 with Retry-After at once. At least `body_bytes_max`.
+    pub request_bytes_in_flight_max: usize,
     pub tls: Option<crate::tls::TlsSection>,
     /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
     pub siem: crate::siem_config::SiemConfig,
@@ -220,6 +225,7 @@ impl ServerConfig {
             long_polls_per_principal_max: 64,
             streamed_reads_max: 64,
             streamed_reads_per_principal_max: 8,
+            request_bytes_in_flight_max: 256 << 20,
             tls: None,
             siem: crate::siem_config::SiemConfig::defaults(),
         }
@@ -354,7 +360,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         long_polls_max,
         long_polls_per_principal_max,
         streamed_reads_max,
-        streamed_reads_per_principal_max
+        streamed_reads_per_principal_max,
+        request_bytes_in_flight_max
     );
     if let Some(a) = over.ops_addr.or(s.ops_addr) {
         server.ops_addr = a
@@ -371,8 +378,10 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         || server.long_polls_per_principal_max == 0
         || server.streamed_reads_max == 0
         || server.streamed_reads_per_principal_max == 0
+        || server.request_bytes_in_flight_max < server.body_bytes_max
+        || server.request_bytes_in_flight_max > u32::MAX as usize
     {
-        bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll and streamed-read limits and the http_*_timeout_ms must be positive");
+        bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll and streamed-read limits and the http_*_timeout_ms must be positive; request_bytes_in_flight_max must be at least body_bytes_max and under 4 GiB");
     }
     server.tls = s.tls;
     if server.tcp_frame_bytes_max < 65_536 + 8

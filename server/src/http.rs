@@ -50,12 +50,15 @@ pub struct AppState {
     pub long_polls: ClassLimits,
     /// Streamed reads (exports and ranges) running, in all and per principal.
     pub streamed_reads: ClassLimits,
+    /// Request body bytes in memory at once (`request_bytes_in_flight_max`), one permit a byte.
+    pub request_bytes: Arc<Semaphore>,
 }
 
 /// The concurrency limits of one route class: in all, and per principal. A request over
 /// either is refused with 429 at once; nothing waits for a slot.
 pub struct ClassLimits {
     all: Arc<Semaphore>,
+    max: usize,
     per_principal: Arc<crate::listener::SourceSlots<String>>,
     /// The error code, and the two settings' names for the message.
     code: &'static str,
@@ -77,10 +80,16 @@ impl ClassLimits {
     ) -> ClassLimits {
         ClassLimits {
             all: Arc::new(Semaphore::new(all)),
+            max: all,
             per_principal: crate::listener::SourceSlots::new(per_principal),
             code,
             names,
         }
+    }
+
+    /// Requests of this class running now.
+    pub fn running(&self) -> usize {
+        self.max - self.all.available_permits()
     }
 
     pub fn take(&self, who: &Submitter) -> ApiResult<ClassSlot> {
@@ -711,6 +720,8 @@ async fn get_metrics(State(st): State<St>) -> Response {
         http_max: st.cfg.connections_max,
         tcp_open: st.cfg.tcp_connections_max - st.tcp_connections.available_permits(),
         tcp_max: st.cfg.tcp_connections_max,
+        long_polls: st.long_polls.running(),
+        streamed_reads: st.streamed_reads.running(),
         shed: [("api", &st.api_shed), ("ops", &st.ops_shed)]
             .into_iter()
             .flat_map(|(l, c)| {

@@ -107,6 +107,33 @@ async fn read_body(
     Ok(buf)
 }
 
+/// A share of `request_bytes_in_flight_max` for one request body: its Content-Length, or
+/// `body_bytes_max` when it has none (chunked). Past the budget, 503 with Retry-After at once:
+/// the server is full, not the caller wrong.
+fn body_budget(st: &St, headers: &HeaderMap) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    let max = st.cfg.body_bytes_max as u64;
+    let want = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(max)
+        .min(max)
+        .max(1);
+    st.request_bytes
+        .clone()
+        .try_acquire_many_owned(want as u32)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "request bodies in flight are at request_bytes_in_flight_max ({} bytes); retry later",
+                    st.cfg.request_bytes_in_flight_max
+                ),
+            )
+        })
+}
+
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
         if first.is_ascii_whitespace() {
@@ -204,6 +231,9 @@ pub async fn post_events(
 ) -> ApiResult {
     let (_, submitter) = authorize_submitter(&st, &caller, Access::Ingest)?;
     let kind = kind_of(&headers)?;
+    // The body's bytes count against the budget from before it is read until the request
+    // ends (its events are in memory until they are stored).
+    let _budget = body_budget(&st, &headers)?;
     let bytes = read_body(
         &headers,
         body,

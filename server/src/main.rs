@@ -209,6 +209,9 @@ fn main() -> anyhow::Result<()> {
             "too_many_streamed_reads",
             ("streamed_reads_max", "streamed_reads_per_principal_max"),
         ),
+        request_bytes: Arc::new(tokio::sync::Semaphore::new(
+            cfg.server.request_bytes_in_flight_max,
+        )),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let draining = Arc::downgrade(&engine);

@@ -35,6 +35,9 @@ pub struct Connections {
     pub http_max: usize,
     pub tcp_open: usize,
     pub tcp_max: usize,
+    /// Checkpoint long-polls waiting, and streamed reads (exports, ranges) running.
+    pub long_polls: usize,
+    pub streamed_reads: usize,
     /// (listener, reason, connections shed).
     pub shed: Vec<(&'static str, &'static str, u64)>,
 }
@@ -154,6 +157,20 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
             "auditlog_http_connections_shed_total{{listener=\"{listener}\",reason=\"{why}\"}} {n}"
         );
     }
+    metric(
+        &mut out,
+        "auditlog_http_long_polls",
+        "gauge",
+        "Checkpoint long-polls waiting (long_polls_max).",
+        conns.long_polls as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_http_streamed_reads",
+        "gauge",
+        "Exports and ranges streaming (streamed_reads_max).",
+        conns.streamed_reads as u64,
+    );
     metric(
         &mut out,
         "auditlog_tcp_connections",

@@ -864,8 +864,10 @@ tcp_frame_bytes_max = 1048576
     #[test]
     fn long_polls_hold_no_thread_and_are_capped_per_principal() {
         let dir = tempfile::tempdir().expect("tmp");
+        // Long enough that none of the 600 expires while a loaded machine admits them all.
         let config = CONFIG
-            .replace("long_poll_ms_max = 10000", "long_poll_ms_max = 15000")
+            .replace("long_poll_ms_max = 10000", "long_poll_ms_max = 100000")
+            .replace("request_timeout_ms = 20000", "request_timeout_ms = 120000")
             .replace(
                 "[server]\n",
                 "[server]\nconnections_max = 2000\nhttp_connections_per_source_max = 2000\nlong_polls_max = 1500\nlong_polls_per_principal_max = 600\n",
@@ -875,7 +877,7 @@ tcp_frame_bytes_max = 1048576
         let far = d.first + 1_000_000;
         let poll = |token: &str| {
             format!(
-                "GET /v1/checkpoint?min_size={far}&wait_ms=15000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+                "GET /v1/checkpoint?min_size={far}&wait_ms=100000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
             )
         };
         let auditor = poll(&d.token("auditor"));
@@ -885,23 +887,25 @@ tcp_frame_bytes_max = 1048576
             s.write_all(auditor.as_bytes()).expect("long-poll");
             held.push(s);
         }
-        // Once every one of them waits, the 601st by the same principal is refused at once.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let refused = loop {
-            // Admitted, it would wait 1 ms and answer 503.
-            let r = d.get(
-                &format!("/v1/checkpoint?min_size={far}&wait_ms=1"),
-                "auditor",
-            );
-            if r.status == 429 {
-                break r;
-            }
+        // Once every one of them waits (the gauge says so), the 601st by the same principal
+        // is refused at once.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d
+            .call("GET", "/metrics", None, None)
+            .text()
+            .contains("auditlog_http_long_polls 600\n")
+        {
             assert!(
                 Instant::now() < deadline,
-                "the 601st was not refused: {}",
-                r.status
+                "the 600 long-polls never all waited"
             );
-        };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let refused = d.get(
+            &format!("/v1/checkpoint?min_size={far}&wait_ms=1"),
+            "auditor",
+        );
+        assert_eq!(refused.status, 429, "{}", refused.text());
         assert!(
             refused.text().contains("too_many_long_polls"),
             "{}",
@@ -989,6 +993,57 @@ tcp_frame_bytes_max = 1048576
         while d.get("/v1/events?start=0&end=1", "reader").status != 200 {
             assert!(Instant::now() < deadline, "the slots did not come back");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Request bodies share one memory budget: two stalled uploads that declared 512 KiB
+    /// each hold a 1 MiB budget, so a third request is answered 503 with Retry-After at
+    /// once (not queued, nothing stored); when one upload goes, its share comes back.
+    #[test]
+    fn request_bodies_share_one_byte_budget() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = CONFIG.replace(
+            "[server]\n",
+            "[server]\nrequest_bytes_in_flight_max = 1048576\nhttp_body_read_timeout_ms = 30000\n",
+        );
+        let d = Daemon::start_with(dir.path(), &config);
+        let addr = d.base.trim_start_matches("http://").to_string();
+        let stalled = || {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            let head = format!(
+                "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {BODY_BYTES_MAX}\r\n\r\n",
+                d.token("writer")
+            );
+            s.write_all(head.as_bytes()).expect("head");
+            s.write_all(&event(9, 300)).expect("part of the body");
+            s
+        };
+        let first = stalled();
+        let _second = stalled();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            let r = d.post("application/json", &event(1, 300));
+            if r.status == 503 {
+                break r;
+            }
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(Instant::now() < deadline, "the budget was never full");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            refused.text().contains("request_bytes_in_flight_max"),
+            "{}",
+            refused.text()
+        );
+        let size = d.log().2;
+        let r = d.post("application/json", &event(2, 300));
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(d.log().2, size, "nothing of a refused request is stored");
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.post("application/json", &event(3, 300)).status != 200 {
+            assert!(Instant::now() < deadline, "the share did not come back");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
