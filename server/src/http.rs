@@ -722,6 +722,7 @@ async fn get_metrics(State(st): State<St>) -> Response {
         tcp_max: st.cfg.tcp_connections_max,
         long_polls: st.long_polls.running(),
         streamed_reads: st.streamed_reads.running(),
+        request_bytes: st.cfg.request_bytes_in_flight_max - st.request_bytes.available_permits(),
         shed: [("api", &st.api_shed), ("ops", &st.ops_shed)]
             .into_iter()
             .flat_map(|(l, c)| {

@@ -38,6 +38,8 @@ pub struct Connections {
     /// Checkpoint long-polls waiting, and streamed reads (exports, ranges) running.
     pub long_polls: usize,
     pub streamed_reads: usize,
+    /// HTTP request body bytes counted against `request_bytes_in_flight_max` now.
+    pub request_bytes: usize,
     /// (listener, reason, connections shed).
     pub shed: Vec<(&'static str, &'static str, u64)>,
 }
@@ -170,6 +172,13 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         "gauge",
         "Exports and ranges streaming (streamed_reads_max).",
         conns.streamed_reads as u64,
+    );
+    metric(
+        &mut out,
+        "auditlog_http_request_bytes_in_flight",
+        "gauge",
+        "HTTP request body bytes held now (request_bytes_in_flight_max).",
+        conns.request_bytes as u64,
     );
     metric(
         &mut out,

@@ -1020,16 +1020,22 @@ tcp_frame_bytes_max = 1048576
         };
         let first = stalled();
         let _second = stalled();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let refused = loop {
-            let r = d.post("application/json", &event(1, 300));
-            if r.status == 503 {
-                break r;
-            }
-            assert_eq!(r.status, 200, "{}", r.text());
-            assert!(Instant::now() < deadline, "the budget was never full");
+        // Both are being read, and hold their shares (nothing else is in flight: a request
+        // sent before they took theirs could leave the second short of its share).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d
+            .call("GET", "/metrics", None, None)
+            .text()
+            .contains("auditlog_http_request_bytes_in_flight 1048576\n")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled uploads never held the budget"
+            );
             std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+        let refused = d.post("application/json", &event(1, 300));
+        assert_eq!(refused.status, 503, "{}", refused.text());
         assert!(
             refused.text().contains("request_bytes_in_flight_max"),
             "{}",
