@@ -965,19 +965,22 @@ tcp_frame_bytes_max = 1048576
                 s
             })
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let refused = loop {
-            let r = d.get("/v1/events?start=0&end=1", "reader");
-            if r.status == 429 {
-                break r;
-            }
-            assert_eq!(r.status, 200, "{}", r.text());
+        // Both stream (and hold their slots) before anything else is asked: a read sent
+        // before the second took its slot could leave that one refused instead.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d
+            .call("GET", "/metrics", None, None)
+            .text()
+            .contains("auditlog_http_streamed_reads 2\n")
+        {
             assert!(
                 Instant::now() < deadline,
-                "a third streamed read was not refused"
+                "the two exports never both streamed"
             );
             std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+        let refused = d.get("/v1/events?start=0&end=1", "reader");
+        assert_eq!(refused.status, 429, "{}", refused.text());
         assert!(
             refused.text().contains("too_many_streamed_reads"),
             "{}",
