@@ -418,7 +418,7 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
                 role: Role::Admin,
                 sha256: token_sha256.clone(),
             };
-            crate::auth::mark_recorded(&admin.cfg.data_dir, &change)
+            crate::auth::mark_recorded(&admin.cfg.data_dir, &[change])
                 .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         }
         reqs[i].state = state;
@@ -486,9 +486,7 @@ fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
         },
         Operation::RetireKey { .. } => Ok(()),
         Operation::AddAdmin { name, token_sha256 } => {
-            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-                return Err(ApiError::bad("name must be 1 to 128 printable characters"));
-            }
+            crate::auth::check_token_name(name).map_err(|e| ApiError::bad(e.to_string()))?;
             if token_hash(token_sha256).is_none() {
                 return Err(ApiError::bad(
                     "token_sha256 must be 64 lowercase hex digits (the SHA-256 of the token)",

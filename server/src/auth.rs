@@ -161,14 +161,20 @@ pub fn unrecorded_changes(data_dir: &Path) -> anyhow::Result<Vec<UnrecordedChang
     Ok(out)
 }
 
-/// Marks a change `unrecorded_changes` returned as held by the log.
-pub fn mark_recorded(data_dir: &Path, change: &UnrecordedChange) -> anyhow::Result<()> {
+/// Marks changes `unrecorded_changes` returned as held by the log, in one rewrite of
+/// `tokens.json`.
+pub fn mark_recorded(data_dir: &Path, changes: &[UnrecordedChange]) -> anyhow::Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
     let store = data_dir.join("tokens.json");
     let mut file = read_token_file(&store)?;
-    for t in file.tokens.iter_mut().filter(|t| t.sha256 == change.sha256) {
-        match change.action {
-            "token_added" => t.recorded = true,
-            _ => t.revocation_recorded = true,
+    for change in changes {
+        for t in file.tokens.iter_mut().filter(|t| t.sha256 == change.sha256) {
+            match change.action {
+                "token_added" => t.recorded = true,
+                _ => t.revocation_recorded = true,
+            }
         }
     }
     write_token_file(&store, &file)
@@ -185,7 +191,8 @@ pub fn log_is_new(data_dir: &Path) -> anyhow::Result<bool> {
     }
 }
 
-fn check_token_name(name: &str) -> anyhow::Result<()> {
+/// The rule for a token holder's name (the two-person rule counts people by it).
+pub fn check_token_name(name: &str) -> anyhow::Result<()> {
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
         bail!("token name must be 1 to 128 printable characters");
     }

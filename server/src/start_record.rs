@@ -129,8 +129,5 @@ pub fn record_start(
         details,
     )
     .context("recording the start in the log")?;
-    for c in &changes {
-        auth::mark_recorded(data_dir, c)?;
-    }
-    Ok(())
+    auth::mark_recorded(data_dir, &changes)
 }
