@@ -199,6 +199,18 @@ pub fn check_token_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The token of an `Authorization: Bearer …` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer(authorization: Option<&[u8]>) -> Result<&[u8], AuthError> {
+    let Some(value) = authorization else {
+        return Err(AuthError::Unauthenticated("no bearer token"));
+    };
+    match value.split_at_checked(7) {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case(b"bearer ") => Ok(t),
+        _ => Err(AuthError::Unauthenticated("not a bearer token")),
+    }
+}
+
 fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
@@ -302,6 +314,19 @@ impl Tokens {
 
     /// The holder and role of a bare token; every hash compared in constant time.
     pub fn principal_of_token(&self, token: &[u8]) -> Result<Principal, AuthError> {
+        self.with_holder(token, |name, role| Principal {
+            name: name.to_string(),
+            role,
+        })
+    }
+
+    /// `f` of the holder and role of a bare token; every hash compared in constant time.
+    /// Callers that need only the role copy nothing.
+    fn with_holder<T>(
+        &self,
+        token: &[u8],
+        f: impl FnOnce(&str, Role) -> T,
+    ) -> Result<T, AuthError> {
         let d = digest(token);
         let set = self.set.read().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
@@ -311,10 +336,22 @@ impl Tokens {
             }
         }
         let i = found.ok_or(AuthError::Unauthenticated("unknown token"))?;
-        Ok(Principal {
-            name: set.names[i].clone(),
-            role: set.hashes[i].1,
-        })
+        Ok(f(&set.names[i], set.hashes[i].1))
+    }
+
+    /// The role of the bearer token in an `Authorization` value, if it may use `access`
+    /// (the hot path of reads and proofs: no copy of the holder's name).
+    pub fn check_role(
+        &self,
+        authorization: Option<&[u8]>,
+        access: Access,
+    ) -> Result<Role, AuthError> {
+        let role = self.with_holder(bearer(authorization)?, |_, role| role)?;
+        if access.allows(role) {
+            Ok(role)
+        } else {
+            Err(AuthError::Forbidden(role))
+        }
     }
 
     /// Who holds the bearer token in an `Authorization` header value, if their role may use
@@ -325,14 +362,7 @@ impl Tokens {
         authorization: Option<&[u8]>,
         access: Access,
     ) -> Result<Principal, AuthError> {
-        let Some(value) = authorization else {
-            return Err(AuthError::Unauthenticated("no bearer token"));
-        };
-        let token = match value.split_at_checked(7) {
-            Some((scheme, t)) if scheme.eq_ignore_ascii_case(b"bearer ") => t,
-            _ => return Err(AuthError::Unauthenticated("not a bearer token")),
-        };
-        let p = self.principal_of_token(token)?;
+        let p = self.principal_of_token(bearer(authorization)?)?;
         if access.allows(p.role) {
             Ok(p)
         } else {

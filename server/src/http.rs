@@ -224,7 +224,14 @@ impl axum::extract::FromRequestParts<St> for Caller {
 /// Checks the caller against what the route needs: a bearer token if one is sent (it
 /// names the role explicitly), else the role mapped from the client certificate.
 pub fn authorize(st: &AppState, caller: &Caller, access: Access) -> ApiResult<Role> {
-    authorize_submitter(st, caller, access).map(|(role, _)| role)
+    let result = match (&caller.authorization, caller.client.role(&st.client_roles)) {
+        (None, Some((_, role))) if access.allows(role) => Ok(role),
+        (None, Some((_, role))) => Err(AuthError::Forbidden(role)),
+        (value, _) => st
+            .tokens
+            .check_role(value.as_ref().map(|v| v.as_bytes()), access),
+    };
+    result.map_err(auth_error)
 }
 
 /// As `authorize`, also returning who the caller is in the form records carry
@@ -243,16 +250,19 @@ pub fn authorize_submitter(
             .check_principal(value.as_ref().map(|v| v.as_bytes()), access)
             .map(|p| (p.role, Submitter::token(&p.name))),
     };
-    match result {
-        Ok(who) => Ok(who),
-        Err(AuthError::Unauthenticated(why)) => {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
+    result.map_err(auth_error)
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Unauthenticated(why) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
         }
-        Err(AuthError::Forbidden(role)) => Err(ApiError::new(
+        AuthError::Forbidden(role) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("role {} may not use this route", role.name()),
-        )),
+        ),
     }
 }
 
