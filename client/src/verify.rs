@@ -244,6 +244,8 @@ pub fn verify_source(
     let since_at = pins.since.as_ref().map(|c| (c.size, c.root));
     // The newest size a pinned key signed: the checkpoint log's and every sealed footer's.
     let mut signed: Option<(u64, Hash)> = checkpoints.last().map(|c| (c.size, c.root));
+    // Sealed segments whose footer has no note, and their ends.
+    let mut unsigned_footers: Vec<(String, u64)> = Vec::new();
 
     let segs = src.segments()?;
     let total_bytes: u64 = segs.iter().map(|s| s.bytes).sum();
@@ -346,22 +348,22 @@ pub fn verify_source(
                         ),
                     );
                 }
-                // The engine signs every footer as it seals (DESIGN.md): an empty or
-                // unverifiable note is a segment nobody with the key sealed.
+                // A footer sealed while the signer was down has no note: a checkpoint at or
+                // past its end must sign it instead (checked once the signed size is known).
+                // A note that is there must verify: an unverifiable one is a segment nobody
+                // with the key sealed.
                 if footer.checkpoint_note.is_empty() {
-                    return fail(
-                        path,
-                        "footer has no checkpoint note: no pinned key signed this segment",
-                    );
-                }
-                let cp = history
-                    .open_checkpoint(&footer.checkpoint_note)
-                    .or_else(|e| fail(path, format!("footer checkpoint: {e}")))?;
-                if cp.size != *end || cp.root != footer.root || cp.origin != meta.origin {
-                    return fail(path, "footer checkpoint does not sign this segment's head");
-                }
-                if signed.is_none_or(|(s, _)| cp.size > s) {
-                    signed = Some((cp.size, cp.root));
+                    unsigned_footers.push((path.clone(), *end));
+                } else {
+                    let cp = history
+                        .open_checkpoint(&footer.checkpoint_note)
+                        .or_else(|e| fail(path, format!("footer checkpoint: {e}")))?;
+                    if cp.size != *end || cp.root != footer.root || cp.origin != meta.origin {
+                        return fail(path, "footer checkpoint does not sign this segment's head");
+                    }
+                    if signed.is_none_or(|(s, _)| cp.size > s) {
+                        signed = Some((cp.size, cp.root));
+                    }
                 }
                 summary.sealed_segments += 1;
             }
@@ -539,6 +541,24 @@ pub fn verify_source(
                 format!("signed size {signed_size} is below the pinned minimum {min} (--min-size)"),
             );
         }
+    }
+    if let Some((path, end)) = unsigned_footers
+        .iter()
+        .find(|(_, end)| *end > signed_size && !pins.allow_unsigned_tail)
+    {
+        return fail(
+            path,
+            format!("footer has no checkpoint note, and no checkpoint a pinned key signed covers its end {end} (signed size {signed_size}): no pinned key signed this segment"),
+        );
+    }
+    let covered = unsigned_footers
+        .iter()
+        .filter(|(_, end)| *end <= signed_size)
+        .count();
+    if covered > 0 {
+        summary.warnings.push(format!(
+            "{covered} segment(s) sealed without a signed footer (the signer was down); a checkpoint signed later covers each"
+        ));
     }
     let unsigned = edge.size() - signed_size;
     if unsigned > 0 {

@@ -1,7 +1,8 @@
 //! The checkpointer: on its own clock (or sooner when asked), makes the hash store durable
 //! up to the newest head, signs that head, appends the note to the checkpoint log, syncs,
 //! and only then announces it. Signing never sits on the ingest path: a slow or failing
-//! signer delays checkpoints, never acknowledgements.
+//! signer delays checkpoints, never acknowledgements (nor seals: a segment sealed while the
+//! signer was down gets its checkpoint here, at its end, in order, before the head's).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -75,14 +76,19 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
 
 fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
     let head = shared.head();
-    if let Some(cp) = shared.latest_checkpoint() {
-        if cp.checkpoint.size == head.size {
-            return Ok(());
-        }
-        assert!(
-            cp.checkpoint.size < head.size,
-            "tree shrank below its checkpoint"
-        );
+    let signed = shared
+        .latest_checkpoint()
+        .map_or(0, |cp| cp.checkpoint.size);
+    assert!(signed <= head.size, "tree shrank below its checkpoint");
+    // Segments sealed while the signer was down, oldest first, then the head: checkpoints
+    // are signed in order, each segment's at its end (the signature its footer lacks).
+    let mut sizes = shared.unsigned_footers_past(signed);
+    assert!(sizes.last().is_none_or(|&s| s <= head.size));
+    if sizes.last() != Some(&head.size) && head.size > signed {
+        sizes.push(head.size);
+    }
+    if sizes.is_empty() {
+        return Ok(());
     }
     // The checkpoint promises the hashes behind it survive a crash.
     shared.hashes.sync()?;
@@ -91,10 +97,31 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
     if let Err(e) = shared.leaf_index.extend(&shared.hashes, head.size) {
         tracing::warn!("leaf index: {e}");
     }
+    for size in sizes {
+        let root = if size == head.size {
+            head.root
+        } else {
+            auditlog_formats::tree::tree_hash(shared.config.tree_hash, size, &shared.hashes)?
+        };
+        publish(shared, log, size, root)?;
+    }
+    if let Err(e) = shared.leaf_index.compact() {
+        tracing::warn!("leaf index: {e}");
+    }
+    Ok(())
+}
+
+/// Signs the head at `size`, appends it to the log, and only then announces it.
+fn publish(
+    shared: &Shared,
+    log: &mut CheckpointLog,
+    size: u64,
+    root: auditlog_formats::Hash,
+) -> Result<()> {
     let checkpoint = Checkpoint {
         origin: shared.config.origin.clone(),
-        size: head.size,
-        root: head.root,
+        size,
+        root,
         extensions: Vec::new(),
     };
     let note = match shared.keyring.sign(&checkpoint) {
@@ -116,8 +143,5 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
         .checkpoint_at
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-    if let Err(e) = shared.leaf_index.compact() {
-        tracing::warn!("leaf index: {e}");
-    }
     Ok(())
 }

@@ -177,6 +177,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     }
     sealed_list.sort();
     open_list.sort();
+    let mut unsigned_footers = std::collections::VecDeque::new();
     let mut set = SegmentSet {
         sealed: Vec::new(),
         open: Vec::new(),
@@ -248,6 +249,11 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
                 "header does not match the file name or the log's tree hash",
             ));
         }
+        // Sealed while the signer was down: the checkpointer signs a checkpoint at its end.
+        let signed_footer = !footer.checkpoint_note.is_empty();
+        if !signed_footer {
+            unsigned_footers.push_back(b);
+        }
         let seg = Segment {
             first: a,
             end: b,
@@ -264,8 +270,9 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             })?;
         }
         set.sealed.push(Arc::new(seg));
-        // Its footer holds a note signed at `b`.
-        keyring.note_signed(b);
+        if signed_footer {
+            keyring.note_signed(b);
+        }
         end = b;
     }
     let mut open_state: Option<OpenSegment> = None;
@@ -392,6 +399,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         signer_error: Mutex::new(None),
         signer_failures: AtomicU64::new(0),
         signer_failures_in_a_row: AtomicU64::new(0),
+        unsigned_footers: Mutex::new(unsigned_footers),
         seal_error: Mutex::new(None),
         seal_failures: AtomicU64::new(0),
         draining: AtomicBool::new(false),

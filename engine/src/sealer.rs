@@ -3,6 +3,9 @@
 //! BLAKE3 digest), syncs and renames it into place, checks it by reading it back, and only
 //! then retires the open file. A crash at any step leaves the open file as the truth.
 //!
+//! A seal never waits for the signer: while it is down the footer carries no note, and the
+//! checkpointer signs a checkpoint at the segment's end when it is back (`footer_note`).
+//!
 //! The read-back proves the file holds what was meant: its digest, its footer, and blocks
 //! that decompress to exactly the records read from the open segment (a BLAKE3 of both
 //! record streams). Those records passed their batches' CRCs, and their leaf hashes, taken
@@ -160,10 +163,8 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         root,
         extensions: Vec::new(),
     };
-    let note = shared
-        .keyring
-        .sign(&cp)
-        .inspect_err(|_| shared.signer_failed())?;
+    let note = footer_note(shared, &cp);
+    let unsigned = note.is_empty();
     let tail = builder.finish(
         prior.subtree_roots(),
         root,
@@ -254,6 +255,9 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         ..seg
     };
     shared.replace_with_sealed(sealed);
+    if unsigned {
+        shared.footer_unsigned(job.end);
+    }
     // Not unlinked: the preallocator zeroes it in place for a later segment (freeing it
     // stalled the disk). Renamed first, so recovery never takes it for an open segment.
     let recycled = dir.join(segments::recycle_name(job.first));
@@ -263,6 +267,28 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     crate::recovery::recycle(shared, recycled, job.file.clone());
     tracing::info!("sealed segment [{}, {})", job.first, job.end);
     Ok(())
+}
+
+/// The signed note for a footer, or none while the signer is down: a seal never waits for
+/// the signer (an HSM outage would otherwise fill the seal queue and stop ingest). A footer
+/// without a note is covered by the checkpoint the checkpointer signs at its end once the
+/// signer is back (`Shared::unsigned_footers`); the verifier asks that of it.
+fn footer_note(shared: &Shared, cp: &Checkpoint) -> String {
+    if shared.signer_down() {
+        return String::new();
+    }
+    match shared.keyring.sign(cp) {
+        Ok(note) => note,
+        Err(e) => {
+            shared.signer_failed();
+            tracing::warn!(
+                "sealing [.., {}) without a signed footer: {e}; its checkpoint is signed when the signer is back",
+                cp.size
+            );
+            shared.set_signer_error(Some(e.to_string()));
+            String::new()
+        }
+    }
 }
 
 /// `FaultHooks::damage_seals`: changes the last byte (a record's) of the first block.

@@ -88,6 +88,10 @@ pub(crate) struct Shared {
     pub(crate) signer_error: Mutex<Option<String>>,
     pub(crate) signer_failures: AtomicU64,
     pub(crate) signer_failures_in_a_row: AtomicU64,
+    /// Ends of sealed segments whose footer carries no signed note (sealed while the signer
+    /// was down), oldest first, until a checkpoint at or past each is in the log: the
+    /// checkpointer signs one at each end, in order, when the signer is back.
+    pub(crate) unsigned_footers: Mutex<std::collections::VecDeque<u64>>,
     /// The last failed seal, until a seal succeeds, and failed seals since start.
     pub(crate) seal_error: Mutex<Option<String>>,
     pub(crate) seal_failures: AtomicU64,
@@ -174,6 +178,41 @@ impl Shared {
             self.seal_failures.fetch_add(1, Ordering::Relaxed);
         }
         *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    /// Whether the last signing failed and none has worked since: seals then go on
+    /// without asking the signer (their footers are signed by the checkpointer later).
+    pub fn signer_down(&self) -> bool {
+        self.signer_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// A segment sealed with no note in its footer, ending at `end`.
+    pub(crate) fn footer_unsigned(&self, end: u64) {
+        let mut q = self
+            .unsigned_footers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(
+            q.back().is_none_or(|&b| b < end),
+            "unsigned footers out of order"
+        );
+        q.push_back(end);
+    }
+
+    /// The ends of segments sealed without a signed note that no checkpoint in the log
+    /// covers yet (`signed`: the newest checkpoint's size), oldest first.
+    pub(crate) fn unsigned_footers_past(&self, signed: u64) -> Vec<u64> {
+        let mut q = self
+            .unsigned_footers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while q.front().is_some_and(|&e| e <= signed) {
+            q.pop_front();
+        }
+        q.iter().copied().collect()
     }
 
     pub fn set_signer_error(&self, e: Option<String>) {

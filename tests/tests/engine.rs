@@ -841,3 +841,159 @@ fn shutdown_with_seals_failing_and_the_seal_queue_full_completes() {
         assert_eq!(engine.tree_hash().leaf(&rec), leaf, "record {index}");
     }
 }
+
+fn flaky_key() -> note::NoteSigner {
+    note::NoteSigner::from_seed("auditlog.local/log", [7u8; 32]).expect("key")
+}
+
+/// A signer that fails while `down` is set (an HSM outage).
+struct FlakySigner {
+    key: note::NoteSigner,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl auditlog_engine::Signer for FlakySigner {
+    fn verifier_key(&self) -> note::VerifierKey {
+        self.key.verifier_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> auditlog_engine::Result<[u8; 64]> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(EngineError::Signer("the HSM is gone".into()));
+        }
+        Ok(self.key.sign(message))
+    }
+}
+
+/// Sealed segments with no note in their footer, by end, and the checkpoint log's sizes.
+fn unsigned_footers_and_logged_sizes(dir: &std::path::Path) -> (Vec<u64>, Vec<u64>) {
+    use auditlog_formats::segment as sg;
+    let mut ends = Vec::new();
+    for e in std::fs::read_dir(dir.join("segments")).expect("ls") {
+        let p = e.expect("entry").path();
+        if p.extension().is_none_or(|x| x != "seg") {
+            continue;
+        }
+        let b = std::fs::read(&p).expect("read");
+        let h = sg::SegmentHeader::decode(&b[..sg::HEADER_BYTES]).expect("header");
+        let t =
+            sg::decode_trailer(b.len() as u64, &b[b.len() - sg::TRAILER_BYTES..]).expect("trailer");
+        let fo = t.footer_offset as usize;
+        let f = sg::decode_footer(&h, &t, &b[fo..fo + t.footer_bytes as usize]).expect("footer");
+        if f.checkpoint_note.is_empty() {
+            ends.push(h.first_index + h.count);
+        }
+    }
+    ends.sort();
+    let log = std::fs::read(dir.join("checkpoints.log")).expect("checkpoint log");
+    let key = flaky_key().verifier_key();
+    let sizes = auditlog_formats::checkpoint_log::parse_log(&log)
+        .0
+        .iter()
+        .map(|b| {
+            let text = std::str::from_utf8(b).expect("utf-8");
+            note::open_checkpoint(text, std::slice::from_ref(&key))
+                .expect("checkpoint verifies")
+                .0
+                .size
+        })
+        .collect();
+    (ends, sizes)
+}
+
+/// Appends `n` events from `start` on another thread and waits (up to 60 s) for all of them
+/// to be acknowledged: ingest must not stop while the signer is down.
+fn append_within_a_minute(engine: &Arc<Engine>, start: u64, n: u64) -> Vec<(u64, [u8; 32])> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e = engine.clone();
+    std::thread::spawn(move || tx.send(append_n(&e, start, n, 250)));
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("ingest stopped with the signer down: {:?}", engine.status()))
+}
+
+/// An HSM outage stops no write: with the signer failing and a seal queue of one, ten
+/// segments' worth of events are acknowledged and sealed (footers without a note), and no
+/// checkpoint is published. When the signer is back, the checkpointer signs a checkpoint at
+/// each such segment's end, in order, then the head. An outage that lasts through a
+/// shutdown is picked up by the next start, which finds the unsigned footers and signs them.
+/// The verifier accepts both directories.
+#[test]
+fn a_signer_outage_stops_no_write_and_footers_are_signed_when_it_returns() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.seal_queue_segments_max = 1;
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signer = || {
+        Arc::new(FlakySigner {
+            key: flaky_key(),
+            down: down.clone(),
+        }) as Arc<dyn auditlog_engine::Signer>
+    };
+    let engine = Arc::new(Engine::open(cfg.clone(), Some(signer())).expect("open"));
+    let mut receipts = append_n(&engine, 0, 1_000, 250);
+    let before = engine
+        .wait_checkpoint(1_000, Duration::from_secs(10))
+        .expect("checkpoint")
+        .checkpoint
+        .size;
+
+    // Outage while running: ~10 segments of 1 MiB.
+    down.store(true, Ordering::SeqCst);
+    receipts.extend(append_within_a_minute(&engine, 1_000, 40_000));
+    wait_sealed(&engine, 8);
+    let s = engine.status();
+    assert!(s.signer_error.is_some(), "{s:?}");
+    assert_eq!(s.seal_error, None, "seals do not fail for want of a signer");
+    let (unsigned, logged) = unsigned_footers_and_logged_sizes(dir.path());
+    assert!(unsigned.len() >= 8, "{unsigned:?}");
+    assert!(
+        logged.iter().all(|&s| s <= before),
+        "signed with the HSM gone: {logged:?}"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    check_everything(&engine, &receipts);
+    let (unsigned, logged) = unsigned_footers_and_logged_sizes(dir.path());
+    assert!(
+        logged.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {logged:?}"
+    );
+    for end in &unsigned {
+        assert!(logged.contains(end), "no checkpoint at {end}: {logged:?}");
+    }
+
+    // An outage through a shutdown: the next start signs what the footers lack.
+    down.store(true, Ordering::SeqCst);
+    let (size, sealed) = (engine.tree_size(), engine.status().sealed_segments);
+    receipts.extend(append_within_a_minute(&engine, size, 20_000));
+    wait_sealed(&engine, sealed + 3);
+    let (unsigned_now, _) = unsigned_footers_and_logged_sizes(dir.path());
+    let Ok(engine) = Arc::try_unwrap(engine) else {
+        panic!("engine still shared")
+    };
+    engine.shutdown().expect("shutdown with the signer down");
+    assert!(unsigned_now.len() >= unsigned.len() + 3, "{unsigned_now:?}");
+    down.store(false, Ordering::SeqCst);
+    let engine = Engine::open(cfg, Some(signer())).expect("reopen");
+    check_everything(&engine, &receipts);
+    engine.shutdown().expect("shutdown");
+    let (unsigned, logged) = unsigned_footers_and_logged_sizes(dir.path());
+    assert!(
+        logged.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {logged:?}"
+    );
+    for end in &unsigned {
+        assert!(logged.contains(end), "no checkpoint at {end}: {logged:?}");
+    }
+    let key = flaky_key().verifier_key();
+    let s = auditlog_client::verify::verify_dir(dir.path(), &key, &mut |_, _| {})
+        .expect("the offline verifier accepts the log");
+    assert_eq!((s.signed_size, s.unsigned_records), (s.events, 0));
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("sealed without a signed footer")),
+        "{:?}",
+        s.warnings
+    );
+}

@@ -740,120 +740,172 @@ fn rotation_under_two_person_rule() {
     assert!(e.to_string().contains("outside its validity"), "{e}");
 }
 
-/// SIGTERM with the HSM gone while ingest waits on the sealer: seals (which sign) keep
-/// failing, the seal queue is full, and a request is blocked behind the sequencer's
-/// rotation. The daemon still drains and exits on its own; started again with the token
-/// back, it seals the open segments, every acknowledged event is where its receipt says,
-/// and the offline verifier accepts the directory.
+impl Daemon {
+    fn metric(&self, name: &str) -> u64 {
+        let (_, m) = self.call("GET", "/metrics", "", None);
+        String::from_utf8_lossy(&m)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+
+    fn wait_metric(&self, name: &str, secs: u64, pred: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.metric(name);
+            if pred(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{name} stuck at {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A writer that posts `per_post` events every `every` until told to stop, keeping every
+/// receipt; a refused or failed request fails the test.
+struct SteadyWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(u64, String)>>,
+}
+
+impl SteadyWriter {
+    fn start(d: &Daemon, per_post: u64, every: Duration) -> SteadyWriter {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (agent, base, token) = (d.agent.clone(), d.base.clone(), d.tokens["writer"].clone());
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut n = 1_000_000u64;
+            while !halt.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = Instant::now();
+                let mut body = Vec::new();
+                for i in n..n + per_post {
+                    body.extend_from_slice(&event(i, 200));
+                    body.push(b'\n');
+                }
+                n += per_post;
+                let r = agent
+                    .post(&format!("{base}/v1/events"))
+                    .set("Authorization", &format!("Bearer {token}"))
+                    .set("Content-Type", "application/x-ndjson")
+                    .send_bytes(&body)
+                    .unwrap_or_else(|e| panic!("ingest refused during the outage: {e}"));
+                let v: Value = serde_json::from_reader(r.into_reader()).expect("json");
+                for rc in v["receipts"].as_array().expect("receipts") {
+                    acked.push((
+                        rc["index"].as_u64().expect("index"),
+                        rc["leaf_hash"].as_str().expect("hash").into(),
+                    ));
+                }
+                std::thread::sleep(every.saturating_sub(started.elapsed()));
+            }
+            acked
+        });
+        SteadyWriter { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(u64, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("writer")
+    }
+}
+
+/// The SoftHSM2 token removed for a minute (`AUDITLOG_TEST_HSM_OUTAGE_S`, default 60) under
+/// steady ingest, with a seal queue of one and replication to moto: ingest, sealing and
+/// shipping go on (every request acknowledged, segments sealed and shipped, no seal
+/// failure), `/ready` names the signer while it lasts and no checkpoint is published. With
+/// the token back, checkpoints resume, every acknowledged event is where its receipt says,
+/// SIGTERM exits 0, and the offline verifier accepts the directory and the bucket.
 #[test]
-fn sigterm_with_the_hsm_gone_and_sealing_stuck_still_exits() {
-    let w = World::new("stuck");
-    let key = w.generate("stuck", "cp");
-    let cfg = w.config(&hsm_signer("stuck", "cp"), "");
+fn an_hsm_outage_under_steady_ingest_stops_nothing_and_loses_nothing() {
+    use auditlog_tests::worm_servers::start_moto;
+    let outage = Duration::from_secs(
+        std::env::var("AUDITLOG_TEST_HSM_OUTAGE_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    auditlog_worm::create_bucket("s3://outage", &auditlog_tests::s3_options(&ep), true)
+        .expect("bucket");
+    let w = World::new("outage");
+    let key = w.generate("outage", "cp");
+    let cfg = w.config(
+        &hsm_signer("outage", "cp"),
+        &format!(
+            "[replication]\ntarget = \"s3://outage/log\"\nretry_ms_initial = 50\nretry_ms_max = 300\n\
+             poll_interval_ms = 20\nlatest_checkpoint_interval_ms = 100\n\
+             [replication.options]\nendpoint = \"{ep}\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"test\"\nsecret_access_key = \"test\"\n"
+        ),
+    );
     let text = std::fs::read_to_string(&cfg)
         .expect("config")
         .replace("[engine]\n", "[engine]\nseal_queue_segments_max = 1\n");
     std::fs::write(&cfg, text).expect("config");
     let mut d = w.start(&cfg);
     d.ingest(0, 20);
-    d.checkpoint_note(20, 10_000).expect("first checkpoint");
+    let before = d.size();
+    d.checkpoint_note(before, 10_000).expect("first checkpoint");
+    let sealed_before = d.metric("auditlog_sealed_segments");
+    let shipped_before = d.wait_metric("auditlog_replication_shipped_end", 30, |_| true);
+
     let away = w.dir.path().join("tokens-away");
     std::fs::rename(&w.hsm.token_dir, &away).expect("remove the token");
-
-    // A producer that goes on until a request is refused or times out.
-    let (agent, base, token) = (d.agent.clone(), d.base.clone(), d.tokens["writer"].clone());
-    let producer = std::thread::spawn(move || {
-        let mut acked: Vec<(u64, String)> = Vec::new();
-        for b in 0..80u64 {
-            let mut body = Vec::new();
-            for i in 0..1000 {
-                body.extend_from_slice(&event(1_000_000 + b * 1000 + i, 200));
-                body.push(b'\n');
-            }
-            let r = agent
-                .post(&format!("{base}/v1/events"))
-                .set("Authorization", &format!("Bearer {token}"))
-                .set("Content-Type", "application/x-ndjson")
-                .send_bytes(&body);
-            // A refusal may still carry the receipts of what was stored before it.
-            let (v, refused): (Value, bool) = match r {
-                Ok(r) => (
-                    serde_json::from_reader(r.into_reader()).expect("json"),
-                    false,
-                ),
-                Err(ureq::Error::Status(_, r)) => (
-                    serde_json::from_reader(r.into_reader()).unwrap_or(Value::Null),
-                    true,
-                ),
-                Err(_) => break,
-            };
-            assert!(refused || v["receipts"].is_array(), "{v}");
-            for rc in v["receipts"].as_array().into_iter().flatten() {
-                acked.push((
-                    rc["index"].as_u64().expect("index"),
-                    rc["leaf_hash"].as_str().expect("hash").into(),
-                ));
-            }
-            if refused {
-                break;
-            }
+    let outage_began = Instant::now();
+    // ~1 MB/s: a 1 MiB segment sealed about every second.
+    let writer = SteadyWriter::start(&d, 500, Duration::from_millis(100));
+    let mut saw_not_ready = false;
+    while outage_began.elapsed() < outage {
+        let (s, b) = d.call("GET", "/ready", "", None);
+        if s == 503 && String::from_utf8_lossy(&b).contains("signer") {
+            saw_not_ready = true;
         }
-        acked
-    });
-    // Wait until appends stop with seals failing.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = (0, Instant::now());
-    loop {
-        let (_, m) = d.call("GET", "/metrics", "", None);
-        let m = String::from_utf8_lossy(&m).to_string();
-        let size = d.size();
-        if size != last.0 {
-            last = (size, Instant::now());
-        }
-        if m.contains("auditlog_seal_error 1") && last.1.elapsed() > Duration::from_millis(500) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "appends never stopped behind the sealer: {m}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(!writer.thread.is_finished(), "the writer stopped");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!producer.is_finished(), "the producer was not held back");
-
-    let mut child = d.child.take().expect("running");
-    // SAFETY: signalling our own child by its pid.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    // Seconds, not the minute of a request timeout: the drain does not wait on the sealer.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("auditlogd did not exit within 15 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "auditlogd exited with {status}");
-    let acked = producer.join().expect("producer");
-    assert!(!acked.is_empty());
+    assert!(
+        saw_not_ready,
+        "/ready never named the signer during the outage"
+    );
+    assert_eq!(
+        d.metric("auditlog_seal_error"),
+        0,
+        "a seal failed for want of the HSM"
+    );
+    assert_eq!(d.metric("auditlog_seal_failures_total"), 0);
+    let sealed = d.metric("auditlog_sealed_segments");
+    assert!(
+        sealed >= sealed_before + 5,
+        "sealing stopped: {sealed_before} -> {sealed}"
+    );
+    assert!(d.metric("auditlog_signer_error") == 1);
+    let signed_during = d.metric("auditlog_checkpoint_size");
+    assert!(
+        signed_during <= before + 1,
+        "a checkpoint was signed with the token gone: {signed_during}"
+    );
+    let shipped = d.metric("auditlog_replication_shipped_end");
+    assert!(shipped > shipped_before, "shipping stopped: {shipped}");
 
     std::fs::rename(&away, &w.hsm.token_dir).expect("token back");
-    let mut d = w.start(&cfg);
-    let size = d.size();
+    let acked = writer.finish();
     assert!(
-        acked.iter().all(|(i, _)| *i < size),
-        "an acknowledged event is missing"
+        acked.len() as u64 >= 500 * outage.as_secs(),
+        "{}",
+        acked.len()
     );
+    let size = d.size();
     let text = d
-        .checkpoint_note(size, 20_000)
-        .expect("signing works again");
+        .checkpoint_note(size, 30_000)
+        .expect("checkpoints resume with the token back");
     ed25519_verifies(&key, &text);
-    for (index, leaf) in acked.iter().step_by(499) {
+    let (s, _) = d.call("GET", "/ready", "", None);
+    assert_eq!(s, 200, "ready again");
+    for (index, leaf) in acked.iter().step_by(997) {
         let (s, v) = d.json(
             "GET",
             &format!("/v1/proof/inclusion?leaf_hash={leaf}&size={size}"),
@@ -863,7 +915,35 @@ fn sigterm_with_the_hsm_gone_and_sealing_stuck_still_exits() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["index"].as_u64(), Some(*index), "{v}");
     }
+    d.wait_metric("auditlog_replication_segments_pending", 60, |v| v == 0);
+    let shipped_end = d.metric("auditlog_replication_shipped_end");
     d.stop();
+
     let summary = verify_dir(&w.data(), &key, &mut |_, _| {}).expect("offline verifier");
-    assert_eq!(summary.events, size);
+    assert!(summary.events >= size);
+    assert_eq!(summary.signed_size, summary.events);
+    assert!(
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("sealed without a signed footer")),
+        "{:?}",
+        summary.warnings
+    );
+    let target: std::sync::Arc<dyn auditlog_worm::WormTarget> =
+        auditlog_worm::open("s3://outage/log", &auditlog_tests::s3_options(&ep))
+            .expect("target")
+            .into();
+    let (bucket, _) = auditlog_client::bucket::verify_bucket(
+        target,
+        &KeyHistory::single(&key).check().expect("history"),
+        &auditlog_worm::RetentionPolicy::default(),
+        &mut |_, _| {},
+    )
+    .expect("the bucket verifies");
+    assert!(
+        bucket.events >= shipped_end,
+        "{} < {shipped_end}",
+        bucket.events
+    );
 }

@@ -469,10 +469,36 @@ fn the_verifier_vouches_only_for_signed_data() {
     let empty_log = fixture(&|d| std::fs::write(d.join("checkpoints.log"), b"").expect("w"));
     fails(empty_log.path(), &strict, "past the signed size");
 
-    // Sealed footers: an empty note, and one signed by another key.
+    // Sealed footers: an empty note, and one signed by another key. An empty note is what
+    // a seal during a signer outage writes: it passes only under a signed checkpoint that
+    // covers the segment's end, and is named when none does.
     let seg = |d: &Path| files(&d.join("segments"), "seg")[0].clone();
+    let last_seg = |d: &Path| files(&d.join("segments"), "seg").pop().expect("sealed");
     let empty_note = fixture(&|d| reseal_with_note(&seg(d), ""));
-    fails(empty_note.path(), &lenient, "footer has no checkpoint note");
+    let s = run(empty_note.path(), &strict).expect("covered by the checkpoint log");
+    assert_eq!((s.signed_size, s.unsigned_records), (8000, 0));
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("1 segment(s) sealed without a signed footer")),
+        "{:?}",
+        s.warnings
+    );
+    let uncovered = fixture(&|d| {
+        reseal_with_note(&last_seg(d), "");
+        std::fs::write(d.join("checkpoints.log"), b"").expect("w");
+    });
+    let last_name = last_seg(uncovered.path())
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let e = run(uncovered.path(), &strict).expect_err("nothing signs the last segment");
+    assert!(
+        e.to_string().contains("footer has no checkpoint note")
+            && e.to_string().contains(&last_name),
+        "{e}"
+    );
     let other = note::NoteSigner::from_seed("auditlog.local/log", [9u8; 32]).expect("key");
     let foreign = fixture(&|d| {
         use auditlog_formats::segment as sg;
