@@ -1,5 +1,6 @@
 //! Helpers shared by the system tests and the crash child.
 
+pub mod attack;
 pub mod certs;
 pub mod tools;
 pub mod worm_servers;
