@@ -128,6 +128,7 @@ pub struct ServerSection {
     pub streamed_reads_max: Option<usize>,
     pub streamed_reads_per_principal_max: Option<usize>,
     pub request_bytes_in_flight_max: Option<usize>,
+    pub submissions_per_principal_max: Option<usize>,
     /// TLS for both listeners (and mutual TLS with `client_ca_path`).
     pub tls: Option<crate::tls::TlsSection>,
 }
@@ -188,10 +189,18 @@ pub struct ServerConfig {
     /// while it reads, so these bound how much of the pool reads can take.
     pub streamed_reads_max: usize,
     pub streamed_reads_per_principal_max: usize,
-    /// HTTP request body bytes held at once across all requests (each counts its
-    /// Content-Length, or `body_bytes_max` if chunked, from before it is read until it
-    /// ends); past it, 503 with Retry-After at once. At least `body_bytes_max`.
+    /// Event bytes held at once across all ingest (`admission.rs`): an HTTP body counts its
+    /// Content-Length (or `body_bytes_max` if chunked) from before it is read until the
+    /// request ends, a TCP frame its payload from its header until the engine answers it,
+    /// a syslog read's batches until the engine answers them. Past it HTTP gets 503 with
+    /// Retry-After at once; TCP and syslog connections wait (and are not read meanwhile).
+    /// At least `body_bytes_max`.
     pub request_bytes_in_flight_max: usize,
+    /// Submissions one principal (a token's holder, a certificate, a syslog peer) may have
+    /// in the engine's queue or being written at once: its fair share of
+    /// `engine.queue_submissions_max` (default a quarter of it). Past it HTTP gets 503
+    /// `queue_share_full` with Retry-After; TCP and syslog connections wait.
+    pub submissions_per_principal_max: usize,
     pub tls: Option<crate::tls::TlsSection>,
     /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
     pub siem: crate::siem_config::SiemConfig,
@@ -226,6 +235,7 @@ impl ServerConfig {
             streamed_reads_max: 64,
             streamed_reads_per_principal_max: 8,
             request_bytes_in_flight_max: 256 << 20,
+            submissions_per_principal_max: 1024,
             tls: None,
             siem: crate::siem_config::SiemConfig::defaults(),
         }
@@ -382,6 +392,17 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         || server.request_bytes_in_flight_max > u32::MAX as usize
     {
         bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll and streamed-read limits and the http_*_timeout_ms must be positive; request_bytes_in_flight_max must be at least body_bytes_max and under 4 GiB");
+    }
+    server.submissions_per_principal_max = s
+        .submissions_per_principal_max
+        .unwrap_or((engine.queue_submissions_max / 4).max(1));
+    if server.submissions_per_principal_max == 0
+        || server.submissions_per_principal_max > engine.queue_submissions_max
+    {
+        bail!(
+            "server.submissions_per_principal_max must be 1 to engine.queue_submissions_max ({})",
+            engine.queue_submissions_max
+        );
     }
     server.tls = s.tls;
     if server.tcp_frame_bytes_max < 65_536 + 8

@@ -50,8 +50,9 @@ pub struct AppState {
     pub long_polls: ClassLimits,
     /// Streamed reads (exports and ranges) running, in all and per principal.
     pub streamed_reads: ClassLimits,
-    /// Request body bytes in memory at once (`request_bytes_in_flight_max`), one permit a byte.
-    pub request_bytes: Arc<Semaphore>,
+    /// Event bytes in memory and each principal's share of the engine's queue, shared
+    /// with the TCP and syslog listeners.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// The concurrency limits of one route class: in all, and per principal. A request over
@@ -732,7 +733,7 @@ async fn get_metrics(State(st): State<St>) -> Response {
         tcp_max: st.cfg.tcp_connections_max,
         long_polls: st.long_polls.running(),
         streamed_reads: st.streamed_reads.running(),
-        request_bytes: st.cfg.request_bytes_in_flight_max - st.request_bytes.available_permits(),
+        request_bytes: st.admission.bytes_in_flight(),
         shed: [("api", &st.api_shed), ("ops", &st.ops_shed)]
             .into_iter()
             .flat_map(|(l, c)| {

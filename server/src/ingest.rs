@@ -110,28 +110,47 @@ async fn read_body(
 /// A share of `request_bytes_in_flight_max` for one request body: its Content-Length, or
 /// `body_bytes_max` when it has none (chunked). Past the budget, 503 with Retry-After at once:
 /// the server is full, not the caller wrong.
-fn body_budget(st: &St, headers: &HeaderMap) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+fn body_budget(st: &St, headers: &HeaderMap) -> ApiResult<crate::admission::Bytes> {
     let max = st.cfg.body_bytes_max as u64;
     let want = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(max)
-        .min(max)
-        .max(1);
-    st.request_bytes
-        .clone()
-        .try_acquire_many_owned(want as u32)
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                format!(
-                    "request bodies in flight are at request_bytes_in_flight_max ({} bytes); retry later",
-                    st.cfg.request_bytes_in_flight_max
-                ),
-            )
-        })
+        .min(max);
+    st.admission.try_bytes(want as usize).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "event bytes in flight are at request_bytes_in_flight_max ({} bytes); retry later",
+                st.cfg.request_bytes_in_flight_max
+            ),
+        )
+    })
+}
+
+/// The first part of a request takes its place in the principal's share of the engine's
+/// queue at once or is refused (nothing of the request is queued yet); later parts wait
+/// for theirs, so a request is not left half-queued.
+async fn queue_share(
+    st: &St,
+    submitter: &Submitter,
+    first: bool,
+) -> ApiResult<crate::admission::Share> {
+    if !first {
+        return Ok(st.admission.share(submitter.as_str()).await);
+    }
+    st.admission.try_share(submitter.as_str()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_share_full",
+            format!(
+                "{submitter} has submissions_per_principal_max ({}) submissions waiting to be stored; retry later",
+                st.admission.share_max
+            ),
+        )
+    })
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -214,10 +233,11 @@ pub fn build_batches(
 
 type Waiting = oneshot::Receiver<Result<Receipts, EngineError>>;
 
-fn done_sender() -> (auditlog_engine::Done, Waiting) {
+fn done_sender(share: crate::admission::Share) -> (auditlog_engine::Done, Waiting) {
     let (tx, rx) = oneshot::channel();
-    // Runs on the sequencer thread: only a send.
+    // Runs on the sequencer thread: only a send, and the share given back.
     let done: auditlog_engine::Done = Box::new(move |r| {
+        drop(share);
         let _ = tx.send(r);
     });
     (done, rx)
@@ -256,7 +276,15 @@ pub async fn post_events(
     // what was stored, so the client loses no receipt and can resend the rest.
     let mut failure: Option<ApiError> = None;
     for (i, batch) in batches.into_iter().enumerate() {
-        let (done, rx) = done_sender();
+        let share = match queue_share(&st, &submitter, i == 0).await {
+            Ok(s) => s,
+            Err(e) if i == 0 => return Err(e),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let (done, rx) = done_sender(share);
         if i == 0 {
             // A full queue refuses the request while nothing of it is queued.
             st.engine.try_submit(batch, done)?;

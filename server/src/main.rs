@@ -3,6 +3,7 @@
 //! final checkpoint and exits 0.
 
 mod admin;
+mod admission;
 mod auth;
 mod config;
 mod export;
@@ -184,6 +185,10 @@ fn main() -> anyhow::Result<()> {
     engine.on_checkpoint(Box::new(move |size| {
         checkpoint_tx.send_replace(size);
     }));
+    let admission = admission::Admission::new(
+        cfg.server.request_bytes_in_flight_max,
+        cfg.server.submissions_per_principal_max,
+    );
     let state = Arc::new(http::AppState {
         engine: engine.clone(),
         tokens: tokens.clone(),
@@ -209,9 +214,7 @@ fn main() -> anyhow::Result<()> {
             "too_many_streamed_reads",
             ("streamed_reads_max", "streamed_reads_per_principal_max"),
         ),
-        request_bytes: Arc::new(tokio::sync::Semaphore::new(
-            cfg.server.request_bytes_in_flight_max,
-        )),
+        admission: admission.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let draining = Arc::downgrade(&engine);
@@ -255,6 +258,7 @@ fn main() -> anyhow::Result<()> {
             tls: acceptor.clone(),
             client_roles,
             connections: tcp_connections,
+            admission: admission.clone(),
         });
         let tcp_task = tokio::spawn(tcp::serve(ingest, ctx, tcp_stop_rx));
         let syslog_task = match cfg.server.siem.syslog_addr {
@@ -282,6 +286,7 @@ fn main() -> anyhow::Result<()> {
                     engine.clone(),
                     siem,
                     tls,
+                    admission.clone(),
                     syslog_stop_rx,
                 )))
             }

@@ -177,7 +177,7 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         &mut out,
         "auditlog_http_request_bytes_in_flight",
         "gauge",
-        "HTTP request body bytes held now (request_bytes_in_flight_max).",
+        "Event bytes of ingest held now: HTTP bodies, TCP frames, syslog batches (request_bytes_in_flight_max).",
         conns.request_bytes as u64,
     );
     metric(

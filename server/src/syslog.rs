@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts, Submitter};
 
+use crate::admission::Admission;
 use crate::listener::{admit, SourceSlots};
 use auditlog_formats::syslog::{self, Decoder};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -82,6 +83,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     cfg: SiemConfig,
     tls: Option<ListenerTls>,
+    admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.syslog_connections_max));
@@ -99,6 +101,7 @@ pub async fn serve(
                         continue;
                     };
                     let (engine, cfg, tls) = (engine.clone(), cfg.clone(), tls.clone());
+                    let admission = admission.clone();
                     let stop = stop.clone();
                     tokio::spawn(async move {
                         COUNTERS.connections.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +111,7 @@ pub async fn serve(
                         let r = match tls {
                             None => {
                                 let from = Submitter::syslog(ip, None);
-                                connection(stream, ip, from, &engine, &cfg, stop).await
+                                connection(stream, ip, from, (&engine, &admission), &cfg, stop).await
                             }
                             Some(tls) => match handshake(stream, &tls).await {
                                 Ok(s) => {
@@ -118,7 +121,7 @@ pub async fn serve(
                                         ip,
                                         names.0.first().map(String::as_str),
                                     );
-                                    connection(s, ip, from, &engine, &cfg, stop).await
+                                    connection(s, ip, from, (&engine, &admission), &cfg, stop).await
                                 }
                                 Err(e) => Err(e),
                             },
@@ -177,7 +180,7 @@ async fn connection<S: AsyncRead + Unpin>(
     mut stream: S,
     peer: IpAddr,
     submitter: Submitter,
-    engine: &Arc<Engine>,
+    (engine, admission): (&Arc<Engine>, &Admission),
     cfg: &SiemConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
@@ -205,7 +208,13 @@ async fn connection<S: AsyncRead + Unpin>(
                     settle(p).await?;
                 }
             }
-            in_flight.push_back(submit(engine, batch)?);
+            // Its bytes and its place in the peer's share of the queue, until the engine
+            // answers; waiting for either, the connection is not read.
+            let held = (
+                admission.bytes(batch.body_bytes()).await,
+                admission.share(submitter.as_str()).await,
+            );
+            in_flight.push_back(submit(engine, batch, held)?);
         }
         if let Some(e) = framing {
             COUNTERS.framing_errors.fetch_add(1, Ordering::Relaxed);
@@ -265,13 +274,18 @@ fn build(
     (batches, framing)
 }
 
-fn submit(engine: &Engine, batch: EventBatch) -> Result<Pending, EngineError> {
+fn submit(
+    engine: &Engine,
+    batch: EventBatch,
+    held: (crate::admission::Bytes, crate::admission::Share),
+) -> Result<Pending, EngineError> {
     let (tx, rx) = oneshot::channel();
     // A full engine queue blocks here: the connection stops reading.
     tokio::task::block_in_place(|| {
         engine.submit(
             batch,
             Box::new(move |r| {
+                drop(held);
                 let _ = tx.send(r);
             }),
         )

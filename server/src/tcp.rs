@@ -16,6 +16,8 @@ use auditlog_formats::frame::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::admission::Admission;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Access, Role, Tokens};
@@ -41,6 +43,8 @@ pub struct TcpContext {
     pub client_roles: BTreeMap<String, Role>,
     /// Open connections: `connections_max` permits.
     pub connections: Arc<Semaphore>,
+    /// Event bytes in memory and each principal's share of the engine's queue.
+    pub admission: Arc<Admission>,
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch::Receiver<bool>) {
@@ -125,10 +129,13 @@ enum ReadError {
     Frame(FrameError),
 }
 
+/// A frame, its payload counted against the byte budget (when given) from before it is
+/// read: a connection waits for room, unread, rather than allocating past the budget.
 async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     payload_bytes_max: u32,
-) -> Result<(FrameHeader, Vec<u8>), ReadError> {
+    budget: Option<&Admission>,
+) -> Result<(FrameHeader, Vec<u8>, Option<crate::admission::Bytes>), ReadError> {
     let mut h = [0u8; FRAME_HEADER_BYTES];
     match r.read_exact(&mut h).await {
         Ok(_) => {}
@@ -136,9 +143,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) => return Err(ReadError::Io(e)),
     }
     let h = FrameHeader::decode(&h, payload_bytes_max).map_err(ReadError::Frame)?;
+    let held = match budget {
+        Some(b) => Some(b.bytes(h.payload_bytes as usize).await),
+        None => None,
+    };
     let mut p = vec![0u8; h.payload_bytes as usize];
     r.read_exact(&mut p).await.map_err(ReadError::Io)?;
-    Ok((h, p))
+    Ok((h, p, held))
 }
 
 async fn connection<R, W>(
@@ -160,7 +171,8 @@ where
 
     let hello = tokio::time::timeout(
         Duration::from_millis(limits.hello_timeout_ms),
-        read_frame(&mut rd, 4 + frame::TOKEN_BYTES_MAX as u32),
+        // Small and bounded: not counted against the byte budget.
+        read_frame(&mut rd, 4 + frame::TOKEN_BYTES_MAX as u32, None),
     )
     .await;
     let mut authenticated = None;
@@ -168,10 +180,10 @@ where
         Err(_) => Some((ErrorCode::BadFrame, "no HELLO in time".to_string())),
         Ok(Err(ReadError::Frame(e))) => Some((ErrorCode::BadFrame, e.to_string())),
         Ok(Err(_)) => None,
-        Ok(Ok((h, _))) if h.frame_type != FrameType::Hello => {
+        Ok(Ok((h, _, _))) if h.frame_type != FrameType::Hello => {
             Some((ErrorCode::BadFrame, "the first frame must be HELLO".into()))
         }
-        Ok(Ok((_, p))) => match frame::decode_hello(&p) {
+        Ok(Ok((_, p, _))) => match frame::decode_hello(&p) {
             Err(e) => Some((ErrorCode::BadFrame, e.to_string())),
             Ok((v, _)) if v != PROTOCOL_VERSION => Some((
                 ErrorCode::UnsupportedVersion,
@@ -215,7 +227,7 @@ where
         let _ = tx.send(Reply::Frame(error_frame(0, code, &msg))).await;
     }
     if let Some(submitter) = authenticated {
-        read_batches(&mut rd, &tx, engine, limits, &submitter).await;
+        read_batches(&mut rd, &tx, ctx, &submitter).await;
     }
     drop(tx);
     match writer.await {
@@ -233,17 +245,17 @@ const INLINE_FRAME_BYTES_MAX: usize = 64 << 10;
 async fn read_batches<R: AsyncRead + Unpin>(
     rd: &mut R,
     tx: &mpsc::Sender<Reply>,
-    engine: &Arc<Engine>,
-    limits: &TcpLimits,
+    ctx: &TcpContext,
     submitter: &Submitter,
 ) {
+    let (engine, limits, admission) = (&ctx.engine, &ctx.limits, &*ctx.admission);
     loop {
         let next = tokio::time::timeout(
             Duration::from_millis(limits.idle_timeout_ms),
-            read_frame(rd, limits.frame_bytes_max),
+            read_frame(rd, limits.frame_bytes_max, Some(admission)),
         )
         .await;
-        let (h, payload) = match next {
+        let (h, payload, bytes) = match next {
             Err(_) | Ok(Err(ReadError::Closed)) => break,
             Ok(Err(ReadError::Io(e))) => {
                 tracing::debug!("tcp read: {e}");
@@ -285,8 +297,13 @@ async fn read_batches<R: AsyncRead + Unpin>(
         let reply = match built {
             Err((code, msg)) => Reply::Frame(error_frame(id, code, &msg)),
             Ok(batch) => {
+                // The frame's bytes and a place in the principal's share of the queue are
+                // held until the engine answers; waiting for a share, the connection is
+                // not read.
+                let held = (bytes, admission.share(submitter.as_str()).await);
                 let (done_tx, done_rx) = oneshot::channel();
                 let done: auditlog_engine::Done = Box::new(move |r| {
+                    drop(held);
                     let _ = done_tx.send(r);
                 });
                 // A full engine queue blocks here, so this connection stops reading; with
@@ -371,4 +388,173 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     }
     wr.flush().await?;
     wr.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use auditlog_engine::{EngineConfig, FaultHooks};
+    use sha2::Digest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    fn event(n: u64) -> Vec<u8> {
+        format!(
+            r#"{{"timestamp":"2026-11-23T10:00:00.123Z","event_type":"auth","actor":"user-{n}","action":"login","resource":"/srv/app","outcome":"success","details":{{"pad":"{}"}}}}"#,
+            "x".repeat(200)
+        )
+        .into_bytes()
+    }
+
+    fn batch_frame(id: u32, first: u64) -> Vec<u8> {
+        let mut p = vec![0u8; 4];
+        for n in first..first + 250 {
+            frame::push_batch_event(&mut p, &event(n));
+        }
+        frame::frame(FrameType::Batch, id, &p)
+    }
+
+    /// A client over an in-memory stream: HELLO sent; frames written by the caller.
+    async fn client(ctx: &Arc<TcpContext>, token: &str) -> DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        let (rd, wr) = tokio::io::split(theirs);
+        let ctx = ctx.clone();
+        tokio::spawn(async move { connection(rd, wr, &ctx, None).await });
+        let mut ours = ours;
+        ours.write_all(&frame::frame(
+            FrameType::Hello,
+            0,
+            &frame::hello_payload(token),
+        ))
+        .await
+        .expect("hello");
+        ours
+    }
+
+    /// Reads frames from the server until `acks` ACKs came back.
+    async fn read_acks<R: AsyncRead + Unpin>(s: &mut R, acks: usize) {
+        let mut seen = 0;
+        while seen < acks {
+            let mut h = [0u8; FRAME_HEADER_BYTES];
+            s.read_exact(&mut h).await.expect("frame header");
+            let h = FrameHeader::decode(&h, 1 << 20).expect("header");
+            let mut p = vec![0u8; h.payload_bytes as usize];
+            s.read_exact(&mut p).await.expect("payload");
+            match h.frame_type {
+                FrameType::Ack => seen += 1,
+                FrameType::HelloOk => {}
+                other => panic!("{other:?}: {}", String::from_utf8_lossy(&p)),
+            }
+        }
+    }
+
+    /// One writer flooding its connection while the engine cannot keep up takes its share
+    /// of the submission queue and no more: another writer's batch still goes into the
+    /// queue at once. (Without shares the flood filled the queue, and the other writer's
+    /// connection waited behind it.) Released, both are acknowledged in full.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_writer_cannot_take_the_whole_submission_queue() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.batch_bytes_max = 128 << 10;
+        cfg.submission_bytes_max = 128 << 10;
+        cfg.segment_bytes = 1 << 20;
+        cfg.block_raw_bytes = 16 << 10;
+        cfg.seal_queue_segments_max = 1;
+        cfg.queue_submissions_max = 16;
+        let faults = Arc::new(FaultHooks::default());
+        faults.hold_sealer.store(true, SeqCst);
+        cfg.faults = Some(faults.clone());
+        // Released however the test ends: a connection blocked in `submit` would otherwise
+        // hold the runtime's shutdown, and a failure would hang instead of failing.
+        struct Release(Arc<FaultHooks>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.hold_sealer.store(false, SeqCst);
+            }
+        }
+        let _release = Release(faults.clone());
+        let engine = Arc::new(Engine::open(cfg, None).expect("open"));
+        let tokens = Tokens::from_pairs(&[("token-a", Role::Writer)]);
+        tokens.insert(sha2::Sha256::digest(b"token-b").into(), Role::Writer, "b");
+        let share = 4;
+        let ctx = Arc::new(TcpContext {
+            engine: engine.clone(),
+            tokens: Arc::new(tokens),
+            limits: TcpLimits {
+                frame_bytes_max: 4 << 20,
+                batches_in_flight_max: 64,
+                hello_timeout_ms: 10_000,
+                idle_timeout_ms: 60_000,
+                connections_per_source_max: 8,
+            },
+            tls: None,
+            client_roles: BTreeMap::new(),
+            connections: Arc::new(Semaphore::new(8)),
+            admission: Admission::new(256 << 20, share),
+        });
+
+        // Writer a: far more than the engine takes before it waits on the held sealer.
+        let a = client(&ctx, "token-a").await;
+        let frames_a = 60u32;
+        let (mut a_rd, mut a_wr) = tokio::io::split(a);
+        let flood = tokio::spawn(async move {
+            for i in 0..frames_a {
+                a_wr.write_all(&batch_frame(i + 1, u64::from(i) * 250))
+                    .await
+                    .expect("a writes");
+            }
+            a_wr
+        });
+        // Wait until the engine is stuck and the queue holds what a may have there.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut still = 0;
+        let mut last = (u64::MAX, usize::MAX);
+        while still < 20 {
+            let s = engine.status();
+            let now = (s.tree_size, s.queue_depth);
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+            assert!(std::time::Instant::now() < deadline, "never settled: {s:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let stuck = engine.status();
+
+        // Writer b: its batch is queued at once, beside a's. (Checked after the engine is
+        // released: a failure while a connection waits in `submit` would hang the runtime.)
+        let mut b = client(&ctx, "token-b").await;
+        b.write_all(&batch_frame(1, 1_000_000))
+            .await
+            .expect("b writes");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let b_queued = loop {
+            if engine.status().queue_depth == stuck.queue_depth + 1 {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+
+        faults.hold_sealer.store(false, SeqCst);
+        let b_done = tokio::spawn(async move { read_acks(&mut b, 1).await });
+        let a_done = tokio::spawn(async move { read_acks(&mut a_rd, frames_a as usize).await });
+        tokio::time::timeout(Duration::from_secs(60), async {
+            b_done.await.expect("b");
+            a_done.await.expect("a");
+        })
+        .await
+        .expect("every batch acknowledged once the engine caught up");
+        drop(flood.await.expect("flood"));
+        assert_eq!(engine.tree_size(), u64::from(frames_a) * 250 + 250);
+        assert!(stuck.tree_size < u64::from(frames_a) * 250, "{stuck:?}");
+        assert!(
+            stuck.queue_depth < share,
+            "a held more than its share of the queue: {stuck:?}"
+        );
+        assert!(b_queued, "b's batch waited behind a's flood");
+    }
 }
