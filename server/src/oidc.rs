@@ -465,6 +465,10 @@ fn load(cfg: &OidcConfig, agent: Option<&ureq::Agent>) -> Result<KeySet, String>
                     ureq::Error::Status(code, _) => format!("GET {u}: HTTP status {code}"),
                     e => format!("GET {u}: {e}"),
                 })?;
+            // Redirects are not followed: a 3xx is a failed fetch, not a document.
+            if resp.status() != 200 {
+                return Err(format!("GET {u}: HTTP status {}", resp.status()));
+            }
             read_bounded(resp.into_reader(), max).map_err(|e| format!("GET {u}: {e}"))?
         }
         (JwksSource::Url(_), None) => return Err("no HTTP agent".into()),
