@@ -45,12 +45,13 @@ pub enum RecordError {
 /// | `auditlogd` | the daemon itself (admin steps, key rotation, its configuration at start) |
 /// | `token:<name>` | an HTTP or TCP client holding the bearer token named `<name>` |
 /// | `cert:<name>` | an HTTP or TCP client whose certificate matched `<name>` (`client_roles`) |
+/// | `oidc:<sub>` | an HTTP client signed in with an OIDC JWT whose verified `sub` claim is `<sub>` |
 /// | `syslog:<ip>` | a syslog sender at `<ip>` without a client certificate |
 /// | `syslog:<ip> cert:<name>` | a syslog sender at `<ip>` whose certificate names `<name>` |
 ///
-/// Names are the server's own (token names, certificate names); a name with control
-/// characters has them replaced by `?`, and a form longer than `SUBMITTER_BYTES_MAX` is cut
-/// at a character boundary, so every constructor here succeeds.
+/// Names are the server's own (token names, certificate names, verified OIDC subjects); a
+/// name with control characters has them replaced by `?`, and a form longer than
+/// `SUBMITTER_BYTES_MAX` is cut at a character boundary, so every constructor here succeeds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Submitter(Arc<str>);
 
@@ -73,6 +74,11 @@ impl Submitter {
 
     pub fn cert(name: &str) -> Submitter {
         Self::cleaned(format!("cert:{name}"))
+    }
+
+    /// An HTTP caller signed in with an OIDC JWT: `subject` is its verified `sub` claim.
+    pub fn oidc(subject: &str) -> Submitter {
+        Self::cleaned(format!("oidc:{subject}"))
     }
 
     pub fn syslog(peer: std::net::IpAddr, cert: Option<&str>) -> Submitter {
@@ -282,6 +288,13 @@ mod tests {
             "syslog:10.0.0.7 cert:relay"
         );
         assert_eq!(Submitter::token("a\nb").as_str(), "token:a?b");
+        assert_eq!(
+            Submitter::oidc("248289761001").as_str(),
+            "oidc:248289761001"
+        );
+        assert_eq!(Submitter::oidc("a\u{7}b").as_str(), "oidc:a?b");
+        let long = Submitter::oidc(&"x".repeat(SUBMITTER_BYTES_MAX));
+        assert_eq!(long.as_str().len(), SUBMITTER_BYTES_MAX);
         let long = Submitter::cert(&"é".repeat(SUBMITTER_BYTES_MAX));
         assert!(long.as_str().len() <= SUBMITTER_BYTES_MAX);
         assert!(Submitter::parse(long.as_str()).is_ok());

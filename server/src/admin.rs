@@ -211,9 +211,31 @@ fn rfc3339_now() -> String {
     )
 }
 
-fn admin_principal(st: &St, headers: &HeaderMap) -> ApiResult<Principal> {
-    let value = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match st.tokens.check_principal(value, Access::Admin) {
+/// The admin calling, by API token only: OIDC sign-in grants no admin role (admins are the
+/// people the two-person rule counts, added by approved `add_admin` requests), so a JWT is
+/// verified for its 401 reasons and then refused with 403.
+async fn admin_principal(st: &St, headers: &HeaderMap) -> ApiResult<Principal> {
+    let header = headers.get(header::AUTHORIZATION);
+    if let Some((oidc, jwt)) = crate::http::oidc_bearer(st, header) {
+        let refused = match oidc.verify(jwt).await {
+            Ok(_) => AuthError::Forbidden(Role::Admin),
+            Err(e) => e,
+        };
+        return Err(match refused {
+            AuthError::Unauthenticated(why) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
+            }
+            _ => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin routes take an admin's API token; OIDC sign-in grants no admin role",
+            ),
+        });
+    }
+    match st
+        .tokens
+        .check_principal(header.map(|v| v.as_bytes()), Access::Admin)
+    {
         Ok(p) => Ok(p),
         Err(AuthError::Unauthenticated(why)) => {
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
@@ -222,6 +244,11 @@ fn admin_principal(st: &St, headers: &HeaderMap) -> ApiResult<Principal> {
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("role {} may not use admin routes", role.name()),
+        )),
+        Err(AuthError::NoRole) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            crate::http::NO_ROLE,
         )),
     }
 }
@@ -234,7 +261,7 @@ pub fn routes() -> Router<St> {
 }
 
 async fn list(State(st): State<St>, headers: HeaderMap) -> ApiResult {
-    admin_principal(&st, &headers)?;
+    admin_principal(&st, &headers).await?;
     let reqs = st
         .admin
         .requests
@@ -245,7 +272,7 @@ async fn list(State(st): State<St>, headers: HeaderMap) -> ApiResult {
 }
 
 async fn show(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    admin_principal(&st, &headers)?;
+    admin_principal(&st, &headers).await?;
     let reqs = st.admin.requests.lock().unwrap_or_else(|e| e.into_inner());
     match reqs.iter().find(|r| r.id == id) {
         Some(r) => Ok(axum::Json(r).into_response()),
@@ -258,7 +285,7 @@ async fn show(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) 
 }
 
 async fn create(State(st): State<St>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let who = admin_principal(&st, &headers)?;
+    let who = admin_principal(&st, &headers).await?;
     let op: Operation =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("request body: {e}")))?;
     check_operation(&st.admin.cfg, &op)?;
@@ -324,7 +351,7 @@ fn create_blocking(st: &St, who: Principal, op: Operation) -> ApiResult {
 }
 
 async fn approve(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    let who = admin_principal(&st, &headers)?;
+    let who = admin_principal(&st, &headers).await?;
     let st2 = st.clone();
     run_blocking(move || approve_blocking(&st2, who, &id)).await
 }

@@ -73,6 +73,8 @@ pub enum AuthError {
     Unauthenticated(&'static str),
     /// A valid token whose role may not use the route.
     Forbidden(Role),
+    /// A valid OIDC sign-in whose claims map to no role (`[[auth.oidc.roles]]`).
+    NoRole,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -191,17 +193,24 @@ pub fn log_is_new(data_dir: &Path) -> anyhow::Result<bool> {
     }
 }
 
-/// The rule for a token holder's name (the two-person rule counts people by it).
+/// The rule for a token holder's name (the two-person rule counts people by it). A name
+/// may not start with `oidc:`, so no token holder reads as an OIDC-signed-in subject.
 pub fn check_token_name(name: &str) -> anyhow::Result<()> {
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
         bail!("token name must be 1 to 128 printable characters");
+    }
+    if name
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("oidc:"))
+    {
+        bail!("token name must not start with \"oidc:\": that is how OIDC sign-ins are named");
     }
     Ok(())
 }
 
 /// The token of an `Authorization: Bearer …` value; the scheme is case-insensitive
 /// (RFC 9110 §11.1).
-fn bearer(authorization: Option<&[u8]>) -> Result<&[u8], AuthError> {
+pub fn bearer(authorization: Option<&[u8]>) -> Result<&[u8], AuthError> {
     let Some(value) = authorization else {
         return Err(AuthError::Unauthenticated("no bearer token"));
     };
@@ -480,6 +489,19 @@ mod tests {
             t.check_principal(None, Access::Ingest),
             Err(AuthError::Unauthenticated(_))
         ));
+    }
+
+    /// No token holder can be named like an OIDC sign-in (`oidc:<sub>`).
+    #[test]
+    fn token_names_stay_out_of_the_oidc_namespace() {
+        assert!(check_token_name("ci-writer").is_ok());
+        assert!(check_token_name("oidc").is_ok());
+        for name in ["oidc:alice", "OIDC:alice", "oidc:"] {
+            let e = check_token_name(name).expect_err(name);
+            assert!(e.to_string().contains("oidc:"), "{e}");
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        assert!(add_token(dir.path(), Role::Writer, "oidc:alice").is_err());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub siem: crate::siem_config::SiemSection,
+    /// `[auth.oidc]`: OIDC JWT sign-in for HTTP callers (`oidc_config.rs`).
+    #[serde(default)]
+    pub auth: crate::oidc_config::AuthSection,
     /// Shipping to WORM storage; absent: the embedded default (`<data_dir>/worm`).
     pub replication: Option<auditlog_engine::ReplicationConfig>,
 }
@@ -258,6 +261,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub server: ServerConfig,
     pub admin: AdminConfig,
+    /// `[auth.oidc]`; `None`: bearer values are API tokens only.
+    pub oidc: Option<crate::oidc_config::OidcConfig>,
 }
 
 pub fn load(path: Option<&Path>, over: Overrides) -> anyhow::Result<Config> {
@@ -417,10 +422,12 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
     if server.long_poll_ms_max >= server.request_timeout_ms {
         bail!("server.long_poll_ms_max must be under server.request_timeout_ms");
     }
+    let oidc = crate::oidc_config::resolve(file.auth)?;
     Ok(Config {
         engine,
         server,
         admin,
+        oidc,
     })
 }
 

@@ -26,7 +26,7 @@ const EXPORT_CHUNK_BYTES: usize = 64 << 10;
 const EXPORT_CHUNKS_IN_FLIGHT: usize = 4;
 
 pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    let (_, who) = authorize_submitter(&st, &caller, Access::ReadEvents)?;
+    let (_, who) = authorize_submitter(&st, &caller, Access::ReadEvents).await?;
     let q = params(q)?;
     let format = match q.get("format").map(String::as_str) {
         None => ExportFormat::JsonLines,

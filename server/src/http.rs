@@ -37,6 +37,8 @@ pub struct AppState {
     pub started: Instant,
     /// Client certificate name -> role, under mutual TLS.
     pub client_roles: BTreeMap<String, Role>,
+    /// `[auth.oidc]`: bearer values shaped as JWTs are verified here.
+    pub oidc: Option<crate::oidc::Oidc>,
     /// Open-connection limits of the two listeners, for `/metrics`.
     pub http_connections: Arc<Semaphore>,
     pub tcp_connections: Arc<Semaphore>,
@@ -223,22 +225,27 @@ impl axum::extract::FromRequestParts<St> for Caller {
 }
 
 /// Checks the caller against what the route needs: a bearer token if one is sent (it
-/// names the role explicitly), else the role mapped from the client certificate.
-pub fn authorize(st: &AppState, caller: &Caller, access: Access) -> ApiResult<Role> {
+/// names the role explicitly), else the role mapped from the client certificate. With
+/// `[auth.oidc]`, a bearer value shaped as a JWT is an OIDC sign-in (`oidc.rs`); any other
+/// is an API token, looked up as without it.
+pub async fn authorize(st: &AppState, caller: &Caller, access: Access) -> ApiResult<Role> {
     let result = match (&caller.authorization, caller.client.role(&st.client_roles)) {
         (None, Some((_, role))) if access.allows(role) => Ok(role),
         (None, Some((_, role))) => Err(AuthError::Forbidden(role)),
-        (value, _) => st
-            .tokens
-            .check_role(value.as_ref().map(|v| v.as_bytes()), access),
+        (value, _) => match oidc_bearer(st, value.as_ref()) {
+            Some((oidc, jwt)) => oidc.check(jwt, access).await.map(|(role, _)| role),
+            None => st
+                .tokens
+                .check_role(value.as_ref().map(|v| v.as_bytes()), access),
+        },
     };
     result.map_err(auth_error)
 }
 
 /// As `authorize`, also returning who the caller is in the form records carry
-/// (`token:<name>`, `cert:<name>`): the server's own name for the credential, never
-/// anything the request says about itself.
-pub fn authorize_submitter(
+/// (`token:<name>`, `cert:<name>`, `oidc:<sub>`): the server's own name for the credential
+/// (for OIDC, the verified subject), never anything the request says about itself.
+pub async fn authorize_submitter(
     st: &AppState,
     caller: &Caller,
     access: Access,
@@ -246,12 +253,28 @@ pub fn authorize_submitter(
     let result = match (&caller.authorization, caller.client.role(&st.client_roles)) {
         (None, Some((name, role))) if access.allows(role) => Ok((role, Submitter::cert(name))),
         (None, Some((_, role))) => Err(AuthError::Forbidden(role)),
-        (value, _) => st
-            .tokens
-            .check_principal(value.as_ref().map(|v| v.as_bytes()), access)
-            .map(|p| (p.role, Submitter::token(&p.name))),
+        (value, _) => match oidc_bearer(st, value.as_ref()) {
+            Some((oidc, jwt)) => oidc
+                .check(jwt, access)
+                .await
+                .map(|(role, sub)| (role, Submitter::oidc(&sub))),
+            None => st
+                .tokens
+                .check_principal(value.as_ref().map(|v| v.as_bytes()), access)
+                .map(|p| (p.role, Submitter::token(&p.name))),
+        },
     };
     result.map_err(auth_error)
+}
+
+/// The verifier and the JWT, when OIDC sign-in is on and the bearer value is shaped as one.
+pub fn oidc_bearer<'a>(
+    st: &'a AppState,
+    authorization: Option<&'a HeaderValue>,
+) -> Option<(&'a crate::oidc::Oidc, &'a [u8])> {
+    let oidc = st.oidc.as_ref()?;
+    let token = crate::auth::bearer(authorization.map(|v| v.as_bytes())).ok()?;
+    crate::oidc::looks_like_jwt(token).then_some((oidc, token))
 }
 
 fn auth_error(e: AuthError) -> ApiError {
@@ -264,8 +287,12 @@ fn auth_error(e: AuthError) -> ApiError {
             "forbidden",
             format!("role {} may not use this route", role.name()),
         ),
+        AuthError::NoRole => ApiError::new(StatusCode::FORBIDDEN, "forbidden", NO_ROLE),
     }
 }
+
+/// The 403 of a valid OIDC sign-in whose claims grant no role.
+pub const NO_ROLE: &str = "signed in, but the token's claims map to no role ([[auth.oidc.roles]])";
 
 /// Reads the first record of a range before a streamed answer starts, so that a pruned
 /// segment whose store is down (or that does not verify) gets its status (503, 500) instead
@@ -402,7 +429,7 @@ async fn get_event(
     Path(index): Path<String>,
     q: Params,
 ) -> ApiResult {
-    authorize(&st, &caller, Access::ReadEvents)?;
+    authorize(&st, &caller, Access::ReadEvents).await?;
     let q = params(q)?;
     let index: u64 = index
         .parse()
@@ -447,7 +474,7 @@ impl http_body::Body for ChannelBody {
 const RANGE_CHUNK_BYTES: usize = 64 << 10;
 
 async fn get_range(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    let (_, who) = authorize_submitter(&st, &caller, Access::ReadEvents)?;
+    let (_, who) = authorize_submitter(&st, &caller, Access::ReadEvents).await?;
     let q = params(q)?;
     let max = st.cfg.range_events_max;
     let size = st.engine.tree_size();
@@ -501,7 +528,7 @@ async fn get_range(State(st): State<St>, caller: Caller, q: Params) -> ApiResult
 }
 
 async fn get_checkpoint(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    let (_, who) = authorize_submitter(&st, &caller, Access::Audit)?;
+    let (_, who) = authorize_submitter(&st, &caller, Access::Audit).await?;
     let q = params(q)?;
     let wait_ms = num(&q, "wait_ms")?
         .unwrap_or(0)
@@ -587,7 +614,7 @@ fn proof_json(a: (&str, u64), b: (&str, u64), hashes: &[[u8; 32]]) -> Response {
 }
 
 async fn get_inclusion(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    authorize(&st, &caller, Access::Audit)?;
+    authorize(&st, &caller, Access::Audit).await?;
     let q = params(q)?;
     let size = need(&q, "size")?;
     let engine = st.engine.clone();
@@ -630,7 +657,7 @@ async fn get_inclusion(State(st): State<St>, caller: Caller, q: Params) -> ApiRe
 }
 
 async fn get_consistency(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
-    authorize(&st, &caller, Access::Audit)?;
+    authorize(&st, &caller, Access::Audit).await?;
     let q = params(q)?;
     let from = need(&q, "from")?;
     let to = need(&q, "to")?;
@@ -649,7 +676,7 @@ async fn get_consistency(State(st): State<St>, caller: Caller, q: Params) -> Api
 }
 
 async fn get_log(State(st): State<St>, caller: Caller) -> ApiResult {
-    authorize(&st, &caller, Access::Audit)?;
+    authorize(&st, &caller, Access::Audit).await?;
     let e = &st.engine;
     Ok(axum::Json(json!({
         "origin": e.config().origin,

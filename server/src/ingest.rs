@@ -249,7 +249,7 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let (_, submitter) = authorize_submitter(&st, &caller, Access::Ingest)?;
+    let (_, submitter) = authorize_submitter(&st, &caller, Access::Ingest).await?;
     let kind = kind_of(&headers)?;
     // The body's bytes count against the budget from before it is read until the request
     // ends (its events are in memory until they are stored).

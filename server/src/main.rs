@@ -13,6 +13,8 @@ mod ingest;
 mod keys;
 mod listener;
 mod metrics;
+mod oidc;
+mod oidc_config;
 mod serve;
 mod siem_config;
 mod siem_metrics;
@@ -146,6 +148,9 @@ fn main() -> anyhow::Result<()> {
             path.display()
         );
     }
+    // A `jwks_file` that cannot be read stops the start here; a `jwks_url` is fetched by the
+    // verifier's own thread.
+    let oidc = cfg.oidc.clone().map(oidc::Oidc::start).transpose()?;
     let engine = Engine::open(cfg.engine.clone(), None)
         .with_context(|| format!("opening the log in {}", data_dir.display()))?;
     let engine = Arc::new(engine);
@@ -197,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         admin,
         started: Instant::now(),
         client_roles: client_roles.clone(),
+        oidc,
         http_connections: http_connections.clone(),
         tcp_connections: tcp_connections.clone(),
         api_shed: Default::default(),

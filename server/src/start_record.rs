@@ -84,6 +84,7 @@ pub fn security_configuration(
             "client_roles": tls.map(|t| t.client_roles.iter()
                 .map(|(n, r)| (n.clone(), json!(r.name())))
                 .collect::<serde_json::Map<_, _>>()),
+            "oidc": cfg.oidc.as_ref().map(oidc_details),
             "approvals_required": cfg.admin.approvals_required,
             "pkcs11_modules_allowed": cfg.admin.pkcs11_modules_allowed.iter()
                 .map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -98,6 +99,27 @@ pub fn security_configuration(
             "syslog_allow_unauthenticated": syslog.syslog_allow_unauthenticated,
         },
     }))
+}
+
+/// `[auth.oidc]` as the start event records it: whom sign-ins are trusted from, and what
+/// they may do.
+fn oidc_details(o: &crate::oidc_config::OidcConfig) -> Value {
+    use crate::oidc_config::{alg_name, JwksSource};
+    let (jwks_file, jwks_url) = match &o.jwks {
+        JwksSource::File(p) => (Some(p.display().to_string()), None),
+        JwksSource::Url(u) => (None, Some(u.clone())),
+    };
+    json!({
+        "issuer": o.issuer,
+        "audience": o.audience,
+        "jwks_file": jwks_file,
+        "jwks_url": jwks_url,
+        "algorithms": o.algorithms.iter().map(|a| alg_name(*a)).collect::<Vec<_>>(),
+        "leeway_s": o.leeway_s,
+        "roles": o.roles.iter()
+            .map(|r| json!({"claim": r.claim, "value": r.value, "role": r.role.name()}))
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// The start event: the security configuration in effect and the token changes since the

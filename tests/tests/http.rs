@@ -13,6 +13,9 @@ use auditlog_tests::daemon::{Daemon, Reply, BODY_BYTES_MAX, CONFIG};
 use auditlog_tests::event;
 use serde_json::Value;
 
+#[path = "http/oidc.rs"]
+mod oidc;
+
 fn hash(v: &Value) -> [u8; 32] {
     let h = hex::decode(v.as_str().expect("hex string")).expect("hex");
     h.try_into().expect("32 bytes")
