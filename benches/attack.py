@@ -22,7 +22,7 @@ of the attack's sockets is shed, as any newcomer is (reported by the test, not m
 Run from the repository root after
   cargo build --release -p auditlog-server --bin auditlogd -p auditlog-benches --bin loadgen \\
       -p auditlog-tests --bin attacker
-as: python3 benches/attack.py [--runs 3] [--tcp-events 4000000] [--http-events 1000000]
+as: python3 benches/attack.py [--runs 3] [--tcp-events 12000000] [--http-events 4000000]
 A JSON summary goes to --json (default target/attack.json).
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
@@ -74,6 +74,7 @@ class Attack:
     """The attacker process, until stop(); then its summary."""
 
     def __init__(self, d, root):
+        self.t0 = time.perf_counter()
         self.stop_file = tempfile.mktemp(dir=root)
         self.json = tempfile.mktemp(dir=root, suffix=".json")
         self.p = subprocess.Popen([
@@ -86,10 +87,16 @@ class Attack:
             "--export-hold-ms", "3600000", "--drain-ms", "0"])
 
     def stop(self):
+        """Ends the attack; its summary, with the CPU the attacker used (it shares the
+        machine's cores with the daemon and the writer)."""
         open(self.stop_file, "w").close()
-        self.p.wait(300)
+        _, status, ru = os.wait4(self.p.pid, 0)
+        self.p.returncode = os.waitstatus_to_exitcode(status)
         with open(self.json) as f:
-            return json.load(f)
+            r = json.load(f)
+        r["cpu_s"] = ru.ru_utime + ru.ru_stime
+        r["wall_s"] = time.perf_counter() - self.t0
+        return r
 
 
 class Prober(threading.Thread):
@@ -171,9 +178,9 @@ def main():
     global A
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--tcp-events", type=int, default=4_000_000)
+    ap.add_argument("--tcp-events", type=int, default=12_000_000)
     ap.add_argument("--tcp-batch", type=int, default=1000)
-    ap.add_argument("--http-events", type=int, default=1_000_000)
+    ap.add_argument("--http-events", type=int, default=4_000_000)
     ap.add_argument("--http-batch", type=int, default=1000)
     ap.add_argument("--prefill", type=int, default=20_000)
     ap.add_argument("--flood-mib-per-s", type=int, default=200)
@@ -207,6 +214,9 @@ def main():
         print(f"{proto.upper()} writer: {qe:,.0f} ev/s without the attack, {ae:,.0f} under it "
               f"(ratio {ae / qe:.2f}); ack p99 {qp / 1000:.1f} ms -> {ap_ / 1000:.1f} ms "
               f"(without / under {qp / ap_:.2f})")
+    cores = [r["attack"][p]["cpu_s"] / r["attack"][p]["wall_s"] for r in attacked for p in ("tcp", "http")]
+    summary["attacker_cores"] = med(cores)
+    print(f"the attacker itself used {med(cores):.2f} of the machine's cores (median over the attacked runs)")
     fails = sum(r["probes_failed"] for r in attacked)
     probes = fails + sum(r["probes_ok"] for r in attacked)
     print(f"ops /health probes on new connections under attack: {fails} of {probes} failed; "
