@@ -4,8 +4,8 @@
 //! submission queue (`submissions_per_principal_max`), so one writer cannot take the whole
 //! queue and hold every other one out.
 //!
-//! HTTP refuses at once when either is full (503 with `Retry-After`: the server is busy,
-//! not the caller wrong); TCP and syslog connections wait, and stop reading meanwhile, so
+//! HTTP refuses at once when either is full (the byte budget: 503, the server is busy;
+//! the share: 429, this caller sends too much; both with `Retry-After`); TCP and syslog connections wait, and stop reading meanwhile, so
 //! TCP flow control slows the sender.
 
 use std::sync::Arc;

@@ -201,7 +201,7 @@ pub struct ServerConfig {
     pub request_bytes_in_flight_max: usize,
     /// Submissions one principal (a token's holder, a certificate, a syslog peer) may have
     /// in the engine's queue or being written at once: its fair share of
-    /// `engine.queue_submissions_max` (default a quarter of it). Past it HTTP gets 503
+    /// `engine.queue_submissions_max` (default a quarter of it). Past it HTTP gets 429
     /// `queue_share_full` with Retry-After; TCP and syslog connections wait.
     pub submissions_per_principal_max: usize,
     pub tls: Option<crate::tls::TlsSection>,

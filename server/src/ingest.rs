@@ -143,7 +143,7 @@ async fn queue_share(
     }
     st.admission.try_share(submitter.as_str()).ok_or_else(|| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::TOO_MANY_REQUESTS,
             "queue_share_full",
             format!(
                 "{submitter} has submissions_per_principal_max ({}) submissions waiting to be stored; retry later",
