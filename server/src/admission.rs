@@ -5,8 +5,8 @@
 //! queue and hold every other one out.
 //!
 //! HTTP refuses at once when either is full (the byte budget: 503, the server is busy;
-//! the share: 429, this caller sends too much; both with `Retry-After`); TCP and syslog connections wait, and stop reading meanwhile, so
-//! TCP flow control slows the sender.
+//! the share: 429, this caller sends too much; both with `Retry-After`); TCP and syslog
+//! connections wait, and stop reading meanwhile, so TCP flow control slows the sender.
 
 use std::sync::Arc;
 
