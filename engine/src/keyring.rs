@@ -306,18 +306,7 @@ impl Keyring {
     }
 }
 
-/// temp + fsync + rename + fsync of the directory: the file is always one whole history.
+/// The file is always one whole history (`files::replace_file`).
 fn write_atomically(path: &Path, h: &KeyHistory) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("partial");
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp, "create"))?;
-    f.write_all(h.to_json().as_bytes())
-        .map_err(io_err(&tmp, "write"))?;
-    f.sync_all().map_err(io_err(&tmp, "fsync"))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err(path, "install key history"))?;
-    if let Some(dir) = path.parent() {
-        crate::io::sync_dir(dir).map_err(io_err(dir, "sync"))?;
-    }
-    Ok(())
+    crate::files::replace_file(path, h.to_json().as_bytes())
 }

@@ -10,6 +10,7 @@ mod checkpointer;
 pub mod checkpoints;
 pub mod config;
 pub mod error;
+pub mod files;
 mod framedlog;
 mod hashstore;
 mod io;

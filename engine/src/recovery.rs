@@ -72,15 +72,9 @@ pub(crate) fn load_or_create_meta(cfg: &EngineConfig) -> Result<LogMeta> {
         tree_hash: cfg.tree_hash.name().to_string(),
         created_at_unix_ns: crate::now_unix_ns(),
     };
-    let tmp = path.with_extension("partial");
     let text =
         serde_json::to_string_pretty(&meta).map_err(|e| EngineError::Config(e.to_string()))?;
-    std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp, "write"))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp, "sync"))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path, "install"))?;
-    crate::io::sync_dir(&cfg.data_dir).map_err(io_err(&cfg.data_dir, "sync"))?;
+    crate::files::replace_file(&path, (text + "\n").as_bytes())?;
     Ok(meta)
 }
 

@@ -109,12 +109,5 @@ pub(crate) fn write(data_dir: &Path, policy: &RetentionPolicy) -> Result<()> {
     );
     let out =
         serde_json::to_string_pretty(&v).map_err(|e| EngineError::BadRequest(e.to_string()))?;
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, out + "\n").map_err(io_err(&tmp, "write"))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp, "fsync"))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path, "install"))?;
-    crate::io::sync_dir(data_dir).map_err(io_err(data_dir, "sync"))?;
-    Ok(())
+    crate::files::replace_file(&path, (out + "\n").as_bytes())
 }

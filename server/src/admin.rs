@@ -131,22 +131,10 @@ impl Admin {
     }
 
     fn save(&self, requests: &[AdminRequest]) -> anyhow::Result<()> {
-        use std::io::Write;
         let body = serde_json::to_vec_pretty(&RequestFile {
             requests: requests.to_vec(),
         })?;
-        let tmp = self.path.with_extension("partial");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
-        f.write_all(&body)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("installing {}", self.path.display()))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .with_context(|| format!("syncing {}", dir.display()))?;
-        }
+        auditlog_engine::files::replace_file(&self.path, &body)?;
         Ok(())
     }
 }

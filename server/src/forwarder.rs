@@ -81,18 +81,7 @@ pub fn read_cursor(path: &Path) -> anyhow::Result<u64> {
 }
 
 fn write_cursor(path: &Path, at: u64) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(format!("{at}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
+    auditlog_engine::files::replace_file(path, format!("{at}\n").as_bytes())?;
     Ok(())
 }
 
