@@ -117,6 +117,7 @@ pub struct ServerSection {
     pub tcp_connections_max: Option<usize>,
     pub tcp_hello_timeout_ms: Option<u64>,
     pub tcp_idle_timeout_ms: Option<u64>,
+    pub tcp_write_timeout_ms: Option<u64>,
     pub tls_handshake_timeout_ms: Option<u64>,
     pub ops_addr: Option<String>,
     pub ops_connections_max: Option<usize>,
@@ -132,6 +133,7 @@ pub struct ServerSection {
     pub streamed_reads_per_principal_max: Option<usize>,
     pub request_bytes_in_flight_max: Option<usize>,
     pub submissions_per_principal_max: Option<usize>,
+    pub listen_backlog: Option<u32>,
     /// TLS for both listeners (and mutual TLS with `client_ca_path`).
     pub tls: Option<crate::tls::TlsSection>,
 }
@@ -162,6 +164,9 @@ pub struct ServerConfig {
     pub tcp_hello_timeout_ms: u64,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout_ms: u64,
+    /// A write of acknowledgements that makes no progress this long (the client stopped
+    /// reading them) cuts the connection.
+    pub tcp_write_timeout_ms: u64,
     /// A TLS handshake (HTTP or TCP) must finish within this.
     pub tls_handshake_timeout_ms: u64,
     /// The ops listener: `/health`, `/ready`, `/metrics` on their own port.
@@ -204,6 +209,9 @@ pub struct ServerConfig {
     /// `engine.queue_submissions_max` (default a quarter of it). Past it HTTP gets 429
     /// `queue_share_full` with Retry-After; TCP and syslog connections wait.
     pub submissions_per_principal_max: usize,
+    /// Connections each listener's kernel accept queue holds (capped by
+    /// `net.core.somaxconn`).
+    pub listen_backlog: u32,
     pub tls: Option<crate::tls::TlsSection>,
     /// `[siem]`: CEF, export, syslog listener and forwarder (`siem_config.rs`).
     pub siem: crate::siem_config::SiemConfig,
@@ -224,6 +232,7 @@ impl ServerConfig {
             tcp_connections_max: 256,
             tcp_hello_timeout_ms: 10_000,
             tcp_idle_timeout_ms: 300_000,
+            tcp_write_timeout_ms: 30_000,
             tls_handshake_timeout_ms: 10_000,
             ops_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             ops_connections_max: 64,
@@ -239,6 +248,7 @@ impl ServerConfig {
             streamed_reads_per_principal_max: 8,
             request_bytes_in_flight_max: 256 << 20,
             submissions_per_principal_max: 1024,
+            listen_backlog: 4096,
             tls: None,
             siem: crate::siem_config::SiemConfig::defaults(),
         }
@@ -364,6 +374,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         tcp_connections_max,
         tcp_hello_timeout_ms,
         tcp_idle_timeout_ms,
+        tcp_write_timeout_ms,
         tls_handshake_timeout_ms,
         ops_connections_max,
         http_connections_per_source_max,
@@ -376,7 +387,8 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         long_polls_per_principal_max,
         streamed_reads_max,
         streamed_reads_per_principal_max,
-        request_bytes_in_flight_max
+        request_bytes_in_flight_max,
+        listen_backlog
     );
     if let Some(a) = over.ops_addr.or(s.ops_addr) {
         server.ops_addr = a
@@ -389,14 +401,17 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         || server.http_header_read_timeout_ms == 0
         || server.http_body_read_timeout_ms == 0
         || server.http_write_timeout_ms == 0
+        || server.tcp_write_timeout_ms == 0
         || server.long_polls_max == 0
         || server.long_polls_per_principal_max == 0
         || server.streamed_reads_max == 0
         || server.streamed_reads_per_principal_max == 0
         || server.request_bytes_in_flight_max < server.body_bytes_max
         || server.request_bytes_in_flight_max > u32::MAX as usize
+        || server.listen_backlog == 0
+        || server.listen_backlog > 65_535
     {
-        bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll and streamed-read limits and the http_*_timeout_ms must be positive; request_bytes_in_flight_max must be at least body_bytes_max and under 4 GiB");
+        bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll and streamed-read limits, the http_*_timeout_ms and tcp_write_timeout_ms must be positive; request_bytes_in_flight_max must be at least body_bytes_max and under 4 GiB; listen_backlog 1 to 65535");
     }
     server.submissions_per_principal_max = s
         .submissions_per_principal_max

@@ -109,9 +109,42 @@ pub fn admit(
     })
 }
 
+/// As `admit`, for a connection that made room by closing an idle one: the listener's slot
+/// is waited for, up to `wait` (the closed connection's task gives it back).
+pub async fn admit_waiting(
+    addr: SocketAddr,
+    connections: &Arc<Semaphore>,
+    sources: &Arc<SourceSlots>,
+    wait: Duration,
+) -> Result<Admitted, Shed> {
+    let source = sources.take(addr.ip()).ok_or(Shed::Source)?;
+    let permit = tokio::time::timeout(wait, connections.clone().acquire_owned())
+        .await
+        .map_err(|_| Shed::Full)?
+        .map_err(|_| Shed::Full)?;
+    Ok(Admitted {
+        _permit: permit,
+        _source: source,
+    })
+}
+
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Binds a listener whose kernel accept queue holds `backlog` connections (capped by
+/// `net.core.somaxconn`): under a flood of connections the accept loop falls behind for
+/// moments, and a short queue then drops a prober's connection.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<tokio::net::TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(backlog)
 }
 
 /// Completes the TLS handshake (if any) within `timeout`.

@@ -246,8 +246,8 @@ fn main() -> anyhow::Result<()> {
     let (tcp_stop_tx, tcp_stop_rx) = tokio::sync::watch::channel(false);
     let syslog_stop_rx = tcp_stop_rx.clone();
     let served = runtime.block_on(async {
-        let ingest = tokio::net::TcpListener::bind(cfg.server.tcp_addr)
-            .await
+        let backlog = cfg.server.listen_backlog;
+        let ingest = listener::bind(cfg.server.tcp_addr, backlog)
             .with_context(|| format!("binding {}", cfg.server.tcp_addr))?;
         println!("auditlogd: TCP ingest on {}", ingest.local_addr()?);
         let limits = tcp::TcpLimits {
@@ -255,6 +255,7 @@ fn main() -> anyhow::Result<()> {
             batches_in_flight_max: cfg.server.tcp_batches_in_flight_max,
             hello_timeout_ms: cfg.server.tcp_hello_timeout_ms,
             idle_timeout_ms: cfg.server.tcp_idle_timeout_ms,
+            write_timeout_ms: cfg.server.tcp_write_timeout_ms,
             connections_per_source_max: cfg.server.tcp_connections_per_source_max,
         };
         let ctx = Arc::new(tcp::TcpContext {
@@ -270,8 +271,7 @@ fn main() -> anyhow::Result<()> {
         let syslog_task = match cfg.server.siem.syslog_addr {
             None => None,
             Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
+                let l = listener::bind(addr, backlog)
                     .with_context(|| format!("binding syslog {addr}"))?;
                 let tls = match &cfg.server.siem.syslog_tls {
                     None => None,
@@ -297,11 +297,9 @@ fn main() -> anyhow::Result<()> {
                 )))
             }
         };
-        let tcp = tokio::net::TcpListener::bind(cfg.server.http_addr)
-            .await
+        let tcp = listener::bind(cfg.server.http_addr, backlog)
             .with_context(|| format!("binding {}", cfg.server.http_addr))?;
-        let ops = tokio::net::TcpListener::bind(cfg.server.ops_addr)
-            .await
+        let ops = listener::bind(cfg.server.ops_addr, backlog)
             .with_context(|| format!("binding the ops listener {}", cfg.server.ops_addr))?;
         let scheme = if acceptor.is_some() { "HTTPS" } else { "HTTP" };
         println!("auditlogd: {scheme} on {}", tcp.local_addr()?);

@@ -29,6 +29,8 @@ pub struct TcpLimits {
     pub batches_in_flight_max: u32,
     pub hello_timeout_ms: u64,
     pub idle_timeout_ms: u64,
+    /// A write of acknowledgements that makes no progress this long cuts the connection.
+    pub write_timeout_ms: u64,
     /// Open connections from one source address.
     pub connections_per_source_max: usize,
 }
@@ -83,7 +85,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch:
                         let cert = client
                             .role(&ctx.client_roles)
                             .map(|(name, r)| (r, Submitter::cert(name)));
-                        let (rd, wr) = tokio::io::split(Conn::new(io, slots, None));
+                        let (rd, wr) = tokio::io::split(Conn::new(
+                            io,
+                            slots,
+                            Some(Duration::from_millis(ctx.limits.write_timeout_ms)),
+                        ));
                         if let Err(e) = connection(rd, wr, &ctx, cert).await {
                             tracing::debug!("tcp connection ended: {e}");
                         }
@@ -488,6 +494,7 @@ mod tests {
                 batches_in_flight_max: 64,
                 hello_timeout_ms: 10_000,
                 idle_timeout_ms: 60_000,
+                write_timeout_ms: 30_000,
                 connections_per_source_max: 8,
             },
             tls: None,

@@ -734,6 +734,71 @@ mod tcp {
         }
     }
 
+    /// A writer that keeps sending batches but never reads its acknowledgements fills the
+    /// socket's buffers; the server's write then makes no progress, and after
+    /// `tcp_write_timeout_ms` the connection is cut and its slot given back (without the
+    /// timeout it held the slot for good: the idle timeout covers reads only).
+    #[test]
+    fn a_writer_that_stops_reading_acks_is_cut() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = format!("{CONFIG}tcp_write_timeout_ms = 1000\n");
+        let d = Daemon::start_with(dir.path(), &config);
+        let gauge = || {
+            d.call("GET", "/metrics", None, None)
+                .text()
+                .lines()
+                .find_map(|l| l.strip_prefix("auditlog_tcp_connections "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .expect("auditlog_tcp_connections")
+        };
+        let mut s = std::net::TcpStream::connect(&d.tcp_addr).expect("connect");
+        let hello = frame::frame(
+            FrameType::Hello,
+            0,
+            &frame::hello_payload(&d.token("writer")),
+        );
+        s.write_all(&hello).expect("hello");
+        let writer = std::thread::spawn(move || {
+            let mut sent = 0u32;
+            // Until the server stops reading (or cuts the connection); acks are never read.
+            for id in 1..=4_000u32 {
+                let mut p = vec![0u8; 4];
+                for i in 0..500u64 {
+                    frame::push_batch_event(&mut p, &event(u64::from(id) * 1000 + i, 100));
+                }
+                if s.write_all(&frame::frame(FrameType::Batch, id, &p))
+                    .is_err()
+                {
+                    break;
+                }
+                sent = id;
+            }
+            (sent, s)
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gauge() == 0 {
+            assert!(Instant::now() < deadline, "the connection never opened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Cut within the write timeout once the buffers are full, the client still silent.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while gauge() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a writer that reads no acks still holds its connection"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (sent, _socket) = writer.join().expect("writer");
+        assert!(sent > 0);
+        // The daemon serves on.
+        let mut c = TcpIngest::connect(&d.tcp_addr, &d.token("writer"), Duration::from_secs(10))
+            .expect("connect");
+        let one = event(1, 100);
+        c.send(std::iter::once(one.as_slice())).expect("send");
+        assert!(matches!(c.drain().expect("ack")[0].1, Outcome::Acked(_)));
+    }
+
     #[test]
     fn refusals_are_clear_and_nothing_is_stored() {
         let dir = tempfile::tempdir().expect("tmp");
