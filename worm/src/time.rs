@@ -7,28 +7,7 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
-/// Days since 1970-01-01 to (year, month 1-12, day 1-31); H. Hinnant's civil_from_days.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+use auditlog_formats::time::{civil_from_days as civil, days_from_civil};
 
 struct Parts {
     y: i64,
@@ -101,41 +80,11 @@ fn to_unix(y: u64, mo: u64, d: u64, h: u64, mi: u64, s: u64) -> Option<u64> {
         .map(|days| days * 86_400 + h * 3600 + mi * 60 + s)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, fraction dropped.
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, fraction dropped (`formats::time`'s parser,
+/// the one every RFC 3339 date goes through).
 pub fn parse_rfc3339(t: &str) -> Option<u64> {
-    let t = t.trim();
-    if t.len() < 20 || !t.is_char_boundary(19) {
-        return None;
-    }
-    let (main, rest) = t.split_at(19);
-    let b = main.as_bytes();
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
-        return None;
-    }
-    let base = to_unix(
-        num(&main[0..4])?,
-        num(&main[5..7])?,
-        num(&main[8..10])?,
-        num(&main[11..13])?,
-        num(&main[14..16])?,
-        num(&main[17..19])?,
-    )?;
-    let rest = match rest.strip_prefix('.') {
-        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
-        None => rest,
-    };
-    match rest {
-        "Z" | "z" => Some(base),
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let off = num(&rest[1..3])? * 3600 + num(&rest[4..6])? * 60;
-            if rest.starts_with('+') {
-                base.checked_sub(off)
-            } else {
-                Some(base + off)
-            }
-        }
-        _ => None,
-    }
+    let ms = auditlog_formats::time::rfc3339_to_unix_ms(t.trim())?;
+    u64::try_from(ms.div_euclid(1000)).ok()
 }
 
 /// `Thu, 02 Jan 2031 03:04:05 GMT`.
