@@ -16,8 +16,9 @@ bodies, 8 connections each of fast and slow, with and without a writer token (th
 asks /health on the ops listener on a new connection ten times a second throughout; its
 failures are reported.
 
-The writer connects before the attack starts: one that connects while the listeners are full
-of the attack's sockets is shed, as any newcomer is (reported by the test, not measured here).
+The writer connects before the attack starts. One that connects while the listeners are full
+of the attack's sockets gets in by closing one of theirs, its source holding less than its
+fair share (`serve::IdleConns`); that path is exercised by the test's probes, not measured here.
 
 Run from the repository root after
   cargo build --release -p auditlog-server --bin auditlogd -p auditlog-benches --bin loadgen \\
