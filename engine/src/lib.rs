@@ -81,6 +81,23 @@ pub(crate) struct Submission {
     pub done: Done,
 }
 
+/// A submission the queue had no room for ([`Engine::offer`]).
+pub struct Waiting {
+    tx: Sender<Submission>,
+    s: Submission,
+}
+
+impl Waiting {
+    /// Queues it, waiting for room: the back-pressure, on a thread that may block.
+    pub fn wait(self, engine: &Engine) -> Result<()> {
+        self.tx
+            .send(self.s)
+            .map_err(|_| EngineError::ShuttingDown)?;
+        engine.answer_if_failed();
+        Ok(())
+    }
+}
+
 /// Events on their way in, built on the producer's thread: each `push` validates the
 /// payload, frames its record and hashes its leaf, so the sequencer only orders and writes.
 pub struct EventBatch {
@@ -312,6 +329,22 @@ impl Engine {
             .load(std::sync::atomic::Ordering::SeqCst)
         {
             self.shared.refuse_queued();
+        }
+    }
+
+    /// As `submit`, but never waits: with the queue full the submission comes back, to be
+    /// queued with [`Waiting::wait`] from a thread that may block (an async server hands
+    /// that to `block_in_place`; a check of `queue_has_room` before `submit` could still
+    /// block an async worker when another producer took the room in between).
+    pub fn offer(&self, batch: EventBatch, done: Done) -> Result<Option<Waiting>> {
+        let (tx, s) = self.submission(batch, done)?;
+        match tx.try_send(s) {
+            Ok(()) => {
+                self.answer_if_failed();
+                Ok(None)
+            }
+            Err(TrySendError::Full(s)) => Ok(Some(Waiting { tx, s })),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShuttingDown),
         }
     }
 

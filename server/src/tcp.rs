@@ -312,12 +312,12 @@ async fn read_batches<R: AsyncRead + Unpin>(
                     drop(held);
                     let _ = done_tx.send(r);
                 });
-                // A full engine queue blocks here, so this connection stops reading; with
-                // room, queueing is a channel push and stays on the worker.
-                let submitted = if engine.queue_has_room() {
-                    engine.submit(batch, done)
-                } else {
-                    tokio::task::block_in_place(|| engine.submit(batch, done))
+                // With room, queueing is a channel push and stays on the worker; a full
+                // engine queue is waited for off it, and this connection stops reading.
+                let submitted = match engine.offer(batch, done) {
+                    Ok(None) => Ok(()),
+                    Ok(Some(waiting)) => tokio::task::block_in_place(|| waiting.wait(engine)),
+                    Err(e) => Err(e),
                 };
                 match submitted {
                     Ok(()) => Reply::Ack(id, done_rx),

@@ -457,6 +457,51 @@ fn queue_limit_gives_back_pressure() {
     );
 }
 
+/// `offer` never waits: with the queue full it hands the submission back, and
+/// `Waiting::wait` queues it once there is room; every submission is answered once.
+#[test]
+fn offer_hands_back_what_a_full_queue_cannot_take() {
+    use std::sync::atomic::AtomicU64;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.queue_submissions_max = 2;
+    let engine = Engine::open(cfg, None).expect("open");
+    let answered = Arc::new(AtomicU64::new(0));
+    let (mut handed_back, mut n) = (0u64, 0u64);
+    while handed_back < 20 && n < 100_000 {
+        let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
+        b.push(&event(n, 256)).expect("valid");
+        n += 1;
+        let a = answered.clone();
+        let done: auditlog_engine::Done = Box::new(move |r| {
+            r.expect("stored");
+            a.fetch_add(1, Ordering::SeqCst);
+        });
+        let started = std::time::Instant::now();
+        match engine.offer(b, done).expect("offer") {
+            None => {}
+            Some(waiting) => {
+                handed_back += 1;
+                waiting.wait(&engine).expect("queued once there is room");
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    assert!(
+        handed_back > 0,
+        "a full queue handed nothing back in {n} offers"
+    );
+    engine
+        .wait_checkpoint(engine.tree_size(), Duration::from_secs(10))
+        .expect("checkpoint");
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        n,
+        "every submission answered once"
+    );
+    assert_eq!(engine.tree_size(), n);
+}
+
 #[test]
 fn old_segments_are_sealed_by_age() {
     let dir = tempfile::tempdir().expect("tmp");
