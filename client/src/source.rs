@@ -2,6 +2,7 @@
 //! every source; a source only lists and reads: a data directory, or the objects the
 //! replicator shipped to a bucket (`bucket.rs`).
 
+use auditlog_formats::layout;
 use std::fs::File;
 use std::io::BufReader;
 use std::os::unix::fs::FileExt;
@@ -91,14 +92,11 @@ pub trait LogSource {
 pub fn order_segments(names: impl IntoIterator<Item = (String, u64)>) -> Vec<SegRef> {
     let mut out = Vec::new();
     for (name, bytes) in names {
-        let kind = if let Some(first) = name.strip_suffix(".open") {
-            first.parse().ok().map(SegKind::Open)
-        } else if let Some(range) = name.strip_suffix(".seg") {
-            range
-                .split_once('-')
-                .and_then(|(a, b)| Some(SegKind::Sealed(a.parse().ok()?, b.parse().ok()?)))
-        } else {
-            None
+        use auditlog_formats::layout::{parse_segment_name, SegmentName};
+        let kind = match parse_segment_name(&name) {
+            Some(SegmentName::Open(first)) => Some(SegKind::Open(first)),
+            Some(SegmentName::Sealed(a, b)) => Some(SegKind::Sealed(a, b)),
+            _ => None,
         };
         if let Some(kind) = kind {
             out.push(SegRef { kind, name, bytes });
@@ -176,13 +174,13 @@ impl DirSource {
 
 impl LogSource for DirSource {
     fn log_meta(&self) -> Result<(String, Vec<u8>), VerifyError> {
-        let p = self.dir.join("log.json");
+        let p = self.dir.join(layout::LOG_META_FILE);
         let b = std::fs::read(&p).or_else(|e| fail(&p, format!("cannot read: {e}")))?;
         Ok((p.display().to_string(), b))
     }
 
     fn checkpoints(&self) -> Result<(String, Vec<Vec<u8>>), VerifyError> {
-        let cp_path = self.dir.join("checkpoints.log");
+        let cp_path = self.dir.join(layout::CHECKPOINT_LOG_FILE);
         // Missing is not "no checkpoints": the engine writes one before its first ack.
         let bytes = std::fs::read(&cp_path)
             .or_else(|e| fail(&cp_path, format!("cannot read the checkpoint log: {e}")))?;
@@ -203,7 +201,7 @@ impl LogSource for DirSource {
     }
 
     fn segments(&self) -> Result<Vec<SegRef>, VerifyError> {
-        let seg_dir = self.dir.join("segments");
+        let seg_dir = self.dir.join(layout::SEGMENTS_DIR);
         let rd =
             std::fs::read_dir(&seg_dir).or_else(|e| fail(&seg_dir, format!("cannot list: {e}")))?;
         let mut names = Vec::new();
@@ -240,7 +238,7 @@ impl LogSource for DirSource {
 
     fn place(&self, seg: &SegRef) -> String {
         self.dir
-            .join("segments")
+            .join(layout::SEGMENTS_DIR)
             .join(&seg.name)
             .display()
             .to_string()

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use auditlog_formats::batch::{self, Entries, BATCH_HEADER_BYTES};
 use auditlog_formats::keyhistory::{CheckedHistory, KeyHistory};
+use auditlog_formats::layout::LogMeta;
 use auditlog_formats::note::{Checkpoint, VerifierKey};
 use auditlog_formats::record::Record;
 use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
@@ -121,12 +122,6 @@ impl Place for String {
     fn place(&self) -> String {
         self.clone()
     }
-}
-
-#[derive(serde::Deserialize)]
-struct LogMeta {
-    origin: String,
-    tree_hash: String,
 }
 
 /// Verifies with one key, valid at every size (the log never rotated).

@@ -3,6 +3,7 @@
 //! that from the records, refuse to start if the checkpoint and the segments disagree, then
 //! start the threads.
 
+use auditlog_formats::layout;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -10,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use auditlog_formats::tree::{self, RightEdge};
 use auditlog_formats::{Hash, TreeHash};
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoints::CheckpointLog;
 use crate::config::EngineConfig;
@@ -34,16 +34,10 @@ pub struct RecoveryReport {
     pub duration_ms: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct LogMeta {
-    pub format: u32,
-    pub origin: String,
-    pub tree_hash: String,
-    pub created_at_unix_ns: u64,
-}
+pub use auditlog_formats::layout::LogMeta;
 
 pub(crate) fn load_or_create_meta(cfg: &EngineConfig) -> Result<LogMeta> {
-    let path = cfg.data_dir.join("log.json");
+    let path = cfg.data_dir.join(layout::LOG_META_FILE);
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
         let meta: LogMeta =
@@ -91,7 +85,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     crate::private::ensure_private_dir(&cfg.data_dir)?;
     // Before anything else is touched: a target that cannot keep the WORM promise refuses start.
     let replicator = crate::replication::prepare(&cfg)?;
-    let seg_dir = cfg.data_dir.join("segments");
+    let seg_dir = cfg.data_dir.join(layout::SEGMENTS_DIR);
     std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "create data directory"))?;
     let _meta = load_or_create_meta(&cfg)?;
     let keyring = Keyring::open(&cfg, signer)?;
@@ -100,7 +94,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
 
     // 1. The newest checkpoint: a promise about what the segments hold.
     let (cp_log, latest) = CheckpointLog::open(
-        &cfg.data_dir.join("checkpoints.log"),
+        &cfg.data_dir.join(layout::CHECKPOINT_LOG_FILE),
         &cfg.origin,
         &keyring.all_keys(),
     )?;
@@ -349,13 +343,13 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     // 4. The checkpoint must be a prefix of what the segments hold.
     if cp_size > end {
         return Err(corrupt(
-            cfg.data_dir.join("checkpoints.log"),
+            cfg.data_dir.join(layout::CHECKPOINT_LOG_FILE),
             format!("the newest checkpoint covers {cp_size} events but the segments hold {end}: segments were lost or cut; refusing to start"),
         ));
     }
     if root_at_cp != Some(cp_root) && cp_size > 0 {
         return Err(corrupt(
-            cfg.data_dir.join("checkpoints.log"),
+            cfg.data_dir.join(layout::CHECKPOINT_LOG_FILE),
             format!("the segments give a different root at the checkpointed size {cp_size}: records were altered; refusing to start"),
         ));
     }
@@ -603,18 +597,9 @@ fn spawn(
         .map_err(|e| EngineError::Failed(format!("cannot start thread {name}: {e}")))
 }
 
-/// A key name from the origin: note key names may not hold spaces or '+'.
+/// A key name from the origin (`layout::default_key_name`).
 pub(crate) fn key_name(origin: &str) -> String {
-    origin
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c == '+' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+    auditlog_formats::layout::default_key_name(origin)
 }
 
 /// Moves a recycled segment no reader holds open to `partial`; `None` if there is none.

@@ -80,7 +80,7 @@ impl RetentionPolicy {
 static META_LOCK: Mutex<()> = Mutex::new(());
 
 pub(crate) fn read(data_dir: &Path) -> Result<Option<RetentionPolicy>> {
-    let path = data_dir.join("log.json");
+    let path = data_dir.join(auditlog_formats::layout::LOG_META_FILE);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;
@@ -96,7 +96,7 @@ pub(crate) fn read(data_dir: &Path) -> Result<Option<RetentionPolicy>> {
 pub(crate) fn write(data_dir: &Path, policy: &RetentionPolicy) -> Result<()> {
     policy.validate().map_err(EngineError::BadRequest)?;
     let _g = META_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let path = data_dir.join("log.json");
+    let path = data_dir.join(auditlog_formats::layout::LOG_META_FILE);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
     let mut v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;

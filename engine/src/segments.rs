@@ -17,45 +17,9 @@ use auditlog_formats::segment::{self, Footer, SegmentHeader, TRAILER_BYTES};
 
 use crate::error::{corrupt, io_err, Result};
 
-pub(crate) fn open_name(first: u64) -> String {
-    format!("{first:020}.open")
-}
-
-pub(crate) fn recycle_name(first: u64) -> String {
-    format!("recycle-{first:020}.old")
-}
-
-pub(crate) fn sealed_name(first: u64, end: u64) -> String {
-    format!("{first:020}-{end:020}.seg")
-}
-
-pub(crate) enum SegmentName {
-    Open(u64),
-    Sealed(u64, u64),
-    Prealloc,
-    Recycle,
-    Temporary,
-}
-
-pub(crate) fn parse_name(name: &str) -> Option<SegmentName> {
-    if let Some(first) = name.strip_suffix(".open") {
-        return first.parse().ok().map(SegmentName::Open);
-    }
-    if let Some(range) = name.strip_suffix(".seg") {
-        let (a, b) = range.split_once('-')?;
-        return Some(SegmentName::Sealed(a.parse().ok()?, b.parse().ok()?));
-    }
-    if name.starts_with("prealloc-") && name.ends_with(".tmp") {
-        return Some(SegmentName::Prealloc);
-    }
-    if name.starts_with("recycle-") && name.ends_with(".old") {
-        return Some(SegmentName::Recycle);
-    }
-    if name.ends_with(".partial") || name.ends_with(".seg.tmp") {
-        return Some(SegmentName::Temporary);
-    }
-    None
-}
+pub(crate) use auditlog_formats::layout::{
+    open_name, parse_segment_name as parse_name, recycle_name, sealed_name, SegmentName,
+};
 
 /// Where one batch of the open segment lies.
 #[derive(Clone, Copy, Debug)]

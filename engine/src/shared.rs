@@ -110,7 +110,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn segments_dir(&self) -> PathBuf {
-        self.config.data_dir.join("segments")
+        self.config
+            .data_dir
+            .join(auditlog_formats::layout::SEGMENTS_DIR)
     }
 
     pub fn fail(&self, reason: &str) {

@@ -8,6 +8,7 @@ pub mod export;
 pub mod frame;
 pub mod hash;
 pub mod keyhistory;
+pub mod layout;
 pub mod note;
 pub mod record;
 pub mod schema;

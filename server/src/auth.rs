@@ -186,7 +186,7 @@ pub fn mark_recorded(data_dir: &Path, changes: &[UnrecordedChange]) -> anyhow::R
 /// log holds no admin yet. Only then may `tokens add --role admin` add an admin; later ones
 /// come by an `add_admin` request under the two-person rule.
 pub fn log_is_new(data_dir: &Path) -> anyhow::Result<bool> {
-    match std::fs::read_dir(data_dir.join("segments")) {
+    match std::fs::read_dir(data_dir.join(auditlog_formats::layout::SEGMENTS_DIR)) {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(e).with_context(|| format!("listing {}/segments", data_dir.display())),

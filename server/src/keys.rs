@@ -170,17 +170,7 @@ pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
 }
 
 fn default_name(cfg: &Config) -> String {
-    cfg.engine
-        .origin
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c == '+' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+    auditlog_formats::layout::default_key_name(&cfg.engine.origin)
 }
 
 fn read_history(cfg: &Config) -> anyhow::Result<KeyHistory> {

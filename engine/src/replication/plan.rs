@@ -367,7 +367,10 @@ impl Planner {
 
     /// Reads what was appended to `checkpoints.log` since the last call (bounded per call).
     fn read_checkpoint_log(&mut self, shared: &Shared) -> Result<()> {
-        let path = shared.config.data_dir.join("checkpoints.log");
+        let path = shared
+            .config
+            .data_dir
+            .join(auditlog_formats::layout::CHECKPOINT_LOG_FILE);
         let f = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -1,0 +1,135 @@
+//! The data directory's names (FORMATS.md §2): the files the engine keeps, the segment file
+//! names and how to read them back, `log.json`'s fields, and the default key name an
+//! origin gives. Pure: the engine, the daemon and the verifier all take them from here.
+
+use serde::{Deserialize, Serialize};
+
+/// `log.json`: what the log is (origin, tree hash), written once when it is created.
+pub const LOG_META_FILE: &str = "log.json";
+/// The segment files.
+pub const SEGMENTS_DIR: &str = "segments";
+/// Every checkpoint the engine published (`checkpoint_log`).
+pub const CHECKPOINT_LOG_FILE: &str = "checkpoints.log";
+
+/// `log.json`'s fields.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogMeta {
+    pub format: u32,
+    pub origin: String,
+    /// A `TreeHash` name (`sha256`, `blake3`).
+    pub tree_hash: String,
+    pub created_at_unix_ns: u64,
+}
+
+/// An open segment holding leaves from `first`.
+pub fn open_name(first: u64) -> String {
+    format!("{first:020}.open")
+}
+
+/// A sealed segment of leaves `[first, end)`.
+pub fn sealed_name(first: u64, end: u64) -> String {
+    format!("{first:020}-{end:020}.seg")
+}
+
+/// A sealed open segment kept to be zeroed and reused (never replayed: the name says so).
+pub fn recycle_name(first: u64) -> String {
+    format!("recycle-{first:020}.old")
+}
+
+/// A file in `segments/`, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentName {
+    /// `<first>.open`
+    Open(u64),
+    /// `<first>-<end>.seg`
+    Sealed(u64, u64),
+    /// `prealloc-<n>.tmp`: zeroed, not yet in use.
+    Prealloc,
+    /// `recycle-<first>.old`: sealed, waiting to be zeroed and reused.
+    Recycle,
+    /// `*.partial`, `*.seg.tmp`: a write a crash interrupted.
+    Temporary,
+}
+
+/// What a file name in `segments/` is; `None` for a name the engine never writes.
+pub fn parse_segment_name(name: &str) -> Option<SegmentName> {
+    if let Some(first) = name.strip_suffix(".open") {
+        return number(first).map(SegmentName::Open);
+    }
+    if let Some(range) = name.strip_suffix(".seg") {
+        let (a, b) = range.split_once('-')?;
+        return Some(SegmentName::Sealed(number(a)?, number(b)?));
+    }
+    if name.starts_with("prealloc-") && name.ends_with(".tmp") {
+        return Some(SegmentName::Prealloc);
+    }
+    if name.starts_with("recycle-") && name.ends_with(".old") {
+        return Some(SegmentName::Recycle);
+    }
+    if name.ends_with(".partial") || name.ends_with(".seg.tmp") {
+        return Some(SegmentName::Temporary);
+    }
+    None
+}
+
+/// Decimal digits only (`u64::from_str` would also take a leading `+`).
+fn number(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// The key name an origin gives when none is chosen: note key names may not hold white
+/// space or '+', so those become '_'.
+pub fn default_key_name(origin: &str) -> String {
+    origin
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c == '+' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_strangers_are_refused() {
+        assert_eq!(
+            parse_segment_name(&open_name(7)),
+            Some(SegmentName::Open(7))
+        );
+        assert_eq!(
+            parse_segment_name(&sealed_name(0, u64::MAX)),
+            Some(SegmentName::Sealed(0, u64::MAX))
+        );
+        assert_eq!(
+            parse_segment_name(&recycle_name(3)),
+            Some(SegmentName::Recycle)
+        );
+        assert_eq!(
+            parse_segment_name("prealloc-1.tmp"),
+            Some(SegmentName::Prealloc)
+        );
+        assert_eq!(
+            parse_segment_name(&format!("{}.tmp", sealed_name(1, 2))),
+            Some(SegmentName::Temporary)
+        );
+        for stranger in [
+            "+1.open",
+            ".open",
+            "1-.seg",
+            "a-b.seg",
+            "1-2-3.seg",
+            "notes.txt",
+        ] {
+            assert_eq!(parse_segment_name(stranger), None, "{stranger}");
+        }
+        assert_eq!(default_key_name("audit log+x"), "audit_log_x");
+    }
+}
