@@ -286,12 +286,8 @@ impl Engine {
         batch: EventBatch,
         done: Done,
     ) -> Result<(Sender<Submission>, Submission)> {
-        if let Some(why) = self.shared.failed() {
-            return Err(if why.starts_with("disk full") {
-                EngineError::DiskFull(why)
-            } else {
-                EngineError::Failed(why)
-            });
+        if let Some(f) = self.shared.failure() {
+            return Err(f.error());
         }
         let tx = self.submit_tx.clone().ok_or(EngineError::ShuttingDown)?;
         if batch.is_empty() {

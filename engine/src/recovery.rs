@@ -20,6 +20,7 @@ use crate::io::Appender;
 use crate::keyring::Keyring;
 use crate::segments::{self, parse_name, Body, Segment, SegmentName};
 use crate::sequencer::{OpenSegment, Sequencer};
+use crate::shared::Fault;
 use crate::signer::Signer;
 use crate::{Engine, OpenView, SegmentSet, Shared, Stats, TreeHead};
 
@@ -582,7 +583,7 @@ fn spawn(
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "(no message)".into());
-                shared.fail(&format!("thread {name} panicked: {msg}"));
+                shared.fail(Fault::other(format!("thread {name} panicked: {msg}")));
                 // What was queued will never be written: answer it (a panicked sequencer
                 // answers nothing itself).
                 shared.refuse_queued();
@@ -674,11 +675,17 @@ fn preallocate(
                         Err(e) => {
                             let _ = std::fs::remove_file(&partial);
                             let why = if e.raw_os_error() == Some(libc::ENOSPC) {
-                                format!("disk full: cannot zero-fill the next {bytes}-byte segment in {}", dir.display())
+                                Fault::disk_full(format!(
+                                    "cannot zero-fill the next {bytes}-byte segment in {}",
+                                    dir.display()
+                                ))
                             } else {
-                                format!("cannot prepare the next segment in {}: {e}", dir.display())
+                                Fault::other(format!(
+                                    "cannot prepare the next segment in {}: {e}",
+                                    dir.display()
+                                ))
                             };
-                            tracing::warn!("{why}");
+                            tracing::warn!("{}", why.text());
                             shared.set_prealloc_error(Some(why));
                             if shared.shutting_down.load(Ordering::SeqCst) {
                                 return;

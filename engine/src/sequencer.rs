@@ -16,6 +16,7 @@ use crate::error::{io_err, EngineError, Result};
 use crate::hashstore::PendingNodes;
 use crate::io::Appender;
 use crate::segments::{open_name, BatchLoc};
+use crate::shared::Fault;
 use crate::{Receipts, Shared, Submission};
 
 /// The segment being appended to.
@@ -108,9 +109,12 @@ impl Sequencer {
                 .failed_flag
                 .load(std::sync::atomic::Ordering::SeqCst)
             {
-                let why = self.shared.failed().unwrap_or_default();
+                let why = self.shared.failure();
                 for s in batch.drain(..) {
-                    (s.done)(Err(EngineError::Failed(why.clone())));
+                    (s.done)(Err(why.as_ref().map_or_else(
+                        || EngineError::Failed(String::new()),
+                        Fault::error,
+                    )));
                 }
                 break;
             }
@@ -124,15 +128,10 @@ impl Sequencer {
                 Err(e) => {
                     // Whatever failed (write, sync, hash store), the page cache and the tree's
                     // edge can no longer be trusted to match the disk: stop, say why, ack nothing.
-                    let disk_full = matches!(e, EngineError::DiskFull(_));
-                    let reason = e.to_string();
-                    self.shared.fail(&reason);
+                    let fault = Fault::of(&e);
+                    self.shared.fail(fault.clone());
                     for s in batch.drain(..) {
-                        (s.done)(Err(if disk_full {
-                            EngineError::DiskFull(reason.clone())
-                        } else {
-                            EngineError::Failed(reason.clone())
-                        }));
+                        (s.done)(Err(fault.error()));
                     }
                     break;
                 }
@@ -142,12 +141,11 @@ impl Sequencer {
         // Refuse whatever is still queued: with the engine failed or shutting down, none of
         // it will be written. A submission queued after this is answered by its producer
         // (`Engine::submission` checks the failure after queueing).
-        let why = self.shared.failed();
+        let why = self.shared.failure();
         if let Some(s) = carry {
-            (s.done)(Err(match &why {
-                Some(r) => EngineError::Failed(r.clone()),
-                None => EngineError::ShuttingDown,
-            }));
+            (s.done)(Err(why
+                .as_ref()
+                .map_or(EngineError::ShuttingDown, Fault::error)));
         }
         self.shared.refuse_queued();
     }
@@ -242,15 +240,10 @@ impl Sequencer {
         let next = match self.prealloc_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(p) => p,
             Err(_) => {
-                let why = self
-                    .shared
-                    .prealloc_error()
-                    .unwrap_or_else(|| "no zero-filled segment ready after 10 s".into());
-                return Err(if why.contains("disk full") {
-                    EngineError::DiskFull(why)
-                } else {
-                    EngineError::Failed(why)
-                });
+                return Err(self.shared.prealloc_fault().map_or_else(
+                    || EngineError::Failed("no zero-filled segment ready after 10 s".into()),
+                    |f| f.error(),
+                ));
             }
         };
         let first = self.edge.size();

@@ -79,9 +79,9 @@ pub(crate) struct Shared {
     pub(crate) checkpoint_wanted: Mutex<u64>,
     pub(crate) checkpoint_wake: Condvar,
     pub(crate) checkpoint_at: Mutex<Option<Instant>>,
-    pub(crate) failed: Mutex<Option<String>>,
+    pub(crate) failed: Mutex<Option<Fault>>,
     pub(crate) failed_flag: AtomicBool,
-    pub(crate) prealloc_error: Mutex<Option<String>>,
+    pub(crate) prealloc_error: Mutex<Option<Fault>>,
     /// Sealed open segments, renamed to `recycle-*.old`, for the preallocator to zero in
     /// place. Each keeps its open handle: while a reader holds another, it is not reused.
     pub(crate) recycle: Mutex<Vec<(PathBuf, Option<Arc<std::fs::File>>)>>,
@@ -108,6 +108,55 @@ pub(crate) struct Shared {
     pub(crate) checkpoint_listeners: Mutex<Vec<crate::CheckpointListener>>,
 }
 
+/// Why writes stopped, or why the next segment cannot be prepared: typed, so producers get
+/// `DiskFull` or `Failed` from the kind, never from matching the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Fault {
+    pub disk_full: bool,
+    pub reason: String,
+}
+
+impl Fault {
+    pub fn of(e: &EngineError) -> Fault {
+        match e {
+            EngineError::DiskFull(m) => Fault::disk_full(m.clone()),
+            other => Fault::other(other.to_string()),
+        }
+    }
+
+    pub fn disk_full(reason: String) -> Fault {
+        Fault {
+            disk_full: true,
+            reason,
+        }
+    }
+
+    pub fn other(reason: String) -> Fault {
+        Fault {
+            disk_full: false,
+            reason,
+        }
+    }
+
+    /// The error a producer is answered with.
+    pub fn error(&self) -> EngineError {
+        if self.disk_full {
+            EngineError::DiskFull(self.reason.clone())
+        } else {
+            EngineError::Failed(self.reason.clone())
+        }
+    }
+
+    /// As the status and `/ready` say it.
+    pub fn text(&self) -> String {
+        if self.disk_full {
+            format!("disk full: {}", self.reason)
+        } else {
+            self.reason.clone()
+        }
+    }
+}
+
 impl Shared {
     pub fn segments_dir(&self) -> PathBuf {
         self.config
@@ -115,11 +164,11 @@ impl Shared {
             .join(auditlog_formats::layout::SEGMENTS_DIR)
     }
 
-    pub fn fail(&self, reason: &str) {
+    pub(crate) fn fail(&self, fault: Fault) {
         let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
-            tracing::error!("engine stops accepting writes: {reason}");
-            *f = Some(reason.to_string());
+            tracing::error!("engine stops accepting writes: {}", fault.text());
+            *f = Some(fault);
         }
         self.failed_flag.store(true, Ordering::SeqCst);
     }
@@ -130,16 +179,20 @@ impl Shared {
     /// receiver, so each is answered once, by whoever takes it.
     pub(crate) fn refuse_queued(&self) {
         let Some(rx) = self.queued.get() else { return };
-        let why = self.failed();
+        let why = self.failure();
         for s in rx.try_iter() {
-            (s.done)(Err(match &why {
-                Some(r) => crate::EngineError::Failed(r.clone()),
-                None => crate::EngineError::ShuttingDown,
-            }));
+            (s.done)(Err(why
+                .as_ref()
+                .map_or(EngineError::ShuttingDown, Fault::error)));
         }
     }
 
+    /// Why writes stopped, as the status says it.
     pub fn failed(&self) -> Option<String> {
+        self.failure().map(|f| f.text())
+    }
+
+    pub(crate) fn failure(&self) -> Option<Fault> {
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -147,13 +200,17 @@ impl Shared {
     }
 
     pub fn prealloc_error(&self) -> Option<String> {
+        self.prealloc_fault().map(|f| f.text())
+    }
+
+    pub(crate) fn prealloc_fault(&self) -> Option<Fault> {
         self.prealloc_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn set_prealloc_error(&self, e: Option<String>) {
+    pub(crate) fn set_prealloc_error(&self, e: Option<Fault>) {
         *self
             .prealloc_error
             .lock()
