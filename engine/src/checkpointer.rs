@@ -63,11 +63,12 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
             if now >= deadline {
                 break;
             }
-            // Short waits: a waiter's size may become available without anyone notifying us.
-            let step = (deadline - now).min(Duration::from_millis(2));
+            // Every change to what this waits for notifies under the same lock: a raised
+            // `want` (`Engine::want_checkpoint`), a batch published past it
+            // (`Shared::publish`), shutdown and a panicked thread. No polling.
             want = shared
                 .checkpoint_wake
-                .wait_timeout(want, step)
+                .wait_timeout(want, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
