@@ -365,9 +365,11 @@ impl WormTarget for AzureTarget {
                 return Err(self.http.status_error(&what, &r));
             }
             let text = String::from_utf8_lossy(&r.body).into_owned();
-            for b in xml::blocks(&text, "Blob") {
-                let name = xml::first(b, "Name").unwrap_or_default();
-                let bytes = xml::first(b, "Content-Length")
+            let doc = xml::parse(&text).map_err(|e| self.http.protocol(&what, e))?;
+            for b in doc.all("Blob") {
+                let name = b.text_of("Name").unwrap_or_default();
+                let bytes = b
+                    .text_of("Content-Length")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
                 if let Some(k) = name.strip_prefix(&self.prefix) {
@@ -377,7 +379,7 @@ impl WormTarget for AzureTarget {
                     });
                 }
             }
-            marker = xml::first(&text, "NextMarker").filter(|m| !m.is_empty());
+            marker = doc.text_of("NextMarker").filter(|m| !m.is_empty());
             if marker.is_none() {
                 out.sort_by(|a, b| a.key.cmp(&b.key));
                 return Ok(out);

@@ -228,7 +228,11 @@ impl WormTarget for S3Target {
         let text = String::from_utf8_lossy(&r.body).into_owned();
         match r.status {
             200 => {
-                let on = xml::first(&text, "ObjectLockEnabled").as_deref() == Some("Enabled");
+                let on = xml::parse(&text)
+                    .ok()
+                    .and_then(|d| d.text_of("ObjectLockEnabled"))
+                    .as_deref()
+                    == Some("Enabled");
                 Ok(WormCheck {
                     enforced: on,
                     detail: if on {
@@ -379,11 +383,10 @@ impl WormTarget for S3Target {
                 return Err(self.http.status_error(&what, &r));
             }
             let text = String::from_utf8_lossy(&r.body).into_owned();
-            for c in xml::blocks(&text, "Contents") {
-                let key = xml::first(c, "Key").unwrap_or_default();
-                let bytes = xml::first(c, "Size")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+            let doc = xml::parse(&text).map_err(|e| self.http.protocol(&what, e))?;
+            for c in doc.all("Contents") {
+                let key = c.text_of("Key").unwrap_or_default();
+                let bytes = c.text_of("Size").and_then(|s| s.parse().ok()).unwrap_or(0);
                 if let Some(k) = key.strip_prefix(&self.prefix) {
                     out.push(ObjectInfo {
                         key: k.to_string(),
@@ -391,8 +394,8 @@ impl WormTarget for S3Target {
                     });
                 }
             }
-            token = xml::first(&text, "NextContinuationToken");
-            if xml::first(&text, "IsTruncated").as_deref() != Some("true") || token.is_none() {
+            token = doc.text_of("NextContinuationToken");
+            if doc.text_of("IsTruncated").as_deref() != Some("true") || token.is_none() {
                 out.sort_by(|a, b| a.key.cmp(&b.key));
                 return Ok(out);
             }
