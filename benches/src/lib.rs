@@ -192,7 +192,7 @@ pub fn run_load(
                         for _ in 0..k {
                             let payload = &pool[at];
                             at = if at + 1 == pool.len() { 0 } else { at + 1 };
-                            b.push(payload).expect("payload accepted");
+                            b.add(payload).expect("payload accepted");
                             payload_bytes += payload.len() as u64;
                         }
                         let back = tx.clone();

@@ -137,8 +137,35 @@ impl EventBatch {
         self.body.len()
     }
 
-    /// Adds one event. On refusal nothing of it is kept.
-    pub fn push(&mut self, payload: &[u8]) -> Result<()> {
+    /// Adds one event, or says the batch is full (`Pushed::Full`: nothing added; it goes
+    /// into the next batch). Refused (nothing kept): an invalid event, or one too large for
+    /// a submission on its own.
+    pub fn push(&mut self, payload: &[u8]) -> Result<Pushed> {
+        match self.put(payload)? {
+            None => Ok(Pushed::Added),
+            Some(_) if !self.is_empty() => Ok(Pushed::Full),
+            Some(bytes) => Err(EngineError::SubmissionTooLarge {
+                bytes,
+                max: self.bytes_max,
+            }),
+        }
+    }
+
+    /// As `push`, for callers whose events must go in this one submission (a TCP frame, a
+    /// tool's batch): a full batch is refused with `SubmissionTooLarge`.
+    pub fn add(&mut self, payload: &[u8]) -> Result<()> {
+        match self.put(payload)? {
+            None => Ok(()),
+            Some(bytes) => Err(EngineError::SubmissionTooLarge {
+                bytes,
+                max: self.bytes_max,
+            }),
+        }
+    }
+
+    /// Validates, frames and hashes one event into the batch; `Some(bytes)`, the size the
+    /// batch would reach, when it does not fit (nothing added).
+    fn put(&mut self, payload: &[u8]) -> Result<Option<usize>> {
         let position = self.leaf_hashes.len();
         let info = schema::validate(payload, self.mode).map_err(|e| EngineError::BadEvent {
             position,
@@ -151,18 +178,25 @@ impl EventBatch {
         };
         let added = 4 + record.encoded_len();
         if self.body.len() + added > self.bytes_max {
-            return Err(EngineError::SubmissionTooLarge {
-                bytes: self.body.len() + added,
-                max: self.bytes_max,
-            });
+            return Ok(Some(self.body.len() + added));
         }
         let start = self.body.len();
         push_entry(&mut self.body, &record);
         self.leaf_hashes
             .push(self.alg.leaf(&self.body[start + 4..]));
         self.max_classification = self.max_classification.max(info.classification as u8);
-        Ok(())
+        Ok(None)
     }
+}
+
+/// What [`EventBatch::push`] did with an event it did not refuse.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Validated, framed, hashed and added.
+    Added,
+    /// Valid, but the batch has no room for it: nothing added.
+    Full,
 }
 
 /// What the engine says about itself, for `/ready`, metrics and operators.
@@ -380,7 +414,7 @@ impl Engine {
     ) -> Result<Receipts> {
         let mut b = self.new_batch(Submitter::daemon());
         for p in payloads {
-            b.push(p)?;
+            b.add(p)?;
         }
         self.append(b)
     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use auditlog_engine::{Engine, EngineError, EventBatch, Receipts, Submitter};
+use auditlog_engine::{Engine, EngineError, EventBatch, Pushed, Receipts, Submitter};
 use auditlog_formats::hash::to_hex;
 use axum::body::Body;
 use axum::extract::State;
@@ -205,15 +205,15 @@ pub fn build_batches(
     let mut batch = engine.new_batch(submitter.clone());
     for (position, event) in events.into_iter().enumerate() {
         match batch.push(event) {
-            Ok(()) => continue,
+            Ok(Pushed::Added) => continue,
+            Ok(Pushed::Full) => {}
             Err(EngineError::BadEvent { reason, .. }) => return Err(refused(position, reason)),
-            Err(EngineError::SubmissionTooLarge { bytes, max }) if batch.is_empty() => {
+            Err(EngineError::SubmissionTooLarge { bytes, max }) => {
                 return Err(refused(
                     position,
                     format!("{bytes} bytes framed is over the {max}-byte submission limit"),
                 ))
             }
-            Err(EngineError::SubmissionTooLarge { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         // The batch is full: start the next one with this event.
@@ -221,7 +221,7 @@ pub fn build_batches(
             &mut batch,
             engine.new_batch(submitter.clone()),
         ));
-        match batch.push(event) {
+        match batch.add(event) {
             Ok(()) => {}
             Err(EngineError::BadEvent { reason, .. }) => return Err(refused(position, reason)),
             Err(e) => return Err(refused(position, e.to_string())),

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Receipts, Submitter};
+use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Pushed, Receipts, Submitter};
 
 use crate::admission::Admission;
 use crate::listener::{admit, SourceSlots};
@@ -260,9 +260,9 @@ fn build(
             }
         };
         let mut pushed = batches.last_mut().map(|b| b.push(&event));
-        if let Some(Err(EngineError::SubmissionTooLarge { .. })) = pushed {
+        if let Some(Ok(Pushed::Full)) = pushed {
             let mut b = engine.new_batch(submitter.clone());
-            pushed = Some(b.push(&event));
+            pushed = Some(b.add(&event).map(|()| Pushed::Added));
             batches.push(b);
         }
         if let Some(Err(e)) = pushed {

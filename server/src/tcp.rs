@@ -339,7 +339,7 @@ fn build_batch(
     let events = frame::decode_batch(payload).map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
     let mut batch = engine.new_batch(submitter.clone());
     for (position, e) in events.enumerate() {
-        batch.push(e).map_err(|err| match err {
+        batch.add(e).map_err(|err| match err {
             EngineError::BadEvent { reason, .. } => (
                 ErrorCode::BadEvent,
                 format!("event {position} refused: {reason}"),

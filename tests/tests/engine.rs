@@ -17,7 +17,7 @@ fn append_n(engine: &Engine, start: u64, n: u64, per_batch: u64) -> Vec<(u64, [u
         let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         let end = (i + per_batch).min(start + n);
         for k in i..end {
-            b.push(&event(k, 256)).expect("valid event");
+            b.add(&event(k, 256)).expect("valid event");
         }
         let r = engine.append(b).expect("append");
         for (k, h) in r.leaf_hashes.iter().enumerate() {
@@ -149,8 +149,8 @@ fn bad_input_is_refused_and_nothing_is_written() {
     ];
     for (payload, why) in cases {
         let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-        b.push(&event(99, 256)).expect("good one");
-        let err = b.push(payload).expect_err("refused");
+        b.add(&event(99, 256)).expect("good one");
+        let err = b.add(payload).expect_err("refused");
         let msg = err.to_string().to_lowercase();
         assert!(
             msg.contains(&why.to_lowercase()),
@@ -175,7 +175,7 @@ fn failed_sync_stops_writes_and_acks_nothing() {
     append_n(&engine, 0, 100, 50);
     faults.fail_next_sync.store(true, Ordering::SeqCst);
     let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-    b.push(&event(100, 256)).expect("valid");
+    b.add(&event(100, 256)).expect("valid");
     let err = engine
         .append(b)
         .expect_err("no receipt for an unsynced event");
@@ -192,7 +192,7 @@ fn failed_sync_stops_writes_and_acks_nothing() {
         "{status:?}"
     );
     let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-    b.push(&event(101, 256)).expect("valid");
+    b.add(&event(101, 256)).expect("valid");
     assert!(
         matches!(engine.append(b), Err(EngineError::Failed(_))),
         "writes stay refused"
@@ -241,7 +241,7 @@ fn a_panic_in_any_engine_thread_stops_the_engine() {
             );
             let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
             for k in next..next + 200 {
-                b.push(&event(k, 256)).expect("valid");
+                b.add(&event(k, 256)).expect("valid");
             }
             if engine.append(b).is_ok() {
                 next += 200;
@@ -253,7 +253,7 @@ fn a_panic_in_any_engine_thread_stops_the_engine() {
         );
         let size = engine.tree_size();
         let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-        b.push(&event(next, 256)).expect("valid");
+        b.add(&event(next, 256)).expect("valid");
         assert!(
             matches!(engine.append(b), Err(EngineError::Failed(_))),
             "{thread}: no acknowledgement after the failure"
@@ -277,13 +277,13 @@ fn full_disk_is_reported_as_such() {
     let engine = Engine::open(cfg, None).expect("open");
     faults.enospc_next_write.store(true, Ordering::SeqCst);
     let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-    b.push(&event(0, 256)).expect("valid");
+    b.add(&event(0, 256)).expect("valid");
     let err = engine.append(b).expect_err("disk full");
     assert!(matches!(err, EngineError::DiskFull(_)), "{err:?}");
     assert!(err.to_string().contains("disk full"), "{err}");
     assert_eq!(engine.tree_size(), 0);
     let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-    b.push(&event(1, 256)).expect("valid");
+    b.add(&event(1, 256)).expect("valid");
     assert!(matches!(engine.append(b), Err(EngineError::DiskFull(_))));
 }
 
@@ -444,7 +444,7 @@ fn queue_limit_gives_back_pressure() {
     let mut full = 0;
     for i in 0..2000 {
         let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-        b.push(&event(i, 256)).expect("valid");
+        b.add(&event(i, 256)).expect("valid");
         match engine.try_submit(b, Box::new(|_| {})) {
             Ok(()) => {}
             Err(EngineError::QueueFull(2)) => full += 1,
@@ -455,6 +455,40 @@ fn queue_limit_gives_back_pressure() {
         full > 0,
         "a producer faster than the disk is told the queue is full"
     );
+}
+
+/// `push` says what it did: an event added, a full batch (nothing added, the event goes in
+/// the next one), or a refusal (an invalid event; one too large for any submission).
+#[test]
+fn push_says_added_full_or_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.submission_bytes_max = 16 << 10;
+    let max = cfg.submission_bytes_max;
+    let engine = Engine::open(cfg, None).expect("open");
+    let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
+    let mut n = 0u64;
+    loop {
+        match b.push(&event(n, 1000)).expect("valid") {
+            auditlog_engine::Pushed::Added => n += 1,
+            auditlog_engine::Pushed::Full => break,
+        }
+        assert!(n < 1_000, "never full");
+    }
+    assert_eq!(b.len() as u64, n, "a full batch keeps nothing of the event");
+    assert!(b.body_bytes() <= max);
+    assert!(matches!(
+        b.push(b"{not json"),
+        Err(EngineError::BadEvent { .. })
+    ));
+    let mut empty = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
+    assert!(matches!(
+        empty.push(&event(0, max + 1)),
+        Err(EngineError::SubmissionTooLarge { .. })
+    ));
+    assert!(empty.is_empty());
+    let receipts = engine.append(b).expect("append");
+    assert_eq!(receipts.leaf_hashes.len() as u64, n);
 }
 
 /// `offer` never waits: with the queue full it hands the submission back, and
@@ -470,7 +504,7 @@ fn offer_hands_back_what_a_full_queue_cannot_take() {
     let (mut handed_back, mut n) = (0u64, 0u64);
     while handed_back < 20 && n < 100_000 {
         let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
-        b.push(&event(n, 256)).expect("valid");
+        b.add(&event(n, 256)).expect("valid");
         n += 1;
         let a = answered.clone();
         let done: auditlog_engine::Done = Box::new(move |r| {
@@ -832,7 +866,7 @@ fn shutdown_with_seals_failing_and_the_seal_queue_full_completes() {
         if engine.queue_has_room() && submitted < 60_000 {
             let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
             for k in submitted..submitted + 250 {
-                b.push(&event(k, 256)).expect("valid event");
+                b.add(&event(k, 256)).expect("valid event");
             }
             let (acked, answered) = (acked.clone(), answered.clone());
             engine

@@ -126,7 +126,7 @@ fn build_log(dir: &Path) -> VerifierKey {
     for chunk in 0..20u64 {
         let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         for i in 0..400u64 {
-            b.push(&event(chunk * 400 + i, 256)).expect("valid");
+            b.add(&event(chunk * 400 + i, 256)).expect("valid");
         }
         engine.append(b).expect("append");
         engine

@@ -23,7 +23,7 @@ fn main() {
                 loop {
                     let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
                     for _ in 0..(1 + n % 50) {
-                        b.push(&auditlog_tests::event(n, 200 + (n % 100) as usize))
+                        b.add(&auditlog_tests::event(n, 200 + (n % 100) as usize))
                             .expect("valid");
                         n += 1;
                     }
