@@ -103,6 +103,17 @@ fn histogram(
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
 }
 
+/// One metric: name, type, help, value.
+type Row = (&'static str, &'static str, &'static str, u64);
+const GAUGE: &str = "gauge";
+const COUNTER: &str = "counter";
+
+fn write_rows(out: &mut String, rows: &[Row]) {
+    for &(name, kind, help, value) in rows {
+        metric(out, name, kind, help, value);
+    }
+}
+
 pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_s: u64) -> String {
     let mut out = String::new();
     let s = &status.stats;
@@ -124,34 +135,19 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         &s.batch_events_counts,
         s.events as f64,
     );
-    metric(
-        &mut out,
-        "auditlog_queue_depth",
-        "gauge",
-        "Submissions waiting for the sequencer.",
-        status.queue_depth as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_queue_capacity",
-        "gauge",
-        "Limit of the submission queue.",
-        status.queue_capacity as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_http_connections",
-        "gauge",
-        "Open HTTP connections.",
-        conns.http_open as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_http_connections_max",
-        "gauge",
-        "Limit of open HTTP connections.",
-        conns.http_max as u64,
-    );
+    write_rows(&mut out, &engine_rows(status));
+    if let Some(age) = status.checkpoint_age_ms {
+        metric(
+            &mut out,
+            "auditlog_checkpoint_age_milliseconds",
+            GAUGE,
+            "Age of the newest signed checkpoint.",
+            age,
+        );
+    }
+    write_rows(&mut out, &health_rows(status));
+    render_pruning(&mut out, status);
+    write_rows(&mut out, &connection_rows(conns));
     let _ = writeln!(out, "# HELP auditlog_http_connections_shed_total Connections closed on accept: over the listener's connections_max (full) or its per-source cap (source).\n# TYPE auditlog_http_connections_shed_total counter");
     for (listener, why, n) in &conns.shed {
         let _ = writeln!(
@@ -159,199 +155,15 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
             "auditlog_http_connections_shed_total{{listener=\"{listener}\",reason=\"{why}\"}} {n}"
         );
     }
-    metric(
-        &mut out,
-        "auditlog_http_long_polls",
-        "gauge",
-        "Checkpoint long-polls waiting (long_polls_max).",
-        conns.long_polls as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_http_streamed_reads",
-        "gauge",
-        "Exports and ranges streaming (streamed_reads_max).",
-        conns.streamed_reads as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_http_request_bytes_in_flight",
-        "gauge",
-        "Event bytes of ingest held now: HTTP bodies, TCP frames, syslog batches (request_bytes_in_flight_max).",
-        conns.request_bytes as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_tcp_connections",
-        "gauge",
-        "Open TCP ingest connections.",
-        conns.tcp_open as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_tcp_connections_max",
-        "gauge",
-        "Limit of open TCP ingest connections.",
-        conns.tcp_max as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_proofs_total",
-        "counter",
-        "Inclusion and consistency proofs served.",
-        http.proofs.load(Ordering::Relaxed),
-    );
+    write_rows(&mut out, &http_rows(http));
     let _ = writeln!(out, "# HELP auditlog_errors_total Error answers by kind (http:<code>, tcp:<code>).\n# TYPE auditlog_errors_total counter");
     for (kind, n) in ERRORS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(out, "auditlog_errors_total{{kind=\"{kind}\"}} {n}");
     }
     metric(
         &mut out,
-        "auditlog_events_total",
-        "counter",
-        "Events appended since start.",
-        s.events,
-    );
-    metric(
-        &mut out,
-        "auditlog_bytes_total",
-        "counter",
-        "Record bytes appended since start.",
-        s.bytes,
-    );
-    metric(
-        &mut out,
-        "auditlog_batches_total",
-        "counter",
-        "Group commits since start.",
-        s.batches,
-    );
-    metric(
-        &mut out,
-        "auditlog_sync_seconds_total",
-        "counter",
-        "Time spent in durable syncs, in whole seconds.",
-        s.sync_ns_total / 1_000_000_000,
-    );
-    metric(
-        &mut out,
-        "auditlog_tree_size",
-        "gauge",
-        "Leaves in the durable tree.",
-        status.tree_size,
-    );
-    metric(
-        &mut out,
-        "auditlog_checkpoint_size",
-        "gauge",
-        "Tree size of the newest signed checkpoint (0: none).",
-        status.checkpoint_size.unwrap_or(0),
-    );
-    if let Some(age) = status.checkpoint_age_ms {
-        metric(
-            &mut out,
-            "auditlog_checkpoint_age_milliseconds",
-            "gauge",
-            "Age of the newest signed checkpoint.",
-            age,
-        );
-    }
-    metric(
-        &mut out,
-        "auditlog_failed",
-        "gauge",
-        "1 when the engine refuses writes.",
-        status.failed.is_some() as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_signer_error",
-        "gauge",
-        "1 when the last checkpoint signing failed.",
-        status.signer_error.is_some() as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_signer_failures_total",
-        "counter",
-        "Checkpoint or seal signings that failed (HSM unreachable, bad signature).",
-        status.signer_failures,
-    );
-    metric(
-        &mut out,
-        "auditlog_signer_consecutive_failures",
-        "gauge",
-        "Failed signings since the last success (0: the signer works).",
-        status.signer_failures_in_a_row,
-    );
-    metric(
-        &mut out,
-        "auditlog_seal_error",
-        "gauge",
-        "1 when the last attempt to seal a segment failed (the sealer retries).",
-        status.seal_error.is_some() as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_seal_failures_total",
-        "counter",
-        "Failed attempts to seal a segment (I/O, signing, or a read-back that differs).",
-        status.seal_failures,
-    );
-    metric(
-        &mut out,
-        "auditlog_preallocation_error",
-        "gauge",
-        "1 when preparing the next segment failed.",
-        status.preallocation_error.is_some() as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_sealed_segments",
-        "gauge",
-        "Sealed segments on the local disk.",
-        status.sealed_segments as u64,
-    );
-    render_pruning(&mut out, status);
-    metric(
-        &mut out,
-        "auditlog_open_segments",
-        "gauge",
-        "Open segments.",
-        status.open_segments as u64,
-    );
-    metric(
-        &mut out,
-        "auditlog_http_requests_total",
-        "counter",
-        "HTTP requests answered.",
-        http.requests.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "auditlog_http_client_errors_total",
-        "counter",
-        "HTTP answers with a 4xx status.",
-        http.client_errors.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "auditlog_http_server_errors_total",
-        "counter",
-        "HTTP answers with a 5xx status.",
-        http.server_errors.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
-        "auditlog_http_queue_full_total",
-        "counter",
-        "Ingest requests refused with 429 because the engine's queue was full.",
-        http.queue_full.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut out,
         "auditlog_uptime_seconds",
-        "gauge",
+        GAUGE,
         "Seconds since the daemon started.",
         uptime_s,
     );
@@ -360,6 +172,204 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         render_replication(&mut out, r);
     }
     out
+}
+
+/// Ingest and the tree.
+fn engine_rows(status: &Status) -> Vec<Row> {
+    vec![
+        (
+            "auditlog_queue_depth",
+            GAUGE,
+            "Submissions waiting for the sequencer.",
+            status.queue_depth as u64,
+        ),
+        (
+            "auditlog_queue_capacity",
+            GAUGE,
+            "Limit of the submission queue.",
+            status.queue_capacity as u64,
+        ),
+        (
+            "auditlog_events_total",
+            COUNTER,
+            "Events appended since start.",
+            status.stats.events,
+        ),
+        (
+            "auditlog_bytes_total",
+            COUNTER,
+            "Record bytes appended since start.",
+            status.stats.bytes,
+        ),
+        (
+            "auditlog_batches_total",
+            COUNTER,
+            "Group commits since start.",
+            status.stats.batches,
+        ),
+        (
+            "auditlog_sync_seconds_total",
+            COUNTER,
+            "Time spent in durable syncs, in whole seconds.",
+            status.stats.sync_ns_total / 1_000_000_000,
+        ),
+        (
+            "auditlog_tree_size",
+            GAUGE,
+            "Leaves in the durable tree.",
+            status.tree_size,
+        ),
+        (
+            "auditlog_checkpoint_size",
+            GAUGE,
+            "Tree size of the newest signed checkpoint (0: none).",
+            status.checkpoint_size.unwrap_or(0),
+        ),
+    ]
+}
+
+/// What `/ready` looks at, and the segments.
+fn health_rows(status: &Status) -> Vec<Row> {
+    vec![
+        (
+            "auditlog_failed",
+            GAUGE,
+            "1 when the engine refuses writes.",
+            status.failed.is_some() as u64,
+        ),
+        (
+            "auditlog_signer_error",
+            GAUGE,
+            "1 when the last checkpoint signing failed.",
+            status.signer_error.is_some() as u64,
+        ),
+        (
+            "auditlog_signer_failures_total",
+            COUNTER,
+            "Checkpoint or seal signings that failed (HSM unreachable, bad signature).",
+            status.signer_failures,
+        ),
+        (
+            "auditlog_signer_consecutive_failures",
+            GAUGE,
+            "Failed signings since the last success (0: the signer works).",
+            status.signer_failures_in_a_row,
+        ),
+        (
+            "auditlog_seal_error",
+            GAUGE,
+            "1 when the last attempt to seal a segment failed (the sealer retries).",
+            status.seal_error.is_some() as u64,
+        ),
+        (
+            "auditlog_seal_failures_total",
+            COUNTER,
+            "Failed attempts to seal a segment (I/O, signing, or a read-back that differs).",
+            status.seal_failures,
+        ),
+        (
+            "auditlog_preallocation_error",
+            GAUGE,
+            "1 when preparing the next segment failed.",
+            status.preallocation_error.is_some() as u64,
+        ),
+        (
+            "auditlog_sealed_segments",
+            GAUGE,
+            "Sealed segments on the local disk.",
+            status.sealed_segments as u64,
+        ),
+        (
+            "auditlog_open_segments",
+            GAUGE,
+            "Open segments.",
+            status.open_segments as u64,
+        ),
+    ]
+}
+
+/// The listeners' connections and the request classes' limits.
+fn connection_rows(conns: &Connections) -> Vec<Row> {
+    vec![
+        (
+            "auditlog_http_connections",
+            GAUGE,
+            "Open HTTP connections.",
+            conns.http_open as u64,
+        ),
+        (
+            "auditlog_http_connections_max",
+            GAUGE,
+            "Limit of open HTTP connections.",
+            conns.http_max as u64,
+        ),
+        (
+            "auditlog_http_long_polls",
+            GAUGE,
+            "Checkpoint long-polls waiting (long_polls_max).",
+            conns.long_polls as u64,
+        ),
+        (
+            "auditlog_http_streamed_reads",
+            GAUGE,
+            "Exports and ranges streaming (streamed_reads_max).",
+            conns.streamed_reads as u64,
+        ),
+        (
+            "auditlog_http_request_bytes_in_flight",
+            GAUGE,
+            "Ingest bytes held: bodies, frames, syslog batches (request_bytes_in_flight_max).",
+            conns.request_bytes as u64,
+        ),
+        (
+            "auditlog_tcp_connections",
+            GAUGE,
+            "Open TCP ingest connections.",
+            conns.tcp_open as u64,
+        ),
+        (
+            "auditlog_tcp_connections_max",
+            GAUGE,
+            "Limit of open TCP ingest connections.",
+            conns.tcp_max as u64,
+        ),
+    ]
+}
+
+/// HTTP answers.
+fn http_rows(http: &HttpCounters) -> Vec<Row> {
+    vec![
+        (
+            "auditlog_proofs_total",
+            COUNTER,
+            "Inclusion and consistency proofs served.",
+            http.proofs.load(Ordering::Relaxed),
+        ),
+        (
+            "auditlog_http_requests_total",
+            COUNTER,
+            "HTTP requests answered.",
+            http.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "auditlog_http_client_errors_total",
+            COUNTER,
+            "HTTP answers with a 4xx status.",
+            http.client_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "auditlog_http_server_errors_total",
+            COUNTER,
+            "HTTP answers with a 5xx status.",
+            http.server_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "auditlog_http_queue_full_total",
+            COUNTER,
+            "Ingest requests refused with 429 because the engine's queue was full.",
+            http.queue_full.load(Ordering::Relaxed),
+        ),
+    ]
 }
 
 /// Local retention: what left the local disk, and reads of it from the object store.
