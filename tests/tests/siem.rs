@@ -445,10 +445,12 @@ ruleset(name="out") {{
     )
 }
 
-/// Log indices (cn1) of the CEF lines the collector wrote, in file order.
+/// Log indices (cn1) of the CEF lines the collector wrote, in file order. Only whole lines:
+/// the collector may be writing the last one as this reads (a cut line failed the test).
 fn collected(file: &std::path::Path) -> Vec<u64> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
-    text.lines()
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .filter(|l| !l.is_empty())
         .map(|l| {
             let ext = cef_extension(l.trim_start());
