@@ -126,7 +126,10 @@ fn publish(
         extensions: Vec::new(),
     };
     let note = match shared.keyring.sign(&checkpoint) {
-        Ok(n) => n,
+        Ok(n) => {
+            shared.signer_worked();
+            n
+        }
         Err(e) => {
             shared.signer_failed();
             return Err(e);

@@ -388,6 +388,7 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         signer_error: Mutex::new(None),
         signer_failures: AtomicU64::new(0),
         signer_failures_in_a_row: AtomicU64::new(0),
+        signing_down: AtomicBool::new(false),
         unsigned_footers: Mutex::new(unsigned_footers),
         seal_error: Mutex::new(None),
         seal_failures: AtomicU64::new(0),

@@ -278,7 +278,10 @@ fn footer_note(shared: &Shared, cp: &Checkpoint) -> String {
         return String::new();
     }
     match shared.keyring.sign(cp) {
-        Ok(note) => note,
+        Ok(note) => {
+            shared.signer_worked();
+            note
+        }
         Err(e) => {
             shared.signer_failed();
             tracing::warn!(

@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) signer_error: Mutex<Option<String>>,
     pub(crate) signer_failures: AtomicU64,
     pub(crate) signer_failures_in_a_row: AtomicU64,
+    /// The last signing failed (`signer_failed`) and none has worked since (`signer_worked`):
+    /// kept apart from `signer_error`, which any failed checkpoint sets.
+    pub(crate) signing_down: AtomicBool,
     /// Ends of sealed segments whose footer carries no signed note (sealed while the signer
     /// was down), oldest first, until a checkpoint at or past each is in the log: the
     /// checkpointer signs one at each end, in order, when the signer is back.
@@ -226,6 +229,7 @@ impl Shared {
 
     /// Counts a failed signing (checkpointer or sealer) for metrics.
     pub fn signer_failed(&self) {
+        self.signing_down.store(true, Ordering::SeqCst);
         self.signer_failures.fetch_add(1, Ordering::Relaxed);
         self.signer_failures_in_a_row
             .fetch_add(1, Ordering::Relaxed);
@@ -239,13 +243,15 @@ impl Shared {
         *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 
+    /// A signing worked (checkpointer or sealer).
+    pub(crate) fn signer_worked(&self) {
+        self.signing_down.store(false, Ordering::SeqCst);
+    }
+
     /// Whether the last signing failed and none has worked since: seals then go on
     /// without asking the signer (their footers are signed by the checkpointer later).
     pub fn signer_down(&self) -> bool {
-        self.signer_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.signing_down.load(Ordering::SeqCst)
     }
 
     /// A segment sealed with no note in its footer, ending at `end`.
