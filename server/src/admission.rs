@@ -12,12 +12,14 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use auditlog_engine::Submitter;
+
 use crate::listener::{SourceSlot, SourceSlots};
 
 pub struct Admission {
     bytes: Arc<Semaphore>,
     pub bytes_max: usize,
-    shares: Arc<SourceSlots<Arc<str>>>,
+    shares: Arc<SourceSlots<Submitter>>,
     pub share_max: usize,
     /// Told when a share is given back; principals waiting for one look again.
     freed: Arc<Notify>,
@@ -29,7 +31,7 @@ pub type Bytes = OwnedSemaphorePermit;
 /// One submission's place in its principal's share of the queue, given back when dropped
 /// (in the engine's answer to the submission).
 pub struct Share {
-    slot: Option<SourceSlot<Arc<str>>>,
+    slot: Option<SourceSlot<Submitter>>,
     freed: Arc<Notify>,
 }
 
@@ -83,15 +85,17 @@ impl Admission {
     }
 
     /// A place in `principal`'s share of the queue, or `None` when it has all of its share.
-    pub fn try_share(&self, principal: &str) -> Option<Share> {
-        self.shares.take(principal.into()).map(|slot| Share {
+    /// Keyed by the `Submitter` itself: a clone is a reference count, so a submission on the
+    /// ingest path allocates nothing here.
+    pub fn try_share(&self, principal: &Submitter) -> Option<Share> {
+        self.shares.take(principal.clone()).map(|slot| Share {
             slot: Some(slot),
             freed: self.freed.clone(),
         })
     }
 
     /// A place in `principal`'s share, waiting for one of its submissions to be answered.
-    pub async fn share(&self, principal: &str) -> Share {
+    pub async fn share(&self, principal: &Submitter) -> Share {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -112,13 +116,14 @@ mod tests {
     #[tokio::test]
     async fn shares_are_per_principal_and_a_waiter_gets_the_one_given_back() {
         let a = Admission::new(100, 2);
-        let s1 = a.try_share("token:a").expect("first");
-        let _s2 = a.try_share("token:a").expect("second");
-        assert!(a.try_share("token:a").is_none(), "a's share is full");
-        let _b = a.try_share("token:b").expect("b has its own share");
+        let (ta, tb) = (Submitter::token("a"), Submitter::token("b"));
+        let s1 = a.try_share(&ta).expect("first");
+        let _s2 = a.try_share(&ta).expect("second");
+        assert!(a.try_share(&ta).is_none(), "a's share is full");
+        let _b = a.try_share(&tb).expect("b has its own share");
         let waiter = {
             let a = a.clone();
-            tokio::spawn(async move { a.share("token:a").await })
+            tokio::spawn(async move { a.share(&Submitter::token("a")).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());

@@ -139,9 +139,9 @@ async fn queue_share(
     first: bool,
 ) -> ApiResult<crate::admission::Share> {
     if !first {
-        return Ok(st.admission.share(submitter.as_str()).await);
+        return Ok(st.admission.share(submitter).await);
     }
-    st.admission.try_share(submitter.as_str()).ok_or_else(|| {
+    st.admission.try_share(submitter).ok_or_else(|| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "queue_share_full",

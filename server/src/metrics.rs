@@ -413,9 +413,7 @@ fn render_pruning(out: &mut String, status: &auditlog_engine::Status) {
             r.cached_bytes,
         ),
     ];
-    for (name, kind, help, value) in rows {
-        metric(out, name, kind, help, value);
-    }
+    write_rows(out, &rows);
 }
 
 fn render_replication(out: &mut String, r: &auditlog_engine::ReplicationStatus) {
@@ -487,9 +485,7 @@ fn render_replication(out: &mut String, r: &auditlog_engine::ReplicationStatus) 
             (r.worm_enforced == Some(true)) as u64,
         ),
     ];
-    for (name, kind, help, value) in rows {
-        metric(out, name, kind, help, value);
-    }
+    write_rows(out, &rows);
 }
 
 /// Reasons `/ready` fails on replication: an alarm, or lag past `ready_lag_ms_max`.

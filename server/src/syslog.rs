@@ -212,7 +212,7 @@ async fn connection<S: AsyncRead + Unpin>(
             // answers; waiting for either, the connection is not read.
             let held = (
                 admission.bytes(batch.body_bytes()).await,
-                admission.share(submitter.as_str()).await,
+                admission.share(&submitter).await,
             );
             in_flight.push_back(submit(engine, batch, held)?);
         }

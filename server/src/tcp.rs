@@ -306,7 +306,7 @@ async fn read_batches<R: AsyncRead + Unpin>(
                 // The frame's bytes and a place in the principal's share of the queue are
                 // held until the engine answers; waiting for a share, the connection is
                 // not read.
-                let held = (bytes, admission.share(submitter.as_str()).await);
+                let held = (bytes, admission.share(submitter).await);
                 let (done_tx, done_rx) = oneshot::channel();
                 let done: auditlog_engine::Done = Box::new(move |r| {
                     drop(held);
