@@ -499,6 +499,9 @@ fn the_verifier_vouches_only_for_signed_data() {
             && e.to_string().contains(&last_name),
         "{e}"
     );
+    // Allowed as an unsigned tail, never counted as verified.
+    let s = run(uncovered.path(), &lenient).expect("allowed as unsigned");
+    assert!(s.unsigned_records > 0 && s.signed_size < s.events, "{s:?}");
     let other = note::NoteSigner::from_seed("auditlog.local/log", [9u8; 32]).expect("key");
     let foreign = fixture(&|d| {
         use auditlog_formats::segment as sg;
