@@ -33,6 +33,12 @@ pub fn small_config(dir: &std::path::Path) -> EngineConfig {
 }
 pub mod daemon;
 
+/// The value of an unlabelled metric in a Prometheus text answer (`/metrics`).
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// SoftHSM2 for the HSM tests: a private configuration and token directory per test, so
 /// tests never share a token, and `softhsm2-util` to create tokens in it.
 pub mod softhsm {

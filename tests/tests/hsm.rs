@@ -743,10 +743,7 @@ fn rotation_under_two_person_rule() {
 impl Daemon {
     fn metric(&self, name: &str) -> u64 {
         let (_, m) = self.call("GET", "/metrics", "", None);
-        String::from_utf8_lossy(&m)
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
+        auditlog_tests::metric_value(&String::from_utf8_lossy(&m), name)
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 

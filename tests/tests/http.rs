@@ -744,11 +744,8 @@ mod tcp {
         let config = format!("{CONFIG}tcp_write_timeout_ms = 1000\n");
         let d = Daemon::start_with(dir.path(), &config);
         let gauge = || {
-            d.call("GET", "/metrics", None, None)
-                .text()
-                .lines()
-                .find_map(|l| l.strip_prefix("auditlog_tcp_connections "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let text = d.call("GET", "/metrics", None, None).text();
+            auditlog_tests::metric_value(&text, "auditlog_tcp_connections")
                 .expect("auditlog_tcp_connections")
         };
         let mut s = std::net::TcpStream::connect(&d.tcp_addr).expect("connect");

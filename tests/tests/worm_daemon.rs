@@ -63,9 +63,7 @@ impl Daemon {
 
     fn metric(&self, name: &str) -> u64 {
         let (_, text) = self.get("/metrics", "admin");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
+        auditlog_tests::metric_value(&text, name)
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 

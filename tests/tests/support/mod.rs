@@ -219,9 +219,7 @@ impl Daemon {
     }
 
     pub fn metric(&self, name: &str) -> Option<u64> {
-        let text = self.get("/metrics", "reader").text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        auditlog_tests::metric_value(&self.get("/metrics", "reader").text(), name)
     }
 
     pub fn vm_rss_kib(&self) -> u64 {
