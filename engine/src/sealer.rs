@@ -31,7 +31,7 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
     use std::sync::atomic::Ordering::SeqCst;
     use std::time::{Duration, Instant};
     // `draining` is set first thing at shutdown, before `shutting_down`.
-    let stopping = || shared.draining.load(SeqCst);
+    let stopping = || shared.health.draining();
     // Once a seal is given up on at shutdown, so are the segments after it: sealed
     // segments stay a prefix of the log, and the next start seals the open files in order.
     let mut gave_up = false;
@@ -45,7 +45,9 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
         let mut delay = Duration::from_millis(100);
         while !gave_up {
             let outcome = seal(&shared, &job);
-            shared.seal_outcome(outcome.as_ref().err().map(|e| e.to_string()));
+            shared
+                .health
+                .seal_outcome(outcome.as_ref().err().map(|e| e.to_string()));
             let Err(e) = outcome else { break };
             if stopping() {
                 tracing::warn!(
@@ -254,9 +256,9 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         path: final_path,
         ..seg
     };
-    shared.replace_with_sealed(sealed);
+    shared.segments.replace_with_sealed(sealed);
     if unsigned {
-        shared.footer_unsigned(job.end);
+        shared.health.footer_unsigned(job.end);
     }
     // Not unlinked: the preallocator zeroes it in place for a later segment (freeing it
     // stalled the disk). Renamed first, so recovery never takes it for an open segment.
@@ -264,7 +266,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     std::fs::rename(&job.path, &recycled)
         .map_err(io_err(&job.path, "retire sealed open segment"))?;
     crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
-    crate::recovery::recycle(shared, recycled, job.file.clone());
+    shared.recycled.push(recycled, job.file.clone());
     tracing::info!("sealed segment [{}, {})", job.first, job.end);
     Ok(())
 }
@@ -274,21 +276,21 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
 /// without a note is covered by the checkpoint the checkpointer signs at its end once the
 /// signer is back (`Shared::unsigned_footers`); the verifier asks that of it.
 fn footer_note(shared: &Shared, cp: &Checkpoint) -> String {
-    if shared.signer_down() {
+    if shared.health.signer_down() {
         return String::new();
     }
     match shared.keyring.sign(cp) {
         Ok(note) => {
-            shared.signer_worked();
+            shared.health.signer_worked();
             note
         }
         Err(e) => {
-            shared.signer_failed();
+            shared.health.signer_failed();
             tracing::warn!(
                 "sealing [.., {}) without a signed footer: {e}; its checkpoint is signed when the signer is back",
                 cp.size
             );
-            shared.set_signer_error(Some(e.to_string()));
+            shared.health.set_signer_error(Some(e.to_string()));
             String::new()
         }
     }

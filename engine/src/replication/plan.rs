@@ -70,7 +70,7 @@ fn now_s() -> u64 {
 }
 
 pub(crate) fn sealed_snapshot(shared: &Shared) -> Vec<Sealed> {
-    let set = shared.segments.read().unwrap_or_else(|e| e.into_inner());
+    let set = shared.segments.read();
     set.sealed
         .iter()
         .filter_map(|s| match &s.body {
@@ -161,8 +161,8 @@ impl Planner {
     pub fn lag(&self, shared: &Shared) -> Lag {
         let now = crate::now_unix_ns();
         let durable = shared
-            .latest_checkpoint()
-            .map_or(0, |c| c.checkpoint.size)
+            .checkpoints
+            .signed_size()
             .min(self.shipped.contiguous_end());
         let tiles_shipped = self.shipped.tiles_next.first().copied().unwrap_or(0);
         let bundle = self.cfg.tile_bundle_tiles;
@@ -287,10 +287,7 @@ impl Planner {
             ))));
         }
         // Tiles: only below a signed checkpoint (the hash store is synced up to it).
-        let durable = shared
-            .latest_checkpoint()
-            .map_or(0, |c| c.checkpoint.size)
-            .min(end);
+        let durable = shared.checkpoints.signed_size().min(end);
         // Tile level 7 spans 2^64 leaves; no log reaches a full one.
         for t in 0..7u8 {
             let width = 1u64 << (8 * (u32::from(t) + 1));
@@ -351,7 +348,7 @@ impl Planner {
                 .collect();
             return Ok(Some(Item::Objects(group)));
         }
-        if let Some(cp) = shared.latest_checkpoint() {
+        if let Some(cp) = shared.checkpoints.latest() {
             let due = self.latest_at.is_none_or(|t| {
                 t.elapsed() >= Duration::from_millis(self.cfg.latest_checkpoint_interval_ms)
             });
