@@ -297,7 +297,9 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             use std::os::unix::fs::FileExt;
             file.read_exact_at(&mut h, b.offset)
                 .map_err(io_err(&path, "read"))?;
-            max_class = max_class.max(h[20]);
+            let header = auditlog_formats::batch::decode_header(&h)
+                .map_err(|e| corrupt(&path, format!("batch at offset {}: {e}", b.offset)))?;
+            max_class = max_class.max(header.max_classification);
         }
         if let Some((at, why)) = &scan.torn {
             if n + 1 != open_count {
