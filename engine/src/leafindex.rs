@@ -4,10 +4,9 @@
 //! proof may be asked at is covered; never synced, checked on open, rebuilt when it is not
 //! whole.
 //!
-//! Layout (`leafindex/{first:020}-{end:020}.run`): immutable sorted runs, each covering the
-//! leaves `[first, end)` exactly once, 32-byte header (`AUDLIDX1`, first u64, end u64, CRC-32C
-//! of the entries u32, reserved u32) then `end - first` 16-byte entries (first 8 bytes of the
-//! leaf hash as a big-endian key, leaf index u64 BE) sorted by (key, index). The newest
+//! Layout (`leafindex/{first:020}-{end:020}.run`, bytes in `auditlog_formats::leafindex` and
+//! FORMATS.md §7.3): immutable sorted runs, each covering the leaves `[first, end)` exactly
+//! once, entries (the leaf hash's first 8 bytes as a key, the leaf index) sorted. The newest
 //! `MERGE_RUNS` runs are merged into one while the oldest of them is at most twice the
 //! others together (size-tiered, as in an LSM tree), up to `RUN_ENTRIES_MERGED_MAX`, so a
 //! lookup reads one 4 KiB block in each of a few runs, found through an in-memory fence of
@@ -22,15 +21,18 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use auditlog_formats::layout;
+use auditlog_formats::leafindex::{
+    key_of, RunDecoder, RunEncoder, RunHeader, RUN_ENTRY_BYTES, RUN_HEADER_BYTES,
+};
 use auditlog_formats::tree::{HashReader, NodeId};
 use auditlog_formats::Hash;
 
 use crate::error::{corrupt, io_err, Result};
 use crate::hashstore::HashFiles;
 
-const MAGIC: &[u8; 8] = b"AUDLIDX1";
-const HEADER_BYTES: u64 = 32;
-const ENTRY_BYTES: u64 = 16;
+const HEADER_BYTES: u64 = RUN_HEADER_BYTES as u64;
+const ENTRY_BYTES: u64 = RUN_ENTRY_BYTES as u64;
 /// Entries per fence block: one 4 KiB read per run per lookup.
 const BLOCK_ENTRIES: u64 = 256;
 /// Leaves read from the hash store and sorted at once when building a run (32 MiB of hashes).
@@ -67,20 +69,6 @@ pub(crate) struct LeafIndex {
     runs: RwLock<Vec<Arc<Run>>>,
 }
 
-fn key_of(hash: &[u8]) -> u64 {
-    u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
-}
-
-fn run_path(dir: &Path, first: u64, end: u64) -> PathBuf {
-    dir.join(format!("{first:020}-{end:020}.run"))
-}
-
-fn parse_run_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(".run")?;
-    let (a, b) = stem.split_once('-')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
 impl LeafIndex {
     /// Opens the runs that are whole and cover a prefix of a tree of `tree_size`; anything
     /// else (a torn or altered run, a gap, a run past the tree) is deleted and rebuilt later.
@@ -90,7 +78,7 @@ impl LeafIndex {
         for entry in std::fs::read_dir(dir).map_err(io_err(dir, "list leaf index"))? {
             let entry = entry.map_err(io_err(dir, "list leaf index"))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            match parse_run_name(&name) {
+            match layout::parse_run_name(&name) {
                 Some((first, end)) => found.push((first, end, entry.path())),
                 None => remove(&entry.path())?,
             }
@@ -262,7 +250,7 @@ fn run_candidates(run: &Run, key: u64) -> Result<Vec<u64>> {
         for e in bytes.chunks_exact(ENTRY_BYTES as usize) {
             let k = key_of(e);
             if k == key {
-                let index = u64::from_be_bytes(e[8..16].try_into().expect("8 bytes"));
+                let (_, index) = auditlog_formats::leafindex::decode_entry(e);
                 // Checked after reading, like every stored value: a run holds its own range.
                 if !(run.first..run.end).contains(&index) {
                     return Err(corrupt(
@@ -341,7 +329,7 @@ fn write_run(
     end: u64,
     entries: impl Iterator<Item = Result<(u64, u64)>>,
 ) -> Result<Run> {
-    let path = run_path(dir, first, end);
+    let path = dir.join(layout::run_name(first, end));
     let tmp = path.with_extension("tmp");
     let file = OpenOptions::new()
         .read(true)
@@ -355,37 +343,23 @@ fn write_run(
     let mut w = crate::io::WriteBehind::new(&file);
     w.write_all(&[0u8; HEADER_BYTES as usize])
         .map_err(io_err(&tmp, "write"))?;
-    let mut crc = 0u32;
+    let mut enc = RunEncoder::new(first, end);
     let mut fences = Vec::with_capacity(((end - first) / BLOCK_ENTRIES + 1) as usize);
-    let mut written = 0u64;
-    let mut last = (0u64, 0u64);
     let mut pace = crate::yielding::Every::new(256);
     for entry in entries {
         pace.tick();
         let (key, index) = entry?;
-        assert!(
-            (first..end).contains(&index) && (written == 0 || (key, index) > last),
-            "leaf index entries out of order or range"
-        );
-        if written.is_multiple_of(BLOCK_ENTRIES) {
+        if enc.written().is_multiple_of(BLOCK_ENTRIES) {
             fences.push(key);
         }
-        let mut e = [0u8; 16];
-        e[..8].copy_from_slice(&key.to_be_bytes());
-        e[8..].copy_from_slice(&index.to_be_bytes());
-        crc = crc32c::crc32c_append(crc, &e);
-        w.write_all(&e).map_err(io_err(&tmp, "write"))?;
-        written += 1;
-        last = (key, index);
+        w.write_all(&enc.entry(key, index))
+            .map_err(io_err(&tmp, "write"))?;
     }
-    assert_eq!(
-        written,
-        end - first,
-        "a run holds each leaf of its range once"
-    );
+    // Asserts that the run holds each leaf of its range once.
+    let header = enc.header();
     w.flush().map_err(io_err(&tmp, "write"))?;
     drop(w);
-    file.write_all_at(&header(first, end, crc), 0)
+    file.write_all_at(&header, 0)
         .map_err(io_err(&tmp, "write header"))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename leaf index run"))?;
     Ok(Run {
@@ -397,13 +371,16 @@ fn write_run(
     })
 }
 
-fn header(first: u64, end: u64, crc: u32) -> [u8; 32] {
-    let mut h = [0u8; 32];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..16].copy_from_slice(&first.to_be_bytes());
-    h[16..24].copy_from_slice(&end.to_be_bytes());
-    h[24..28].copy_from_slice(&crc.to_be_bytes());
-    h
+/// Reads a run's header and checks that it is the run its name says.
+fn read_header(path: &Path, r: &mut impl Read, first: u64, end: u64) -> Result<RunHeader> {
+    let mut h = [0u8; RUN_HEADER_BYTES];
+    r.read_exact(&mut h)
+        .map_err(io_err(path, "read run header"))?;
+    let header = RunHeader::decode(&h).map_err(|e| corrupt(path, e.to_string()))?;
+    if (header.first, header.end) != (first, end) {
+        return Err(corrupt(path, "header does not match the run"));
+    }
+    Ok(header)
 }
 
 /// Reads a whole run and checks header, length, CRC, order and ranges.
@@ -415,28 +392,17 @@ fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
         return Err(corrupt(path, format!("{len} bytes for {count} entries")));
     }
     let mut r = BufReader::with_capacity(1 << 20, &file);
-    let mut h = [0u8; 32];
-    r.read_exact(&mut h).map_err(io_err(path, "read"))?;
-    let mut crc = 0u32;
+    let mut dec = RunDecoder::new(read_header(path, &mut r, first, end)?);
     let mut fences = Vec::with_capacity((count / BLOCK_ENTRIES + 1) as usize);
-    let mut last: Option<(u64, u64)> = None;
-    let mut e = [0u8; 16];
+    let mut e = [0u8; RUN_ENTRY_BYTES];
     for i in 0..count {
         r.read_exact(&mut e).map_err(io_err(path, "read"))?;
-        crc = crc32c::crc32c_append(crc, &e);
-        let key = key_of(&e);
-        let index = u64::from_be_bytes(e[8..].try_into().expect("8 bytes"));
-        if !(first..end).contains(&index) || last.is_some_and(|l| l >= (key, index)) {
-            return Err(corrupt(path, format!("entry {i} out of order or range")));
-        }
+        let (key, _) = dec.entry(&e).map_err(|e| corrupt(path, e.to_string()))?;
         if i.is_multiple_of(BLOCK_ENTRIES) {
             fences.push(key);
         }
-        last = Some((key, index));
     }
-    if h != header(first, end, crc) {
-        return Err(corrupt(path, "header or CRC does not match"));
-    }
+    dec.finish().map_err(|e| corrupt(path, e.to_string()))?;
     Ok(Run {
         first,
         end,
@@ -457,35 +423,25 @@ fn merge(runs: &[Arc<Run>]) -> Result<impl Iterator<Item = Result<(u64, u64)>> +
     struct Entries<'a> {
         r: BufReader<&'a File>,
         run: &'a Run,
-        read: u64,
-        last: (u64, u64),
-        crc: u32,
-        header_crc: u32,
+        dec: RunDecoder,
     }
     impl Entries<'_> {
         fn next(&mut self) -> Result<Option<(u64, u64)>> {
             let path = &self.run.path;
-            if self.read == self.run.count() {
-                if self.crc != self.header_crc {
-                    return Err(corrupt(path, "entries do not match the header's CRC"));
-                }
+            if self.dec.done() {
+                self.dec
+                    .finish()
+                    .map_err(|e| corrupt(path, e.to_string()))?;
                 return Ok(None);
             }
-            let mut e = [0u8; 16];
+            let mut e = [0u8; RUN_ENTRY_BYTES];
             self.r
                 .read_exact(&mut e)
                 .map_err(io_err(path, "read run"))?;
-            self.crc = crc32c::crc32c_append(self.crc, &e);
-            let entry = (
-                key_of(&e),
-                u64::from_be_bytes(e[8..].try_into().expect("8 bytes")),
-            );
-            let in_order = self.read == 0 || entry > self.last;
-            if !in_order || !(self.run.first..self.run.end).contains(&entry.1) {
-                let i = self.read;
-                return Err(corrupt(path, format!("entry {i} out of order or range")));
-            }
-            (self.read, self.last) = (self.read + 1, entry);
+            let entry = self
+                .dec
+                .entry(&e)
+                .map_err(|e| corrupt(path, e.to_string()))?;
             Ok(Some(entry))
         }
     }
@@ -497,19 +453,11 @@ fn merge(runs: &[Arc<Run>]) -> Result<impl Iterator<Item = Result<(u64, u64)>> +
         // read or wrote through it last.
         std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(0))
             .map_err(io_err(&run.path, "seek run"))?;
-        let mut h = [0u8; HEADER_BYTES as usize];
-        r.read_exact(&mut h)
-            .map_err(io_err(&run.path, "read run header"))?;
-        if h[..24] != header(run.first, run.end, 0)[..24] {
-            return Err(corrupt(&run.path, "header does not match the run"));
-        }
+        let header = read_header(&run.path, &mut r, run.first, run.end)?;
         let mut src = Entries {
             r,
             run,
-            read: 0,
-            last: (0, 0),
-            crc: 0,
-            header_crc: u32::from_be_bytes(h[24..28].try_into().expect("4 bytes")),
+            dec: RunDecoder::new(header),
         };
         heads.push(src.next()?);
         sources.push(src);

@@ -527,7 +527,9 @@ fn max_classification(
         let mut h = [0u8; auditlog_formats::batch::BATCH_HEADER_BYTES];
         file.read_exact_at(&mut h, b.offset)
             .map_err(io_err(path, "read"))?;
-        max = max.max(h[20]);
+        let header = auditlog_formats::batch::decode_header(&h)
+            .map_err(|e| corrupt(path, format!("batch at offset {}: {e}", b.offset)))?;
+        max = max.max(header.max_classification);
     }
     Ok(max)
 }

@@ -124,8 +124,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
             assert_eq!(index, seen, "records out of order while sealing");
             seen += 1;
             pace.tick();
-            raw.extend_from_slice(&(rec.len() as u32).to_be_bytes());
-            raw.extend_from_slice(rec);
+            auditlog_formats::segment::push_block_entry(&mut raw, rec);
             in_block += 1;
             if raw.len() >= cfg.block_raw_bytes {
                 records.update(&raw);
@@ -317,8 +316,8 @@ mod tests {
         let (mut b, head) = SegmentBuilder::new(header, 1);
         let mut file = head.to_vec();
         let rec = b"one record";
-        let mut raw = (rec.len() as u32).to_be_bytes().to_vec();
-        raw.extend_from_slice(rec);
+        let mut raw = Vec::new();
+        auditlog_formats::segment::push_block_entry(&mut raw, rec);
         file.extend(b.add_block(&raw, 1).expect("compress"));
         file.extend(b.finish(Vec::new(), [7u8; 32], 1, 0, String::new()));
         let d = tempfile::tempdir().expect("tmp");

@@ -431,13 +431,15 @@ impl Segment {
         loop {
             read(at, 4, &mut buf, &mut buf_at)?;
             let o = (at - buf_at) as usize;
-            let len = u32::from_be_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]) as usize;
-            if len > auditlog_formats::record::RECORD_BYTES_MAX {
+            let Some(len) = batch::decode_entry_prefix(&buf[o..]) else {
                 return Err(corrupt(
                     &self.path,
-                    format!("batch at offset {}: record length {len}", loc.offset),
+                    format!(
+                        "batch at offset {}: record length over the limit",
+                        loc.offset
+                    ),
                 ));
-            }
+            };
             if i == index {
                 read(at + 4, len, &mut buf, &mut buf_at)?;
                 let o = (at + 4 - buf_at) as usize;

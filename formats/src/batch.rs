@@ -94,6 +94,13 @@ pub enum BatchError {
     Entry { position: u32, reason: String },
 }
 
+/// The record length an entry's 4-byte prefix (`record_bytes:u32`) gives, or `None` when it
+/// is over the record limit. `prefix` holds at least 4 bytes.
+pub fn decode_entry_prefix(prefix: &[u8]) -> Option<usize> {
+    let len = be_u32(prefix) as usize;
+    (len <= RECORD_BYTES_MAX).then_some(len)
+}
+
 /// Appends one entry (`record_bytes:u32 | record`) to a batch body under construction.
 #[inline]
 pub fn push_entry(body: &mut Vec<u8>, record: &Record<'_>) {
@@ -235,10 +242,10 @@ impl<'a> Iterator for Entries<'a> {
                 format!("{} stray bytes after the last record", self.rest.len()),
             );
         }
-        let len = be_u32(self.rest) as usize;
-        if len > RECORD_BYTES_MAX {
+        let Some(len) = decode_entry_prefix(self.rest) else {
+            let len = be_u32(self.rest);
             return fail(self, format!("record length {len} over the limit"));
-        }
+        };
         let end = ENTRY_PREFIX_BYTES + len;
         if self.rest.len() < end {
             return fail(self, format!("record length {len} runs past the end"));

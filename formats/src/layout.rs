@@ -10,6 +10,8 @@ pub const LOG_META_FILE: &str = "log.json";
 pub const SEGMENTS_DIR: &str = "segments";
 /// Every checkpoint the engine published (`checkpoint_log`).
 pub const CHECKPOINT_LOG_FILE: &str = "checkpoints.log";
+/// The leaf-hash index's runs (`leafindex`), derived state.
+pub const LEAF_INDEX_DIR: &str = "leafindex";
 
 /// `log.json`'s fields.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,17 @@ pub fn sealed_name(first: u64, end: u64) -> String {
 /// A sealed open segment kept to be zeroed and reused (never replayed: the name says so).
 pub fn recycle_name(first: u64) -> String {
     format!("recycle-{first:020}.old")
+}
+
+/// A leaf-index run of leaves `[first, end)`.
+pub fn run_name(first: u64, end: u64) -> String {
+    format!("{first:020}-{end:020}.run")
+}
+
+/// `(first, end)` of a leaf-index run's file name; `None` for any other name.
+pub fn parse_run_name(name: &str) -> Option<(u64, u64)> {
+    let (a, b) = name.strip_suffix(".run")?.split_once('-')?;
+    Some((number(a)?, number(b)?))
 }
 
 /// A file in `segments/`, by its name.
@@ -131,5 +144,9 @@ mod tests {
             assert_eq!(parse_segment_name(stranger), None, "{stranger}");
         }
         assert_eq!(default_key_name("audit log+x"), "audit_log_x");
+        assert_eq!(parse_run_name(&run_name(3, u64::MAX)), Some((3, u64::MAX)));
+        for stranger in ["1-2.run.tmp", "+1-2.run", "1-2-3.run", "1.run"] {
+            assert_eq!(parse_run_name(stranger), None, "{stranger}");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod frame;
 pub mod hash;
 pub mod keyhistory;
 pub mod layout;
+pub mod leafindex;
 pub mod note;
 pub mod record;
 pub mod schema;

@@ -7,6 +7,7 @@
 
 use crate::batch::Entries;
 use crate::hash::{Hash, TreeHash};
+use crate::record::RECORD_BYTES_MAX;
 use crate::{be_u32, be_u64};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"AUDLSEG1";
@@ -361,6 +362,23 @@ fn decompress(compressed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Appends one record (encoded, as read from a batch) to a raw block under construction:
+/// `record_bytes:u32 | record`, the framing of a batch body, read back by [`block_records`].
+pub fn push_block_entry(raw: &mut Vec<u8>, record: &[u8]) {
+    assert!(
+        record.len() <= RECORD_BYTES_MAX,
+        "a record over the limit reached a block"
+    );
+    raw.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    raw.extend_from_slice(record);
+}
+
+/// The records of a raw block, in order: the counterpart of [`push_block_entry`]. Yields
+/// `(position, reason)` on a malformed entry and stops.
+pub fn block_records(raw: &[u8]) -> Entries<'_> {
+    Entries::new(raw)
+}
+
 /// Decompresses one block and checks it against its index entry: checksum, size, count.
 /// Returns the raw block (entry-framed records).
 pub fn decode_block(
@@ -389,7 +407,7 @@ pub fn decode_block(
         )));
     }
     let mut n = 0u32;
-    for e in Entries::new(&raw) {
+    for e in block_records(&raw) {
         e.map_err(|(p, r)| fail(format!("record {p}: {r}")))?;
         n += 1;
     }
