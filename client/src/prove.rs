@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use auditlog_client::http::{HttpClient, Leaf};
+use auditlog_client::http::{HttpClient, InclusionProof, Leaf, LogInfo};
 use auditlog_formats::hash::{from_hex, to_hex};
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::record::{
@@ -181,6 +181,32 @@ fn consistency(
 
 pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
     let client = conn.client()?;
+    let (info, alg) = check_log(&client, args)?;
+    let key = pinned_key(&info, args)?;
+    let wanted = Wanted::from_args(args, alg)?;
+    let old = kept_checkpoint(args, &key, &info.origin)?;
+    let (cp, size) = fetch_checkpoint(&client, args, &info, &key, &wanted, old.as_ref())?;
+    let proof = fetch_inclusion(&client, &wanted, size)?;
+    let leaf = check_record(&client, alg, wanted, &proof)?;
+    let root = check_inclusion(alg, &proof, size, &leaf, &cp)?;
+    if size != cp.size {
+        consistency(&client, alg, "consistency", (size, &root), &cp)?;
+    }
+    if let Some(old) = &old {
+        consistency(&client, alg, "since", (old.size, &old.root), &cp)?;
+    }
+    println!(
+        "OK: event {} is in the log {} of size {} signed by {}",
+        proof.index,
+        cp.origin,
+        cp.size,
+        key.name()
+    );
+    Ok(())
+}
+
+/// The server's log: its tree hash, and its origin held to the pinned one.
+fn check_log(client: &HttpClient, args: &ProveArgs) -> anyhow::Result<(LogInfo, TreeHash)> {
     let info = client.log_info().map_err(|e| failed("log", e))?;
     let alg = TreeHash::from_name(&info.tree_hash)
         .ok_or_else(|| failed("log", format!("unknown tree hash {:?}", info.tree_hash)))?;
@@ -208,20 +234,22 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
             alg.name()
         ),
     );
+    Ok((info, alg))
+}
 
-    let key = match &args.key {
+/// The verifier key: the one given, or with --insecure the server's own (said loudly).
+fn pinned_key(info: &LogInfo, args: &ProveArgs) -> anyhow::Result<VerifierKey> {
+    match &args.key {
         Some(k) => {
             let key = load_key(k).map_err(|e| failed("key", format!("{e:#}")))?;
             ok("key", format!("{key} (given)"));
-            key
+            Ok(key)
         }
-        None if !args.insecure => {
-            return Err(failed(
-                "key",
-                "no verifier key: pin the log's key with --key (obtained out of band); \
-                 --insecure uses the server's own key, which proves nothing against it",
-            ))
-        }
+        None if !args.insecure => Err(failed(
+            "key",
+            "no verifier key: pin the log's key with --key (obtained out of band); \
+             --insecure uses the server's own key, which proves nothing against it",
+        )),
         None => {
             let text = info
                 .verifier_keys
@@ -233,52 +261,83 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
                  proves nothing against that server; pin it: --key '{key}'"
             );
             ok("key", format!("{key} (from the server, NOT pinned)"));
-            key
+            Ok(key)
         }
-    };
-
-    // What is being proved: a leaf hash known here, or an index whose record is fetched.
-    let (mut index, mut leaf, mut record) = (args.index, None::<Hash>, None::<Vec<u8>>);
-    if let Some(h) = &args.leaf_hash {
-        leaf = Some(
-            from_hex(h)
-                .ok_or_else(|| failed("leaf", format!("{h:?} is not 64 lowercase hex digits")))?,
-        );
     }
-    if let Some(f) = &args.event_file {
-        let rec = record_from_file(f, args.received_at_ns, args.submitter.as_deref())
-            .map_err(|e| failed("leaf", format!("{e:#}")))?;
-        let h = alg.leaf(&rec);
-        ok(
-            "leaf",
-            format!(
-                "{} ({} of the record in {})",
-                to_hex(&h),
-                alg.name(),
-                f.display()
-            ),
-        );
-        leaf = Some(h);
-        record = Some(rec);
-    }
+}
 
-    let old = match &args.since {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| failed("since", format!("reading {}: {e}", p.display())))?;
-            Some(open_checkpoint("since", &text, &key, &info.origin)?)
+/// What is being proved: a leaf hash known here (given, or of the record in an event file,
+/// which is kept), or an index whose record is fetched.
+struct Wanted {
+    index: Option<u64>,
+    leaf: Option<Hash>,
+    record: Option<Vec<u8>>,
+}
+
+impl Wanted {
+    fn from_args(args: &ProveArgs, alg: TreeHash) -> anyhow::Result<Wanted> {
+        let mut wanted = Wanted {
+            index: args.index,
+            leaf: None,
+            record: None,
+        };
+        if let Some(h) = &args.leaf_hash {
+            wanted.leaf =
+                Some(from_hex(h).ok_or_else(|| {
+                    failed("leaf", format!("{h:?} is not 64 lowercase hex digits"))
+                })?);
         }
-        None => None,
-    };
+        if let Some(f) = &args.event_file {
+            let rec = record_from_file(f, args.received_at_ns, args.submitter.as_deref())
+                .map_err(|e| failed("leaf", format!("{e:#}")))?;
+            let h = alg.leaf(&rec);
+            ok(
+                "leaf",
+                format!(
+                    "{} ({} of the record in {})",
+                    to_hex(&h),
+                    alg.name(),
+                    f.display()
+                ),
+            );
+            wanted.leaf = Some(h);
+            wanted.record = Some(rec);
+        }
+        Ok(wanted)
+    }
+}
 
-    // A checkpoint covering the event, the size asked for and the old checkpoint. An event
-    // known by its leaf hash has an unknown index, but if it is in the log at all it is
-    // below the size the log has now.
+/// The checkpoint saved earlier (--since), verified under the key.
+fn kept_checkpoint(
+    args: &ProveArgs,
+    key: &VerifierKey,
+    origin: &str,
+) -> anyhow::Result<Option<Checkpoint>> {
+    let Some(p) = &args.since else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| failed("since", format!("reading {}: {e}", p.display())))?;
+    Ok(Some(open_checkpoint("since", &text, key, origin)?))
+}
+
+/// A checkpoint covering the event, the size asked for and the old checkpoint, verified;
+/// and the size to prove in (the size asked for, or the checkpoint's).
+fn fetch_checkpoint(
+    client: &HttpClient,
+    args: &ProveArgs,
+    info: &LogInfo,
+    key: &VerifierKey,
+    wanted: &Wanted,
+    old: Option<&Checkpoint>,
+) -> anyhow::Result<(Checkpoint, u64)> {
+    // An event known by its leaf hash has an unknown index, but if it is in the log at all
+    // it is below the size the log has now.
     let need = [
-        index.map(|i| i + 1),
-        index.is_none().then_some(info.tree_size),
+        wanted.index.map(|i| i + 1),
+        wanted.index.is_none().then_some(info.tree_size),
         args.size,
-        old.as_ref().map(|c| c.size),
+        old.map(|c| c.size),
         Some(1),
     ]
     .into_iter()
@@ -288,7 +347,7 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
     let text = client
         .checkpoint(Some(need), args.wait_ms)
         .map_err(|e| failed("checkpoint", e))?;
-    let cp = open_checkpoint("checkpoint", &text, &key, &info.origin)?;
+    let cp = open_checkpoint("checkpoint", &text, key, &info.origin)?;
     let size = args.size.unwrap_or(cp.size);
     if size > cp.size {
         return Err(failed(
@@ -296,13 +355,21 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
             format!("size {} does not cover the size {size} asked for", cp.size),
         ));
     }
+    Ok((cp, size))
+}
 
-    let by = match (index, leaf) {
+/// The inclusion proof of the wanted event in the tree of `size`, by index or leaf hash.
+fn fetch_inclusion(
+    client: &HttpClient,
+    wanted: &Wanted,
+    size: u64,
+) -> anyhow::Result<InclusionProof> {
+    let by = match (wanted.index, wanted.leaf) {
         (Some(i), _) => Leaf::Index(i),
         (None, Some(h)) => Leaf::Hash(h),
         (None, None) => bail!("one of --index, --leaf-hash, --event-file is required"),
     };
-    let proof = client
+    client
         .inclusion_proof(by, size)
         .map_err(|e| match (by, e.status()) {
             (Leaf::Hash(h), Some(404)) => failed(
@@ -314,12 +381,18 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
                 ),
             ),
             _ => failed("inclusion", e),
-        })?;
-    index = Some(proof.index);
+        })
+}
 
-    // The record at that index, re-hashed here: for --index it is the leaf; otherwise it
-    // must be the leaf that was given.
-    let rec = match record.take() {
+/// The record at the proof's index, re-hashed here: for --index it is the leaf; otherwise
+/// it must be the leaf that was given. Returns the leaf hash.
+fn check_record(
+    client: &HttpClient,
+    alg: TreeHash,
+    wanted: Wanted,
+    proof: &InclusionProof,
+) -> anyhow::Result<Hash> {
+    let rec = match wanted.record {
         Some(r) => r,
         None => client
             .get_record(proof.index)
@@ -327,21 +400,20 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
     };
     let parsed =
         Record::parse(&rec).map_err(|e| failed("record", format!("index {}: {e}", proof.index)))?;
-    let rec_leaf = alg.leaf(&rec);
-    if let Some(h) = leaf {
-        if h != rec_leaf {
+    let leaf = alg.leaf(&rec);
+    if let Some(h) = wanted.leaf {
+        if h != leaf {
             return Err(failed(
                 "record",
                 format!(
                     "the record at index {} hashes to {}, not the leaf {}",
                     proof.index,
-                    to_hex(&rec_leaf),
+                    to_hex(&leaf),
                     to_hex(&h)
                 ),
             ));
         }
     }
-    let leaf = rec_leaf;
     ok(
         "record",
         format!(
@@ -354,12 +426,24 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
             alg.name()
         ),
     );
+    Ok(leaf)
+}
 
+/// The inclusion proof checked against the checkpoint's root (proving in its size), or
+/// the root it gives at a smaller `size` (then linked to the checkpoint by a consistency
+/// proof). Returns that root.
+fn check_inclusion(
+    alg: TreeHash,
+    proof: &InclusionProof,
+    size: u64,
+    leaf: &Hash,
+    cp: &Checkpoint,
+) -> anyhow::Result<Hash> {
     let inclusion = if size == cp.size {
-        tree::verify_inclusion(alg, proof.index, size, &leaf, &proof.hashes, &cp.root)
+        tree::verify_inclusion(alg, proof.index, size, leaf, &proof.hashes, &cp.root)
             .map(|()| cp.root)
     } else {
-        tree::root_from_inclusion_proof(alg, proof.index, size, &leaf, &proof.hashes)
+        tree::root_from_inclusion_proof(alg, proof.index, size, leaf, &proof.hashes)
     };
     let root = inclusion.map_err(|e| {
         failed(
@@ -385,18 +469,5 @@ pub fn prove(conn: &Conn, args: &ProveArgs) -> anyhow::Result<()> {
             }
         ),
     );
-    if size != cp.size {
-        consistency(&client, alg, "consistency", (size, &root), &cp)?;
-    }
-    if let Some(old) = &old {
-        consistency(&client, alg, "since", (old.size, &old.root), &cp)?;
-    }
-    println!(
-        "OK: event {} is in the log {} of size {} signed by {}",
-        index.unwrap_or(proof.index),
-        cp.origin,
-        cp.size,
-        key.name()
-    );
-    Ok(())
+    Ok(root)
 }
