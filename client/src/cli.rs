@@ -250,6 +250,20 @@ struct Pending {
     bytes: usize,
 }
 
+impl Pending {
+    fn add(&mut self, line_no: u64, event: &[u8]) {
+        self.bytes += event.len() + 1;
+        self.events.push(event.to_vec());
+        self.lines.push(line_no);
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.lines.clear();
+        self.bytes = 0;
+    }
+}
+
 /// Sends with retries on back-pressure; any other refusal is returned as is.
 fn with_retries<T>(
     retries_max: u32,
@@ -311,7 +325,17 @@ pub fn send(conn: &Conn, args: &SendArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut sent = Sent::default();
-    let result = send_all(&client, args, &mut reader, &name, &mut sink, &mut sent);
+    let result = send_all(
+        &mut reader,
+        &mut Outbox {
+            client: &client,
+            args,
+            name: &name,
+            sink: &mut sink,
+            sent: &mut sent,
+            pending: Pending::default(),
+        },
+    );
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -336,67 +360,147 @@ pub fn send(conn: &Conn, args: &SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the pending batch, keeps its receipts, and on a refusal names the batch, the
-/// input line the server pointed at, and what was stored before it.
-fn flush(
-    client: &HttpClient,
-    args: &SendArgs,
-    name: &str,
-    sink: &mut Option<Receipts>,
-    pending: &mut Pending,
-    sent: &mut Sent,
-) -> anyhow::Result<()> {
-    if pending.events.is_empty() {
-        return Ok(());
+/// Where events go: batched by size and count, each batch's receipts kept.
+struct Outbox<'a> {
+    client: &'a HttpClient,
+    args: &'a SendArgs,
+    /// The input's name, for messages.
+    name: &'a str,
+    sink: &'a mut Option<Receipts>,
+    sent: &'a mut Sent,
+    pending: Pending,
+}
+
+impl Outbox<'_> {
+    /// Adds one event: the pending batch is sent first if the event would take it over
+    /// `batch_bytes_max`, and after if it then holds `batch` events.
+    fn push(&mut self, line_no: u64, event: &[u8]) -> anyhow::Result<()> {
+        if !self.pending.events.is_empty()
+            && self.pending.bytes + event.len() + 1 > self.args.batch_bytes_max
+        {
+            self.flush()?;
+        }
+        self.pending.add(line_no, event);
+        if self.pending.events.len() >= self.args.batch {
+            self.flush()?;
+        }
+        Ok(())
     }
-    let refs: Vec<&[u8]> = pending.events.iter().map(Vec::as_slice).collect();
-    let batch_no = sent.batches + 1;
-    let (first_line, last_line) = (pending.lines[0], pending.lines[pending.lines.len() - 1]);
-    match with_retries(args.retries_max, || client.send_events(&refs)) {
-        Ok(receipts) => {
-            if let Some(s) = sink.as_mut() {
-                s.append(&receipts)
-                    .with_context(|| format!("writing receipts file {}", s.path().display()))?;
+
+    /// Sends the pending batch, keeps its receipts, and on a refusal names the batch, the
+    /// input line the server pointed at, and what was stored before it.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let pending = &self.pending;
+        if pending.events.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&[u8]> = pending.events.iter().map(Vec::as_slice).collect();
+        let batch_no = self.sent.batches + 1;
+        let (first_line, last_line) = (pending.lines[0], pending.lines[pending.lines.len() - 1]);
+        match with_retries(self.args.retries_max, || self.client.send_events(&refs)) {
+            Ok(receipts) => {
+                self.keep(&receipts)?;
+                self.pending.clear();
+                Ok(())
             }
-            sent.add(&receipts);
-            pending.events.clear();
-            pending.lines.clear();
-            pending.bytes = 0;
-            Ok(())
+            Err(e) => {
+                let name = self.name;
+                let at = refused_position(&e)
+                    .and_then(|k| pending.lines.get(k))
+                    .map(|l| format!(" at {name} line {l}"))
+                    .unwrap_or_default();
+                bail!(
+                    "batch {batch_no} ({name} lines {first_line}..={last_line}) refused{at}: {e}; \
+                     nothing of this batch or after it was stored; {}",
+                    self.sent.stored()
+                )
+            }
         }
-        Err(e) => {
-            let at = refused_position(&e)
-                .and_then(|k| pending.lines.get(k))
-                .map(|l| format!(" at {name} line {l}"))
-                .unwrap_or_default();
-            bail!(
-                "batch {batch_no} ({name} lines {first_line}..={last_line}) refused{at}: {e}; \
-                 nothing of this batch or after it was stored; {}",
-                sent.stored()
-            )
+    }
+
+    /// Sends one JSON object written over several lines as one line. The server takes an
+    /// event only as one line: the whitespace between tokens is dropped, nothing else, so
+    /// keys keep their order and numbers their spelling.
+    fn send_one_object(&mut self, held: Held) -> anyhow::Result<()> {
+        let name = self.name;
+        let event = compact_json(trim(&held.whole));
+        eprintln!(
+            "{name}: one JSON object over {} lines, sent as one line of {} bytes \
+             (its receipt covers those bytes)",
+            held.lines.len(),
+            event.len()
+        );
+        let r = with_retries(self.args.retries_max, || self.client.send_event(&event))
+            .with_context(|| format!("{name}: the event was refused"))?;
+        self.keep(std::slice::from_ref(&r))
+    }
+
+    /// Writes receipts to the receipts file and counts them as sent.
+    fn keep(&mut self, receipts: &[Receipt]) -> anyhow::Result<()> {
+        if let Some(s) = self.sink.as_mut() {
+            s.append(receipts)
+                .with_context(|| format!("writing receipts file {}", s.path().display()))?;
         }
+        self.sent.add(receipts);
+        Ok(())
     }
 }
 
-fn send_all(
-    client: &HttpClient,
-    args: &SendArgs,
+/// Reads one line of at most `LINE_BYTES_MAX + 1` bytes; 0 at the end of the input.
+fn read_line(reader: &mut dyn BufRead, name: &str, line: &mut Vec<u8>) -> anyhow::Result<usize> {
+    reader
+        .take(LINE_BYTES_MAX + 1)
+        .read_until(b'\n', line)
+        .with_context(|| format!("reading {name}"))
+}
+
+/// Lines held after a first line that is not a JSON value on its own.
+struct Held {
+    /// Each line with its number, the first included.
+    lines: Vec<(u64, Vec<u8>)>,
+    /// All of them joined.
+    whole: Vec<u8>,
+    /// The input ended (rather than growing too long to be one event).
+    ended: bool,
+}
+
+/// Holds the lines after `first` until the input ends or is too long to be one event.
+fn hold_lines(
     reader: &mut dyn BufRead,
     name: &str,
-    sink: &mut Option<Receipts>,
-    sent: &mut Sent,
-) -> anyhow::Result<()> {
-    let mut pending = Pending::default();
+    first: &[u8],
+    line_no: &mut u64,
+) -> anyhow::Result<Held> {
+    let mut held = Held {
+        lines: vec![(*line_no, first.to_vec())],
+        whole: first.to_vec(),
+        ended: false,
+    };
+    while held.whole.len() as u64 <= LINE_BYTES_MAX {
+        let mut l = Vec::new();
+        if read_line(reader, name, &mut l)? == 0 {
+            held.ended = true;
+            break;
+        }
+        *line_no += 1;
+        if l.len() as u64 > LINE_BYTES_MAX {
+            bail!("{name} line {line_no}: over {LINE_BYTES_MAX} bytes, larger than any event the server takes");
+        }
+        held.whole.extend_from_slice(&l);
+        held.lines.push((*line_no, l));
+    }
+    Ok(held)
+}
+
+/// Sends every event of the input: NDJSON batched, or one JSON object over several lines.
+fn send_all(reader: &mut dyn BufRead, out: &mut Outbox<'_>) -> anyhow::Result<()> {
+    let name = out.name;
     let mut line_no = 0u64;
     let mut line = Vec::new();
     let mut first = true;
     loop {
         line.clear();
-        let n = reader
-            .take(LINE_BYTES_MAX + 1)
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading {name}"))?;
-        if n == 0 {
+        if read_line(reader, name, &mut line)? == 0 {
             break;
         }
         line_no += 1;
@@ -404,7 +508,7 @@ fn send_all(
             bail!(
                 "{name} line {line_no}: over {LINE_BYTES_MAX} bytes, larger than any event \
                  the server takes; {}",
-                sent.stored()
+                out.sent.stored()
             );
         }
         let event = trim(&line);
@@ -413,70 +517,24 @@ fn send_all(
         }
         if first && !is_json(event) {
             // Not a complete JSON value on its own: maybe one object over several lines.
-            // Hold lines until the input ends or is too long to be one event.
-            let mut held = vec![(line_no, line.clone())];
-            let mut whole = line.clone();
-            let mut ended = false;
-            while whole.len() as u64 <= LINE_BYTES_MAX {
-                let mut l = Vec::new();
-                let n = reader
-                    .take(LINE_BYTES_MAX + 1)
-                    .read_until(b'\n', &mut l)
-                    .with_context(|| format!("reading {name}"))?;
-                if n == 0 {
-                    ended = true;
-                    break;
-                }
-                line_no += 1;
-                if l.len() as u64 > LINE_BYTES_MAX {
-                    bail!("{name} line {line_no}: over {LINE_BYTES_MAX} bytes, larger than any event the server takes");
-                }
-                whole.extend_from_slice(&l);
-                held.push((line_no, l));
-            }
-            if ended && is_json(trim(&whole)) {
-                // The server takes an event only as one line: drop the whitespace between
-                // tokens, nothing else, so keys keep their order and numbers their spelling.
-                let event = compact_json(trim(&whole));
-                eprintln!(
-                    "{name}: one JSON object over {} lines, sent as one line of {} bytes \
-                     (its receipt covers those bytes)",
-                    held.len(),
-                    event.len()
-                );
-                let r = with_retries(args.retries_max, || client.send_event(&event))
-                    .with_context(|| format!("{name}: the event was refused"))?;
-                if let Some(s) = sink.as_mut() {
-                    s.append(std::slice::from_ref(&r))
-                        .with_context(|| format!("writing receipts file {}", s.path().display()))?;
-                }
-                sent.add(std::slice::from_ref(&r));
-                return Ok(());
+            let held = hold_lines(reader, name, &line, &mut line_no)?;
+            if held.ended && is_json(trim(&held.whole)) {
+                return out.send_one_object(held);
             }
             // Not one object either: send it line by line and let the server name the line.
-            for (n, l) in held {
+            for (n, l) in held.lines {
                 let e = trim(&l);
                 if !e.is_empty() {
-                    pending.bytes += e.len() + 1;
-                    pending.events.push(e.to_vec());
-                    pending.lines.push(n);
+                    out.pending.add(n, e);
                 }
             }
             first = false;
             continue;
         }
         first = false;
-        if !pending.events.is_empty() && pending.bytes + event.len() + 1 > args.batch_bytes_max {
-            flush(client, args, name, sink, &mut pending, sent)?;
-        }
-        pending.bytes += event.len() + 1;
-        pending.events.push(event.to_vec());
-        pending.lines.push(line_no);
-        if pending.events.len() >= args.batch {
-            flush(client, args, name, sink, &mut pending, sent)?;
-        }
+        out.push(line_no, event)?;
     }
-    flush(client, args, name, sink, &mut pending, sent)
+    out.flush()
 }
 
 #[cfg(test)]
