@@ -338,7 +338,13 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
             "no such request",
         ));
     };
-    let refuse = |reqs: &mut Vec<AdminRequest>, status, code, why: String| -> ApiResult {
+    if reqs[i].state == RequestState::Pending && now >= reqs[i].expires_at_unix_ms {
+        reqs[i].state = RequestState::Expired;
+        admin
+            .save(&reqs)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    }
+    if let Some((status, code, why)) = why_not_approvable(&reqs[i], &who.name, id) {
         record(
             &st.engine,
             &who.name,
@@ -347,35 +353,7 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
             "failure",
             json!({"op": reqs[i].op.name(), "reason": why}),
         )?;
-        Err(ApiError::new(status, code, why))
-    };
-    if reqs[i].state == RequestState::Pending && now >= reqs[i].expires_at_unix_ms {
-        reqs[i].state = RequestState::Expired;
-        admin
-            .save(&reqs)
-            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    }
-    match reqs[i].state {
-        RequestState::Pending => {}
-        RequestState::Expired => {
-            let why = format!("request {id} expired without enough approvals");
-            return refuse(&mut reqs, StatusCode::GONE, "expired", why);
-        }
-        _ => {
-            let why = format!("request {id} is already {:?}", reqs[i].state).to_lowercase();
-            return refuse(&mut reqs, StatusCode::CONFLICT, "not_pending", why);
-        }
-    }
-    if reqs[i].requester == who.name {
-        let why = format!(
-            "{} requested this operation and cannot approve it",
-            who.name
-        );
-        return refuse(&mut reqs, StatusCode::FORBIDDEN, "self_approval", why);
-    }
-    if reqs[i].approvals.iter().any(|a| a.admin == who.name) {
-        let why = format!("{} has already approved request {id}", who.name);
-        return refuse(&mut reqs, StatusCode::CONFLICT, "duplicate_approval", why);
+        return Err(ApiError::new(status, code, why));
     }
     record(
         &st.engine,
@@ -390,37 +368,7 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
         at_unix_ms: now,
     });
     if reqs[i].approvals.len() >= admin.cfg.approvals_required as usize {
-        let result = match check_operation(&admin.cfg, &reqs[i].op) {
-            Ok(()) => execute(st, &reqs[i].op),
-            Err(e) => Err(e.message),
-        };
-        let (state, outcome, text) = match result {
-            Ok(v) => (RequestState::Executed, "success", v),
-            Err(e) => (RequestState::Failed, "failure", e),
-        };
-        record(
-            &st.engine,
-            &who.name,
-            "execute",
-            id,
-            outcome,
-            json!({"op": reqs[i].op.name(), "requester": reqs[i].requester, "approvers": reqs[i].approvals.iter().map(|a| a.admin.clone()).collect::<Vec<_>>(), "result": text}),
-        )?;
-        if let (RequestState::Executed, Operation::AddAdmin { token_sha256, name }) =
-            (&state, &reqs[i].op)
-        {
-            // The execute event above is the new token's record in the log.
-            let change = crate::auth::UnrecordedChange {
-                action: "token_added",
-                name: name.clone(),
-                role: Role::Admin,
-                sha256: token_sha256.clone(),
-            };
-            crate::auth::mark_recorded(&admin.cfg.data_dir, &[change])
-                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        }
-        reqs[i].state = state;
-        reqs[i].result = Some(text);
+        execute_approved(st, &who, id, &mut reqs[i])?;
     }
     let out = reqs[i].clone();
     prune(&mut reqs);
@@ -428,6 +376,77 @@ fn approve_blocking(st: &St, who: Principal, id: &str) -> ApiResult {
         .save(&reqs)
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     Ok(axum::Json(out).into_response())
+}
+
+/// Why `approver` may not approve `req` (its id `id`): it is no longer pending, it is the
+/// requester's own, or this admin approved it already. `None`: the approval counts.
+fn why_not_approvable(
+    req: &AdminRequest,
+    approver: &str,
+    id: &str,
+) -> Option<(StatusCode, &'static str, String)> {
+    match req.state {
+        RequestState::Pending => {}
+        RequestState::Expired => {
+            let why = format!("request {id} expired without enough approvals");
+            return Some((StatusCode::GONE, "expired", why));
+        }
+        _ => {
+            let why = format!("request {id} is already {:?}", req.state).to_lowercase();
+            return Some((StatusCode::CONFLICT, "not_pending", why));
+        }
+    }
+    if req.requester == approver {
+        let why = format!("{approver} requested this operation and cannot approve it");
+        return Some((StatusCode::FORBIDDEN, "self_approval", why));
+    }
+    if req.approvals.iter().any(|a| a.admin == approver) {
+        let why = format!("{approver} has already approved request {id}");
+        return Some((StatusCode::CONFLICT, "duplicate_approval", why));
+    }
+    None
+}
+
+/// Runs a request that has its approvals (checking it once more first), records the
+/// outcome in the log, and leaves it executed or failed with the result's text.
+fn execute_approved(
+    st: &St,
+    who: &Principal,
+    id: &str,
+    req: &mut AdminRequest,
+) -> Result<(), ApiError> {
+    let admin = &st.admin;
+    let result = match check_operation(&admin.cfg, &req.op) {
+        Ok(()) => execute(st, &req.op),
+        Err(e) => Err(e.message),
+    };
+    let (state, outcome, text) = match result {
+        Ok(v) => (RequestState::Executed, "success", v),
+        Err(e) => (RequestState::Failed, "failure", e),
+    };
+    record(
+        &st.engine,
+        &who.name,
+        "execute",
+        id,
+        outcome,
+        json!({"op": req.op.name(), "requester": req.requester, "approvers": req.approvals.iter().map(|a| a.admin.clone()).collect::<Vec<_>>(), "result": text}),
+    )?;
+    if let (RequestState::Executed, Operation::AddAdmin { token_sha256, name }) = (&state, &req.op)
+    {
+        // The execute event above is the new token's record in the log.
+        let change = crate::auth::UnrecordedChange {
+            action: "token_added",
+            name: name.clone(),
+            role: Role::Admin,
+            sha256: token_sha256.clone(),
+        };
+        crate::auth::mark_recorded(&admin.cfg.data_dir, &[change])
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    }
+    req.state = state;
+    req.result = Some(text);
+    Ok(())
 }
 
 /// Carries out an approved operation; the text is what the audit event and the answer say.

@@ -291,10 +291,28 @@ pub fn load(path: Option<&Path>, over: Overrides) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
-    let e = file.engine;
-    let data_dir = over
-        .data_dir
+pub fn resolve(file: FileConfig, mut over: Overrides) -> anyhow::Result<Config> {
+    let mut engine = resolve_engine(file.engine, over.data_dir.take())?;
+    resolve_signer(&file.signer, &mut engine)?;
+    let mut admin = resolve_admin(&file.admin)?;
+    admin.data_dir = engine.data_dir.clone();
+    if let Some(m) = &file.signer.pkcs11_module {
+        admin.pkcs11_modules_allowed.push(m.clone());
+    }
+    engine.replication = Some(file.replication.unwrap_or_default());
+    let server = resolve_server(file.server, file.siem, over, engine.queue_submissions_max)?;
+    let oidc = crate::oidc_config::resolve(file.auth)?;
+    Ok(Config {
+        engine,
+        server,
+        admin,
+        oidc,
+    })
+}
+
+/// `[engine]` over the engine's defaults; the data directory from the command line first.
+fn resolve_engine(e: EngineSection, data_dir: Option<PathBuf>) -> anyhow::Result<EngineConfig> {
+    let data_dir = data_dir
         .or(e.data_dir)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let mut engine = EngineConfig::new(data_dir);
@@ -337,31 +355,27 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         seal_check_leaves,
         hash_cache_bytes_max
     );
+    Ok(engine)
+}
 
-    resolve_signer(&file.signer, &mut engine)?;
-    let mut admin = resolve_admin(&file.admin)?;
-    admin.data_dir = engine.data_dir.clone();
-    if let Some(m) = &file.signer.pkcs11_module {
-        admin.pkcs11_modules_allowed.push(m.clone());
-    }
-    engine.replication = Some(file.replication.unwrap_or_default());
-
-    let s = file.server;
+/// `[server]` (with `[siem]`) over the server's defaults; the listen addresses from the
+/// command line first. `queue_submissions_max` bounds one principal's share.
+fn resolve_server(
+    s: ServerSection,
+    siem: crate::siem_config::SiemSection,
+    over: Overrides,
+    queue_submissions_max: usize,
+) -> anyhow::Result<ServerConfig> {
     let mut server = ServerConfig::defaults();
-    server.siem = crate::siem_config::resolve(file.siem, s.tls.as_ref())?;
-    let addr = over.http_addr.or(s.http_addr);
-    if let Some(a) = addr {
-        server.http_addr = a
-            .parse()
-            .with_context(|| format!("http_addr {a:?} is not host:port"))?;
+    server.siem = crate::siem_config::resolve(siem, s.tls.as_ref())?;
+    if let Some(a) = over.http_addr.or(s.http_addr) {
+        server.http_addr = parse_addr("http_addr", &a)?;
+    }
+    if let Some(a) = over.tcp_addr.or(s.tcp_addr) {
+        server.tcp_addr = parse_addr("tcp_addr", &a)?;
     }
     macro_rules! set_s {
         ($($f:ident),*) => { $( if let Some(v) = s.$f { server.$f = v; } )* };
-    }
-    if let Some(a) = over.tcp_addr.or(s.tcp_addr) {
-        server.tcp_addr = a
-            .parse()
-            .with_context(|| format!("tcp_addr {a:?} is not host:port"))?;
     }
     set_s!(
         body_bytes_max,
@@ -391,10 +405,24 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
         listen_backlog
     );
     if let Some(a) = over.ops_addr.or(s.ops_addr) {
-        server.ops_addr = a
-            .parse()
-            .with_context(|| format!("ops_addr {a:?} is not host:port"))?;
+        server.ops_addr = parse_addr("ops_addr", &a)?;
     }
+    server.submissions_per_principal_max = s
+        .submissions_per_principal_max
+        .unwrap_or((queue_submissions_max / 4).max(1));
+    server.tls = s.tls;
+    check_server(&server, queue_submissions_max)?;
+    Ok(server)
+}
+
+/// A listen address; a bad one is named by the setting it came from.
+pub(crate) fn parse_addr(field: &str, a: &str) -> anyhow::Result<SocketAddr> {
+    a.parse()
+        .with_context(|| format!("{field} {a:?} is not host:port"))
+}
+
+/// The server's limits must make sense together; the first rule broken is named.
+fn check_server(server: &ServerConfig, queue_submissions_max: usize) -> anyhow::Result<()> {
     if server.ops_connections_max < 4
         || server.http_connections_per_source_max == 0
         || server.tcp_connections_per_source_max == 0
@@ -413,18 +441,14 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
     {
         bail!("server: ops_connections_max must be at least 4; the per-source caps, the long-poll and streamed-read limits, the http_*_timeout_ms and tcp_write_timeout_ms must be positive; request_bytes_in_flight_max must be at least body_bytes_max and under 4 GiB; listen_backlog 1 to 65535");
     }
-    server.submissions_per_principal_max = s
-        .submissions_per_principal_max
-        .unwrap_or((engine.queue_submissions_max / 4).max(1));
     if server.submissions_per_principal_max == 0
-        || server.submissions_per_principal_max > engine.queue_submissions_max
+        || server.submissions_per_principal_max > queue_submissions_max
     {
         bail!(
             "server.submissions_per_principal_max must be 1 to engine.queue_submissions_max ({})",
-            engine.queue_submissions_max
+            queue_submissions_max
         );
     }
-    server.tls = s.tls;
     if server.tcp_frame_bytes_max < 65_536 + 8
         || server.tcp_batches_in_flight_max == 0
         || server.tcp_connections_max == 0
@@ -437,13 +461,7 @@ pub fn resolve(file: FileConfig, over: Overrides) -> anyhow::Result<Config> {
     if server.long_poll_ms_max >= server.request_timeout_ms {
         bail!("server.long_poll_ms_max must be under server.request_timeout_ms");
     }
-    let oidc = crate::oidc_config::resolve(file.auth)?;
-    Ok(Config {
-        engine,
-        server,
-        admin,
-        oidc,
-    })
+    Ok(())
 }
 
 fn resolve_signer(s: &SignerSection, engine: &mut EngineConfig) -> anyhow::Result<()> {

@@ -29,31 +29,35 @@ pub enum Cmd {
 pub enum KeysCmd {
     /// Generate an Ed25519 key in the HSM (--pkcs11) or in a key file (--file PATH) and print
     /// its verifier key and the `backend` to give a rotate_key request.
-    Generate {
-        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
-        pkcs11: bool,
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// PKCS#11 module (default: `[signer] pkcs11_module`).
-        #[arg(long)]
-        module: Option<PathBuf>,
-        /// Token label (default: `[signer] token_label`).
-        #[arg(long)]
-        token_label: Option<String>,
-        /// Label of the new key (required with --pkcs11).
-        #[arg(long)]
-        key_label: Option<String>,
-        /// Environment variable holding the PIN (default: `[signer] pin_env` / `pin_file`).
-        #[arg(long)]
-        pin_env: Option<String>,
-        /// Note key name (default: from the origin).
-        #[arg(long)]
-        name: Option<String>,
-    },
+    Generate(GenerateArgs),
     /// Print the current verifier key(s) of the log.
     Show,
     /// Print the key history (keys.json).
     History,
+}
+
+// No doc comment here: the `Generate` subcommand's own is its help text.
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    pkcs11: bool,
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// PKCS#11 module (default: `[signer] pkcs11_module`).
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// Token label (default: `[signer] token_label`).
+    #[arg(long)]
+    token_label: Option<String>,
+    /// Label of the new key (required with --pkcs11).
+    #[arg(long)]
+    key_label: Option<String>,
+    /// Environment variable holding the PIN (default: `[signer] pin_env` / `pin_file`).
+    #[arg(long)]
+    pin_env: Option<String>,
+    /// Note key name (default: from the origin).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +79,7 @@ pub enum TokensCmd {
 
 pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
     let data_dir = &cfg.engine.data_dir;
+    // A flat dispatch table: each arm is a call or two.
     match cmd {
         Cmd::CheckConfig { file } => crate::check_config(&file),
         Cmd::Tokens(TokensCmd::Add { role, name }) => {
@@ -90,83 +95,83 @@ pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
             print!("{}", h.to_json());
             Ok(())
         }
-        Cmd::Keys(KeysCmd::Show) => {
-            let path = keyhistory_path(data_dir);
-            if path.exists() {
-                let h = read_history(cfg)?;
-                for k in h.keys.iter().filter(|k| k.until_size.is_none()) {
-                    println!("{}", k.verifier_key);
-                }
-                return Ok(());
-            }
-            // No log yet: the key it will be created with.
-            let key = match &cfg.engine.signer {
-                SignerConfig::DevKeyFile => {
-                    let p = data_dir.join("keys/checkpoint.key");
-                    KeyFileSigner::load(&p)
-                        .with_context(|| format!("no log and no key at {}", p.display()))?
-                        .verifier_key()
-                }
-                SignerConfig::Pkcs11 { spec, name } => {
-                    let pin = cfg.engine.pkcs11_pin.clone().context("no PIN source")?;
-                    let name = name.clone().unwrap_or_else(|| default_name(cfg));
-                    auditlog_engine::Pkcs11Signer::open(spec.clone(), pin, &name)?.verifier_key()
-                }
-            };
-            println!("{key}");
-            Ok(())
-        }
-        Cmd::Keys(KeysCmd::Generate {
-            pkcs11,
-            file,
-            module,
-            token_label,
-            key_label,
-            pin_env,
-            name,
-        }) => {
-            let name = name.unwrap_or_else(|| default_name(cfg));
-            if let Some(path) = file {
-                let key = KeyFileSigner::generate(&path, &name)?.verifier_key();
-                println!("{key}");
-                let backend =
-                    serde_json::json!({"type": "file", "path": path.display().to_string()});
-                println!("backend: {backend}");
-                return Ok(());
-            }
-            if !pkcs11 {
-                bail!("give --pkcs11 or --file PATH");
-            }
-            let configured = match &cfg.engine.signer {
-                SignerConfig::Pkcs11 { spec, .. } => Some(spec.clone()),
-                SignerConfig::DevKeyFile => None,
-            };
-            let spec = Pkcs11Spec {
-                module: module
-                    .or_else(|| configured.as_ref().map(|s| s.module.clone()))
-                    .context("--module (or [signer] pkcs11_module) is needed")?,
-                token_label: token_label
-                    .or_else(|| configured.as_ref().map(|s| s.token_label.clone()))
-                    .context("--token-label (or [signer] token_label) is needed")?,
-                key_label: key_label.context("--key-label is needed")?,
-            };
-            let pin = match pin_env {
-                // Read once and removed from the environment; still one thread here.
-                Some(v) => PinSource::Env(v).take_from_env(),
-                None => cfg
-                    .engine
-                    .pkcs11_pin
-                    .clone()
-                    .context("--pin-env (or [signer] pin_env / pin_file) is needed")?,
-            };
-            let public = auditlog_engine::pkcs11::generate(&spec, &pin)?;
-            let key = VerifierKey::new(&name, public).context("key name")?;
-            println!("{key}");
-            let backend = serde_json::json!({"type": "pkcs11", "module": spec.module.display().to_string(), "token_label": spec.token_label, "key_label": spec.key_label});
-            println!("backend: {backend}");
-            Ok(())
-        }
+        Cmd::Keys(KeysCmd::Show) => keys_show(cfg),
+        Cmd::Keys(KeysCmd::Generate(a)) => keys_generate(cfg, a),
     }
+}
+
+/// The log's current verifier key(s); with no log yet, the key it will be created with.
+fn keys_show(cfg: &Config) -> anyhow::Result<()> {
+    let data_dir = &cfg.engine.data_dir;
+    let path = keyhistory_path(data_dir);
+    if path.exists() {
+        let h = read_history(cfg)?;
+        for k in h.keys.iter().filter(|k| k.until_size.is_none()) {
+            println!("{}", k.verifier_key);
+        }
+        return Ok(());
+    }
+    let key = match &cfg.engine.signer {
+        SignerConfig::DevKeyFile => {
+            let p = data_dir.join("keys/checkpoint.key");
+            KeyFileSigner::load(&p)
+                .with_context(|| format!("no log and no key at {}", p.display()))?
+                .verifier_key()
+        }
+        SignerConfig::Pkcs11 { spec, name } => {
+            let pin = cfg.engine.pkcs11_pin.clone().context("no PIN source")?;
+            let name = name.clone().unwrap_or_else(|| default_name(cfg));
+            auditlog_engine::Pkcs11Signer::open(spec.clone(), pin, &name)?.verifier_key()
+        }
+    };
+    println!("{key}");
+    Ok(())
+}
+
+/// Generates a key in a key file or the HSM and prints its verifier key and the
+/// `backend` a rotate_key request names.
+fn keys_generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
+    let name = a.name.unwrap_or_else(|| default_name(cfg));
+    if let Some(path) = a.file {
+        let key = KeyFileSigner::generate(&path, &name)?.verifier_key();
+        println!("{key}");
+        let backend = serde_json::json!({"type": "file", "path": path.display().to_string()});
+        println!("backend: {backend}");
+        return Ok(());
+    }
+    if !a.pkcs11 {
+        bail!("give --pkcs11 or --file PATH");
+    }
+    let configured = match &cfg.engine.signer {
+        SignerConfig::Pkcs11 { spec, .. } => Some(spec.clone()),
+        SignerConfig::DevKeyFile => None,
+    };
+    let spec = Pkcs11Spec {
+        module: a
+            .module
+            .or_else(|| configured.as_ref().map(|s| s.module.clone()))
+            .context("--module (or [signer] pkcs11_module) is needed")?,
+        token_label: a
+            .token_label
+            .or_else(|| configured.as_ref().map(|s| s.token_label.clone()))
+            .context("--token-label (or [signer] token_label) is needed")?,
+        key_label: a.key_label.context("--key-label is needed")?,
+    };
+    let pin = match a.pin_env {
+        // Read once and removed from the environment; still one thread here.
+        Some(v) => PinSource::Env(v).take_from_env(),
+        None => cfg
+            .engine
+            .pkcs11_pin
+            .clone()
+            .context("--pin-env (or [signer] pin_env / pin_file) is needed")?,
+    };
+    let public = auditlog_engine::pkcs11::generate(&spec, &pin)?;
+    let key = VerifierKey::new(&name, public).context("key name")?;
+    println!("{key}");
+    let backend = serde_json::json!({"type": "pkcs11", "module": spec.module.display().to_string(), "token_label": spec.token_label, "key_label": spec.key_label});
+    println!("backend: {backend}");
+    Ok(())
 }
 
 fn default_name(cfg: &Config) -> String {

@@ -104,11 +104,11 @@ fn histogram(
 }
 
 /// One metric: name, type, help, value.
-type Row = (&'static str, &'static str, &'static str, u64);
-const GAUGE: &str = "gauge";
-const COUNTER: &str = "counter";
+pub(crate) type Row = (&'static str, &'static str, &'static str, u64);
+pub(crate) const GAUGE: &str = "gauge";
+pub(crate) const COUNTER: &str = "counter";
 
-fn write_rows(out: &mut String, rows: &[Row]) {
+pub(crate) fn write_rows(out: &mut String, rows: &[Row]) {
     for &(name, kind, help, value) in rows {
         metric(out, name, kind, help, value);
     }

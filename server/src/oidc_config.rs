@@ -120,68 +120,116 @@ pub fn resolve(a: AuthSection) -> anyhow::Result<Option<OidcConfig>> {
     let Some(o) = a.oidc else {
         return Ok(None);
     };
-    let issuer = match o.issuer {
-        Some(v) if !v.trim().is_empty() => v,
+    let issuer = match o.issuer.as_deref() {
+        Some(v) if !v.trim().is_empty() => v.to_string(),
         _ => bail!("auth.oidc.issuer is required (the IdP's issuer URL, exactly as in `iss`)"),
     };
-    let audience = match o.audience {
-        Some(v) if !v.trim().is_empty() => v,
+    let audience = match o.audience.as_deref() {
+        Some(v) if !v.trim().is_empty() => v.to_string(),
         _ => bail!("auth.oidc.audience is required (the client id tokens are issued for)"),
     };
-    let jwks = match (o.jwks_file, o.jwks_url) {
+    let jwks = jwks_source(&o)?;
+    let limits = JwksLimits::resolve(&o)?;
+    let algorithms = algorithms(o.algorithms.as_deref())?;
+    let roles = role_rules(&o.roles)?;
+    Ok(Some(OidcConfig {
+        issuer,
+        audience,
+        jwks,
+        jwks_refresh: Duration::from_secs(limits.refresh_s),
+        jwks_refetch_min: Duration::from_secs(limits.refetch_min_s),
+        jwks_fetch_timeout: Duration::from_secs(limits.fetch_timeout_s),
+        jwks_bytes_max: limits.bytes_max,
+        leeway_s: limits.leeway_s,
+        algorithms,
+        roles,
+    }))
+}
+
+/// Exactly one of `jwks_file` and `jwks_url`; a URL must be safe to fetch keys from.
+fn jwks_source(o: &OidcSection) -> anyhow::Result<JwksSource> {
+    Ok(match (&o.jwks_file, &o.jwks_url) {
         (Some(_), Some(_)) => bail!("auth.oidc: give jwks_file or jwks_url, not both"),
         (None, None) => bail!("auth.oidc: jwks_file or jwks_url is required"),
-        (Some(p), None) => JwksSource::File(p),
+        (Some(p), None) => JwksSource::File(p.clone()),
         (None, Some(u)) => {
-            check_jwks_url(&u)?;
-            JwksSource::Url(u)
+            check_jwks_url(u)?;
+            JwksSource::Url(u.clone())
         }
-    };
-    let refresh = o.jwks_refresh_s.unwrap_or(JWKS_REFRESH_S_DEFAULT);
-    if !(1..=JWKS_REFRESH_S_MAX).contains(&refresh) {
-        bail!("auth.oidc.jwks_refresh_s {refresh}: must be 1 to {JWKS_REFRESH_S_MAX}");
-    }
-    let refetch = o
-        .jwks_refetch_min_s
-        .unwrap_or(JWKS_REFETCH_MIN_S_DEFAULT.min(refresh));
-    if !(1..=refresh).contains(&refetch) {
-        bail!("auth.oidc.jwks_refetch_min_s {refetch}: must be 1 to jwks_refresh_s ({refresh})");
-    }
-    let timeout = o
-        .jwks_fetch_timeout_s
-        .unwrap_or(JWKS_FETCH_TIMEOUT_S_DEFAULT);
-    if !(1..=JWKS_FETCH_TIMEOUT_S_MAX).contains(&timeout) {
-        bail!("auth.oidc.jwks_fetch_timeout_s {timeout}: must be 1 to {JWKS_FETCH_TIMEOUT_S_MAX}");
-    }
-    let bytes_max = o.jwks_bytes_max.unwrap_or(JWKS_BYTES_MAX_DEFAULT);
-    if !(256..=JWKS_BYTES_MAX_LIMIT).contains(&bytes_max) {
-        bail!("auth.oidc.jwks_bytes_max {bytes_max}: must be 256 to {JWKS_BYTES_MAX_LIMIT}");
-    }
-    let leeway_s = o.leeway_s.unwrap_or(LEEWAY_S_DEFAULT);
-    if leeway_s > LEEWAY_S_MAX {
-        bail!("auth.oidc.leeway_s {leeway_s}: must be at most {LEEWAY_S_MAX}");
-    }
-    let algorithms = match o.algorithms {
-        None => ASYMMETRIC.to_vec(),
-        Some(names) => {
-            if names.is_empty() {
-                bail!("auth.oidc.algorithms is empty: no token could be accepted");
-            }
-            let mut out = Vec::new();
-            for n in names {
-                out.push(parse_algorithm(&n)?);
-            }
-            out
+    })
+}
+
+/// How often and how much the key set is fetched, and the clock skew allowed, each
+/// defaulted and held to its range.
+struct JwksLimits {
+    refresh_s: u64,
+    refetch_min_s: u64,
+    fetch_timeout_s: u64,
+    bytes_max: usize,
+    leeway_s: u64,
+}
+
+impl JwksLimits {
+    fn resolve(o: &OidcSection) -> anyhow::Result<JwksLimits> {
+        let refresh = o.jwks_refresh_s.unwrap_or(JWKS_REFRESH_S_DEFAULT);
+        if !(1..=JWKS_REFRESH_S_MAX).contains(&refresh) {
+            bail!("auth.oidc.jwks_refresh_s {refresh}: must be 1 to {JWKS_REFRESH_S_MAX}");
         }
+        let refetch = o
+            .jwks_refetch_min_s
+            .unwrap_or(JWKS_REFETCH_MIN_S_DEFAULT.min(refresh));
+        if !(1..=refresh).contains(&refetch) {
+            bail!(
+                "auth.oidc.jwks_refetch_min_s {refetch}: must be 1 to jwks_refresh_s ({refresh})"
+            );
+        }
+        let timeout = o
+            .jwks_fetch_timeout_s
+            .unwrap_or(JWKS_FETCH_TIMEOUT_S_DEFAULT);
+        if !(1..=JWKS_FETCH_TIMEOUT_S_MAX).contains(&timeout) {
+            bail!(
+                "auth.oidc.jwks_fetch_timeout_s {timeout}: must be 1 to {JWKS_FETCH_TIMEOUT_S_MAX}"
+            );
+        }
+        let bytes_max = o.jwks_bytes_max.unwrap_or(JWKS_BYTES_MAX_DEFAULT);
+        if !(256..=JWKS_BYTES_MAX_LIMIT).contains(&bytes_max) {
+            bail!("auth.oidc.jwks_bytes_max {bytes_max}: must be 256 to {JWKS_BYTES_MAX_LIMIT}");
+        }
+        let leeway_s = o.leeway_s.unwrap_or(LEEWAY_S_DEFAULT);
+        if leeway_s > LEEWAY_S_MAX {
+            bail!("auth.oidc.leeway_s {leeway_s}: must be at most {LEEWAY_S_MAX}");
+        }
+        Ok(JwksLimits {
+            refresh_s: refresh,
+            refetch_min_s: refetch,
+            fetch_timeout_s: timeout,
+            bytes_max,
+            leeway_s,
+        })
+    }
+}
+
+/// The accepted `alg` values: by default every asymmetric one the verifier supports.
+fn algorithms(names: Option<&[String]>) -> anyhow::Result<Vec<Algorithm>> {
+    let Some(names) = names else {
+        return Ok(ASYMMETRIC.to_vec());
     };
-    if o.roles.is_empty() {
+    if names.is_empty() {
+        bail!("auth.oidc.algorithms is empty: no token could be accepted");
+    }
+    names.iter().map(|n| parse_algorithm(n)).collect()
+}
+
+/// The role rules, at least one, none granting admin.
+fn role_rules(rules: &[RoleRuleSection]) -> anyhow::Result<Vec<RoleRule>> {
+    if rules.is_empty() {
         bail!(
             "auth.oidc.roles is empty: add [[auth.oidc.roles]] entries (claim, value, role), \
              or no signed-in caller could do anything"
         );
     }
     let mut roles = Vec::new();
-    for (i, r) in o.roles.into_iter().enumerate() {
+    for (i, r) in rules.iter().enumerate() {
         if r.role == Role::Admin {
             bail!(
                 "auth.oidc.roles[{i}]: role \"admin\" cannot be granted by OIDC sign-in: admins \
@@ -194,23 +242,12 @@ pub fn resolve(a: AuthSection) -> anyhow::Result<Option<OidcConfig>> {
             bail!("auth.oidc.roles[{i}]: claim and value must not be empty");
         }
         roles.push(RoleRule {
-            claim: r.claim,
-            value: r.value,
+            claim: r.claim.clone(),
+            value: r.value.clone(),
             role: r.role,
         });
     }
-    Ok(Some(OidcConfig {
-        issuer,
-        audience,
-        jwks,
-        jwks_refresh: Duration::from_secs(refresh),
-        jwks_refetch_min: Duration::from_secs(refetch),
-        jwks_fetch_timeout: Duration::from_secs(timeout),
-        jwks_bytes_max: bytes_max,
-        leeway_s,
-        algorithms,
-        roles,
-    }))
+    Ok(roles)
 }
 
 fn parse_algorithm(name: &str) -> anyhow::Result<Algorithm> {

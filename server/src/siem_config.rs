@@ -160,10 +160,7 @@ impl SiemConfig {
     /// `--syslog-addr` wins over the file.
     pub fn override_syslog_addr(&mut self, addr: Option<String>) -> anyhow::Result<()> {
         if let Some(a) = addr {
-            self.syslog_addr = Some(
-                a.parse()
-                    .with_context(|| format!("--syslog-addr {a:?} is not host:port"))?,
-            );
+            self.syslog_addr = Some(crate::config::parse_addr("--syslog-addr", &a)?);
         }
         Ok(())
     }
@@ -195,10 +192,7 @@ pub fn resolve(
         c.cef.version = v;
     }
     if let Some(a) = s.syslog_addr {
-        c.syslog_addr = Some(
-            a.parse()
-                .with_context(|| format!("siem.syslog_addr {a:?} is not host:port"))?,
-        );
+        c.syslog_addr = Some(crate::config::parse_addr("siem.syslog_addr", &a)?);
     }
     c.forward_addr = s.forward_addr.or(c.forward_addr);
     if let Some(h) = s.forward_hostname {
