@@ -78,15 +78,7 @@ impl SegmentReader<'_> {
         tree: &mut Rebuild<'_>,
         found: &mut Findings,
     ) -> Result<(), VerifyError> {
-        if first != tree.size() {
-            return fail(
-                path,
-                format!(
-                    "starts at index {first}, but the log so far ends at {}: a segment is missing",
-                    tree.size()
-                ),
-            );
-        }
+        starts_where_the_log_ends(path, first, tree)?;
         let prior_edge = tree.edge.subtree_roots();
         let f = self.src.open_sealed(seg)?;
         let (header, footer) = read_sealed(path, f.as_ref())?;
@@ -196,20 +188,30 @@ impl SegmentReader<'_> {
         last: bool,
         tree: &mut Rebuild<'_>,
     ) -> Result<Option<String>, VerifyError> {
-        if first != tree.size() {
-            return fail(
-                path,
-                format!(
-                    "starts at index {first}, but the log so far ends at {}: a segment is missing",
-                    tree.size()
-                ),
-            );
-        }
+        starts_where_the_log_ends(path, first, tree)?;
         let f = self.src.open_unsealed(seg)?;
         scan_open(path, f.as_ref(), last, &mut |at, h, body| {
             tree.push_batch(path, at, h, body)
         })
     }
+}
+
+/// A segment must start where the segments before it end.
+fn starts_where_the_log_ends(
+    path: &str,
+    first: u64,
+    tree: &Rebuild<'_>,
+) -> Result<(), VerifyError> {
+    if first != tree.size() {
+        return fail(
+            path,
+            format!(
+                "starts at index {first}, but the log so far ends at {}: a segment is missing",
+                tree.size()
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Reads a sealed segment's blocks (their checksums checked by `decode_block`) and adds
