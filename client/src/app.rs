@@ -1,4 +1,6 @@
-//! `auditlog`: the command-line client.
+//! `auditlog`: the command-line client. `src/main.rs` (the shipped binary) is one call to
+//! [`main`]; it lives in the library so the system tests can build the same CLI as a binary
+//! of their own package and run it through `CARGO_BIN_EXE_…` (no nested `cargo build`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,7 @@ use auditlog_formats::keyhistory::KeyHistory;
 use auditlog_formats::note::VerifierKey;
 use clap::{Parser, Subcommand};
 
-mod cli;
-mod prove;
+use crate::{cli, prove};
 
 #[derive(Parser)]
 #[command(
@@ -112,7 +113,8 @@ struct ExportArgs {
     out: Option<PathBuf>,
 }
 
-fn main() -> ExitCode {
+/// The CLI: parses the command line, runs the command, and says what failed.
+pub fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -170,7 +172,7 @@ fn run() -> anyhow::Result<()> {
                         .check()
                         .context("the verifier key")?
                 }
-                (None, Some(path)) => auditlog_client::verify::load_history(&path)?,
+                (None, Some(path)) => crate::verify::load_history(&path)?,
                 (None, None) => {
                     if auditlog_worm::is_url(&dir.to_string_lossy()) {
                         anyhow::bail!("verifying a bucket needs --key or --history: the bucket's own key history is not trusted");
@@ -183,13 +185,13 @@ fn run() -> anyhow::Result<()> {
                         "warning: no --key or --history: trusting {} from the directory being verified",
                         path.display()
                     );
-                    auditlog_client::verify::load_history(&path)?
+                    crate::verify::load_history(&path)?
                 }
             };
             // The kept checkpoint verifies under the history kept with it (or, without one,
             // the pinned keys); the history used must then extend that one.
             let prev = match &prev_history {
-                Some(p) => Some(auditlog_client::verify::load_history(p)?),
+                Some(p) => Some(crate::verify::load_history(p)?),
                 None => None,
             };
             let since = match &since {
@@ -218,7 +220,7 @@ fn run() -> anyhow::Result<()> {
                     )
                 })?;
             }
-            let pins = auditlog_client::verify::Pins {
+            let pins = crate::verify::Pins {
                 origin,
                 since,
                 min_size,
@@ -266,7 +268,7 @@ fn run() -> anyhow::Result<()> {
                     ..Default::default()
                 };
                 let target = auditlog_worm::open(&url, &opts).context("opening the bucket")?;
-                match auditlog_client::bucket::verify_bucket_pinned(
+                match crate::bucket::verify_bucket_pinned(
                     target.into(),
                     &history,
                     &pins,
@@ -278,12 +280,7 @@ fn run() -> anyhow::Result<()> {
                 }
             } else {
                 (
-                    auditlog_client::verify::verify_dir_pinned(
-                        &dir,
-                        &history,
-                        &pins,
-                        &mut progress,
-                    ),
+                    crate::verify::verify_dir_pinned(&dir, &history, &pins, &mut progress),
                     None,
                 )
             };
@@ -340,7 +337,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn export(a: ExportArgs) -> anyhow::Result<()> {
-    use auditlog_client::export::{export, ExportRequest};
+    use crate::export::{export, ExportRequest};
     let token = cli::token_from(a.token.as_ref(), a.token_file.as_deref())?
         .context("a token is needed: --token, --token-file or AUDITLOG_TOKEN")?;
     let req = ExportRequest {

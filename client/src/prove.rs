@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::http::{HttpClient, Leaf};
 use anyhow::{bail, Context};
-use auditlog_client::http::{HttpClient, Leaf};
 use auditlog_formats::hash::{from_hex, to_hex};
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::record::{
