@@ -325,6 +325,21 @@ impl Daemon {
         crate::metric_value(&self.get("/metrics", "reader").text(), name)
     }
 
+    /// Waits (up to `limit`) until the metric `name` satisfies `pred`; returns its value.
+    pub fn wait_metric(&self, name: &str, limit: Duration, pred: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self
+                .metric(name)
+                .unwrap_or_else(|| panic!("{name} not in /metrics"));
+            if pred(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{name} stuck at {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The daemon's resident memory (`VmRSS`), in KiB.
     pub fn vm_rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");

@@ -255,7 +255,6 @@ trait Ask {
     fn history(&self) -> KeyHistory;
     fn checkpoint_note(&self, min_size: u64, wait_ms: u64) -> Option<String>;
     fn metric_of(&self, name: &str) -> u64;
-    fn wait_metric(&self, name: &str, secs: u64, pred: impl Fn(u64) -> bool) -> u64;
 }
 
 impl Ask for Daemon {
@@ -310,18 +309,6 @@ impl Ask for Daemon {
     fn metric_of(&self, name: &str) -> u64 {
         self.metric(name)
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    }
-
-    fn wait_metric(&self, name: &str, secs: u64, pred: impl Fn(u64) -> bool) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let v = self.metric_of(name);
-            if pred(v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{name} stuck at {v}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
@@ -810,7 +797,11 @@ fn an_hsm_outage_under_steady_ingest_stops_nothing_and_loses_nothing() {
     let before = d.size();
     d.checkpoint_note(before, 10_000).expect("first checkpoint");
     let sealed_before = d.metric_of("auditlog_sealed_segments");
-    let shipped_before = d.wait_metric("auditlog_replication_shipped_end", 30, |_| true);
+    let shipped_before = d.wait_metric(
+        "auditlog_replication_shipped_end",
+        Duration::from_secs(30),
+        |_| true,
+    );
 
     let away = w.dir.path().join("tokens-away");
     std::fs::rename(&w.hsm.token_dir, &away).expect("remove the token");
@@ -874,7 +865,11 @@ fn an_hsm_outage_under_steady_ingest_stops_nothing_and_loses_nothing() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["index"].as_u64(), Some(*index), "{v}");
     }
-    d.wait_metric("auditlog_replication_segments_pending", 60, |v| v == 0);
+    d.wait_metric(
+        "auditlog_replication_segments_pending",
+        Duration::from_secs(60),
+        |v| v == 0,
+    );
     let shipped_end = d.metric_of("auditlog_replication_shipped_end");
     d.stop();
 

@@ -19,7 +19,6 @@ trait Ask {
     fn get_bytes(&self, path: &str, role: &str) -> (u16, Vec<u8>);
     fn metric_of(&self, name: &str) -> u64;
     fn ingest(&self, n0: u64, count: u64);
-    fn wait_metric(&self, name: &str, pred: impl Fn(u64) -> bool) -> u64;
 }
 
 impl Ask for Daemon {
@@ -55,18 +54,6 @@ impl Ask for Daemon {
             "ingest took {:?}",
             started.elapsed()
         );
-    }
-
-    fn wait_metric(&self, name: &str, pred: impl Fn(u64) -> bool) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = self.metric_of(name);
-            if pred(v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{name} stuck at {v}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
@@ -132,8 +119,16 @@ fn store_down_lag_grows_and_shipping_resumes() {
         d.ingest(n, 1000);
         n += 1000;
     }
-    d.wait_metric("auditlog_replication_shipped_end", |v| v > 0);
-    d.wait_metric("auditlog_replication_segments_pending", |v| v == 0);
+    d.wait_metric(
+        "auditlog_replication_shipped_end",
+        Duration::from_secs(30),
+        |v| v > 0,
+    );
+    d.wait_metric(
+        "auditlog_replication_segments_pending",
+        Duration::from_secs(30),
+        |v| v == 0,
+    );
     assert_eq!(d.metric_of("auditlog_replication_worm_enforced"), 1);
 
     // Store stopped: ingest goes on, lag grows and is reported.
@@ -143,10 +138,19 @@ fn store_down_lag_grows_and_shipping_resumes() {
         d.ingest(n, 1000);
         n += 1000;
     }
-    let pending = d.wait_metric("auditlog_replication_segments_pending", |v| v >= 2);
-    d.wait_metric("auditlog_replication_failures_total", |v| v > 0);
+    let pending = d.wait_metric(
+        "auditlog_replication_segments_pending",
+        Duration::from_secs(30),
+        |v| v >= 2,
+    );
+    d.wait_metric(
+        "auditlog_replication_failures_total",
+        Duration::from_secs(30),
+        |v| v > 0,
+    );
     d.wait_metric(
         "auditlog_replication_oldest_pending_age_milliseconds",
+        Duration::from_secs(30),
         |v| v > 1000,
     );
     assert!(d.metric_of("auditlog_replication_bytes_pending") > 0);
@@ -161,7 +165,11 @@ fn store_down_lag_grows_and_shipping_resumes() {
 
     // Store back: everything ships, /ready recovers.
     moto.signal(libc::SIGCONT);
-    d.wait_metric("auditlog_replication_segments_pending", |v| v == 0);
+    d.wait_metric(
+        "auditlog_replication_segments_pending",
+        Duration::from_secs(30),
+        |v| v == 0,
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while d.get_text("/ready", "admin").0 != 200 {
         assert!(Instant::now() < deadline, "not ready again");
@@ -222,7 +230,9 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
     for k in 0..12 {
         d.ingest(k * 1000, 1000);
     }
-    d.wait_metric("auditlog_pruned_segments", |v| v >= 2);
+    d.wait_metric("auditlog_pruned_segments", Duration::from_secs(30), |v| {
+        v >= 2
+    });
     assert!(d.metric_of("auditlog_pruned_bytes") > 0);
 
     // Every event reads, as JSON and as record bytes; pruned ones come from the store.
