@@ -579,12 +579,12 @@ fn syslog_caps_connections_per_source() {
             && !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     };
     let mut held: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| connect_from([127, 0, 0, 3], &d.syslog_addr()).expect("connect"))
+        .map(|_| connect_from([127, 0, 0, 3], d.syslog_addr()).expect("connect"))
         .collect();
     wait_for("both held", Duration::from_secs(10), || {
         d.metric("auditlog_syslog_connections") == Some(2)
     });
-    let mut third = connect_from([127, 0, 0, 3], &d.syslog_addr()).expect("connect");
+    let mut third = connect_from([127, 0, 0, 3], d.syslog_addr()).expect("connect");
     assert!(
         closed_at_once(&mut third),
         "a third from the same address is closed"
@@ -594,7 +594,7 @@ fn syslog_caps_connections_per_source() {
         Some(1)
     );
     // Another address is not affected, and what it sends is stored.
-    let mut other = connect_from([127, 0, 0, 4], &d.syslog_addr()).expect("connect");
+    let mut other = connect_from([127, 0, 0, 4], d.syslog_addr()).expect("connect");
     other
         .write_all(b"<34>1 2026-11-23T10:00:00Z web1 app 1 - - from another source\n")
         .expect("send");
@@ -609,7 +609,7 @@ fn syslog_caps_connections_per_source() {
     wait_for("a slot back", Duration::from_secs(10), || {
         d.metric("auditlog_syslog_connections") == Some(1)
     });
-    let mut again = connect_from([127, 0, 0, 3], &d.syslog_addr()).expect("connect");
+    let mut again = connect_from([127, 0, 0, 3], d.syslog_addr()).expect("connect");
     again
         .write_all(b"<34>1 2026-11-23T10:00:00Z web1 app 1 - - again\n")
         .expect("send");

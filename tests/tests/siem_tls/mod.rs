@@ -136,7 +136,7 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     // Clients that connect and never start a handshake hold their slots only until the
     // handshake timeout.
     let silent: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| std::net::TcpStream::connect(&d.syslog_addr()).expect("connect"))
+        .map(|_| std::net::TcpStream::connect(d.syslog_addr()).expect("connect"))
         .collect();
     wait_for(
         "silent handshakes to time out",
@@ -149,7 +149,7 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     drop(silent);
 
     // Plain text, as a sender configured without TLS would send it.
-    let mut plain = std::net::TcpStream::connect(&d.syslog_addr()).expect("connect");
+    let mut plain = std::net::TcpStream::connect(d.syslog_addr()).expect("connect");
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -159,12 +159,12 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     assert!(!got.starts_with(b"<"), "nothing syslog comes back");
     // TLS without a client certificate, and with one from another CA.
     let _ = send_over_tls(
-        &d.syslog_addr(),
+        d.syslog_addr(),
         tls_client(&ca_path, None),
         &octet_counted(10, 10),
     );
     let _ = send_over_tls(
-        &d.syslog_addr(),
+        d.syslog_addr(),
         tls_client(&ca_path, Some((&stranger.0, &stranger.1))),
         &octet_counted(20, 10),
     );
@@ -176,7 +176,7 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
 
     // A trusted client is still served, and only its messages are in the log.
     send_over_tls(
-        &d.syslog_addr(),
+        d.syslog_addr(),
         tls_client(&ca_path, Some((&good.0, &good.1))),
         &octet_counted(100, 50),
     )
