@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::http::{ClientOptions, HttpClient, HttpError, Receipt, Receipts};
 use anyhow::{bail, Context};
-use auditlog_client::http::{ClientOptions, HttpClient, HttpError, Receipt, Receipts};
 use auditlog_formats::hash::to_hex;
 use auditlog_formats::note::{self, VerifierKey};
 use auditlog_formats::record::PAYLOAD_BYTES_MAX;

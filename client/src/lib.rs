@@ -8,3 +8,9 @@ pub mod http;
 pub mod source;
 pub mod tcp;
 pub mod verify;
+
+#[doc(hidden)]
+pub mod app;
+mod cli;
+mod prove;
+mod verify_cmd;

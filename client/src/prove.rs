@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::http::{HttpClient, InclusionProof, Leaf, LogInfo};
 use anyhow::{bail, Context};
-use auditlog_client::http::{HttpClient, InclusionProof, Leaf, LogInfo};
 use auditlog_formats::hash::{from_hex, to_hex};
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::record::{

@@ -4,9 +4,9 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use crate::bucket::RetentionReport;
+use crate::verify::{load_history, Pins, Summary, VerifyError};
 use anyhow::Context;
-use auditlog_client::bucket::RetentionReport;
-use auditlog_client::verify::{load_history, Pins, Summary, VerifyError};
 use auditlog_formats::keyhistory::{CheckedHistory, KeyHistory};
 use auditlog_formats::note::{Checkpoint, VerifierKey};
 
@@ -179,7 +179,7 @@ fn run(
 ) -> anyhow::Result<(Result<Summary, VerifyError>, Option<RetentionReport>)> {
     let url = a.dir.to_string_lossy().to_string();
     if !auditlog_worm::is_url(&url) {
-        let result = auditlog_client::verify::verify_dir_pinned(&a.dir, history, pins, progress);
+        let result = crate::verify::verify_dir_pinned(&a.dir, history, pins, progress);
         return Ok((result, None));
     }
     let policy = retention_policy(&a.retention_days)?;
@@ -190,13 +190,7 @@ fn run(
     };
     let target = auditlog_worm::open(&url, &opts).context("opening the bucket")?;
     Ok(
-        match auditlog_client::bucket::verify_bucket_pinned(
-            target.into(),
-            history,
-            pins,
-            &policy,
-            progress,
-        ) {
+        match crate::bucket::verify_bucket_pinned(target.into(), history, pins, &policy, progress) {
             Ok((s, r)) => (Ok(s), Some(r)),
             Err(e) => (Err(e), None),
         },

@@ -1,84 +1,78 @@
-//! The real `auditlogd` on free ports over a temporary data directory, shared by the
-//! system tests that talk to it (HTTP, TCP, the CLI).
+//! The real `auditlogd` over a temporary data directory: the one harness every system test
+//! that starts the daemon uses (HTTP, TCP, syslog, TLS, the CLI, HSM, WORM, the attacks).
+//!
+//! The binaries are this package's `test-auditlogd` and `test-auditlog` (src/bin/), the
+//! shipped `main`s under other names: cargo builds them before it runs an integration test and
+//! says where in `CARGO_BIN_EXE_<name>`, so no test runs a `cargo build` of its own (which
+//! recompiled rustls, ring and the client whenever its features differed from the
+//! workspace build's, ~25 s per test binary).
+//!
+//! Every listener binds `127.0.0.1:0` and the daemon writes the addresses it got to
+//! `--listening-file` before it serves: no port is picked by binding, dropping and hoping.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::TreeHash;
 use serde_json::Value;
 
-/// `target/<profile>/<bin>` of another package of the workspace, next to this test's
-/// `deps/` directory, (re)built once per run so it is never older than the source.
-pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
-        return p.clone();
+mod launch;
+pub use launch::Launch;
+
+/// A binary of this package: `CARGO_BIN_EXE_<name>`, which cargo sets for integration tests
+/// at compile time (`env!`) and, in recent versions, in their environment when it runs them;
+/// read at run time because this library is not an integration test. Without it (an older
+/// cargo, or a test binary run by hand) the binary is beside `deps/`, where cargo put it.
+fn bin(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+        return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
+    let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("test exe in target/<profile>/deps")
-        .to_path_buf();
-    let bin = profile_dir.join(name);
-    // `cargo test -p auditlog-tests` does not build other packages' binaries; a build
-    // here is quick when nothing changed and keeps a stale binary from being tested.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", package, "--bin", name]);
-    // What cargo sets for this test's own package must not leak into the nested build:
-    // build scripts that watch these (ring's does) would be rebuilt on every run.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("CARGO_PKG_")
-            || matches!(
-                k.as_ref(),
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-            )
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    match cmd.status() {
-        Ok(st) => assert!(st.success(), "cargo build -p {package} failed"),
-        // No cargo (the test run by hand): use the binary that is there.
-        Err(e) => eprintln!("cannot run cargo ({e}); using {}", bin.display()),
-    }
-    assert!(bin.exists(), "{} missing", bin.display());
-    built.push((name.to_string(), bin.clone()));
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests with cargo test -p auditlog-tests, which builds it",
+        bin.display()
+    );
     bin
 }
 
-/// The `auditlogd` binary.
-/// `auditlogd` with its ops listener on a free port (tests run many daemons at once; the
-/// default 127.0.0.1:9090 would collide). Set `--ops-addr` after this to choose one.
+/// `auditlogd` with its ops listener on port 0 (tests run many daemons at once; the default
+/// 127.0.0.1:9090 would collide), for its key and token commands. Set `--ops-addr` after this
+/// to choose one.
 pub fn daemon_command() -> Command {
     let mut c = Command::new(daemon_exe());
+    // What the shipped binary is called, for clap's usage and error lines.
+    c.arg0("auditlogd");
     c.env("AUDITLOG_OPS_ADDR", "127.0.0.1:0");
     c
 }
 
+/// The `auditlogd` binary.
 pub fn daemon_exe() -> PathBuf {
-    workspace_bin("auditlog-server", "auditlogd")
+    bin("test-auditlogd")
 }
 
 /// The `auditlog` CLI binary.
 pub fn client_exe() -> PathBuf {
-    workspace_bin("auditlog-client", "auditlog")
+    bin("test-auditlog")
+}
+
+/// The `auditlog` CLI, named as shipped.
+pub fn client_command() -> Command {
+    let mut c = Command::new(client_exe());
+    c.arg0("auditlog");
+    c
 }
 
 pub const CONFIG: &str = r#"
@@ -103,7 +97,11 @@ pub struct Daemon {
     pub base: String,
     /// The ops listener (`/health`, `/ready`, `/metrics`).
     pub ops_base: String,
+    /// The HTTP listener's `host:port` (for raw or TLS connections).
+    pub http_addr: String,
     pub tcp_addr: String,
+    /// The syslog listener's `host:port`, when [`Launch::syslog`] asked for one.
+    syslog_addr: Option<String>,
     pub tokens: HashMap<String, String>,
     pub agent: ureq::Agent,
     /// The log's size when this daemon started serving: every start writes one event (its
@@ -164,117 +162,11 @@ pub fn free_port() -> u16 {
 }
 
 impl Daemon {
-    pub fn start(dir: &Path) -> Daemon {
-        Daemon::start_with(dir, CONFIG)
-    }
-
-    pub fn start_with(dir: &Path, config_text: &str) -> Daemon {
-        Daemon::launch(dir, config_text, false)
-    }
-
-    /// As the deployment files run it (deploy/): as uid and gid 10001 with no capabilities
-    /// and no new privileges, in a private mount namespace whose root file system is
-    /// read-only and where only `dir` (the configuration and the data directory) is
-    /// writable. Needs root (to set that up) and util-linux's `unshare` and `setpriv`.
-    pub fn start_constrained(dir: &Path, config_text: &str) -> Daemon {
-        Daemon::launch(dir, config_text, true)
-    }
-
-    fn launch(dir: &Path, config_text: &str, constrained: bool) -> Daemon {
-        use std::os::unix::fs::PermissionsExt;
-        let config = dir.join("auditlogd.toml");
-        std::fs::write(&config, config_text).expect("write config");
-        let port = free_port();
-        let tcp_port = free_port();
-        let ops_port = free_port();
-        let args: Vec<std::ffi::OsString> = vec![
-            "--ops-addr".into(),
-            format!("127.0.0.1:{ops_port}").into(),
-            "--tcp-addr".into(),
-            format!("127.0.0.1:{tcp_port}").into(),
-            "--config".into(),
-            config.clone().into(),
-            "--data-dir".into(),
-            dir.join("data").into(),
-            "--http-addr".into(),
-            format!("127.0.0.1:{port}").into(),
-        ];
-        let mut command = if constrained {
-            // The binary where uid 10001 can run it, and `dir` theirs.
-            let bin = dir.join("bin");
-            std::fs::create_dir_all(&bin).expect("bin dir");
-            let exe = bin.join("auditlogd");
-            std::fs::copy(daemon_exe(), &exe).expect("copy auditlogd");
-            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-            let owned = Command::new("chown")
-                .args(["-R", "10001:10001"])
-                .arg(dir)
-                .status()
-                .expect("chown");
-            assert!(owned.success(), "chown -R 10001:10001 {}", dir.display());
-            let script = r#"set -e
-d=$1; shift
-mount --bind "$d" "$d"
-mount -o remount,bind,ro /
-exec setpriv --reuid=10001 --regid=10001 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs "$@""#;
-            let mut c = Command::new("unshare");
-            c.args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                "sh",
-            ])
-            .arg(dir)
-            .arg(&exe);
-            c
-        } else {
-            daemon_command()
-        };
-        let child = command
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn auditlogd");
-        let mut d = Daemon {
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-            ops_base: format!("http://127.0.0.1:{ops_port}"),
-            tcp_addr: format!("127.0.0.1:{tcp_port}"),
-            tokens: HashMap::new(),
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(30))
-                .build(),
-            first: 0,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(c) = d.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!("auditlogd exited at start: {st}");
-                }
-            }
-            if d.agent.get(&format!("{}/health", d.base)).call().is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "auditlogd did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let text = std::fs::read_to_string(dir.join("data/initial-tokens")).expect("tokens");
-        for line in text.lines() {
-            let (role, token) = line.split_once(' ').expect("<role> <token>");
-            d.tokens.insert(role.to_string(), token.to_string());
-        }
-        assert_eq!(d.tokens.len(), 4, "one token per role");
-        d.first = d.log().2;
-        assert!(
-            d.first >= 1,
-            "the start is recorded before the daemon serves"
-        );
-        d
+    /// The syslog listener's `host:port` (started with [`Launch::syslog`]).
+    pub fn syslog_addr(&self) -> &str {
+        self.syslog_addr
+            .as_deref()
+            .expect("started with Launch::syslog")
     }
 
     /// The daemon's process id (for /proc readings).
@@ -374,6 +266,93 @@ exec setpriv --reuid=10001 --regid=10001 --clear-groups --inh-caps=-all --boundi
         assert!(cp.size >= min_size);
         cp
     }
+
+    /// Posts events as NDJSON; returns their indices.
+    pub fn post_events(&self, events: &[Vec<u8>]) -> Vec<u64> {
+        let mut body = Vec::new();
+        for e in events {
+            body.extend_from_slice(e);
+            body.push(b'\n');
+        }
+        let r = self.post("application/x-ndjson", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["receipts"]
+            .as_array()
+            .expect("receipts")
+            .iter()
+            .map(|x| x["index"].as_u64().expect("index"))
+            .collect()
+    }
+
+    pub fn tree_size(&self) -> u64 {
+        self.get("/v1/log", "auditor").json()["tree_size"]
+            .as_u64()
+            .expect("tree_size")
+    }
+
+    /// Waits until the log holds `n` events.
+    pub fn wait_size(&self, n: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.tree_size() < n {
+            assert!(
+                Instant::now() < deadline,
+                "log did not reach {n} events (has {})",
+                self.tree_size()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fetches the inclusion proof of `index` and checks it against the checkpoint.
+    pub fn prove(&self, alg: TreeHash, cp: &Checkpoint, index: u64, leaf: &[u8; 32]) {
+        let r = self.get(
+            &format!("/v1/proof/inclusion?index={index}&size={}", cp.size),
+            "auditor",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let proof: Vec<[u8; 32]> = r.json()["hashes"]
+            .as_array()
+            .expect("hashes")
+            .iter()
+            .map(|h| hex32(h.as_str().expect("hex")))
+            .collect();
+        auditlog_formats::tree::verify_inclusion(alg, index, cp.size, leaf, &proof, &cp.root)
+            .unwrap_or_else(|e| panic!("inclusion of {index} in {}: {e:?}", cp.size));
+    }
+
+    /// An unlabelled metric's value in `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        crate::metric_value(&self.get("/metrics", "reader").text(), name)
+    }
+
+    /// Waits (up to `limit`) until the metric `name` satisfies `pred`; returns its value.
+    pub fn wait_metric(&self, name: &str, limit: Duration, pred: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self
+                .metric(name)
+                .unwrap_or_else(|| panic!("{name} not in /metrics"));
+            if pred(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{name} stuck at {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's resident memory (`VmRSS`), in KiB.
+    pub fn vm_rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+/// 32 bytes from 64 hex digits.
+pub fn hex32(s: &str) -> [u8; 32] {
+    hex::decode(s).expect("hex").try_into().expect("32 bytes")
 }
 
 impl Drop for Daemon {

@@ -35,7 +35,7 @@ use auditlog_formats::tree::RightEdge;
 use auditlog_formats::{Hash, TreeHash};
 use auditlog_tests::attack::{self, End, Kind, Plan, Target};
 use auditlog_tests::certs::Ca;
-use auditlog_tests::daemon::{daemon_command, free_port, Daemon};
+use auditlog_tests::daemon::{daemon_command, Daemon};
 use auditlog_tests::event;
 use serde_json::Value;
 
@@ -68,7 +68,8 @@ const ATTACK: Duration = Duration::from_secs(10);
 const PREFILL_EVENTS: u64 = 20_000;
 const READERS: usize = 8;
 
-fn config(syslog_port: u16, cert: &str, key: &str) -> String {
+/// The attack's configuration; the syslog listener comes from [`auditlog_tests::daemon::Launch::syslog`].
+fn config(cert: &str, key: &str) -> String {
     format!(
         r#"
 [engine]
@@ -88,7 +89,6 @@ tls_handshake_timeout_ms = {HANDSHAKE_MS}
 request_bytes_in_flight_max = {BUDGET_BYTES}
 
 [siem]
-syslog_addr = "127.0.0.1:{syslog_port}"
 syslog_idle_timeout_ms = {SYSLOG_IDLE_MS}
 syslog_tls = true
 syslog_tls_cert_path = "{cert}"
@@ -237,15 +237,13 @@ fn the_attacks_together_leave_writers_probes_and_memory_whole() {
     let readers: Vec<String> = (0..READERS)
         .map(|i| add_token(dir.path(), "reader", &format!("scraper-{i}")))
         .collect();
-    let syslog_port = free_port();
-    let d = Daemon::start_with(
-        dir.path(),
-        &config(
-            syslog_port,
+    let d = Daemon::launch(dir.path())
+        .config(&config(
             &cert.display().to_string(),
             &key.display().to_string(),
-        ),
-    );
+        ))
+        .syslog()
+        .start();
     let (key_v, alg, _) = d.log();
 
     // Enough in the log that an export outlasts every buffer between it and a client that
@@ -276,9 +274,9 @@ fn the_attacks_together_leave_writers_probes_and_memory_whole() {
     let target = Target {
         api: v4(&d.base),
         tcp: v4(&d.tcp_addr),
-        syslog: format!("127.0.0.1:{syslog_port}").parse().expect("v4"),
+        syslog: d.syslog_addr().parse().expect("v4"),
         ops: v4(&d.ops_base),
-        tls: format!("127.0.0.1:{syslog_port}").parse().expect("v4"),
+        tls: d.syslog_addr().parse().expect("v4"),
         auditor_token: d.token("auditor"),
         reader_tokens: readers.clone(),
         writer_token: attacker_writer,

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use auditlog_formats::note::{self, NoteSigner, VerifierKey};
 use auditlog_formats::record::Record;
-use auditlog_tests::daemon::{client_exe, Daemon};
+use auditlog_tests::daemon::{client_command, client_exe, Daemon};
 use auditlog_tests::event;
 use serde_json::Value;
 
@@ -20,7 +20,7 @@ struct Run {
 
 /// Runs `auditlog ARGS` as `role` against `d`, with `stdin` piped in.
 fn run(d: &Daemon, role: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut cmd = Command::new(client_exe());
+    let mut cmd = client_command();
     cmd.args(args)
         .env("AUDITLOG_URL", &d.base)
         .env("AUDITLOG_TOKEN", d.token(role))
@@ -465,7 +465,7 @@ fn token_file_instead_of_token() {
     std::fs::write(&file, format!("{}\n", d.token("auditor"))).expect("write token");
     let file_arg = file.to_str().expect("utf-8 path");
     let cli = |args: &[&str]| {
-        let out = Command::new(client_exe())
+        let out = client_command()
             .args(args)
             .env("AUDITLOG_URL", &d.base)
             .env_remove("AUDITLOG_TOKEN")
@@ -498,7 +498,7 @@ fn token_file_instead_of_token() {
     ]);
     assert!(!ok && stderr.contains("--token-file"), "{stderr}");
     // The file overrides the environment's token rather than conflicting with it.
-    let out = Command::new(client_exe())
+    let out = client_command()
         .args(["--token-file", file_arg, "checkpoint", "--min-size", "0"])
         .env("AUDITLOG_URL", &d.base)
         .env("AUDITLOG_TOKEN", "not-a-token")
@@ -541,7 +541,7 @@ fn token_file_instead_of_token() {
 /// text logs carry no ANSI escapes when stderr is not a terminal.
 #[test]
 fn version_check_config_and_log_formats() {
-    use auditlog_tests::daemon::{daemon_command, daemon_exe, free_port};
+    use auditlog_tests::daemon::{daemon_command, daemon_exe};
     use std::io::{BufRead, BufReader};
     for exe in [daemon_exe(), client_exe()] {
         let out = Command::new(&exe).arg("--version").output().expect("run");
@@ -558,7 +558,7 @@ fn version_check_config_and_log_formats() {
         "[server]\nconnections_max = 7\n[replication]\ntarget = \"s3://b/p\"\n[replication.options]\nsecret_access_key = \"TOPSECRETVALUE\"\n",
     )
     .expect("write");
-    let out = Command::new(daemon_exe())
+    let out = daemon_command()
         .args(["check-config"])
         .arg(&good)
         .output()
@@ -576,7 +576,7 @@ fn version_check_config_and_log_formats() {
     );
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nconnections_maks = 7\n").expect("write");
-    let out = Command::new(daemon_exe())
+    let out = daemon_command()
         .args(["check-config"])
         .arg(&bad)
         .env("RUST_BACKTRACE", "0")
@@ -591,19 +591,12 @@ fn version_check_config_and_log_formats() {
 
     // One start per log format; the first lines it logs are read, then it is stopped.
     // Small segments: the default 256 MiB would be zero-filled before the first line.
-    let small = dir.path().join("small.toml");
-    std::fs::write(&small, auditlog_tests::daemon::CONFIG).expect("write");
     for format in ["json", "text"] {
-        let data = dir.path().join(format!("data-{format}"));
-        let mut child = daemon_command()
-            .arg("--config")
-            .arg(&small)
-            .args(["--log-format", format, "--data-dir"])
-            .arg(&data)
-            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--tcp-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+        let mut child = Daemon::launch(dir.path())
+            .data_dir(&dir.path().join(format!("data-{format}")))
+            .args(["--log-format", format])
+            .rust_log("info")
+            .command()
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn auditlogd");
@@ -633,8 +626,12 @@ fn version_check_config_and_log_formats() {
 /// check fails on a broken copy, so it can fail. The pod's constraints are the ones the
 /// docs promise.
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs kubernetes-validate, systemd-analyze: ./scripts/test"
+)]
 fn deployment_files_validate() {
-    use auditlog_tests::daemon::daemon_exe;
+    use auditlog_tests::daemon::{daemon_command, daemon_exe};
     use auditlog_tests::tools::{require, Tool};
     require(Tool::KubernetesValidate);
     require(Tool::SystemdAnalyze);
@@ -701,7 +698,7 @@ fn deployment_files_validate() {
     assert!(toml.contains("data_dir = \"/var/lib/auditlog\""), "{toml}");
     let config = tmp.path().join("auditlogd.toml");
     std::fs::write(&config, &toml).expect("write");
-    let out = Command::new(daemon_exe())
+    let out = daemon_command()
         .arg("check-config")
         .arg(&config)
         .output()
@@ -817,7 +814,7 @@ fn runs_under_the_deployment_constraints() {
     ));
     assert!(r.stdout.contains("OK: event"), "{}", r.stdout);
     d.stop();
-    let out = Command::new(client_exe())
+    let out = client_command()
         .args(["verify"])
         .arg(dir.path().join("data"))
         .args(["--key", &k])

@@ -288,7 +288,7 @@ fn tampering_with_any_file_fails_verification_at_the_right_place() {
             "a segment is missing",
         ),
     ];
-    let bin = cli_binary();
+    let bin = auditlog_tests::daemon::client_exe();
     for (name, tamper, expect) in cases {
         let work = tempfile::tempdir().expect("tmp");
         copy_dir(base.path(), work.path());
@@ -442,7 +442,7 @@ fn the_verifier_vouches_only_for_signed_data() {
         (8000, 1, 8001)
     );
     // The CLI: non-zero without the flag, OK with it and the unsigned count printed.
-    let bin = cli_binary();
+    let bin = auditlog_tests::daemon::client_exe();
     let cli = |dir: &Path, extra: &[&str]| {
         Command::new(&bin)
             .arg("verify")
@@ -631,7 +631,7 @@ fn pins_catch_rollback_fork_wrong_origin_and_retroactive_keys() {
         std::fs::write(&p, text).expect("write");
         p.display().to_string()
     };
-    let bin = cli_binary();
+    let bin = auditlog_tests::daemon::client_exe();
     let cli = |args: &[&str]| {
         let out = Command::new(&bin)
             .arg("verify")
@@ -700,19 +700,4 @@ fn batch_at_index(path: &Path, index: u64) -> (usize, usize) {
         }
         at += h.total_bytes();
     }
-}
-
-/// The `auditlog` binary, built beside this test by `cargo test --workspace`.
-fn cli_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let bin = dir.join("auditlog");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "auditlog-client", "--bin", "auditlog"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    bin
 }

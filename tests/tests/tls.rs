@@ -6,13 +6,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditlog_formats::frame::{self, FrameHeader, FrameType, FRAME_HEADER_BYTES};
 use auditlog_tests::certs::Ca;
-use auditlog_tests::daemon::{daemon_command, free_port};
+use auditlog_tests::daemon::Daemon;
 use auditlog_tests::event;
 use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -33,59 +32,13 @@ fn leaf(ca: &Ca, cn: &str, sans: &[&str], client: bool) -> (Vec<u8>, Vec<u8>, St
     (l.cert_der, l.key_der, l.cert_pem, l.key_pem)
 }
 
-struct TlsDaemon {
-    child: Child,
-    http: String,
-    tcp: String,
-    tokens: std::collections::HashMap<String, String>,
-}
-
-impl Drop for TlsDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, tls_section: &str) -> TlsDaemon {
-    let config = dir.join("auditlogd.toml");
-    std::fs::write(
-        &config,
-        format!("[engine]\ncheckpoint_interval_ms = 50\n\n[server.tls]\n{tls_section}"),
-    )
-    .expect("config");
-    let (hp, tp) = (free_port(), free_port());
-    let child = daemon_command()
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--http-addr", &format!("127.0.0.1:{hp}")])
-        .args(["--tcp-addr", &format!("127.0.0.1:{tp}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn auditlogd");
-    let mut d = TlsDaemon {
-        child,
-        http: format!("127.0.0.1:{hp}"),
-        tcp: format!("127.0.0.1:{tp}"),
-        tokens: Default::default(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(&d.http).is_err() {
-        if let Ok(Some(st)) = d.child.try_wait() {
-            panic!("auditlogd exited at start: {st}");
-        }
-        assert!(Instant::now() < deadline, "auditlogd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let text = std::fs::read_to_string(dir.join("data/initial-tokens")).expect("tokens");
-    for line in text.lines() {
-        let (role, token) = line.split_once(' ').expect("<role> <token>");
-        d.tokens.insert(role.to_string(), token.to_string());
-    }
-    d
+fn start(dir: &Path, tls_section: &str) -> Daemon {
+    Daemon::launch(dir)
+        .config(&format!(
+            "[engine]\ncheckpoint_interval_ms = 50\n\n[server.tls]\n{tls_section}"
+        ))
+        .tls()
+        .start()
 }
 
 fn client_config(ca: &Ca, identity: Option<(&[u8], &[u8])>) -> Arc<ClientConfig> {
@@ -119,14 +72,14 @@ fn connect(addr: &str, cfg: Arc<ClientConfig>) -> StreamOwned<ClientConnection, 
 
 /// One HTTP/1.1 request over TLS; `Err` when the handshake or the exchange fails.
 fn https(
-    d: &TlsDaemon,
+    d: &Daemon,
     cfg: Arc<ClientConfig>,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut s = connect(&d.http, cfg);
+    let mut s = connect(&d.http_addr, cfg);
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n",
         body.len()
@@ -194,7 +147,7 @@ fn mutual_tls_maps_certificates_to_roles_and_refuses_the_rest() {
         );
     }
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let mut plain = TcpStream::connect(&d.http).expect("connect");
+    let mut plain = TcpStream::connect(&d.http_addr).expect("connect");
     plain
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -227,7 +180,7 @@ fn mutual_tls_maps_certificates_to_roles_and_refuses_the_rest() {
     assert_eq!(st, 401, "a wrong token is not rescued by the certificate");
 
     // TCP ingest over TLS: HELLO with an empty token takes the certificate's role.
-    let mut s = connect(&d.tcp, writer);
+    let mut s = connect(&d.tcp_addr, writer);
     s.write_all(&frame::frame(
         FrameType::Hello,
         0,
@@ -249,7 +202,7 @@ fn mutual_tls_maps_certificates_to_roles_and_refuses_the_rest() {
         "after the daemon's start event and the two HTTP events"
     );
     // Without a certificate the TCP handshake fails too.
-    let mut s = connect(&d.tcp, client_config(&ca1, None));
+    let mut s = connect(&d.tcp_addr, client_config(&ca1, None));
     let refused = s
         .write_all(&frame::frame(
             FrameType::Hello,

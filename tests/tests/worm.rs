@@ -4,14 +4,15 @@
 //! process, bucket and data directory.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_client::bucket::verify_bucket;
 use auditlog_engine::{Engine, EngineConfig, EngineError, ReplicationStatus};
 use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
+use auditlog_tests::daemon::client_command;
 use auditlog_tests::worm_servers::*;
 use auditlog_tests::{classified_event, replication, s3_options, small_config};
 use auditlog_worm::{Lock, PutOutcome, RetentionPolicy, TargetOptions, WormError, WormTarget};
@@ -116,30 +117,6 @@ print(json.dumps(res))"#
     v.into_iter().collect()
 }
 
-/// `target/<profile>/auditlog`, (re)built once per run.
-fn client_exe() -> PathBuf {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("deps dir")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "auditlog-client", "--bin", "auditlog"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Ok(st) = cmd.status() {
-            assert!(st.success(), "cargo build -p auditlog-client failed");
-        }
-        profile_dir.join("auditlog")
-    })
-    .clone()
-}
-
 fn engine_with(
     dir: &Path,
     target: &str,
@@ -156,6 +133,10 @@ fn engine_with(
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
 fn s3_object_lock_retention_refusals_and_verify() {
     let moto = start_moto();
     let ep = moto.endpoint();
@@ -260,7 +241,7 @@ except Exception as e:
     ranged_reads_agree(target.as_ref(), &seg_key, &local);
 
     // The CLI verifies the log from the bucket alone, retention included.
-    let out = Command::new(client_exe())
+    let out = client_command()
         .args([
             "verify",
             "s3://locked/log",
@@ -308,6 +289,10 @@ except Exception as e:
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
 fn s3_kill_during_upload_then_restart_ships_exactly_once() {
     let moto = start_moto();
     let ep = moto.endpoint();
@@ -403,6 +388,10 @@ fn s3_kill_during_upload_then_restart_ships_exactly_once() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs Azurite: ./scripts/test"
+)]
 fn azure_uploads_carry_locked_immutability_and_verify() {
     let store = tempfile::tempdir().expect("tmp");
     let azurite = start_azurite(store.path());

@@ -2,68 +2,38 @@
 //! events while moto is stopped (SIGSTOP), its lag grows and shows in `/metrics` and
 //! `/ready`, and once moto runs again everything ships, each object once.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_client::bucket::verify_bucket;
 use auditlog_formats::note::VerifierKey;
-use auditlog_tests::daemon::daemon_command;
-use auditlog_tests::worm_servers::{boto3, free_port, start_moto};
+use auditlog_tests::daemon::Daemon;
+use auditlog_tests::worm_servers::{boto3, start_moto};
 use auditlog_tests::{classified_event, s3_options};
 use auditlog_worm::{RetentionPolicy, WormTarget};
 
-struct Daemon {
-    child: Child,
-    base: String,
-    tokens: HashMap<String, String>,
-    agent: ureq::Agent,
+/// What these tests ask of the daemon, on top of the shared harness.
+trait Ask {
+    fn get_text(&self, path: &str, role: &str) -> (u16, String);
+    fn get_bytes(&self, path: &str, role: &str) -> (u16, Vec<u8>);
+    fn metric_of(&self, name: &str) -> u64;
+    fn ingest(&self, n0: u64, count: u64);
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn get(&self, path: &str, role: &str) -> (u16, String) {
-        let r = self
-            .agent
-            .get(&format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.tokens[role]))
-            .call();
-        let r = match r {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("GET {path}: {e}"),
-        };
-        (r.status(), r.into_string().unwrap_or_default())
+impl Ask for Daemon {
+    fn get_text(&self, path: &str, role: &str) -> (u16, String) {
+        let r = self.get(path, role);
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
     }
 
     fn get_bytes(&self, path: &str, role: &str) -> (u16, Vec<u8>) {
-        let r = match self
-            .agent
-            .get(&format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.tokens[role]))
-            .call()
-        {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("GET {path}: {e}"),
-        };
-        let status = r.status();
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut r.into_reader(), &mut body).expect("body");
-        (status, body)
+        let r = self.get(path, role);
+        (r.status, r.body)
     }
 
-    fn metric(&self, name: &str) -> u64 {
-        let (_, text) = self.get("/metrics", "admin");
-        auditlog_tests::metric_value(&text, name)
+    fn metric_of(&self, name: &str) -> u64 {
+        self.metric(name)
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 
@@ -76,35 +46,14 @@ impl Daemon {
             })
             .collect();
         let started = Instant::now();
-        let r = self
-            .agent
-            .post(&format!("{}/v1/events", self.base))
-            .set(
-                "Authorization",
-                &format!("Bearer {}", self.tokens["writer"]),
-            )
-            .set("Content-Type", "application/x-ndjson")
-            .send_bytes(&body)
-            .expect("ingest");
-        assert_eq!(r.status(), 200);
+        let r = self.post("application/x-ndjson", &body);
+        assert_eq!(r.status, 200, "ingest: {}", r.text());
         // Ingest never waits for the store.
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "ingest took {:?}",
             started.elapsed()
         );
-    }
-
-    fn wait_metric(&self, name: &str, pred: impl Fn(u64) -> bool) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = self.metric(name);
-            if pred(v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{name} stuck at {v}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
@@ -146,46 +95,18 @@ request_timeout_ms = 700
         ),
     )
     .expect("config");
-    let port = free_port();
-    let child = daemon_command()
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .args(["--tcp-addr", &format!("127.0.0.1:{}", free_port())])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn auditlogd");
-    let mut d = Daemon {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        tokens: HashMap::new(),
-        agent: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(20))
-            .build(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.agent.get(&format!("{}/health", d.base)).call().is_err() {
-        assert!(Instant::now() < deadline, "auditlogd did not come up");
-        if let Ok(Some(st)) = d.child.try_wait() {
-            panic!("auditlogd exited: {st}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let tokens = std::fs::read_to_string(dir.join("data/initial-tokens")).expect("tokens");
-    d.tokens = tokens
-        .lines()
-        .filter_map(|l| {
-            l.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-        })
-        .collect();
-    d
+    Daemon::launch(dir)
+        .config_file(&config)
+        .rust_log("error")
+        .agent_timeout(Duration::from_secs(20))
+        .start()
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
 fn store_down_lag_grows_and_shipping_resumes() {
     let moto = start_moto();
     let ep = moto.endpoint();
@@ -198,48 +119,67 @@ fn store_down_lag_grows_and_shipping_resumes() {
         d.ingest(n, 1000);
         n += 1000;
     }
-    d.wait_metric("auditlog_replication_shipped_end", |v| v > 0);
-    d.wait_metric("auditlog_replication_segments_pending", |v| v == 0);
-    assert_eq!(d.metric("auditlog_replication_worm_enforced"), 1);
+    d.wait_metric(
+        "auditlog_replication_shipped_end",
+        Duration::from_secs(30),
+        |v| v > 0,
+    );
+    d.wait_metric(
+        "auditlog_replication_segments_pending",
+        Duration::from_secs(30),
+        |v| v == 0,
+    );
+    assert_eq!(d.metric_of("auditlog_replication_worm_enforced"), 1);
 
     // Store stopped: ingest goes on, lag grows and is reported.
     moto.signal(libc::SIGSTOP);
-    let shipped_before = d.metric("auditlog_replication_shipped_end");
+    let shipped_before = d.metric_of("auditlog_replication_shipped_end");
     for _ in 0..12 {
         d.ingest(n, 1000);
         n += 1000;
     }
-    let pending = d.wait_metric("auditlog_replication_segments_pending", |v| v >= 2);
-    d.wait_metric("auditlog_replication_failures_total", |v| v > 0);
+    let pending = d.wait_metric(
+        "auditlog_replication_segments_pending",
+        Duration::from_secs(30),
+        |v| v >= 2,
+    );
+    d.wait_metric(
+        "auditlog_replication_failures_total",
+        Duration::from_secs(30),
+        |v| v > 0,
+    );
     d.wait_metric(
         "auditlog_replication_oldest_pending_age_milliseconds",
+        Duration::from_secs(30),
         |v| v > 1000,
     );
-    assert!(d.metric("auditlog_replication_bytes_pending") > 0);
-    assert_eq!(d.metric("auditlog_replication_shipped_end"), shipped_before);
-    let (status, body) = d.get("/ready", "admin");
+    assert!(d.metric_of("auditlog_replication_bytes_pending") > 0);
+    assert_eq!(
+        d.metric_of("auditlog_replication_shipped_end"),
+        shipped_before
+    );
+    let (status, body) = d.get_text("/ready", "admin");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("replication lag"), "{body}");
     eprintln!("store down: {pending} segments pending");
 
     // Store back: everything ships, /ready recovers.
     moto.signal(libc::SIGCONT);
-    d.wait_metric("auditlog_replication_segments_pending", |v| v == 0);
+    d.wait_metric(
+        "auditlog_replication_segments_pending",
+        Duration::from_secs(30),
+        |v| v == 0,
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while d.get("/ready", "admin").0 != 200 {
+    while d.get_text("/ready", "admin").0 != 200 {
         assert!(Instant::now() < deadline, "not ready again");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (_, log) = d.get("/v1/log", "auditor");
+    let (_, log) = d.get_text("/v1/log", "auditor");
     let log: serde_json::Value = serde_json::from_str(&log).expect("log json");
     let key = VerifierKey::parse(log["verifier_keys"][0].as_str().expect("key")).expect("key");
-    let shipped_end = d.metric("auditlog_replication_shipped_end");
-    // SAFETY: kill(2) on our own child: a clean stop.
-    unsafe {
-        libc::kill(d.child.id() as i32, libc::SIGTERM);
-    }
-    let st = d.child.wait().expect("wait");
-    assert!(st.success(), "auditlogd exited with {st}");
+    let shipped_end = d.metric_of("auditlog_replication_shipped_end");
+    d.stop();
 
     // Nothing lost, nothing doubled.
     let versions = boto3(
@@ -267,6 +207,10 @@ print(max(n for k, n in c.items() if k != 'log/checkpoint'))"#,
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
 fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
     let moto = start_moto();
     let ep = moto.endpoint();
@@ -279,19 +223,21 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
         "local_keep_ms = 0\nstore_read_cache_segments_max = 1",
     );
     // The daemon's start event is index 0; event k is at index f + k, and the log holds n.
-    let (_, log) = d.get("/v1/log", "auditor");
+    let (_, log) = d.get_text("/v1/log", "auditor");
     let log: serde_json::Value = serde_json::from_str(&log).expect("log json");
     let f = log["tree_size"].as_u64().expect("tree_size");
     let n = f + 12_000u64;
     for k in 0..12 {
         d.ingest(k * 1000, 1000);
     }
-    d.wait_metric("auditlog_pruned_segments", |v| v >= 2);
-    assert!(d.metric("auditlog_pruned_bytes") > 0);
+    d.wait_metric("auditlog_pruned_segments", Duration::from_secs(30), |v| {
+        v >= 2
+    });
+    assert!(d.metric_of("auditlog_pruned_bytes") > 0);
 
     // Every event reads, as JSON and as record bytes; pruned ones come from the store.
     for i in (0..n - f).step_by(397).chain([n - f - 1]) {
-        let (status, body) = d.get(&format!("/v1/events/{}", f + i), "reader");
+        let (status, body) = d.get_text(&format!("/v1/events/{}", f + i), "reader");
         assert_eq!(status, 200, "{i}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["event"]["actor"], format!("user-{i}"), "{body}");
@@ -300,45 +246,45 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
         let r = auditlog_formats::record::Record::parse(&rec).expect("record");
         assert_eq!(r.payload, &classified_event(i, "CUI//BASIC")[..]);
     }
-    let (status, body) = d.get("/v1/events?start=0&end=500", "reader");
+    let (status, body) = d.get_text("/v1/events?start=0&end=500", "reader");
     assert_eq!(status, 200);
     assert_eq!(body.lines().count(), 500);
-    let (status, body) = d.get(&format!("/v1/export?format=json&start=0&end={n}"), "reader");
+    let (status, body) = d.get_text(&format!("/v1/export?format=json&start=0&end={n}"), "reader");
     assert_eq!(status, 200);
     assert_eq!(body.lines().count() as u64, n, "export incomplete");
-    let (status, _) = d.get(
+    let (status, _) = d.get_text(
         &format!("/v1/checkpoint?min_size={n}&wait_ms=5000"),
         "auditor",
     );
     assert_eq!(status, 200);
-    let (status, body) = d.get(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
+    let (status, body) = d.get_text(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
     assert_eq!(status, 200, "{body}");
-    assert!(d.metric("auditlog_store_reads_total") >= 2);
+    assert!(d.metric_of("auditlog_store_reads_total") >= 2);
 
     // Store down: a pruned index gets 503 store_unavailable; everything else is served.
     moto.signal(libc::SIGSTOP);
-    let (status, body) = d.get(&format!("/v1/events/{f}"), "reader");
+    let (status, body) = d.get_text(&format!("/v1/events/{f}"), "reader");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store_unavailable"), "{body}");
     for path in [
         "/v1/events?start=0&end=10",
         "/v1/export?format=cef&start=0&end=10",
     ] {
-        let (status, body) = d.get(path, "reader");
+        let (status, body) = d.get_text(path, "reader");
         assert_eq!(status, 503, "{path}: {body}");
     }
-    let (status, _) = d.get(&format!("/v1/events/{}", n - 1), "reader");
+    let (status, _) = d.get_text(&format!("/v1/events/{}", n - 1), "reader");
     assert_eq!(status, 200, "the cached or local segment still reads");
-    let (status, body) = d.get(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
+    let (status, body) = d.get_text(&format!("/v1/proof/inclusion?index=0&size={n}"), "auditor");
     assert_eq!(status, 200, "proofs need no records: {body}");
-    assert_eq!(d.get("/health", "reader").0, 200);
-    assert!(d.metric("auditlog_store_read_failures_total") >= 1);
+    assert_eq!(d.get_text("/health", "reader").0, 200);
+    assert!(d.metric_of("auditlog_store_read_failures_total") >= 1);
 
     // Store back: the same read works.
     moto.signal(libc::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = d.get(&format!("/v1/events/{f}"), "reader");
+        let (status, body) = d.get_text(&format!("/v1/events/{f}"), "reader");
         if status == 200 {
             assert!(body.contains("user-0"), "{body}");
             break;

@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::Value;
 
-use super::support::{free_port, wait_for, Ca, Daemon, Rsyslog};
+use super::support::{free_port, start_daemon, wait_for, Ca, Rsyslog};
 use super::{
     cef_extension, collected, collector_conf_with, ext_get, rsyslog_forwards_into_the_log,
     tricky_event, Setup, CONFIG,
@@ -29,6 +29,10 @@ fn quoted(p: &Path) -> String {
 /// RFC 5425: rsyslog's OpenSSL driver checks auditlogd's certificate by name and presents
 /// its own, which the listener requires (`syslog_tls_client_ca_path`).
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs rsyslog-openssl: ./scripts/test"
+)]
 fn rsyslog_omfwd_over_tls_with_a_client_certificate() {
     let pki = tempfile::tempdir().expect("tmp");
     let ca = Ca::new("siem test CA");
@@ -119,7 +123,7 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     let stranger = other.issue(dir.path(), "stranger", "relay-1", &[]);
     // Two slots, and handshakes that must finish within a second.
     let config = CONFIG.replace("[server]\n", "[server]\ntls_handshake_timeout_ms = 1000\n");
-    let d = Daemon::start(
+    let d = start_daemon(
         dir.path(),
         &format!(
             "{config}syslog_connections_max = 2\nsyslog_tls = true\nsyslog_tls_cert_path = {}\nsyslog_tls_key_path = {}\nsyslog_tls_client_ca_path = {}\n",
@@ -132,7 +136,7 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     // Clients that connect and never start a handshake hold their slots only until the
     // handshake timeout.
     let silent: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| std::net::TcpStream::connect(&d.syslog_addr).expect("connect"))
+        .map(|_| std::net::TcpStream::connect(d.syslog_addr()).expect("connect"))
         .collect();
     wait_for(
         "silent handshakes to time out",
@@ -145,7 +149,7 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     drop(silent);
 
     // Plain text, as a sender configured without TLS would send it.
-    let mut plain = std::net::TcpStream::connect(&d.syslog_addr).expect("connect");
+    let mut plain = std::net::TcpStream::connect(d.syslog_addr()).expect("connect");
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -155,12 +159,12 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     assert!(!got.starts_with(b"<"), "nothing syslog comes back");
     // TLS without a client certificate, and with one from another CA.
     let _ = send_over_tls(
-        &d.syslog_addr,
+        d.syslog_addr(),
         tls_client(&ca_path, None),
         &octet_counted(10, 10),
     );
     let _ = send_over_tls(
-        &d.syslog_addr,
+        d.syslog_addr(),
         tls_client(&ca_path, Some((&stranger.0, &stranger.1))),
         &octet_counted(20, 10),
     );
@@ -172,7 +176,7 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
 
     // A trusted client is still served, and only its messages are in the log.
     send_over_tls(
-        &d.syslog_addr,
+        d.syslog_addr(),
         tls_client(&ca_path, Some((&good.0, &good.1))),
         &octet_counted(100, 50),
     )
@@ -184,7 +188,10 @@ fn syslog_tls_refuses_plain_text_and_unknown_clients() {
     .expect("trusted client");
     let f = d.first;
     d.wait_size(f + 50, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
+    // Every connection closed and drained: nothing more can arrive.
+    wait_for("the connections to close", Duration::from_secs(10), || {
+        d.metric("auditlog_syslog_connections") == Some(0)
+    });
     assert_eq!(d.tree_size(), f + 50, "nothing from the refused senders");
     let body = d
         .get(
@@ -265,6 +272,10 @@ fn start_tls_collector(
 /// certificate, the forwarder checks the collector's by `forward_server_name`. Every event
 /// arrives with its index, also across a collector restart.
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs rsyslog-openssl: ./scripts/test"
+)]
 fn forwarder_sends_cef_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().expect("tmp");
     let ca = Ca::new("siem test CA");
@@ -284,7 +295,7 @@ fn forwarder_sends_cef_over_tls_with_a_client_certificate() {
         quoted(&fcert),
         quoted(&fkey)
     );
-    let d = Daemon::start(dir.path(), &cfg);
+    let d = start_daemon(dir.path(), &cfg);
     // The daemon's start event is forwarded first.
     let f = d.first;
     let first: Vec<Vec<u8>> = (0..2000).map(tricky_event).collect();
@@ -306,8 +317,11 @@ fn forwarder_sends_cef_over_tls_with_a_client_certificate() {
     rs.stop();
     let second: Vec<Vec<u8>> = (2000..3000).map(tricky_event).collect();
     d.post_events(&second);
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(d.metric("auditlog_forward_lag_events").unwrap_or(0) > 0);
+    wait_for(
+        "the lag to show the outage",
+        Duration::from_secs(10),
+        || d.metric("auditlog_forward_lag_events").unwrap_or(0) > 0,
+    );
     let mut rs = Rsyslog::start(&rs_dir, &conf, port);
     wait_for("catch-up after the outage", Duration::from_secs(60), || {
         collected(&out).into_iter().collect::<BTreeSet<u64>>().len() as u64 == f + 3000
@@ -327,6 +341,10 @@ fn forwarder_sends_cef_over_tls_with_a_client_certificate() {
 /// A forwarder that does not trust the collector's certificate sends nothing and keeps its
 /// cursor (the lag shows it); with the right CA after a restart, every event arrives.
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs rsyslog-openssl: ./scripts/test"
+)]
 fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
     let dir = tempfile::tempdir().expect("tmp");
     let (ca, other) = (Ca::new("siem test CA"), Ca::new("someone else's CA"));
@@ -348,7 +366,7 @@ fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
             quoted(trusted)
         )
     };
-    let mut d = Daemon::start(dir.path(), &cfg(&other_path));
+    let mut d = start_daemon(dir.path(), &cfg(&other_path));
     let events: Vec<Vec<u8>> = (0..500).map(tricky_event).collect();
     d.post_events(&events);
     wait_for("refused handshakes", Duration::from_secs(15), || {
@@ -365,7 +383,7 @@ fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
     );
 
     // The second start is recorded too: two start events and the 500.
-    let d = Daemon::start(dir.path(), &cfg(&ca_path));
+    let d = start_daemon(dir.path(), &cfg(&ca_path));
     let all = d.first;
     assert_eq!(all, 502);
     wait_for(
@@ -385,6 +403,10 @@ fn forwarder_with_the_wrong_ca_keeps_its_cursor_until_fixed() {
 /// only from the collector's alert (or a broken pipe), possibly after its first chunk was
 /// written: the cursor must still not move.
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs rsyslog-openssl: ./scripts/test"
+)]
 fn forwarder_refused_by_a_collector_that_requires_a_certificate_keeps_its_cursor() {
     let dir = tempfile::tempdir().expect("tmp");
     let ca = Ca::new("siem test CA");
@@ -392,7 +414,7 @@ fn forwarder_refused_by_a_collector_that_requires_a_certificate_keeps_its_cursor
     let TlsCollector {
         port, out, mut rs, ..
     } = start_tls_collector(dir.path(), &ca, &ca_path, &["localhost"], "x509/certvalid");
-    let d = Daemon::start(
+    let d = start_daemon(
         dir.path(),
         &format!(
             "{CONFIG}forward_addr = \"127.0.0.1:{port}\"\nforward_server_name = \"localhost\"\nforward_backoff_ms_max = 400\nforward_tls = true\nforward_ca_path = {}\n",
