@@ -136,14 +136,14 @@ pub fn verify_dir(
     verify_dir_with_history(dir, &history, progress)
 }
 
-/// Reads a key history file (`keys.json`, FORMATS.md §12) and checks its rules.
+/// Reads a key history file (`keys.json`, FORMATS.md §13) and checks its rules.
 pub fn load_history(path: &Path) -> Result<CheckedHistory, VerifyError> {
     let bytes = std::fs::read(path).or_else(|e| fail(path, format!("cannot read: {e}")))?;
     KeyHistory::parse(&bytes).or_else(|e| fail(path, e.to_string()))
 }
 
 /// Verifies with a key history: every checkpoint (the checkpoint log's and each sealed
-/// footer's) must be signed by exactly the history keys valid at its size (§12).
+/// footer's) must be signed by exactly the history keys valid at its size (§13).
 pub fn verify_dir_with_history(
     dir: &Path,
     history: &CheckedHistory,
@@ -584,7 +584,7 @@ pub fn verify_source(
 /// Called with each valid batch of an open segment: its offset, header and body.
 type OnBatch<'a> = dyn FnMut(u64, &batch::BatchHeader, &[u8]) -> Result<(), VerifyError> + 'a;
 
-/// Scans an open segment's batches (FORMATS.md §5) in pieces: one batch in memory at a
+/// Scans an open segment's batches (FORMATS.md §6) in pieces: one batch in memory at a
 /// time, never the segment. `on_batch` sees each valid batch's header
 /// with its body. A bad batch is a torn tail (returned, its records not counted) only in
 /// the last open segment and only if zeros follow as the format's rule requires

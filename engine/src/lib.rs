@@ -268,7 +268,7 @@ impl Engine {
         self.shared.keyring.current_keys()
     }
 
-    /// Every key the log has used, with the sizes each signs (FORMATS.md §12).
+    /// Every key the log has used, with the sizes each signs (FORMATS.md §13).
     pub fn key_history(&self) -> KeyHistory {
         self.shared.keyring.history()
     }
@@ -300,7 +300,7 @@ impl Engine {
 
     /// An empty submission from `submitter`: who the caller authenticated (the server's
     /// token, certificate or syslog peer), or `Submitter::daemon()` for the daemon's own
-    /// events. It is written into every record (FORMATS.md §3, version 2).
+    /// events. It is written into every record (FORMATS.md §4, version 2).
     pub fn new_batch(&self, submitter: Submitter) -> EventBatch {
         let c = &self.shared.config;
         EventBatch {

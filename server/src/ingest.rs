@@ -321,7 +321,7 @@ pub async fn post_events(
     }
     match failure {
         // The submitter every record of the request carries: with a receipt and the event's
-        // bytes, a client can rebuild its record (FORMATS.md §3) and leaf hash.
+        // bytes, a client can rebuild its record (FORMATS.md §4) and leaf hash.
         None => Ok(axum::Json(serde_json::json!({
             "receipts": receipts,
             "submitter": submitter.as_str(),
