@@ -4,7 +4,6 @@
 //! signer delays checkpoints, never acknowledgements (nor seals: a segment sealed while the
 //! signer was down gets its checkpoint here, at its end, in order, before the head's).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,20 +21,20 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
             shared.config.faults.as_ref(),
             "auditlog-checkpointer",
         );
-        let stopping = shared.shutting_down.load(Ordering::SeqCst);
+        let stopping = shared.health.shutting_down();
         match checkpoint_once(&shared, &mut log) {
             Ok(()) => {
-                shared.set_signer_error(None);
+                shared.health.set_signer_error(None);
                 backoff = Duration::from_millis(50);
             }
             Err(e) if stopping => {
                 // The last try: shutdown does not wait out a backoff for it.
                 tracing::warn!("final checkpoint failed: {e}");
-                shared.set_signer_error(Some(e.to_string()));
+                shared.health.set_signer_error(Some(e.to_string()));
             }
             Err(e) => {
                 tracing::warn!("checkpoint failed, will retry in {backoff:?}: {e}");
-                shared.set_signer_error(Some(e.to_string()));
+                shared.health.set_signer_error(Some(e.to_string()));
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -44,46 +43,23 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
         if stopping {
             return;
         }
-        // Sleep until the interval passes or someone asks for a size we have not signed.
-        let deadline = Instant::now() + interval;
-        let mut want = shared
-            .checkpoint_wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        loop {
-            let signed = shared
-                .latest_checkpoint()
-                .map(|c| c.checkpoint.size)
-                .unwrap_or(0);
-            let head = shared.head().size;
-            if shared.shutting_down.load(Ordering::SeqCst) || (*want > signed && head > signed) {
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            // Every change to what this waits for notifies under the same lock: a raised
-            // `want` (`Engine::want_checkpoint`), a batch published past it
-            // (`Shared::publish`), shutdown and a panicked thread. No polling.
-            want = shared
-                .checkpoint_wake
-                .wait_timeout(want, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        // Sleep until the interval passes, shutdown, or someone wants a size signed that is
+        // not: every change to that notifies (`head::Checkpoints`). No polling.
+        shared
+            .checkpoints
+            .wait_for_work(Instant::now() + interval, || {
+                shared.checkpoints.signed_size()
+            });
     }
 }
 
 fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
-    let head = shared.head();
-    let signed = shared
-        .latest_checkpoint()
-        .map_or(0, |cp| cp.checkpoint.size);
+    let head = shared.head.get();
+    let signed = shared.checkpoints.signed_size();
     assert!(signed <= head.size, "tree shrank below its checkpoint");
     // Segments sealed while the signer was down, oldest first, then the head: checkpoints
     // are signed in order, each segment's at its end (the signature its footer lacks).
-    let mut sizes = shared.unsigned_footers_past(signed);
+    let mut sizes = shared.health.unsigned_footers_past(signed);
     assert!(sizes.last().is_none_or(|&s| s <= head.size));
     if sizes.last() != Some(&head.size) && head.size > signed {
         sizes.push(head.size);
@@ -127,25 +103,23 @@ fn publish(
     };
     let note = match shared.keyring.sign(&checkpoint) {
         Ok(n) => {
-            shared.signer_worked();
+            shared.health.signer_worked();
             n
         }
         Err(e) => {
-            shared.signer_failed();
+            shared.health.signer_failed();
             return Err(e);
         }
     };
     // Cleared before the checkpoint is published: whoever sees the new checkpoint also
     // sees a working signer (`/ready`).
-    if shared.status_signer_error().is_some() {
+    if shared.health.signer_error().is_some() {
         tracing::info!("checkpoint signing works again");
     }
-    shared.set_signer_error(None);
+    shared.health.set_signer_error(None);
     log.append(&note)?;
-    shared.set_checkpoint(SignedCheckpoint { checkpoint, note });
-    *shared
-        .checkpoint_at
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    shared
+        .checkpoints
+        .publish(SignedCheckpoint { checkpoint, note });
     Ok(())
 }

@@ -13,10 +13,13 @@ pub mod error;
 pub mod files;
 mod framedlog;
 mod hashstore;
+mod head;
+mod health;
 mod io;
 mod keyring;
 mod leafindex;
 pub mod pkcs11;
+mod preallocator;
 pub mod private;
 pub mod pruned;
 mod recovery;
@@ -24,26 +27,23 @@ mod remote;
 pub mod replication;
 pub mod retention;
 mod sealer;
+mod segment_set;
 mod segments;
 mod sequencer;
 mod shared;
 pub mod signer;
+mod submit;
+mod supervisor;
 mod yielding;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use auditlog_formats::batch::push_entry;
 use auditlog_formats::note::VerifierKey;
-use auditlog_formats::record::Record;
 pub use auditlog_formats::record::Submitter;
-use auditlog_formats::schema;
 use auditlog_formats::tree::{self, HashReader, NodeId};
 use auditlog_formats::{Hash, TreeHash};
-use crossbeam_channel::{Sender, TrySendError};
 
 pub use auditlog_formats::keyhistory::{KeyBackend, KeyEntry, KeyHistory};
 pub use checkpoints::SignedCheckpoint;
@@ -54,9 +54,11 @@ pub use pruned::PrunedSegment;
 pub use remote::StoreReadStats;
 pub use replication::{ManifestEntry, ManifestKind, ReplicationConfig, ReplicationStatus};
 pub use signer::{KeyFileSigner, Signer};
+pub(crate) use submit::Submission;
+pub use submit::{EventBatch, Pushed, Waiting};
 
-pub(crate) use shared::{OpenView, SegmentSet, Shared};
-pub use shared::{Stats, TreeHead, BATCH_EVENTS_BUCKETS, SYNC_BUCKETS_US};
+pub use head::{CheckpointListener, Stats, TreeHead, BATCH_EVENTS_BUCKETS, SYNC_BUCKETS_US};
+pub(crate) use shared::Shared;
 
 /// What a producer gets back once its events are durable.
 #[derive(Clone, Debug)]
@@ -68,50 +70,6 @@ pub struct Receipts {
 
 pub type Done = Box<dyn FnOnce(Result<Receipts>) + Send>;
 
-/// Called with the size of each checkpoint as it is published, on the checkpointer's
-/// thread: keep it short (a channel send).
-pub type CheckpointListener = Box<dyn Fn(u64) + Send + Sync>;
-
-pub(crate) struct Submission {
-    pub body: Vec<u8>,
-    pub leaf_hashes: Vec<Hash>,
-    pub count: u32,
-    pub max_classification: u8,
-    pub received_at_unix_ns: u64,
-    pub done: Done,
-}
-
-/// A submission the queue had no room for ([`Engine::offer`]).
-pub struct Waiting {
-    tx: Sender<Submission>,
-    s: Submission,
-}
-
-impl Waiting {
-    /// Queues it, waiting for room: the back-pressure, on a thread that may block.
-    pub fn wait(self, engine: &Engine) -> Result<()> {
-        self.tx
-            .send(self.s)
-            .map_err(|_| EngineError::ShuttingDown)?;
-        engine.answer_if_failed();
-        Ok(())
-    }
-}
-
-/// Events on their way in, built on the producer's thread: each `push` validates the
-/// payload, frames its record and hashes its leaf, so the sequencer only orders and writes.
-pub struct EventBatch {
-    alg: TreeHash,
-    mode: schema::SchemaMode,
-    bytes_max: usize,
-    received_at_unix_ns: u64,
-    /// Who the server authenticated for this submission; every record of it carries it.
-    submitter: Submitter,
-    body: Vec<u8>,
-    leaf_hashes: Vec<Hash>,
-    max_classification: u8,
-}
-
 /// Where the key history lives in a data directory.
 pub fn keyhistory_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join(keyring::KEYS_FILE)
@@ -122,81 +80,6 @@ pub fn now_unix_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-impl EventBatch {
-    pub fn len(&self) -> usize {
-        self.leaf_hashes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.leaf_hashes.is_empty()
-    }
-
-    pub fn body_bytes(&self) -> usize {
-        self.body.len()
-    }
-
-    /// Adds one event, or says the batch is full (`Pushed::Full`: nothing added; it goes
-    /// into the next batch). Refused (nothing kept): an invalid event, or one too large for
-    /// a submission on its own.
-    pub fn push(&mut self, payload: &[u8]) -> Result<Pushed> {
-        match self.put(payload)? {
-            None => Ok(Pushed::Added),
-            Some(_) if !self.is_empty() => Ok(Pushed::Full),
-            Some(bytes) => Err(EngineError::SubmissionTooLarge {
-                bytes,
-                max: self.bytes_max,
-            }),
-        }
-    }
-
-    /// As `push`, for callers whose events must go in this one submission (a TCP frame, a
-    /// tool's batch): a full batch is refused with `SubmissionTooLarge`.
-    pub fn add(&mut self, payload: &[u8]) -> Result<()> {
-        match self.put(payload)? {
-            None => Ok(()),
-            Some(bytes) => Err(EngineError::SubmissionTooLarge {
-                bytes,
-                max: self.bytes_max,
-            }),
-        }
-    }
-
-    /// Validates, frames and hashes one event into the batch; `Some(bytes)`, the size the
-    /// batch would reach, when it does not fit (nothing added).
-    fn put(&mut self, payload: &[u8]) -> Result<Option<usize>> {
-        let position = self.leaf_hashes.len();
-        let info = schema::validate(payload, self.mode).map_err(|e| EngineError::BadEvent {
-            position,
-            reason: e.to_string(),
-        })?;
-        let record = Record {
-            received_at_unix_ns: self.received_at_unix_ns,
-            submitter: Some(self.submitter.as_str()),
-            payload,
-        };
-        let added = 4 + record.encoded_len();
-        if self.body.len() + added > self.bytes_max {
-            return Ok(Some(self.body.len() + added));
-        }
-        let start = self.body.len();
-        push_entry(&mut self.body, &record);
-        self.leaf_hashes
-            .push(self.alg.leaf(&self.body[start + 4..]));
-        self.max_classification = self.max_classification.max(info.classification as u8);
-        Ok(None)
-    }
-}
-
-/// What [`EventBatch::push`] did with an event it did not refuse.
-#[must_use]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pushed {
-    /// Validated, framed, hashed and added.
-    Added,
-    /// Valid, but the batch has no room for it: nothing added.
-    Full,
 }
 
 /// What the engine says about itself, for `/ready`, metrics and operators.
@@ -236,8 +119,7 @@ pub struct Status {
 
 pub struct Engine {
     shared: Arc<Shared>,
-    submit_tx: Option<Sender<Submission>>,
-    threads: Vec<JoinHandle<()>>,
+    supervisor: supervisor::Supervisor,
     recovery: recovery::RecoveryReport,
     started: Instant,
     replication: Option<Arc<replication::Monitor>>,
@@ -247,7 +129,65 @@ impl Engine {
     /// Opens (or creates) the log in `config.data_dir`, recovering whatever a crash left,
     /// with the development key file signer unless `signer` is given.
     pub fn open(config: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
-        recovery::open(config, signer)
+        let started = Instant::now();
+        let r = recovery::recover(&config, signer)?;
+        let seg_dir = config.data_dir.join(auditlog_formats::layout::SEGMENTS_DIR);
+        let (appender, io_mode_name) =
+            io::Appender::new(config.io_mode).map_err(error::io_err(&seg_dir, "set up I/O"))?;
+        let leaf_index =
+            leafindex::LeafIndex::open(&config.data_dir.join("leafindex"), r.report.tree_size)?;
+        let remote = recovery::read_target(&config)?;
+        let shared = Arc::new(Shared {
+            hashes: r.hashes.clone(),
+            leaf_index,
+            keyring: r.keyring,
+            io_mode_name,
+            head: head::Head::new(TreeHead {
+                size: r.edge.size(),
+                root: r.edge.root(),
+            }),
+            checkpoints: head::Checkpoints::new(r.latest),
+            segments: segment_set::Segments::new(
+                r.set,
+                seg_dir,
+                config.tree_hash,
+                r.hashes,
+                remote,
+            ),
+            health: health::Health::with_unsigned_footers(r.unsigned_footers),
+            recycled: preallocator::Recycled::new(r.recycle),
+            queued: std::sync::OnceLock::new(),
+            config,
+        });
+        let (replicator, replication) = r.replicator.unzip();
+        let supervisor = supervisor::Supervisor::start(
+            shared.clone(),
+            supervisor::Start {
+                prealloc: r.prealloc,
+                open: r.open,
+                to_seal: r.to_seal,
+                edge: r.edge,
+                pending: r.pending,
+                cp_log: r.cp_log,
+                replicator,
+                appender,
+            },
+        )?;
+        let mut report = r.report;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            "log open: {} events, checkpoint {}, recovery {:?}",
+            report.tree_size,
+            report.checkpoint_size,
+            report
+        );
+        Ok(Engine {
+            shared,
+            supervisor,
+            recovery: report,
+            started,
+            replication,
+        })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -298,133 +238,12 @@ impl Engine {
         self.shared.keyring.retire(which)
     }
 
-    /// An empty submission from `submitter`: who the caller authenticated (the server's
-    /// token, certificate or syslog peer), or `Submitter::daemon()` for the daemon's own
-    /// events. It is written into every record (FORMATS.md §4, version 2).
-    pub fn new_batch(&self, submitter: Submitter) -> EventBatch {
-        let c = &self.shared.config;
-        EventBatch {
-            alg: c.tree_hash,
-            mode: c.schema,
-            bytes_max: c.submission_bytes_max,
-            received_at_unix_ns: now_unix_ns(),
-            submitter,
-            body: Vec::new(),
-            leaf_hashes: Vec::new(),
-            max_classification: 0,
-        }
-    }
-
-    fn submission(
-        &self,
-        batch: EventBatch,
-        done: Done,
-    ) -> Result<(Sender<Submission>, Submission)> {
-        if let Some(f) = self.shared.failure() {
-            return Err(f.error());
-        }
-        let tx = self.submit_tx.clone().ok_or(EngineError::ShuttingDown)?;
-        if batch.is_empty() {
-            return Err(EngineError::BadRequest("no events".into()));
-        }
-        Ok((
-            tx,
-            Submission {
-                count: batch.leaf_hashes.len() as u32,
-                body: batch.body,
-                leaf_hashes: batch.leaf_hashes,
-                max_classification: batch.max_classification,
-                received_at_unix_ns: batch.received_at_unix_ns,
-                done,
-            },
-        ))
-    }
-
-    /// Queues a batch; `done` runs (on the sequencer thread: keep it short) once the events
-    /// are durable or refused. Blocks while the queue is full: that is the back-pressure.
-    pub fn submit(&self, batch: EventBatch, done: Done) -> Result<()> {
-        let (tx, s) = self.submission(batch, done)?;
-        tx.send(s).map_err(|_| EngineError::ShuttingDown)?;
-        self.answer_if_failed();
-        Ok(())
-    }
-
-    /// After queueing: if the engine failed meanwhile, the sequencer may have stopped after
-    /// its last look at the queue, so the submission is answered here (with the failure)
-    /// instead of waiting for ever. See `Shared::refuse_queued`.
-    fn answer_if_failed(&self) {
-        if self
-            .shared
-            .failed_flag
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            self.shared.refuse_queued();
-        }
-    }
-
-    /// As `submit`, but never waits: with the queue full the submission comes back, to be
-    /// queued with [`Waiting::wait`] from a thread that may block (an async server hands
-    /// that to `block_in_place`; a check of `queue_has_room` before `submit` could still
-    /// block an async worker when another producer took the room in between).
-    pub fn offer(&self, batch: EventBatch, done: Done) -> Result<Option<Waiting>> {
-        let (tx, s) = self.submission(batch, done)?;
-        match tx.try_send(s) {
-            Ok(()) => {
-                self.answer_if_failed();
-                Ok(None)
-            }
-            Err(TrySendError::Full(s)) => Ok(Some(Waiting { tx, s })),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShuttingDown),
-        }
-    }
-
-    /// Whether `submit` would queue at once rather than wait for room (a hint: another
-    /// producer may take the room first, and `submit` then waits one commit at most).
-    pub fn queue_has_room(&self) -> bool {
-        self.submit_tx.as_ref().is_some_and(|tx| !tx.is_full())
-    }
-
-    /// As `submit`, but refuses with `QueueFull` instead of waiting.
-    pub fn try_submit(&self, batch: EventBatch, done: Done) -> Result<()> {
-        let (tx, s) = self.submission(batch, done)?;
-        match tx.try_send(s) {
-            Ok(()) => {
-                self.answer_if_failed();
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => Err(EngineError::QueueFull(
-                self.shared.config.queue_submissions_max,
-            )),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShuttingDown),
-        }
-    }
-
-    /// Submits and waits for the receipts.
-    pub fn append(&self, batch: EventBatch) -> Result<Receipts> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(batch, Box::new(move |r| drop(tx.send(r))))?;
-        rx.recv().map_err(|_| EngineError::ShuttingDown)?
-    }
-
-    /// Validates and appends payloads in one batch (a convenience for tools and tests),
-    /// recorded as submitted by the daemon itself.
-    pub fn append_payloads<'a>(
-        &self,
-        payloads: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<Receipts> {
-        let mut b = self.new_batch(Submitter::daemon());
-        for p in payloads {
-            b.add(p)?;
-        }
-        self.append(b)
-    }
-
     pub fn head(&self) -> TreeHead {
-        self.shared.head()
+        self.shared.head.get()
     }
 
     pub fn tree_size(&self) -> u64 {
-        self.shared.size.load(Ordering::Acquire)
+        self.shared.head.size()
     }
 
     /// The exact record bytes (`version || received_at || payload`) at `index`.
@@ -435,6 +254,7 @@ impl Engine {
         }
         let mut out = None;
         self.shared
+            .segments
             .for_each_record(index, index + 1, &mut |_, rec| {
                 out = Some(rec.to_vec());
                 Ok(false)
@@ -462,7 +282,7 @@ impl Engine {
         if start >= end {
             return Ok(());
         }
-        self.shared.for_each_record(start, end, f)
+        self.shared.segments.for_each_record(start, end, f)
     }
 
     pub fn leaf_hash(&self, index: u64) -> Result<Hash> {
@@ -480,63 +300,33 @@ impl Engine {
     }
 
     pub fn latest_checkpoint(&self) -> Option<Arc<SignedCheckpoint>> {
-        self.shared.latest_checkpoint()
+        self.shared.checkpoints.latest()
     }
 
-    /// Asks the checkpointer to sign now and waits (up to `timeout`) for a checkpoint that
-    /// covers at least `min_size`.
+    /// Asks for a checkpoint covering `min_size` soon and waits (up to `timeout`) for it.
     pub fn wait_checkpoint(
         &self,
         min_size: u64,
         timeout: Duration,
     ) -> Option<Arc<SignedCheckpoint>> {
-        let deadline = Instant::now() + timeout;
-        self.want_checkpoint(min_size);
-        let mut guard = self
-            .shared
-            .checkpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(cp) = guard.as_ref() {
-                if cp.checkpoint.size >= min_size {
-                    return Some(cp.clone());
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            guard = self
-                .shared
-                .checkpoint_cv
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.shared
+            .checkpoints
+            .wait(min_size, timeout, || self.tree_size())
     }
 
     /// Asks for a checkpoint covering `min_size` soon, without waiting for it (an async
-    /// caller waits on `on_checkpoint` instead of a thread).
+    /// caller waits on `on_checkpoint` instead of a thread). A size the log has is signed at
+    /// once, a larger one when the log reaches it; a waiter for a larger size than the
+    /// smallest asked asks again when a checkpoint is published. One early signature per
+    /// request at most: no caller can make every batch cost one.
     pub fn want_checkpoint(&self, min_size: u64) {
-        let mut want = self
-            .shared
-            .checkpoint_wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // Only sizes the log already has are signed early: a waiter for a future size
-        // gets the regular clock, so no caller can make every batch cost a signature.
-        *want = (*want).max(min_size.min(self.tree_size()));
-        self.shared.checkpoint_wake.notify_all();
+        self.shared.checkpoints.want(min_size, || self.tree_size());
     }
 
-    /// Calls `f` with the size of every checkpoint published from now on.
+    /// Calls `f` with the size of every checkpoint published from now on, on the
+    /// checkpointer's thread: keep it short (a channel send).
     pub fn on_checkpoint(&self, f: CheckpointListener) {
-        self.shared
-            .checkpoint_listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(f);
+        self.shared.checkpoints.on_published(f);
     }
 
     fn proof_size_check(&self, size: u64) -> Result<()> {
@@ -597,45 +387,27 @@ impl Engine {
 
     pub fn status(&self) -> Status {
         let cp = self.latest_checkpoint();
-        let set = self
-            .shared
-            .segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let set = self.shared.segments.counts();
+        let health = self.shared.health.report();
         Status {
             tree_size: self.tree_size(),
             checkpoint_size: cp.as_ref().map(|c| c.checkpoint.size),
-            checkpoint_age_ms: self.shared.checkpoint_age_ms(),
-            failed: self.shared.failed(),
-            preallocation_error: self.shared.prealloc_error(),
-            signer_error: self
-                .shared
-                .signer_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            signer_failures: self.shared.signer_failures.load(Ordering::Relaxed),
-            signer_failures_in_a_row: self.shared.signer_failures_in_a_row.load(Ordering::Relaxed),
-            seal_error: self
-                .shared
-                .seal_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            seal_failures: self.shared.seal_failures.load(Ordering::Relaxed),
+            checkpoint_age_ms: self.shared.checkpoints.age_ms(),
+            failed: health.failed,
+            preallocation_error: health.preallocation_error,
+            signer_error: health.signer_error,
+            signer_failures: health.signer_failures,
+            signer_failures_in_a_row: health.signer_failures_in_a_row,
+            seal_error: health.seal_error,
+            seal_failures: health.seal_failures,
             io_mode: self.shared.io_mode_name,
-            sealed_segments: set.sealed.len(),
-            open_segments: set.open.len(),
-            pruned_segments: set.pruned.len(),
-            pruned_bytes: set.pruned.iter().map(|p| p.bytes).sum(),
-            store_reads: self.shared.remote.stats(),
-            stats: self
-                .shared
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            queue_depth: self.submit_tx.as_ref().map_or(0, |t| t.len()),
+            sealed_segments: set.sealed,
+            open_segments: set.open,
+            pruned_segments: set.pruned,
+            pruned_bytes: set.pruned_bytes,
+            store_reads: self.shared.segments.store_reads(),
+            stats: self.shared.head.stats(),
+            queue_depth: self.supervisor.queue().map_or(0, |t| t.len()),
             queue_capacity: self.shared.config.queue_submissions_max,
             recovery: self.recovery.clone(),
             replication: self.replication.as_ref().map(|m| m.snapshot()),
@@ -651,45 +423,16 @@ impl Engine {
     /// instead of retried, so that appends waiting behind a full seal queue complete and
     /// the drain can finish. Writes are still taken. `shutdown` does this too.
     pub fn begin_shutdown(&self) {
-        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.health.begin_draining();
     }
 
     /// Stops taking writes, lets the sequencer drain what is queued, signs a final
     /// checkpoint, and waits for every thread.
     pub fn shutdown(mut self) -> Result<()> {
-        self.stop();
-        match self.shared.failed() {
+        self.supervisor.stop();
+        match self.shared.health.failed() {
             Some(why) => Err(EngineError::Failed(why)),
             None => Ok(()),
         }
-    }
-
-    fn stop(&mut self) {
-        // Sequencer first (threads[0]): it drains the queue once its sender is gone. Then
-        // the others see the flag; the checkpointer signs a final checkpoint on its way out.
-        self.begin_shutdown();
-        self.submit_tx.take();
-        let mut threads = self.threads.drain(..);
-        if let Some(seq) = threads.next() {
-            let _ = seq.join();
-        }
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        {
-            let _want = self
-                .shared
-                .checkpoint_wanted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.shared.checkpoint_wake.notify_all();
-        }
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -1,28 +1,26 @@
-//! Opening a log: check its metadata, load the newest checkpoint, scan segments (cutting a
+//! Recovering a log: check its metadata, load the newest checkpoint, scan segments (cutting a
 //! torn tail of the open one), bring the hash store to the checkpoint and re-derive it past
-//! that from the records, refuse to start if the checkpoint and the segments disagree, then
-//! start the threads.
+//! that from the records, and refuse to start if the checkpoint and the segments disagree.
+//! What it finds goes to the engine (`Engine::open`) and the supervisor starts the threads.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use auditlog_formats::layout;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::{Duration, Instant};
-
 use auditlog_formats::tree::{self, RightEdge};
 use auditlog_formats::{Hash, TreeHash};
 
-use crate::checkpoints::CheckpointLog;
+use crate::checkpoints::{CheckpointLog, SignedCheckpoint};
 use crate::config::EngineConfig;
 use crate::error::{corrupt, io_err, EngineError, Result};
 use crate::hashstore::{HashFiles, PendingNodes};
-use crate::io::Appender;
 use crate::keyring::Keyring;
+use crate::segment_set::{OpenView, SegmentSet};
 use crate::segments::{self, parse_name, Body, Segment, SegmentName};
-use crate::sequencer::{OpenSegment, Sequencer};
-use crate::shared::Fault;
+use crate::sequencer::{OpenSegment, SealJob};
 use crate::signer::Signer;
-use crate::{Engine, OpenView, SegmentSet, Shared, Stats, TreeHead};
 
 /// What recovery found and did, for the operator.
 #[derive(Clone, Debug, Default)]
@@ -79,18 +77,41 @@ enum Piece {
     Pruned(crate::pruned::PrunedSegment),
 }
 
-pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
-    let started = Instant::now();
+/// What recovery hands the engine: the state to share and what the threads start from.
+pub(crate) struct Recovered {
+    pub keyring: Keyring,
+    pub cp_log: CheckpointLog,
+    pub latest: Option<SignedCheckpoint>,
+    pub hashes: HashFiles,
+    pub edge: RightEdge,
+    pub pending: PendingNodes,
+    pub set: SegmentSet,
+    /// The segment to append to, if recovery found one (else a preallocated file is used).
+    pub open: Option<OpenSegment>,
+    /// Open segments the crash left before the last one: sealed first thing.
+    pub to_seal: Vec<SealJob>,
+    pub prealloc: Vec<PathBuf>,
+    pub recycle: Vec<PathBuf>,
+    pub unsigned_footers: VecDeque<u64>,
+    pub replicator: Option<(
+        crate::replication::Replicator,
+        Arc<crate::replication::Monitor>,
+    )>,
+    pub report: RecoveryReport,
+}
+
+/// Recovers the log in `cfg.data_dir`; refuses (an error, nothing changed that a later
+/// start could not redo) when the checkpoint and the segments disagree.
+pub(crate) fn recover(cfg: &EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Recovered> {
     cfg.validate().map_err(EngineError::Config)?;
     // The data directory is the daemon's alone (tokens, the development key): 0700.
     crate::private::ensure_private_dir(&cfg.data_dir)?;
     // Before anything else is touched: a target that cannot keep the WORM promise refuses start.
-    let replicator = crate::replication::prepare(&cfg)?;
+    let replicator = crate::replication::prepare(cfg)?;
     let seg_dir = cfg.data_dir.join(layout::SEGMENTS_DIR);
     std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "create data directory"))?;
-    let _meta = load_or_create_meta(&cfg)?;
-    let keyring = Keyring::open(&cfg, signer)?;
-    let alg = cfg.tree_hash;
+    let _meta = load_or_create_meta(cfg)?;
+    let keyring = Keyring::open(cfg, signer)?;
     let mut report = RecoveryReport::default();
 
     // 1. The newest checkpoint: a promise about what the segments hold.
@@ -99,91 +120,208 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         &cfg.origin,
         &keyring.all_keys(),
     )?;
-    let (cp_size, cp_root) = latest
+    let promise = latest
         .as_ref()
         .map(|c| (c.checkpoint.size, c.checkpoint.root))
-        .unwrap_or((0, alg.empty()));
-    report.checkpoint_size = cp_size;
-    keyring.note_signed(cp_size);
+        .unwrap_or((0, cfg.tree_hash.empty()));
+    report.checkpoint_size = promise.0;
+    keyring.note_signed(promise.0);
 
     // 2. The hash store, brought back to exactly the checkpoint.
-    let hashes = HashFiles::open(&cfg.data_dir.join("hashes"), cfg.hash_cache_bytes_max)?;
-    let mut derive_from = cp_size;
-    let store_ok = hashes.truncate_to(cp_size)?
-        && tree::tree_hash(alg, cp_size, &hashes)
-            .map(|r| r == cp_root)
-            .unwrap_or(false);
-    if !store_ok {
-        tracing::warn!(
-            "hash store does not match checkpoint {cp_size}; rebuilding it from the segments"
-        );
-        hashes.clear()?;
-        derive_from = 0;
-        report.hash_store_rebuilt = true;
-    }
-    let mut edge = if derive_from == 0 {
-        RightEdge::new(alg)
-    } else {
-        RightEdge::load(alg, derive_from, &hashes)?
-    };
-    let mut pending = PendingNodes::new();
-    let mut root_at_cp: Option<Hash> = (derive_from == cp_size).then_some(cp_root);
-    let mut derive =
-        |index: u64, rec: &[u8], edge: &mut RightEdge, pending: &mut PendingNodes| -> Result<()> {
-            if index < derive_from {
-                return Ok(());
-            }
-            assert_eq!(index, edge.size(), "re-derivation out of order");
-            edge.append(alg.leaf(rec), |n, h| pending.push(n, h));
-            if edge.size() == cp_size {
-                root_at_cp = Some(edge.root());
-            }
-            if edge.size().is_multiple_of(65536) {
-                pending.flush(&hashes)?;
-            }
-            Ok(())
-        };
+    let mut tree = Rederive::start(cfg, promise, &mut report)?;
 
     // 3. Segments in order: sealed ones, then open ones; contiguous from leaf 0.
-    let mut sealed_list = Vec::new();
-    let mut open_list = Vec::new();
-    let mut prealloc = Vec::new();
-    let mut recycle = Vec::new();
-    for entry in std::fs::read_dir(&seg_dir).map_err(io_err(&seg_dir, "list"))? {
-        let entry = entry.map_err(io_err(&seg_dir, "list"))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        match parse_name(&name) {
-            Some(SegmentName::Sealed(a, b)) => sealed_list.push((a, b, entry.path())),
-            Some(SegmentName::Open(a)) => open_list.push((a, entry.path())),
-            Some(SegmentName::Prealloc) => prealloc.push(entry.path()),
-            Some(SegmentName::Recycle) => recycle.push(entry.path()),
-            Some(SegmentName::Temporary) => {
-                std::fs::remove_file(entry.path())
-                    .map_err(io_err(entry.path(), "remove leftover"))?;
-            }
-            None => tracing::warn!("ignoring unknown file {}", entry.path().display()),
-        }
-    }
-    sealed_list.sort();
-    open_list.sort();
-    let mut unsigned_footers = std::collections::VecDeque::new();
+    let listing = Listing::read(&seg_dir)?;
     let mut set = SegmentSet {
         sealed: Vec::new(),
         open: Vec::new(),
         pruned: Vec::new(),
     };
-    // Segments deleted locally by local retention are explained by the pruned list; any
-    // other gap is still refused below.
-    let pruned_path = crate::pruned::pruned_path(&cfg.data_dir);
-    let mut pieces: Vec<(u64, u64, Piece)> = Vec::new();
+    let mut unsigned_footers = VecDeque::new();
+    let end = recover_sealed(
+        cfg,
+        &listing.sealed,
+        &keyring,
+        &mut tree,
+        &mut set,
+        &mut unsigned_footers,
+    )?;
+    let mut recycle = listing.recycle;
+    let opened = recover_open(cfg, listing.open, end, &mut tree, &mut set, &mut recycle)?;
+    report.torn_tail = opened.torn_tail;
+    let end = opened.end;
+    tree.pending.flush(&tree.hashes)?;
+    report.rederived_leaves = end.saturating_sub(tree.from);
+
+    // 4. The checkpoint must be a prefix of what the segments hold.
+    tree.check_promise(cfg, end)?;
+    report.tree_size = end;
+    Ok(Recovered {
+        keyring,
+        cp_log,
+        latest,
+        hashes: tree.hashes,
+        edge: tree.edge,
+        pending: tree.pending,
+        set,
+        open: opened.last,
+        to_seal: opened.to_seal,
+        prealloc: listing.prealloc,
+        recycle,
+        unsigned_footers,
+        replicator,
+        report,
+    })
+}
+
+/// The tree brought back: the hash store as the checkpoint left it, and the leaves past
+/// `from` re-derived from the records as recovery reads them.
+struct Rederive {
+    alg: TreeHash,
+    hashes: HashFiles,
+    /// Leaves before this are in the hash store; from here on they are derived.
+    from: u64,
+    /// The newest checkpoint's size and root.
+    promise: (u64, Hash),
+    edge: RightEdge,
+    pending: PendingNodes,
+    /// The root the records give at the checkpoint's size, once the tree passes it.
+    root_at_promise: Option<Hash>,
+}
+
+impl Rederive {
+    fn start(
+        cfg: &EngineConfig,
+        promise: (u64, Hash),
+        report: &mut RecoveryReport,
+    ) -> Result<Rederive> {
+        let alg = cfg.tree_hash;
+        let (cp_size, cp_root) = promise;
+        let hashes = HashFiles::open(&cfg.data_dir.join("hashes"), cfg.hash_cache_bytes_max)?;
+        let mut from = cp_size;
+        let store_ok = hashes.truncate_to(cp_size)?
+            && tree::tree_hash(alg, cp_size, &hashes)
+                .map(|r| r == cp_root)
+                .unwrap_or(false);
+        if !store_ok {
+            tracing::warn!(
+                "hash store does not match checkpoint {cp_size}; rebuilding it from the segments"
+            );
+            hashes.clear()?;
+            from = 0;
+            report.hash_store_rebuilt = true;
+        }
+        let edge = if from == 0 {
+            RightEdge::new(alg)
+        } else {
+            RightEdge::load(alg, from, &hashes)?
+        };
+        Ok(Rederive {
+            alg,
+            hashes,
+            from,
+            promise,
+            edge,
+            pending: PendingNodes::new(),
+            root_at_promise: (from == cp_size).then_some(cp_root),
+        })
+    }
+
+    /// Record `index` as read back from a segment.
+    fn leaf(&mut self, index: u64, rec: &[u8]) -> Result<()> {
+        if index < self.from {
+            return Ok(());
+        }
+        assert_eq!(index, self.edge.size(), "re-derivation out of order");
+        let pending = &mut self.pending;
+        self.edge
+            .append(self.alg.leaf(rec), |n, h| pending.push(n, h));
+        if self.edge.size() == self.promise.0 {
+            self.root_at_promise = Some(self.edge.root());
+        }
+        if self.edge.size().is_multiple_of(65536) {
+            self.pending.flush(&self.hashes)?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint must be a prefix of the `end` leaves the segments hold.
+    fn check_promise(&self, cfg: &EngineConfig, end: u64) -> Result<()> {
+        let (cp_size, cp_root) = self.promise;
+        let cp_path = cfg.data_dir.join(layout::CHECKPOINT_LOG_FILE);
+        if cp_size > end {
+            return Err(corrupt(
+                &cp_path,
+                format!("the newest checkpoint covers {cp_size} events but the segments hold {end}: segments were lost or cut; refusing to start"),
+            ));
+        }
+        if self.root_at_promise != Some(cp_root) && cp_size > 0 {
+            return Err(corrupt(
+                &cp_path,
+                format!("the segments give a different root at the checkpointed size {cp_size}: records were altered; refusing to start"),
+            ));
+        }
+        assert_eq!(
+            self.edge.size(),
+            end,
+            "tree and segments disagree after recovery"
+        );
+        Ok(())
+    }
+}
+
+/// The files of `segments/` by kind (leftover temporaries removed).
+struct Listing {
+    sealed: Vec<(u64, u64, PathBuf)>,
+    open: Vec<(u64, PathBuf)>,
+    prealloc: Vec<PathBuf>,
+    recycle: Vec<PathBuf>,
+}
+
+impl Listing {
+    fn read(seg_dir: &Path) -> Result<Listing> {
+        let mut l = Listing {
+            sealed: Vec::new(),
+            open: Vec::new(),
+            prealloc: Vec::new(),
+            recycle: Vec::new(),
+        };
+        for entry in std::fs::read_dir(seg_dir).map_err(io_err(seg_dir, "list"))? {
+            let entry = entry.map_err(io_err(seg_dir, "list"))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            match parse_name(&name) {
+                Some(SegmentName::Sealed(a, b)) => l.sealed.push((a, b, entry.path())),
+                Some(SegmentName::Open(a)) => l.open.push((a, entry.path())),
+                Some(SegmentName::Prealloc) => l.prealloc.push(entry.path()),
+                Some(SegmentName::Recycle) => l.recycle.push(entry.path()),
+                Some(SegmentName::Temporary) => {
+                    std::fs::remove_file(entry.path())
+                        .map_err(io_err(entry.path(), "remove leftover"))?;
+                }
+                None => tracing::warn!("ignoring unknown file {}", entry.path().display()),
+            }
+        }
+        l.sealed.sort();
+        l.open.sort();
+        Ok(l)
+    }
+}
+
+/// The sealed files and the pruned list merged in leaf order. A segment recorded as pruned
+/// whose file is still there (a crash before the unlink) is unlinked now.
+fn sealed_pieces(
+    cfg: &EngineConfig,
+    sealed: &[(u64, u64, PathBuf)],
+) -> Result<Vec<(u64, u64, Piece)>> {
+    let seg_dir = cfg.data_dir.join(layout::SEGMENTS_DIR);
+    let mut pieces = Vec::new();
     let mut unlinked = false;
     let mut pruned = crate::pruned::read(&cfg.data_dir)?.into_iter().peekable();
-    for (a, b, path) in sealed_list {
+    for (a, b, path) in sealed.iter().cloned() {
         while let Some(p) = pruned.next_if(|p| p.first < a) {
             pieces.push((p.first, p.end, Piece::Pruned(p)));
         }
         if let Some(p) = pruned.next_if(|p| p.first == a && p.end == b) {
-            // Recorded as pruned, then a crash before the unlink: finish it.
             tracing::info!("{}: recorded as pruned; removing it", path.display());
             std::fs::remove_file(&path).map_err(io_err(&path, "unlink pruned segment"))?;
             unlinked = true;
@@ -196,8 +334,23 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
     if unlinked {
         crate::io::sync_dir(&seg_dir).map_err(io_err(&seg_dir, "sync"))?;
     }
+    Ok(pieces)
+}
+
+/// Loads the sealed (and pruned) segments, contiguous from leaf 0, re-deriving the tree
+/// from their records where the hash store lacks it; returns where they end. Segments
+/// deleted by local retention are explained by the pruned list; any other gap is refused.
+fn recover_sealed(
+    cfg: &EngineConfig,
+    sealed: &[(u64, u64, PathBuf)],
+    keyring: &Keyring,
+    tree: &mut Rederive,
+    set: &mut SegmentSet,
+    unsigned_footers: &mut VecDeque<u64>,
+) -> Result<u64> {
+    let pruned_path = crate::pruned::pruned_path(&cfg.data_dir);
     let mut end = 0u64;
-    for (a, b, piece) in pieces {
+    for (a, b, piece) in sealed_pieces(cfg, sealed)? {
         let path = match piece {
             Piece::Local(path) => path,
             Piece::Pruned(p) => {
@@ -207,10 +360,10 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
                         format!("pruned segment [{a}, {b}) does not follow leaf {end}: a segment is missing"),
                     ));
                 }
-                if b > derive_from {
+                if b > tree.from {
                     return Err(corrupt(
                         &pruned_path,
-                        format!("the hash store must be re-derived from leaf {derive_from}, but segment [{a}, {b}) was pruned locally (its records are only on the store, {}); copy that object back into segments/ to start", p.key),
+                        format!("the hash store must be re-derived from leaf {}, but segment [{a}, {b}) was pruned locally (its records are only on the store, {}); copy that object back into segments/ to start", tree.from, p.key),
                     ));
                 }
                 keyring.note_signed(b);
@@ -227,34 +380,18 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
                 ),
             ));
         }
-        let file = std::fs::File::open(&path).map_err(io_err(&path, "open"))?;
-        let (header, footer) = segments::load_sealed(&path, &file)?;
-        if header.first_index != a
-            || header.first_index + header.count != b
-            || header.tree_hash != alg
-        {
-            return Err(corrupt(
-                &path,
-                "header does not match the file name or the log's tree hash",
-            ));
-        }
+        let seg = load_sealed(&path, (a, b), tree.alg)?;
         // Sealed while the signer was down: the checkpointer signs a checkpoint at its end.
-        let signed_footer = !footer.checkpoint_note.is_empty();
+        let signed_footer = match &seg.body {
+            Body::Sealed { footer } => !footer.checkpoint_note.is_empty(),
+            Body::Open { .. } => unreachable!("load_sealed gives a sealed segment"),
+        };
         if !signed_footer {
             unsigned_footers.push_back(b);
         }
-        let seg = Segment {
-            first: a,
-            end: b,
-            path: path.clone(),
-            file: Arc::new(file),
-            body: Body::Sealed {
-                footer: Arc::new(footer),
-            },
-        };
-        if b > derive_from {
-            seg.for_each_record(derive_from.max(a), b, &mut |i, rec| {
-                derive(i, rec, &mut edge, &mut pending)?;
+        if b > tree.from {
+            seg.for_each_record(tree.from.max(a), b, &mut |i, rec| {
+                tree.leaf(i, rec)?;
                 Ok(true)
             })?;
         }
@@ -264,12 +401,61 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
         }
         end = b;
     }
-    let mut open_state: Option<OpenSegment> = None;
-    let mut to_seal = Vec::new();
-    let open_count = open_list.len();
+    Ok(end)
+}
+
+/// A sealed segment file whose header agrees with its name `[a, b)` and the log's hash.
+fn load_sealed(path: &Path, (a, b): (u64, u64), alg: TreeHash) -> Result<Segment> {
+    let file = std::fs::File::open(path).map_err(io_err(path, "open"))?;
+    let (header, footer) = segments::load_sealed(path, &file)?;
+    if header.first_index != a || header.first_index + header.count != b || header.tree_hash != alg
+    {
+        return Err(corrupt(
+            path,
+            "header does not match the file name or the log's tree hash",
+        ));
+    }
+    Ok(Segment {
+        first: a,
+        end: b,
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        body: Body::Sealed {
+            footer: Arc::new(footer),
+        },
+    })
+}
+
+/// What the open segments gave.
+struct Opened {
+    end: u64,
+    last: Option<OpenSegment>,
+    to_seal: Vec<SealJob>,
+    torn_tail: Option<String>,
+}
+
+/// Scans the open segments from `end` on, cutting a torn tail of the last one (a torn batch
+/// anywhere else is corruption). An open segment that starts before `end` was sealed
+/// before the crash: only its retirement was lost, done now.
+fn recover_open(
+    cfg: &EngineConfig,
+    open_list: Vec<(u64, PathBuf)>,
+    mut end: u64,
+    tree: &mut Rederive,
+    set: &mut SegmentSet,
+    recycle: &mut Vec<PathBuf>,
+) -> Result<Opened> {
+    let seg_dir = cfg.data_dir.join(layout::SEGMENTS_DIR);
+    let allowance = auditlog_formats::batch::torn_tail_allowance_bytes(cfg.batch_bytes_max);
+    let mut opened = Opened {
+        end,
+        last: None,
+        to_seal: Vec::new(),
+        torn_tail: None,
+    };
+    let count = open_list.len();
     for (n, (a, path)) in open_list.into_iter().enumerate() {
         if a < end {
-            // Sealed before the crash; only its retirement was lost.
             let retired = seg_dir.join(segments::recycle_name(a));
             std::fs::rename(&path, &retired)
                 .map_err(io_err(&path, "retire sealed open segment"))?;
@@ -287,42 +473,22 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "open"))?;
-        let allowance = auditlog_formats::batch::torn_tail_allowance_bytes(cfg.batch_bytes_max);
-        let mut max_class = 0u8;
-        let scan = segments::scan_open(&path, &file, a, allowance, |i, rec| {
-            derive(i, rec, &mut edge, &mut pending)
-        })?;
-        for b in &scan.batches {
-            let mut h = [0u8; auditlog_formats::batch::BATCH_HEADER_BYTES];
-            use std::os::unix::fs::FileExt;
-            file.read_exact_at(&mut h, b.offset)
-                .map_err(io_err(&path, "read"))?;
-            let header = auditlog_formats::batch::decode_header(&h)
-                .map_err(|e| corrupt(&path, format!("batch at offset {}: {e}", b.offset)))?;
-            max_class = max_class.max(header.max_classification);
-        }
+        let scan = segments::scan_open(&path, &file, a, allowance, |i, rec| tree.leaf(i, rec))?;
+        let max_classification = max_classification(&path, &file, &scan.batches)?;
         if let Some((at, why)) = &scan.torn {
-            if n + 1 != open_count {
+            if n + 1 != count {
                 return Err(corrupt(
                     &path,
                     format!("batch at offset {at}: {why}, in a segment that is not the last"),
                 ));
             }
-            let msg = format!("{}: cut torn tail at offset {at} ({why})", path.display());
-            tracing::warn!("{msg}");
-            report.torn_tail = Some(msg);
-            // Zero what the torn write left, so no stale bytes sit after the next batch.
-            let file_len = file.metadata().map_err(io_err(&path, "stat"))?.len();
-            let zero_to = (at + allowance).min(file_len);
-            let zeros = vec![0u8; (zero_to - at) as usize];
-            crate::io::pwritev_all(&file, *at, &[&zeros])
-                .map_err(io_err(&path, "zero torn tail"))?;
-            file.sync_data().map_err(io_err(&path, "fdatasync"))?;
+            opened.torn_tail = Some(cut_torn_tail(&path, &file, *at, why, allowance)?);
         }
         let file = Arc::new(file);
+        end = scan.end_index;
         set.open.push(OpenView {
             first: a,
-            end: scan.end_index,
+            end,
             path: path.clone(),
             file: file.clone(),
             batches: scan.batches,
@@ -333,221 +499,62 @@ pub(crate) fn open(cfg: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result
             file,
             write_offset: scan.valid_bytes,
             opened_at: Instant::now(),
-            max_classification: max_class,
+            max_classification,
         };
-        if let Some(prev) = open_state.replace(seg) {
-            to_seal.push(prev);
+        if let Some(prev) = opened.last.replace(seg) {
+            opened.to_seal.push(SealJob {
+                first: prev.first,
+                end: a,
+                path: prev.path,
+                file: prev.file,
+                max_classification: prev.max_classification,
+            });
         }
-        end = scan.end_index;
     }
-    pending.flush(&hashes)?;
-    report.rederived_leaves = end.saturating_sub(derive_from);
+    opened.end = end;
+    Ok(opened)
+}
 
-    // 4. The checkpoint must be a prefix of what the segments hold.
-    if cp_size > end {
-        return Err(corrupt(
-            cfg.data_dir.join(layout::CHECKPOINT_LOG_FILE),
-            format!("the newest checkpoint covers {cp_size} events but the segments hold {end}: segments were lost or cut; refusing to start"),
-        ));
+/// The highest classification of the batches in an open segment (its footer will say it).
+fn max_classification(
+    path: &Path,
+    file: &std::fs::File,
+    batches: &[crate::segments::BatchLoc],
+) -> Result<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut max = 0u8;
+    for b in batches {
+        let mut h = [0u8; auditlog_formats::batch::BATCH_HEADER_BYTES];
+        file.read_exact_at(&mut h, b.offset)
+            .map_err(io_err(path, "read"))?;
+        let header = auditlog_formats::batch::decode_header(&h)
+            .map_err(|e| corrupt(path, format!("batch at offset {}: {e}", b.offset)))?;
+        max = max.max(header.max_classification);
     }
-    if root_at_cp != Some(cp_root) && cp_size > 0 {
-        return Err(corrupt(
-            cfg.data_dir.join(layout::CHECKPOINT_LOG_FILE),
-            format!("the segments give a different root at the checkpointed size {cp_size}: records were altered; refusing to start"),
-        ));
-    }
-    assert_eq!(
-        edge.size(),
-        end,
-        "tree and segments disagree after recovery"
-    );
-    report.tree_size = end;
+    Ok(max)
+}
 
-    let (appender, io_name) = Appender::new(cfg.io_mode).map_err(io_err(&seg_dir, "set up I/O"))?;
-    let leaf_index = crate::leafindex::LeafIndex::open(&cfg.data_dir.join("leafindex"), end)?;
-    let remote = read_target(&cfg)?;
-    let shared = Arc::new(Shared {
-        remote,
-        hashes: hashes.clone(),
-        leaf_index,
-        keyring,
-        io_mode_name: io_name,
-        head: Mutex::new(TreeHead {
-            size: end,
-            root: edge.root(),
-        }),
-        size: AtomicU64::new(end),
-        segments: RwLock::new(set),
-        checkpoint: Mutex::new(latest.map(Arc::new)),
-        checkpoint_cv: Condvar::new(),
-        checkpoint_wanted: Mutex::new(0),
-        checkpoint_wake: Condvar::new(),
-        checkpoint_at: Mutex::new(None),
-        failed: Mutex::new(None),
-        failed_flag: AtomicBool::new(false),
-        prealloc_error: Mutex::new(None),
-        recycle: Mutex::new(recycle.into_iter().map(|p| (p, None)).collect()),
-        signer_error: Mutex::new(None),
-        signer_failures: AtomicU64::new(0),
-        signer_failures_in_a_row: AtomicU64::new(0),
-        signing_down: AtomicBool::new(false),
-        unsigned_footers: Mutex::new(unsigned_footers),
-        seal_error: Mutex::new(None),
-        seal_failures: AtomicU64::new(0),
-        draining: AtomicBool::new(false),
-        shutting_down: AtomicBool::new(false),
-        stats: Mutex::new(Stats::default()),
-        queued: std::sync::OnceLock::new(),
-        checkpoint_listeners: Mutex::new(Vec::new()),
-        config: cfg,
-    });
-
-    // 5. Threads: preallocator, sealer, sequencer, checkpointer.
-    // A rendezvous channel: the preallocator holds one ready file, not one more in a queue.
-    let (prealloc_tx, prealloc_rx) = crossbeam_channel::bounded::<PathBuf>(0);
-    let next_n = prealloc
-        .iter()
-        .filter_map(|p| {
-            p.file_stem()?
-                .to_str()?
-                .strip_prefix("prealloc-")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |n| n + 1);
-    let mut threads = Vec::new();
-    {
-        let shared = shared.clone();
-        threads.push(spawn(&shared.clone(), "auditlog-prealloc", move || {
-            crate::io::lower_thread_priority(crate::io::Background::LowIo);
-            preallocate(shared, prealloc, next_n, prealloc_tx)
-        })?);
-    }
-    // Bounded: the sequencer waits at a rotation once sealing is this far behind. The
-    // segments recovery found unsealed all fit, whatever their number.
-    let (seal_tx, seal_rx) =
-        crossbeam_channel::bounded(shared.config.seal_queue_segments_max.max(to_seal.len()));
-    for old in to_seal {
-        let end = shared
-            .segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .open
-            .iter()
-            .find(|v| v.first == old.first)
-            .map(|v| v.end)
-            .unwrap_or(old.first);
-        seal_tx
-            .send(crate::sequencer::SealJob {
-                first: old.first,
-                end,
-                path: old.path,
-                file: old.file,
-                max_classification: old.max_classification,
-            })
-            .map_err(|_| EngineError::Failed("sealer gone".into()))?;
-    }
-    let open = match open_state {
-        Some(o) => o,
-        None => {
-            let p = prealloc_rx
-                .recv_timeout(Duration::from_secs(60))
-                .map_err(|_| {
-                    EngineError::Failed(
-                        shared
-                            .prealloc_error()
-                            .unwrap_or_else(|| "could not prepare the first segment".into()),
-                    )
-                })?;
-            let path = shared.segments_dir().join(segments::open_name(end));
-            std::fs::rename(&p, &path).map_err(io_err(&path, "activate segment"))?;
-            crate::io::sync_dir(&shared.segments_dir()).map_err(io_err(&path, "sync"))?;
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path, "open"))?;
-            let o = OpenSegment {
-                first: end,
-                path,
-                file: Arc::new(file),
-                write_offset: 0,
-                opened_at: Instant::now(),
-                max_classification: 0,
-            };
-            shared.add_open_segment(&o);
-            o
-        }
-    };
-    let (submit_tx, submit_rx) = crossbeam_channel::bounded(shared.config.queue_submissions_max);
-    // Set once, here, before any submission exists.
-    let _ = shared.queued.set(submit_rx.clone());
-    let seq = Sequencer {
-        shared: shared.clone(),
-        rx: submit_rx,
-        appender,
-        open,
-        edge,
-        pending,
-        prealloc_rx,
-        seal_tx,
-    };
-    // The sequencer is joined first on shutdown, so queued work drains before the final checkpoint.
-    threads.insert(0, spawn(&shared, "auditlog-sequencer", move || seq.run())?);
-    {
-        let shared = shared.clone();
-        threads.push(spawn(&shared.clone(), "auditlog-sealer", move || {
-            crate::io::lower_thread_priority(crate::io::Background::IdleIo);
-            crate::sealer::run(shared, seal_rx)
-        })?);
-    }
-    {
-        let shared = shared.clone();
-        threads.push(spawn(
-            &shared.clone(),
-            "auditlog-checkpointer",
-            move || {
-                // Checkpoints are off the ack path; building the leaf index for them is ~0.13
-                // of a core at 526k events/s. At nice 10 the ack p99 at 596k went from 8.3 to
-                // 6.9 ms (medians of 10, A/B). Under saturation checkpoints come later
-                // (`auditlog_checkpoint_age_milliseconds` shows it), acks do not.
-                crate::io::lower_thread_priority(crate::io::Background::LowIo);
-                crate::checkpointer::run(shared, cp_log)
-            },
-        )?);
-    }
-    let replication = match replicator {
-        Some((r, monitor)) => {
-            let shared = shared.clone();
-            threads.push(spawn(&shared.clone(), "auditlog-replicator", move || {
-                crate::io::lower_thread_priority(crate::io::Background::IdleIo);
-                r.run(shared)
-            })?);
-            Some(monitor)
-        }
-        None => None,
-    };
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(
-        "log open: {} events, checkpoint {}, recovery {:?}",
-        report.tree_size,
-        report.checkpoint_size,
-        report
-    );
-    Ok(Engine {
-        shared,
-        submit_tx: Some(submit_tx),
-        threads,
-        recovery: report,
-        started,
-        replication,
-    })
+/// Zeroes what a torn write left at `at`, so no stale bytes sit after the next batch.
+fn cut_torn_tail(
+    path: &Path,
+    file: &std::fs::File,
+    at: u64,
+    why: &dyn std::fmt::Display,
+    allowance: u64,
+) -> Result<String> {
+    let msg = format!("{}: cut torn tail at offset {at} ({why})", path.display());
+    tracing::warn!("{msg}");
+    let file_len = file.metadata().map_err(io_err(path, "stat"))?.len();
+    let zero_to = (at + allowance).min(file_len);
+    let zeros = vec![0u8; (zero_to - at) as usize];
+    crate::io::pwritev_all(file, at, &[&zeros]).map_err(io_err(path, "zero torn tail"))?;
+    file.sync_data().map_err(io_err(path, "fdatasync"))?;
+    Ok(msg)
 }
 
 /// The store pruned segments are read from: a target of its own, so readers never wait
 /// on the replicator's uploads.
-fn read_target(cfg: &EngineConfig) -> Result<crate::remote::RemoteSegments> {
+pub(crate) fn read_target(cfg: &EngineConfig) -> Result<crate::remote::RemoteSegments> {
     let Some(r) = cfg.replication.as_ref().filter(|r| r.enabled) else {
         return Ok(crate::remote::RemoteSegments::new(None, 0, 0));
     };
@@ -571,146 +578,7 @@ fn read_target(cfg: &EngineConfig) -> Result<crate::remote::RemoteSegments> {
 /// the rest run on. The failure names the thread and the panic message; writes stop (the
 /// sequencer acknowledges nothing after it), `/ready` shows it, and `shutdown` returns it,
 /// so the daemon exits non-zero.
-fn spawn(
-    shared: &Arc<Shared>,
-    name: &'static str,
-    f: impl FnOnce() + Send + 'static,
-) -> Result<std::thread::JoinHandle<()>> {
-    let shared = shared.clone();
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".into());
-                shared.fail(Fault::other(format!("thread {name} panicked: {msg}")));
-                // What was queued will never be written: answer it (a panicked sequencer
-                // answers nothing itself).
-                shared.refuse_queued();
-                // Wake whoever waits on the engine (appenders, checkpoint waiters).
-                let _want = shared
-                    .checkpoint_wanted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                shared.checkpoint_wake.notify_all();
-            }
-        })
-        .map_err(|e| EngineError::Failed(format!("cannot start thread {name}: {e}")))
-}
-
 /// A key name from the origin (`layout::default_key_name`).
 pub(crate) fn key_name(origin: &str) -> String {
     auditlog_formats::layout::default_key_name(origin)
-}
-
-/// Moves a recycled segment no reader holds open to `partial`; `None` if there is none.
-fn take_recycled(shared: &Shared, partial: &std::path::Path) -> Option<()> {
-    let mut list = shared.recycle.lock().unwrap_or_else(|e| e.into_inner());
-    // The sealer's handle is the only one left once no reader is still inside the file
-    // (readers clone the segment's handle for as long as they read it).
-    let i = list
-        .iter()
-        .position(|(_, f)| f.as_ref().is_none_or(|f| Arc::strong_count(f) == 1))?;
-    let (path, _) = list.swap_remove(i);
-    drop(list);
-    match std::fs::rename(&path, partial) {
-        Ok(()) => Some(()),
-        Err(e) => {
-            tracing::warn!("cannot recycle {}: {e}", path.display());
-            None
-        }
-    }
-}
-
-/// Hands a sealed open segment to the preallocator (see `take_recycled`).
-pub(crate) fn recycle(shared: &Shared, path: PathBuf, file: Arc<std::fs::File>) {
-    shared
-        .recycle
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((path, Some(file)));
-}
-
-/// Keeps one zero-filled segment file ready ahead of the writer.
-fn preallocate(
-    shared: Arc<Shared>,
-    existing: Vec<PathBuf>,
-    mut n: u64,
-    tx: crossbeam_channel::Sender<PathBuf>,
-) {
-    let dir = shared.segments_dir();
-    let bytes = shared.config.segment_bytes;
-    let mut ready: Vec<PathBuf> = existing
-        .into_iter()
-        .filter(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.len() == bytes)
-                .unwrap_or(false)
-                || std::fs::remove_file(p).is_err()
-        })
-        .collect();
-    loop {
-        crate::config::FaultHooks::maybe_panic(shared.config.faults.as_ref(), "auditlog-prealloc");
-        let path = match ready.pop() {
-            Some(p) => p,
-            None => {
-                loop {
-                    let path = dir.join(format!("prealloc-{n:06}.tmp"));
-                    let partial = dir.join(format!("prealloc-{n:06}.partial"));
-                    n += 1;
-                    let _ = std::fs::remove_file(&partial);
-                    // A sealed open segment is zeroed in place rather than unlinked: freeing
-                    // 256 MiB (with online discard) stalled the disk under the sequencer's
-                    // syncs, and writing over allocated blocks needs no allocation either.
-                    let made = match take_recycled(&shared, &partial) {
-                        Some(()) => crate::io::zero_in_place(&partial, bytes),
-                        None => crate::io::create_zeroed(&partial, bytes),
-                    }
-                    .and_then(|()| std::fs::rename(&partial, &path));
-                    match made {
-                        Ok(()) => {
-                            shared.set_prealloc_error(None);
-                            break path;
-                        }
-                        Err(e) => {
-                            let _ = std::fs::remove_file(&partial);
-                            let why = if e.raw_os_error() == Some(libc::ENOSPC) {
-                                Fault::disk_full(format!(
-                                    "cannot zero-fill the next {bytes}-byte segment in {}",
-                                    dir.display()
-                                ))
-                            } else {
-                                Fault::other(format!(
-                                    "cannot prepare the next segment in {}: {e}",
-                                    dir.display()
-                                ))
-                            };
-                            tracing::warn!("{}", why.text());
-                            shared.set_prealloc_error(Some(why));
-                            if shared.shutting_down.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
-                }
-            }
-        };
-        let mut item = path;
-        loop {
-            match tx.send_timeout(item, Duration::from_millis(200)) {
-                Ok(()) => break,
-                Err(crossbeam_channel::SendTimeoutError::Timeout(p)) => {
-                    if shared.shutting_down.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    item = p;
-                }
-                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
-            }
-        }
-    }
 }

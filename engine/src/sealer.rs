@@ -15,11 +15,13 @@
 //! re-derives everything.
 
 use std::fs::OpenOptions;
+use std::path::Path;
 use std::sync::Arc;
 
 use auditlog_formats::note::Checkpoint;
 use auditlog_formats::segment::{SegmentBuilder, SegmentHeader};
 use auditlog_formats::tree::{self, RightEdge};
+use auditlog_formats::Hash;
 use crossbeam_channel::Receiver;
 
 use crate::error::{corrupt, io_err, Result};
@@ -31,7 +33,7 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
     use std::sync::atomic::Ordering::SeqCst;
     use std::time::{Duration, Instant};
     // `draining` is set first thing at shutdown, before `shutting_down`.
-    let stopping = || shared.draining.load(SeqCst);
+    let stopping = || shared.health.draining();
     // Once a seal is given up on at shutdown, so are the segments after it: sealed
     // segments stay a prefix of the log, and the next start seals the open files in order.
     let mut gave_up = false;
@@ -45,7 +47,9 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
         let mut delay = Duration::from_millis(100);
         while !gave_up {
             let outcome = seal(&shared, &job);
-            shared.seal_outcome(outcome.as_ref().err().map(|e| e.to_string()));
+            shared
+                .health
+                .seal_outcome(outcome.as_ref().err().map(|e| e.to_string()));
             let Err(e) = outcome else { break };
             if stopping() {
                 tracing::warn!(
@@ -71,87 +75,53 @@ pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<SealJob>) {
     }
 }
 
+/// Seals one open segment: its records re-blocked and compressed into `<name>.seal.tmp`
+/// with a footer tying it into the tree, synced, read back and checked against what was
+/// read from the open segment, then renamed into place and handed to readers; the open
+/// file is retired for recycling.
 pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
-    let cfg = &shared.config;
-    let alg = cfg.tree_hash;
     let dir = shared.segments_dir();
-    let final_path = dir.join(sealed_name(job.first, job.end));
     let tmp = dir.join(format!("{}.tmp", sealed_name(job.first, job.end)));
     let _ = std::fs::remove_file(&tmp);
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io_err(&tmp, "create"))?;
-
     let header = SegmentHeader {
-        tree_hash: alg,
+        tree_hash: shared.config.tree_hash,
         first_index: job.first,
         count: job.end - job.first,
     };
+    let written = write_sealed(shared, job, &tmp, header)?;
+    let seg = read_back(shared, job, &tmp, header, &written)?;
+    install(shared, job, seg, written.unsigned)
+}
+
+/// What was written, for the read-back check.
+struct Written {
+    root: Hash,
+    /// BLAKE3 of every record read from the open segment, in its block framing: what the
+    /// sealed blocks must decompress to.
+    records: blake3::Hash,
+    /// The footer carries no signed note (the signer was down).
+    unsigned: bool,
+}
+
+/// Writes the sealed file at `tmp`: header, blocks, footer; synced.
+fn write_sealed(
+    shared: &Shared,
+    job: &SealJob,
+    tmp: &Path,
+    header: SegmentHeader,
+) -> Result<Written> {
+    let cfg = &shared.config;
+    let alg = cfg.tree_hash;
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(io_err(tmp, "create"))?;
     let (mut builder, head) = SegmentBuilder::new(header, cfg.zstd_level);
     use std::io::Write;
     let mut w = crate::io::WriteBehind::new(&out);
-    w.write_all(&head).map_err(io_err(&tmp, "write"))?;
-
-    // Re-block the records: the open segment's batches are as big as load made them; the
-    // sealed blocks are a fixed size, so reads cost the same everywhere.
-    let mut raw: Vec<u8> = Vec::with_capacity(cfg.block_raw_bytes + 70_000);
-    // What the sealed file must decompress to: every record read from the open segment
-    // (each batch checked against its CRC), in its block framing.
-    let mut records = blake3::Hasher::new();
-    let mut in_block = 0u32;
-    let mut seen = job.first;
-    let mut damage = shared.config.faults.as_ref().is_some_and(|f| {
-        use std::sync::atomic::Ordering::SeqCst;
-        f.damage_seals
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    });
-    // Runs beside the sequencer on a small machine: gives the CPU away often (`yielding`).
-    let mut pace = crate::yielding::Every::new(256);
-    let scan = segments::scan_open(
-        &job.path,
-        &job.file,
-        job.first,
-        auditlog_formats::batch::torn_tail_allowance_bytes(cfg.batch_bytes_max),
-        |index, rec| {
-            if index >= job.end {
-                return Ok(());
-            }
-            assert_eq!(index, seen, "records out of order while sealing");
-            seen += 1;
-            pace.tick();
-            auditlog_formats::segment::push_block_entry(&mut raw, rec);
-            in_block += 1;
-            if raw.len() >= cfg.block_raw_bytes {
-                records.update(&raw);
-                damage_for_test(&mut damage, &mut raw);
-                let c = builder
-                    .add_block(&raw, in_block)
-                    .map_err(io_err(&tmp, "compress"))?;
-                w.write_all(&c).map_err(io_err(&tmp, "write"))?;
-                raw.clear();
-                in_block = 0;
-                crate::yielding::point();
-            }
-            Ok(())
-        },
-    )?;
-    if scan.end_index < job.end || seen != job.end {
-        return Err(corrupt(
-            &job.path,
-            format!("holds leaves to {}, expected {}", scan.end_index, job.end),
-        ));
-    }
-    if in_block > 0 {
-        records.update(&raw);
-        damage_for_test(&mut damage, &mut raw);
-        let c = builder
-            .add_block(&raw, in_block)
-            .map_err(io_err(&tmp, "compress"))?;
-        w.write_all(&c).map_err(io_err(&tmp, "write"))?;
-    }
+    w.write_all(&head).map_err(io_err(tmp, "write"))?;
+    let records = write_blocks(shared, job, tmp, &mut builder, &mut w)?;
 
     // The footer ties the segment into the tree: the edge before it, the head after it.
     let prior = RightEdge::load(alg, job.first, &shared.hashes)?;
@@ -171,99 +141,175 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
         job.max_classification,
         note,
     );
-    w.write_all(&tail).map_err(io_err(&tmp, "write"))?;
-    w.flush().map_err(io_err(&tmp, "write"))?;
+    w.write_all(&tail).map_err(io_err(tmp, "write"))?;
+    w.flush().map_err(io_err(tmp, "write"))?;
     drop(w);
-    out.sync_all().map_err(io_err(&tmp, "fsync"))?;
-    drop(out);
+    out.sync_all().map_err(io_err(tmp, "fsync"))?;
+    Ok(Written {
+        root,
+        records,
+        unsigned,
+    })
+}
 
-    // Read back before trusting it: the file's digest, footer, and every block, which
-    // must decompress to exactly the records read from the open segment.
-    let f = std::fs::File::open(&tmp).map_err(io_err(&tmp, "reopen"))?;
-    segments::check_digest(&tmp, &f)?;
-    let (h2, footer) = segments::load_sealed(&tmp, &f)?;
-    if h2 != header || footer.root != root {
-        return Err(corrupt(&tmp, "read back differs from what was written"));
-    }
-    // With `seal_check_leaves`, the records are also hashed into the tree again from the
-    // footer's prior edge: the file must reproduce the head we signed.
-    let footer = Arc::new(footer);
-    let mut edge = cfg
-        .seal_check_leaves
-        .then(|| RightEdge::from_parts(alg, job.first, &footer.prior_edge));
-    let seg = Segment {
-        first: job.first,
-        end: job.end,
-        path: tmp.clone(),
-        file: Arc::new(f),
-        body: Body::Sealed {
-            footer: footer.clone(),
-        },
+/// Re-blocks the open segment's records into fixed-size compressed blocks: the open
+/// segment's batches are as big as load made them; sealed blocks are a fixed size, so
+/// reads cost the same everywhere. Returns the BLAKE3 of the raw blocks.
+fn write_blocks(
+    shared: &Shared,
+    job: &SealJob,
+    tmp: &Path,
+    builder: &mut SegmentBuilder,
+    w: &mut impl std::io::Write,
+) -> Result<blake3::Hash> {
+    let cfg = &shared.config;
+    let mut raw: Vec<u8> = Vec::with_capacity(cfg.block_raw_bytes + 70_000);
+    let mut records = blake3::Hasher::new();
+    let mut in_block = 0u32;
+    let mut seen = job.first;
+    let mut damage = cfg.faults.as_ref().is_some_and(|f| {
+        use std::sync::atomic::Ordering::SeqCst;
+        f.damage_seals
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    });
+    let mut flush = |raw: &mut Vec<u8>, in_block: &mut u32| -> Result<()> {
+        records.update(raw);
+        damage_for_test(&mut damage, raw);
+        let c = builder
+            .add_block(raw, *in_block)
+            .map_err(io_err(tmp, "compress"))?;
+        w.write_all(&c).map_err(io_err(tmp, "write"))?;
+        raw.clear();
+        *in_block = 0;
+        Ok(())
     };
-    // A decompressed block is its records in exactly the framing hashed above, so each
-    // block is hashed whole (BLAKE3 is fast on long inputs only; per record it cost more
-    // than the SHA-256 re-hash).
-    let mut again = blake3::Hasher::new();
-    let mut count = 0u64;
-    segments::for_each_sealed_block(
-        &tmp,
-        &*seg.file,
-        &footer,
+    // Runs beside the sequencer on a small machine: gives the CPU away often (`yielding`).
+    let mut pace = crate::yielding::Every::new(256);
+    let scan = segments::scan_open(
+        &job.path,
+        &job.file,
         job.first,
-        job.end,
-        &mut |b, raw| {
-            again.update(raw);
-            count += u64::from(b.record_count);
-            if let Some(e) = edge.as_mut() {
-                segments::walk(
-                    &tmp,
-                    b.first_index,
-                    raw,
-                    job.first,
-                    job.end,
-                    &mut |_, rec| {
-                        pace.tick();
-                        e.append(alg.leaf(rec), |_, _| {});
-                        Ok(true)
-                    },
-                )?;
+        auditlog_formats::batch::torn_tail_allowance_bytes(cfg.batch_bytes_max),
+        |index, rec| {
+            if index >= job.end {
+                return Ok(());
             }
-            crate::yielding::point();
-            Ok(true)
+            assert_eq!(index, seen, "records out of order while sealing");
+            seen += 1;
+            pace.tick();
+            auditlog_formats::segment::push_block_entry(&mut raw, rec);
+            in_block += 1;
+            if raw.len() >= cfg.block_raw_bytes {
+                flush(&mut raw, &mut in_block)?;
+                crate::yielding::point();
+            }
+            Ok(())
         },
     )?;
-    if count != job.end - job.first || again.finalize() != records.finalize() {
+    if scan.end_index < job.end || seen != job.end {
         return Err(corrupt(
-            &tmp,
+            &job.path,
+            format!("holds leaves to {}, expected {}", scan.end_index, job.end),
+        ));
+    }
+    if in_block > 0 {
+        flush(&mut raw, &mut in_block)?;
+    }
+    Ok(records.finalize())
+}
+
+/// Reads the synced file back before trusting it: its digest, header and footer, and every
+/// block, which must decompress to exactly the records read from the open segment. With
+/// `seal_check_leaves` the records are also hashed into the tree again from the footer's
+/// prior edge: the file must reproduce the head the footer states.
+fn read_back(
+    shared: &Shared,
+    job: &SealJob,
+    tmp: &Path,
+    header: SegmentHeader,
+    written: &Written,
+) -> Result<Segment> {
+    let alg = shared.config.tree_hash;
+    let f = std::fs::File::open(tmp).map_err(io_err(tmp, "reopen"))?;
+    segments::check_digest(tmp, &f)?;
+    let (h2, footer) = segments::load_sealed(tmp, &f)?;
+    if h2 != header || footer.root != written.root {
+        return Err(corrupt(tmp, "read back differs from what was written"));
+    }
+    let footer = Arc::new(footer);
+    let mut edge = shared
+        .config
+        .seal_check_leaves
+        .then(|| RightEdge::from_parts(alg, job.first, &footer.prior_edge));
+    // A decompressed block is its records in exactly the framing hashed when written, so
+    // each block is hashed whole (BLAKE3 is fast on long inputs only; per record it cost
+    // more than the SHA-256 re-hash).
+    let mut again = blake3::Hasher::new();
+    let mut count = 0u64;
+    let mut pace = crate::yielding::Every::new(256);
+    segments::for_each_sealed_block(tmp, &f, &footer, job.first, job.end, &mut |b, raw| {
+        again.update(raw);
+        count += u64::from(b.record_count);
+        if let Some(e) = edge.as_mut() {
+            segments::walk(
+                tmp,
+                b.first_index,
+                raw,
+                job.first,
+                job.end,
+                &mut |_, rec| {
+                    pace.tick();
+                    e.append(alg.leaf(rec), |_, _| {});
+                    Ok(true)
+                },
+            )?;
+        }
+        crate::yielding::point();
+        Ok(true)
+    })?;
+    if count != job.end - job.first || again.finalize() != written.records {
+        return Err(corrupt(
+            tmp,
             "sealed records differ from the open segment's",
         ));
     }
-    if let Some(e) = edge {
-        if e.size() != job.end || e.root() != root {
-            return Err(corrupt(
-                &tmp,
-                "sealed records do not reproduce the tree head",
-            ));
-        }
+    if edge.is_some_and(|e| e.size() != job.end || e.root() != written.root) {
+        return Err(corrupt(
+            tmp,
+            "sealed records do not reproduce the tree head",
+        ));
     }
+    Ok(Segment {
+        first: job.first,
+        end: job.end,
+        path: tmp.to_path_buf(),
+        file: Arc::new(f),
+        body: Body::Sealed { footer },
+    })
+}
 
-    std::fs::rename(&tmp, &final_path).map_err(io_err(&final_path, "rename sealed segment"))?;
+/// The checked file takes its name and replaces the open segment for readers; the open
+/// file is retired. Not unlinked: the preallocator zeroes it in place for a later segment
+/// (freeing it stalled the disk). Renamed first, so recovery never takes it for an open one.
+fn install(shared: &Shared, job: &SealJob, seg: Segment, unsigned: bool) -> Result<()> {
+    let dir = shared.segments_dir();
+    let final_path = dir.join(sealed_name(job.first, job.end));
+    std::fs::rename(&seg.path, &final_path)
+        .map_err(io_err(&final_path, "rename sealed segment"))?;
     crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
-    let sealed = Segment {
+    shared.segments.replace_with_sealed(Segment {
         path: final_path,
         ..seg
-    };
-    shared.replace_with_sealed(sealed);
+    });
     if unsigned {
-        shared.footer_unsigned(job.end);
+        shared.health.footer_unsigned(job.end);
     }
-    // Not unlinked: the preallocator zeroes it in place for a later segment (freeing it
-    // stalled the disk). Renamed first, so recovery never takes it for an open segment.
     let recycled = dir.join(segments::recycle_name(job.first));
     std::fs::rename(&job.path, &recycled)
         .map_err(io_err(&job.path, "retire sealed open segment"))?;
     crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
-    crate::recovery::recycle(shared, recycled, job.file.clone());
+    shared.recycled.push(recycled, job.file.clone());
     tracing::info!("sealed segment [{}, {})", job.first, job.end);
     Ok(())
 }
@@ -273,21 +319,21 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
 /// without a note is covered by the checkpoint the checkpointer signs at its end once the
 /// signer is back (`Shared::unsigned_footers`); the verifier asks that of it.
 fn footer_note(shared: &Shared, cp: &Checkpoint) -> String {
-    if shared.signer_down() {
+    if shared.health.signer_down() {
         return String::new();
     }
     match shared.keyring.sign(cp) {
         Ok(note) => {
-            shared.signer_worked();
+            shared.health.signer_worked();
             note
         }
         Err(e) => {
-            shared.signer_failed();
+            shared.health.signer_failed();
             tracing::warn!(
                 "sealing [.., {}) without a signed footer: {e}; its checkpoint is signed when the signer is back",
                 cp.size
             );
-            shared.set_signer_error(Some(e.to_string()));
+            shared.health.set_signer_error(Some(e.to_string()));
             String::new()
         }
     }

@@ -14,9 +14,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::error::{io_err, EngineError, Result};
 use crate::hashstore::PendingNodes;
+use crate::health::Fault;
 use crate::io::Appender;
 use crate::segments::{open_name, BatchLoc};
-use crate::shared::Fault;
 use crate::{Receipts, Shared, Submission};
 
 /// The segment being appended to.
@@ -104,12 +104,8 @@ impl Sequencer {
             }
             // A failure elsewhere (a panicked thread: a broken invariant) stops writes: nothing
             // is acknowledged after it. One atomic load per group commit.
-            if self
-                .shared
-                .failed_flag
-                .load(std::sync::atomic::Ordering::SeqCst)
-            {
-                let why = self.shared.failure();
+            if self.shared.health.has_failed() {
+                let why = self.shared.health.failure();
                 for s in batch.drain(..) {
                     (s.done)(Err(why.as_ref().map_or_else(
                         || EngineError::Failed(String::new()),
@@ -129,7 +125,7 @@ impl Sequencer {
                     // Whatever failed (write, sync, hash store), the page cache and the tree's
                     // edge can no longer be trusted to match the disk: stop, say why, ack nothing.
                     let fault = Fault::of(&e);
-                    self.shared.fail(fault.clone());
+                    self.shared.health.fail(fault.clone());
                     for s in batch.drain(..) {
                         (s.done)(Err(fault.error()));
                     }
@@ -141,7 +137,7 @@ impl Sequencer {
         // Refuse whatever is still queued: with the engine failed or shutting down, none of
         // it will be written. A submission queued after this is answered by its producer
         // (`Engine::submission` checks the failure after queueing).
-        let why = self.shared.failure();
+        let why = self.shared.health.failure();
         if let Some(s) = carry {
             (s.done)(Err(why
                 .as_ref()
@@ -240,7 +236,7 @@ impl Sequencer {
         let next = match self.prealloc_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(p) => p,
             Err(_) => {
-                return Err(self.shared.prealloc_fault().map_or_else(
+                return Err(self.shared.health.prealloc_fault().map_or_else(
                     || EngineError::Failed("no zero-filled segment ready after 10 s".into()),
                     |f| f.error(),
                 ));
@@ -265,10 +261,10 @@ impl Sequencer {
             max_classification: 0,
         };
         let old = std::mem::replace(&mut self.open, new);
-        self.shared.add_open_segment(&self.open);
+        self.shared.segments.add_open(&self.open);
         if old.write_offset == 0 {
             // Never written: nothing to seal.
-            self.shared.remove_open_segment(old.first);
+            self.shared.segments.remove_open(old.first);
             let _ = std::fs::remove_file(&old.path);
             return Ok(());
         }

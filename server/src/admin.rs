@@ -176,19 +176,10 @@ pub(crate) fn admin_event(
     engine.append_payloads([bytes.as_slice()]).map(|_| ())
 }
 
-/// RFC 3339 UTC with milliseconds, from the system clock (civil-from-days, proleptic
-/// Gregorian).
+/// RFC 3339 UTC from the system clock (`formats::time`, the one formatter of audit
+/// timestamps).
 fn rfc3339_now() -> String {
-    let ms = now_ms();
-    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
-    let (y, m, d) = auditlog_formats::time::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
+    auditlog_formats::time::unix_ns_to_rfc3339(auditlog_engine::now_unix_ns())
 }
 
 /// The admin calling, by API token only: OIDC sign-in grants no admin role (admins are the

@@ -552,40 +552,29 @@ async fn get_checkpoint(State(st): State<St>, caller: Caller, q: Params) -> ApiR
 }
 
 /// Waits for a checkpoint covering `min_size` without holding a thread: on the engine's
-/// checkpoint notifications, and a short timer while the tree has not reached `min_size`
-/// (the engine is only asked for sizes the tree has: its wanted size is sticky, and one
-/// beyond the head would make every later append sign a checkpoint at once).
+/// checkpoint notifications (`on_checkpoint`, fed into `st.checkpoints`), asking again after
+/// each one (the engine keeps only the smallest size above its head that was asked for).
 async fn wait_checkpoint(
     st: &AppState,
     min_size: u64,
     wait: Duration,
 ) -> Option<Arc<auditlog_engine::SignedCheckpoint>> {
     let deadline = tokio::time::Instant::now() + wait;
+    let covering = || {
+        st.engine
+            .latest_checkpoint()
+            .filter(|cp| cp.checkpoint.size >= min_size)
+    };
     let mut published = st.checkpoints.clone();
     loop {
         published.mark_unchanged();
-        if let Some(cp) = st.engine.latest_checkpoint() {
-            if cp.checkpoint.size >= min_size {
-                return Some(cp);
-            }
+        if let Some(cp) = covering() {
+            return Some(cp);
         }
         st.engine.want_checkpoint(min_size);
-        let reached = st.engine.tree_size() >= min_size;
-        // A new checkpoint, or (the tree still short of min_size) a look again shortly.
-        let next = if reached {
-            deadline
-        } else {
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))
-        };
         tokio::select! {
             r = published.changed() => if r.is_err() { return None },
-            _ = tokio::time::sleep_until(next) => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return st
-                .engine
-                .latest_checkpoint()
-                .filter(|cp| cp.checkpoint.size >= min_size);
+            _ = tokio::time::sleep_until(deadline) => return covering(),
         }
     }
 }

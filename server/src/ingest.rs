@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use auditlog_engine::{Engine, EngineError, EventBatch, Pushed, Receipts, Submitter};
+use auditlog_engine::{Engine, EngineError, EventBatch, Pushed, Submitter};
 use auditlog_formats::hash::to_hex;
 use axum::body::Body;
 use axum::extract::State;
@@ -12,10 +12,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
 use crate::auth::Access;
 use crate::http::{authorize_submitter, ApiError, ApiResult, Caller, St};
+use crate::submit::{settle, submit, Pending, WhenFull};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -231,18 +231,6 @@ pub fn build_batches(
     Ok(batches)
 }
 
-type Waiting = oneshot::Receiver<Result<Receipts, EngineError>>;
-
-fn done_sender(share: crate::admission::Share) -> (auditlog_engine::Done, Waiting) {
-    let (tx, rx) = oneshot::channel();
-    // Runs on the sequencer thread: only a send, and the share given back.
-    let done: auditlog_engine::Done = Box::new(move |r| {
-        drop(share);
-        let _ = tx.send(r);
-    });
-    (done, rx)
-}
-
 pub async fn post_events(
     State(st): State<St>,
     caller: Caller,
@@ -269,56 +257,8 @@ pub async fn post_events(
             Ok(r) => r?,
             Err(e) => return Err(ApiError::internal(format!("validation task failed: {e}"))),
         };
-    let parts = batches.len();
-    let mut waiting = Vec::with_capacity(parts);
-    // Once part of a request is queued it may be stored whatever happens to the rest (the
-    // engine fails-stop mid-request, or is shutting down): the answer then lists exactly
-    // what was stored, so the client loses no receipt and can resend the rest.
-    let mut failure: Option<ApiError> = None;
-    for (i, batch) in batches.into_iter().enumerate() {
-        let share = match queue_share(&st, &submitter, i == 0).await {
-            Ok(s) => s,
-            Err(e) if i == 0 => return Err(e),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        };
-        let (done, rx) = done_sender(share);
-        if i == 0 {
-            // A full queue refuses the request while nothing of it is queued.
-            st.engine.try_submit(batch, done)?;
-        } else {
-            // Later parts wait their turn so the request is not left half-queued.
-            let engine = st.engine.clone();
-            if let Err(e) = crate::http::blocking(move || engine.submit(batch, done)).await {
-                failure = Some(e);
-                break;
-            }
-        }
-        waiting.push(rx);
-    }
-    let mut receipts = Vec::new();
-    for rx in waiting {
-        let r = match rx.await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                failure.get_or_insert(e.into());
-                continue;
-            }
-            Err(_) => {
-                failure.get_or_insert(EngineError::ShuttingDown.into());
-                continue;
-            }
-        };
-        for (k, leaf) in r.leaf_hashes.iter().enumerate() {
-            receipts.push(Receipt {
-                index: r.first_index + k as u64,
-                leaf_hash: to_hex(leaf),
-                received_at_unix_ns: r.received_at_unix_ns,
-            });
-        }
-    }
+    let (pending, failure) = queue_parts(&st, &submitter, batches).await?;
+    let (receipts, failure) = receipts_of(pending, failure).await;
     match failure {
         // The submitter every record of the request carries: with a receipt and the event's
         // bytes, a client can rebuild its record (FORMATS.md §4) and leaf hash.
@@ -343,6 +283,62 @@ pub async fn post_events(
             Ok((e.status, axum::Json(body)).into_response())
         }
     }
+}
+
+/// Queues a request's parts in order. A full queue refuses the request while nothing of it
+/// is queued (`Err`); once a part is queued, a later failure stops the queueing and is
+/// returned beside what was queued (those parts may be stored whatever happens next: the
+/// answer then lists exactly what was, so the client loses no receipt and can resend the
+/// rest).
+async fn queue_parts(
+    st: &St,
+    submitter: &Submitter,
+    batches: Vec<EventBatch>,
+) -> ApiResult<(Vec<Pending>, Option<ApiError>)> {
+    let mut pending = Vec::with_capacity(batches.len());
+    for (i, batch) in batches.into_iter().enumerate() {
+        let first = i == 0;
+        let queued = match queue_share(st, submitter, first).await {
+            // Later parts wait their turn so the request is not left half-queued.
+            Ok(share) => {
+                let when_full = if first {
+                    WhenFull::Refuse
+                } else {
+                    WhenFull::Wait
+                };
+                submit(&st.engine, batch, share, when_full).map_err(ApiError::from)
+            }
+            Err(e) => Err(e),
+        };
+        match queued {
+            Ok(p) => pending.push(p),
+            Err(e) if first => return Err(e),
+            Err(e) => return Ok((pending, Some(e))),
+        }
+    }
+    Ok((pending, None))
+}
+
+/// The receipts of every queued part, in order, and the first failure (queueing's, or the
+/// engine's answer for a part).
+async fn receipts_of(
+    pending: Vec<Pending>,
+    mut failure: Option<ApiError>,
+) -> (Vec<Receipt>, Option<ApiError>) {
+    let mut receipts = Vec::new();
+    for p in pending {
+        match settle(p).await {
+            Ok(r) => receipts.extend(r.leaf_hashes.iter().enumerate().map(|(k, leaf)| Receipt {
+                index: r.first_index + k as u64,
+                leaf_hash: to_hex(leaf),
+                received_at_unix_ns: r.received_at_unix_ns,
+            })),
+            Err(e) => {
+                failure.get_or_insert(e.into());
+            }
+        }
+    }
+    (receipts, failure)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod serve;
 mod siem_config;
 mod siem_metrics;
 mod start_record;
+mod submit;
 mod syslog;
 mod tcp;
 mod tls;

@@ -23,14 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Pushed, Receipts, Submitter};
+use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Pushed, Submitter};
 
 use crate::admission::Admission;
 use crate::listener::{admit, SourceSlots};
+use crate::submit::{submit, Pending, WhenFull};
 use auditlog_formats::syslog::{self, Decoder};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::siem_config::{SiemConfig, SyslogTls};
@@ -142,8 +143,6 @@ pub async fn serve(
     }
 }
 
-type Pending = oneshot::Receiver<Result<Receipts, EngineError>>;
-
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
     #[error("read: {0}")]
@@ -214,7 +213,7 @@ async fn connection<S: AsyncRead + Unpin>(
                 admission.bytes(batch.body_bytes()).await,
                 admission.share(&submitter).await,
             );
-            in_flight.push_back(submit(engine, batch, held)?);
+            in_flight.push_back(submit(engine, batch, held, WhenFull::Wait)?);
         }
         if let Some(e) = framing {
             COUNTERS.framing_errors.fetch_add(1, Ordering::Relaxed);
@@ -274,34 +273,10 @@ fn build(
     (batches, framing)
 }
 
-fn submit(
-    engine: &Engine,
-    batch: EventBatch,
-    held: (crate::admission::Bytes, crate::admission::Share),
-) -> Result<Pending, EngineError> {
-    let (tx, rx) = oneshot::channel();
-    // A full engine queue blocks here: the connection stops reading.
-    tokio::task::block_in_place(|| {
-        engine.submit(
-            batch,
-            Box::new(move |r| {
-                drop(held);
-                let _ = tx.send(r);
-            }),
-        )
-    })?;
-    Ok(rx)
-}
-
 async fn settle(p: Pending) -> Result<(), EngineError> {
-    match p.await {
-        Ok(Ok(r)) => {
-            COUNTERS
-                .stored
-                .fetch_add(r.leaf_hashes.len() as u64, Ordering::Relaxed);
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(EngineError::ShuttingDown),
-    }
+    let r = crate::submit::settle(p).await?;
+    COUNTERS
+        .stored
+        .fetch_add(r.leaf_hashes.len() as u64, Ordering::Relaxed);
+    Ok(())
 }

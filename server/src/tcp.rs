@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditlog_engine::{Engine, EngineError, EventBatch, Receipts, Submitter};
+use auditlog_engine::{Engine, EngineError, EventBatch, Submitter};
 use auditlog_formats::frame::{
     self, ErrorCode, FrameError, FrameHeader, FrameType, HelloOk, FRAME_HEADER_BYTES,
     PROTOCOL_VERSION,
@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::admission::Admission;
+use crate::submit::{submit, Pending, WhenFull};
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Access, Role, Tokens};
@@ -107,7 +108,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, mut stop: watch:
 /// What the writer half sends next, in the order the reader produced it.
 enum Reply {
     Frame(Vec<u8>),
-    Ack(u32, oneshot::Receiver<Result<Receipts, EngineError>>),
+    Ack(u32, Pending),
 }
 
 fn error_frame(request_id: u32, code: ErrorCode, message: &str) -> Vec<u8> {
@@ -307,20 +308,10 @@ async fn read_batches<R: AsyncRead + Unpin>(
                 // held until the engine answers; waiting for a share, the connection is
                 // not read.
                 let held = (bytes, admission.share(submitter).await);
-                let (done_tx, done_rx) = oneshot::channel();
-                let done: auditlog_engine::Done = Box::new(move |r| {
-                    drop(held);
-                    let _ = done_tx.send(r);
-                });
                 // With room, queueing is a channel push and stays on the worker; a full
                 // engine queue is waited for off it, and this connection stops reading.
-                let submitted = match engine.offer(batch, done) {
-                    Ok(None) => Ok(()),
-                    Ok(Some(waiting)) => tokio::task::block_in_place(|| waiting.wait(engine)),
-                    Err(e) => Err(e),
-                };
-                match submitted {
-                    Ok(()) => Reply::Ack(id, done_rx),
+                match submit(engine, batch, held, WhenFull::Wait) {
+                    Ok(pending) => Reply::Ack(id, pending),
                     Err(e) => Reply::Frame(error_frame(id, code_of(&e), &e.to_string())),
                 }
             }

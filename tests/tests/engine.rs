@@ -445,9 +445,12 @@ fn queue_limit_gives_back_pressure() {
     for i in 0..2000 {
         let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
         b.add(&event(i, 256)).expect("valid");
-        match engine.try_submit(b, Box::new(|_| {})) {
-            Ok(()) => {}
-            Err(EngineError::QueueFull(2)) => full += 1,
+        match engine.offer(b, Box::new(|_| {})) {
+            Ok(None) => {}
+            Ok(Some(waiting)) => match waiting.refuse() {
+                EngineError::QueueFull(2) => full += 1,
+                e => panic!("{e}"),
+            },
             Err(e) => panic!("{e}"),
         }
     }
@@ -860,28 +863,26 @@ fn shutdown_with_seals_failing_and_the_seal_queue_full_completes() {
     // Submit without blocking until appends stop with the open files at the bound: the one
     // written, the one the sealer retries, one queued, one waiting to be queued.
     while still_ms < 500 || open_segment_files(dir.path()) < 1 + 3 {
-        if engine.queue_has_room() && submitted < 60_000 {
+        if submitted < 60_000 {
             let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
             for k in submitted..submitted + 250 {
                 b.add(&event(k, 256)).expect("valid event");
             }
             let (acked, answered) = (acked.clone(), answered.clone());
-            engine
-                .submit(
-                    b,
-                    Box::new(move |r| {
-                        if let Ok(r) = r {
-                            let mut a = acked.lock().expect("lock");
-                            for (k, h) in r.leaf_hashes.iter().enumerate() {
-                                a.push((r.first_index + k as u64, *h));
-                            }
-                        }
-                        *answered.lock().expect("lock") += 1;
-                    }),
-                )
-                .expect("submit");
-            submitted += 250;
-            continue;
+            let done: auditlog_engine::Done = Box::new(move |r| {
+                if let Ok(r) = r {
+                    let mut a = acked.lock().expect("lock");
+                    for (k, h) in r.leaf_hashes.iter().enumerate() {
+                        a.push((r.first_index + k as u64, *h));
+                    }
+                }
+                *answered.lock().expect("lock") += 1;
+            });
+            // A full queue hands the batch back (its `done` never runs): look again later.
+            if engine.offer(b, done).expect("offer").is_none() {
+                submitted += 250;
+                continue;
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
         let size = engine.tree_size();
@@ -982,9 +983,17 @@ fn unsigned_footers_and_logged_sizes(dir: &std::path::Path) -> (Vec<u64>, Vec<u6
 fn append_within_a_minute(engine: &Arc<Engine>, start: u64, n: u64) -> Vec<(u64, [u8; 32])> {
     let (tx, rx) = std::sync::mpsc::channel();
     let e = engine.clone();
-    std::thread::spawn(move || tx.send(append_n(&e, start, n, 250)));
-    rx.recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("ingest stopped with the signer down: {:?}", engine.status()))
+    let t = std::thread::spawn(move || {
+        let receipts = append_n(&e, start, n, 250);
+        // The engine is let go before the answer: the caller may need it unshared.
+        drop(e);
+        tx.send(receipts)
+    });
+    let receipts = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("ingest stopped with the signer down: {:?}", engine.status()));
+    t.join().expect("appender thread").expect("answer sent");
+    receipts
 }
 
 /// An HSM outage stops no write: with the signer failing and a seal queue of one, ten
@@ -1072,4 +1081,56 @@ fn a_signer_outage_stops_no_write_and_footers_are_signed_when_it_returns() {
         "{:?}",
         s.warnings
     );
+}
+
+/// Checkpoints asked for are waited for on notifications, never a clock: with the
+/// checkpointer's own interval at an hour, a request for a size the log does not have yet
+/// is signed as soon as a group commit reaches that size. A request for a far-off size
+/// costs no signature per batch.
+#[test]
+fn a_checkpoint_asked_for_a_size_to_come_is_signed_when_the_log_reaches_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = small_config(dir.path());
+    cfg.checkpoint_interval_ms = 3_600_000;
+    let engine = Engine::open(cfg, None).expect("open");
+    let (tx, published) = std::sync::mpsc::channel();
+    engine.on_checkpoint(Box::new(move |size| {
+        let _ = tx.send(size);
+    }));
+    append_n(&engine, 0, 500, 250);
+    let size = engine
+        .wait_checkpoint(500, Duration::from_secs(10))
+        .expect("a size the log has is signed at once")
+        .checkpoint
+        .size;
+    assert_eq!(size, 500);
+
+    // A far-off size asked for, then batches: the next checkpoint is the one asked for
+    // below, with none between (the log would show each batch signed).
+    engine.want_checkpoint(1 << 40);
+    append_n(&engine, 500, 2_000, 250);
+    // A size to come, asked for without waiting in the engine: the listener hears of it.
+    engine.want_checkpoint(3_000);
+    append_n(&engine, 2_500, 500, 250);
+    let mut heard = Vec::new();
+    while heard.last().is_none_or(|&s| s < 3_000) {
+        match published.recv_timeout(Duration::from_secs(10)) {
+            Ok(s) => heard.push(s),
+            Err(_) => panic!("no checkpoint at 3000 before the hour-long clock: {heard:?}"),
+        }
+    }
+    let key = engine.verifier_key();
+    engine.shutdown().expect("shutdown");
+    let log = std::fs::read(dir.path().join("checkpoints.log")).expect("checkpoint log");
+    let logged: Vec<u64> = auditlog_formats::checkpoint_log::parse_log(&log)
+        .0
+        .iter()
+        .map(|b| {
+            let text = std::str::from_utf8(b).expect("utf-8");
+            let (cp, _) =
+                note::open_checkpoint(text, std::slice::from_ref(&key)).expect("verifies");
+            cp.size
+        })
+        .collect();
+    assert_eq!(&logged[..2], &[500, 3_000], "{logged:?}");
 }

@@ -166,7 +166,10 @@ fn s3_object_lock_retention_refusals_and_verify() {
     // A bucket without Object Lock cannot keep the promise: the engine refuses to start.
     let d0 = tempfile::tempdir().expect("tmp");
     match engine_with(d0.path(), "s3://plain/log", opts.clone(), false) {
-        Err(EngineError::Config(why)) => assert!(why.contains("WORM"), "{why}"),
+        Err(EngineError::Config(why)) => assert!(
+            why.contains("WORM") && why.contains("without Object Lock"),
+            "{why}"
+        ),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("engine started with a non-WORM target"),
     }

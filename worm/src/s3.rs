@@ -242,10 +242,17 @@ impl WormTarget for S3Target {
                     },
                 })
             }
-            404 if text.contains("ObjectLockConfigurationNotFound") => Ok(WormCheck {
-                enforced: false,
-                detail: "bucket was created without Object Lock".into(),
-            }),
+            // The error's code element, not a substring of the body.
+            404 if xml::parse(&text)
+                .ok()
+                .and_then(|d| d.text_of("Code"))
+                .is_some_and(|c| c.starts_with("ObjectLockConfigurationNotFound")) =>
+            {
+                Ok(WormCheck {
+                    enforced: false,
+                    detail: "bucket was created without Object Lock".into(),
+                })
+            }
             _ => Err(self.http.status_error(what, &r)),
         }
     }

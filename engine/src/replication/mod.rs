@@ -11,7 +11,6 @@ mod manifest;
 mod plan;
 mod prune;
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -177,7 +176,7 @@ impl Replicator {
         let cfg = self.planner.config().clone();
         let poll = Duration::from_millis(cfg.poll_interval_ms.max(1));
         let mut backoff = Duration::from_millis(cfg.retry_ms_initial.max(1));
-        let stopping = || shared.shutting_down.load(Ordering::SeqCst);
+        let stopping = || shared.health.shutting_down();
         while !stopping() {
             crate::config::FaultHooks::maybe_panic(
                 shared.config.faults.as_ref(),
@@ -326,7 +325,7 @@ impl Replicator {
         let Some(keep_ms) = self.planner.config().local_keep_ms else {
             return Ok(false);
         };
-        let checkpoint_size = shared.latest_checkpoint().map_or(0, |c| c.checkpoint.size);
+        let checkpoint_size = shared.checkpoints.latest().map_or(0, |c| c.checkpoint.size);
         let sealed = plan::sealed_snapshot(shared);
         let Some((seg, shipped)) = prune::pick(
             &sealed,
@@ -368,7 +367,7 @@ impl Replicator {
         };
         self.pruned.append(&entry).map_err(StepError::Engine)?;
         let path = seg.path.clone();
-        shared.mark_pruned(entry);
+        shared.segments.mark_pruned(entry);
         // Readers that already hold the file keep reading it until they drop it.
         std::fs::remove_file(&path)
             .map_err(io_err(&path, "unlink pruned segment"))

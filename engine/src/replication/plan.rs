@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditlog_formats::checkpoint_log::parse_log;
-use auditlog_worm::{tile_bundle_key, tile_key, Lock};
+use auditlog_worm::{tile_bundle_key, tile_key, Lock, RetentionPolicy};
 
 use super::config::ReplicationConfig;
 use super::manifest::{Entry, Kind, Shipped};
@@ -22,10 +22,13 @@ use crate::Shared;
 /// Bytes in one full tile: 256 hashes of 32 bytes (C2SP tlog-tiles, height 8).
 const TILE_BYTES: usize = 8192;
 
+/// An object to create: its manifest entry and its bytes.
+pub(crate) type NewEntry = (Entry, Vec<u8>);
+
 pub(crate) enum Item {
     /// Create-only objects under retention, recorded in the manifest once stored: one
     /// object, or a run of consecutive full tiles of one level.
-    Objects(Vec<(Entry, Vec<u8>)>),
+    Objects(Vec<NewEntry>),
     /// The newest checkpoint, rewritten in place, not recorded.
     Latest { size: u64, bytes: Vec<u8> },
 }
@@ -70,7 +73,7 @@ fn now_s() -> u64 {
 }
 
 pub(crate) fn sealed_snapshot(shared: &Shared) -> Vec<Sealed> {
-    let set = shared.segments.read().unwrap_or_else(|e| e.into_inner());
+    let set = shared.segments.read();
     set.sealed
         .iter()
         .filter_map(|s| match &s.body {
@@ -161,8 +164,8 @@ impl Planner {
     pub fn lag(&self, shared: &Shared) -> Lag {
         let now = crate::now_unix_ns();
         let durable = shared
-            .latest_checkpoint()
-            .map_or(0, |c| c.checkpoint.size)
+            .checkpoints
+            .signed_size()
             .min(self.shipped.contiguous_end());
         let tiles_shipped = self.shipped.tiles_next.first().copied().unwrap_or(0);
         let bundle = self.cfg.tile_bundle_tiles;
@@ -206,7 +209,9 @@ impl Planner {
             .map_err(io_err(&path, "read"))
     }
 
-    /// The next object to ship, or `None` when everything is out.
+    /// The next object to ship, or `None` when everything is out. In this order: the log's
+    /// metadata, the key history, sealed segments, checkpoints they cover, full tiles below
+    /// a signed checkpoint, and last the `latest` pointer.
     pub fn next(&mut self, shared: &Shared) -> Result<Option<Item>> {
         // The approved policy (log.json, changed only under the two-person rule) over the
         // configured one; both are at or above the legal floor.
@@ -214,6 +219,31 @@ impl Planner {
             Some(approved) => approved.applied_over(&self.cfg.retention_days),
             None => self.cfg.retention_days,
         };
+        if let Some(item) = self.next_metadata(shared, &retention)? {
+            return Ok(Some(item));
+        }
+        if let Some(item) = self.next_segment(shared, &retention)? {
+            return Ok(Some(item));
+        }
+        let end = self.shipped.contiguous_end();
+        if let Some(item) = self.next_checkpoint(shared, end)? {
+            return Ok(Some(item));
+        }
+        // Tiles: only below a signed checkpoint (the hash store is synced up to it).
+        let durable = shared.checkpoints.signed_size().min(end);
+        if let Some(item) = self.next_tiles(shared, durable)? {
+            return Ok(Some(item));
+        }
+        Ok(self.next_latest(shared))
+    }
+
+    /// `log.json` once, and each version of `keys.json` (kept as long as the longest
+    /// retention class).
+    fn next_metadata(
+        &mut self,
+        shared: &Shared,
+        retention: &RetentionPolicy,
+    ) -> Result<Option<Item>> {
         let longest = now_s() + u64::from(retention.longest_days()) * 86_400;
         if !self.shipped.keys.contains("log.json") {
             if let Some(b) = self.small_file(shared, "log.json")? {
@@ -239,27 +269,40 @@ impl Planner {
                 ))));
             }
         }
-        for s in sealed_snapshot(shared) {
-            let key = segment_key(s.first, s.end);
-            if self.shipped.keys.contains(&key) {
-                continue;
-            }
-            let len = s.file.metadata().map_err(io_err(&s.path, "stat"))?.len();
-            let mut bytes = vec![0u8; len as usize];
-            // In pieces: the replicator runs beside the sequencer (`yielding`).
-            crate::yielding::read_exact_at(&s.file, &mut bytes, 0)
-                .map_err(io_err(&s.path, "read sealed segment"))?;
-            let until =
-                retention.retain_until(s.sealed_at_unix_ns / 1_000_000_000, s.max_classification);
-            return Ok(Some(Item::one(entry(
-                Kind::Segment,
-                key,
-                bytes,
-                until,
-                (Some(s.first), Some(s.end)),
-            ))));
-        }
-        let end = self.shipped.contiguous_end();
+        Ok(None)
+    }
+
+    /// The oldest sealed segment not shipped yet, retained by its classification's class.
+    fn next_segment(
+        &mut self,
+        shared: &Shared,
+        retention: &RetentionPolicy,
+    ) -> Result<Option<Item>> {
+        let Some(s) = sealed_snapshot(shared)
+            .into_iter()
+            .find(|s| !self.shipped.keys.contains(&segment_key(s.first, s.end)))
+        else {
+            return Ok(None);
+        };
+        let len = s.file.metadata().map_err(io_err(&s.path, "stat"))?.len();
+        let mut bytes = vec![0u8; len as usize];
+        // In pieces: the replicator runs beside the sequencer (`yielding`).
+        crate::yielding::read_exact_at(&s.file, &mut bytes, 0)
+            .map_err(io_err(&s.path, "read sealed segment"))?;
+        let until =
+            retention.retain_until(s.sealed_at_unix_ns / 1_000_000_000, s.max_classification);
+        Ok(Some(Item::one(entry(
+            Kind::Segment,
+            segment_key(s.first, s.end),
+            bytes,
+            until,
+            (Some(s.first), Some(s.end)),
+        ))))
+    }
+
+    /// The newest checkpoint the shipped segments (contiguous to `end`) cover, if newer than
+    /// the one shipped.
+    fn next_checkpoint(&mut self, shared: &Shared, end: u64) -> Result<Option<Item>> {
         self.read_checkpoint_log(shared)?;
         while self
             .cp_pending
@@ -275,25 +318,21 @@ impl Planner {
         {
             self.cp_candidate = None;
         }
-        if let Some((size, note)) = &self.cp_candidate {
-            let until = self.shipped.retain_until_max_unix_s;
-            let key = format!("checkpoints/{size:020}");
-            return Ok(Some(Item::one(entry(
+        Ok(self.cp_candidate.as_ref().map(|(size, note)| {
+            Item::one(entry(
                 Kind::Checkpoint,
-                key,
+                format!("checkpoints/{size:020}"),
                 note.clone().into_bytes(),
-                until,
+                self.shipped.retain_until_max_unix_s,
                 (None, Some(*size)),
-            ))));
-        }
-        // Tiles: only below a signed checkpoint (the hash store is synced up to it).
-        let durable = shared
-            .latest_checkpoint()
-            .map_or(0, |c| c.checkpoint.size)
-            .min(end);
+            ))
+        }))
+    }
+
+    /// The next group of full tiles below `durable`, lowest level first.
+    fn next_tiles(&mut self, shared: &Shared, durable: u64) -> Result<Option<Item>> {
         // Tile level 7 spans 2^64 leaves; no log reaches a full one.
         for t in 0..7u8 {
-            let width = 1u64 << (8 * (u32::from(t) + 1));
             let n = self
                 .shipped
                 .tiles_next
@@ -306,63 +345,79 @@ impl Planner {
             } else {
                 1
             };
+            let width = 1u64 << (8 * (u32::from(t) + 1));
             let full = durable / width;
             let objects = (full.saturating_sub(n) / per_object)
                 .min((self.cfg.tiles_per_step_max as u64 / per_object).max(1));
             if objects == 0 {
                 continue; // a higher level may still have a full tile behind it
             }
-            let level = 8 * t as usize;
-            let Some(f) = shared.hashes.level_file(level) else {
-                continue;
-            };
-            // Every tile of the group, read in a few large pieces (`yielding`).
-            let count = objects * per_object;
-            let mut all = vec![0u8; count as usize * TILE_BYTES];
-            let path = shared
-                .config
-                .data_dir
-                .join(format!("hashes/level-{level:02}.bin"));
-            crate::yielding::read_exact_at(&f, &mut all, n * TILE_BYTES as u64)
-                .map_err(io_err(&path, format!("read tiles {t}/{n}+{count}")))?;
-            let group = all
-                .chunks_exact(TILE_BYTES * per_object as usize)
-                .zip((n..n + count).step_by(per_object as usize))
-                .map(|(bytes, i)| {
-                    let last = i + per_object - 1;
-                    let key = if per_object == 1 {
-                        tile_key(t, i)
-                    } else {
-                        tile_bundle_key(i, per_object)
-                    };
-                    let until = self
-                        .shipped
-                        .retain_until_over(i * width, (last + 1) * width);
-                    // A bundle is recorded as its last tile: the manifest's tile entries say
-                    // how far each level has shipped.
-                    entry(
-                        Kind::Tile,
-                        key,
-                        bytes.to_vec(),
-                        until,
-                        (Some(u64::from(t)), Some(last)),
-                    )
-                })
-                .collect();
-            return Ok(Some(Item::Objects(group)));
-        }
-        if let Some(cp) = shared.latest_checkpoint() {
-            let due = self.latest_at.is_none_or(|t| {
-                t.elapsed() >= Duration::from_millis(self.cfg.latest_checkpoint_interval_ms)
-            });
-            if cp.checkpoint.size != self.latest_size && due {
-                return Ok(Some(Item::Latest {
-                    size: cp.checkpoint.size,
-                    bytes: cp.note.clone().into_bytes(),
-                }));
+            if let Some(group) = self.tile_group(shared, t, n, objects * per_object, per_object)? {
+                return Ok(Some(Item::Objects(group)));
             }
         }
         Ok(None)
+    }
+
+    /// `count` tiles of level `t` from tile `n` on, as objects of `per_object` tiles.
+    fn tile_group(
+        &self,
+        shared: &Shared,
+        t: u8,
+        n: u64,
+        count: u64,
+        per_object: u64,
+    ) -> Result<Option<Vec<NewEntry>>> {
+        let level = 8 * t as usize;
+        let Some(f) = shared.hashes.level_file(level) else {
+            return Ok(None);
+        };
+        // Every tile of the group, read in a few large pieces (`yielding`).
+        let mut all = vec![0u8; count as usize * TILE_BYTES];
+        let path = shared
+            .config
+            .data_dir
+            .join(format!("hashes/level-{level:02}.bin"));
+        crate::yielding::read_exact_at(&f, &mut all, n * TILE_BYTES as u64)
+            .map_err(io_err(&path, format!("read tiles {t}/{n}+{count}")))?;
+        let width = 1u64 << (8 * (u32::from(t) + 1));
+        let group = all
+            .chunks_exact(TILE_BYTES * per_object as usize)
+            .zip((n..n + count).step_by(per_object as usize))
+            .map(|(bytes, i)| {
+                let last = i + per_object - 1;
+                let key = if per_object == 1 {
+                    tile_key(t, i)
+                } else {
+                    tile_bundle_key(i, per_object)
+                };
+                let until = self
+                    .shipped
+                    .retain_until_over(i * width, (last + 1) * width);
+                // A bundle is recorded as its last tile: the manifest's tile entries say
+                // how far each level has shipped.
+                entry(
+                    Kind::Tile,
+                    key,
+                    bytes.to_vec(),
+                    until,
+                    (Some(u64::from(t)), Some(last)),
+                )
+            })
+            .collect();
+        Ok(Some(group))
+    }
+
+    /// The `latest` pointer, when the newest checkpoint moved and its interval has passed.
+    fn next_latest(&self, shared: &Shared) -> Option<Item> {
+        let cp = shared.checkpoints.latest()?;
+        let due = self.latest_at.is_none_or(|t| {
+            t.elapsed() >= Duration::from_millis(self.cfg.latest_checkpoint_interval_ms)
+        });
+        (cp.checkpoint.size != self.latest_size && due).then(|| Item::Latest {
+            size: cp.checkpoint.size,
+            bytes: cp.note.clone().into_bytes(),
+        })
     }
 
     /// Reads what was appended to `checkpoints.log` since the last call (bounded per call).
