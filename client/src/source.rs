@@ -87,7 +87,7 @@ pub trait LogSource {
     }
 }
 
-/// Orders segment names as FORMATS.md §2 says: sealed then open by first index; an open
+/// Orders segment names as FORMATS.md §3 says: sealed then open by first index; an open
 /// segment below the end of a sealed one is a leftover of a finished sealing.
 pub fn order_segments(names: impl IntoIterator<Item = (String, u64)>) -> Vec<SegRef> {
     let mut out = Vec::new();
@@ -128,7 +128,7 @@ struct PrunedEntry {
 }
 
 /// `(first, end, object key)` of every segment `replication/pruned.log` records (FORMATS.md
-/// §12). A torn last entry is ignored, as the engine does: its file was not yet unlinked.
+/// §15.3). A torn last entry is ignored, as the engine does: its file was not yet unlinked.
 /// A bad entry further back than one append is damage, reported as such (ignored, the
 /// segments it and the later entries explain would only show as missing).
 fn read_pruned(dir: &Path) -> Result<Vec<(u64, u64, String)>, VerifyError> {

@@ -1,4 +1,4 @@
-//! A pipelined TCP ingest client (FORMATS.md §11.1): keeps up to the server's
+//! A pipelined TCP ingest client (FORMATS.md §12.1): keeps up to the server's
 //! `batches_in_flight_max` batches outstanding and hands back receipts in send order.
 
 use std::collections::VecDeque;

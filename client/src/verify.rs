@@ -140,14 +140,14 @@ pub fn verify_dir(
     verify_dir_with_history(dir, &history, progress)
 }
 
-/// Reads a key history file (`keys.json`, FORMATS.md §12) and checks its rules.
+/// Reads a key history file (`keys.json`, FORMATS.md §13) and checks its rules.
 pub fn load_history(path: &Path) -> Result<CheckedHistory, VerifyError> {
     let bytes = std::fs::read(path).or_else(|e| fail(path, format!("cannot read: {e}")))?;
     KeyHistory::parse(&bytes).or_else(|e| fail(path, e.to_string()))
 }
 
 /// Verifies with a key history: every checkpoint (the checkpoint log's and each sealed
-/// footer's) must be signed by exactly the history keys valid at its size (§12).
+/// footer's) must be signed by exactly the history keys valid at its size (§13).
 pub fn verify_dir_with_history(
     dir: &Path,
     history: &CheckedHistory,

@@ -1,4 +1,4 @@
-//! The keyring: the log's key history (`keys.json`, FORMATS.md §12) and a signer for each of
+//! The keyring: the log's key history (`keys.json`, FORMATS.md §13) and a signer for each of
 //! its keys. Every checkpoint (the checkpointer's and the sealer's footers) is signed here by
 //! every key valid at its size, under one lock that rotation and retirement also take, so a
 //! change of keys never lands between choosing the keys and publishing what they signed.

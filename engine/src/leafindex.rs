@@ -5,7 +5,7 @@
 //! whole.
 //!
 //! Layout (`leafindex/{first:020}-{end:020}.run`, bytes in `auditlog_formats::leafindex` and
-//! FORMATS.md §7.3): immutable sorted runs, each covering the leaves `[first, end)` exactly
+//! FORMATS.md §5.6): immutable sorted runs, each covering the leaves `[first, end)` exactly
 //! once, entries (the leaf hash's first 8 bytes as a key, the leaf index) sorted. The newest
 //! `MERGE_RUNS` runs are merged into one while the oldest of them is at most twice the
 //! others together (size-tiered, as in an LSM tree), up to `RUN_ENTRIES_MERGED_MAX`, so a

@@ -208,7 +208,7 @@ impl Engine {
         self.shared.keyring.current_keys()
     }
 
-    /// Every key the log has used, with the sizes each signs (FORMATS.md §12).
+    /// Every key the log has used, with the sizes each signs (FORMATS.md §13).
     pub fn key_history(&self) -> KeyHistory {
         self.shared.keyring.history()
     }

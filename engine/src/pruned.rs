@@ -1,5 +1,5 @@
 //! The pruned list, `<data_dir>/replication/pruned.log`: one entry per sealed segment whose
-//! local file was deleted because a verified copy is on the object store (FORMATS.md §12).
+//! local file was deleted because a verified copy is on the object store (FORMATS.md §15.3).
 //! Same framing as the replication manifest (`bytes:u32 | crc32c:u32 | JSON`). An entry is
 //! appended and `fdatasync`ed *before* the file is unlinked, so after a crash a segment is
 //! either present, or absent and explained here; recovery refuses any other gap.

@@ -1,4 +1,4 @@
-//! The log's retention policy, kept in `log.json` (`retention`, FORMATS.md §2): days to keep
+//! The log's retention policy, kept in `log.json` (`retention`, FORMATS.md §3): days to keep
 //! events of each classification in WORM storage. Changed only by an approved admin request;
 //! the replicator reads it.
 

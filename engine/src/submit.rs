@@ -137,7 +137,7 @@ pub enum Pushed {
 impl Engine {
     /// An empty submission from `submitter`: who the caller authenticated (the server's
     /// token, certificate or syslog peer), or `Submitter::daemon()` for the daemon's own
-    /// events. It is written into every record (FORMATS.md §3, version 2).
+    /// events. It is written into every record (FORMATS.md §4, version 2).
     pub fn new_batch(&self, submitter: Submitter) -> EventBatch {
         let c = &self.shared.config;
         EventBatch {

@@ -27,7 +27,7 @@ pub const ENTRY_PREFIX_BYTES: usize = 4;
 /// allocate or scan gigabytes.
 pub const BATCH_BODY_BYTES_MAX: usize = 64 << 20;
 
-/// The torn-tail rule of FORMATS.md §5, one place for the engine's recovery and sealer and
+/// The torn-tail rule of FORMATS.md §6, one place for the engine's recovery and sealer and
 /// the offline verifier. A batch is synced before the next is written, so a crash can leave
 /// garbage over at most the one batch being written: a bad batch at `at` is a torn tail only
 /// if the bytes `torn_tail_zeros(at, allowance, file_len)` are all zero, and only in the

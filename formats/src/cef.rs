@@ -1,5 +1,5 @@
 //! CEF (ArcSight Common Event Format, rev. 25) rendering of stored audit events, mapped as
-//! FORMATS.md §12.2 states. One event is one line:
+//! FORMATS.md §14.2 states. One event is one line:
 //!
 //! `CEF:0|vendor|product|version|event_type|action|severity|key=value key=value…`
 //!

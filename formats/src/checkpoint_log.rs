@@ -5,12 +5,12 @@ pub const ENTRY_HEADER_BYTES: usize = 8;
 pub const NOTE_BYTES_MAX: usize = 64 << 10;
 /// The most bytes one append of a framed log writes (one largest entry), so the most a crash
 /// can tear: bad bytes further from the end than this were damaged after they were durable
-/// (FORMATS.md §7).
+/// (FORMATS.md §8).
 pub const APPEND_BYTES_MAX: usize = ENTRY_HEADER_BYTES + NOTE_BYTES_MAX;
 
 /// Whether the `len - good` bytes after a log's complete prefix (`parse_log`'s `good`) are
 /// more than a crash can tear: then the entry at `good` was damaged after it was durable,
-/// and must be reported, not cut as a torn tail (FORMATS.md §7).
+/// and must be reported, not cut as a torn tail (FORMATS.md §8).
 pub fn damaged_before_last_append(good: u64, len: u64) -> bool {
     assert!(good <= len, "complete prefix {good} past the end {len}");
     len - good > APPEND_BYTES_MAX as u64

@@ -1,4 +1,4 @@
-//! SIEM export renderings of stored events (FORMATS.md §12): JSON lines and CSV here, CEF in
+//! SIEM export renderings of stored events (FORMATS.md §14): JSON lines and CSV here, CEF in
 //! `cef.rs`. Each takes one record's coordinates (index, leaf hash, receipt time) and its
 //! payload, and appends one line to a caller-owned buffer, so an exporter streams a range
 //! of any length through one reused buffer.

@@ -1,4 +1,4 @@
-//! The key history (`keys.json`, FORMATS.md §12): every checkpoint key a log has used, with
+//! The key history (`keys.json`, FORMATS.md §13): every checkpoint key a log has used, with
 //! the tree sizes it signs, and the rule a checkpoint must meet against it.
 //!
 //! A key is *valid at size N* when `from_size <= N` and (`until_size` is absent or
@@ -96,7 +96,7 @@ pub struct CheckedHistory {
 
 impl CheckedHistory {
     /// Whether this history extends `pinned`, one an auditor kept when the log had signed up
-    /// to `signed_size` (FORMATS.md §12, "Extension"): every pinned key is still there with
+    /// to `signed_size` (FORMATS.md §13, "Extension"): every pinned key is still there with
     /// the same `from_size`; a retirement the pinned history had is unchanged, and a new one
     /// only retires sizes past `signed_size`; every new key starts past `signed_size` and
     /// past every pinned key's start. So no key can be added, or taken away, for sizes that
@@ -182,7 +182,7 @@ impl KeyHistory {
         serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }
 
-    /// Checks every rule of FORMATS.md §12 and decodes the keys.
+    /// Checks every rule of FORMATS.md §13 and decodes the keys.
     pub fn check(self) -> Result<CheckedHistory, KeyHistoryError> {
         if self.format != KEY_HISTORY_FORMAT {
             return Err(KeyHistoryError::Format(self.format));

@@ -1,4 +1,4 @@
-//! The data directory's names (FORMATS.md §2): the files the engine keeps, the segment file
+//! The data directory's names (FORMATS.md §3): the files the engine keeps, the segment file
 //! names and how to read them back, `log.json`'s fields, and the default key name an
 //! origin gives. Pure: the engine, the daemon and the verifier all take them from here.
 

@@ -1,4 +1,4 @@
-//! Leaf-hash index runs (FORMATS.md §7.3): the bytes of one `leafindex/<first>-<end>.run`
+//! Leaf-hash index runs (FORMATS.md §5.6): the bytes of one `leafindex/<first>-<end>.run`
 //! file. The engine decides when runs are built, merged and read; this module says what a
 //! run's bytes are and checks them. All integers big-endian.
 //!

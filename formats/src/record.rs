@@ -1,4 +1,4 @@
-//! The leaf input (FORMATS.md §3). Two versions, both readable:
+//! The leaf input (FORMATS.md §4). Two versions, both readable:
 //!
 //! ```text
 //! v1 = 0x01 | received_at_unix_ns:u64 BE | payload

@@ -152,7 +152,7 @@ pub struct ServerConfig {
     pub long_poll_ms_max: u64,
     /// Events in one `GET /v1/events?start=&end=` answer.
     pub range_events_max: u64,
-    /// TCP ingest listener (FORMATS.md §11.1).
+    /// TCP ingest listener (FORMATS.md §12.1).
     pub tcp_addr: SocketAddr,
     /// One TCP frame's payload; larger frames are refused and the connection closed.
     pub tcp_frame_bytes_max: u32,

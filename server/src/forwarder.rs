@@ -1,4 +1,4 @@
-//! The SIEM forwarder (FORMATS.md §12.5): streams every event, in index order, as CEF in
+//! The SIEM forwarder (FORMATS.md §14.5): streams every event, in index order, as CEF in
 //! RFC 5424 messages with RFC 6587 octet counting over TCP to a collector.
 //!
 //! At least once, never skipping: the durable cursor (`<data_dir>/forwarder.cursor`, one

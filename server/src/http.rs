@@ -401,7 +401,7 @@ fn need(m: &HashMap<String, String>, name: &str) -> ApiResult<u64> {
     num(m, name)?.ok_or_else(|| ApiError::bad(format!("{name} is required")))
 }
 
-/// One event as the API shows it: the export's JSON line (FORMATS.md §13.1) without its
+/// One event as the API shows it: the export's JSON line (FORMATS.md §14.1) without its
 /// newline. The payload was validated as a JSON object on ingest, so it is embedded as is.
 fn event_json(alg: TreeHash, index: u64, record: &[u8]) -> ApiResult<String> {
     let r = Record::parse(record)

@@ -261,7 +261,7 @@ pub async fn post_events(
     let (receipts, failure) = receipts_of(pending, failure).await;
     match failure {
         // The submitter every record of the request carries: with a receipt and the event's
-        // bytes, a client can rebuild its record (FORMATS.md §3) and leaf hash.
+        // bytes, a client can rebuild its record (FORMATS.md §4) and leaf hash.
         None => Ok(axum::Json(serde_json::json!({
             "receipts": receipts,
             "submitter": submitter.as_str(),

@@ -1,4 +1,4 @@
-//! The syslog TCP listener (FORMATS.md §12.3–12.4): RFC 6587 framing detected per message,
+//! The syslog TCP listener (FORMATS.md §14.3–14.4): RFC 6587 framing detected per message,
 //! RFC 5424 and RFC 3164 messages, each mapped to an audit event and appended.
 //!
 //! Syslog has no acknowledgements, so this listener batches by what arrived: every read

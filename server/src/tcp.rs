@@ -1,4 +1,4 @@
-//! The TCP ingest listener (FORMATS.md §11.1): binary frames, a HELLO with a bearer token,
+//! The TCP ingest listener (FORMATS.md §12.1): binary frames, a HELLO with a bearer token,
 //! pipelined BATCH frames answered in order by ACK or ERROR. Every length is checked
 //! before it is read, the number of batches in flight per connection and the number of
 //! connections are bounded, and a full engine queue slows the reader (back-pressure)

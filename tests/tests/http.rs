@@ -636,7 +636,7 @@ fn concurrent_ingest_is_all_or_429_and_loses_nothing() {
     );
 }
 
-// ---- TCP ingest (FORMATS.md §11.1) ----
+// ---- TCP ingest (FORMATS.md §12.1) ----
 
 mod tcp {
     use super::*;

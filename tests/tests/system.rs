@@ -398,8 +398,8 @@ fn append_forged_batch(dir: &Path) -> u64 {
     next
 }
 
-/// The verifier's verdicts over fixtures the engine writes, one rule each (FORMATS.md §5,
-/// §10): a clean log verifies to its signed size; a forged tail, a missing checkpoint log
+/// The verifier's verdicts over fixtures the engine writes, one rule each (FORMATS.md §6,
+/// §11): a clean log verifies to its signed size; a forged tail, a missing checkpoint log
 /// and an empty or foreign footer note fail; a torn tail in the last open segment is
 /// reported and not counted; a damaged batch with data after it fails; records past the
 /// signed size pass only with `allow_unsigned_tail`, and are never counted as verified.

@@ -239,7 +239,7 @@ fn push_blocks(
 /// Called with each valid batch of an open segment: its offset, header and body.
 type OnBatch<'a> = dyn FnMut(u64, &batch::BatchHeader, &[u8]) -> Result<(), VerifyError> + 'a;
 
-/// Scans an open segment's batches (FORMATS.md §5) in pieces: one batch in memory at a
+/// Scans an open segment's batches (FORMATS.md §6) in pieces: one batch in memory at a
 /// time, never the segment. `on_batch` sees each valid batch's header
 /// with its body. A bad batch is a torn tail (returned, its records not counted) only in
 /// the last open segment and only if zeros follow as the format's rule requires

@@ -40,7 +40,7 @@ pub struct ReplicationConfig {
     /// target). At 500k events/s a log fills ~2,000 tiles a second: one at a time, a
     /// replicator fell behind for good.
     pub tiles_per_step_max: usize,
-    /// Full level-0 tiles per object (`tile/bundle/…`, FORMATS.md §12); 1 ships each as
+    /// Full level-0 tiles per object (`tile/bundle/…`, FORMATS.md §15.1); 1 ships each as
     /// its own tlog-tiles object (`tile/0/…`). Higher levels always go one per object.
     pub tile_bundle_tiles: u64,
     /// The key history file (`keys.json`) and `log.json` are shipped only if no larger.

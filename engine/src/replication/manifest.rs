@@ -1,6 +1,6 @@
 //! The replication manifest, `<data_dir>/replication/manifest.log`: one entry per object
 //! shipped, appended and `fdatasync`ed after the store confirmed it, in the checkpoint log's
-//! framing (`bytes:u32 | crc32c:u32 | JSON`, FORMATS.md §12). A restart reads it to know
+//! framing (`bytes:u32 | crc32c:u32 | JSON`, FORMATS.md §15.2). A restart reads it to know
 //! what is already out; a torn last entry is cut, and its object is found again on the
 //! store by the create-only upload (same checksum: shipped; other bytes: an alarm).
 

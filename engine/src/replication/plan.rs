@@ -442,7 +442,7 @@ impl Planner {
         let (entries, good) = parse_log(&buf);
         // Stopped at an entry with room for a whole one after it: damage (unless it is the
         // last append, which the checkpointer may be writing now). Said, rather than waited
-        // on for good without a word; the next start refuses the log (FORMATS.md §7).
+        // on for good without a word; the next start refuses the log (FORMATS.md §8).
         if n - good >= crate::framedlog::APPEND_BYTES_MAX {
             crate::framedlog::refuse_damage(&path, self.cp_offset + good as u64, len)?;
         }

@@ -1,5 +1,5 @@
-//! The audit event of a syslog message (FORMATS.md §12.4), written straight into a byte
-//! buffer, and the RFC 5424 writer of the forwarder (§12.5).
+//! The audit event of a syslog message (FORMATS.md §14.4), written straight into a byte
+//! buffer, and the RFC 5424 writer of the forwarder (§14.5).
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -145,7 +145,7 @@ fn push_key(out: &mut Vec<u8>, key: &str, first: bool) {
     out.push(b':');
 }
 
-/// The audit event for a received message (FORMATS.md §12.4), as one JSON line. `raw` is
+/// The audit event for a received message (FORMATS.md §14.4), as one JSON line. `raw` is
 /// the framed message as received, kept whole in `details.syslog.original`.
 pub fn to_audit_event(
     m: &SyslogMessage,

@@ -1,4 +1,4 @@
-//! Syslog over TCP (FORMATS.md §12.3–12.5): RFC 6587 framing (octet counting and LF
+//! Syslog over TCP (FORMATS.md §14.3–14.5): RFC 6587 framing (octet counting and LF
 //! termination, detected per message), RFC 5424 and RFC 3164 parsing, the mapping of a
 //! message to an audit event, and an RFC 5424 writer with octet counting for the forwarder.
 //! Pure: the caller owns sockets, buffers and clocks.

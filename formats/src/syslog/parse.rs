@@ -1,4 +1,4 @@
-//! Syslog message parsing (FORMATS.md §12.4): `<PRI>`, then RFC 5424 or, leniently, RFC 3164.
+//! Syslog message parsing (FORMATS.md §14.4): `<PRI>`, then RFC 5424 or, leniently, RFC 3164.
 
 use std::borrow::Cow;
 
