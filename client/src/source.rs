@@ -132,7 +132,9 @@ struct PrunedEntry {
 /// A bad entry further back than one append is damage, reported as such (ignored, the
 /// segments it and the later entries explain would only show as missing).
 fn read_pruned(dir: &Path) -> Result<Vec<(u64, u64, String)>, VerifyError> {
-    let p = dir.join("replication").join("pruned.log");
+    let p = dir
+        .join(auditlog_formats::layout::REPLICATION_DIR)
+        .join(auditlog_formats::layout::PRUNED_FILE);
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -231,7 +233,12 @@ impl LogSource for DirSource {
     }
 
     fn leaf_hashes(&self) -> Option<Box<dyn ReadAt>> {
-        let f = File::open(self.dir.join("hashes").join("level-00.bin")).ok()?;
+        let f = File::open(
+            self.dir
+                .join(auditlog_formats::layout::HASHES_DIR)
+                .join(auditlog_formats::layout::hash_level_file(0)),
+        )
+        .ok()?;
         let len = f.metadata().ok()?.len();
         Some(Box::new(FileAt(f, len)))
     }
@@ -256,7 +263,7 @@ impl LogSource for DirSource {
     }
 
     fn hash_levels(&self) -> Result<HashCheck, VerifyError> {
-        let dir = self.dir.join("hashes");
+        let dir = self.dir.join(auditlog_formats::layout::HASHES_DIR);
         let mut check = HashCheck {
             places: Vec::new(),
             levels: Vec::new(),
@@ -286,12 +293,15 @@ impl LogSource for DirSource {
     }
 
     fn hashes_place(&self) -> String {
-        self.dir.join("hashes").display().to_string()
+        self.dir
+            .join(auditlog_formats::layout::HASHES_DIR)
+            .display()
+            .to_string()
     }
 
     fn hash_reader(&self) -> Option<FileHashes> {
         Some(FileHashes {
-            dir: self.dir.join("hashes"),
+            dir: self.dir.join(auditlog_formats::layout::HASHES_DIR),
         })
     }
 }

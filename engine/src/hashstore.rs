@@ -109,7 +109,8 @@ impl HashFiles {
     }
 
     fn path(&self, level: usize) -> PathBuf {
-        self.dir.join(format!("level-{level:02}.bin"))
+        self.dir
+            .join(auditlog_formats::layout::hash_level_file(level))
     }
 
     pub(crate) fn level_file(&self, level: usize) -> Option<Arc<File>> {

@@ -18,9 +18,9 @@ use crate::error::{io_err, EngineError, Result};
 use crate::pkcs11::{PinSource, Pkcs11Signer, Pkcs11Spec};
 use crate::signer::{KeyFileSigner, Signer};
 
-pub const KEYS_FILE: &str = "keys.json";
 /// The development key, relative to the data directory.
-pub const DEV_KEY_FILE: &str = "keys/checkpoint.key";
+pub use auditlog_formats::layout::DEV_KEY_FILE;
+pub use auditlog_formats::layout::KEYS_FILE;
 
 struct Inner {
     checked: CheckedHistory,

@@ -134,8 +134,12 @@ impl Engine {
         let seg_dir = config.data_dir.join(auditlog_formats::layout::SEGMENTS_DIR);
         let (appender, io_mode_name) =
             io::Appender::new(config.io_mode).map_err(error::io_err(&seg_dir, "set up I/O"))?;
-        let leaf_index =
-            leafindex::LeafIndex::open(&config.data_dir.join("leafindex"), r.report.tree_size)?;
+        let leaf_index = leafindex::LeafIndex::open(
+            &config
+                .data_dir
+                .join(auditlog_formats::layout::LEAF_INDEX_DIR),
+            r.report.tree_size,
+        )?;
         let remote = recovery::read_target(&config)?;
         let shared = Arc::new(Shared {
             hashes: r.hashes.clone(),

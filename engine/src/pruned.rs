@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{corrupt, io_err, Result};
 use crate::framedlog::FramedLog;
 
-pub(crate) const PRUNED_FILE: &str = "pruned.log";
+use auditlog_formats::layout::{PRUNED_FILE, REPLICATION_DIR};
 
 /// A sealed segment that lives only on the object store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub struct PrunedSegment {
 
 /// Where the pruned list lives in a data directory.
 pub fn pruned_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("replication").join(PRUNED_FILE)
+    data_dir.join(REPLICATION_DIR).join(PRUNED_FILE)
 }
 
 /// Reads the pruned list (absent: nothing pruned). A torn last entry is ignored: its
@@ -70,7 +70,7 @@ pub(crate) struct PrunedLog {
 impl PrunedLog {
     /// Opens (or creates) the list and cuts a torn tail, so appends follow a good entry.
     pub fn open(data_dir: &Path) -> Result<PrunedLog> {
-        let (log, _) = FramedLog::open(&data_dir.join("replication"), PRUNED_FILE)?;
+        let (log, _) = FramedLog::open(&data_dir.join(REPLICATION_DIR), PRUNED_FILE)?;
         Ok(PrunedLog { log })
     }
 

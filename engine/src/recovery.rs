@@ -197,7 +197,10 @@ impl Rederive {
     ) -> Result<Rederive> {
         let alg = cfg.tree_hash;
         let (cp_size, cp_root) = promise;
-        let hashes = HashFiles::open(&cfg.data_dir.join("hashes"), cfg.hash_cache_bytes_max)?;
+        let hashes = HashFiles::open(
+            &cfg.data_dir.join(layout::HASHES_DIR),
+            cfg.hash_cache_bytes_max,
+        )?;
         let mut from = cp_size;
         let store_ok = hashes.truncate_to(cp_size)?
             && tree::tree_hash(alg, cp_size, &hashes)

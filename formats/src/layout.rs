@@ -12,6 +12,33 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const CHECKPOINT_LOG_FILE: &str = "checkpoints.log";
 /// The leaf-hash index's runs (`leafindex`), derived state.
 pub const LEAF_INDEX_DIR: &str = "leafindex";
+/// The hash store: one file per tree level (`hash_level_file`), derived state.
+pub const HASHES_DIR: &str = "hashes";
+/// The key history (FORMATS.md §13).
+pub const KEYS_FILE: &str = "keys.json";
+/// The development key file signer's key (never used with an HSM or KMS).
+pub const DEV_KEY_FILE: &str = "keys/checkpoint.key";
+/// The replicator's state: its manifest and the pruned list.
+pub const REPLICATION_DIR: &str = "replication";
+/// In `replication/`: every object shipped (FORMATS.md §15.2).
+pub const MANIFEST_FILE: &str = "manifest.log";
+/// In `replication/`: sealed segments deleted locally (FORMATS.md §15.3).
+pub const PRUNED_FILE: &str = "pruned.log";
+/// The default `file://` replication target inside the data directory.
+pub const LOCAL_WORM_DIR: &str = "worm";
+/// The daemon's API tokens (names, roles, hashes).
+pub const TOKENS_FILE: &str = "tokens.json";
+/// The tokens made on first start, once, for the operator to collect.
+pub const INITIAL_TOKENS_FILE: &str = "initial-tokens";
+/// Admin requests under the two-person rule.
+pub const ADMIN_REQUESTS_FILE: &str = "admin-requests.json";
+/// How far the SIEM forwarder has sent.
+pub const FORWARDER_CURSOR_FILE: &str = "forwarder.cursor";
+
+/// The hash store's file for tree level `level` (in `HASHES_DIR`).
+pub fn hash_level_file(level: usize) -> String {
+    format!("level-{level:02}.bin")
+}
 
 /// `log.json`'s fields.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

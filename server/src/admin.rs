@@ -27,7 +27,7 @@ use crate::auth::{Access, AuthError, Principal, Role};
 use crate::config::AdminConfig;
 use crate::http::{ApiError, ApiResult, St};
 
-pub const REQUESTS_FILE: &str = "admin-requests.json";
+pub use auditlog_formats::layout::ADMIN_REQUESTS_FILE as REQUESTS_FILE;
 /// Finished requests kept in the file for `GET`; the log holds the full record.
 const FINISHED_KEPT_MAX: usize = 256;
 

@@ -144,7 +144,7 @@ fn write_token_file(store: &Path, file: &TokenFile) -> anyhow::Result<()> {
 
 /// Token changes in `<data_dir>/tokens.json` the log does not hold yet, oldest first.
 pub fn unrecorded_changes(data_dir: &Path) -> anyhow::Result<Vec<UnrecordedChange>> {
-    let file = read_token_file(&data_dir.join("tokens.json"))?;
+    let file = read_token_file(&data_dir.join(auditlog_formats::layout::TOKENS_FILE))?;
     let mut out = Vec::new();
     for t in &file.tokens {
         let change = |action| UnrecordedChange {
@@ -169,7 +169,7 @@ pub fn mark_recorded(data_dir: &Path, changes: &[UnrecordedChange]) -> anyhow::R
     if changes.is_empty() {
         return Ok(());
     }
-    let store = data_dir.join("tokens.json");
+    let store = data_dir.join(auditlog_formats::layout::TOKENS_FILE);
     let mut file = read_token_file(&store)?;
     for change in changes {
         for t in file.tokens.iter_mut().filter(|t| t.sha256 == change.sha256) {
@@ -252,8 +252,8 @@ impl Tokens {
     /// Loads `tokens.json`, or on first start makes one token per role, writes them to
     /// `initial-tokens` and returns that file's path alongside.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<(Tokens, Option<PathBuf>)> {
-        let store = data_dir.join("tokens.json");
-        let initial = data_dir.join("initial-tokens");
+        let store = data_dir.join(auditlog_formats::layout::TOKENS_FILE);
+        let initial = data_dir.join(auditlog_formats::layout::INITIAL_TOKENS_FILE);
         // Not read, but it holds every role's first token: open to others, or a link, it
         // stops the start, before anything is written.
         let initial_exists = private::check_private_file(&initial)?;
@@ -413,7 +413,7 @@ pub fn add_token_hash(
     recorded: bool,
 ) -> anyhow::Result<()> {
     check_token_name(name)?;
-    let store = data_dir.join("tokens.json");
+    let store = data_dir.join(auditlog_formats::layout::TOKENS_FILE);
     let mut file = read_token_file(&store)?;
     let hex = hex::encode(sha256);
     if file.tokens.iter().any(|t| t.holder() == name) {
@@ -436,7 +436,7 @@ pub fn add_token_hash(
 /// `auditlogd tokens revoke`: the token named `name` is never accepted again (from the
 /// next start); it stays in `tokens.json`, and the next start records `token_revoked`.
 pub fn revoke_token(data_dir: &Path, name: &str) -> anyhow::Result<()> {
-    let store = data_dir.join("tokens.json");
+    let store = data_dir.join(auditlog_formats::layout::TOKENS_FILE);
     let mut file = read_token_file(&store)?;
     let Some(t) = file.tokens.iter_mut().find(|t| t.holder() == name) else {
         bail!("no token named {name:?}");

@@ -47,7 +47,7 @@ const BACKOFF_MS_MIN: u64 = 100;
 /// `local4`: the facility of forwarded messages.
 const FACILITY: u8 = 20;
 
-pub const CURSOR_FILE: &str = "forwarder.cursor";
+pub use auditlog_formats::layout::FORWARDER_CURSOR_FILE as CURSOR_FILE;
 
 /// Forwarder counters, shown by `/metrics`.
 pub struct ForwardCounters {

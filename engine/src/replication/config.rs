@@ -88,7 +88,10 @@ impl Default for ReplicationConfig {
 impl ReplicationConfig {
     pub fn target_url(&self, data_dir: &Path) -> String {
         if self.target.is_empty() {
-            data_dir.join("worm").display().to_string()
+            data_dir
+                .join(auditlog_formats::layout::LOCAL_WORM_DIR)
+                .display()
+                .to_string()
         } else {
             self.target.clone()
         }

@@ -137,7 +137,7 @@ pub struct Manifest {
 impl Manifest {
     /// Opens (or creates) the manifest, cuts a torn tail, and replays it.
     pub fn open(dir: &Path) -> Result<(Manifest, Shipped, u64)> {
-        let (log, entries) = FramedLog::open(dir, "manifest.log")?;
+        let (log, entries) = FramedLog::open(dir, auditlog_formats::layout::MANIFEST_FILE)?;
         let mut shipped = Shipped::default();
         for (i, raw) in entries.iter().enumerate() {
             let e: Entry = serde_json::from_slice(raw)

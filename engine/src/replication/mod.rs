@@ -125,7 +125,9 @@ pub(crate) fn prepare(
             target.describe()
         ),
     }
-    let dir = shared_cfg.data_dir.join("replication");
+    let dir = shared_cfg
+        .data_dir
+        .join(auditlog_formats::layout::REPLICATION_DIR);
     let (manifest, mut shipped, entries) = Manifest::open(&dir)?;
     // A pruned segment was shipped by definition: should the (derived) manifest be lost,
     // it is not uploaded again (it cannot be: it is gone locally), and tiles and

@@ -245,18 +245,19 @@ impl Planner {
         retention: &RetentionPolicy,
     ) -> Result<Option<Item>> {
         let longest = now_s() + u64::from(retention.longest_days()) * 86_400;
-        if !self.shipped.keys.contains("log.json") {
-            if let Some(b) = self.small_file(shared, "log.json")? {
+        let meta = auditlog_formats::layout::LOG_META_FILE;
+        if !self.shipped.keys.contains(meta) {
+            if let Some(b) = self.small_file(shared, meta)? {
                 return Ok(Some(Item::one(entry(
                     Kind::Meta,
-                    "log.json".into(),
+                    meta.into(),
                     b,
                     longest,
                     (None, None),
                 ))));
             }
         }
-        if let Some(b) = self.small_file(shared, "keys.json")? {
+        if let Some(b) = self.small_file(shared, auditlog_formats::layout::KEYS_FILE)? {
             // One object per version of the history: the name carries its digest.
             let key = format!("keys/{}.json", &blake3::hash(&b).to_hex()[..16]);
             if !self.shipped.keys.contains(&key) {
@@ -377,7 +378,8 @@ impl Planner {
         let path = shared
             .config
             .data_dir
-            .join(format!("hashes/level-{level:02}.bin"));
+            .join(auditlog_formats::layout::HASHES_DIR)
+            .join(auditlog_formats::layout::hash_level_file(level));
         crate::yielding::read_exact_at(&f, &mut all, n * TILE_BYTES as u64)
             .map_err(io_err(&path, format!("read tiles {t}/{n}+{count}")))?;
         let width = 1u64 << (8 * (u32::from(t) + 1));
