@@ -909,3 +909,71 @@ fn the_bucket_verifier_streams_segments_in_bounded_ranges() {
     .expect_err("a changed segment fails");
     assert!(err.place.contains(&victim.key), "{err}");
 }
+
+/// `ship_level0_tiles = false`: the bucket holds no level-0 tile (neither `tile/0/…` nor a
+/// bundle) while every segment and checkpoint ships, the replicator reports no level-0 lag,
+/// and the bucket still verifies (the verifier rebuilds the tree from the segments). The same
+/// log with the default ships level-0 bundles: the switch is what removes them.
+#[test]
+fn without_level0_tiles_the_bucket_holds_none_and_still_verifies() {
+    for ship_level0 in [false, true] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bucket = tempfile::tempdir().expect("bucket");
+        let mut cfg: EngineConfig = small_config(dir.path());
+        let mut r = replication(
+            &format!("file://{}", bucket.path().display()),
+            TargetOptions::default(),
+        );
+        r.allow_non_worm = true;
+        r.tile_bundle_tiles = 4;
+        r.ship_level0_tiles = ship_level0;
+        cfg.replication = Some(r);
+        let engine = Engine::open(cfg, None).expect("open");
+        let key = engine.verifier_key();
+        ingest_sealed(&engine, 3);
+        let size = engine.tree_size();
+        engine
+            .wait_checkpoint(size, Duration::from_secs(10))
+            .expect("checkpoint");
+        let st = wait_shipped(&engine);
+        assert!(
+            st.shipped_end >= 1024,
+            "a bundle of 4 level-0 tiles is due: {st:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine
+            .status()
+            .replication
+            .is_some_and(|r| r.tiles_pending > 0 || !r.idle)
+        {
+            assert!(Instant::now() < deadline, "tiles not shipped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        engine.shutdown().expect("shutdown");
+
+        let target: Arc<dyn WormTarget> = auditlog_worm::open(
+            &format!("file://{}", bucket.path().display()),
+            &TargetOptions::default(),
+        )
+        .expect("target")
+        .into();
+        let level0: Vec<String> = target
+            .list("tile/")
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.starts_with("tile/0/") || k.starts_with("tile/bundle/"))
+            .collect();
+        assert_eq!(level0.is_empty(), !ship_level0, "{level0:?}");
+        let segments = target.list("segments/").expect("list").len();
+        assert!(segments >= 3, "{segments} segments shipped");
+        let (summary, _) = verify_bucket(
+            target,
+            &history_of(&key),
+            &RetentionPolicy::default(),
+            &mut |_, _| {},
+        )
+        .expect("the bucket verifies without level-0 tiles");
+        assert_eq!(summary.events, st.shipped_end);
+    }
+}

@@ -31,6 +31,9 @@ struct Args {
     batch: u64,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Ship no level-0 tiles (`replication.ship_level0_tiles = false`).
+    #[arg(long)]
+    no_level0_tiles: bool,
     /// Keep the data directory and the bucket.
     #[arg(long)]
     keep: bool,
@@ -195,6 +198,7 @@ fn main() {
         target: format!("file://{}", bucket.display()),
         // A local directory keeps no retention lock; the bytes are what is measured here.
         allow_non_worm: true,
+        ship_level0_tiles: !a.no_level0_tiles,
         ..Default::default()
     });
     let engine = Engine::open(cfg, None).unwrap_or_else(|e| die(&format!("open: {e}")));

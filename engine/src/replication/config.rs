@@ -43,6 +43,13 @@ pub struct ReplicationConfig {
     /// Full level-0 tiles per object (`tile/bundle/…`, FORMATS.md §15.1); 1 ships each as
     /// its own tlog-tiles object (`tile/0/…`). Higher levels always go one per object.
     pub tile_bundle_tiles: u64,
+    /// Ship level-0 tiles (bundles). Off, the bucket holds tiles from level 1 (tree level 8)
+    /// up only: 27 bytes per event less (docs/benchmarks.md, footprint), and nothing is lost
+    /// to the verifier or a pruned read, which recompute level 0 from the segments; a static
+    /// tlog-tiles client that has only the tiles cannot compute the hashes below tree level
+    /// 8, so it proves no inclusion of single entries and no consistency at sizes that are
+    /// not multiples of 65,536 without fetching the segments (docs/worm.md).
+    pub ship_level0_tiles: bool,
     /// The key history file (`keys.json`) and `log.json` are shipped only if no larger.
     pub small_file_bytes_max: u64,
     /// Local retention: a sealed segment is deleted locally once it is on the store, read
@@ -76,6 +83,7 @@ impl Default for ReplicationConfig {
             checkpoint_log_read_bytes_max: 1 << 20,
             tiles_per_step_max: 256,
             tile_bundle_tiles: 256,
+            ship_level0_tiles: true,
             small_file_bytes_max: 16 << 20,
             local_keep_ms: None,
             store_read_cache_segments_max: 2,

@@ -167,11 +167,16 @@ impl Planner {
             .checkpoints
             .signed_size()
             .min(self.shipped.contiguous_end());
-        let tiles_shipped = self.shipped.tiles_next.first().copied().unwrap_or(0);
+        let tiles_next = |t: usize| self.shipped.tiles_next.get(t).copied().unwrap_or(0);
         let bundle = self.cfg.tile_bundle_tiles;
-        let mut lag = Lag {
+        let tiles = if self.cfg.ship_level0_tiles {
             // Whole bundles only: a partial one waits for its last tile by design.
-            tiles: (durable / 256).saturating_sub(tiles_shipped) / bundle * bundle,
+            (durable / 256).saturating_sub(tiles_next(0)) / bundle * bundle
+        } else {
+            (durable >> 16).saturating_sub(tiles_next(1))
+        };
+        let mut lag = Lag {
+            tiles,
             segments: 0,
             bytes: 0,
             oldest_age_ms: 0,
@@ -332,8 +337,9 @@ impl Planner {
 
     /// The next group of full tiles below `durable`, lowest level first.
     fn next_tiles(&mut self, shared: &Shared, durable: u64) -> Result<Option<Item>> {
-        // Tile level 7 spans 2^64 leaves; no log reaches a full one.
-        for t in 0..7u8 {
+        // Tile level 7 spans 2^64 leaves; no log reaches a full one. Level 0 only if asked.
+        let lowest = if self.cfg.ship_level0_tiles { 0 } else { 1 };
+        for t in lowest..7u8 {
             let n = self
                 .shipped
                 .tiles_next
