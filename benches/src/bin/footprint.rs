@@ -31,6 +31,12 @@ struct Args {
     batch: u64,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The sealer's zstd level (default: the engine's).
+    #[arg(long)]
+    zstd_level: Option<i32>,
+    /// The sealer's raw block size in KiB (default: the engine's).
+    #[arg(long)]
+    block_kib: Option<usize>,
     /// Ship no level-0 tiles (`replication.ship_level0_tiles = false`).
     #[arg(long)]
     no_level0_tiles: bool,
@@ -194,6 +200,13 @@ fn main() {
     std::fs::create_dir_all(&bucket).unwrap_or_else(|e| die(&format!("{}: {e}", bucket.display())));
     let mut cfg = EngineConfig::new(&data);
     cfg.segment_bytes = a.segment_mib << 20;
+    if let Some(l) = a.zstd_level {
+        cfg.zstd_level = l;
+    }
+    if let Some(k) = a.block_kib {
+        cfg.block_raw_bytes = k << 10;
+    }
+    let (zstd_level, block_kib) = (cfg.zstd_level, cfg.block_raw_bytes >> 10);
     cfg.replication = Some(ReplicationConfig {
         target: format!("file://{}", bucket.display()),
         // A local directory keeps no retention lock; the bytes are what is measured here.
@@ -241,6 +254,11 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The sealer's CPU (its thread, while it is alive): what the sealed bytes cost.
+    let sealer_cpu = auditlog_benches::cpu_by_thread_name()
+        .get("auditlog-sealer")
+        .copied()
+        .unwrap_or_default();
     engine
         .shutdown()
         .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
@@ -282,6 +300,10 @@ fn main() {
         sealed_events,
         ingest_s
     );
+    let sealer_us = sealer_cpu.as_secs_f64() * 1e6 / sealed_events.max(1) as f64;
+    println!(
+        "sealer: zstd level {zstd_level}, {block_kib} KiB blocks, {sealer_us:.2} µs of CPU per sealed event"
+    );
     let mut out = serde_json::Map::new();
     for (name, v) in &rows {
         println!("{name:28} {:>14} bytes  {:>7.1} bytes/event", v.0, per(*v));
@@ -304,6 +326,7 @@ fn main() {
     if let Some(p) = &a.json {
         let summary = json!({
             "events": a.events, "seed": a.seed, "segment_mib": a.segment_mib,
+            "zstd_level": zstd_level, "block_kib": block_kib, "sealer_cpu_us_per_event": sealer_us,
             "ndjson_bytes_per_event": raw_bytes as f64 / a.events as f64,
             "components": out, "local_bytes_per_event": local, "bucket_bytes_per_event": in_bucket,
         });
