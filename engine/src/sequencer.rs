@@ -29,6 +29,37 @@ pub(crate) struct OpenSegment {
     pub max_classification: u8,
 }
 
+impl OpenSegment {
+    /// A zero-filled preallocated file becomes the open segment holding leaves from
+    /// `first`: renamed to its open name (the directory synced, so a crash finds it there),
+    /// opened, and registered for readers. At start (a new log) and at every rotation.
+    pub fn activate(
+        shared: &Shared,
+        prealloc: &std::path::Path,
+        first: u64,
+    ) -> Result<OpenSegment> {
+        let dir = shared.segments_dir();
+        let path = dir.join(open_name(first));
+        std::fs::rename(prealloc, &path).map_err(io_err(&path, "activate preallocated segment"))?;
+        crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open segment"))?;
+        let open = OpenSegment {
+            first,
+            path,
+            file: Arc::new(file),
+            write_offset: 0,
+            opened_at: Instant::now(),
+            max_classification: 0,
+        };
+        shared.segments.add_open(&open);
+        Ok(open)
+    }
+}
+
 /// A full (or old) open segment handed to the sealer.
 pub(crate) struct SealJob {
     pub first: u64,
@@ -243,25 +274,8 @@ impl Sequencer {
             }
         };
         let first = self.edge.size();
-        let dir = self.shared.segments_dir();
-        let path = dir.join(open_name(first));
-        std::fs::rename(&next, &path).map_err(io_err(&path, "activate preallocated segment"))?;
-        crate::io::sync_dir(&dir).map_err(io_err(&dir, "sync"))?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path, "open segment"))?;
-        let new = OpenSegment {
-            first,
-            path,
-            file: Arc::new(file),
-            write_offset: 0,
-            opened_at: Instant::now(),
-            max_classification: 0,
-        };
+        let new = OpenSegment::activate(&self.shared, &next, first)?;
         let old = std::mem::replace(&mut self.open, new);
-        self.shared.segments.add_open(&self.open);
         if old.write_offset == 0 {
             // Never written: nothing to seal.
             self.shared.segments.remove_open(old.first);

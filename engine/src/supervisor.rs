@@ -6,18 +6,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditlog_formats::tree::RightEdge;
 use crossbeam_channel::Sender;
 
 use crate::checkpoints::CheckpointLog;
-use crate::error::{io_err, EngineError, Result};
+use crate::error::{EngineError, Result};
 use crate::hashstore::PendingNodes;
 use crate::health::Fault;
 use crate::io::{Appender, Background};
 use crate::replication::Replicator;
-use crate::segments;
 use crate::sequencer::{OpenSegment, SealJob, Sequencer};
 use crate::shared::Shared;
 use crate::Submission;
@@ -211,23 +210,5 @@ fn first_segment(
                     .unwrap_or_else(|| "could not prepare the first segment".into()),
             )
         })?;
-    let dir = shared.segments_dir();
-    let path = dir.join(segments::open_name(end));
-    std::fs::rename(&p, &path).map_err(io_err(&path, "activate segment"))?;
-    crate::io::sync_dir(&dir).map_err(io_err(&path, "sync"))?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path, "open"))?;
-    let o = OpenSegment {
-        first: end,
-        path,
-        file: Arc::new(file),
-        write_offset: 0,
-        opened_at: Instant::now(),
-        max_classification: 0,
-    };
-    shared.segments.add_open(&o);
-    Ok(o)
+    OpenSegment::activate(shared, &p, end)
 }
