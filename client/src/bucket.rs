@@ -8,12 +8,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::sync::Arc;
 
+use auditlog_formats::batch::check_run;
 use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
 use auditlog_worm::{
-    parse_tile_bundle_key, parse_tile_key, tile_bundle_key, tile_key, RetentionPolicy, WormTarget,
+    parse_tail_key, parse_tile_bundle_key, parse_tile_key, tail_prefix, tile_bundle_key, tile_key,
+    RetentionPolicy, WormTarget,
 };
 
-use crate::source::{order_segments, LogSource, ReadAt, SegRef};
+use crate::source::{order_segments, LogSource, ReadAt, SegKind, SegRef};
 use crate::verify::{
     fail, verify_source, FileHashes, HashCheck, Pins, Progress, Summary, VerifyError,
 };
@@ -29,6 +31,9 @@ struct SealedInfo {
 pub struct BucketSource {
     target: Arc<dyn WormTarget>,
     sealed: RefCell<Vec<SealedInfo>>,
+    /// The tail objects after the last sealed segment, per open segment (its first leaf):
+    /// `(key, bytes)` in order. They are read as that segment's open file.
+    tails: RefCell<BTreeMap<u64, Vec<(String, u64)>>>,
 }
 
 fn store_err(place: &str, e: auditlog_worm::WormError) -> VerifyError {
@@ -43,6 +48,7 @@ impl BucketSource {
         BucketSource {
             target,
             sealed: RefCell::new(Vec::new()),
+            tails: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -89,14 +95,27 @@ impl LogSource for BucketSource {
             .target
             .list("segments/")
             .map_err(|e| store_err(&place, e))?;
-        // Only sealed segments are ever shipped; anything else there is not the log's.
-        Ok(order_segments(list.into_iter().filter_map(|o| {
+        // Sealed segments, then the tails after the last one (FORMATS.md §15.1).
+        let mut segs = order_segments(list.into_iter().filter_map(|o| {
             let name = o.key.strip_prefix("segments/")?.to_string();
             name.ends_with(".seg").then_some((name, o.bytes))
-        })))
+        }));
+        let sealed_end = segs
+            .iter()
+            .filter_map(|s| match s.kind {
+                SegKind::Sealed(_, end) => Some(end),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        segs.extend(self.tail_segments(sealed_end)?);
+        Ok(segs)
     }
 
     fn place(&self, seg: &SegRef) -> String {
+        if seg.name.starts_with("tail/") {
+            return self.at(&seg.name);
+        }
         self.at(&format!("segments/{}", seg.name))
     }
 
@@ -120,7 +139,13 @@ impl LogSource for BucketSource {
     }
 
     fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
-        fail(self.place(seg), "open segments are never shipped")
+        let SegKind::Open(first) = seg.kind else {
+            return fail(self.place(seg), "not an open segment");
+        };
+        let Some(objects) = self.tails.borrow().get(&first).cloned() else {
+            return fail(self.place(seg), "open segments are shipped only as tails");
+        };
+        Ok(Box::new(TailRun::new(self.target.clone(), objects)))
     }
 
     fn hash_levels(&self) -> Result<HashCheck, VerifyError> {
@@ -188,6 +213,127 @@ impl LogSource for BucketSource {
 
     fn hash_reader(&self) -> Option<FileHashes> {
         None
+    }
+}
+
+impl BucketSource {
+    /// The tails after the sealed segments, from leaf `from`: one open segment per
+    /// `tail/{first}/` folder, each continuing where the one before ended. Every tail
+    /// object is checked here (whole batches, contiguous, starting where its key says), so
+    /// a damaged one is named; a tail is never torn (an upload is all or nothing).
+    fn tail_segments(&self, from: u64) -> Result<Vec<SegRef>, VerifyError> {
+        let mut out = Vec::new();
+        let mut first = from;
+        loop {
+            let prefix = tail_prefix(first);
+            let place = self.at(&prefix);
+            let list = self
+                .target
+                .list(&prefix)
+                .map_err(|e| store_err(&place, e))?;
+            if list.is_empty() {
+                return Ok(out);
+            }
+            let mut end = first;
+            let mut objects = Vec::with_capacity(list.len());
+            for o in list {
+                let here = self.at(&o.key);
+                match parse_tail_key(&o.key) {
+                    Some((seg, at)) if seg == first && at == end => {}
+                    _ => {
+                        return fail(
+                            &here,
+                            format!(
+                            "tail object out of place: the tails of this segment reach index {end}"
+                        ),
+                        )
+                    }
+                }
+                let bytes = self.must_get(&o.key)?;
+                end = check_run(&bytes, end)
+                    .map_err(|e| VerifyError {
+                        place: format!("{here} at byte {}", e.offset),
+                        what: format!("tail object: {}", e.what),
+                    })?
+                    .0;
+                objects.push((o.key, bytes.len() as u64));
+            }
+            out.push(SegRef {
+                kind: SegKind::Open(first),
+                name: prefix,
+                bytes: objects.iter().map(|o| o.1).sum(),
+            });
+            self.tails.borrow_mut().insert(first, objects);
+            first = end;
+        }
+    }
+}
+
+/// The tail objects of one open segment read back to back as its file, one object held
+/// at a time.
+struct TailRun {
+    target: Arc<dyn WormTarget>,
+    /// (key, offset in the run, bytes).
+    objects: Vec<(String, u64, u64)>,
+    len: u64,
+    held: RefCell<Option<(usize, Vec<u8>)>>,
+}
+
+impl TailRun {
+    fn new(target: Arc<dyn WormTarget>, keys: Vec<(String, u64)>) -> TailRun {
+        let mut at = 0;
+        let objects = keys
+            .into_iter()
+            .map(|(k, n)| {
+                let o = (k, at, n);
+                at += n;
+                o
+            })
+            .collect();
+        TailRun {
+            target,
+            objects,
+            len: at,
+            held: RefCell::new(None),
+        }
+    }
+}
+
+impl ReadAt for TailRun {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let eof = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(eof)?;
+        let mut at = offset;
+        while at < end {
+            let i = self.objects.partition_point(|o| o.1 + o.2 <= at);
+            let (key, start, n) = self.objects.get(i).ok_or_else(eof)?;
+            let mut held = self.held.borrow_mut();
+            if held.as_ref().is_none_or(|h| h.0 != i) {
+                let bytes = self
+                    .target
+                    .get(key)
+                    .map_err(std::io::Error::other)?
+                    .ok_or_else(|| std::io::Error::other(format!("{key} is missing")))?;
+                if bytes.len() as u64 != *n {
+                    return Err(std::io::Error::other(format!("{key} changed size")));
+                }
+                *held = Some((i, bytes));
+            }
+            let obj = &held.as_ref().ok_or_else(eof)?.1;
+            let from = (at - start) as usize;
+            let take = ((end - at) as usize).min(obj.len() - from);
+            let dst = (at - offset) as usize;
+            buf[dst..dst + take].copy_from_slice(&obj[from..from + take]);
+            at += take as u64;
+        }
+        Ok(())
     }
 }
 
@@ -324,6 +470,17 @@ pub fn verify_bucket_pinned(
     for s in src.sealed.borrow().iter() {
         let want = policy.retain_until(s.sealed_at_unix_s, s.max_classification);
         check_one(&src, &s.key, Some(want), &mut report)?;
+    }
+    // Tails read as the open end of the log: locked for their own (short) retention.
+    let tails: Vec<String> = src
+        .tails
+        .borrow()
+        .values()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in tails {
+        check_one(&src, &key, None, &mut report)?;
     }
     let place = src.at("");
     let others = target.list("").map_err(|e| store_err(&place, e))?;

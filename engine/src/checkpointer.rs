@@ -41,6 +41,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
             }
         }
         if stopping {
+            shared.health.checkpointer_finished();
             return;
         }
         // Sleep until the interval passes, shutdown, or someone wants a size signed that is

@@ -14,6 +14,11 @@ pub enum EngineError {
     DiskFull(String),
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// `durability = "remote"`: the events were written locally but the object store did
+    /// not confirm them (shutdown, failure, a lost lease): not acknowledged. A retry may
+    /// store them twice.
+    #[error("not acknowledged: durable locally, but not on the object store: {0}")]
+    NotDurableRemotely(String),
     #[error("index {index} is not in the log (size {size})")]
     NotFound { index: u64, size: u64 },
     #[error("{0}")]

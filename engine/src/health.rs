@@ -83,6 +83,11 @@ pub(crate) struct Health {
     /// at a rotation for room in the seal queue is not waiting on it for ever.
     draining: AtomicBool,
     shutting_down: AtomicBool,
+    /// During shutdown: the checkpointer signed its last, and the tail shipper shipped its
+    /// last. The replicator waits for both before its final pass (the newest checkpoint
+    /// over everything on the store), so a cleanly stopped log's bucket is all signed.
+    checkpointer_finished: AtomicBool,
+    tails_finished: AtomicBool,
 }
 
 /// What the status reports of health.
@@ -224,6 +229,20 @@ impl Health {
 
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn checkpointer_finished(&self) {
+        self.checkpointer_finished.store(true, Ordering::SeqCst);
+    }
+
+    pub fn tails_finished(&self) {
+        self.tails_finished.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the checkpointer (and, `with_tails`, the tail shipper) stopped.
+    pub fn last_words_said(&self, with_tails: bool) -> bool {
+        self.checkpointer_finished.load(Ordering::SeqCst)
+            && (!with_tails || self.tails_finished.load(Ordering::SeqCst))
     }
 
     pub fn report(&self) -> HealthReport {

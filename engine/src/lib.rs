@@ -32,6 +32,7 @@ mod segments;
 mod sequencer;
 mod shared;
 pub mod signer;
+mod store_acks;
 mod submit;
 mod supervisor;
 mod yielding;
@@ -52,7 +53,9 @@ pub use error::{EngineError, Result};
 pub use pkcs11::{PinSource, Pkcs11Error, Pkcs11Signer, Pkcs11Spec};
 pub use pruned::PrunedSegment;
 pub use remote::StoreReadStats;
-pub use replication::{ManifestEntry, ManifestKind, ReplicationConfig, ReplicationStatus};
+pub use replication::{
+    Durability, ManifestEntry, ManifestKind, ReplicationConfig, ReplicationStatus,
+};
 pub use signer::{KeyFileSigner, Signer};
 pub(crate) use submit::Submission;
 pub use submit::{EventBatch, Pushed, Waiting};
@@ -160,6 +163,13 @@ impl Engine {
             ),
             health: health::Health::with_unsigned_footers(r.unsigned_footers),
             recycled: preallocator::Recycled::new(r.recycle),
+            store_acks: store_acks::StoreAcks::new(
+                config
+                    .replication
+                    .as_ref()
+                    .is_some_and(|c| c.enabled && c.durability == replication::Durability::Remote),
+                r.edge.size(),
+            ),
             queued: std::sync::OnceLock::new(),
             config,
         });
@@ -414,7 +424,13 @@ impl Engine {
             queue_depth: self.supervisor.queue().map_or(0, |t| t.len()),
             queue_capacity: self.shared.config.queue_submissions_max,
             recovery: self.recovery.clone(),
-            replication: self.replication.as_ref().map(|m| m.snapshot()),
+            replication: self.replication.as_ref().map(|m| {
+                let mut s = m.snapshot();
+                s.store_end = self.shared.store_acks.end();
+                s.tail_lag_ms = self.shared.store_acks.lag_ms();
+                s.remote_waiting_events = self.shared.store_acks.held().0 as u64;
+                s
+            }),
         }
     }
 

@@ -146,10 +146,27 @@ impl Sequencer {
                 break;
             }
             crate::config::FaultHooks::maybe_panic(cfg.faults.as_ref(), "auditlog-sequencer");
-            // Append, sync, add to the tree, acknowledge.
+            // Remote durability: receipts waiting for the store are bounded; past the bound
+            // this thread waits, so the queue fills and producers meet the back-pressure.
+            let remote_max = cfg
+                .replication
+                .as_ref()
+                .map_or(u64::MAX, |r| r.remote_pending_bytes_max);
+            let health = &self.shared.health;
+            self.shared
+                .store_acks
+                .wait_for_room(remote_max, &|| health.has_failed() || health.draining());
+            // Append, sync, add to the tree, acknowledge (or, in remote durability, hand
+            // the receipts to wait for the store).
             match self.commit(&batch, bytes, events) {
                 Ok(first_index) => {
-                    acknowledge(&mut batch, first_index);
+                    let receipts = receipts(&mut batch, first_index);
+                    let end = self.edge.size();
+                    if let Some(ready) = self.shared.store_acks.committed(end, receipts) {
+                        for (done, r) in ready {
+                            done(Ok(r));
+                        }
+                    }
                     self.pending.start_writeback(&self.shared.hashes);
                 }
                 Err(e) => {
@@ -305,18 +322,22 @@ impl Sequencer {
     }
 }
 
-fn acknowledge(batch: &mut Vec<Submission>, first_index: u64) {
+/// Each submission's receipts, with the callback that answers it.
+fn receipts(batch: &mut Vec<Submission>, first_index: u64) -> Vec<(crate::Done, Receipts)> {
     let mut next = first_index;
-    for s in batch.drain(..) {
-        let count = s.count as u64;
-        let receipts = Receipts {
-            first_index: next,
-            received_at_unix_ns: s.received_at_unix_ns,
-            leaf_hashes: s.leaf_hashes,
-        };
-        next += count;
-        (s.done)(Ok(receipts));
-    }
+    batch
+        .drain(..)
+        .map(|s| {
+            let count = s.count as u64;
+            let receipts = Receipts {
+                first_index: next,
+                received_at_unix_ns: s.received_at_unix_ns,
+                leaf_hashes: s.leaf_hashes,
+            };
+            next += count;
+            (s.done, receipts)
+        })
+        .collect()
 }
 
 #[cfg(test)]

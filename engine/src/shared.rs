@@ -17,6 +17,7 @@ use crate::health::{Fault, Health};
 use crate::preallocator::Recycled;
 use crate::segment_set::Segments;
 use crate::segments::BatchLoc;
+use crate::store_acks::StoreAcks;
 use crate::{keyring, leafindex, sequencer};
 
 pub(crate) struct Shared {
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) segments: Segments,
     pub(crate) health: Health,
     pub(crate) recycled: Recycled,
+    /// How far the object store holds the log; receipts waiting for it (remote durability).
+    pub(crate) store_acks: StoreAcks,
     /// A receiving end of the submission queue, for `refuse_queued`: a submission queued
     /// as the sequencer stops (failed, panicked) is answered, never left waiting.
     pub(crate) queued: OnceLock<crossbeam_channel::Receiver<crate::Submission>>,

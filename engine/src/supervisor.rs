@@ -100,7 +100,13 @@ impl Supervisor {
         sup.spawn("auditlog-checkpointer", Background::LowIo, move || {
             crate::checkpointer::run(sh, cp_log)
         })?;
-        if let Some(r) = s.replicator {
+        if let Some(mut r) = s.replicator {
+            if let Some(t) = r.take_tail() {
+                let sh = shared.clone();
+                // In remote durability the tails are on the ack path: normal priority.
+                let t = spawn(&shared, "auditlog-tails", move || t.run(sh))?;
+                sup.others.push(t);
+            }
             let sh = shared.clone();
             sup.spawn("auditlog-replicator", Background::IdleIo, move || r.run(sh))?;
         }
@@ -136,9 +142,15 @@ impl Supervisor {
         }
         self.shared.health.begin_shutting_down();
         self.shared.checkpoints.stop();
+        self.shared.store_acks.stop();
         for t in self.others.drain(..) {
             let _ = t.join();
         }
+        // Whatever still waits for the store (no tail shipper ran, or it stopped early)
+        // is answered: never left waiting.
+        self.shared
+            .store_acks
+            .close("engine shut down before the store confirmed");
     }
 }
 
@@ -172,6 +184,7 @@ fn spawn(
                 // answers nothing itself).
                 shared.refuse_queued();
                 shared.checkpoints.wake();
+                shared.store_acks.close(&format!("thread {name} panicked"));
             }
         })
         .map_err(|e| EngineError::Failed(format!("cannot start thread {name}: {e}")))

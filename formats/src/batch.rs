@@ -269,6 +269,46 @@ impl From<RecordError> for BatchError {
     }
 }
 
+/// Where a run of batches (a tail object, FORMATS.md §15.1) breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("byte {offset}: {what}")]
+pub struct RunError {
+    pub offset: usize,
+    pub what: String,
+}
+
+/// Checks that `bytes` is exactly whole valid batches back to back, the first holding leaf
+/// `first` and each continuing where the one before ended (no zeros, no torn tail: a tail
+/// object is never cut short). Returns the index after the last record and the batches'
+/// `(offset, header)`.
+pub fn check_run(bytes: &[u8], first: u64) -> Result<(u64, Vec<(usize, BatchHeader)>), RunError> {
+    let mut at = 0;
+    let mut expect = first;
+    let mut batches = Vec::new();
+    if bytes.is_empty() {
+        return Err(RunError {
+            offset: 0,
+            what: "no batch".into(),
+        });
+    }
+    while at < bytes.len() {
+        let (h, _) = decode_batch(&bytes[at..]).map_err(|e| RunError {
+            offset: at,
+            what: e.to_string(),
+        })?;
+        if h.first_index != expect {
+            return Err(RunError {
+                offset: at,
+                what: format!("batch starts at index {}, expected {expect}", h.first_index),
+            });
+        }
+        batches.push((at, h));
+        expect = h.end_index();
+        at += h.total_bytes();
+    }
+    Ok((expect, batches))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +357,31 @@ mod tests {
             assert!(decode_batch(&b[..cut]).is_err());
         }
         assert_eq!(decode_batch(&[0u8; 64]), Err(BatchError::BadMagic(0)));
+    }
+
+    #[test]
+    fn a_run_is_whole_contiguous_batches_and_nothing_else() {
+        let mut run = batch(10, &[b"{}", b"{}"]);
+        run.extend(batch(12, &[b"{}"]));
+        let (end, batches) = check_run(&run, 10).expect("valid run");
+        assert_eq!(end, 13);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[1].0, run.len() - batch(12, &[b"{}"]).len());
+        assert!(check_run(&run, 11).is_err(), "wrong first");
+        let gap = [batch(10, &[b"{}"]), batch(12, &[b"{}"])].concat();
+        let e = check_run(&gap, 10).expect_err("gap");
+        assert!(e.what.contains("expected 11"), "{e}");
+        let boundary = batches[1].0;
+        for cut in 1..run.len() {
+            match check_run(&run[..cut], 10) {
+                // Cut between the batches: the first alone is a (shorter) run.
+                Ok((end, _)) => assert_eq!((cut, end), (boundary, 12)),
+                Err(_) => assert_ne!(cut, boundary),
+            }
+        }
+        let mut zeros = run.clone();
+        zeros.extend([0u8; 64]);
+        assert!(check_run(&zeros, 10).is_err(), "trailing zeros");
+        assert!(check_run(&[], 0).is_err());
     }
 }

@@ -417,7 +417,7 @@ fn render_pruning(out: &mut String, status: &auditlog_engine::Status) {
 }
 
 fn render_replication(out: &mut String, r: &auditlog_engine::ReplicationStatus) {
-    let rows: [(&str, &str, &str, u64); 11] = [
+    let rows: [(&str, &str, &str, u64); 18] = [
         (
             "auditlog_replication_tiles_pending",
             "gauge",
@@ -484,6 +484,48 @@ fn render_replication(out: &mut String, r: &auditlog_engine::ReplicationStatus) 
             "1 when the target said it enforces retention.",
             (r.worm_enforced == Some(true)) as u64,
         ),
+        (
+            "auditlog_replication_tail_lag_ms",
+            "gauge",
+            "Milliseconds the oldest locally durable batch has waited for the store (0: none): the recovery point if the machine is lost now.",
+            r.tail_lag_ms,
+        ),
+        (
+            "auditlog_replication_store_end",
+            "gauge",
+            "Leaves [0, N) on the store, as sealed segments or tails.",
+            r.store_end,
+        ),
+        (
+            "auditlog_replication_tails_shipped_total",
+            "counter",
+            "Tail objects stored since start.",
+            r.tails_shipped,
+        ),
+        (
+            "auditlog_replication_tail_bytes_shipped_total",
+            "counter",
+            "Bytes of tail objects stored since start.",
+            r.tail_bytes_shipped,
+        ),
+        (
+            "auditlog_replication_tail_failures_total",
+            "counter",
+            "Failed tail uploads since start (each retried).",
+            r.tail_failures,
+        ),
+        (
+            "auditlog_replication_tail_alarm",
+            "gauge",
+            "1 when tails stopped: a tail key on the store holds other bytes.",
+            r.tail_alarm.is_some() as u64,
+        ),
+        (
+            "auditlog_replication_remote_waiting_events",
+            "gauge",
+            "Remote durability: events synced locally whose acknowledgement waits for the store.",
+            r.remote_waiting_events,
+        ),
     ];
     write_rows(out, &rows);
 }
@@ -499,6 +541,20 @@ pub fn replication_not_ready(
     let mut out = Vec::new();
     if let Some(a) = &r.alarm {
         out.push(format!("replication alarm: {a}"));
+    }
+    if let Some(a) = &r.tail_alarm {
+        out.push(format!("replication tail alarm: {a}"));
+    }
+    if cfg.tail_interval_ms > 0 && r.tail_lag_ms > cfg.tail_ready_lag_ms_max {
+        out.push(format!(
+            "replication tail lag: {} ms since the oldest batch not on the store became durable (limit {} ms){}",
+            r.tail_lag_ms,
+            cfg.tail_ready_lag_ms_max,
+            r.tail_last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        ));
     }
     if r.oldest_pending_age_ms > cfg.ready_lag_ms_max {
         out.push(format!(

@@ -20,6 +20,8 @@ use rand::{Rng, SeedableRng};
 
 #[path = "worm/prune.rs"]
 mod prune;
+#[path = "worm/tail.rs"]
+mod tail;
 
 const CLASSES: [&str; 3] = ["UNCLASSIFIED", "CUI//SP-PRIV", "CUI//BASIC"];
 
@@ -196,8 +198,21 @@ fn s3_object_lock_retention_refusals_and_verify() {
         }
         assert_eq!(*versions, 1, "{k}");
         assert_eq!(mode, "COMPLIANCE", "{k}");
+        if k.starts_with("log/tail/") {
+            // Tails: their own short retention (`tail_retention_days`, 7), superseded by
+            // the sealed segments, which carry their classes'.
+            assert!(
+                (now + 7 * 86_400 - 120..=now + 7 * 86_400).contains(until),
+                "{k}: retained until {until}"
+            );
+            continue;
+        }
         assert!(*until >= now + 1800 * 86_400, "{k}: retained until {until}");
     }
+    assert!(
+        objects.keys().any(|k| k.starts_with("log/tail/")),
+        "{objects:?}"
+    );
 
     // Deleting the locked version, and overwriting the key, are refused by the store.
     let seg = format!("log/segments/{}", footers[0].0);
@@ -351,9 +366,11 @@ fn s3_kill_during_upload_then_restart_ships_exactly_once() {
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), n, "a key recorded twice");
+    // Tails are not in the manifest: each open segment's are found on the store itself
+    // (FORMATS.md §15.2).
     let stored: Vec<String> = objects
         .keys()
-        .filter(|k| *k != "log/checkpoint")
+        .filter(|k| *k != "log/checkpoint" && !k.starts_with("log/tail/"))
         .cloned()
         .collect();
     assert_eq!(keys, stored);
@@ -382,7 +399,10 @@ fn s3_kill_during_upload_then_restart_ships_exactly_once() {
         &mut |_, _| {},
     )
     .expect("verify");
-    assert_eq!(summary.events, shipped_end);
+    // The sealed segments, then the open segment's tails (shipped by five killed runs and
+    // the drain): every record on the store, and all of it signed.
+    assert!(summary.events >= shipped_end, "{summary:?}");
+    assert_eq!(summary.signed_size, summary.events, "{summary:?}");
     assert_eq!(summary.sealed_segments, sealed.len());
     assert!(report.short.is_empty(), "{:?}", report.short);
 }
@@ -419,6 +439,7 @@ fn azure_uploads_carry_locked_immutability_and_verify() {
     ingest_sealed(&engine, 3);
     let st = wait_shipped(&engine);
     assert_eq!(st.worm_enforced, Some(false));
+    let size = engine.tree_size();
     engine.shutdown().expect("shutdown");
 
     let policy = RetentionPolicy::default();
@@ -453,7 +474,9 @@ fn azure_uploads_carry_locked_immutability_and_verify() {
     let (summary, _) = verify_bucket(target, &history_of(&key), &policy, &mut |_, _| {})
         .expect("verify from Azurite");
     assert_eq!(summary.sealed_segments, footers.len());
-    assert_eq!(summary.events, st.shipped_end);
+    // The sealed segments, and the open one's tails after them: every event.
+    assert!(st.shipped_end < size);
+    assert_eq!(summary.events, size);
 }
 
 #[test]
@@ -974,6 +997,10 @@ fn without_level0_tiles_the_bucket_holds_none_and_still_verifies() {
             &mut |_, _| {},
         )
         .expect("the bucket verifies without level-0 tiles");
-        assert_eq!(summary.events, st.shipped_end);
+        assert!(st.shipped_end < size);
+        assert_eq!(
+            summary.events, size,
+            "sealed segments and the tails after them"
+        );
     }
 }

@@ -373,6 +373,31 @@ pub fn parse_tile_bundle_key(key: &str) -> Option<(u64, u64)> {
     (count > 0).then_some((first.parse().ok()?, count))
 }
 
+/// The folder of the tail objects of the open segment starting at leaf `segment_first`:
+/// `tail/{segment_first:020}/`. A reader lists one segment's tails at a time, so a listing
+/// never grows with the log's age.
+pub fn tail_prefix(segment_first: u64) -> String {
+    format!("tail/{segment_first:020}/")
+}
+
+/// A tail object: the open segment's batches from leaf `first` on, byte for byte
+/// (FORMATS.md §15.1). Keyed by its first leaf only, so that two writers can never both
+/// store a tail from the same leaf: create-only lets exactly one of them win.
+pub fn tail_key(segment_first: u64, first: u64) -> String {
+    format!("{}{first:020}", tail_prefix(segment_first))
+}
+
+/// Inverse of [`tail_key`]: `(segment_first, first)`.
+pub fn parse_tail_key(key: &str) -> Option<(u64, u64)> {
+    let (seg, first) = key.strip_prefix("tail/")?.split_once('/')?;
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(seg) || !digits(first) {
+        return None;
+    }
+    let (seg, first): (u64, u64) = (seg.parse().ok()?, first.parse().ok()?);
+    (first >= seg).then_some((seg, first))
+}
+
 /// Inverse of [`tile_key`].
 pub fn parse_tile_key(key: &str) -> Option<(u8, u64)> {
     let rest = key.strip_prefix("tile/")?;
@@ -449,6 +474,18 @@ mod tests {
         );
         assert_eq!(parse_tile_bundle_key(&tile_bundle_key(7, 4)), Some((7, 4)));
         assert_eq!(parse_tile_key(&tile_bundle_key(0, 4)), None);
+        assert_eq!(
+            tail_key(5, 7),
+            "tail/00000000000000000005/00000000000000000007"
+        );
+        assert_eq!(parse_tail_key(&tail_key(5, 7)), Some((5, 7)));
+        assert_eq!(
+            parse_tail_key(&tail_key(5, 4)),
+            None,
+            "a tail before its segment"
+        );
+        assert_eq!(parse_tail_key("tail/5/7"), None);
+        assert_eq!(parse_tail_key(&tile_bundle_key(0, 4)), None);
         assert_eq!(
             parse_tile_bundle_key("tile/bundle/00000000000000000512-000"),
             None

@@ -63,6 +63,38 @@ pub struct ReplicationConfig {
     /// One fetch of a pruned segment, start to end (caps `options.request_timeout_ms` for
     /// reads only): a reader waits at most this long for a store that does not answer.
     pub store_read_timeout_ms: u64,
+    /// How often the open segment's new batches go to the store as tail objects
+    /// (`tail/…`, FORMATS.md §15.1): the recovery point when the machine is lost. 0: no
+    /// tails (only sealed segments ship). In `remote` durability tails go as soon as there
+    /// is something to ship, and this is only the idle wake-up.
+    pub tail_interval_ms: u64,
+    /// Retention of a tail object, in days from its upload. Short on purpose: the sealed
+    /// segment that supersedes it ships under its class's retention within `seal_age_ms`
+    /// (docs/worm.md, "Tails").
+    pub tail_retention_days: u32,
+    /// Largest tail object, in bytes (a tail holds at least one batch, however large).
+    pub tail_bytes_max: u64,
+    /// One tail upload, start to end (caps `options.request_timeout_ms` for tails).
+    pub tail_request_timeout_ms: u64,
+    /// `/ready` fails when a locally durable batch has waited longer than this for the store.
+    pub tail_ready_lag_ms_max: u64,
+    /// `local`: an event is acknowledged once synced locally. `remote`: once synced locally
+    /// and stored in a tail object (or its sealed segment) on the store as well.
+    pub durability: Durability,
+    /// `remote`: bytes of receipts (64 + 32 per event) waiting for the store; above it the
+    /// sequencer stops taking batches, so producers meet a full queue.
+    pub remote_pending_bytes_max: u64,
+}
+
+/// When an event is acknowledged (`[replication] durability`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Synced to the local disk.
+    #[default]
+    Local,
+    /// Synced to the local disk and stored on the object store.
+    Remote,
 }
 
 impl Default for ReplicationConfig {
@@ -89,6 +121,13 @@ impl Default for ReplicationConfig {
             store_read_cache_segments_max: 2,
             store_read_cache_bytes_max: 512 << 20,
             store_read_timeout_ms: 60_000,
+            tail_interval_ms: 1_000,
+            tail_retention_days: 7,
+            tail_bytes_max: 16 << 20,
+            tail_request_timeout_ms: 10_000,
+            tail_ready_lag_ms_max: 30_000,
+            durability: Durability::Local,
+            remote_pending_bytes_max: 64 << 20,
         }
     }
 }
@@ -128,6 +167,20 @@ impl ReplicationConfig {
         }
         if self.store_read_timeout_ms == 0 {
             return Err("replication: store_read_timeout_ms must be positive".into());
+        }
+        if self.durability == Durability::Remote && self.tail_interval_ms == 0 {
+            return Err(
+                "replication: durability = \"remote\" needs tails (tail_interval_ms > 0)".into(),
+            );
+        }
+        if !(1..=3650).contains(&self.tail_retention_days) {
+            return Err("replication: tail_retention_days must be between 1 and 3650".into());
+        }
+        if self.tail_bytes_max < 4096 || self.tail_request_timeout_ms == 0 {
+            return Err("replication: tail_bytes_max must be at least 4096 and tail_request_timeout_ms positive".into());
+        }
+        if self.remote_pending_bytes_max < 4096 {
+            return Err("replication: remote_pending_bytes_max must be at least 4096".into());
         }
         if let Some(why) = self.retention_days.below_floor() {
             return Err(format!("replication.retention_days: {why}"));

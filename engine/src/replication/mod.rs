@@ -10,14 +10,16 @@ mod config;
 mod manifest;
 mod plan;
 mod prune;
+mod tail;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditlog_worm::{NewObject, PutOutcome, WormError, WormTarget};
 
-pub use config::ReplicationConfig;
+pub use config::{Durability, ReplicationConfig};
 pub use manifest::{Entry as ManifestEntry, Kind as ManifestKind};
+pub(crate) use tail::TailShipper;
 
 use crate::error::{io_err, EngineError, Result};
 use crate::pruned::{PrunedLog, PrunedSegment};
@@ -54,6 +56,19 @@ pub struct ReplicationStatus {
     pub manifest_entries: u64,
     /// The last look found nothing to ship.
     pub idle: bool,
+    /// Leaves `[0, store_end)` are on the store, as sealed segments or tails.
+    pub store_end: u64,
+    /// How long the oldest locally durable batch has waited for the store (0: none waits).
+    pub tail_lag_ms: u64,
+    pub tails_shipped: u64,
+    pub tail_bytes_shipped: u64,
+    pub tail_failures: u64,
+    pub tail_last_error: Option<String>,
+    /// A tail key on the store holds other bytes (another writer): tails stop.
+    pub tail_alarm: Option<String>,
+    /// `durability = "remote"`: events synced locally whose acknowledgement waits for the
+    /// store.
+    pub remote_waiting_events: u64,
 }
 
 /// Shared between the replicator thread and `Engine::status`.
@@ -83,6 +98,9 @@ pub(crate) struct Replicator {
     planner: Planner,
     monitor: Arc<Monitor>,
     worm_checked: bool,
+    tail: Option<TailShipper>,
+    /// A tail shipper runs beside this thread (so its last round comes before the final pass).
+    with_tails: bool,
 }
 
 /// Opens the target and the manifest. A store that answers and cannot keep the WORM
@@ -152,6 +170,7 @@ pub(crate) fn prepare(
         s.shipped_end = shipped.contiguous_end();
     });
     let pruned = PrunedLog::open(&shared_cfg.data_dir)?;
+    let tail = tail::prepare(cfg, &url, monitor.clone())?;
     let planner = Planner::new(cfg.clone(), shipped);
     Ok(Some((
         Replicator {
@@ -161,6 +180,8 @@ pub(crate) fn prepare(
             planner,
             monitor: monitor.clone(),
             worm_checked,
+            with_tails: tail.is_some(),
+            tail,
         },
         monitor,
     )))
@@ -174,11 +195,19 @@ fn record_check(monitor: &Monitor, c: &auditlog_worm::WormCheck) {
 }
 
 impl Replicator {
+    /// The tail shipper, to run on a thread of its own.
+    pub(crate) fn take_tail(&mut self) -> Option<TailShipper> {
+        self.tail.take()
+    }
+
     pub(crate) fn run(mut self, shared: Arc<Shared>) {
         let cfg = self.planner.config().clone();
         let poll = Duration::from_millis(cfg.poll_interval_ms.max(1));
         let mut backoff = Duration::from_millis(cfg.retry_ms_initial.max(1));
         let stopping = || shared.health.shutting_down();
+        shared
+            .store_acks
+            .sealed_shipped(self.planner.shipped().contiguous_end());
         while !stopping() {
             crate::config::FaultHooks::maybe_panic(
                 shared.config.faults.as_ref(),
@@ -229,6 +258,43 @@ impl Replicator {
                 }
             }
         }
+        self.final_pass(&shared);
+    }
+
+    /// At shutdown, once the checkpointer has signed its last and the tail shipper shipped
+    /// its last: the newest checkpoint the store's data covers, and the `latest` pointer,
+    /// so that a cleanly stopped log leaves a bucket that is signed to its end. Bounded:
+    /// a store that does not answer costs one failed attempt each.
+    fn final_pass(&mut self, shared: &Shared) {
+        let deadline = Instant::now()
+            + Duration::from_millis(self.planner.config().tail_request_timeout_ms)
+            + Duration::from_secs(5);
+        while !shared.health.last_words_said(self.with_tails) {
+            if Instant::now() >= deadline || shared.health.has_failed() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.monitor.snapshot().alarm.is_some() {
+            return;
+        }
+        for _ in 0..2 {
+            match self.final_step(shared) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!("replication: final checkpoint not shipped: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn final_step(&mut self, shared: &Shared) -> Result<bool, StepError> {
+        let Some(item) = self.planner.next_final(shared).map_err(StepError::Engine)? else {
+            return Ok(false);
+        };
+        self.upload(shared, item).map(|_| true)
     }
 
     /// Ships the next object if there is one; `Ok(false)` when there is nothing to do.
@@ -247,6 +313,12 @@ impl Replicator {
         let Some(item) = self.planner.next(shared).map_err(StepError::Engine)? else {
             return Ok(false);
         };
+        self.upload(shared, item)?;
+        Ok(true)
+    }
+
+    /// Stores one item (an object group, or the `latest` pointer) and records it.
+    fn upload(&mut self, shared: &Shared, item: Item) -> Result<(), StepError> {
         let started = Instant::now();
         let bytes = item.bytes_len();
         let store_err = |e: WormError| match e {
@@ -293,6 +365,9 @@ impl Replicator {
                 for entry in &entries {
                     self.planner.shipped_mut().record(entry);
                 }
+                shared
+                    .store_acks
+                    .sealed_shipped(self.planner.shipped().contiguous_end());
                 tracing::debug!(
                     "shipped {} ({} objects, {bytes} bytes) in {:?}",
                     entries[0].key,
@@ -314,7 +389,7 @@ impl Replicator {
             s.objects_already_there += already_there;
             s.last_error = None;
         });
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -231,7 +231,10 @@ impl Planner {
             return Ok(Some(item));
         }
         let end = self.shipped.contiguous_end();
-        if let Some(item) = self.next_checkpoint(shared, end)? {
+        // Checkpoints may also cover what only tails hold: `verify` on the bucket reads them.
+        let stored = shared.store_acks.end().max(end);
+        let longest = now_s() + u64::from(retention.longest_days()) * 86_400;
+        if let Some(item) = self.next_checkpoint(shared, stored, (end, longest))? {
             return Ok(Some(item));
         }
         // Tiles: only below a signed checkpoint (the hash store is synced up to it).
@@ -239,6 +242,23 @@ impl Planner {
         if let Some(item) = self.next_tiles(shared, durable)? {
             return Ok(Some(item));
         }
+        Ok(self.next_latest(shared))
+    }
+
+    /// At shutdown: only the newest checkpoint the store's data covers, then the `latest`
+    /// pointer (no segment or tile: shutdown does not wait for large uploads).
+    pub fn next_final(&mut self, shared: &Shared) -> Result<Option<Item>> {
+        let end = self.shipped.contiguous_end();
+        let stored = shared.store_acks.end().max(end);
+        let retention = match crate::retention::read(&shared.config.data_dir)? {
+            Some(approved) => approved.applied_over(&self.cfg.retention_days),
+            None => self.cfg.retention_days,
+        };
+        let longest = now_s() + u64::from(retention.longest_days()) * 86_400;
+        if let Some(item) = self.next_checkpoint(shared, stored, (end, longest))? {
+            return Ok(Some(item));
+        }
+        self.latest_at = None;
         Ok(self.next_latest(shared))
     }
 
@@ -306,9 +326,15 @@ impl Planner {
         ))))
     }
 
-    /// The newest checkpoint the shipped segments (contiguous to `end`) cover, if newer than
-    /// the one shipped.
-    fn next_checkpoint(&mut self, shared: &Shared, end: u64) -> Result<Option<Item>> {
+    /// The newest checkpoint the store's data (contiguous to `end`) covers, if newer than
+    /// the one shipped. One that covers records only tails hold (past `sealed.0`) is kept
+    /// for the longest class from now (`sealed.1`): its segments' classes are not known yet.
+    fn next_checkpoint(
+        &mut self,
+        shared: &Shared,
+        end: u64,
+        sealed: (u64, u64),
+    ) -> Result<Option<Item>> {
         self.read_checkpoint_log(shared)?;
         while self
             .cp_pending
@@ -329,7 +355,11 @@ impl Planner {
                 Kind::Checkpoint,
                 format!("checkpoints/{size:020}"),
                 note.clone().into_bytes(),
-                self.shipped.retain_until_max_unix_s,
+                if *size > sealed.0 {
+                    self.shipped.retain_until_max_unix_s.max(sealed.1)
+                } else {
+                    self.shipped.retain_until_max_unix_s
+                },
                 (None, Some(*size)),
             ))
         }))
