@@ -2,7 +2,9 @@
 //! `throughput`: MB/s of create-only uploads under Object Lock COMPLIANCE with retention,
 //! against plain uploads of the same bytes by the same client (no lock headers, no
 //! `If-None-Match`); `lag`: replication lag while an in-process engine ingests at a steady
-//! rate with small segments, sampled every 100 ms.
+//! rate with small segments, sampled every 100 ms; `durability`: ack latency and throughput
+//! of `durability = "local"` against `"remote"` (each ack waits for its batch's tail on the
+//! store), same run, alternating, closed-loop producers.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,17 @@ enum What {
         seconds: u64,
         #[arg(long, default_value_t = 8)]
         segment_mib: u64,
+    },
+    Durability {
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        #[arg(long, default_value_t = 100)]
+        batch_events: usize,
+        /// Submissions in flight per producer.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
     },
 }
 
@@ -179,7 +192,83 @@ fn main() -> anyhow::Result<()> {
                 median(&catchups)
             );
         }
+        What::Durability {
+            events,
+            producers,
+            batch_events,
+            window,
+        } => durability(&o, args.runs, events, producers, batch_events, window)?,
     }
+    Ok(())
+}
+
+/// Local against remote durability, alternating, `runs` each: events/s and ack p50/p99.
+fn durability(
+    o: &TargetOptions,
+    runs: usize,
+    events: u64,
+    producers: usize,
+    batch_events: usize,
+    window: usize,
+) -> anyhow::Result<()> {
+    use auditlog_engine::Durability;
+    let pools: Vec<Vec<Vec<u8>>> = (0..producers)
+        .map(|p| (0..1000).map(|i| event((p * 1000 + i) as u64, 256)).collect())
+        .collect();
+    let mut got: std::collections::BTreeMap<&str, Vec<(f64, f64, f64, f64)>> = Default::default();
+    for run in 0..runs {
+        for (name, mode) in [("local", Durability::Local), ("remote", Durability::Remote)] {
+            let dir = tempfile_dir(run)?;
+            let bucket = format!("s3://dur-{name}-{run}-{}", std::process::id());
+            auditlog_worm::create_bucket(&bucket, o, true)?;
+            let mut cfg = EngineConfig::new(&dir);
+            cfg.replication = Some(ReplicationConfig {
+                target: format!("{bucket}/log"),
+                options: o.clone(),
+                durability: mode,
+                ..Default::default()
+            });
+            let engine = Engine::open(cfg, None)?;
+            let r = auditlog_benches::run_load(&engine, &pools, events, batch_events, window);
+            if let Some(e) = &r.error {
+                anyhow::bail!("{name}: {e}");
+            }
+            let rate = r.events as f64 / r.elapsed.as_secs_f64();
+            let (p50, p99) = (
+                r.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+                r.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+            let st = engine.status().replication.expect("on");
+            let per_tail = if st.tails_shipped > 0 {
+                r.events as f64 / st.tails_shipped as f64
+            } else {
+                0.0
+            };
+            println!(
+                "run {run} {name}: {rate:.0} events/s, ack p50 {p50:.2} ms, p99 {p99:.2} ms, {} tails ({per_tail:.0} events per tail)",
+                st.tails_shipped
+            );
+            got.entry(name).or_default().push((rate, p50, p99, per_tail));
+            engine.shutdown()?;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let med = |name: &str, f: fn(&(f64, f64, f64, f64)) -> f64| {
+        median(&got[name].iter().map(f).collect::<Vec<_>>())
+    };
+    for name in ["local", "remote"] {
+        println!(
+            "median of {runs} {name}: {:.0} events/s, ack p50 {:.2} ms, p99 {:.2} ms, {:.0} events per tail",
+            med(name, |v| v.0),
+            med(name, |v| v.1),
+            med(name, |v| v.2),
+            med(name, |v| v.3)
+        );
+    }
+    println!(
+        "remote / local throughput: {:.2}",
+        med("remote", |v| v.0) / med("local", |v| v.0)
+    );
     Ok(())
 }
 
