@@ -75,6 +75,9 @@ pub struct EngineConfig {
     pub faults: Option<Arc<FaultHooks>>,
     /// Shipping sealed data to WORM object storage; `None`: off.
     pub replication: Option<crate::ReplicationConfig>,
+    /// A read replica: follow this bucket instead of taking writes (`replication` and the
+    /// signer are then unused).
+    pub replica: Option<crate::follower::ReplicaConfig>,
 }
 
 impl EngineConfig {
@@ -101,6 +104,7 @@ impl EngineConfig {
             pkcs11_pin: None,
             faults: None,
             replication: None,
+            replica: None,
         }
     }
 

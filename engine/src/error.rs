@@ -14,6 +14,9 @@ pub enum EngineError {
     DiskFull(String),
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// A read replica takes no writes; the message names where writes go.
+    #[error("{0}")]
+    ReadOnly(String),
     /// `durability = "remote"`: the events were written locally but the object store did
     /// not confirm them (shutdown, failure, a lost lease): not acknowledged. A retry may
     /// store them twice.

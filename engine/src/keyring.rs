@@ -171,6 +171,34 @@ impl Keyring {
         })
     }
 
+    /// A read replica's keyring: the key history as the replica fetched it (`keys.json`),
+    /// no signer. It verifies checkpoints; signing fails.
+    pub fn open_verify_only(cfg: &EngineConfig) -> Result<Keyring> {
+        let path = cfg.data_dir.join(KEYS_FILE);
+        let bytes = std::fs::read(&path).map_err(io_err(&path, "read"))?;
+        let checked =
+            KeyHistory::parse(&bytes).map_err(|e| crate::error::corrupt(&path, e.to_string()))?;
+        let signers = vec![None; checked.keys.len()];
+        Ok(Keyring {
+            path,
+            data_dir: cfg.data_dir.clone(),
+            pin: None,
+            inner: Mutex::new(Inner {
+                checked,
+                signers,
+                max_signed: 0,
+            }),
+        })
+    }
+
+    /// Opens a checkpoint note under the history (a replica's check of the writer's notes).
+    pub fn open_checkpoint(&self, note: &str) -> Result<Checkpoint> {
+        self.lock()
+            .checked
+            .open_checkpoint(note)
+            .map_err(|e| EngineError::Signer(format!("checkpoint does not verify: {e}")))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -11,6 +11,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod follower;
 mod framedlog;
 mod hashstore;
 mod head;
@@ -118,6 +119,8 @@ pub struct Status {
     pub recovery: recovery::RecoveryReport,
     /// `None` when replication is off.
     pub replication: Option<ReplicationStatus>,
+    /// A read replica's following (`None` for a writer).
+    pub replica: Option<follower::ReplicaStatus>,
 }
 
 pub struct Engine {
@@ -126,6 +129,7 @@ pub struct Engine {
     recovery: recovery::RecoveryReport,
     started: Instant,
     replication: Option<Arc<replication::Monitor>>,
+    replica: Arc<follower::ReplicaMonitor>,
 }
 
 impl Engine {
@@ -133,6 +137,15 @@ impl Engine {
     /// with the development key file signer unless `signer` is given.
     pub fn open(config: EngineConfig, signer: Option<Arc<dyn Signer>>) -> Result<Engine> {
         let started = Instant::now();
+        // A read replica: its directory starts from the bucket's metadata and key history.
+        let source = match &config.replica {
+            Some(rc) => {
+                let source = follower::open_source(rc)?;
+                follower::bootstrap(&config.data_dir, source.as_ref())?;
+                Some(source)
+            }
+            None => None,
+        };
         let r = recovery::recover(&config, signer)?;
         let seg_dir = config.data_dir.join(auditlog_formats::layout::SEGMENTS_DIR);
         let (appender, io_mode_name) =
@@ -174,19 +187,34 @@ impl Engine {
             config,
         });
         let (replicator, replication) = r.replicator.unzip();
-        let supervisor = supervisor::Supervisor::start(
-            shared.clone(),
-            supervisor::Start {
-                prealloc: r.prealloc,
-                open: r.open,
-                to_seal: r.to_seal,
-                edge: r.edge,
-                pending: r.pending,
-                cp_log: r.cp_log,
-                replicator,
-                appender,
-            },
-        )?;
+        let replica = Arc::new(follower::ReplicaMonitor::default());
+        let supervisor = match (source, &shared.config.replica) {
+            (Some(source), Some(rc)) => supervisor::Supervisor::start_replica(
+                shared.clone(),
+                follower::Follower::new(
+                    source,
+                    rc.clone(),
+                    replica.clone(),
+                    r.edge,
+                    r.pending,
+                    r.cp_log,
+                    r.open,
+                ),
+            )?,
+            _ => supervisor::Supervisor::start(
+                shared.clone(),
+                supervisor::Start {
+                    prealloc: r.prealloc,
+                    open: r.open,
+                    to_seal: r.to_seal,
+                    edge: r.edge,
+                    pending: r.pending,
+                    cp_log: r.cp_log,
+                    replicator,
+                    appender,
+                },
+            )?,
+        };
         let mut report = r.report;
         report.duration_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -201,6 +229,7 @@ impl Engine {
             recovery: report,
             started,
             replication,
+            replica,
         })
     }
 
@@ -431,6 +460,12 @@ impl Engine {
                 s.remote_waiting_events = self.shared.store_acks.held().0 as u64;
                 s
             }),
+            replica: self
+                .shared
+                .config
+                .replica
+                .is_some()
+                .then(|| self.replica.snapshot()),
         }
     }
 

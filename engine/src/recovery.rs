@@ -107,11 +107,21 @@ pub(crate) fn recover(cfg: &EngineConfig, signer: Option<Arc<dyn Signer>>) -> Re
     // The data directory is the daemon's alone (tokens, the development key): 0700.
     crate::private::ensure_private_dir(&cfg.data_dir)?;
     // Before anything else is touched: a target that cannot keep the WORM promise refuses start.
-    let replicator = crate::replication::prepare(cfg)?;
+    // A read replica ships nothing (it follows the writer's bucket) and signs nothing.
+    let replica = cfg.replica.is_some();
+    let replicator = if replica {
+        None
+    } else {
+        crate::replication::prepare(cfg)?
+    };
     let seg_dir = cfg.data_dir.join(layout::SEGMENTS_DIR);
     std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir, "create data directory"))?;
     let _meta = load_or_create_meta(cfg)?;
-    let keyring = Keyring::open(cfg, signer)?;
+    let keyring = if replica {
+        Keyring::open_verify_only(cfg)?
+    } else {
+        Keyring::open(cfg, signer)?
+    };
     let mut report = RecoveryReport::default();
 
     // 1. The newest checkpoint: a promise about what the segments hold.
@@ -408,7 +418,7 @@ fn recover_sealed(
 }
 
 /// A sealed segment file whose header agrees with its name `[a, b)` and the log's hash.
-fn load_sealed(path: &Path, (a, b): (u64, u64), alg: TreeHash) -> Result<Segment> {
+pub(crate) fn load_sealed(path: &Path, (a, b): (u64, u64), alg: TreeHash) -> Result<Segment> {
     let file = std::fs::File::open(path).map_err(io_err(path, "open"))?;
     let (header, footer) = segments::load_sealed(path, &file)?;
     if header.first_index != a || header.first_index + header.count != b || header.tree_hash != alg
@@ -504,6 +514,11 @@ fn recover_open(
             opened_at: Instant::now(),
             max_classification,
         };
+        // A replica's open segments mirror the writer's tails: the writer seals them.
+        if cfg.replica.is_some() {
+            opened.last = Some(seg);
+            continue;
+        }
         if let Some(prev) = opened.last.replace(seg) {
             opened.to_seal.push(SealJob {
                 first: prev.first,

@@ -160,6 +160,12 @@ impl Engine {
         if let Some(f) = self.shared.health.failure() {
             return Err(f.error());
         }
+        if let Some(rc) = &self.shared.config.replica {
+            return Err(EngineError::ReadOnly(format!(
+                "this is a read replica of {}: it takes no writes; send them to the writer",
+                rc.source
+            )));
+        }
         let tx = self
             .supervisor
             .queue()

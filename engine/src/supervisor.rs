@@ -113,6 +113,23 @@ impl Supervisor {
         Ok(sup)
     }
 
+    /// A read replica: only the follower runs; there is no submission queue.
+    pub fn start_replica(
+        shared: Arc<Shared>,
+        follower: crate::follower::Follower,
+    ) -> Result<Supervisor> {
+        let mut sup = Supervisor {
+            shared: shared.clone(),
+            queue: None,
+            sequencer: None,
+            others: Vec::new(),
+        };
+        let sh = shared.clone();
+        let t = spawn(&shared, "auditlog-follower", move || follower.run(sh))?;
+        sup.others.push(t);
+        Ok(sup)
+    }
+
     fn spawn(
         &mut self,
         name: &'static str,

@@ -190,6 +190,7 @@ impl From<EngineError> for ApiError {
             EngineError::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
             // A pruned segment's store did not answer: the data is safe, come back later.
             EngineError::StoreUnavailable { .. } => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            EngineError::ReadOnly(_) => (S::FORBIDDEN, "read_only_replica"),
             // Remote durability: written locally, not confirmed by the store: not acked.
             EngineError::NotDurableRemotely(_) => (S::SERVICE_UNAVAILABLE, "not_durable_remotely"),
             EngineError::Corrupt { .. } => (S::INTERNAL_SERVER_ERROR, "corrupt"),

@@ -20,6 +20,8 @@ use rand::{Rng, SeedableRng};
 
 #[path = "worm/prune.rs"]
 mod prune;
+#[path = "worm/replica.rs"]
+mod replica;
 #[path = "worm/tail.rs"]
 mod tail;
 

@@ -213,7 +213,11 @@ fn durability(
 ) -> anyhow::Result<()> {
     use auditlog_engine::Durability;
     let pools: Vec<Vec<Vec<u8>>> = (0..producers)
-        .map(|p| (0..1000).map(|i| event((p * 1000 + i) as u64, 256)).collect())
+        .map(|p| {
+            (0..1000)
+                .map(|i| event((p * 1000 + i) as u64, 256))
+                .collect()
+        })
         .collect();
     let mut got: std::collections::BTreeMap<&str, Vec<(f64, f64, f64, f64)>> = Default::default();
     for run in 0..runs {
@@ -248,7 +252,9 @@ fn durability(
                 "run {run} {name}: {rate:.0} events/s, ack p50 {p50:.2} ms, p99 {p99:.2} ms, {} tails ({per_tail:.0} events per tail)",
                 st.tails_shipped
             );
-            got.entry(name).or_default().push((rate, p50, p99, per_tail));
+            got.entry(name)
+                .or_default()
+                .push((rate, p50, p99, per_tail));
             engine.shutdown()?;
             let _ = std::fs::remove_dir_all(&dir);
         }
