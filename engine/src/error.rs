@@ -14,6 +14,9 @@ pub enum EngineError {
     DiskFull(String),
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// The writer's lease is not (or no longer) this node's: it does not extend the log.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A read replica takes no writes; the message names where writes go.
     #[error("{0}")]
     ReadOnly(String),

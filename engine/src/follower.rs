@@ -113,6 +113,7 @@ pub(crate) fn bootstrap(data_dir: &std::path::Path, source: &dyn WormTarget) -> 
         reason: e.to_string(),
     };
     crate::private::ensure_private_dir(data_dir)?;
+    set_aside_a_former_writer(data_dir)?;
     let meta = data_dir.join(layout::LOG_META_FILE);
     if !meta.exists() {
         let bytes = source
@@ -139,6 +140,90 @@ pub(crate) fn bootstrap(data_dir: &std::path::Path, source: &dyn WormTarget) -> 
     };
     crate::files::replace_file(&data_dir.join(layout::KEYS_FILE), &keys)?;
     Ok(())
+}
+
+/// A directory a writer used (it has a replication manifest) becoming a replica — a fenced
+/// writer rejoining — may hold records past what the store has, which no one else ever
+/// saw: its log files are moved to `former-writer-<unix ms>/`, kept as evidence, never
+/// served, and the replica starts from the bucket.
+fn set_aside_a_former_writer(data_dir: &std::path::Path) -> Result<()> {
+    let manifest = data_dir
+        .join(layout::REPLICATION_DIR)
+        .join(layout::MANIFEST_FILE);
+    if !manifest.exists() {
+        return Ok(());
+    }
+    let aside = data_dir.join(format!(
+        "former-writer-{}",
+        crate::now_unix_ns() / 1_000_000
+    ));
+    std::fs::create_dir_all(&aside).map_err(io_err(&aside, "create"))?;
+    for name in [
+        layout::SEGMENTS_DIR,
+        layout::HASHES_DIR,
+        layout::LEAF_INDEX_DIR,
+        layout::CHECKPOINT_LOG_FILE,
+        layout::REPLICATION_DIR,
+        layout::LOG_META_FILE,
+        layout::KEYS_FILE,
+    ] {
+        let from = data_dir.join(name);
+        if from.exists() {
+            let to = aside.join(name);
+            std::fs::rename(&from, &to).map_err(io_err(&from, "set aside"))?;
+        }
+    }
+    crate::io::sync_dir(data_dir).map_err(io_err(data_dir, "sync"))?;
+    tracing::warn!(
+        "{} held a writer's log; moved to {} and rebuilding from the bucket as a replica",
+        data_dir.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
+/// How far the store holds the log, walking from leaf `from` (a segment boundary): sealed
+/// segments, then each open segment's tails. A writer that takes the lease checks that its
+/// directory holds at least this much before it extends the log.
+pub(crate) fn store_end(source: &dyn WormTarget, from: u64) -> Result<u64> {
+    let err = |k: &str| {
+        let place = k.to_string();
+        move |e: auditlog_worm::WormError| EngineError::StoreUnavailable {
+            place,
+            reason: e.to_string(),
+        }
+    };
+    let mut p = from;
+    loop {
+        let prefix = format!("segments/{p:020}-");
+        let sealed = source.list(&prefix).map_err(err(&prefix))?;
+        if let Some(b) = sealed.iter().find_map(|o| {
+            match layout::parse_segment_name(o.key.trim_start_matches("segments/")) {
+                Some(layout::SegmentName::Sealed(a, b)) if a == p => Some(b),
+                _ => None,
+            }
+        }) {
+            p = b;
+            continue;
+        }
+        let prefix = tail_prefix(p);
+        let tails = source.list(&prefix).map_err(err(&prefix))?;
+        let Some(last) = tails.last() else {
+            return Ok(p);
+        };
+        let first = parse_tail_key(&last.key).map_or(p, |k| k.1);
+        let bytes = source
+            .get(&last.key)
+            .map_err(err(&last.key))?
+            .unwrap_or_default();
+        let end = check_run(&bytes, first)
+            .map_err(|e| corrupt(&last.key, format!("tail object: {e}")))?
+            .0;
+        if end <= p {
+            return Ok(p);
+        }
+        p = end;
+    }
 }
 
 /// The open segment the follower appends tails to.

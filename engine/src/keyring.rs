@@ -34,6 +34,9 @@ pub(crate) struct Keyring {
     data_dir: PathBuf,
     pin: Option<PinSource>,
     inner: Mutex<Inner>,
+    /// The writer's lease: nothing is signed unless it is held before and after signing
+    /// (a note signed across a lapse is thrown away, never published).
+    fence: std::sync::OnceLock<Arc<crate::lease::Lease>>,
 }
 
 /// Opens a key from its backend, as the history records it.
@@ -168,6 +171,7 @@ impl Keyring {
                 signers,
                 max_signed: 0,
             }),
+            fence: std::sync::OnceLock::new(),
         })
     }
 
@@ -188,6 +192,7 @@ impl Keyring {
                 signers,
                 max_signed: 0,
             }),
+            fence: std::sync::OnceLock::new(),
         })
     }
 
@@ -242,8 +247,25 @@ impl Keyring {
             .collect()
     }
 
+    /// From now on, signing needs `lease` held.
+    pub fn fence(&self, lease: Arc<crate::lease::Lease>) {
+        let _ = self.fence.set(lease);
+    }
+
+    fn fenced(&self) -> Result<()> {
+        self.fence.get().map_or(Ok(()), |l| l.check())
+    }
+
     /// Signs `cp` with every key valid at its size and checks the note under the history.
     pub fn sign(&self, cp: &Checkpoint) -> Result<String> {
+        self.fenced()?;
+        let note = self.sign_unfenced(cp)?;
+        // A lease that lapsed while the signer worked: the note is dropped, never published.
+        self.fenced()?;
+        Ok(note)
+    }
+
+    fn sign_unfenced(&self, cp: &Checkpoint) -> Result<String> {
         let mut g = self.lock();
         let mut signers: Vec<&dyn Signer> = Vec::new();
         for (i, e) in g.checked.history.keys.iter().enumerate() {

@@ -18,6 +18,7 @@ mod head;
 mod health;
 mod io;
 mod keyring;
+pub mod lease;
 mod leafindex;
 pub mod pkcs11;
 mod preallocator;
@@ -73,6 +74,26 @@ pub struct Receipts {
 }
 
 pub type Done = Box<dyn FnOnce(Result<Receipts>) + Send>;
+
+/// A writer that took the lease must hold everything the store holds: otherwise it would
+/// extend the log from behind its end (a fork, and acknowledged events dropped).
+fn check_not_behind(config: &EngineConfig, r: &recovery::Recovered) -> Result<()> {
+    let Some(rc) = config.replication.as_ref() else {
+        return Ok(());
+    };
+    let url = rc.target_url(&config.data_dir);
+    let target = auditlog_worm::open(&url, &rc.options)
+        .map_err(|e| EngineError::Config(format!("replication target {url}: {e}")))?;
+    let local = r.edge.size();
+    let from = r.set.sealed.last().map_or(0, |s| s.end).min(local);
+    let stored = follower::store_end(target.as_ref(), from)?;
+    if stored > local {
+        return Err(EngineError::Fenced(format!(
+            "the store holds the log up to index {stored}, this directory up to {local}: this node is behind; start it as a replica (--replica-of {url}) to catch up before it writes"
+        )));
+    }
+    Ok(())
+}
 
 /// Where the key history lives in a data directory.
 pub fn keyhistory_path(data_dir: &std::path::Path) -> PathBuf {
@@ -146,7 +167,26 @@ impl Engine {
             }
             None => None,
         };
+        // A writer with a lease takes it before anything else: a node that cannot is fenced.
+        let lease = match (&config.replica, &config.replication) {
+            (None, Some(rc)) if rc.enabled && rc.lease_ms > 0 => {
+                let url = rc.target_url(&config.data_dir);
+                let target = auditlog_worm::open(&url, &rc.options)
+                    .map_err(|e| EngineError::Config(format!("replication target {url}: {e}")))?;
+                Some(lease::Lease::acquire(
+                    target,
+                    &rc.node(&config.data_dir),
+                    &rc.writer_url,
+                    Duration::from_millis(rc.lease_ms),
+                )?)
+            }
+            _ => None,
+        };
         let r = recovery::recover(&config, signer)?;
+        if let Some(l) = &lease {
+            r.keyring.fence(l.clone());
+            check_not_behind(&config, &r)?;
+        }
         let seg_dir = config.data_dir.join(auditlog_formats::layout::SEGMENTS_DIR);
         let (appender, io_mode_name) =
             io::Appender::new(config.io_mode).map_err(error::io_err(&seg_dir, "set up I/O"))?;
@@ -184,6 +224,7 @@ impl Engine {
                 r.edge.size(),
             ),
             queued: std::sync::OnceLock::new(),
+            lease,
             config,
         });
         let (replicator, replication) = r.replicator.unzip();

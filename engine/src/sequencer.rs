@@ -157,8 +157,14 @@ impl Sequencer {
                 .store_acks
                 .wait_for_room(remote_max, &|| health.has_failed() || health.draining());
             // Append, sync, add to the tree, acknowledge (or, in remote durability, hand
-            // the receipts to wait for the store).
-            match self.commit(&batch, bytes, events) {
+            // the receipts to wait for the store). With a lease, only while it is held:
+            // before the write, and again before the acknowledgement.
+            let committed = self
+                .shared
+                .fence()
+                .and_then(|()| self.commit(&batch, bytes, events))
+                .and_then(|first| self.shared.fence().map(|()| first));
+            match committed {
                 Ok(first_index) => {
                     let receipts = receipts(&mut batch, first_index);
                     let end = self.edge.size();

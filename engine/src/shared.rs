@@ -36,9 +36,16 @@ pub(crate) struct Shared {
     /// A receiving end of the submission queue, for `refuse_queued`: a submission queued
     /// as the sequencer stops (failed, panicked) is answered, never left waiting.
     pub(crate) queued: OnceLock<crossbeam_channel::Receiver<crate::Submission>>,
+    /// The writer's lease, when configured: every step that extends the log checks it.
+    pub(crate) lease: Option<std::sync::Arc<crate::lease::Lease>>,
 }
 
 impl Shared {
+    /// `Ok` unless a lease is configured and no longer ours.
+    pub(crate) fn fence(&self) -> crate::Result<()> {
+        self.lease.as_ref().map_or(Ok(()), |l| l.check())
+    }
+
     pub fn segments_dir(&self) -> PathBuf {
         self.segments.dir().to_path_buf()
     }

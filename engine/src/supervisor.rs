@@ -100,6 +100,19 @@ impl Supervisor {
         sup.spawn("auditlog-checkpointer", Background::LowIo, move || {
             crate::checkpointer::run(sh, cp_log)
         })?;
+        if let Some(lease) = shared.lease.clone() {
+            let sh = shared.clone();
+            let t = spawn(&shared, "auditlog-lease", move || {
+                if let Some(why) = lease.keep(&|| sh.health.shutting_down()) {
+                    tracing::error!("{why}");
+                    sh.health.fail(Fault::other(why.clone()));
+                    sh.store_acks.close(&why);
+                    sh.refuse_queued();
+                    sh.checkpoints.wake();
+                }
+            })?;
+            sup.others.push(t);
+        }
         if let Some(mut r) = s.replicator {
             if let Some(t) = r.take_tail() {
                 let sh = shared.clone();

@@ -31,6 +31,9 @@ pub struct FileConfig {
     pub auth: crate::oidc_config::AuthSection,
     /// Shipping to WORM storage; absent: the embedded default (`<data_dir>/worm`).
     pub replication: Option<auditlog_engine::ReplicationConfig>,
+    /// `[replica]`: how a read replica (`--replica-of URL`) reaches the bucket; its
+    /// `source` is the command line's.
+    pub replica: Option<auditlog_engine::follower::ReplicaConfig>,
 }
 
 /// `[signer]`: which key signs checkpoints when the log is created. The PIN is never here,
@@ -262,6 +265,8 @@ pub struct Overrides {
     pub http_addr: Option<String>,
     pub tcp_addr: Option<String>,
     pub ops_addr: Option<String>,
+    /// `--replica-of`: run as a read replica of this bucket.
+    pub replica_of: Option<String>,
 }
 
 /// Everything resolved. `Debug` shows no secret: the PIN and the object-store keys are
@@ -300,6 +305,12 @@ pub fn resolve(file: FileConfig, mut over: Overrides) -> anyhow::Result<Config> 
         admin.pkcs11_modules_allowed.push(m.clone());
     }
     engine.replication = Some(file.replication.unwrap_or_default());
+    if let Some(source) = over.replica_of.take() {
+        engine.replica = Some(auditlog_engine::follower::ReplicaConfig {
+            source,
+            ..file.replica.unwrap_or_default()
+        });
+    }
     let server = resolve_server(file.server, file.siem, over, engine.queue_submissions_max)?;
     let oidc = crate::oidc_config::resolve(file.auth)?;
     Ok(Config {

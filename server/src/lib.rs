@@ -27,6 +27,7 @@ mod start_record;
 mod submit;
 mod syslog;
 mod tcp;
+mod standby;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,16 @@ struct Args {
     /// whoever started the daemon with port 0 and must learn the ports it got.
     #[arg(long, env = "AUDITLOG_LISTENING_FILE")]
     listening_file: Option<PathBuf>,
+    /// Run as a read replica of this bucket (`s3://bucket/prefix`, `azure://…`, `gs://…`,
+    /// `file://…`: the writer's replication target): follow it, serve reads and proofs,
+    /// refuse writes. Credentials and polling: `[replica]`.
+    #[arg(long, env = "AUDITLOG_REPLICA_OF")]
+    replica_of: Option<String>,
+    /// With `--replica-of`: a standby. When the writer's lease goes unrenewed for a whole
+    /// period, take it, catch up with the bucket, and become the writer (the process
+    /// re-executes itself without `--standby` and `--replica-of`).
+    #[arg(long, requires = "replica_of")]
+    standby: bool,
 }
 
 /// `--version`: the daemon's version and the version of the formats it reads and writes.
@@ -123,6 +134,7 @@ pub fn main() -> anyhow::Result<()> {
             http_addr: args.http_addr,
             tcp_addr: args.tcp_addr,
             ops_addr: args.ops_addr,
+            replica_of: args.replica_of,
         },
     )?;
     if let Some(cmd) = args.command {
@@ -132,12 +144,18 @@ pub fn main() -> anyhow::Result<()> {
     if let Some(warning) = cfg.server.siem.check_syslog_senders()? {
         eprintln!("auditlogd: warning: {warning}");
     }
+    let took_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     run(
         &cfg,
         args.config.as_deref(),
         args.listening_file.as_deref(),
         &signals,
-    )
+        args.standby.then(|| took_over.clone()),
+    )?;
+    if took_over.load(std::sync::atomic::Ordering::SeqCst) {
+        standby::become_writer()?;
+    }
+    Ok(())
 }
 
 fn parse_args() -> Args {
@@ -170,6 +188,7 @@ fn run(
     config_file: Option<&Path>,
     listening_file: Option<&Path>,
     signals: &libc::sigset_t,
+    standby: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> anyhow::Result<()> {
     let data_dir = cfg.engine.data_dir.clone();
     // 0700: it holds the tokens and the development key (an existing one is tightened).
@@ -187,10 +206,19 @@ fn run(
     let engine = Engine::open(cfg.engine.clone(), None)
         .with_context(|| format!("opening the log in {}", data_dir.display()))?;
     let engine = Arc::new(engine);
+    let replica = cfg.engine.replica.as_ref().map(|r| r.source.clone());
     // Before anything is served: token changes since the last start, and the security
     // configuration in effect (with a digest of the file), written into the log itself.
-    start_record::record_start(cfg, &engine, config_file)
-        .context("recording the start in the log")?;
+    // A read replica writes nothing into the log (the writer records its own starts).
+    if replica.is_none() {
+        start_record::record_start(cfg, &engine, config_file)
+            .context("recording the start in the log")?;
+    } else if let Some(src) = &replica {
+        println!("auditlogd: read replica of {src}");
+    }
+    if let Some(took_over) = standby {
+        standby::watch(cfg, &engine, took_over)?;
+    }
     let status = engine.status();
     println!(
         "auditlogd: log open in {} ({} events, io {})",
@@ -210,11 +238,15 @@ fn run(
     let stopped = spawn_signal_thread(*signals, &engine)?;
 
     let forward_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let forwarder = forwarder::start(
-        engine.clone(),
-        cfg.server.siem.clone(),
-        forward_stop.clone(),
-    )?;
+    // The writer forwards to the SIEM; a replica doing it too would send every event twice.
+    let forwarder = match replica {
+        None => forwarder::start(
+            engine.clone(),
+            cfg.server.siem.clone(),
+            forward_stop.clone(),
+        )?,
+        Some(_) => None,
+    };
     let served = runtime.block_on(async {
         let listeners = Listeners::bind(cfg)?;
         if let Some(path) = listening_file {

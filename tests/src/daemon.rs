@@ -107,6 +107,8 @@ pub struct Daemon {
     /// The log's size when this daemon started serving: every start writes one event (its
     /// configuration) before it serves, so a fresh log's first client event has this index.
     pub first: u64,
+    /// Where it writes its addresses (again, when it re-executes itself).
+    listening: PathBuf,
 }
 
 pub struct Reply {
@@ -222,6 +224,26 @@ impl Daemon {
             Some(&self.token("writer")),
             Some((ct, body)),
         )
+    }
+
+    /// Sends `sig` to the daemon (SIGKILL, SIGSTOP, SIGCONT…).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
+    }
+
+    /// SIGKILL and reap: the machine is gone.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, and the daemon must drain, sign and exit 0.

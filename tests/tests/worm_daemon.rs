@@ -293,3 +293,6 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[path = "worm_daemon/takeover.rs"]
+mod takeover;

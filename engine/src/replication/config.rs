@@ -84,6 +84,15 @@ pub struct ReplicationConfig {
     /// `remote`: bytes of receipts (64 + 32 per event) waiting for the store; above it the
     /// sequencer stops taking batches, so producers meet a full queue.
     pub remote_pending_bytes_max: u64,
+    /// The writer's lease period (the `lease` object, renewed every third of it with
+    /// conditional writes). 0: no lease (one writer, no standby). With a lease the writer
+    /// stops acknowledging, signing and uploading when it cannot renew within the period,
+    /// and a standby takes over after seeing it unrenewed for a whole period.
+    pub lease_ms: u64,
+    /// This node's name in the lease. Empty: `<hostname>:<data_dir>`.
+    pub node_name: String,
+    /// Where this node takes writes, written into the lease for replicas to name.
+    pub writer_url: String,
 }
 
 /// When an event is acknowledged (`[replication] durability`).
@@ -128,6 +137,9 @@ impl Default for ReplicationConfig {
             tail_ready_lag_ms_max: 30_000,
             durability: Durability::Local,
             remote_pending_bytes_max: 64 << 20,
+            lease_ms: 0,
+            node_name: String::new(),
+            writer_url: String::new(),
         }
     }
 }
@@ -142,6 +154,17 @@ impl ReplicationConfig {
         } else {
             self.target.clone()
         }
+    }
+
+    /// This node's name in the lease.
+    pub fn node(&self, data_dir: &Path) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("{host}:{}", data_dir.display())
     }
 
     pub fn non_worm_allowed(&self) -> bool {
@@ -178,6 +201,9 @@ impl ReplicationConfig {
         }
         if self.tail_bytes_max < 4096 || self.tail_request_timeout_ms == 0 {
             return Err("replication: tail_bytes_max must be at least 4096 and tail_request_timeout_ms positive".into());
+        }
+        if self.lease_ms != 0 && self.lease_ms < 300 {
+            return Err("replication: lease_ms must be 0 (no lease) or at least 300".into());
         }
         if self.remote_pending_bytes_max < 4096 {
             return Err("replication: remote_pending_bytes_max must be at least 4096".into());

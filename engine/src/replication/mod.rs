@@ -319,6 +319,7 @@ impl Replicator {
 
     /// Stores one item (an object group, or the `latest` pointer) and records it.
     fn upload(&mut self, shared: &Shared, item: Item) -> Result<(), StepError> {
+        shared.fence().map_err(StepError::Engine)?;
         let started = Instant::now();
         let bytes = item.bytes_len();
         let store_err = |e: WormError| match e {

@@ -186,8 +186,16 @@ impl TailShipper {
                 + u64::from(self.cfg.tail_retention_days) * 86_400,
             legal_hold: false,
         };
+        let fenced = |e: EngineError| WormError::Protocol {
+            target: self.target.describe(),
+            what: key.clone(),
+            reason: e.to_string(),
+        };
+        shared.fence().map_err(fenced)?;
         let started = Instant::now();
         let outcome = self.target.put_create(&key, &bytes, Some(lock))?;
+        // Stored; but its receipts are completed only by a writer that still holds the lease.
+        shared.fence().map_err(fenced)?;
         self.positions.insert(
             next.segment,
             Position {

@@ -23,6 +23,8 @@ pub struct Launch {
     env: Vec<(OsString, OsString)>,
     rust_log: String,
     agent_timeout: Duration,
+    /// A read replica (or standby): it records no start event of its own.
+    replica: bool,
 }
 
 enum LaunchConfig {
@@ -111,6 +113,14 @@ impl Launch {
         self.dir.join("listening.json")
     }
 
+    /// A read replica or standby of `source` (`--replica-of`): no start event of its own.
+    pub fn replica_of(mut self, source: &str) -> Launch {
+        self.replica = true;
+        self.args.push("--replica-of".into());
+        self.args.push(source.into());
+        self
+    }
+
     /// The whole command line, every listener on port 0, for a test that runs it itself
     /// (say, to see a start fail).
     pub fn command(&self) -> Command {
@@ -170,6 +180,7 @@ impl Launch {
                 .timeout(self.agent_timeout)
                 .build(),
             first: 0,
+            listening: listening.clone(),
         };
         let addrs = d.wait_listening(&listening);
         let addr = |name: &str| -> String {
@@ -189,7 +200,9 @@ impl Launch {
             d.tokens.insert(role.to_string(), token.to_string());
         }
         assert_eq!(d.tokens.len(), 4, "one token per role");
-        if !self.tls {
+        if self.replica {
+            d.wait_healthy();
+        } else if !self.tls {
             d.wait_healthy();
             d.first = d.log().2;
             assert!(
@@ -250,6 +263,7 @@ impl Daemon {
             env: Vec::new(),
             rust_log: "warn".into(),
             agent_timeout: Duration::from_secs(30),
+            replica: false,
         }
     }
 
@@ -289,6 +303,31 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The same process re-executed itself (a standby becoming the writer): waits (up to
+    /// `limit`) for the listening file to name new addresses, then for them to serve.
+    pub fn wait_relisten(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let old = self.http_addr.clone();
+        loop {
+            self.assert_running("while re-executing");
+            if let Ok(bytes) = std::fs::read(&self.listening) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    if let Some(http) = v["http"].as_str().filter(|h| *h != old) {
+                        self.http_addr = http.to_string();
+                        self.base = format!("http://{http}");
+                        self.ops_base =
+                            format!("http://{}", v["ops"].as_str().expect("ops address"));
+                        self.tcp_addr = v["tcp"].as_str().expect("tcp address").to_string();
+                        break;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no new listeners after {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.wait_healthy();
     }
 
     /// Waits until `/health` answers: the listeners are bound, this waits for them to serve.

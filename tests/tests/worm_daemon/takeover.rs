@@ -1,0 +1,247 @@
+//! Losing the writer: a standby (`--replica-of … --standby`) follows the bucket, takes the
+//! writer's lease when it lapses, and becomes the writer; every acknowledged event is there,
+//! at its index, with its leaf hash, and the log continues from the old writer's last
+//! checkpoint. Part of the `worm_daemon` test binary.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditlog_formats::note::{self, VerifierKey};
+use auditlog_formats::tree;
+use auditlog_tests::daemon::{hex32, Daemon};
+use auditlog_tests::worm_servers::start_moto;
+use auditlog_tests::{classified_event, s3_options};
+use auditlog_worm::{RetentionPolicy, WormTarget};
+
+/// The configuration of one node of the pair: same bucket, its own name.
+fn node_config(dir: &Path, ep: &str, bucket: &str, node: &str, durability: &str) -> std::path::PathBuf {
+    let config = dir.join("auditlogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[engine]
+submission_bytes_max = 524288
+batch_bytes_max = 524288
+segment_bytes = 4194304
+block_raw_bytes = 16384
+checkpoint_interval_ms = 50
+
+[server]
+body_bytes_max = 1048576
+
+[replication]
+target = "s3://{bucket}/log"
+retry_ms_initial = 50
+retry_ms_max = 300
+poll_interval_ms = 20
+latest_checkpoint_interval_ms = 100
+tail_interval_ms = 100
+durability = "{durability}"
+lease_ms = 1500
+node_name = "{node}"
+
+[replication.options]
+endpoint = "{ep}"
+region = "us-east-1"
+access_key_id = "test"
+secret_access_key = "test"
+connect_timeout_ms = 300
+request_timeout_ms = 2000
+
+[replica]
+poll_interval_ms = 50
+
+[replica.options]
+endpoint = "{ep}"
+region = "us-east-1"
+access_key_id = "test"
+secret_access_key = "test"
+connect_timeout_ms = 300
+request_timeout_ms = 2000
+"#
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Acknowledged events: index → leaf hash, as the receipts said.
+type Acked = Arc<Mutex<Vec<(u64, [u8; 32])>>>;
+
+/// Posts batches of 50 events until `stop`, recording every receipt; a refused or failed
+/// post (the writer gone) records nothing.
+fn ingest_until(base: String, token: String, stop: Arc<AtomicBool>, acked: Acked) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let body: Vec<u8> = (n..n + 50)
+            .flat_map(|i| {
+                let mut e = classified_event(i, "UNCLASSIFIED");
+                e.push(b'\n');
+                e
+            })
+            .collect();
+        n += 50;
+        let Ok(r) = agent
+            .post(&format!("{base}/v1/events"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "application/x-ndjson")
+            .send_bytes(&body)
+        else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let v: serde_json::Value = r.into_json().expect("json");
+        let mut a = acked.lock().expect("lock");
+        for x in v["receipts"].as_array().expect("receipts") {
+            a.push((
+                x["index"].as_u64().expect("index"),
+                hex32(x["leaf_hash"].as_str().expect("leaf")),
+            ));
+        }
+    }
+}
+
+/// `index → leaf hash` of `[start, end)` as `d` serves it (`/v1/events?start&end`).
+fn leaves(d: &Daemon, start: u64, end: u64) -> Vec<(u64, [u8; 32])> {
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let stop = (at + 5000).min(end);
+        let r = d.get(&format!("/v1/events?start={at}&end={stop}"), "auditor");
+        assert_eq!(r.status, 200, "{}", r.text());
+        for line in r.text().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            out.push((
+                v["index"].as_u64().expect("index"),
+                hex32(v["leaf_hash"].as_str().expect("leaf")),
+            ));
+        }
+        at = stop;
+    }
+    out
+}
+
+fn signed_note(d: &Daemon, min_size: u64, key: &VerifierKey) -> note::Checkpoint {
+    d.checkpoint(min_size, key)
+}
+
+/// Kill -9 the writer under steady ingest in `remote` durability: the standby takes over
+/// within the lease period plus its catch-up; every acknowledged event is present at its
+/// index with its leaf hash; the first checkpoint after takeover is consistent with the
+/// last one before; the new writer takes events; the bucket verifies.
+#[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
+fn kill_the_writer_in_remote_mode_and_the_standby_loses_nothing() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    auditlog_worm::create_bucket("s3://pair", &s3_options(&ep), true).expect("bucket");
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let cfg_a = node_config(a.path(), &ep, "pair", "node-a", "remote");
+    let mut writer = Daemon::launch(a.path())
+        .config_file(&cfg_a)
+        .rust_log("error")
+        .start();
+    let (key, alg, _) = writer.log();
+    // The signing key both nodes reach (an HSM in production): here the same key file.
+    let key_dir = b.path().join("data/keys");
+    std::fs::create_dir_all(&key_dir).expect("key dir");
+    std::fs::copy(
+        a.path().join("data/keys/checkpoint.key"),
+        key_dir.join("checkpoint.key"),
+    )
+    .expect("copy key");
+    let cfg_b = node_config(b.path(), &ep, "pair", "node-b", "remote");
+    let mut standby = Daemon::launch(b.path())
+        .config_file(&cfg_b)
+        .rust_log("error")
+        .replica_of("s3://pair/log")
+        .arg("--standby")
+        .start();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let ingest = {
+        let (base, token, stop, acked) = (
+            writer.base.clone(),
+            writer.token("writer"),
+            stop.clone(),
+            acked.clone(),
+        );
+        std::thread::spawn(move || ingest_until(base, token, stop, acked))
+    };
+    // Steady ingest for a while, the standby following.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().expect("lock").len() < 20_000 {
+        assert!(Instant::now() < deadline, "ingest too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = signed_note(&writer, 1, &key);
+    writer.kill9();
+    let killed = Instant::now();
+    stop.store(true, Ordering::SeqCst);
+    ingest.join().expect("ingest thread");
+    let acked = acked.lock().expect("lock").clone();
+    let last_acked = acked.iter().map(|x| x.0).max().expect("acked some");
+
+    // The standby takes the lease, catches up and re-executes itself as the writer.
+    standby.wait_relisten(Duration::from_secs(60));
+    let took = killed.elapsed();
+    println!(
+        "takeover {:.2} s after kill -9 (lease 1.5 s); {} events acknowledged",
+        took.as_secs_f64(),
+        acked.len()
+    );
+    let size = standby.tree_size();
+    assert!(size > last_acked, "size {size}, last acked {last_acked}");
+    let served: std::collections::HashMap<u64, [u8; 32]> =
+        leaves(&standby, 0, size).into_iter().collect();
+    for (i, leaf) in &acked {
+        assert_eq!(served.get(i), Some(leaf), "acknowledged event {i}");
+    }
+    // The new writer's checkpoint extends the old one's.
+    let after = signed_note(&standby, size, &key);
+    assert!(after.size >= before.size);
+    let r = standby.get(
+        &format!("/v1/proof/consistency?from={}&to={}", before.size, after.size),
+        "auditor",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let proof: Vec<[u8; 32]> = r.json()["hashes"]
+        .as_array()
+        .expect("hashes")
+        .iter()
+        .map(|h| hex32(h.as_str().expect("hex")))
+        .collect();
+    tree::verify_consistency(alg, before.size, after.size, &before.root, &after.root, &proof)
+        .expect("the checkpoint after takeover is consistent with the one before");
+    // It writes now.
+    let idx = standby.post_events(&[classified_event(1_000_000, "UNCLASSIFIED")]);
+    assert_eq!(idx, vec![size]);
+    standby.stop();
+
+    // The bucket, read alone, verifies to its end.
+    let target: Arc<dyn WormTarget> = auditlog_worm::open("s3://pair/log", &s3_options(&ep))
+        .expect("target")
+        .into();
+    let history = auditlog_formats::keyhistory::KeyHistory::single(&key)
+        .check()
+        .expect("history");
+    let (summary, _) = auditlog_client::bucket::verify_bucket(
+        target,
+        &history,
+        &RetentionPolicy::default(),
+        &mut |_, _| {},
+    )
+    .expect("the bucket verifies after takeover");
+    assert_eq!(summary.events, size + 1);
+}
