@@ -811,6 +811,17 @@ impl WormTarget for Recording {
     fn put_mutable(&self, key: &str, bytes: &[u8]) -> auditlog_worm::Result<()> {
         self.inner.put_mutable(key, bytes)
     }
+    fn get_tagged(&self, key: &str) -> auditlog_worm::Result<Option<auditlog_worm::Tagged>> {
+        self.inner.get_tagged(key)
+    }
+    fn put_if(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        expected: Option<&str>,
+    ) -> auditlog_worm::Result<auditlog_worm::SwapOutcome> {
+        self.inner.put_if(key, bytes, expected)
+    }
     fn get(&self, key: &str) -> auditlog_worm::Result<Option<Vec<u8>>> {
         if key.starts_with("segments/") {
             self.segment_gets
