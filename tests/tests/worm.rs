@@ -18,6 +18,8 @@ use auditlog_tests::{classified_event, replication, s3_options, small_config};
 use auditlog_worm::{Lock, PutOutcome, RetentionPolicy, TargetOptions, WormError, WormTarget};
 use rand::{Rng, SeedableRng};
 
+#[path = "worm/lease_store.rs"]
+mod lease_store;
 #[path = "worm/prune.rs"]
 mod prune;
 #[path = "worm/tail.rs"]
