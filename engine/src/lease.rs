@@ -132,6 +132,19 @@ impl Lease {
         }
     }
 
+    /// `acquire` on the store at `url`.
+    pub fn acquire_at(
+        url: &str,
+        options: &auditlog_worm::TargetOptions,
+        holder: &str,
+        writer_url: &str,
+        period: Duration,
+    ) -> Result<Arc<Lease>> {
+        let target = auditlog_worm::open(url, options)
+            .map_err(|e| EngineError::Config(format!("{url}: {e}")))?;
+        Lease::acquire(target, holder, writer_url, period)
+    }
+
     fn extend_from(&self, sent: Instant) {
         let until = sent + self.period - self.margin();
         self.valid_until_ns.store(
@@ -168,11 +181,7 @@ impl Lease {
     /// One renewal. `Ok(false)` when the store did not answer (try again while valid);
     /// an error when another node holds the lease now.
     pub fn renew(&self) -> Result<bool> {
-        let (tag, mut record) = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let (tag, mut record) = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         record.renewed_at_unix_ms = now_ms();
         let bytes = serde_json::to_vec(&record).expect("a lease record serializes");
         let sent = Instant::now();

@@ -23,11 +23,11 @@ mod oidc_config;
 mod serve;
 mod siem_config;
 mod siem_metrics;
+mod standby;
 mod start_record;
 mod submit;
 mod syslog;
 mod tcp;
-mod standby;
 mod tls;
 
 use std::collections::BTreeMap;

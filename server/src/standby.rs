@@ -40,15 +40,7 @@ pub fn watch(
     std::thread::Builder::new()
         .name("auditlogd-standby".into())
         .spawn(move || loop {
-            let target = match auditlog_worm::open(&replica.source, &replica.options) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!("standby: {}: {e}", replica.source);
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            match Lease::acquire(target, &node, &writer_url, period) {
+            match Lease::acquire_at(&replica.source, &replica.options, &node, &writer_url, period) {
                 Ok(lease) => {
                     let r = lease.record();
                     println!(

@@ -243,7 +243,9 @@ impl Daemon {
 
     /// Whether the process has exited (and how).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, and the daemon must drain, sign and exit 0.

@@ -225,11 +225,13 @@ impl RecordingProxy {
 }
 
 /// Minimal GCS JSON API over plain HTTP, enough for `auditlog-worm`'s GCS target: bucket
-/// metadata, multipart create-only uploads (recording each upload's metadata), object
-/// metadata and media reads, listing.
+/// metadata, multipart uploads (recording each upload's metadata and query string) with a
+/// `generation` per object that every write raises, `ifGenerationMatch` on uploads and media
+/// reads (0: the object must not exist), object metadata and media reads, listing.
 pub struct FakeGcs {
     pub port: u16,
     pub uploads: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub upload_queries: Arc<Mutex<Vec<String>>>,
 }
 
 type Objects = Arc<Mutex<std::collections::BTreeMap<String, (serde_json::Value, Vec<u8>)>>>;
@@ -239,20 +241,41 @@ impl FakeGcs {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         let uploads = Arc::new(Mutex::new(Vec::new()));
+        let upload_queries = Arc::new(Mutex::new(Vec::new()));
         let objects: Objects = Arc::default();
-        let up = uploads.clone();
+        let (up, queries) = (uploads.clone(), upload_queries.clone());
         std::thread::spawn(move || {
             for c in l.incoming().flatten() {
-                let _ = serve_gcs(c, &up, &objects);
+                let _ = serve_gcs(c, &up, &queries, &objects);
             }
         });
-        FakeGcs { port, uploads }
+        FakeGcs {
+            port,
+            uploads,
+            upload_queries,
+        }
     }
+}
+
+/// The object's generation as the JSON API spells it (a decimal string); 0 when absent.
+fn generation_of(object: Option<&(serde_json::Value, Vec<u8>)>) -> u64 {
+    object
+        .and_then(|(m, _)| m["generation"].as_str()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether `ifGenerationMatch`, if the query has it, holds for `current`.
+fn generation_matches(query: &str, current: u64) -> bool {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("ifGenerationMatch="))
+        .is_none_or(|want| want.parse() == Ok(current))
 }
 
 fn serve_gcs(
     c: TcpStream,
     uploads: &Mutex<Vec<serde_json::Value>>,
+    upload_queries: &Mutex<Vec<String>>,
     objects: &Objects,
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(c.try_clone()?);
@@ -298,13 +321,16 @@ fn serve_gcs(
             .unwrap_or(body.len());
         let media = body[media_start..media_end.max(media_start)].to_vec();
         uploads.lock().expect("lock").push(meta.clone());
+        upload_queries.lock().expect("lock").push(query.to_string());
         let name = meta["name"].as_str().unwrap_or("").to_string();
         let mut objs = objects.lock().expect("lock");
-        if query.contains("ifGenerationMatch=0") && objs.contains_key(&name) {
+        let generation = generation_of(objs.get(&name));
+        if !generation_matches(query, generation) {
             (412, b"{}".to_vec())
         } else {
             let mut m = meta.clone();
             m["size"] = serde_json::json!(media.len().to_string());
+            m["generation"] = serde_json::json!((generation + 1).to_string());
             objs.insert(name, (m.clone(), media));
             (200, m.to_string().into_bytes())
         }
@@ -316,6 +342,9 @@ fn serve_gcs(
                 br#"{"name":"b","objectRetention":{"mode":"Enabled"}}"#.to_vec(),
             ),
             Some((_, name)) => match objs.get(&decode(name)) {
+                Some(o) if !generation_matches(query, generation_of(Some(o))) => {
+                    (412, b"{}".to_vec())
+                }
                 Some((_, media)) if query.contains("alt=media") => (200, media.clone()),
                 Some((m, _)) => (200, m.to_string().into_bytes()),
                 None => (404, b"{}".to_vec()),

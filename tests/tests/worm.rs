@@ -18,6 +18,8 @@ use auditlog_tests::{classified_event, replication, s3_options, small_config};
 use auditlog_worm::{Lock, PutOutcome, RetentionPolicy, TargetOptions, WormError, WormTarget};
 use rand::{Rng, SeedableRng};
 
+#[path = "worm/lease_store.rs"]
+mod lease_store;
 #[path = "worm/prune.rs"]
 mod prune;
 #[path = "worm/replica.rs"]
@@ -812,6 +814,17 @@ impl WormTarget for Recording {
     }
     fn put_mutable(&self, key: &str, bytes: &[u8]) -> auditlog_worm::Result<()> {
         self.inner.put_mutable(key, bytes)
+    }
+    fn get_tagged(&self, key: &str) -> auditlog_worm::Result<Option<auditlog_worm::Tagged>> {
+        self.inner.get_tagged(key)
+    }
+    fn put_if(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        expected: Option<&str>,
+    ) -> auditlog_worm::Result<auditlog_worm::SwapOutcome> {
+        self.inner.put_if(key, bytes, expected)
     }
     fn get(&self, key: &str) -> auditlog_worm::Result<Option<Vec<u8>>> {
         if key.starts_with("segments/") {

@@ -3,6 +3,9 @@
 //! `ifGenerationMatch=0`; the `md5Hash` the store answers is checked. Authentication is an
 //! OAuth bearer token (`GOOGLE_OAUTH_ACCESS_TOKEN`, e.g. from `gcloud auth
 //! print-access-token`); service-account key files are not read here.
+//!
+//! The lease (`put_if`) is an upload with `ifGenerationMatch=<generation>` (`0`: the object
+//! must not exist); 412 is a conflict, and the tag is the object's `generation`.
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -10,12 +13,24 @@ use serde_json::{json, Value};
 use crate::http::{uri_encode, Http, Resp};
 use crate::s3::{raise_retention, same_object};
 use crate::{
-    content_md5, time, Lock, ObjectInfo, PutOutcome, Result, Retention, TargetOptions, WormCheck,
-    WormError, WormTarget,
+    content_md5, time, Lock, ObjectInfo, PutOutcome, Result, Retention, SwapOutcome, Tagged,
+    TargetOptions, WormCheck, WormError, WormTarget,
 };
 
 const LIST_PAGES_MAX: usize = 100_000;
 const BOUNDARY: &str = "auditlog-worm-7f3c1e9a2b";
+/// `get_tagged` attempts when the object keeps changing between its metadata and its bytes.
+const TAGGED_READ_ATTEMPTS: usize = 8;
+
+/// A generation as the JSON API spells it: a decimal string (or, leniently, a number).
+fn generation_of(v: &Value) -> Option<String> {
+    let g = match &v["generation"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    (!g.is_empty() && g.bytes().all(|b| b.is_ascii_digit())).then_some(g)
+}
 
 pub(crate) struct GcsTarget {
     http: Http,
@@ -104,12 +119,14 @@ impl GcsTarget {
         (body, md5)
     }
 
+    /// Uploads `key`; with `if_generation`, only if the object's generation is that (`"0"`:
+    /// only if it does not exist).
     fn upload(
         &self,
         key: &str,
         bytes: &[u8],
         lock: Option<Lock>,
-        create_only: bool,
+        if_generation: Option<&str>,
     ) -> Result<Resp> {
         let name = format!("{}{key}", self.prefix);
         let (body, _) = Self::upload_body(&name, bytes, lock);
@@ -118,8 +135,8 @@ impl GcsTarget {
             self.endpoint,
             uri_encode(&self.bucket, false)
         );
-        if create_only {
-            url.push_str("&ifGenerationMatch=0");
+        if let Some(g) = if_generation {
+            url.push_str(&format!("&ifGenerationMatch={}", uri_encode(g, false)));
         }
         let headers = vec![(
             "content-type".to_string(),
@@ -176,7 +193,7 @@ impl WormTarget for GcsTarget {
 
     fn put_create(&self, key: &str, bytes: &[u8], lock: Option<Lock>) -> Result<PutOutcome> {
         let what = format!("POST {key}");
-        let r = self.upload(key, bytes, lock, true)?;
+        let r = self.upload(key, bytes, lock, Some("0"))?;
         match r.status {
             200 => {
                 let md5 = base64::engine::general_purpose::STANDARD.encode(content_md5(bytes));
@@ -213,7 +230,7 @@ impl WormTarget for GcsTarget {
     }
 
     fn put_mutable(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let r = self.upload(key, bytes, None, false)?;
+        let r = self.upload(key, bytes, None, None)?;
         if !r.ok() {
             return Err(self.http.status_error(&format!("POST {key}"), &r));
         }
@@ -232,6 +249,67 @@ impl WormTarget for GcsTarget {
         match r.status {
             200 => Ok(Some(r.body)),
             404 => Ok(None),
+            _ => Err(self.http.status_error(&what, &r)),
+        }
+    }
+
+    fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
+        // The generation from the metadata, then that generation's bytes: the media read is
+        // conditional on it (`ifGenerationMatch`), and a write in between (412) starts over.
+        let what = format!("GET {key} (tagged)");
+        for _ in 0..TAGGED_READ_ATTEMPTS {
+            let Some(m) = self.metadata(key)? else {
+                return Ok(None);
+            };
+            let tag = generation_of(&m)
+                .ok_or_else(|| self.http.protocol(&what, "no generation in the metadata"))?;
+            let r = self.send(
+                &what,
+                "GET",
+                &format!("{}?alt=media&ifGenerationMatch={tag}", self.object_url(key)),
+                vec![],
+                None,
+            )?;
+            match r.status {
+                200 => return Ok(Some(Tagged { bytes: r.body, tag })),
+                404 | 412 => continue,
+                _ => return Err(self.http.status_error(&what, &r)),
+            }
+        }
+        Err(self.http.protocol(
+            &what,
+            format!("the object changed under each of {TAGGED_READ_ATTEMPTS} reads"),
+        ))
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], expected: Option<&str>) -> Result<SwapOutcome> {
+        let what = format!("POST {key} (conditional)");
+        let generation = expected.unwrap_or("0");
+        // A tag is a generation (digits): anything else cannot be sent as a precondition.
+        if generation.is_empty() || !generation.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(WormError::Config(format!(
+                "{}: {key}: {generation:?} is not a GCS generation",
+                self.describe()
+            )));
+        }
+        let r = self.upload(key, bytes, None, Some(generation))?;
+        match r.status {
+            200 => {
+                let md5 = base64::engine::general_purpose::STANDARD.encode(content_md5(bytes));
+                let v = self.json(&what, &r)?;
+                let back = v["md5Hash"].as_str().unwrap_or("");
+                if back != md5 {
+                    return Err(WormError::Checksum {
+                        target: self.describe(),
+                        key: key.to_string(),
+                        what: format!("store reports md5Hash {back:?}, sent {md5}"),
+                    });
+                }
+                let tag = generation_of(&v)
+                    .ok_or_else(|| self.http.protocol(&what, "no generation in the answer"))?;
+                Ok(SwapOutcome::Stored { tag })
+            }
+            412 => Ok(SwapOutcome::Conflict),
             _ => Err(self.http.status_error(&what, &r)),
         }
     }

@@ -128,6 +128,25 @@ pub enum PutOutcome {
     AlreadyThere,
 }
 
+/// A mutable object and its version tag: the S3 or Azure ETag (as the store sends it,
+/// quotes included), the GCS generation, or for a local directory the BLAKE3 hex of its
+/// bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged {
+    pub bytes: Vec<u8>,
+    pub tag: String,
+}
+
+/// What a conditional write found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwapOutcome {
+    /// Written; the object's new tag.
+    Stored { tag: String },
+    /// The precondition failed: the object changed since `expected` was read (or, for a
+    /// create, it exists). Nothing was written.
+    Conflict,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
     /// Relative to the target's prefix.
@@ -174,6 +193,21 @@ pub trait WormTarget: Send + Sync {
 
     /// The object's bytes, or `None` if absent.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// The object's bytes and version tag, or `None` if absent (a mutable object: the lease).
+    /// The bytes are those of the version the tag names.
+    fn get_tagged(&self, key: &str) -> Result<Option<Tagged>>;
+
+    /// Writes `key` without retention only if its current tag is `expected` (`If-Match`),
+    /// or, with `expected = None`, only if it does not exist (`If-None-Match: *`). A store
+    /// that does not support the precondition must not silently write: return an error.
+    ///
+    /// A key written this way must be written only this way (`put_mutable` ignores the
+    /// precondition). Where the tag is a digest of the bytes (S3's ETag is their MD5, the
+    /// local tag their BLAKE3), writing the same bytes again leaves the tag unchanged, so a
+    /// writer that needs every write to be seen as a change must put something new in each
+    /// (a counter, a time).
+    fn put_if(&self, key: &str, bytes: &[u8], expected: Option<&str>) -> Result<SwapOutcome>;
 
     /// Bytes `[offset, offset + len)` of the object (`len` ≥ 1, within the object), or
     /// `None` if absent: how a verifier reads a segment without holding all of it.
@@ -324,6 +358,18 @@ pub fn create_bucket(url: &str, opts: &TargetOptions, object_lock: bool) -> Resu
             "creating GCS buckets is not supported here".into(),
         )),
     }
+}
+
+/// Refuses a tag `put_if` cannot send as `If-Match`: empty (moto ignores an empty
+/// `If-Match` and writes unconditionally), `*` (matches any version, not the one read) or
+/// anything but visible ASCII. Such a tag never reaches the store.
+pub(crate) fn check_if_match(target: &str, key: &str, tag: &str) -> Result<()> {
+    if tag.is_empty() || tag == "*" || !tag.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(WormError::Config(format!(
+            "{target}: {key}: {tag:?} is not a version tag"
+        )));
+    }
+    Ok(())
 }
 
 /// MD5 of `bytes`, as the stores want it in `Content-MD5` (base64).

@@ -3,6 +3,11 @@
 //! is taken: create-only), read back and compared, then made read-only. The retention asked
 //! for is recorded in a sidecar (`.meta/<key>.json`); nothing here can enforce it against
 //! an administrator, which is why [`WormTarget::check_worm`] says so.
+//!
+//! Conditional writes (`put_if`, the lease) compare the BLAKE3 of the object's bytes with the
+//! expected tag and replace the file (staged, synced, renamed, directory synced) while holding
+//! an exclusive `flock` on `.locks/<key>.lock`: `flock` locks belong to an open file, so two
+//! threads of one process exclude each other as two processes do.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -10,7 +15,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::{Lock, ObjectInfo, PutOutcome, Result, Retention, WormCheck, WormError, WormTarget};
+use crate::{
+    Lock, ObjectInfo, PutOutcome, Result, Retention, SwapOutcome, Tagged, WormCheck, WormError,
+    WormTarget,
+};
 
 pub(crate) struct LocalTarget {
     root: PathBuf,
@@ -18,6 +26,40 @@ pub(crate) struct LocalTarget {
 
 const META_DIR: &str = ".meta";
 const PARTIAL_DIR: &str = ".partial";
+/// One lock file per key written with `put_if`; never removed (removing a lock file while
+/// another writer waits on it would let a third lock a new file of the same name).
+const LOCK_DIR: &str = ".locks";
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// An exclusive `flock` on an open file, released when dropped (by closing the file).
+struct Flock {
+    _file: File,
+}
+
+impl Flock {
+    fn exclusive(path: &Path) -> Result<Flock> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io(path, "open lock file"))?;
+        loop {
+            // SAFETY: flock(2) on a descriptor `f` keeps open, with no pointers.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(Flock { _file: f });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io(path, "lock")(e));
+            }
+        }
+    }
+}
 
 /// The `map_err` for an I/O error on `path`. Nothing is copied until there is an error:
 /// it sits in per-piece loops (writes and read-backs of large objects).
@@ -161,6 +203,15 @@ impl LocalTarget {
         Ok(tmp)
     }
 
+    /// The object's bytes, or `None` if absent.
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        match fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(path, "read")(e)),
+        }
+    }
+
     fn write_sidecar(&self, key: &str, lock: Lock) -> Result<()> {
         let path = self.path(&self.root.join(META_DIR), &format!("{key}.json"))?;
         if let Some(dir) = path.parent() {
@@ -242,12 +293,41 @@ impl WormTarget for LocalTarget {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(&self.path(&self.root, key)?)
+    }
+
+    fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
+        // One open and read: a rename by `put_if` replaces the file whole, so the bytes are
+        // one version's and the tag is theirs.
+        Ok(self
+            .read(&self.path(&self.root, key)?)?
+            .map(|bytes| Tagged {
+                tag: blake3_hex(&bytes),
+                bytes,
+            }))
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], expected: Option<&str>) -> Result<SwapOutcome> {
         let path = self.path(&self.root, key)?;
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path, "read")(e)),
+        let lock_path = self.path(&self.root.join(LOCK_DIR), &format!("{key}.lock"))?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        for d in [&dir, lock_path.parent().unwrap_or(&self.root)] {
+            fs::create_dir_all(d).map_err(io(d, "create directory"))?;
         }
+        let _lock = Flock::exclusive(&lock_path)?;
+        let current = self.read(&path)?.map(|b| blake3_hex(&b));
+        if current.as_deref() != expected {
+            return Ok(SwapOutcome::Conflict);
+        }
+        let tmp = self.stage(key, bytes)?;
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&path, "install")(e));
+        }
+        sync_dir(&dir)?;
+        Ok(SwapOutcome::Stored {
+            tag: blake3_hex(bytes),
+        })
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
@@ -366,6 +446,185 @@ mod tests {
         assert_eq!(keys, vec!["a/b", "checkpoint"]);
         assert_eq!(t.list("a/").expect("list").len(), 1);
         assert!(t.put_create("../x", b"", None).is_err());
+    }
+
+    /// `put_if`: a create that finds the key taken, a swap from the tag read, a stale tag and
+    /// a tag for an absent key are answered as the stores answer them; `.locks` is not an
+    /// object.
+    #[test]
+    fn conditional_writes() {
+        let d = tempfile::tempdir().expect("tmp");
+        let t = LocalTarget::open(d.path()).expect("open");
+        assert_eq!(t.get_tagged("lease/w").expect("absent"), None);
+        let SwapOutcome::Stored { tag: t1 } = t.put_if("lease/w", b"one", None).expect("create")
+        else {
+            panic!("create refused")
+        };
+        assert_eq!(t1, blake3_hex(b"one"));
+        assert_eq!(
+            t.put_if("lease/w", b"other", None).expect("create again"),
+            SwapOutcome::Conflict
+        );
+        let got = t.get_tagged("lease/w").expect("get").expect("there");
+        assert_eq!(
+            got,
+            Tagged {
+                bytes: b"one".to_vec(),
+                tag: t1.clone()
+            }
+        );
+        let SwapOutcome::Stored { tag: t2 } = t.put_if("lease/w", b"two", Some(&t1)).expect("swap")
+        else {
+            panic!("swap from the current tag refused")
+        };
+        assert_ne!(t2, t1);
+        assert_eq!(
+            t.put_if("lease/w", b"three", Some(&t1)).expect("stale"),
+            SwapOutcome::Conflict
+        );
+        assert_eq!(t.get("lease/w").expect("get").as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            t.put_if("lease/absent", b"x", Some(&t2)).expect("absent"),
+            SwapOutcome::Conflict
+        );
+        assert_eq!(t.get("lease/absent").expect("get"), None);
+        assert!(t.put_if("../x", b"", None).is_err());
+        let keys: Vec<String> = t
+            .list("")
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, vec!["lease/w"], "lock files are not objects");
+        let partial = fs::read_dir(d.path().join(PARTIAL_DIR))
+            .expect("list")
+            .count();
+        assert_eq!(partial, 0, "no staged copy is left behind");
+    }
+
+    /// Threads that read the same tag and then swap at once: exactly one wins, every round,
+    /// and the object holds the winner's bytes.
+    #[test]
+    fn racing_threads_swap_exactly_once() {
+        const THREADS: usize = 12;
+        let d = tempfile::tempdir().expect("tmp");
+        let t = LocalTarget::open(d.path()).expect("open");
+        t.put_if("lease", b"round -1", None).expect("create");
+        for round in 0..25 {
+            let start = std::sync::Barrier::new(THREADS);
+            let outcomes: Vec<(String, SwapOutcome)> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|i| {
+                        let (t, start) = (&t, &start);
+                        s.spawn(move || {
+                            let tag = t.get_tagged("lease").expect("get").expect("there").tag;
+                            let mine = format!("round {round} writer {i}");
+                            start.wait();
+                            let out = t
+                                .put_if("lease", mine.as_bytes(), Some(&tag))
+                                .expect("put_if");
+                            (mine, out)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("join"))
+                    .collect()
+            });
+            let won: Vec<&(String, SwapOutcome)> = outcomes
+                .iter()
+                .filter(|(_, o)| matches!(o, SwapOutcome::Stored { .. }))
+                .collect();
+            assert_eq!(won.len(), 1, "round {round}: {outcomes:?}");
+            let now = t.get_tagged("lease").expect("get").expect("there");
+            assert_eq!(now.bytes, won[0].0.as_bytes(), "round {round}");
+            assert_eq!(
+                SwapOutcome::Stored { tag: now.tag },
+                won[0].1,
+                "round {round}"
+            );
+        }
+    }
+
+    const RACE_DIR: &str = "AUDITLOG_WORM_PUT_IF_RACE_DIR";
+
+    /// Processes racing: each child (this test binary, running `put_if_race_child`) reads
+    /// the tag, waits for the others, then swaps; exactly one says it stored.
+    #[test]
+    fn racing_processes_swap_exactly_once() {
+        const CHILDREN: usize = 6;
+        let d = tempfile::tempdir().expect("tmp");
+        let t = LocalTarget::open(&d.path().join("store")).expect("open");
+        t.put_if("lease", b"first", None).expect("create");
+        let exe = std::env::current_exe().expect("test binary");
+        let children: Vec<_> = (0..CHILDREN)
+            .map(|i| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "local::tests::put_if_race_child",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(RACE_DIR, d.path())
+                    .env("AUDITLOG_WORM_PUT_IF_RACE_ID", i.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn child")
+            })
+            .collect();
+        // Every child has read the tag (its ready file) before any may write.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while (0..CHILDREN).any(|i| !d.path().join(format!("ready.{i}")).exists()) {
+            assert!(std::time::Instant::now() < deadline, "children not ready");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        fs::write(d.path().join("go"), b"").expect("go");
+        let mut stored = Vec::new();
+        for (i, c) in children.into_iter().enumerate() {
+            let out = c.wait_with_output().expect("child");
+            assert!(out.status.success(), "child {i}: {out:?}");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            match (
+                text.contains("PUT_IF stored"),
+                text.contains("PUT_IF conflict"),
+            ) {
+                (true, false) => stored.push(i),
+                (false, true) => {}
+                _ => panic!("child {i} said {text:?}"),
+            }
+        }
+        assert_eq!(stored.len(), 1, "winners: {stored:?}");
+        assert_eq!(
+            t.get("lease").expect("get"),
+            Some(format!("child {}", stored[0]).into_bytes())
+        );
+    }
+
+    /// The child of `racing_processes_swap_exactly_once`; does nothing when run by hand.
+    #[test]
+    #[ignore = "a child process of racing_processes_swap_exactly_once"]
+    fn put_if_race_child() {
+        let Some(dir) = std::env::var_os(RACE_DIR) else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let id = std::env::var("AUDITLOG_WORM_PUT_IF_RACE_ID").expect("id");
+        let t = LocalTarget::open(&dir.join("store")).expect("open");
+        let tag = t.get_tagged("lease").expect("get").expect("there").tag;
+        fs::write(dir.join(format!("ready.{id}")), b"").expect("ready");
+        while !dir.join("go").exists() {
+            std::thread::yield_now();
+        }
+        let out = t
+            .put_if("lease", format!("child {id}").as_bytes(), Some(&tag))
+            .expect("put_if");
+        match out {
+            SwapOutcome::Stored { .. } => println!("PUT_IF stored"),
+            SwapOutcome::Conflict => println!("PUT_IF conflict"),
+        }
     }
 
     /// A group gives one outcome per object, in order; a large object (written back in

@@ -2,14 +2,19 @@
 //! COMPLIANCE mode with a retain-until per object, `Content-MD5` on every write (S3 demands
 //! a checksum on any PUT that carries lock headers) and the returned ETag checked against
 //! it. Every `x-amz-*` header is SigV4-signed.
+//!
+//! The lease (`put_if`) is a PutObject with `If-Match: <ETag>` or `If-None-Match: *` (S3
+//! conditional writes): 412 PreconditionFailed, 409 ConditionalRequestConflict (another
+//! conditional write to the key was in flight) and, for `If-Match`, 404 NoSuchKey are a
+//! conflict.
 
 use base64::Engine as _;
 
 use crate::http::{uri_encode, Http, Resp};
 use crate::sigv4::{self, Credentials, SignRequest};
 use crate::{
-    content_md5, time, xml, Lock, ObjectInfo, PutOutcome, Result, Retention, TargetOptions,
-    WormCheck, WormError, WormTarget,
+    content_md5, time, xml, Lock, ObjectInfo, PutOutcome, Result, Retention, SwapOutcome, Tagged,
+    TargetOptions, WormCheck, WormError, WormTarget,
 };
 
 pub(crate) struct S3Target {
@@ -170,6 +175,13 @@ impl S3Target {
         }
         Ok(())
     }
+}
+
+/// The `<Code>` of an S3 error answer.
+fn error_code(r: &Resp) -> Option<String> {
+    xml::parse(&String::from_utf8_lossy(&r.body))
+        .ok()
+        .and_then(|d| d.text_of("Code"))
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -333,6 +345,69 @@ impl WormTarget for S3Target {
         match r.status {
             200 => Ok(Some(r.body)),
             404 => Ok(None),
+            _ => Err(self.http.status_error(&what, &r)),
+        }
+    }
+
+    fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
+        let what = format!("GET {key}");
+        let r = self.request(&what, "GET", Some(key), &[], &[], None)?;
+        match r.status {
+            200 => {
+                let tag = r
+                    .header("etag")
+                    .ok_or_else(|| self.http.protocol(&what, "no ETag in the answer"))?
+                    .to_string();
+                Ok(Some(Tagged { bytes: r.body, tag }))
+            }
+            404 => Ok(None),
+            _ => Err(self.http.status_error(&what, &r)),
+        }
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], expected: Option<&str>) -> Result<SwapOutcome> {
+        if let Some(tag) = expected {
+            crate::check_if_match(&self.describe(), key, tag)?;
+        }
+        let md5 = content_md5(bytes);
+        // Content-MD5 stays: S3 wants an integrity header on every PUT to an Object Lock
+        // bucket, and it checks the bytes.
+        let headers = [
+            (
+                "content-md5".to_string(),
+                base64::engine::general_purpose::STANDARD.encode(md5),
+            ),
+            match expected {
+                Some(tag) => ("if-match".to_string(), tag.to_string()),
+                None => ("if-none-match".to_string(), "*".to_string()),
+            },
+        ];
+        let what = format!("PUT {key} (conditional)");
+        let r = self.request(&what, "PUT", Some(key), &[], &headers, Some(bytes))?;
+        match r.status {
+            200 => {
+                let tag = r
+                    .header("etag")
+                    .ok_or_else(|| self.http.protocol(&what, "no ETag in the answer"))?;
+                if tag.trim_matches('"') != hex::encode(md5) {
+                    return Err(WormError::Checksum {
+                        target: self.describe(),
+                        key: key.to_string(),
+                        what: format!("store reports ETag {tag}, sent MD5 {}", hex::encode(md5)),
+                    });
+                }
+                Ok(SwapOutcome::Stored {
+                    tag: tag.to_string(),
+                })
+            }
+            412 => Ok(SwapOutcome::Conflict),
+            409 if error_code(&r).as_deref() == Some("ConditionalRequestConflict") => {
+                Ok(SwapOutcome::Conflict)
+            }
+            // If-Match on a key with no current version.
+            404 if expected.is_some() && error_code(&r).as_deref() == Some("NoSuchKey") => {
+                Ok(SwapOutcome::Conflict)
+            }
             _ => Err(self.http.status_error(&what, &r)),
         }
     }

@@ -324,7 +324,10 @@ impl Daemon {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no new listeners after {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no new listeners after {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         self.wait_healthy();

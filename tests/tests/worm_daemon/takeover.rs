@@ -16,7 +16,13 @@ use auditlog_tests::{classified_event, s3_options};
 use auditlog_worm::{RetentionPolicy, WormTarget};
 
 /// The configuration of one node of the pair: same bucket, its own name.
-fn node_config(dir: &Path, ep: &str, bucket: &str, node: &str, durability: &str) -> std::path::PathBuf {
+fn node_config(
+    dir: &Path,
+    ep: &str,
+    bucket: &str,
+    node: &str,
+    durability: &str,
+) -> std::path::PathBuf {
     let config = dir.join("auditlogd.toml");
     std::fs::write(
         &config,
@@ -212,7 +218,10 @@ fn kill_the_writer_in_remote_mode_and_the_standby_loses_nothing() {
     let after = signed_note(&standby, size, &key);
     assert!(after.size >= before.size);
     let r = standby.get(
-        &format!("/v1/proof/consistency?from={}&to={}", before.size, after.size),
+        &format!(
+            "/v1/proof/consistency?from={}&to={}",
+            before.size, after.size
+        ),
         "auditor",
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -222,8 +231,15 @@ fn kill_the_writer_in_remote_mode_and_the_standby_loses_nothing() {
         .iter()
         .map(|h| hex32(h.as_str().expect("hex")))
         .collect();
-    tree::verify_consistency(alg, before.size, after.size, &before.root, &after.root, &proof)
-        .expect("the checkpoint after takeover is consistent with the one before");
+    tree::verify_consistency(
+        alg,
+        before.size,
+        after.size,
+        &before.root,
+        &after.root,
+        &proof,
+    )
+    .expect("the checkpoint after takeover is consistent with the one before");
     // It writes now.
     let idx = standby.post_events(&[classified_event(1_000_000, "UNCLASSIFIED")]);
     assert_eq!(idx, vec![size]);
