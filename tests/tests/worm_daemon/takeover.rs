@@ -102,7 +102,8 @@ fn ingest_until(base: String, token: String, stop: Arc<AtomicBool>, acked: Acked
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
-        let v: serde_json::Value = r.into_json().expect("json");
+        let text = r.into_string().expect("body");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let mut a = acked.lock().expect("lock");
         for x in v["receipts"].as_array().expect("receipts") {
             a.push((
