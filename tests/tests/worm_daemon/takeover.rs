@@ -74,12 +74,18 @@ request_timeout_ms = 2000
     config
 }
 
-/// Acknowledged events: index → leaf hash, as the receipts said.
+/// Acknowledged events: index → leaf hash, as the receipts said, and when each came.
 type Acked = Arc<Mutex<Vec<(u64, [u8; 32])>>>;
+type AckTimes = Arc<Mutex<Vec<(u64, Instant)>>>;
 
 /// Posts batches of 50 events until `stop`, recording every receipt; a refused or failed
 /// post (the writer gone) records nothing.
 fn ingest_until(base: String, token: String, stop: Arc<AtomicBool>, acked: Acked) {
+    ingest_timed(base, token, stop, acked, AckTimes::default())
+}
+
+/// `ingest_until`, noting when each batch's receipts came (first index of the batch).
+fn ingest_timed(base: String, token: String, stop: Arc<AtomicBool>, acked: Acked, times: AckTimes) {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(5))
         .build();
@@ -104,7 +110,11 @@ fn ingest_until(base: String, token: String, stop: Arc<AtomicBool>, acked: Acked
         };
         let text = r.into_string().expect("body");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let now = Instant::now();
         let mut a = acked.lock().expect("lock");
+        if let Some(first) = v["receipts"][0]["index"].as_u64() {
+            times.lock().expect("lock").push((first, now));
+        }
         for x in v["receipts"].as_array().expect("receipts") {
             a.push((
                 x["index"].as_u64().expect("index"),
@@ -261,4 +271,223 @@ fn kill_the_writer_in_remote_mode_and_the_standby_loses_nothing() {
     )
     .expect("the bucket verifies after takeover");
     assert_eq!(summary.events, size + 1);
+}
+
+/// Starts a writer (node-a) and its standby (node-b, same signing key) on `bucket`.
+fn pair(
+    ep: &str,
+    bucket: &str,
+    durability: &str,
+    a: &Path,
+    b: &Path,
+) -> (Daemon, Daemon, VerifierKey, auditlog_formats::TreeHash) {
+    let cfg_a = node_config(a, ep, bucket, "node-a", durability);
+    let writer = Daemon::launch(a)
+        .config_file(&cfg_a)
+        .rust_log("error")
+        .start();
+    let (key, alg, _) = writer.log();
+    let key_dir = b.join("data/keys");
+    std::fs::create_dir_all(&key_dir).expect("key dir");
+    std::fs::copy(
+        a.join("data/keys/checkpoint.key"),
+        key_dir.join("checkpoint.key"),
+    )
+    .expect("copy key");
+    let cfg_b = node_config(b, ep, bucket, "node-b", durability);
+    let standby = Daemon::launch(b)
+        .config_file(&cfg_b)
+        .rust_log("error")
+        .replica_of(&format!("s3://{bucket}/log"))
+        .arg("--standby")
+        .start();
+    (writer, standby, key, alg)
+}
+
+/// `local` durability, the writer's machine lost (killed, its data directory destroyed):
+/// what is missing after takeover is only what was acknowledged in the last tail interval
+/// (100 ms) plus one upload before the kill; the test reports how many.
+#[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
+fn lose_the_writer_and_its_disk_in_local_mode_and_lose_at_most_the_tail_interval() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    auditlog_worm::create_bucket("s3://local-pair", &s3_options(&ep), true).expect("bucket");
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let (mut writer, mut standby, _, _) = pair(&ep, "local-pair", "local", a.path(), b.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let times: AckTimes = Arc::default();
+    let ingest = {
+        let (base, token, stop, acked, times) = (
+            writer.base.clone(),
+            writer.token("writer"),
+            stop.clone(),
+            acked.clone(),
+            times.clone(),
+        );
+        std::thread::spawn(move || ingest_timed(base, token, stop, acked, times))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().expect("lock").len() < 20_000 {
+        assert!(Instant::now() < deadline, "ingest too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.kill9();
+    let killed = Instant::now();
+    std::fs::remove_dir_all(a.path().join("data")).expect("the disk is gone");
+    stop.store(true, Ordering::SeqCst);
+    ingest.join().expect("ingest thread");
+    standby.wait_relisten(Duration::from_secs(60));
+    let size = standby.tree_size();
+    let acked = acked.lock().expect("lock").clone();
+    let times = times.lock().expect("lock").clone();
+    let served: std::collections::HashMap<u64, [u8; 32]> =
+        leaves(&standby, 0, size).into_iter().collect();
+    // Lost: absent, or (the new writer went on from where the store ended) another event
+    // now at its index.
+    let missing: Vec<u64> = acked
+        .iter()
+        .filter(|(i, leaf)| served.get(i) != Some(leaf))
+        .map(|(i, _)| *i)
+        .collect();
+    // What was lost is a suffix: the store holds a prefix of the acknowledged log.
+    if let Some(first_lost) = missing.iter().min() {
+        assert!(
+            acked
+                .iter()
+                .filter(|(i, _)| i > first_lost)
+                .all(|(i, _)| missing.contains(i)),
+            "losses are the end of the log only"
+        );
+    }
+    // Every missing event is one acknowledged within the tail interval plus one upload
+    // (here at most 1 s: a 100 ms interval and uploads to moto on loopback) of the kill.
+    let window = Duration::from_secs(1);
+    for i in &missing {
+        let (_, at) = times
+            .iter()
+            .rev()
+            .find(|(first, _)| first <= i)
+            .expect("ack time");
+        assert!(
+            killed.duration_since(*at) <= window,
+            "event {i} was acknowledged {:?} before the kill and is lost",
+            killed.duration_since(*at)
+        );
+    }
+    println!(
+        "local durability, disk lost: {} of {} acknowledged events missing after takeover (all acknowledged in the last {window:?})",
+        missing.len(),
+        acked.len()
+    );
+    standby.stop();
+}
+
+/// The writer paused (SIGSTOP) past its lease: the standby takes over and continues;
+/// resumed (SIGCONT), the old writer acknowledges nothing more, never signs a checkpoint
+/// the new history does not contain, and started again as a replica it follows the new
+/// writer (its own files set aside).
+#[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
+fn a_paused_writer_is_fenced_when_it_wakes_and_rejoins_as_a_replica() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    auditlog_worm::create_bucket("s3://paused", &s3_options(&ep), true).expect("bucket");
+    let a = tempfile::tempdir().expect("tmp");
+    let b = tempfile::tempdir().expect("tmp");
+    let (mut writer, mut standby, key, alg) = pair(&ep, "paused", "remote", a.path(), b.path());
+    let events: Vec<Vec<u8>> = (0..500)
+        .map(|i| classified_event(i, "UNCLASSIFIED"))
+        .collect();
+    writer.post_events(&events);
+    // An HTTP client that will still be talking to the old writer when it wakes.
+    let old_base = writer.base.clone();
+    let old_token = writer.token("writer");
+    writer.signal(libc::SIGSTOP);
+    standby.wait_relisten(Duration::from_secs(60));
+    let new_size = standby.post_events(&events[..100]);
+    assert!(!new_size.is_empty());
+    let after = signed_note(&standby, standby.tree_size(), &key);
+
+    writer.signal(libc::SIGCONT);
+    // It takes no more events: refused, or the request fails; never a receipt.
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let body = [classified_event(7, "UNCLASSIFIED"), b"\n".to_vec()].concat();
+    for _ in 0..5 {
+        let r = agent
+            .post(&format!("{old_base}/v1/events"))
+            .set("Authorization", &format!("Bearer {old_token}"))
+            .set("Content-Type", "application/x-ndjson")
+            .send_bytes(&body);
+        match r {
+            Ok(resp) => panic!(
+                "the fenced writer acknowledged: {}",
+                resp.into_string().unwrap_or_default()
+            ),
+            Err(ureq::Error::Status(code, _)) => assert!(code >= 500, "status {code}"),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Whatever it signed is in the new history: its newest checkpoint has the new writer's
+    // root at its size.
+    if writer.exited().is_none() {
+        let r = writer.get("/v1/checkpoint", "auditor");
+        if r.status == 200 {
+            let (cp, _) =
+                note::open_checkpoint(&r.text(), std::slice::from_ref(&key)).expect("signed");
+            let r = standby.get(
+                &format!("/v1/proof/consistency?from={}&to={}", cp.size, after.size),
+                "auditor",
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            let proof: Vec<[u8; 32]> = r.json()["hashes"]
+                .as_array()
+                .expect("hashes")
+                .iter()
+                .map(|h| hex32(h.as_str().expect("hex")))
+                .collect();
+            tree::verify_consistency(alg, cp.size, after.size, &cp.root, &after.root, &proof)
+                .expect("the old writer's newest checkpoint is in the new history");
+        }
+    }
+    drop(writer);
+    // Restarted as a replica of the bucket, it follows the new writer.
+    let cfg_a = a.path().join("auditlogd.toml");
+    let replica = Daemon::launch(a.path())
+        .config_file(&cfg_a)
+        .rust_log("error")
+        .replica_of("s3://paused/log")
+        .start();
+    let n = standby.tree_size();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replica.tree_size() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined replica does not follow"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let set_aside = std::fs::read_dir(a.path().join("data"))
+        .expect("list")
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("former-writer-")
+        });
+    assert!(set_aside, "the former writer's files are kept aside");
+    let r = replica.post("application/x-ndjson", &body);
+    assert_eq!(r.status, 403, "{}", r.text());
+    standby.stop();
 }
