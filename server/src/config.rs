@@ -552,6 +552,7 @@ mod tests {
                 http_addr: Some("127.0.0.1:9".into()),
                 tcp_addr: None,
                 ops_addr: Some("127.0.0.1:19".into()),
+                replica_of: None,
             },
         )
         .expect("resolve");
