@@ -86,6 +86,7 @@ impl Lease {
         writer_url: &str,
         period: Duration,
     ) -> Result<Arc<Lease>> {
+        probe(target.as_ref())?;
         let base = Instant::now();
         let mut record = LeaseRecord {
             holder: holder.to_string(),
@@ -235,6 +236,25 @@ impl Lease {
     }
 }
 
+/// A store (or a proxy before it) that ignores `If-Match` would make every renewal look
+/// conditional and fence nobody: a write conditional on a tag that cannot be current must
+/// come back `Conflict`, and nothing be written.
+fn probe(target: &dyn WormTarget) -> Result<()> {
+    const PROBE_KEY: &str = "lease-probe";
+    // The probe key never exists, so any tag is stale; "1" is a tag every store accepts.
+    let impossible = "1";
+    match target
+        .put_if(PROBE_KEY, b"a lease probe: never stored", Some(impossible))
+        .map_err(store_err)?
+    {
+        SwapOutcome::Conflict => Ok(()),
+        SwapOutcome::Stored { .. } => Err(EngineError::Config(format!(
+            "{}: the store ignored If-Match on a conditional write: it cannot hold a lease",
+            target.describe()
+        ))),
+    }
+}
+
 /// Watches a lease held by someone else: returns its tag once it stayed the same for a
 /// whole period (counted from the first read), or refuses when its holder renews it.
 fn wait_unchanged(target: &dyn WormTarget, tag: &str, theirs: &LeaseRecord) -> Result<String> {
@@ -270,5 +290,129 @@ pub fn read(target: &dyn WormTarget) -> Result<Option<(String, LeaseRecord)>> {
     match target.get_tagged(LEASE_KEY).map_err(store_err)? {
         None => Ok(None),
         Some(t) => Ok(Some((t.tag, parse(&t.bytes)?))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auditlog_worm::{Lock, NewObject, ObjectInfo, PutOutcome, Retention, Tagged, WormCheck};
+
+    /// A store that drops preconditions (a proxy that strips `If-Match`, say).
+    struct IgnoresPreconditions(Box<dyn WormTarget>);
+
+    impl WormTarget for IgnoresPreconditions {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn check_worm(&self) -> auditlog_worm::Result<WormCheck> {
+            self.0.check_worm()
+        }
+        fn put_create(
+            &self,
+            key: &str,
+            bytes: &[u8],
+            lock: Option<Lock>,
+        ) -> auditlog_worm::Result<PutOutcome> {
+            self.0.put_create(key, bytes, lock)
+        }
+        fn put_create_many(
+            &self,
+            objects: &[NewObject<'_>],
+        ) -> auditlog_worm::Result<Vec<PutOutcome>> {
+            self.0.put_create_many(objects)
+        }
+        fn put_mutable(&self, key: &str, bytes: &[u8]) -> auditlog_worm::Result<()> {
+            self.0.put_mutable(key, bytes)
+        }
+        fn get(&self, key: &str) -> auditlog_worm::Result<Option<Vec<u8>>> {
+            self.0.get(key)
+        }
+        fn get_tagged(&self, key: &str) -> auditlog_worm::Result<Option<Tagged>> {
+            self.0.get_tagged(key)
+        }
+        fn put_if(
+            &self,
+            key: &str,
+            bytes: &[u8],
+            _expected: Option<&str>,
+        ) -> auditlog_worm::Result<SwapOutcome> {
+            self.0.put_mutable(key, bytes)?;
+            Ok(SwapOutcome::Stored { tag: "x".into() })
+        }
+        fn get_range(
+            &self,
+            key: &str,
+            offset: u64,
+            len: u64,
+        ) -> auditlog_worm::Result<Option<Vec<u8>>> {
+            self.0.get_range(key, offset, len)
+        }
+        fn retention(&self, key: &str) -> auditlog_worm::Result<Option<Retention>> {
+            self.0.retention(key)
+        }
+        fn list(&self, prefix: &str) -> auditlog_worm::Result<Vec<ObjectInfo>> {
+            self.0.list(prefix)
+        }
+    }
+
+    fn local(dir: &std::path::Path) -> Box<dyn WormTarget> {
+        auditlog_worm::open(
+            &format!("file://{}", dir.display()),
+            &auditlog_worm::TargetOptions::default(),
+        )
+        .expect("local target")
+    }
+
+    #[test]
+    fn a_lease_is_taken_renewed_and_refused_to_a_second_holder() {
+        let d = tempfile::tempdir().expect("tmp");
+        let period = Duration::from_millis(400);
+        let a = Lease::acquire(local(d.path()), "a", "", period).expect("create");
+        assert!(a.valid());
+        assert_eq!(a.record().epoch, 1);
+        assert!(a.renew().expect("renew"));
+        // b watches a renewing: refused, naming a.
+        let renewing = std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                for _ in 0..8 {
+                    std::thread::sleep(period / 4);
+                    let _ = a.renew();
+                }
+            });
+            let r = Lease::acquire(local(d.path()), "b", "", period);
+            t.join().expect("renewer");
+            r
+        });
+        match renewing {
+            Err(EngineError::Fenced(why)) => assert!(why.contains("held by a"), "{why}"),
+            other => panic!("took a renewed lease: {other:?}"),
+        }
+        // a stops renewing: b takes it after a period, epoch 2; a's next renewal is fenced.
+        let b = Lease::acquire(local(d.path()), "b", "", period).expect("take over");
+        assert_eq!(b.record().epoch, 2);
+        assert!(matches!(a.renew(), Err(EngineError::Fenced(_))));
+        assert!(!a.valid() && a.check().is_err());
+        assert!(b.valid());
+    }
+
+    #[test]
+    fn a_store_that_ignores_preconditions_cannot_hold_a_lease() {
+        let d = tempfile::tempdir().expect("tmp");
+        let target = Box::new(IgnoresPreconditions(local(d.path())));
+        match Lease::acquire(target, "a", "", Duration::from_millis(400)) {
+            Err(EngineError::Config(why)) => assert!(why.contains("If-Match"), "{why}"),
+            other => panic!("a lease on a store without preconditions: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lease_not_renewed_within_its_period_lapses() {
+        let d = tempfile::tempdir().expect("tmp");
+        let a =
+            Lease::acquire(local(d.path()), "a", "", Duration::from_millis(300)).expect("create");
+        assert!(a.check().is_ok());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(a.check().is_err(), "valid past period - margin");
     }
 }
