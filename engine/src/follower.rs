@@ -70,6 +70,9 @@ pub struct ReplicaStatus {
     pub alarm: Option<String>,
     /// Milliseconds since the follower last found the bucket with nothing new.
     pub caught_up_age_ms: u64,
+    /// Who holds the writer's lease, as the bucket's `lease` object says (`holder`, and
+    /// where it takes writes if it said): named in the answer to a write.
+    pub writer: Option<String>,
 }
 
 #[derive(Default)]
@@ -289,6 +292,7 @@ impl Follower {
                     continue;
                 }
                 Ok(Step::Nothing) => {
+                    self.read_lease();
                     *self
                         .monitor
                         .caught_up_at
@@ -310,6 +314,18 @@ impl Follower {
             while Instant::now() < until && !shared.health.shutting_down() {
                 std::thread::sleep(Duration::from_millis(10).min(poll));
             }
+        }
+    }
+
+    /// Notes who writes the log (the lease's holder), when idle.
+    fn read_lease(&self) {
+        if let Ok(Some((_, r))) = crate::lease::read(self.source.as_ref()) {
+            let writer = if r.writer_url.is_empty() {
+                format!("{} (lease epoch {})", r.holder, r.epoch)
+            } else {
+                format!("{} at {} (lease epoch {})", r.holder, r.writer_url, r.epoch)
+            };
+            self.monitor.update(|s| s.writer = Some(writer));
         }
     }
 

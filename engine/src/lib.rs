@@ -510,6 +510,11 @@ impl Engine {
         }
     }
 
+    /// A replica's writer, as the bucket's lease names it.
+    pub(crate) fn replica_writer(&self) -> Option<String> {
+        self.replica.snapshot().writer
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }

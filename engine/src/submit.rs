@@ -161,8 +161,11 @@ impl Engine {
             return Err(f.error());
         }
         if let Some(rc) = &self.shared.config.replica {
+            let writer = self
+                .replica_writer()
+                .unwrap_or_else(|| "the writer".to_string());
             return Err(EngineError::ReadOnly(format!(
-                "this is a read replica of {}: it takes no writes; send them to the writer",
+                "this is a read replica of {}: it takes no writes; send them to {writer}",
                 rc.source
             )));
         }

@@ -4,7 +4,10 @@
 //! `If-None-Match`); `lag`: replication lag while an in-process engine ingests at a steady
 //! rate with small segments, sampled every 100 ms; `durability`: ack latency and throughput
 //! of `durability = "local"` against `"remote"` (each ack waits for its batch's tail on the
-//! store), same run, alternating, closed-loop producers.
+//! store), same run, alternating, closed-loop producers; `replica`: a read replica
+//! following a writer driven at half its measured maximum (lag, and the replica's in-process
+//! inclusion-proof rate meanwhile), then a fresh replica catching up with the whole bucket
+//! (what a standby's cold rebuild costs per GiB).
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,16 @@ enum What {
         seconds: u64,
         #[arg(long, default_value_t = 8)]
         segment_mib: u64,
+    },
+    Replica {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        /// A local directory as the bucket instead of the S3 endpoint (moto on this machine
+        /// stores ~95 MB/s, less than the writer's half maximum of tails and segments).
+        #[arg(long)]
+        local: bool,
     },
     Durability {
         #[arg(long, default_value_t = 200_000)]
@@ -198,6 +211,11 @@ fn main() -> anyhow::Result<()> {
             batch_events,
             window,
         } => durability(&o, args.runs, events, producers, batch_events, window)?,
+        What::Replica {
+            seconds,
+            producers,
+            local,
+        } => replica(&o, args.runs, seconds, producers, local)?,
     }
     Ok(())
 }
@@ -274,6 +292,211 @@ fn durability(
     println!(
         "remote / local throughput: {:.2}",
         med("remote", |v| v.0) / med("local", |v| v.0)
+    );
+    Ok(())
+}
+
+fn writer_config(dir: &std::path::Path, bucket: &str, o: &TargetOptions) -> EngineConfig {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.segment_bytes = 64 << 20;
+    cfg.replication = Some(ReplicationConfig {
+        target: format!("{bucket}/log"),
+        options: o.clone(),
+        allow_non_worm: bucket.starts_with("file://"),
+        ..Default::default()
+    });
+    cfg
+}
+
+fn replica_engine(
+    dir: &std::path::Path,
+    bucket: &str,
+    o: &TargetOptions,
+) -> anyhow::Result<Engine> {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.replica = Some(auditlog_engine::follower::ReplicaConfig {
+        source: format!("{bucket}/log"),
+        options: o.clone(),
+        poll_interval_ms: 200,
+    });
+    Ok(Engine::open(cfg, None)?)
+}
+
+/// Replica lag and proof rate at half the writer's maximum, then a cold catch-up.
+fn replica(
+    o: &TargetOptions,
+    runs: usize,
+    seconds: u64,
+    producers: usize,
+    local: bool,
+) -> anyhow::Result<()> {
+    let pools: Vec<Vec<Vec<u8>>> = (0..producers)
+        .map(|p| {
+            (0..1000)
+                .map(|i| event((p * 1000 + i) as u64, 256))
+                .collect()
+        })
+        .collect();
+    let (mut lags, mut maxes, mut proofs, mut colds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let bucket = if local {
+            let d = tempfile_dir(run + 3000)?;
+            format!("file://{}", d.display())
+        } else {
+            let b = format!("s3://replica-{run}-{}", std::process::id());
+            auditlog_worm::create_bucket(&b, o, true)?;
+            b
+        };
+        let wdir = tempfile_dir(run)?;
+        let writer = Engine::open(writer_config(&wdir, &bucket, o), None)?;
+        // The writer's maximum, closed loop, on this machine now.
+        let r = auditlog_benches::run_load(&writer, &pools, 300_000, 100, 8);
+        let max = r.events as f64 / r.elapsed.as_secs_f64();
+        let rate = max / 2.0;
+        writer
+            .wait_checkpoint(writer.tree_size(), Duration::from_secs(30))
+            .ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
+        let rdir = tempfile_dir(run + 1000)?;
+        // Wait for the metadata on the store before the replica starts.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rep = loop {
+            match replica_engine(&rdir, &bucket, o) {
+                Ok(e) => break e,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let reached: std::sync::Mutex<Vec<(u64, Instant)>> = Default::default();
+        let (lag_samples, proof_count) = std::thread::scope(|s| {
+            // Proofs on the replica, at its newest checkpoint, as fast as one thread goes.
+            let prover = s.spawn(|| {
+                let mut n = 0u64;
+                let mut x = 0x9e37_79b9u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some(cp) = rep.latest_checkpoint() else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let size = cp.checkpoint.size;
+                    for _ in 0..1000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        if rep.prove_inclusion(x % size, size).is_ok() {
+                            n += 1;
+                        }
+                    }
+                }
+                n
+            });
+            // The writer at half its maximum, 1000-event batches on a clock.
+            let started = Instant::now();
+            let batch = 1000u64;
+            let period = Duration::from_secs_f64(batch as f64 / rate);
+            let mut next = started;
+            let mut at = 0usize;
+            let mut samples = Vec::new();
+            let mut last_sample = started;
+            while started.elapsed() < Duration::from_secs(seconds) {
+                let mut b = writer.new_batch(auditlog_engine::Submitter::daemon());
+                for _ in 0..batch {
+                    b.add(&pools[0][at % 1000]).expect("valid");
+                    at += 1;
+                }
+                writer.append(b).expect("append");
+                reached
+                    .lock()
+                    .expect("lock")
+                    .push((writer.tree_size(), Instant::now()));
+                if last_sample.elapsed() >= Duration::from_millis(100) {
+                    last_sample = Instant::now();
+                    // Lag: how long ago the writer first held more than the replica has
+                    // verified now (0 when the replica has all the writer has).
+                    let have = rep.latest_checkpoint().map_or(0, |c| c.checkpoint.size);
+                    let r = reached.lock().expect("lock");
+                    let newest = r.last().map_or(0, |x| x.0);
+                    let since = r
+                        .iter()
+                        .find(|(size, _)| *size > have)
+                        .map(|(_, t)| t.elapsed().as_secs_f64() * 1000.0);
+                    samples.push(if newest <= have {
+                        0.0
+                    } else {
+                        since.unwrap_or(0.0)
+                    });
+                }
+                next += period;
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let n = prover.join().expect("prover");
+            (samples, n as f64 / elapsed)
+        });
+        let mut lag_samples = lag_samples;
+        lag_samples.sort_by(f64::total_cmp);
+        let p50 = median(&lag_samples);
+        let max_lag = lag_samples.last().copied().unwrap_or(0.0);
+        rep.shutdown()?;
+        let size = writer.tree_size();
+        writer
+            .wait_checkpoint(size, Duration::from_secs(30))
+            .ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
+        // Everything on the store before the writer stops (a shutdown does not wait for it).
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while writer
+            .status()
+            .replication
+            .is_some_and(|r| r.store_end < size || r.segments_pending > 0)
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the store does not keep up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        writer.shutdown()?;
+        // A cold replica: the whole bucket, from nothing.
+        let bytes: u64 = auditlog_worm::open(&format!("{bucket}/log"), o)?
+            .list("")?
+            .iter()
+            .filter(|x| x.key.starts_with("segments/") || x.key.starts_with("tail/"))
+            .map(|x| x.bytes)
+            .sum();
+        let cdir = tempfile_dir(run + 2000)?;
+        let cold_started = Instant::now();
+        let cold = replica_engine(&cdir, &bucket, o)?;
+        while cold.latest_checkpoint().map_or(0, |c| c.checkpoint.size) < size {
+            if let Some(a) = cold.status().replica.and_then(|s| s.alarm) {
+                anyhow::bail!("cold replica: {a}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let cold_s = cold_started.elapsed().as_secs_f64();
+        cold.shutdown()?;
+        let per_gib = cold_s / (bytes as f64 / (1u64 << 30) as f64);
+        println!(
+            "run {run}: writer max {max:.0} events/s, driven at {rate:.0}; replica lag p50 {p50:.0} ms, max {max_lag:.0} ms; {proof_count:.0} proofs/s on the replica meanwhile; cold catch-up of {size} events ({:.1} MB of segments and tails) in {cold_s:.2} s = {per_gib:.1} s per GiB",
+            bytes as f64 / 1e6
+        );
+        lags.push(p50);
+        maxes.push(max_lag);
+        proofs.push(proof_count);
+        colds.push(per_gib);
+        for d in [wdir, rdir, cdir] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    println!(
+        "median of {runs}: replica lag p50 {:.0} ms, max {:.0} ms; {:.0} proofs/s; cold catch-up {:.1} s per GiB",
+        median(&lags),
+        median(&maxes),
+        median(&proofs),
+        median(&colds)
     );
     Ok(())
 }

@@ -28,7 +28,8 @@ pub struct ReplicationConfig {
     pub retry_ms_max: u64,
     /// How often to look for newly sealed segments when idle.
     pub poll_interval_ms: u64,
-    /// The mutable newest-checkpoint object is rewritten at most this often.
+    /// The mutable newest-checkpoint object is rewritten at most this often. Read
+    /// replicas take the writer's checkpoints from it: it bounds how far their proofs lag.
     pub latest_checkpoint_interval_ms: u64,
     /// `/ready` fails when the oldest unshipped sealed segment is older than this.
     pub ready_lag_ms_max: u64,
@@ -118,7 +119,7 @@ impl Default for ReplicationConfig {
             retry_ms_initial: 200,
             retry_ms_max: 30_000,
             poll_interval_ms: 500,
-            latest_checkpoint_interval_ms: 10_000,
+            latest_checkpoint_interval_ms: 1_000,
             ready_lag_ms_max: 3_600_000,
             checkpoints_pending_max: 4096,
             checkpoint_log_read_bytes_max: 1 << 20,

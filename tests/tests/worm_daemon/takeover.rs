@@ -487,7 +487,20 @@ fn a_paused_writer_is_fenced_when_it_wakes_and_rejoins_as_a_replica() {
                 .starts_with("former-writer-")
         });
     assert!(set_aside, "the former writer's files are kept aside");
-    let r = replica.post("application/x-ndjson", &body);
-    assert_eq!(r.status, 403, "{}", r.text());
+    // Writes are refused, naming the writer (the lease's holder).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = replica.post("application/x-ndjson", &body);
+        assert_eq!(r.status, 403, "{}", r.text());
+        if r.text().contains("node-b") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer is not named: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     standby.stop();
 }
