@@ -322,11 +322,29 @@ impl Engine {
         self.shared.keyring.retire(which)
     }
 
+    /// The log's head. A read replica's is its newest verified checkpoint: records it
+    /// holds past that (tails not yet signed) are neither read nor proven.
     pub fn head(&self) -> TreeHead {
+        if self.shared.config.replica.is_some() {
+            return self
+                .shared
+                .checkpoints
+                .latest()
+                .map_or(TreeHead {
+                    size: 0,
+                    root: self.shared.config.tree_hash.empty(),
+                }, |c| TreeHead {
+                    size: c.checkpoint.size,
+                    root: c.checkpoint.root,
+                });
+        }
         self.shared.head.get()
     }
 
     pub fn tree_size(&self) -> u64 {
+        if self.shared.config.replica.is_some() {
+            return self.shared.checkpoints.signed_size();
+        }
         self.shared.head.size()
     }
 
