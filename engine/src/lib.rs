@@ -225,6 +225,7 @@ impl Engine {
             ),
             queued: std::sync::OnceLock::new(),
             lease,
+            stamps: Default::default(),
             config,
         });
         let (replicator, replication) = r.replicator.unzip();
@@ -326,17 +327,16 @@ impl Engine {
     /// holds past that (tails not yet signed) are neither read nor proven.
     pub fn head(&self) -> TreeHead {
         if self.shared.config.replica.is_some() {
-            return self
-                .shared
-                .checkpoints
-                .latest()
-                .map_or(TreeHead {
+            return self.shared.checkpoints.latest().map_or(
+                TreeHead {
                     size: 0,
                     root: self.shared.config.tree_hash.empty(),
-                }, |c| TreeHead {
+                },
+                |c| TreeHead {
                     size: c.checkpoint.size,
                     root: c.checkpoint.root,
-                });
+                },
+            );
         }
         self.shared.head.get()
     }

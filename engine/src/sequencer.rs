@@ -78,6 +78,8 @@ pub(crate) struct Sequencer {
     pub pending: PendingNodes,
     pub prealloc_rx: Receiver<PathBuf>,
     pub seal_tx: Sender<SealJob>,
+    /// The last group commit's leaf hashes, per submission (for its receipts).
+    pub leaves: Vec<Vec<auditlog_formats::Hash>>,
 }
 
 const IDLE_TICK: Duration = Duration::from_millis(100);
@@ -166,7 +168,7 @@ impl Sequencer {
                 .and_then(|first| self.shared.fence().map(|()| first));
             match committed {
                 Ok(first_index) => {
-                    let receipts = receipts(&mut batch, first_index);
+                    let receipts = receipts(&mut batch, first_index, &mut self.leaves);
                     let end = self.edge.size();
                     if let Some(ready) = self.shared.store_acks.committed(end, receipts) {
                         for (done, r) in ready {
@@ -225,11 +227,18 @@ impl Sequencer {
 
         let edge = &mut self.edge;
         let pending = &mut self.pending;
+        let alg = self.shared.config.tree_hash;
+        let leaves = &mut self.leaves;
+        leaves.clear();
+        // While the kernel syncs: each submission's leaf hashes (its producer computed them
+        // after the enqueue) into the tree.
         let mut hash_leaves = || {
             for s in batch {
-                for leaf in &s.leaf_hashes {
+                let hashes = s.leaves.take(alg, &s.body);
+                for leaf in &hashes {
                     edge.append(*leaf, |node, h| pending.push(node, h));
                 }
+                leaves.push(hashes);
             }
         };
         let started = Instant::now();
@@ -328,17 +337,25 @@ impl Sequencer {
     }
 }
 
-/// Each submission's receipts, with the callback that answers it.
-fn receipts(batch: &mut Vec<Submission>, first_index: u64) -> Vec<(crate::Done, Receipts)> {
+/// Each submission's receipts (with its leaf hashes, as the commit took them), with the
+/// callback that answers it.
+fn receipts(
+    batch: &mut Vec<Submission>,
+    first_index: u64,
+    leaves: &mut Vec<Vec<auditlog_formats::Hash>>,
+) -> Vec<(crate::Done, Receipts)> {
     let mut next = first_index;
+    assert_eq!(batch.len(), leaves.len(), "a receipt per submission");
     batch
         .drain(..)
-        .map(|s| {
+        .zip(leaves.drain(..))
+        .map(|(s, leaf_hashes)| {
             let count = s.count as u64;
+            assert_eq!(leaf_hashes.len() as u64, count, "a leaf per event");
             let receipts = Receipts {
                 first_index: next,
                 received_at_unix_ns: s.received_at_unix_ns,
-                leaf_hashes: s.leaf_hashes,
+                leaf_hashes,
             };
             next += count;
             (s.done, receipts)

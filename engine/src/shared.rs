@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) queued: OnceLock<crossbeam_channel::Receiver<crate::Submission>>,
     /// The writer's lease, when configured: every step that extends the log checks it.
     pub(crate) lease: Option<std::sync::Arc<crate::lease::Lease>>,
+    /// The last receipt time stamped (`submit.rs`): stamps follow the queue's order.
+    pub(crate) stamps: crate::submit::Stamps,
 }
 
 impl Shared {

@@ -1,12 +1,22 @@
-//! The way in: an [`EventBatch`] is built on the producer's thread (each event validated,
-//! framed and hashed there, in parallel), then handed to the sequencer through one bounded
-//! queue. There is one submit path: [`Engine::offer`] queues at once or hands the
-//! submission back as [`Waiting`] when the queue is full; the caller decides whether to wait
-//! for room ([`Waiting::wait`], the back-pressure) or to refuse. [`Engine::submit`] and
+//! The way in: an [`EventBatch`] is built on the producer's thread (each event validated and
+//! framed there, in parallel), then handed to the sequencer through one bounded queue.
+//! There is one submit path: [`Engine::offer`] queues at once or hands the submission back
+//! as [`Waiting`] when the queue is full; the caller decides whether to wait for room
+//! ([`Waiting::wait`], the back-pressure) or to refuse. [`Engine::submit`] and
 //! [`Engine::append`] are that path for callers that may block.
+//!
+//! **Receipt time in index order.** A submission's `received_at` is stamped as it enters the
+//! queue, under one small lock with the enqueue itself, and never below the one before: so
+//! it never decreases in index order (the queue's order is the index order). The leaf
+//! hashes cover the stamp, so they are computed after it, by the producer, right after the
+//! enqueue, on its own thread ([`Leaves`]); the sequencer writes the batch and, while the
+//! kernel syncs it, takes the hashes (the producer is nearly always done by then).
 
-use auditlog_formats::batch::push_entry;
-use auditlog_formats::record::Record;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use auditlog_formats::batch::{push_entry, Entries, ENTRY_PREFIX_BYTES};
+use auditlog_formats::record::{set_received_at, Record};
 use auditlog_formats::schema;
 use auditlog_formats::{Hash, TreeHash};
 use crossbeam_channel::{Sender, TrySendError};
@@ -14,27 +24,92 @@ use crossbeam_channel::{Sender, TrySendError};
 use crate::{now_unix_ns, Done, Engine, EngineError, Receipts, Result, Submitter};
 
 pub(crate) struct Submission {
-    pub body: Vec<u8>,
-    pub leaf_hashes: Vec<Hash>,
+    /// Shared with the producer, which hashes the records after the enqueue; final (the
+    /// receipt time stamped in) before the sequencer sees it.
+    pub body: Arc<Vec<u8>>,
+    pub leaves: Arc<Leaves>,
     pub count: u32,
     pub max_classification: u8,
     pub received_at_unix_ns: u64,
     pub done: Done,
 }
 
+/// A submission's leaf hashes, filled by its producer after the enqueue.
+pub(crate) struct Leaves {
+    slot: Mutex<Option<Vec<Hash>>>,
+    ready: Condvar,
+}
+
+/// How long the sequencer waits for a producer's hashes before it computes them itself (a
+/// producer that died between the enqueue and the hashing).
+const LEAVES_WAIT: Duration = Duration::from_secs(5);
+
+impl Leaves {
+    fn new() -> Arc<Leaves> {
+        Arc::new(Leaves {
+            slot: Mutex::new(None),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn fill(&self, hashes: Vec<Hash>) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(hashes);
+        self.ready.notify_all();
+    }
+
+    /// The hashes of `body`'s records, as the producer computed them (or, if it never
+    /// does, computed here).
+    pub fn take(&self, alg: TreeHash, body: &[u8]) -> Vec<Hash> {
+        let deadline = Instant::now() + LEAVES_WAIT;
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(h) = slot.take() {
+                return h;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(slot);
+                return hash_body(alg, body);
+            }
+            slot = self
+                .ready
+                .wait_timeout(slot, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The leaf hash of every record in a batch body.
+fn hash_body(alg: TreeHash, body: &[u8]) -> Vec<Hash> {
+    Entries::new(body)
+        .map(|r| alg.leaf(r.expect("a body the engine framed")))
+        .collect()
+}
+
+/// The last receipt time stamped: stamps never go below it.
+#[derive(Default)]
+pub(crate) struct Stamps {
+    last: Mutex<u64>,
+}
+
 /// A submission the queue had no room for ([`Engine::offer`]).
 pub struct Waiting {
     tx: Sender<Submission>,
     s: Submission,
+    offsets: Vec<u32>,
     capacity: usize,
 }
 
 impl Waiting {
-    /// Queues it, waiting for room: the back-pressure, on a thread that may block.
+    /// Queues it, waiting for room: the back-pressure, on a thread that may block. (The
+    /// stamp lock is held while it waits: every other producer would meet the same full
+    /// queue.)
     pub fn wait(self, engine: &Engine) -> Result<()> {
-        self.tx
-            .send(self.s)
-            .map_err(|_| EngineError::ShuttingDown)?;
+        let Waiting { tx, s, offsets, .. } = self;
+        engine.enqueue(s, &offsets, |s| {
+            tx.send(s).map_err(|_| EngineError::ShuttingDown)
+        })?;
         engine.answer_if_failed();
         Ok(())
     }
@@ -48,24 +123,24 @@ impl Waiting {
 /// Events on their way in, built on the producer's thread: each `push` validates the
 /// payload, frames its record and hashes its leaf, so the sequencer only orders and writes.
 pub struct EventBatch {
-    alg: TreeHash,
     mode: schema::SchemaMode,
     bytes_max: usize,
-    received_at_unix_ns: u64,
     /// Who the server authenticated for this submission; every record of it carries it.
     submitter: Submitter,
     body: Vec<u8>,
-    leaf_hashes: Vec<Hash>,
+    /// Where each record starts in `body` (after its length prefix): its receipt time is
+    /// stamped there at the enqueue.
+    offsets: Vec<u32>,
     max_classification: u8,
 }
 
 impl EventBatch {
     pub fn len(&self) -> usize {
-        self.leaf_hashes.len()
+        self.offsets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.leaf_hashes.is_empty()
+        self.offsets.is_empty()
     }
 
     pub fn body_bytes(&self) -> usize {
@@ -98,16 +173,17 @@ impl EventBatch {
         }
     }
 
-    /// Validates, frames and hashes one event into the batch; `Some(bytes)`, the size the
-    /// batch would reach, when it does not fit (nothing added).
+    /// Validates and frames one event into the batch (its receipt time comes at the
+    /// enqueue); `Some(bytes)`, the size the batch would reach, when it does not fit
+    /// (nothing added).
     fn put(&mut self, payload: &[u8]) -> Result<Option<usize>> {
-        let position = self.leaf_hashes.len();
+        let position = self.offsets.len();
         let info = schema::validate(payload, self.mode).map_err(|e| EngineError::BadEvent {
             position,
             reason: e.to_string(),
         })?;
         let record = Record {
-            received_at_unix_ns: self.received_at_unix_ns,
+            received_at_unix_ns: 0,
             submitter: Some(self.submitter.as_str()),
             payload,
         };
@@ -117,8 +193,7 @@ impl EventBatch {
         }
         let start = self.body.len();
         push_entry(&mut self.body, &record);
-        self.leaf_hashes
-            .push(self.alg.leaf(&self.body[start + 4..]));
+        self.offsets.push((start + ENTRY_PREFIX_BYTES) as u32);
         self.max_classification = self.max_classification.max(info.classification as u8);
         Ok(None)
     }
@@ -141,13 +216,11 @@ impl Engine {
     pub fn new_batch(&self, submitter: Submitter) -> EventBatch {
         let c = &self.shared.config;
         EventBatch {
-            alg: c.tree_hash,
             mode: c.schema,
             bytes_max: c.submission_bytes_max,
-            received_at_unix_ns: now_unix_ns(),
             submitter,
             body: Vec::new(),
-            leaf_hashes: Vec::new(),
+            offsets: Vec::new(),
             max_classification: 0,
         }
     }
@@ -156,7 +229,7 @@ impl Engine {
         &self,
         batch: EventBatch,
         done: Done,
-    ) -> Result<(Sender<Submission>, Submission)> {
+    ) -> Result<(Sender<Submission>, Submission, Vec<u32>)> {
         if let Some(f) = self.shared.health.failure() {
             return Err(f.error());
         }
@@ -180,14 +253,61 @@ impl Engine {
         Ok((
             tx,
             Submission {
-                count: batch.leaf_hashes.len() as u32,
-                body: batch.body,
-                leaf_hashes: batch.leaf_hashes,
+                count: batch.offsets.len() as u32,
+                body: Arc::new(batch.body),
+                leaves: Leaves::new(),
                 max_classification: batch.max_classification,
-                received_at_unix_ns: batch.received_at_unix_ns,
+                received_at_unix_ns: 0,
                 done,
             },
+            batch.offsets,
         ))
+    }
+
+    /// Stamps the receipt time (never below the last one) into every record and queues the
+    /// submission with `send`, both under the stamp lock, so stamps follow the queue's
+    /// order; then hashes the records on this thread for the sequencer. `send` hands the
+    /// submission back when it did not queue it.
+    fn enqueue<E>(
+        &self,
+        mut s: Submission,
+        offsets: &[u32],
+        send: impl FnOnce(Submission) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let (body, leaves) = {
+            let mut last = self
+                .shared
+                .stamps
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let t = now_unix_ns().max(*last);
+            *last = t;
+            let bytes =
+                Arc::get_mut(&mut s.body).expect("the body is not shared before the enqueue");
+            for &at in offsets {
+                set_received_at(&mut bytes[at as usize..], t);
+            }
+            s.received_at_unix_ns = t;
+            let shared = (s.body.clone(), s.leaves.clone());
+            send(s)?;
+            shared
+        };
+        let alg = self.shared.config.tree_hash;
+        // Record i runs from its offset to the next entry's length prefix (or the end).
+        let ends = offsets
+            .iter()
+            .skip(1)
+            .map(|&n| n as usize - ENTRY_PREFIX_BYTES)
+            .chain([body.len()]);
+        leaves.fill(
+            offsets
+                .iter()
+                .zip(ends)
+                .map(|(&at, end)| alg.leaf(&body[at as usize..end]))
+                .collect(),
+        );
+        Ok(())
     }
 
     /// Queues a batch if the queue has room; with the queue full the submission comes back,
@@ -196,18 +316,28 @@ impl Engine {
     /// `done` runs (on the sequencer thread: keep it short) once the events are durable or
     /// refused; it runs exactly once for every batch queued, never for one handed back.
     pub fn offer(&self, batch: EventBatch, done: Done) -> Result<Option<Waiting>> {
-        let (tx, s) = self.submission(batch, done)?;
-        match tx.try_send(s) {
+        let (tx, s, offsets) = self.submission(batch, done)?;
+        let mut full = None;
+        let queued = self.enqueue(s, &offsets, |s| match tx.try_send(s) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(s)) => {
+                full = Some(s);
+                Err(None)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Some(EngineError::ShuttingDown)),
+        });
+        match queued {
             Ok(()) => {
                 self.answer_if_failed();
                 Ok(None)
             }
-            Err(TrySendError::Full(s)) => Ok(Some(Waiting {
+            Err(Some(e)) => Err(e),
+            Err(None) => Ok(full.map(|s| Waiting {
                 tx,
                 s,
+                offsets,
                 capacity: self.shared.config.queue_submissions_max,
             })),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::ShuttingDown),
         }
     }
 

@@ -85,6 +85,7 @@ impl Supervisor {
             pending: s.pending,
             prealloc_rx,
             seal_tx,
+            leaves: Vec::new(),
         };
         sup.sequencer = Some(spawn(&shared, "auditlog-sequencer", move || seq.run())?);
         sup.queue = Some(submit_tx);

@@ -17,6 +17,15 @@ pub const RECORD_VERSION: u8 = 2;
 pub const RECORD_V1_HEADER_BYTES: usize = 9;
 /// v2's fixed part: version, receipt time, submitter length.
 pub const RECORD_V2_HEADER_BYTES: usize = 11;
+/// Where `received_at_unix_ns` sits in a record of either version (after the version byte).
+pub const RECEIVED_AT_OFFSET: usize = 1;
+
+/// Sets the receipt time of an encoded record (either version) in place.
+pub fn set_received_at(record: &mut [u8], received_at_unix_ns: u64) {
+    record[RECEIVED_AT_OFFSET..RECEIVED_AT_OFFSET + 8]
+        .copy_from_slice(&received_at_unix_ns.to_be_bytes());
+}
+
 /// The smallest header of any version.
 pub const RECORD_HEADER_BYTES: usize = RECORD_V1_HEADER_BYTES;
 /// The tlog-tiles entry-bundle limit on one entry.
