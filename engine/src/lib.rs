@@ -37,6 +37,7 @@ pub mod signer;
 mod store_acks;
 mod submit;
 mod supervisor;
+mod window;
 mod yielding;
 
 use std::path::PathBuf;
@@ -61,6 +62,7 @@ pub use replication::{
 pub use signer::{KeyFileSigner, Signer};
 pub(crate) use submit::Submission;
 pub use submit::{EventBatch, Pushed, Waiting};
+pub use window::Window;
 
 pub use head::{CheckpointListener, Stats, TreeHead, BATCH_EVENTS_BUCKETS, SYNC_BUCKETS_US};
 pub(crate) use shared::Shared;

@@ -28,6 +28,8 @@ use crate::listener::Peer;
 use crate::metrics::{self, HttpCounters};
 use crate::tls::ClientNames;
 
+mod window;
+
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub tokens: Arc<Tokens>,
@@ -340,6 +342,7 @@ pub fn router(st: St) -> Router {
         .route("/v1/events/{index}", get(get_event))
         .route("/v1/checkpoint", get(get_checkpoint))
         .route("/v1/proof/inclusion", get(get_inclusion))
+        .route("/v1/proof/window", get(window::get_window))
         .route("/v1/proof/consistency", get(get_consistency))
         .route("/v1/log", get(get_log))
         .route("/v1/export", get(crate::export::get_export))

@@ -1547,3 +1547,98 @@ fn secret_files_are_private_and_an_open_one_stops_the_start() {
         "the refused start changed the data directory"
     );
 }
+
+/// `GET /v1/proof/window`: the records received in `[since, until)` are one index range,
+/// returned with the records just outside it and their inclusion proofs, which verify
+/// against the checkpoint at that size; bad times, `since > until`, a size past the newest
+/// checkpoint and unknown parameters are refused with 400.
+#[test]
+fn a_time_window_is_an_index_range_with_proven_boundaries() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(dir.path());
+    let (key, alg, _) = d.log();
+    let group = |from: u64| -> Vec<(u64, u64)> {
+        let body: Vec<u8> = (from..from + 10)
+            .flat_map(|i| {
+                let mut e = event(i, 100);
+                e.push(b'\n');
+                e
+            })
+            .collect();
+        let r = d.post("application/x-ndjson", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["receipts"]
+            .as_array()
+            .expect("receipts")
+            .iter()
+            .map(|x| {
+                (
+                    x["index"].as_u64().expect("index"),
+                    x["received_at_unix_ns"].as_u64().expect("time"),
+                )
+            })
+            .collect()
+    };
+    let a = group(0);
+    let b = group(10);
+    let c = group(20);
+    assert!(a[9].1 < b[0].1 && b[9].1 < c[0].1, "groups stamped apart");
+    let size = d.tree_size();
+    let cp = d.checkpoint(size, &key);
+    let r = d.get(
+        &format!(
+            "/v1/proof/window?since={}&until={}&size={}",
+            b[0].1, c[0].1, cp.size
+        ),
+        "auditor",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let w = r.json();
+    assert_eq!(
+        (w["start"].as_u64(), w["end"].as_u64()),
+        (Some(b[0].0), Some(c[0].0)),
+        "{w}"
+    );
+    for (side, want_index) in [("before", a[9].0), ("after", c[0].0)] {
+        let x = &w[side];
+        assert_eq!(x["index"].as_u64(), Some(want_index), "{side}: {x}");
+        use base64::Engine as _;
+        let record = base64::engine::general_purpose::STANDARD
+            .decode(x["record"].as_str().expect("record"))
+            .expect("base64");
+        let leaf = alg.leaf(&record);
+        assert_eq!(
+            Record::parse(&record).expect("record").received_at_unix_ns,
+            x["received_at_unix_ns"].as_u64().expect("time")
+        );
+        let proof: Vec<[u8; 32]> = x["inclusion"]
+            .as_array()
+            .expect("proof")
+            .iter()
+            .map(|h| auditlog_tests::daemon::hex32(h.as_str().expect("hex")))
+            .collect();
+        tree::verify_inclusion(alg, want_index, cp.size, &leaf, &proof, &cp.root)
+            .unwrap_or_else(|e| panic!("{side} boundary proof: {e}"));
+    }
+    let before_t = w["before"]["received_at_unix_ns"].as_u64().expect("t");
+    let after_t = w["after"]["received_at_unix_ns"].as_u64().expect("t");
+    assert!(before_t < b[0].1 && after_t >= c[0].1);
+    // RFC 3339 works too (to the millisecond): a window over everything so far.
+    let r = d.get(
+        "/v1/proof/window?since=2000-01-01T00:00:00Z&until=2200-01-01T00:00:00Z",
+        "auditor",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["start"].as_u64(), Some(0));
+    assert!(r.json()["before"].is_null());
+    for bad in [
+        format!("since={}&until={}", c[0].1, b[0].1),
+        "since=yesterday&until=1".to_string(),
+        format!("since=0&until=1&size={}", cp.size + 1000),
+        "since=0&until=1&actor=x".to_string(),
+        "until=1".to_string(),
+    ] {
+        let r = d.get(&format!("/v1/proof/window?{bad}"), "auditor");
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+}
