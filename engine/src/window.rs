@@ -37,6 +37,19 @@ impl Engine {
         Ok(Window { size, start, end })
     }
 
+    /// One proof for every leaf of `[a, b)` in the tree of `size` (a signed size): the
+    /// hashes of the subtrees outside the range (`tree::verify_range`).
+    pub fn prove_range(&self, a: u64, b: u64, size: u64) -> Result<Vec<auditlog_formats::Hash>> {
+        let signed = self.latest_checkpoint().map_or(0, |c| c.checkpoint.size);
+        if size > signed {
+            return Err(EngineError::BadRequest(format!(
+                "tree size {size} is beyond the newest checkpoint ({signed})"
+            )));
+        }
+        auditlog_formats::tree::prove_range(self.tree_hash(), a, b, size, &self.shared.hashes)?
+            .map_err(|e| EngineError::BadRequest(e.to_string()))
+    }
+
     /// The receipt time of record `index`.
     pub fn received_at(&self, index: u64) -> Result<u64> {
         let rec = self.read_record(index)?;

@@ -668,6 +668,162 @@ impl HashReader for MemoryHashes {
     }
 }
 
+/// The stored hashes a range proof of leaves `[a, b)` in the tree of `size` reads: the
+/// hashes of the subtrees of the RFC 9162 split that lie wholly outside the range, left to
+/// right. With the range's own leaves they give the root: one proof for a whole range
+/// (`root_from_range_proof`), at most about twice the tree's height.
+fn range_proof_nodes_in(lo: u64, hi: u64, a: u64, b: u64, need: &mut Vec<NodeId>) {
+    if b <= lo || hi <= a {
+        subtree_nodes(lo, hi, need);
+        return;
+    }
+    if a <= lo && hi <= b {
+        return;
+    }
+    let (k, _) = split_point(hi - lo);
+    range_proof_nodes_in(lo, lo + k, a, b, need);
+    range_proof_nodes_in(lo + k, hi, a, b, need);
+}
+
+fn range_proof_in<'h>(
+    alg: TreeHash,
+    (lo, hi): (u64, u64),
+    (a, b): (u64, u64),
+    hashes: &'h [Hash],
+    proof: &mut Vec<Hash>,
+) -> &'h [Hash] {
+    if b <= lo || hi <= a {
+        let (h, rest) = subtree_hash(alg, lo, hi, hashes);
+        proof.push(h);
+        return rest;
+    }
+    if a <= lo && hi <= b {
+        return hashes;
+    }
+    let (k, _) = split_point(hi - lo);
+    let rest = range_proof_in(alg, (lo, lo + k), (a, b), hashes, proof);
+    range_proof_in(alg, (lo + k, hi), (a, b), rest, proof)
+}
+
+fn check_range(a: u64, b: u64, size: u64) -> Result<(), ProofError> {
+    if a >= b || b > size {
+        return Err(ProofError::OutOfRange(format!(
+            "range [{a}, {b}) is empty or not in a tree of size {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// The stored hashes a range proof of `[a, b)` in the tree of `size` reads.
+pub fn range_proof_nodes(a: u64, b: u64, size: u64) -> Result<Vec<NodeId>, ProofError> {
+    check_range(a, b, size)?;
+    let mut need = Vec::with_capacity(128);
+    range_proof_nodes_in(0, size, a, b, &mut need);
+    Ok(need)
+}
+
+/// The range proof of leaves `[a, b)` in the tree of `size`, from `reader`'s stored hashes.
+pub fn prove_range<R: HashReader>(
+    alg: TreeHash,
+    a: u64,
+    b: u64,
+    size: u64,
+    reader: &R,
+) -> Result<Result<Vec<Hash>, ProofError>, R::Error> {
+    let need = match range_proof_nodes(a, b, size) {
+        Ok(need) => need,
+        Err(e) => return Ok(Err(e)),
+    };
+    let hashes = reader.read_hashes(&need)?;
+    assert_eq!(
+        hashes.len(),
+        need.len(),
+        "hash reader returned a wrong count"
+    );
+    let mut proof = Vec::with_capacity(need.len());
+    let rest = range_proof_in(alg, (0, size), (a, b), &hashes, &mut proof);
+    assert!(rest.is_empty(), "bad index math in range proof");
+    Ok(Ok(proof))
+}
+
+/// The root of the leaves `leaves` (RFC 9162 MTH).
+fn mth(alg: TreeHash, leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => alg.empty(),
+        1 => leaves[0],
+        n => {
+            let (k, _) = split_point(n as u64);
+            let k = k as usize;
+            alg.node(&mth(alg, &leaves[..k]), &mth(alg, &leaves[k..]))
+        }
+    }
+}
+
+fn run_range(
+    alg: TreeHash,
+    (lo, hi): (u64, u64),
+    (a, b): (u64, u64),
+    leaves: &[Hash],
+    proof: &mut std::slice::Iter<'_, Hash>,
+) -> Option<Hash> {
+    if b <= lo || hi <= a {
+        return proof.next().copied();
+    }
+    if a <= lo && hi <= b {
+        return Some(mth(alg, &leaves[(lo - a) as usize..(hi - a) as usize]));
+    }
+    let (k, _) = split_point(hi - lo);
+    let left = run_range(alg, (lo, lo + k), (a, b), leaves, proof)?;
+    let right = run_range(alg, (lo + k, hi), (a, b), leaves, proof)?;
+    Some(alg.node(&left, &right))
+}
+
+/// The root that the leaf hashes of `[a, b)` and their range proof give for the tree of
+/// `size`: one proof for every leaf of the range.
+pub fn root_from_range_proof(
+    alg: TreeHash,
+    a: u64,
+    b: u64,
+    size: u64,
+    leaves: &[Hash],
+    proof: &[Hash],
+) -> Result<Hash, ProofError> {
+    check_range(a, b, size)?;
+    if leaves.len() as u64 != b - a {
+        return Err(ProofError::OutOfRange(format!(
+            "{} leaf hashes for the range [{a}, {b})",
+            leaves.len()
+        )));
+    }
+    let mut it = proof.iter();
+    let root = run_range(alg, (0, size), (a, b), leaves, &mut it);
+    let want = range_proof_nodes(a, b, size)?.len();
+    match root {
+        Some(r) if it.next().is_none() => Ok(r),
+        _ => Err(ProofError::WrongLength {
+            got: proof.len(),
+            expected: want,
+        }),
+    }
+}
+
+/// Checks that leaves `[a, b)` are exactly `leaves` in the tree of `size` with `root`.
+pub fn verify_range(
+    alg: TreeHash,
+    a: u64,
+    b: u64,
+    size: u64,
+    leaves: &[Hash],
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), ProofError> {
+    if root_from_range_proof(alg, a, b, size, leaves, proof)? == *root {
+        Ok(())
+    } else {
+        Err(ProofError::RootMismatch)
+    }
+}
+
 /// A whole tree in memory: leaves appended, every stored hash kept.
 #[derive(Clone, Debug)]
 pub struct MemoryTree {

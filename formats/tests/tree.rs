@@ -397,3 +397,54 @@ proptest! {
         prop_assert!(verify_consistency(alg, old, size, &t.root_at(old), &root, &c).is_err());
     }
 }
+
+/// Range proofs: for every size up to 40 and every range, the range's leaves with its proof
+/// give the naive root; any one leaf changed, a leaf missing or a proof hash changed, and
+/// they do not.
+#[test]
+fn range_proofs_give_the_root_and_catch_any_change() {
+    let alg = TreeHash::Sha256;
+    for n in 1..=40usize {
+        let all = leaves(alg, n);
+        let t = tree_of(alg, &all);
+        let root = naive_root(alg, &all);
+        for a in 0..n {
+            for b in a + 1..=n {
+                let (a64, b64, n64) = (a as u64, b as u64, n as u64);
+                let proof = prove_range(alg, a64, b64, n64, &t.hashes)
+                    .expect("stored hashes")
+                    .expect("in range");
+                assert!(proof.len() <= 2 * 64, "proof of {} hashes", proof.len());
+                let range = &all[a..b];
+                verify_range(alg, a64, b64, n64, range, &proof, &root)
+                    .unwrap_or_else(|e| panic!("n={n} [{a},{b}): {e}"));
+                // A changed leaf anywhere in the range.
+                let mut bad = range.to_vec();
+                bad[(b - a) / 2][0] ^= 1;
+                assert!(verify_range(alg, a64, b64, n64, &bad, &proof, &root).is_err());
+                // A leaf left out (the range claimed one shorter).
+                if b - a > 1 {
+                    assert!(
+                        verify_range(alg, a64, b64 - 1, n64, &range[..b - a - 1], &proof, &root)
+                            .is_err(),
+                        "n={n} [{a},{b}) shortened"
+                    );
+                }
+                // A proof hash changed, or one too many.
+                if let Some(first) = proof.first() {
+                    let mut p = proof.clone();
+                    p[0] = [first[0] ^ 1; 32];
+                    assert!(verify_range(alg, a64, b64, n64, range, &p, &root).is_err());
+                }
+                let mut longer = proof.clone();
+                longer.push([7; 32]);
+                assert!(verify_range(alg, a64, b64, n64, range, &longer, &root).is_err());
+            }
+        }
+    }
+    assert!(
+        prove_range(alg, 3, 3, 5, &tree_of(alg, &leaves(alg, 5)).hashes)
+            .expect("hashes")
+            .is_err()
+    );
+}

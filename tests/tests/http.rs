@@ -1620,6 +1620,42 @@ fn a_time_window_is_an_index_range_with_proven_boundaries() {
         tree::verify_inclusion(alg, want_index, cp.size, &leaf, &proof, &cp.root)
             .unwrap_or_else(|e| panic!("{side} boundary proof: {e}"));
     }
+    // Every record of the window at once: their leaves and the one range proof give the
+    // checkpoint's root; a record of the range altered does not.
+    let mut range_leaves: Vec<[u8; 32]> = (b[0].0..c[0].0)
+        .map(|i| {
+            let r = d.get(&format!("/v1/events/{i}?format=record"), "auditor");
+            assert_eq!(r.status, 200);
+            alg.leaf(&r.body)
+        })
+        .collect();
+    let range_proof: Vec<[u8; 32]> = w["range_proof"]
+        .as_array()
+        .expect("range proof")
+        .iter()
+        .map(|h| auditlog_tests::daemon::hex32(h.as_str().expect("hex")))
+        .collect();
+    tree::verify_range(
+        alg,
+        b[0].0,
+        c[0].0,
+        cp.size,
+        &range_leaves,
+        &range_proof,
+        &cp.root,
+    )
+    .expect("the window's records are in the checkpointed tree");
+    range_leaves[3][0] ^= 1;
+    assert!(tree::verify_range(
+        alg,
+        b[0].0,
+        c[0].0,
+        cp.size,
+        &range_leaves,
+        &range_proof,
+        &cp.root
+    )
+    .is_err());
     let before_t = w["before"]["received_at_unix_ns"].as_u64().expect("t");
     let after_t = w["after"]["received_at_unix_ns"].as_u64().expect("t");
     assert!(before_t < b[0].1 && after_t >= c[0].1);

@@ -3,7 +3,9 @@
 //! the records just outside it (`start - 1` and `end`, when they exist) and their inclusion
 //! proofs, so a client checks that the range is exactly the window: the record before was
 //! received before `since`, the one after at or after `until`, and `received_at` never
-//! decreases in index order (FORMATS.md §4). Times are RFC 3339 or integer Unix
+//! decreases in index order (FORMATS.md §4). `range_proof` is one proof for the whole range
+//! (the subtrees outside it, `tree::verify_range`): with the range's records it gives the
+//! root, so a client checks every record of the window at once. Times are RFC 3339 or integer Unix
 //! nanoseconds; `since > until`, a malformed time or a size past the newest checkpoint is
 //! 400. Locating the window costs two binary searches: O(log n) record reads.
 
@@ -83,6 +85,20 @@ pub(super) async fn get_window(State(st): State<St>, caller: Caller, q: Params) 
         } else {
             Value::Null
         };
+        // One proof for the whole range: with the range's records it gives the root.
+        let range_proof: Vec<String> = if w.start < w.end {
+            engine
+                .prove_range(w.start, w.end, size)?
+                .iter()
+                .map(|h| {
+                    let mut s = String::with_capacity(64);
+                    auditlog_formats::hash::push_hex(&mut s, h);
+                    s
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(json!({
             "size": size,
             "since_unix_ns": since,
@@ -91,6 +107,7 @@ pub(super) async fn get_window(State(st): State<St>, caller: Caller, q: Params) 
             "end": w.end,
             "before": before,
             "after": after,
+            "range_proof": range_proof,
         }))
     })
     .await?;
