@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{cli, prove, verify_cmd};
+use crate::{cli, prove, search, verify_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,9 @@ enum Command {
     Prove(prove::ProveArgs),
     /// Export events as CEF, JSON lines or CSV from a running daemon.
     Export(ExportArgs),
+    /// Events received in a time window, filtered; with --verify --key, provably every
+    /// matching event of the window (records, boundaries and one range proof checked here).
+    Search(crate::search::SearchArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +91,7 @@ fn run() -> anyhow::Result<()> {
         Command::Checkpoint(a) => cli::checkpoint(&args.conn, &a),
         Command::Prove(a) => prove::prove(&args.conn, &a),
         Command::Export(a) => export(a),
+        Command::Search(a) => search::run(&args.conn, &a),
         Command::Verify(a) => verify_cmd::verify(a),
     }
 }

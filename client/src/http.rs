@@ -356,6 +356,54 @@ impl HttpClient {
         Ok(text)
     }
 
+    /// `GET /v1/proof/window`: the records received in `[since, until)` at `size` as an
+    /// index range, its boundaries and its range proof (JSON, checked by the caller).
+    pub fn window(&self, since_ns: u64, until_ns: u64, size: u64) -> Result<serde_json::Value> {
+        self.get_json(
+            "GET /v1/proof/window",
+            &format!("/v1/proof/window?since={since_ns}&until={until_ns}&size={size}"),
+        )
+    }
+
+    /// `GET /v1/events?start&end&format=record`: the exact record bytes of `[start, end)`,
+    /// in order (asked for in pages of `page` records).
+    pub fn records(&self, start: u64, end: u64, page: u64) -> Result<Vec<Vec<u8>>> {
+        use base64::Engine as _;
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut at = start;
+        while at < end {
+            let stop = (at + page.max(1)).min(end);
+            let what = format!("GET /v1/events?start={at}&end={stop}&format=record");
+            let path = format!("/v1/events?start={at}&end={stop}&format=record");
+            let body = self.finish(&what, self.request("GET", &path).call(), RESPONSE_BYTES_MAX)?;
+            for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                #[derive(serde::Deserialize)]
+                struct Line {
+                    index: u64,
+                    record: String,
+                }
+                let l: Line = serde_json::from_slice(line)
+                    .map_err(|e| HttpError::bad(&what, e.to_string()))?;
+                if l.index != start + out.len() as u64 {
+                    return Err(HttpError::bad(
+                        &what,
+                        format!("record {} out of order", l.index),
+                    ));
+                }
+                out.push(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(l.record)
+                        .map_err(|e| HttpError::bad(&what, e.to_string()))?,
+                );
+            }
+            if out.len() as u64 != stop - start {
+                return Err(HttpError::bad(&what, "fewer records than asked for"));
+            }
+            at = stop;
+        }
+        Ok(out)
+    }
+
     /// `GET /v1/events/{index}?format=record`: the exact record bytes the leaf hash covers.
     pub fn get_record(&self, index: u64) -> Result<Vec<u8>> {
         let what = format!("GET /v1/events/{index}?format=record");

@@ -5,12 +5,13 @@
 pub mod bucket;
 pub mod export;
 pub mod http;
+pub mod search;
 pub mod source;
 pub mod tcp;
 pub mod verify;
 
 #[doc(hidden)]
 pub mod app;
-mod cli;
+pub mod cli;
 mod prove;
 mod verify_cmd;

@@ -1656,6 +1656,7 @@ fn a_time_window_is_an_index_range_with_proven_boundaries() {
         &cp.root
     )
     .is_err());
+    search_verifies_the_window_and_catches_a_lying_server(&d, &key, (b[0].1, c[0].1), &w);
     let before_t = w["before"]["received_at_unix_ns"].as_u64().expect("t");
     let after_t = w["after"]["received_at_unix_ns"].as_u64().expect("t");
     assert!(before_t < b[0].1 && after_t >= c[0].1);
@@ -1677,4 +1678,115 @@ fn a_time_window_is_an_index_range_with_proven_boundaries() {
         let r = d.get(&format!("/v1/proof/window?{bad}"), "auditor");
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
+}
+
+/// `auditlog search --verify` over the window: every matching event, checked; and the
+/// checks refuse an answer that leaves out, adds or alters one event of the window.
+fn search_verifies_the_window_and_catches_a_lying_server(
+    d: &Daemon,
+    key: &auditlog_formats::note::VerifierKey,
+    (since, until): (u64, u64),
+    w: &Value,
+) {
+    use auditlog_client::search::{check_window, WindowAnswer};
+    use base64::Engine as _;
+    let out = auditlog_tests::daemon::client_command()
+        .args(["--url", &d.base, "--token", &d.token("auditor")])
+        .args([
+            "search",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+        ])
+        .args(["--verify", "--key", &key.to_string(), "--actor", "user-13"])
+        .output()
+        .expect("run auditlog search");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["event"]["actor"], "user-13");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("10 records, every one verified"));
+
+    // The same checks, in process, on the honest answer and on lies about it.
+    let (alg, size) = (TreeHash::Sha256, w["size"].as_u64().expect("size"));
+    let (start, end) = (
+        w["start"].as_u64().expect("s"),
+        w["end"].as_u64().expect("e"),
+    );
+    let r = d.get(
+        &format!("/v1/events?start={start}&end={end}&format=record"),
+        "auditor",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let records: Vec<Vec<u8>> = r
+        .text()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("line");
+            base64::engine::general_purpose::STANDARD
+                .decode(v["record"].as_str().expect("record"))
+                .expect("b64")
+        })
+        .collect();
+    let cp = d.checkpoint(size, key);
+    assert_eq!(cp.size, size);
+    let check = |window: &Value, records: &[Vec<u8>]| {
+        check_window(
+            alg,
+            &WindowAnswer {
+                since,
+                until,
+                size,
+                root: cp.root,
+                window,
+                records,
+            },
+        )
+    };
+    check(w, &records).expect("the honest answer verifies");
+    // One event left out.
+    let mut fewer = records.clone();
+    fewer.remove(4);
+    assert!(check(w, &fewer).is_err(), "an event left out");
+    // ... and the range shrunk to match: the record after is then inside the window.
+    let mut shrunk = w.clone();
+    shrunk["end"] = (end - 1).into();
+    shrunk["after"] = json_boundary(d, end - 1, size);
+    let e = check(&shrunk, &records[..records.len() - 1]).expect_err("a shrunk window");
+    assert!(e.to_string().contains("inside the window"), "{e:#}");
+    // One event added (a forged record), or one altered.
+    let mut more = records.clone();
+    more.insert(3, records[3].clone());
+    assert!(check(w, &more).is_err(), "an event added");
+    let mut altered = records.clone();
+    let n = altered[5].len();
+    altered[5][n - 3] ^= 1;
+    let e = check(w, &altered).expect_err("an event altered");
+    assert!(e.to_string().contains("records"), "{e:#}");
+}
+
+/// A boundary as the window endpoint gives it, for record `index` at `size`.
+fn json_boundary(d: &Daemon, index: u64, size: u64) -> Value {
+    use base64::Engine as _;
+    let r = d.get(&format!("/v1/events/{index}?format=record"), "auditor");
+    let rec = r.body.clone();
+    let p = d.get(
+        &format!("/v1/proof/inclusion?index={index}&size={size}"),
+        "auditor",
+    );
+    assert_eq!(p.status, 200, "{}", p.text());
+    serde_json::json!({
+        "index": index,
+        "received_at_unix_ns": Record::parse(&rec).expect("record").received_at_unix_ns,
+        "record": base64::engine::general_purpose::STANDARD.encode(&rec),
+        "inclusion": p.json()["hashes"].clone(),
+    })
 }
