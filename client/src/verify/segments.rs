@@ -1,12 +1,24 @@
 //! Reading the segments in index order into the rebuilt tree: a sealed segment's digest,
 //! header, prior edge, blocks and footer; a pruned segment's leaf hashes from the hash
 //! store; an open segment's batches, up to a torn tail in the last one.
+//!
+//! What a segment's bytes say about themselves (`alone.rs`: digests, checksums, records,
+//! leaf hashes) is checked on worker threads, several segments at once; what needs the
+//! segments before it (where it starts, its prior edge, the hash store's nodes, the
+//! checkpoints' roots, its footer's root and note) is checked here, on the calling thread,
+//! one segment after the other in index order, as its leaves join the tree. The window of
+//! `in_order.rs` keeps at most `threads + 1` segments' leaf hashes in memory (32 bytes a
+//! record), and the first failure in index order is the one reported, as with one thread.
 
-use auditlog_formats::batch::{self, Entries, BATCH_HEADER_BYTES};
+use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicBool;
+
 use auditlog_formats::keyhistory::CheckedHistory;
-use auditlog_formats::segment::{self, SegmentHeader, TRAILER_BYTES};
-use auditlog_formats::Hash;
+use auditlog_formats::segment;
+use auditlog_formats::{Hash, TreeHash};
 
+use super::alone::{self, Hashed, PieceAt};
+use super::in_order::in_order;
 use super::{fail, LogSource, Progress, ReadAt, Rebuild, SegKind, SegRef, Summary, VerifyError};
 
 /// What reading the segments found besides the tree.
@@ -26,12 +38,62 @@ pub(super) struct SegmentReader<'a> {
     pub(super) origin: &'a str,
 }
 
+/// One segment to read: drawn in index order on the calling thread (which opens its file:
+/// a source is read from one thread), run on a worker.
+struct Job<'s> {
+    seg: &'s SegRef,
+    path: String,
+    file: Option<Result<Box<dyn ReadAt + Send>, VerifyError>>,
+    /// The last segment listed: only there can an open segment end in a torn tail.
+    last: bool,
+}
+
+/// A segment read alone, to be added to the tree in index order.
+struct Done<'s> {
+    seg: &'s SegRef,
+    path: String,
+    read: Read,
+}
+
+enum Read {
+    Sealed(Result<(segment::Footer, Hashed), VerifyError>),
+    Open(Result<Hashed, VerifyError>),
+    /// Nothing to read alone: its leaf hashes come from the hash store, in order.
+    Pruned,
+}
+
+impl<'s> Job<'s> {
+    /// The worker's part: everything the segment's bytes say about themselves.
+    fn run(self, alg: TreeHash, stop: &AtomicBool) -> Done<'s> {
+        let Job {
+            seg,
+            path,
+            file,
+            last,
+        } = self;
+        let read = match (seg.kind, file) {
+            (SegKind::Sealed(first, end), Some(f)) => Read::Sealed(
+                f.and_then(|f| alone::sealed(&path, f.as_ref(), (first, end), alg, stop)),
+            ),
+            (SegKind::Open(_), Some(f)) => {
+                Read::Open(f.map(|f| alone::open(&path, f.as_ref(), last, alg, stop)))
+            }
+            (SegKind::Pruned(..), None) => Read::Pruned,
+            (kind, _) => {
+                unreachable!("bad math: a {kind:?} job without its file, or a pruned one with one")
+            }
+        };
+        Done { seg, path, read }
+    }
+}
+
 impl SegmentReader<'_> {
     pub(super) fn read_all(
         &self,
         segs: &[SegRef],
         tree: &mut Rebuild<'_>,
         summary: &mut Summary,
+        threads: NonZeroUsize,
         progress: Progress<'_>,
     ) -> Result<Findings, VerifyError> {
         let mut found = Findings {
@@ -41,63 +103,91 @@ impl SegmentReader<'_> {
         };
         let total_bytes: u64 = segs.iter().map(|s| s.bytes).sum();
         let mut done_bytes = 0u64;
-        for seg in segs {
-            let path = self.src.place(seg);
-            match seg.kind {
-                SegKind::Sealed(first, end) => {
-                    self.sealed(seg, &path, (first, end), tree, &mut found)?;
-                    summary.sealed_segments += 1;
-                }
-                SegKind::Pruned(first, end) => {
-                    self.pruned(&path, (first, end), tree)?;
-                    found.pruned.push(format!("[{first}, {end})"));
-                    summary.pruned_segments += 1;
-                }
-                SegKind::Open(first) => {
-                    let last = std::ptr::eq(seg, segs.last().expect("in the list"));
-                    if let Some(t) = self.open(seg, &path, first, last, tree)? {
-                        summary.warnings.push(format!("{path}: {t}"));
-                        summary.torn_tail = Some(format!("{path}: {t}"));
-                    }
-                    summary.open_segments += 1;
-                }
-            }
-            done_bytes += seg.bytes;
-            progress(done_bytes, total_bytes);
-        }
+        let alg = tree.alg;
+        let jobs = segs
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| self.job(seg, i + 1 == segs.len()));
+        in_order(
+            threads,
+            jobs,
+            |job, stop| job.run(alg, stop),
+            |done| {
+                done_bytes += done.seg.bytes;
+                self.join(done, tree, &mut found, summary)?;
+                progress(done_bytes, total_bytes);
+                Ok(())
+            },
+        )?;
         Ok(found)
     }
 
-    /// A sealed segment: its digest, header and prior edge, every block and record, its
-    /// footer root, and its footer's note if it has one.
+    /// Opens a segment's file for a worker (a pruned segment has none).
+    fn job<'s>(&self, seg: &'s SegRef, last: bool) -> Job<'s> {
+        let file = match seg.kind {
+            SegKind::Sealed(..) => Some(self.src.open_sealed(seg)),
+            SegKind::Open(_) => Some(self.src.open_unsealed(seg)),
+            SegKind::Pruned(..) => None,
+        };
+        Job {
+            seg,
+            path: self.src.place(seg),
+            file,
+            last,
+        }
+    }
+
+    /// Adds one segment, read alone, to the tree: the checks that need the segments
+    /// before it, in the order the sequential verifier makes them.
+    fn join(
+        &self,
+        done: Done<'_>,
+        tree: &mut Rebuild<'_>,
+        found: &mut Findings,
+        summary: &mut Summary,
+    ) -> Result<(), VerifyError> {
+        let path = done.path.as_str();
+        match (done.seg.kind, done.read) {
+            (SegKind::Sealed(first, end), Read::Sealed(read)) => {
+                self.sealed(path, (first, end), read, tree, found)?;
+                summary.sealed_segments += 1;
+            }
+            (SegKind::Pruned(first, end), Read::Pruned) => {
+                self.pruned(path, (first, end), tree)?;
+                found.pruned.push(format!("[{first}, {end})"));
+                summary.pruned_segments += 1;
+            }
+            (SegKind::Open(first), Read::Open(read)) => {
+                if let Some(t) = open(path, first, read, tree)? {
+                    summary.warnings.push(format!("{path}: {t}"));
+                    summary.torn_tail = Some(format!("{path}: {t}"));
+                }
+                summary.open_segments += 1;
+            }
+            (kind, _) => unreachable!("bad math: a {kind:?} segment read as another kind"),
+        }
+        Ok(())
+    }
+
+    /// A sealed segment: where it starts, what its bytes say alone, its prior edge, every
+    /// record's leaf, its footer root, and its footer's note if it has one.
     fn sealed(
         &self,
-        seg: &SegRef,
         path: &str,
         (first, end): (u64, u64),
+        read: Result<(segment::Footer, Hashed), VerifyError>,
         tree: &mut Rebuild<'_>,
         found: &mut Findings,
     ) -> Result<(), VerifyError> {
         starts_where_the_log_ends(path, first, tree)?;
-        let prior_edge = tree.edge.subtree_roots();
-        let f = self.src.open_sealed(seg)?;
-        let (header, footer) = read_sealed(path, f.as_ref())?;
-        if header.first_index != first
-            || header.first_index + header.count != end
-            || header.tree_hash != tree.alg
-        {
-            return fail(
-                path,
-                "header does not match the file name or the log's tree hash",
-            );
-        }
-        if footer.prior_edge != prior_edge {
+        let (footer, hashed) = read?;
+        if footer.prior_edge != tree.edge.subtree_roots() {
             return fail(
                 path,
                 "footer's prior edge differs from the tree built from earlier segments",
             );
         }
-        push_blocks(path, f.as_ref(), &footer, tree)?;
+        push_hashed(path, hashed, tree)?;
         if tree.size() != end || footer.root != tree.edge.root() {
             return fail(
                 path,
@@ -178,22 +268,49 @@ impl SegmentReader<'_> {
         }
         Ok(())
     }
+}
 
-    /// An open segment: every batch and record; a torn tail (returned) only in the last.
-    fn open(
-        &self,
-        seg: &SegRef,
-        path: &str,
-        first: u64,
-        last: bool,
-        tree: &mut Rebuild<'_>,
-    ) -> Result<Option<String>, VerifyError> {
-        starts_where_the_log_ends(path, first, tree)?;
-        let f = self.src.open_unsealed(seg)?;
-        scan_open(path, f.as_ref(), last, &mut |at, h, body| {
-            tree.push_batch(path, at, h, body)
-        })
+/// An open segment: where it starts, then every batch's leaves and what its bytes say
+/// alone; a torn tail (returned) only in the last.
+fn open(
+    path: &str,
+    first: u64,
+    read: Result<Hashed, VerifyError>,
+    tree: &mut Rebuild<'_>,
+) -> Result<Option<String>, VerifyError> {
+    starts_where_the_log_ends(path, first, tree)?;
+    let hashed = read?;
+    push_hashed(path, hashed, tree)
+}
+
+/// Adds a segment's leaves to the tree piece by piece (each batch must start where the log
+/// ends), then returns what ended its reading: the failure after them, or a torn tail.
+fn push_hashed(
+    path: &str,
+    hashed: Hashed,
+    tree: &mut Rebuild<'_>,
+) -> Result<Option<String>, VerifyError> {
+    let mut leaves = hashed.leaves.iter();
+    for piece in &hashed.pieces {
+        if piece.first_index != tree.size() {
+            let PieceAt::Batch(at) = piece.at else {
+                unreachable!("bad math: blocks follow each other from the segment's start");
+            };
+            return fail(
+                path,
+                format!(
+                    "batch at offset {at}: starts at index {}, expected {}: events are missing",
+                    piece.first_index,
+                    tree.size()
+                ),
+            );
+        }
+        for leaf in leaves.by_ref().take(piece.leaves) {
+            tree.push_leaf(*leaf, &|| piece.at.place(path))?;
+        }
     }
+    assert!(leaves.next().is_none(), "bad math: leaves outside pieces");
+    hashed.then
 }
 
 /// A segment must start where the segments before it end.
@@ -212,164 +329,4 @@ fn starts_where_the_log_ends(
         );
     }
     Ok(())
-}
-
-/// Reads a sealed segment's blocks (their checksums checked by `decode_block`) and adds
-/// their records to the tree.
-fn push_blocks(
-    path: &str,
-    f: &dyn ReadAt,
-    footer: &segment::Footer,
-    tree: &mut Rebuild<'_>,
-) -> Result<(), VerifyError> {
-    for (n, b) in footer.blocks.iter().enumerate() {
-        let mut buf = vec![0u8; b.compressed_bytes as usize];
-        f.read_exact_at(&mut buf, b.offset)
-            .or_else(|e| fail(path, format!("block {n}: {e}")))?;
-        let raw =
-            segment::decode_block(n as u32, b, &buf).or_else(|e| fail(path, e.to_string()))?;
-        for rec in Entries::new(&raw) {
-            let rec = rec.or_else(|(p, r)| fail(path, format!("block {n}: record {p}: {r}")))?;
-            tree.push_record(rec, &|| format!("{path}: block {n}"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Called with each valid batch of an open segment: its offset, header and body.
-type OnBatch<'a> = dyn FnMut(u64, &batch::BatchHeader, &[u8]) -> Result<(), VerifyError> + 'a;
-
-/// Scans an open segment's batches (FORMATS.md §6) in pieces: one batch in memory at a
-/// time, never the segment. `on_batch` sees each valid batch's header
-/// with its body. A bad batch is a torn tail (returned, its records not counted) only in
-/// the last open segment and only if zeros follow as the format's rule requires
-/// (`batch::torn_tail_zeros`, with the format's largest batch as the allowance, since the
-/// verifier does not know the configured limit); otherwise it is a failure.
-fn scan_open(
-    path: &str,
-    f: &dyn ReadAt,
-    last: bool,
-    on_batch: &mut OnBatch<'_>,
-) -> Result<Option<String>, VerifyError> {
-    let len = f.len();
-    let mut buf = Vec::new();
-    let mut at = 0u64;
-    let bad = loop {
-        if at + BATCH_HEADER_BYTES as u64 > len {
-            break None;
-        }
-        let mut head = [0u8; BATCH_HEADER_BYTES];
-        f.read_exact_at(&mut head, at)
-            .or_else(|e| fail(path, format!("offset {at}: {e}")))?;
-        if head.iter().all(|&b| b == 0) {
-            break None;
-        }
-        let total = match batch::decode_header(&head) {
-            Ok(h) if at + h.total_bytes() as u64 <= len => h.total_bytes(),
-            Ok(h) => {
-                break Some(format!(
-                    "batch at offset {at}: {} bytes, past the end of the file",
-                    h.total_bytes()
-                ))
-            }
-            Err(e) => break Some(format!("batch at offset {at}: {e}")),
-        };
-        buf.resize(total, 0);
-        f.read_exact_at(&mut buf, at)
-            .or_else(|e| fail(path, format!("offset {at}: {e}")))?;
-        let (h, body) = match batch::decode_batch(&buf) {
-            Ok(x) => x,
-            Err(e) => break Some(format!("batch at offset {at}: {e}")),
-        };
-        on_batch(at, &h, body)?;
-        at += total as u64;
-    };
-    let Some(why) = bad else {
-        // After the last batch the file is zeros: anything else is not the engine's.
-        if let Some(nz) = first_non_zero(path, f, at, len)? {
-            return fail(
-                path,
-                format!("non-zero bytes at offset {nz} after the last batch"),
-            );
-        }
-        return Ok(None);
-    };
-    if !last {
-        return fail(
-            path,
-            format!("{why}, in an open segment that is not the last: damage, not a torn tail"),
-        );
-    }
-    let (from, to) = batch::torn_tail_zeros(at, batch::TORN_TAIL_ALLOWANCE_BYTES_MAX, len);
-    if let Some(nz) = first_non_zero(path, f, from, to)? {
-        return fail(
-            path,
-            format!("{why}; and data follows at offset {nz}: damage, not a torn tail"),
-        );
-    }
-    Ok(Some(format!("{why}: a torn tail (a write a crash interrupted, never acknowledged), its records not counted")))
-}
-
-/// The offset of the first non-zero byte of `f` in `[from, to)`, read in 1 MiB pieces.
-fn first_non_zero(
-    path: &str,
-    f: &dyn ReadAt,
-    from: u64,
-    to: u64,
-) -> Result<Option<u64>, VerifyError> {
-    let mut chunk = vec![0u8; (1 << 20).min(to.saturating_sub(from)) as usize];
-    let mut pos = from;
-    while pos < to {
-        let n = (to - pos).min(chunk.len() as u64) as usize;
-        f.read_exact_at(&mut chunk[..n], pos)
-            .or_else(|e| fail(path, format!("offset {pos}: {e}")))?;
-        if let Some(nz) = chunk[..n].iter().position(|&b| b != 0) {
-            return Ok(Some(pos + nz as u64));
-        }
-        pos += n as u64;
-    }
-    Ok(None)
-}
-
-fn read_sealed(
-    path: &str,
-    f: &dyn ReadAt,
-) -> Result<(SegmentHeader, segment::Footer), VerifyError> {
-    let len = f.len();
-    if len < (segment::HEADER_BYTES + TRAILER_BYTES) as u64 {
-        return fail(path, "too short for a sealed segment");
-    }
-    // The digest over everything but its own 40 bytes, streamed.
-    let mut hasher = blake3::Hasher::new();
-    let covered = len - segment::DIGEST_COVERS_ALL_BUT as u64;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < covered {
-        let n = (covered - at).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], at)
-            .or_else(|e| fail(path, e.to_string()))?;
-        hasher.update(&buf[..n]);
-        at += n as u64;
-    }
-    let mut head = [0u8; segment::HEADER_BYTES];
-    f.read_exact_at(&mut head, 0)
-        .or_else(|e| fail(path, e.to_string()))?;
-    let header = SegmentHeader::decode(&head).or_else(|e| fail(path, e.to_string()))?;
-    let mut tail = [0u8; TRAILER_BYTES];
-    f.read_exact_at(&mut tail, len - TRAILER_BYTES as u64)
-        .or_else(|e| fail(path, e.to_string()))?;
-    let trailer = segment::decode_trailer(len, &tail).or_else(|e| fail(path, e.to_string()))?;
-    let digest: [u8; 32] = hasher.finalize().into();
-    if digest != trailer.digest {
-        return fail(
-            path,
-            "BLAKE3 digest mismatch: the file was changed after sealing",
-        );
-    }
-    let mut fb = vec![0u8; trailer.footer_bytes as usize];
-    f.read_exact_at(&mut fb, trailer.footer_offset)
-        .or_else(|e| fail(path, e.to_string()))?;
-    let footer =
-        segment::decode_footer(&header, &trailer, &fb).or_else(|e| fail(path, e.to_string()))?;
-    Ok((header, footer))
 }
