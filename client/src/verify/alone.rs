@@ -3,8 +3,10 @@
 //!
 //! A sealed segment: its digest, header, trailer and footer, the header against the file's
 //! name and the log's tree hash, then every block's checksum, decompression and records,
-//! each record's leaf hash. An open segment: every batch's checksum and records, each
-//! record's leaf hash, and the torn-tail rule (which looks only at the file). Nothing here
+//! each record's leaf hash. An open segment, in chunks of batches (`OpenChunks` finds where
+//! batches start, so that one open segment keeps several cores busy too): every batch's
+//! checksum and records, each record's leaf hash, and the torn-tail rule (which looks only
+//! at the file). Nothing here
 //! depends on the tree so far; what does (the segment starting where the log ends, the
 //! prior edge, the hash store, checkpoint roots, the footer root) is checked in index order
 //! by `segments.rs` as it adds these leaves to the tree. A worker stops at the first failure
@@ -28,8 +30,17 @@ pub(super) struct Hashed {
     /// Every piece's leaves, back to back.
     pub(super) leaves: Vec<Hash>,
     /// What came after the last leaf: a failure (a bad block, batch or record: it comes
-    /// after those leaves in index order), or for an open segment its torn tail, if any.
-    pub(super) then: Result<Option<String>, VerifyError>,
+    /// after those leaves in index order), or how the segment goes on.
+    pub(super) then: Result<End, VerifyError>,
+}
+
+/// How a piece of a segment read without failure ends.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// The segment ends here, with its torn tail if it has one (only an open segment can).
+    Segment(Option<String>),
+    /// A chunk of an open segment ends at a batch boundary: the next chunk goes on.
+    Chunk,
 }
 
 /// A block or a batch: where it is, the index its first record claims, how many leaves.
@@ -65,7 +76,7 @@ impl Hashed {
             pieces: Vec::new(),
             // A hint from a checked name, capped: a name can claim anything.
             leaves: Vec::with_capacity(leaves_hint.min(1 << 20) as usize),
-            then: Ok(None),
+            then: Ok(End::Segment(None)),
         }
     }
 
@@ -120,7 +131,8 @@ pub(super) fn sealed(
         );
     }
     let mut hashed = Hashed::new(end - first);
-    hashed.then = hash_blocks(path, f, &footer, first, alg, &mut hashed, stop).map(|()| None);
+    hashed.then =
+        hash_blocks(path, f, &footer, first, alg, &mut hashed, stop).map(|()| End::Segment(None));
     Ok((footer, hashed))
 }
 
@@ -153,17 +165,20 @@ fn hash_blocks(
     Ok(())
 }
 
-/// An open segment alone: every batch's records hashed, up to a torn tail (only if `last`,
-/// the last open segment) or a failure, in `then`.
+/// A chunk of an open segment alone: the batches from offset `chunk.from` (where one
+/// starts), their records hashed, up to the boundary `chunk.to` or, for the segment's last
+/// chunk, to its end: a torn tail (only if `last`, the last open segment) or a failure, in
+/// `then`.
 pub(super) fn open(
     path: &str,
     f: &dyn ReadAt,
+    chunk: Chunk,
     last: bool,
     alg: TreeHash,
     stop: &AtomicBool,
 ) -> Hashed {
     let mut hashed = Hashed::new(0);
-    let then = scan_open(path, f, last, &mut |at, h, body| {
+    let then = scan_open(path, f, chunk, last, &mut |at, h, body| {
         if stop.load(Ordering::Relaxed) {
             return Err(stopped(path));
         }
@@ -187,17 +202,23 @@ type OnBatch<'a> = dyn FnMut(u64, &batch::BatchHeader, &[u8]) -> Result<(), Veri
 /// with its body. A bad batch is a torn tail (returned, its records not counted) only in
 /// the last open segment and only if zeros follow as the format's rule requires
 /// (`batch::torn_tail_zeros`, with the format's largest batch as the allowance, since the
-/// verifier does not know the configured limit); otherwise it is a failure.
+/// verifier does not know the configured limit); otherwise it is a failure. A chunk that
+/// is not the segment's last stops at its boundary (`End::Chunk`); what it finds before
+/// is judged as in one scan of the whole segment.
 fn scan_open(
     path: &str,
     f: &dyn ReadAt,
+    chunk: Chunk,
     last: bool,
     on_batch: &mut OnBatch<'_>,
-) -> Result<Option<String>, VerifyError> {
+) -> Result<End, VerifyError> {
     let len = f.len();
     let mut buf = Vec::new();
-    let mut at = 0u64;
+    let mut at = chunk.from;
     let bad = loop {
+        if chunk.to.is_some_and(|to| at >= to) {
+            return Ok(End::Chunk);
+        }
         if at + BATCH_HEADER_BYTES as u64 > len {
             break None;
         }
@@ -235,7 +256,7 @@ fn scan_open(
                 format!("non-zero bytes at offset {nz} after the last batch"),
             );
         }
-        return Ok(None);
+        return Ok(End::Segment(None));
     };
     if !last {
         return fail(
@@ -250,7 +271,98 @@ fn scan_open(
             format!("{why}; and data follows at offset {nz}: damage, not a torn tail"),
         );
     }
-    Ok(Some(format!("{why}: a torn tail (a write a crash interrupted, never acknowledged), its records not counted")))
+    Ok(End::Segment(Some(format!("{why}: a torn tail (a write a crash interrupted, never acknowledged), its records not counted"))))
+}
+
+/// Where a chunk of an open segment starts (a batch, or the file's start), and the batch
+/// boundary it ends at; `None`: the rest of the file, the segment's end judged there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Chunk {
+    pub(super) from: u64,
+    pub(super) to: Option<u64>,
+}
+
+/// Cuts an open segment into chunks at batch boundaries by walking the batch headers (32
+/// bytes a batch, read through a 64 KiB window, checked no further than the format's
+/// header). Where the walk cannot go on (zeros, a header that does not decode or runs past
+/// the file, a read that fails), the last chunk takes the rest: the scan there judges it.
+pub(super) struct OpenChunks {
+    file: Box<dyn ReadAt + Send>,
+    len: u64,
+    /// The batch bytes a chunk spans at least (the last, less).
+    chunk_bytes: u64,
+    at: u64,
+    window: (u64, Vec<u8>),
+    done: bool,
+}
+
+impl OpenChunks {
+    /// Chunks for `threads` threads: two per thread of the file's length (a preallocated
+    /// file is mostly zeros until it fills), between 64 KiB (the work a chunk saves must
+    /// outweigh handing it over) and 8 MiB (so that even a large open segment is shared
+    /// out); with one thread, the whole segment.
+    pub(super) fn new(file: Box<dyn ReadAt + Send>, threads: usize) -> OpenChunks {
+        let len = file.len();
+        let chunk_bytes = match threads {
+            1 => u64::MAX,
+            n => (len / (2 * n as u64)).clamp(64 << 10, 8 << 20),
+        };
+        OpenChunks {
+            file,
+            len,
+            chunk_bytes,
+            at: 0,
+            window: (0, Vec::new()),
+            done: false,
+        }
+    }
+
+    /// The next batch boundary past the batch at `self.at`, if the walk can take it.
+    fn step(&mut self) -> Option<u64> {
+        let at = self.at;
+        if at + BATCH_HEADER_BYTES as u64 > self.len {
+            return None;
+        }
+        let (w_at, w) = &self.window;
+        let held = at >= *w_at && at + BATCH_HEADER_BYTES as u64 <= w_at + w.len() as u64;
+        if !held {
+            let n = (self.len - at).min(64 << 10) as usize;
+            let mut buf = vec![0u8; n];
+            self.file.read_exact_at(&mut buf, at).ok()?;
+            self.window = (at, buf);
+        }
+        let start = (at - self.window.0) as usize;
+        let head = &self.window.1[start..start + BATCH_HEADER_BYTES];
+        if head.iter().all(|&b| b == 0) {
+            return None;
+        }
+        let total = batch::decode_header(head).ok()?.total_bytes() as u64;
+        Some(at + total).filter(|&end| end <= self.len)
+    }
+}
+
+impl Iterator for OpenChunks {
+    type Item = Chunk;
+
+    fn next(&mut self) -> Option<Chunk> {
+        if self.done {
+            return None;
+        }
+        let from = self.at;
+        while self.at - from < self.chunk_bytes {
+            match self.step() {
+                Some(next) => self.at = next,
+                None => {
+                    self.done = true;
+                    return Some(Chunk { from, to: None });
+                }
+            }
+        }
+        Some(Chunk {
+            from,
+            to: Some(self.at),
+        })
+    }
 }
 
 /// The offset of the first non-zero byte of `f` in `[from, to)`, read in 1 MiB pieces.
@@ -315,4 +427,154 @@ fn read_sealed(
     let footer =
         segment::decode_footer(&header, &trailer, &fb).or_else(|e| fail(path, e.to_string()))?;
     Ok((header, footer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auditlog_formats::record::Record;
+
+    /// An open segment's bytes: `batches` batches of 20 records each, then zeros to `len`.
+    fn open_segment(batches: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in 0..batches {
+            let mut body = Vec::new();
+            for i in 0..20u64 {
+                let payload = format!(r#"{{"n":{},"pad":"{}"}}"#, b * 20 + i, "x".repeat(90));
+                batch::push_entry(
+                    &mut body,
+                    &Record {
+                        received_at_unix_ns: 1,
+                        submitter: Some("test"),
+                        payload: payload.as_bytes(),
+                    },
+                );
+            }
+            out.extend_from_slice(&batch::encode_header(b * 20, 20, 0, &body));
+            out.extend_from_slice(&body);
+        }
+        assert!(out.len() <= len);
+        out.resize(len, 0);
+        out
+    }
+
+    /// Every batch's offset in an undamaged open segment.
+    fn batch_starts(bytes: &[u8]) -> Vec<u64> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Ok(h) = batch::decode_header(&bytes[at..]) {
+            out.push(at as u64);
+            at += h.total_bytes();
+        }
+        out
+    }
+
+    /// The chunks of `bytes` for `threads`, each read alone and joined as the in-order
+    /// side does (stopping where the segment ends or fails): the leaves, where each batch
+    /// starts and claims to start, and the end.
+    fn read_in_chunks(bytes: &[u8], threads: usize) -> (Vec<Hash>, Vec<(u64, u64)>, String) {
+        let stop = AtomicBool::new(false);
+        let mut leaves = Vec::new();
+        let mut batches = Vec::new();
+        for chunk in OpenChunks::new(Box::new(bytes.to_vec()), threads) {
+            let h = open("seg", &bytes.to_vec(), chunk, true, TreeHash::Sha256, &stop);
+            leaves.extend(h.leaves);
+            for p in &h.pieces {
+                let PieceAt::Batch(at) = p.at else {
+                    panic!("a block in an open segment")
+                };
+                batches.push((at, p.first_index));
+            }
+            match h.then {
+                Ok(End::Chunk) => assert!(chunk.to.is_some(), "only a middle chunk goes on"),
+                end => return (leaves, batches, format!("{end:?}")),
+            }
+        }
+        panic!("the last chunk ends the segment");
+    }
+
+    /// Chunks start at batches and cover the segment, two per thread of the file's length
+    /// (at least 64 KiB each); one thread reads it whole.
+    #[test]
+    fn open_chunks_cut_at_batch_boundaries() {
+        let bytes = open_segment(400, 1 << 20);
+        let starts = batch_starts(&bytes);
+        let single: Vec<Chunk> = OpenChunks::new(Box::new(bytes.clone()), 1).collect();
+        assert_eq!(single, vec![Chunk { from: 0, to: None }]);
+        for threads in [2, 4, 16] {
+            let chunks: Vec<Chunk> = OpenChunks::new(Box::new(bytes.clone()), threads).collect();
+            let want = (bytes.len() as u64 / (2 * threads as u64)).max(64 << 10);
+            assert!(chunks.len() >= 3, "{threads}: {chunks:?}");
+            assert_eq!(chunks[0].from, 0);
+            assert_eq!(chunks.last().expect("one").to, None);
+            for pair in chunks.windows(2) {
+                let to = pair[0].to.expect("a middle chunk ends at a boundary");
+                assert_eq!(to, pair[1].from);
+                assert!(starts.contains(&to), "{to} is not a batch start");
+                assert!(to - pair[0].from >= want, "{pair:?}");
+            }
+        }
+    }
+
+    /// Read in chunks or whole, an open segment gives the same leaves, batches and end,
+    /// whatever the damage: a bad checksum with batches after it (a torn tail by the
+    /// format's rule: the file ends within the largest batch), a header that does not
+    /// decode, bytes after the last batch, a batch that claims another index.
+    #[test]
+    fn an_open_segment_reads_the_same_in_chunks_as_whole() {
+        let clean = open_segment(400, 1 << 20);
+        let starts = batch_starts(&clean);
+        let mid = starts[starts.len() / 2] as usize;
+        let end = (starts[starts.len() - 1] as usize)
+            + batch::decode_header(&clean[starts[starts.len() - 1] as usize..])
+                .expect("last")
+                .total_bytes();
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let damage: Vec<(&str, Damage)> = vec![
+            ("clean", Box::new(|_| {})),
+            (
+                "bad checksum mid-segment",
+                Box::new(move |b| b[mid + 100] ^= 1),
+            ),
+            ("bad header mid-segment", Box::new(move |b| b[mid] ^= 1)),
+            (
+                "bytes after the last batch",
+                Box::new(move |b| b[end + 5000] = 1),
+            ),
+            (
+                "a batch claims another index",
+                Box::new(move |b| {
+                    let mut h = [0u8; BATCH_HEADER_BYTES];
+                    h.copy_from_slice(&b[mid..mid + BATCH_HEADER_BYTES]);
+                    let header = batch::decode_header(&h).expect("header");
+                    let body = b[mid + BATCH_HEADER_BYTES..mid + header.total_bytes()].to_vec();
+                    let again = batch::encode_header(header.first_index + 1, 20, 0, &body);
+                    b[mid..mid + BATCH_HEADER_BYTES].copy_from_slice(&again);
+                }),
+            ),
+        ];
+        for (name, change) in &damage {
+            let mut bytes = clean.clone();
+            change(&mut bytes);
+            let whole = read_in_chunks(&bytes, 1);
+            for threads in [2, 3, 8] {
+                assert_eq!(
+                    read_in_chunks(&bytes, threads),
+                    whole,
+                    "{name}, {threads} threads"
+                );
+            }
+            match *name {
+                "clean" | "a batch claims another index" => {
+                    assert_eq!(whole.0.len(), 8000, "{name}");
+                    assert_eq!(whole.2, "Ok(Segment(None))", "{name}");
+                }
+                _ => assert!(
+                    whole.0.len() < 8000 || whole.2.starts_with("Err"),
+                    "{name}: {}",
+                    whole.2
+                ),
+            }
+        }
+    }
 }

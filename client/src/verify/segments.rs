@@ -3,12 +3,14 @@
 //! store; an open segment's batches, up to a torn tail in the last one.
 //!
 //! What a segment's bytes say about themselves (`alone.rs`: digests, checksums, records,
-//! leaf hashes) is checked on worker threads, several segments at once; what needs the
-//! segments before it (where it starts, its prior edge, the hash store's nodes, the
+//! leaf hashes) is checked on worker threads, several segments at once, a sealed segment
+//! whole and an open one in chunks of batches; what needs the segments before it (where it
+//! starts, its prior edge, each batch's first index, the hash store's nodes, the
 //! checkpoints' roots, its footer's root and note) is checked here, on the calling thread,
-//! one segment after the other in index order, as its leaves join the tree. The window of
-//! `in_order.rs` keeps at most `threads + 1` segments' leaf hashes in memory (32 bytes a
-//! record), and the first failure in index order is the one reported, as with one thread.
+//! one piece after the other in index order, as its leaves join the tree. The window of
+//! `in_order.rs` keeps at most `threads + 1` pieces' leaf hashes in memory (32 bytes a
+//! record, a segment's at most), and the first failure in index order is the one
+//! reported, as with one thread.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicBool;
@@ -17,7 +19,7 @@ use auditlog_formats::keyhistory::CheckedHistory;
 use auditlog_formats::segment;
 use auditlog_formats::{Hash, TreeHash};
 
-use super::alone::{self, Hashed, PieceAt};
+use super::alone::{self, Chunk, End, Hashed, OpenChunks, PieceAt};
 use super::in_order::in_order;
 use super::{fail, LogSource, Progress, ReadAt, Rebuild, SegKind, SegRef, Summary, VerifyError};
 
@@ -38,17 +40,28 @@ pub(super) struct SegmentReader<'a> {
     pub(super) origin: &'a str,
 }
 
-/// One segment to read: drawn in index order on the calling thread (which opens its file:
-/// a source is read from one thread), run on a worker.
+/// A piece of reading to do: drawn in index order on the calling thread (which opens the
+/// files: a source is read from one thread), run on a worker.
 struct Job<'s> {
     seg: &'s SegRef,
     path: String,
-    file: Option<Result<Box<dyn ReadAt + Send>, VerifyError>>,
-    /// The last segment listed: only there can an open segment end in a torn tail.
-    last: bool,
+    work: Work,
 }
 
-/// A segment read alone, to be added to the tree in index order.
+enum Work {
+    Sealed(Result<Box<dyn ReadAt + Send>, VerifyError>),
+    /// A chunk of an open segment; `last`: the segment is the last listed, the only one
+    /// that can end in a torn tail.
+    Open {
+        file: Result<Box<dyn ReadAt + Send>, VerifyError>,
+        chunk: Chunk,
+        last: bool,
+    },
+    /// Nothing to read alone: its leaf hashes come from the hash store, in order.
+    Pruned,
+}
+
+/// A piece read alone, to be added to the tree in index order.
 struct Done<'s> {
     seg: &'s SegRef,
     path: String,
@@ -57,33 +70,42 @@ struct Done<'s> {
 
 enum Read {
     Sealed(Result<(segment::Footer, Hashed), VerifyError>),
-    Open(Result<Hashed, VerifyError>),
-    /// Nothing to read alone: its leaf hashes come from the hash store, in order.
+    Open {
+        chunk: Chunk,
+        hashed: Result<Hashed, VerifyError>,
+    },
     Pruned,
 }
 
 impl<'s> Job<'s> {
-    /// The worker's part: everything the segment's bytes say about themselves.
+    /// The worker's part: everything the bytes say about themselves.
     fn run(self, alg: TreeHash, stop: &AtomicBool) -> Done<'s> {
-        let Job {
-            seg,
-            path,
-            file,
-            last,
-        } = self;
-        let read = match (seg.kind, file) {
-            (SegKind::Sealed(first, end), Some(f)) => Read::Sealed(
+        let Job { seg, path, work } = self;
+        let read = match (seg.kind, work) {
+            (SegKind::Sealed(first, end), Work::Sealed(f)) => Read::Sealed(
                 f.and_then(|f| alone::sealed(&path, f.as_ref(), (first, end), alg, stop)),
             ),
-            (SegKind::Open(_), Some(f)) => {
-                Read::Open(f.map(|f| alone::open(&path, f.as_ref(), last, alg, stop)))
-            }
-            (SegKind::Pruned(..), None) => Read::Pruned,
-            (kind, _) => {
-                unreachable!("bad math: a {kind:?} job without its file, or a pruned one with one")
-            }
+            (SegKind::Open(_), Work::Open { file, chunk, last }) => Read::Open {
+                chunk,
+                hashed: file.map(|f| alone::open(&path, f.as_ref(), chunk, last, alg, stop)),
+            },
+            (SegKind::Pruned(..), Work::Pruned) => Read::Pruned,
+            (kind, _) => unreachable!("bad math: a {kind:?} segment given another's work"),
         };
         Done { seg, path, read }
+    }
+}
+
+impl Done<'_> {
+    /// The segment's bytes this piece covers, for the progress bar.
+    fn bytes(&self) -> u64 {
+        match &self.read {
+            Read::Open { chunk, .. } => chunk
+                .to
+                .unwrap_or(self.seg.bytes)
+                .saturating_sub(chunk.from),
+            _ => self.seg.bytes,
+        }
     }
 }
 
@@ -103,18 +125,19 @@ impl SegmentReader<'_> {
         };
         let total_bytes: u64 = segs.iter().map(|s| s.bytes).sum();
         let mut done_bytes = 0u64;
+        let mut open_ended = None;
         let alg = tree.alg;
         let jobs = segs
             .iter()
             .enumerate()
-            .map(|(i, seg)| self.job(seg, i + 1 == segs.len()));
+            .flat_map(|(i, seg)| self.jobs(seg, i + 1 == segs.len(), threads));
         in_order(
             threads,
             jobs,
             |job, stop| job.run(alg, stop),
             |done| {
-                done_bytes += done.seg.bytes;
-                self.join(done, tree, &mut found, summary)?;
+                done_bytes += done.bytes();
+                self.join(done, tree, &mut found, summary, &mut open_ended)?;
                 progress(done_bytes, total_bytes);
                 Ok(())
             },
@@ -122,29 +145,49 @@ impl SegmentReader<'_> {
         Ok(found)
     }
 
-    /// Opens a segment's file for a worker (a pruned segment has none).
-    fn job<'s>(&self, seg: &'s SegRef, last: bool) -> Job<'s> {
-        let file = match seg.kind {
-            SegKind::Sealed(..) => Some(self.src.open_sealed(seg)),
-            SegKind::Open(_) => Some(self.src.open_unsealed(seg)),
-            SegKind::Pruned(..) => None,
+    /// The pieces of one segment, opened for the workers: a sealed segment whole, an open
+    /// one in chunks (found as they are drawn), a pruned one with nothing to read alone.
+    fn jobs<'s>(
+        &'s self,
+        seg: &'s SegRef,
+        last: bool,
+        threads: NonZeroUsize,
+    ) -> Box<dyn Iterator<Item = Job<'s>> + 's> {
+        let path = self.src.place(seg);
+        let work = match seg.kind {
+            SegKind::Sealed(..) => Work::Sealed(self.src.open_sealed(seg)),
+            SegKind::Pruned(..) => Work::Pruned,
+            SegKind::Open(_) => {
+                // A file that does not open is one chunk, whose own open names the failure.
+                let chunks: Box<dyn Iterator<Item = Chunk>> = match self.src.open_unsealed(seg) {
+                    Ok(f) => Box::new(OpenChunks::new(f, threads.get())),
+                    Err(_) => Box::new(std::iter::once(Chunk { from: 0, to: None })),
+                };
+                return Box::new(chunks.map(move |chunk| Job {
+                    seg,
+                    path: path.clone(),
+                    work: Work::Open {
+                        file: self.src.open_unsealed(seg),
+                        chunk,
+                        last,
+                    },
+                }));
+            }
         };
-        Job {
-            seg,
-            path: self.src.place(seg),
-            file,
-            last,
-        }
+        Box::new(std::iter::once(Job { seg, path, work }))
     }
 
-    /// Adds one segment, read alone, to the tree: the checks that need the segments
-    /// before it, in the order the sequential verifier makes them.
+    /// Adds one piece, read alone, to the tree: the checks that need the segments before
+    /// it, in the order the sequential verifier makes them. `open_ended` is the first index
+    /// of an open segment that ended before its last chunk (a torn tail): the chunks after
+    /// it are not part of the log.
     fn join(
         &self,
         done: Done<'_>,
         tree: &mut Rebuild<'_>,
         found: &mut Findings,
         summary: &mut Summary,
+        open_ended: &mut Option<u64>,
     ) -> Result<(), VerifyError> {
         let path = done.path.as_str();
         match (done.seg.kind, done.read) {
@@ -157,12 +200,21 @@ impl SegmentReader<'_> {
                 found.pruned.push(format!("[{first}, {end})"));
                 summary.pruned_segments += 1;
             }
-            (SegKind::Open(first), Read::Open(read)) => {
-                if let Some(t) = open(path, first, read, tree)? {
-                    summary.warnings.push(format!("{path}: {t}"));
-                    summary.torn_tail = Some(format!("{path}: {t}"));
+            (SegKind::Open(first), Read::Open { chunk, hashed }) => {
+                if *open_ended == Some(first) {
+                    return Ok(());
                 }
-                summary.open_segments += 1;
+                if chunk.from == 0 {
+                    starts_where_the_log_ends(path, first, tree)?;
+                }
+                if let End::Segment(torn) = push_hashed(path, hashed?, tree)? {
+                    if let Some(t) = torn {
+                        summary.warnings.push(format!("{path}: {t}"));
+                        summary.torn_tail = Some(format!("{path}: {t}"));
+                    }
+                    summary.open_segments += 1;
+                    *open_ended = Some(first);
+                }
             }
             (kind, _) => unreachable!("bad math: a {kind:?} segment read as another kind"),
         }
@@ -270,26 +322,9 @@ impl SegmentReader<'_> {
     }
 }
 
-/// An open segment: where it starts, then every batch's leaves and what its bytes say
-/// alone; a torn tail (returned) only in the last.
-fn open(
-    path: &str,
-    first: u64,
-    read: Result<Hashed, VerifyError>,
-    tree: &mut Rebuild<'_>,
-) -> Result<Option<String>, VerifyError> {
-    starts_where_the_log_ends(path, first, tree)?;
-    let hashed = read?;
-    push_hashed(path, hashed, tree)
-}
-
 /// Adds a segment's leaves to the tree piece by piece (each batch must start where the log
-/// ends), then returns what ended its reading: the failure after them, or a torn tail.
-fn push_hashed(
-    path: &str,
-    hashed: Hashed,
-    tree: &mut Rebuild<'_>,
-) -> Result<Option<String>, VerifyError> {
+/// ends), then returns what ended its reading: the failure after them, or how it ends.
+fn push_hashed(path: &str, hashed: Hashed, tree: &mut Rebuild<'_>) -> Result<End, VerifyError> {
     let mut leaves = hashed.leaves.iter();
     for piece in &hashed.pieces {
         if piece.first_index != tree.size() {
