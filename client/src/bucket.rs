@@ -307,7 +307,7 @@ pub fn verify_bucket(
     policy: &RetentionPolicy,
     progress: Progress<'_>,
 ) -> Result<(Summary, RetentionReport), VerifyError> {
-    let threads = crate::verify::all_cores();
+    let threads = crate::verify::default_threads();
     verify_bucket_pinned(target, history, &Pins::default(), threads, policy, progress)
 }
 

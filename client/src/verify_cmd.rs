@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use crate::bucket::RetentionReport;
-use crate::verify::{all_cores, load_history, DirSource, Pins, Summary, VerifyError};
+use crate::verify::{default_threads, load_history, DirSource, Pins, Summary, VerifyError};
 use anyhow::Context;
 use auditlog_formats::keyhistory::{CheckedHistory, KeyHistory};
 use auditlog_formats::note::{Checkpoint, VerifierKey};
@@ -56,8 +56,8 @@ pub struct VerifyArgs {
     /// counted and reported, never as verified.
     #[arg(long)]
     allow_unsigned_tail: bool,
-    /// Threads reading segments (default: one per core). 1 reads them one after the other;
-    /// the verdict and the first failure named are the same for every count.
+    /// Threads reading segments (default: one per core, up to 8). 1 reads them one after
+    /// the other; the verdict and the first failure named are the same for every count.
     #[arg(long, value_name = "N")]
     threads: Option<NonZeroUsize>,
 }
@@ -183,7 +183,7 @@ fn run(
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<(Result<Summary, VerifyError>, Option<RetentionReport>)> {
     let url = a.dir.to_string_lossy().to_string();
-    let threads = a.threads.unwrap_or_else(all_cores);
+    let threads = a.threads.unwrap_or_else(default_threads);
     if !auditlog_worm::is_url(&url) {
         let src = DirSource::new(&a.dir);
         let result = crate::verify::verify_source(&src, history, pins, threads, progress);
