@@ -76,6 +76,8 @@ pub trait LogSource {
     /// and read on a worker thread.
     fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError>;
     /// An open segment's file, read in pieces (a whole segment is never held in memory).
+    /// Called more than once for one segment: once to find where its batches start, then
+    /// once for each chunk of batches a worker reads (all on the calling thread).
     fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError>;
     /// The stored hashes to compare with the recomputed tree.
     fn hash_levels(&self) -> Result<HashCheck, VerifyError>;
