@@ -12,12 +12,12 @@
 //! segments is `verify/segments.rs`, the hash store's side `verify/hashes.rs`.
 //!
 //! Reading the segments uses every core: a segment's bytes are checked and its records
-//! hashed on worker threads, several segments at once (`verify/alone.rs`), while the
-//! calling thread adds their leaves to the tree in index order and makes every check that
-//! needs the segments before (`verify/segments.rs`), through a window of at most
-//! `threads + 1` segments (`verify/in_order.rs`). The verdict, and the first failure and
-//! how it is named, are the same for every thread count: one thread is the sequential
-//! verifier.
+//! hashed on worker threads, several segments (or chunks of an open segment) at once
+//! (`verify/alone.rs`), while the calling thread adds their leaves to the tree in index
+//! order as they come and makes every check that needs the segments before
+//! (`verify/segments.rs`), through a window that bounds what is read ahead
+//! (`verify/in_order.rs`). The verdict, and the first failure and how it is named, are the
+//! same for every thread count: one thread is the sequential verifier.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -111,9 +111,8 @@ pub fn default_threads() -> NonZeroUsize {
 }
 
 /// The calling thread adds every leaf to the tree (about a fifth of the work, measured on
-/// the footprint corpus), which caps the gain near five times one thread; every thread
-/// more holds one more segment's leaf hashes (20 MB for a 256 MiB segment) for nothing.
-/// `--threads` goes past it.
+/// the footprint corpus), which caps the gain near five times one thread; threads past
+/// that would only wait. `--threads` goes past it.
 pub const THREADS_DEFAULT_MAX: NonZeroUsize = NonZeroUsize::new(8).expect("non-zero");
 
 /// Anything that names where a failure is: a path or an object key.

@@ -22,19 +22,16 @@ use auditlog_formats::{Hash, TreeHash};
 
 use super::{fail, ReadAt, VerifyError};
 
-/// A segment's records as leaf hashes, in the pieces they were read in (a sealed segment's
-/// blocks, an open segment's batches), and what ended the reading.
-#[derive(Debug)]
-pub(super) struct Hashed {
+/// Leaf hashes of consecutive pieces of a segment (a sealed segment's blocks, an open
+/// segment's batches), handed over as they are read.
+#[derive(Debug, Default)]
+pub(super) struct Leaves {
     pub(super) pieces: Vec<Piece>,
     /// Every piece's leaves, back to back.
     pub(super) leaves: Vec<Hash>,
-    /// What came after the last leaf: a failure (a bad block, batch or record: it comes
-    /// after those leaves in index order), or how the segment goes on.
-    pub(super) then: Result<End, VerifyError>,
 }
 
-/// How a piece of a segment read without failure ends.
+/// How a segment, or a chunk of an open segment, read without failure ends.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum End {
     /// The segment ends here, with its torn tail if it has one (only an open segment can).
@@ -70,19 +67,34 @@ impl PieceAt {
     }
 }
 
-impl Hashed {
-    fn new(leaves_hint: u64) -> Hashed {
-        Hashed {
-            pieces: Vec::new(),
-            // A hint from a checked name, capped: a name can claim anything.
-            leaves: Vec::with_capacity(leaves_hint.min(1 << 20) as usize),
-            then: Ok(End::Segment(None)),
+/// Leaves are handed over once this many are read (at the end of a piece), so that the
+/// calling thread adds them to the tree while the rest of the segment is read.
+const LEAVES_PER_HANDOVER: usize = 1024;
+
+/// Collects leaves piece by piece and hands them over.
+struct Handover<'e> {
+    emit: &'e mut dyn FnMut(Leaves),
+    now: Leaves,
+    /// Leaves read so far, handed over or not.
+    read: u64,
+}
+
+impl<'e> Handover<'e> {
+    fn new(emit: &'e mut dyn FnMut(Leaves)) -> Handover<'e> {
+        Handover {
+            emit,
+            now: Leaves::default(),
+            read: 0,
         }
     }
 
-    /// Starts a piece whose first record has index `first_index`.
+    /// Starts a piece whose first record has index `first_index`; hands over what was
+    /// read if that is enough.
     fn start(&mut self, at: PieceAt, first_index: u64) {
-        self.pieces.push(Piece {
+        if self.now.leaves.len() >= LEAVES_PER_HANDOVER {
+            self.flush();
+        }
+        self.now.pieces.push(Piece {
             at,
             first_index,
             leaves: 0,
@@ -91,18 +103,26 @@ impl Hashed {
 
     /// Parses one record of the current piece and keeps its leaf hash.
     fn push_record(&mut self, alg: TreeHash, path: &str, rec: &[u8]) -> Result<(), VerifyError> {
-        let piece = self.pieces.last_mut().expect("a piece was started");
+        let piece = self.now.pieces.last_mut().expect("a piece was started");
         if let Err(e) = Record::parse(rec) {
             let index = piece.first_index + piece.leaves as u64;
             return fail(piece.at.place(path), format!("index {index}: {e}"));
         }
         piece.leaves += 1;
-        self.leaves.push(alg.leaf(rec));
+        self.now.leaves.push(alg.leaf(rec));
+        self.read += 1;
         Ok(())
+    }
+
+    /// Hands over what was read (and not yet handed over).
+    fn flush(&mut self) {
+        if !self.now.pieces.is_empty() {
+            (self.emit)(std::mem::take(&mut self.now));
+        }
     }
 }
 
-/// The run failed elsewhere: this output is never consumed.
+/// The run failed elsewhere: nothing this hands over is looked at.
 fn stopped(path: &str) -> VerifyError {
     VerifyError {
         place: path.to_string(),
@@ -110,16 +130,15 @@ fn stopped(path: &str) -> VerifyError {
     }
 }
 
-/// A sealed segment alone: its bytes (digest, header, trailer, footer), its header against
-/// its name `[first, end)` and the log's tree hash `alg`; then its blocks. A failure before
-/// any record is the error; the footer comes back for the checks against the tree.
-pub(super) fn sealed(
+/// A sealed segment's bytes alone: its digest, header, trailer and footer, and its header
+/// against its name `[first, end)` and the log's tree hash `alg`. The footer comes back
+/// for the blocks and for the checks against the tree.
+pub(super) fn sealed_head(
     path: &str,
     f: &dyn ReadAt,
     (first, end): (u64, u64),
     alg: TreeHash,
-    stop: &AtomicBool,
-) -> Result<(segment::Footer, Hashed), VerifyError> {
+) -> Result<segment::Footer, VerifyError> {
     let (header, footer) = read_sealed(path, f)?;
     if header.first_index != first
         || header.first_index + header.count != end
@@ -130,24 +149,37 @@ pub(super) fn sealed(
             "header does not match the file name or the log's tree hash",
         );
     }
-    let mut hashed = Hashed::new(end - first);
-    hashed.then =
-        hash_blocks(path, f, &footer, first, alg, &mut hashed, stop).map(|()| End::Segment(None));
-    Ok((footer, hashed))
+    Ok(footer)
 }
 
-/// Reads a sealed segment's blocks (their checksums checked by `decode_block`) and hashes
-/// their records.
+/// A sealed segment's blocks (their checksums checked by `decode_block`), their records
+/// hashed and handed to `emit` as they are read; then the end: a failure comes after the
+/// leaves handed over before it.
+pub(super) fn sealed_blocks(
+    path: &str,
+    f: &dyn ReadAt,
+    blocks: &[segment::BlockEntry],
+    first: u64,
+    alg: TreeHash,
+    emit: &mut dyn FnMut(Leaves),
+    stop: &AtomicBool,
+) -> Result<End, VerifyError> {
+    let mut out = Handover::new(emit);
+    let end = hash_blocks(path, f, blocks, first, alg, &mut out, stop);
+    out.flush();
+    end.map(|()| End::Segment(None))
+}
+
 fn hash_blocks(
     path: &str,
     f: &dyn ReadAt,
-    footer: &segment::Footer,
+    blocks: &[segment::BlockEntry],
     first: u64,
     alg: TreeHash,
-    hashed: &mut Hashed,
+    out: &mut Handover<'_>,
     stop: &AtomicBool,
 ) -> Result<(), VerifyError> {
-    for (n, b) in footer.blocks.iter().enumerate() {
+    for (n, b) in blocks.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
             return Err(stopped(path));
         }
@@ -156,42 +188,43 @@ fn hash_blocks(
             .or_else(|e| fail(path, format!("block {n}: {e}")))?;
         let raw =
             segment::decode_block(n as u32, b, &buf).or_else(|e| fail(path, e.to_string()))?;
-        hashed.start(PieceAt::Block(n as u32), first + hashed.leaves.len() as u64);
+        out.start(PieceAt::Block(n as u32), first + out.read);
         for rec in Entries::new(&raw) {
             let rec = rec.or_else(|(p, r)| fail(path, format!("block {n}: record {p}: {r}")))?;
-            hashed.push_record(alg, path, rec)?;
+            out.push_record(alg, path, rec)?;
         }
     }
     Ok(())
 }
 
 /// A chunk of an open segment alone: the batches from offset `chunk.from` (where one
-/// starts), their records hashed, up to the boundary `chunk.to` or, for the segment's last
-/// chunk, to its end: a torn tail (only if `last`, the last open segment) or a failure, in
-/// `then`.
+/// starts), their records hashed and handed to `emit` as they are read, up to the boundary
+/// `chunk.to` or, for the segment's last chunk, to its end: a torn tail (only if `last`,
+/// the last open segment) or a failure, after the leaves handed over before it.
 pub(super) fn open(
     path: &str,
     f: &dyn ReadAt,
     chunk: Chunk,
     last: bool,
     alg: TreeHash,
+    emit: &mut dyn FnMut(Leaves),
     stop: &AtomicBool,
-) -> Hashed {
-    let mut hashed = Hashed::new(0);
-    let then = scan_open(path, f, chunk, last, &mut |at, h, body| {
+) -> Result<End, VerifyError> {
+    let mut out = Handover::new(emit);
+    let end = scan_open(path, f, chunk, last, &mut |at, h, body| {
         if stop.load(Ordering::Relaxed) {
             return Err(stopped(path));
         }
-        hashed.start(PieceAt::Batch(at), h.first_index);
+        out.start(PieceAt::Batch(at), h.first_index);
         for rec in Entries::new(body) {
             let rec =
                 rec.or_else(|(p, r)| fail(path, format!("batch at offset {at}: record {p}: {r}")))?;
-            hashed.push_record(alg, path, rec)?;
+            out.push_record(alg, path, rec)?;
         }
         Ok(())
     });
-    hashed.then = then;
-    hashed
+    out.flush();
+    end
 }
 
 /// Called with each valid batch of an open segment: its offset, header and body.
@@ -476,16 +509,26 @@ mod tests {
         let stop = AtomicBool::new(false);
         let mut leaves = Vec::new();
         let mut batches = Vec::new();
+        let file = bytes.to_vec();
         for chunk in OpenChunks::new(Box::new(bytes.to_vec()), threads) {
-            let h = open("seg", &bytes.to_vec(), chunk, true, TreeHash::Sha256, &stop);
-            leaves.extend(h.leaves);
-            for p in &h.pieces {
-                let PieceAt::Batch(at) = p.at else {
-                    panic!("a block in an open segment")
-                };
-                batches.push((at, p.first_index));
-            }
-            match h.then {
+            let mut emit = |part: Leaves| {
+                leaves.extend(part.leaves);
+                for p in &part.pieces {
+                    let PieceAt::Batch(at) = p.at else {
+                        panic!("a block in an open segment")
+                    };
+                    batches.push((at, p.first_index));
+                }
+            };
+            match open(
+                "seg",
+                &file,
+                chunk,
+                true,
+                TreeHash::Sha256,
+                &mut emit,
+                &stop,
+            ) {
                 Ok(End::Chunk) => assert!(chunk.to.is_some(), "only a middle chunk goes on"),
                 end => return (leaves, batches, format!("{end:?}")),
             }

@@ -7,10 +7,10 @@
 //! whole and an open one in chunks of batches; what needs the segments before it (where it
 //! starts, its prior edge, each batch's first index, the hash store's nodes, the
 //! checkpoints' roots, its footer's root and note) is checked here, on the calling thread,
-//! one piece after the other in index order, as its leaves join the tree. The window of
-//! `in_order.rs` keeps at most `threads + 1` pieces' leaf hashes in memory (32 bytes a
-//! record, a segment's at most), and the first failure in index order is the one
-//! reported, as with one thread.
+//! one piece after the other in index order, as its leaves join the tree, while the worker
+//! reading that piece goes on. The window of `in_order.rs` bounds what is read ahead
+//! (`WAITING_BYTES_MAX` of leaf hashes, 32 bytes a record), and the first failure in index
+//! order is the one reported, as with one thread.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicBool;
@@ -19,8 +19,8 @@ use auditlog_formats::keyhistory::CheckedHistory;
 use auditlog_formats::segment;
 use auditlog_formats::{Hash, TreeHash};
 
-use super::alone::{self, Chunk, End, Hashed, OpenChunks, PieceAt};
-use super::in_order::in_order;
+use super::alone::{self, Chunk, End, Leaves, OpenChunks, PieceAt};
+use super::in_order::{in_order, Window};
 use super::{fail, LogSource, Progress, ReadAt, Rebuild, SegKind, SegRef, Summary, VerifyError};
 
 /// What reading the segments found besides the tree.
@@ -61,52 +61,98 @@ enum Work {
     Pruned,
 }
 
-/// A piece read alone, to be added to the tree in index order.
-struct Done<'s> {
-    seg: &'s SegRef,
-    path: String,
-    read: Read,
+/// What a worker hands over, in order: a sealed segment's head, its leaves as its blocks
+/// are read, its end; a chunk of an open segment's start, its leaves as its batches are
+/// read, its end; a pruned segment.
+enum Part<'s> {
+    /// A sealed segment's bytes checked alone (digest, header, footer; the footer without
+    /// its block index), or what failed there.
+    Sealed(&'s SegRef, Result<segment::Footer, VerifyError>),
+    /// A chunk of an open segment begins.
+    Chunk(&'s SegRef, Chunk),
+    Pruned(&'s SegRef),
+    Leaves(Leaves),
+    /// What ended the reading of the segment or chunk begun last.
+    End(Result<End, VerifyError>),
 }
 
-enum Read {
-    Sealed(Result<(segment::Footer, Hashed), VerifyError>),
-    Open {
-        chunk: Chunk,
-        hashed: Result<Hashed, VerifyError>,
-    },
-    Pruned,
-}
-
-impl<'s> Job<'s> {
-    /// The worker's part: everything the bytes say about themselves.
-    fn run(self, alg: TreeHash, stop: &AtomicBool) -> Done<'s> {
-        let Job { seg, path, work } = self;
-        let read = match (seg.kind, work) {
-            (SegKind::Sealed(first, end), Work::Sealed(f)) => Read::Sealed(
-                f.and_then(|f| alone::sealed(&path, f.as_ref(), (first, end), alg, stop)),
-            ),
-            (SegKind::Open(_), Work::Open { file, chunk, last }) => Read::Open {
-                chunk,
-                hashed: file.map(|f| alone::open(&path, f.as_ref(), chunk, last, alg, stop)),
-            },
-            (SegKind::Pruned(..), Work::Pruned) => Read::Pruned,
-            (kind, _) => unreachable!("bad math: a {kind:?} segment given another's work"),
-        };
-        Done { seg, path, read }
-    }
-}
-
-impl Done<'_> {
-    /// The segment's bytes this piece covers, for the progress bar.
-    fn bytes(&self) -> u64 {
-        match &self.read {
-            Read::Open { chunk, .. } => chunk
-                .to
-                .unwrap_or(self.seg.bytes)
-                .saturating_sub(chunk.from),
-            _ => self.seg.bytes,
+impl Part<'_> {
+    /// What keeping it costs, roughly: its leaf hashes.
+    fn weight(&self) -> usize {
+        match self {
+            Part::Leaves(l) => {
+                l.leaves.len() * std::mem::size_of::<Hash>()
+                    + l.pieces.len() * std::mem::size_of::<alone::Piece>()
+            }
+            Part::Sealed(_, Ok(footer)) => {
+                footer.checkpoint_note.len() + footer.prior_edge.len() * std::mem::size_of::<Hash>()
+            }
+            _ => 64,
         }
     }
+}
+
+/// Leaf hashes read ahead of the calling thread wait up to this much (those of two million
+/// records; a default 256 MiB segment holds about 650,000): the rest of the window waits.
+const WAITING_BYTES_MAX: usize = 64 << 20;
+
+impl<'s> Job<'s> {
+    /// The worker's part: everything the bytes say about themselves, handed over as it
+    /// is read.
+    fn run(self, alg: TreeHash, emit: &mut dyn FnMut(Part<'s>), stop: &AtomicBool) {
+        let Job { seg, path, work } = self;
+        match (seg.kind, work) {
+            (SegKind::Sealed(first, end), Work::Sealed(file)) => {
+                let head = file.and_then(|f| {
+                    alone::sealed_head(&path, f.as_ref(), (first, end), alg).map(|h| (f, h))
+                });
+                let (f, mut footer) = match head {
+                    Ok(x) => x,
+                    Err(e) => return emit(Part::Sealed(seg, Err(e))),
+                };
+                let blocks = std::mem::take(&mut footer.blocks);
+                emit(Part::Sealed(seg, Ok(footer)));
+                let mut leaves = |l| emit(Part::Leaves(l));
+                let end =
+                    alone::sealed_blocks(&path, f.as_ref(), &blocks, first, alg, &mut leaves, stop);
+                emit(Part::End(end));
+            }
+            (SegKind::Open(_), Work::Open { file, chunk, last }) => {
+                emit(Part::Chunk(seg, chunk));
+                let end = file.and_then(|f| {
+                    let mut leaves = |l| emit(Part::Leaves(l));
+                    alone::open(&path, f.as_ref(), chunk, last, alg, &mut leaves, stop)
+                });
+                emit(Part::End(end));
+            }
+            (SegKind::Pruned(..), Work::Pruned) => emit(Part::Pruned(seg)),
+            (kind, _) => unreachable!("bad math: a {kind:?} segment given another's work"),
+        }
+    }
+}
+
+/// The calling thread's side of reading: what was found, and which segment or chunk the
+/// parts coming now belong to.
+struct Joining<'s> {
+    found: Findings,
+    now: Option<Now<'s>>,
+    /// The first index of an open segment that ended before its last chunk (a torn tail):
+    /// the chunks after it are not part of the log.
+    open_ended: Option<u64>,
+    /// Bytes of the segments read, for the progress bar.
+    done_bytes: u64,
+}
+
+/// The segment or chunk being added to the tree.
+struct Now<'s> {
+    seg: &'s SegRef,
+    path: String,
+    /// A sealed segment's footer, for its end: its root and note.
+    footer: Option<segment::Footer>,
+    /// The segment's bytes it covers.
+    bytes: u64,
+    /// A chunk after the end of its open segment: read, and left out.
+    skip: bool,
 }
 
 impl SegmentReader<'_> {
@@ -118,31 +164,41 @@ impl SegmentReader<'_> {
         threads: NonZeroUsize,
         progress: Progress<'_>,
     ) -> Result<Findings, VerifyError> {
-        let mut found = Findings {
-            signed: tree.checkpoints.last().map(|c| (c.size, c.root)),
-            unsigned_footers: Vec::new(),
-            pruned: Vec::new(),
+        let mut joining = Joining {
+            found: Findings {
+                signed: tree.checkpoints.last().map(|c| (c.size, c.root)),
+                unsigned_footers: Vec::new(),
+                pruned: Vec::new(),
+            },
+            now: None,
+            open_ended: None,
+            done_bytes: 0,
         };
         let total_bytes: u64 = segs.iter().map(|s| s.bytes).sum();
-        let mut done_bytes = 0u64;
-        let mut open_ended = None;
         let alg = tree.alg;
         let jobs = segs
             .iter()
             .enumerate()
             .flat_map(|(i, seg)| self.jobs(seg, i + 1 == segs.len(), threads));
-        in_order(
+        let window = Window {
             threads,
+            waiting_bytes_max: WAITING_BYTES_MAX,
+        };
+        in_order(
+            window,
             jobs,
-            |job, stop| job.run(alg, stop),
-            |done| {
-                done_bytes += done.bytes();
-                self.join(done, tree, &mut found, summary, &mut open_ended)?;
-                progress(done_bytes, total_bytes);
+            |job, emit, stop| job.run(alg, emit, stop),
+            Part::weight,
+            |part| {
+                let ends = matches!(part, Part::End(_) | Part::Pruned(_));
+                self.join(part, tree, &mut joining, summary)?;
+                if ends {
+                    progress(joining.done_bytes, total_bytes);
+                }
                 Ok(())
             },
         )?;
-        Ok(found)
+        Ok(joining.found)
     }
 
     /// The pieces of one segment, opened for the workers: a sealed segment whole, an open
@@ -177,79 +233,124 @@ impl SegmentReader<'_> {
         Box::new(std::iter::once(Job { seg, path, work }))
     }
 
-    /// Adds one piece, read alone, to the tree: the checks that need the segments before
-    /// it, in the order the sequential verifier makes them. `open_ended` is the first index
-    /// of an open segment that ended before its last chunk (a torn tail): the chunks after
-    /// it are not part of the log.
-    fn join(
+    /// Adds what a worker handed over to the tree, with the checks that need the segments
+    /// before it, in the order the sequential verifier makes them: where a segment starts,
+    /// what its bytes say alone, its prior edge (sealed); each batch's first index (open)
+    /// and every leaf; then what ended it, and a sealed segment's footer root and note.
+    fn join<'s>(
         &self,
-        done: Done<'_>,
+        part: Part<'s>,
         tree: &mut Rebuild<'_>,
-        found: &mut Findings,
+        j: &mut Joining<'s>,
         summary: &mut Summary,
-        open_ended: &mut Option<u64>,
     ) -> Result<(), VerifyError> {
-        let path = done.path.as_str();
-        match (done.seg.kind, done.read) {
-            (SegKind::Sealed(first, end), Read::Sealed(read)) => {
-                self.sealed(path, (first, end), read, tree, found)?;
-                summary.sealed_segments += 1;
+        match part {
+            Part::Sealed(seg, head) => {
+                let SegKind::Sealed(first, _) = seg.kind else {
+                    unreachable!("bad math: {seg:?} read as sealed");
+                };
+                let path = self.src.place(seg);
+                starts_where_the_log_ends(&path, first, tree)?;
+                let footer = head?;
+                if footer.prior_edge != tree.edge.subtree_roots() {
+                    return fail(
+                        &path,
+                        "footer's prior edge differs from the tree built from earlier segments",
+                    );
+                }
+                j.now = Some(Now {
+                    seg,
+                    path,
+                    footer: Some(footer),
+                    bytes: seg.bytes,
+                    skip: false,
+                });
             }
-            (SegKind::Pruned(first, end), Read::Pruned) => {
-                self.pruned(path, (first, end), tree)?;
-                found.pruned.push(format!("[{first}, {end})"));
+            Part::Chunk(seg, chunk) => {
+                let SegKind::Open(first) = seg.kind else {
+                    unreachable!("bad math: {seg:?} read as open");
+                };
+                let now = Now {
+                    seg,
+                    path: self.src.place(seg),
+                    footer: None,
+                    bytes: chunk.to.unwrap_or(seg.bytes).saturating_sub(chunk.from),
+                    skip: j.open_ended == Some(first),
+                };
+                if chunk.from == 0 && !now.skip {
+                    starts_where_the_log_ends(&now.path, first, tree)?;
+                }
+                j.now = Some(now);
+            }
+            Part::Leaves(leaves) => {
+                let now = j
+                    .now
+                    .as_ref()
+                    .expect("leaves come after their segment's start");
+                if !now.skip {
+                    push_leaves(&now.path, leaves, tree)?;
+                }
+            }
+            Part::End(end) => {
+                let now = j
+                    .now
+                    .take()
+                    .expect("an end comes after its segment's start");
+                j.done_bytes += now.bytes;
+                if !now.skip {
+                    self.end(now, end?, tree, j, summary)?;
+                }
+            }
+            Part::Pruned(seg) => {
+                let SegKind::Pruned(first, end) = seg.kind else {
+                    unreachable!("bad math: {seg:?} read as pruned");
+                };
+                self.pruned(&self.src.place(seg), (first, end), tree)?;
+                j.found.pruned.push(format!("[{first}, {end})"));
                 summary.pruned_segments += 1;
+                j.done_bytes += seg.bytes;
             }
-            (SegKind::Open(first), Read::Open { chunk, hashed }) => {
-                if *open_ended == Some(first) {
-                    return Ok(());
-                }
-                if chunk.from == 0 {
-                    starts_where_the_log_ends(path, first, tree)?;
-                }
-                if let End::Segment(torn) = push_hashed(path, hashed?, tree)? {
-                    if let Some(t) = torn {
-                        summary.warnings.push(format!("{path}: {t}"));
-                        summary.torn_tail = Some(format!("{path}: {t}"));
-                    }
-                    summary.open_segments += 1;
-                    *open_ended = Some(first);
-                }
-            }
-            (kind, _) => unreachable!("bad math: a {kind:?} segment read as another kind"),
         }
         Ok(())
     }
 
-    /// A sealed segment: where it starts, what its bytes say alone, its prior edge, every
-    /// record's leaf, its footer root, and its footer's note if it has one.
-    fn sealed(
+    /// A segment or chunk read to its end without failure: a sealed segment's footer root
+    /// and note; an open segment's torn tail, if it ended there.
+    fn end<'s>(
         &self,
-        path: &str,
-        (first, end): (u64, u64),
-        read: Result<(segment::Footer, Hashed), VerifyError>,
+        now: Now<'s>,
+        end: End,
         tree: &mut Rebuild<'_>,
-        found: &mut Findings,
+        j: &mut Joining<'s>,
+        summary: &mut Summary,
     ) -> Result<(), VerifyError> {
-        starts_where_the_log_ends(path, first, tree)?;
-        let (footer, hashed) = read?;
-        if footer.prior_edge != tree.edge.subtree_roots() {
-            return fail(
-                path,
-                "footer's prior edge differs from the tree built from earlier segments",
-            );
+        let path = now.path.as_str();
+        match (now.seg.kind, now.footer, end) {
+            (SegKind::Sealed(_, last), Some(footer), End::Segment(None)) => {
+                if tree.size() != last || footer.root != tree.edge.root() {
+                    return fail(
+                        path,
+                        format!(
+                            "footer root {} is not the root of the records at size {last}",
+                            hex::encode(footer.root)
+                        ),
+                    );
+                }
+                self.footer_note(path, last, &footer, &mut j.found)?;
+                summary.sealed_segments += 1;
+            }
+            (SegKind::Open(_), None, End::Chunk) => {}
+            (SegKind::Open(first), None, End::Segment(torn)) => {
+                if let Some(t) = torn {
+                    summary.warnings.push(format!("{path}: {t}"));
+                    summary.torn_tail = Some(format!("{path}: {t}"));
+                }
+                summary.open_segments += 1;
+                j.open_ended = Some(first);
+            }
+            (kind, _, end) => unreachable!("bad math: a {kind:?} segment ending as {end:?}"),
         }
-        push_hashed(path, hashed, tree)?;
-        if tree.size() != end || footer.root != tree.edge.root() {
-            return fail(
-                path,
-                format!(
-                    "footer root {} is not the root of the records at size {end}",
-                    hex::encode(footer.root)
-                ),
-            );
-        }
-        self.footer_note(path, end, &footer, found)
+        Ok(())
     }
 
     /// A footer sealed while the signer was down has no note: a checkpoint at or past its
@@ -322,11 +423,10 @@ impl SegmentReader<'_> {
     }
 }
 
-/// Adds a segment's leaves to the tree piece by piece (each batch must start where the log
-/// ends), then returns what ended its reading: the failure after them, or how it ends.
-fn push_hashed(path: &str, hashed: Hashed, tree: &mut Rebuild<'_>) -> Result<End, VerifyError> {
-    let mut leaves = hashed.leaves.iter();
-    for piece in &hashed.pieces {
+/// Adds leaves to the tree piece by piece (each batch must start where the log ends).
+fn push_leaves(path: &str, part: Leaves, tree: &mut Rebuild<'_>) -> Result<(), VerifyError> {
+    let mut leaves = part.leaves.iter();
+    for piece in &part.pieces {
         if piece.first_index != tree.size() {
             let PieceAt::Batch(at) = piece.at else {
                 unreachable!("bad math: blocks follow each other from the segment's start");
@@ -345,7 +445,7 @@ fn push_hashed(path: &str, hashed: Hashed, tree: &mut Rebuild<'_>) -> Result<End
         }
     }
     assert!(leaves.next().is_none(), "bad math: leaves outside pieces");
-    hashed.then
+    Ok(())
 }
 
 /// A segment must start where the segments before it end.
