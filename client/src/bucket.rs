@@ -119,7 +119,7 @@ impl LogSource for BucketSource {
         self.at(&format!("segments/{}", seg.name))
     }
 
-    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
+    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError> {
         let key = format!("segments/{}", seg.name);
         // Streamed: ranged GETs through one window, never the whole object at once.
         let object = RangedObject {
@@ -138,7 +138,7 @@ impl LogSource for BucketSource {
         Ok(Box::new(object))
     }
 
-    fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
+    fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError> {
         let SegKind::Open(first) = seg.kind else {
             return fail(self.place(seg), "not an open segment");
         };
@@ -453,19 +453,21 @@ pub fn verify_bucket(
     policy: &RetentionPolicy,
     progress: Progress<'_>,
 ) -> Result<(Summary, RetentionReport), VerifyError> {
-    verify_bucket_pinned(target, history, &Pins::default(), policy, progress)
+    let threads = crate::verify::default_threads();
+    verify_bucket_pinned(target, history, &Pins::default(), threads, policy, progress)
 }
 
-/// `verify_bucket` under `pins` as well.
+/// `verify_bucket` under `pins` as well, reading segments on `threads` threads.
 pub fn verify_bucket_pinned(
     target: Arc<dyn WormTarget>,
     history: &CheckedHistory,
     pins: &Pins,
+    threads: std::num::NonZeroUsize,
     policy: &RetentionPolicy,
     progress: Progress<'_>,
 ) -> Result<(Summary, RetentionReport), VerifyError> {
     let src = BucketSource::new(target.clone());
-    let summary = verify_source(&src, history, pins, progress)?;
+    let summary = verify_source(&src, history, pins, threads, progress)?;
     let mut report = RetentionReport::default();
     for s in src.sealed.borrow().iter() {
         let want = policy.retain_until(s.sealed_at_unix_s, s.max_classification);

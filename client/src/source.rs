@@ -72,9 +72,13 @@ pub trait LogSource {
     /// Segments in index order (see [`order_segments`]).
     fn segments(&self) -> Result<Vec<SegRef>, VerifyError>;
     fn place(&self, seg: &SegRef) -> String;
-    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError>;
+    /// A sealed segment's file. Opened on the verifier's calling thread, in index order,
+    /// and read on a worker thread.
+    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError>;
     /// An open segment's file, read in pieces (a whole segment is never held in memory).
-    fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError>;
+    /// Called more than once for one segment: once to find where its batches start, then
+    /// once for each chunk of batches a worker reads (all on the calling thread).
+    fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError>;
     /// The stored hashes to compare with the recomputed tree.
     fn hash_levels(&self) -> Result<HashCheck, VerifyError>;
     fn hashes_place(&self) -> String;
@@ -251,14 +255,14 @@ impl LogSource for DirSource {
             .to_string()
     }
 
-    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
+    fn open_sealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError> {
         let p = self.place(seg);
         let f = File::open(&p).or_else(|e| fail(&p, format!("open: {e}")))?;
         let len = f.metadata().or_else(|e| fail(&p, e.to_string()))?.len();
         Ok(Box::new(FileAt(f, len)))
     }
 
-    fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt>, VerifyError> {
+    fn open_unsealed(&self, seg: &SegRef) -> Result<Box<dyn ReadAt + Send>, VerifyError> {
         self.open_sealed(seg)
     }
 

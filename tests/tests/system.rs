@@ -195,17 +195,12 @@ fn batch_at(path: &Path, n: usize) -> (usize, usize) {
     )
 }
 
-#[test]
-fn tampering_with_any_file_fails_verification_at_the_right_place() {
-    let base = tempfile::tempdir().expect("tmp");
-    let key = build_log(base.path());
-    let ok = verify(base.path(), &key).expect("untouched log verifies");
-    assert_eq!(ok.events, 8000);
-    assert!(ok.sealed_segments >= 2 && ok.checkpoints >= 20, "{ok:?}");
-    assert!(ok.hash_nodes_checked >= 15_000, "{ok:?}");
+type Tamper = Box<dyn Fn(&Path)>;
 
-    type Tamper = Box<dyn Fn(&Path)>;
-    let cases: Vec<(&str, Tamper, &str)> = vec![
+/// A one-place change to every kind of file the engine writes, and what the verifier's
+/// failure must mention.
+fn tamper_cases() -> Vec<(&'static str, Tamper, &'static str)> {
+    vec![
         (
             "open segment record byte",
             Box::new(|d: &Path| {
@@ -287,9 +282,20 @@ fn tampering_with_any_file_fails_verification_at_the_right_place() {
             }),
             "a segment is missing",
         ),
-    ];
+    ]
+}
+
+#[test]
+fn tampering_with_any_file_fails_verification_at_the_right_place() {
+    let base = tempfile::tempdir().expect("tmp");
+    let key = build_log(base.path());
+    let ok = verify(base.path(), &key).expect("untouched log verifies");
+    assert_eq!(ok.events, 8000);
+    assert!(ok.sealed_segments >= 2 && ok.checkpoints >= 20, "{ok:?}");
+    assert!(ok.hash_nodes_checked >= 15_000, "{ok:?}");
+
     let bin = auditlog_tests::daemon::client_exe();
-    for (name, tamper, expect) in cases {
+    for (name, tamper, expect) in tamper_cases() {
         let work = tempfile::tempdir().expect("tmp");
         copy_dir(base.path(), work.path());
         tamper(work.path());
@@ -699,5 +705,383 @@ fn batch_at_index(path: &Path, index: u64) -> (usize, usize) {
             return (at, h.total_bytes());
         }
         at += h.total_bytes();
+    }
+}
+
+/// A log of many small sealed segments (256 KiB open segments, 16 KiB blocks), an open one
+/// of several batches and many checkpoints, replicated to a local bucket at `store` and
+/// closed cleanly once everything sealed is shipped.
+fn build_many_segment_log(dir: &Path, store: &Path) -> VerifierKey {
+    let mut cfg = small_config(dir);
+    cfg.segment_bytes = 256 << 10;
+    let mut r = auditlog_tests::replication(
+        &format!("file://{}", store.display()),
+        auditlog_worm::TargetOptions::default(),
+    );
+    r.allow_non_worm = true;
+    cfg.replication = Some(r);
+    let engine = Engine::open(cfg, None).expect("open");
+    let mut n = 0u64;
+    let mut append = |events: u64| {
+        let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
+        for i in n..n + events {
+            b.add(&event(i, 256)).expect("valid");
+        }
+        engine.append(b).expect("append");
+        n += events;
+        engine
+            .wait_checkpoint(engine.tree_size(), Duration::from_secs(5))
+            .expect("checkpoint");
+    };
+    for _ in 0..40 {
+        append(400);
+    }
+    // Small batches until the open segment has a few (the fixtures change its second).
+    let open_batches = |d: &Path| {
+        let b =
+            std::fs::read(files(&d.join("segments"), "open").pop().expect("open")).expect("read");
+        let mut at = 0;
+        let mut count = 0;
+        while let Ok(h) = auditlog_formats::batch::decode_header(&b[at..]) {
+            at += h.total_bytes();
+            count += 1;
+        }
+        count
+    };
+    while open_batches(dir) < 3 {
+        append(20);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = engine.status();
+        let r = st.replication.clone().expect("replication on");
+        let sealed_end = files(&dir.join("segments"), "seg")
+            .iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_string_lossy().to_string();
+                match auditlog_formats::layout::parse_segment_name(&name)? {
+                    auditlog_formats::layout::SegmentName::Sealed(_, end) => Some(end),
+                    _ => None,
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        if st.open_segments == 1 && r.shipped_end == sealed_end && r.tiles_pending == 0 && r.idle {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not shipped: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let key = engine.verifier_key();
+    engine.shutdown().expect("shutdown");
+    key
+}
+
+/// Rewrites a sealed segment's digest to match its bytes: a change made by someone who
+/// also recomputed the digest, so that the blocks and records themselves are what fail.
+fn redigest(path: &Path) {
+    use auditlog_formats::segment::DIGEST_COVERS_ALL_BUT;
+    let mut b = std::fs::read(path).expect("read");
+    let covered = b.len() - DIGEST_COVERS_ALL_BUT;
+    let digest = blake3::hash(&b[..covered]);
+    b[covered..covered + 32].copy_from_slice(digest.as_bytes());
+    std::fs::write(path, b).expect("write");
+}
+
+/// Flips a byte inside block `n` of a sealed segment (its CRC no longer matches) and
+/// recomputes the digest; returns the index of the block's first record.
+fn break_block(path: &Path, n: usize) -> u64 {
+    use auditlog_formats::segment as sg;
+    let b = std::fs::read(path).expect("read");
+    let h = sg::SegmentHeader::decode(&b[..sg::HEADER_BYTES]).expect("header");
+    let t = sg::decode_trailer(b.len() as u64, &b[b.len() - sg::TRAILER_BYTES..]).expect("trailer");
+    let fo = t.footer_offset as usize;
+    let f = sg::decode_footer(&h, &t, &b[fo..fo + t.footer_bytes as usize]).expect("footer");
+    assert!(f.blocks.len() > n, "{} blocks", f.blocks.len());
+    let first = h.first_index
+        + f.blocks[..n]
+            .iter()
+            .map(|b| b.record_count as u64)
+            .sum::<u64>();
+    flip(path, f.blocks[n].offset as usize + 7);
+    redigest(path);
+    first
+}
+
+/// The verdict as a line to compare: the summary, or where and what failed.
+fn outcome(r: Result<Summary, VerifyError>) -> String {
+    match r {
+        Ok(s) => format!("OK {s:?}"),
+        Err(e) => format!("FAILED {}: {}", e.place, e.what),
+    }
+}
+
+/// The parallel verifier against the sequential one (`--threads 1`), over every fixture
+/// the verifier tests make, on a log of many sealed segments, in the library and the CLI,
+/// from a data directory and from a bucket: the same verdict, and for a failure the same
+/// first bad place and message; for a clean log the same summary. Fixtures with damage in
+/// several segments at once, and in the hash store before a bad block of the same segment,
+/// check that the first failure in index order is named whichever worker finds its own
+/// first.
+#[test]
+fn the_parallel_verifier_names_the_same_first_failure_as_the_sequential_one() {
+    use auditlog_client::bucket::verify_bucket_pinned;
+    use auditlog_client::verify::{verify_source, DirSource};
+    use std::num::NonZeroUsize;
+    let base = tempfile::tempdir().expect("tmp");
+    let store = tempfile::tempdir().expect("store");
+    let key = build_many_segment_log(base.path(), store.path());
+    let history = auditlog_formats::keyhistory::KeyHistory::single(&key)
+        .check()
+        .expect("history");
+    let one = NonZeroUsize::MIN;
+    let four = NonZeroUsize::new(4).expect("4");
+    let strict = Pins::default();
+    let lenient = Pins {
+        allow_unsigned_tail: true,
+        ..Pins::default()
+    };
+    let run = |dir: &Path, pins: &Pins, threads| {
+        outcome(verify_source(
+            &DirSource::new(dir),
+            &history,
+            pins,
+            threads,
+            &mut |_, _| {},
+        ))
+    };
+    let clean = verify_dir_pinned(base.path(), &history, &strict, &mut |_, _| {}).expect("clean");
+    assert!(clean.sealed_segments >= 10, "{clean:?}");
+    assert_eq!(clean.open_segments, 1, "{clean:?}");
+    let segs = |d: &Path| files(&d.join("segments"), "seg");
+    let n_segs = segs(base.path()).len();
+
+    // Every fixture of the verifier tests, and some with damage in several places.
+    let mut fixtures: Vec<(&str, Tamper, Option<&str>)> = tamper_cases()
+        .into_iter()
+        .map(|(name, tamper, expect)| (name, tamper, Some(expect)))
+        .collect();
+    let other = note::NoteSigner::from_seed("auditlog.local/log", [9u8; 32]).expect("key");
+    let more: Vec<(&str, Tamper, Option<&str>)> = vec![
+        ("clean", Box::new(|_: &Path| {}), None),
+        (
+            "forged tail",
+            Box::new(|d: &Path| {
+                append_forged_batch(d);
+            }),
+            Some("past the signed size"),
+        ),
+        (
+            "no checkpoint log",
+            Box::new(|d: &Path| std::fs::remove_file(d.join("checkpoints.log")).expect("rm")),
+            Some("cannot read"),
+        ),
+        (
+            "empty checkpoint log",
+            Box::new(|d: &Path| std::fs::write(d.join("checkpoints.log"), b"").expect("w")),
+            Some("past the signed size"),
+        ),
+        (
+            "empty footer note",
+            Box::new(move |d: &Path| reseal_with_note(&segs(d)[3], "")),
+            None,
+        ),
+        (
+            "uncovered empty footer note",
+            Box::new(move |d: &Path| {
+                reseal_with_note(&segs(d).pop().expect("sealed"), "");
+                std::fs::write(d.join("checkpoints.log"), b"").expect("w");
+            }),
+            Some("footer has no checkpoint note"),
+        ),
+        (
+            "foreign footer note",
+            Box::new(move |d: &Path| {
+                let p = &segs(d)[2];
+                let end = auditlog_formats::layout::parse_segment_name(
+                    &p.file_name().expect("name").to_string_lossy(),
+                );
+                let Some(auditlog_formats::layout::SegmentName::Sealed(_, end)) = end else {
+                    panic!("sealed name");
+                };
+                let cp = note::Checkpoint {
+                    origin: "auditlog.local/log".into(),
+                    size: end,
+                    root: [1u8; 32],
+                    extensions: vec![],
+                };
+                reseal_with_note(p, &note::sign_checkpoint(&cp, &[&other]).expect("sign"));
+            }),
+            Some("footer checkpoint"),
+        ),
+        (
+            "torn tail",
+            Box::new(|d: &Path| {
+                let n = append_forged_batch(d);
+                let p = files(&d.join("segments"), "open").pop().expect("open");
+                let (at, len) = batch_at_index(&p, n);
+                flip(&p, at + len - 3);
+            }),
+            None,
+        ),
+        (
+            "damaged first batch",
+            Box::new(|d: &Path| {
+                let p = files(&d.join("segments"), "open").pop().expect("open");
+                let (at, _) = batch_at(&p, 0);
+                flip(&p, at + 10);
+            }),
+            Some("events are missing"),
+        ),
+        (
+            "two sealed segments changed: the earlier is named",
+            Box::new(move |d: &Path| {
+                let s = segs(d);
+                flip(&s[n_segs - 2], 100);
+                flip(&s[n_segs / 2], 100);
+            }),
+            Some("digest mismatch"),
+        ),
+        (
+            "a bad block: named after the blocks before it",
+            Box::new(move |d: &Path| {
+                break_block(&segs(d)[n_segs / 2], 3);
+            }),
+            Some(": block 3: "),
+        ),
+        (
+            "a bad block, and a stored hash of a record before it",
+            Box::new(move |d: &Path| {
+                let first = break_block(&segs(d)[n_segs / 2], 3);
+                flip(
+                    &d.join("hashes/level-00.bin"),
+                    32 * (first as usize - 5) + 1,
+                );
+            }),
+            Some("level-00.bin: node"),
+        ),
+        (
+            "bad blocks in several segments",
+            Box::new(move |d: &Path| {
+                let s = segs(d);
+                for k in [n_segs - 1, n_segs / 2 + 1, 1] {
+                    break_block(&s[k], 2);
+                }
+            }),
+            Some(": block 2: "),
+        ),
+        (
+            "a sealed segment deleted, and a later one changed",
+            Box::new(move |d: &Path| {
+                let s = segs(d);
+                flip(&s[n_segs - 1], 100);
+                std::fs::remove_file(&s[n_segs / 2]).expect("rm");
+            }),
+            Some("a segment is missing"),
+        ),
+        (
+            "a bad block, and an open segment batch",
+            Box::new(move |d: &Path| {
+                break_block(&segs(d)[n_segs - 1], 1);
+                let p = files(&d.join("segments"), "open").pop().expect("open");
+                let (at, _) = batch_at(&p, 1);
+                flip(&p, at + 32 + 4 + 9 + 20);
+            }),
+            Some(": block 1: "),
+        ),
+    ];
+    fixtures.extend(more);
+
+    let bin = auditlog_tests::daemon::client_exe();
+    let cli = |dir: &str, extra: &[&str], threads: &str| {
+        let out = Command::new(&bin)
+            .arg("verify")
+            .arg(dir)
+            .args(["--key", &key.to_string(), "--threads", threads])
+            .args(extra)
+            .output()
+            .expect("run cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    for (name, tamper, expect) in &fixtures {
+        let work = tempfile::tempdir().expect("tmp");
+        copy_dir(base.path(), work.path());
+        tamper(work.path());
+        for pins in [&strict, &lenient] {
+            let sequential = run(work.path(), pins, one);
+            match expect {
+                Some(e) if pins.allow_unsigned_tail == strict.allow_unsigned_tail => assert!(
+                    sequential.starts_with("FAILED") && sequential.contains(e),
+                    "{name}: {sequential} (expected to mention {e:?})"
+                ),
+                None => assert!(sequential.starts_with("OK"), "{name}: {sequential}"),
+                Some(_) => {}
+            }
+            assert_eq!(run(work.path(), pins, four), sequential, "{name}");
+        }
+        let dir = work.path().display().to_string();
+        let sequential = cli(&dir, &[], "1");
+        assert_eq!(cli(&dir, &[], "4"), sequential, "{name}: CLI");
+        assert_eq!(cli(&dir, &[], "2"), sequential, "{name}: CLI");
+    }
+
+    // From the bucket: the log as shipped, and copies with changed or missing objects.
+    let bucket_fixtures: Vec<(&str, Tamper)> = vec![
+        ("clean bucket", Box::new(|_: &Path| {})),
+        (
+            "segment objects changed",
+            Box::new(|b: &Path| {
+                let s = files(&b.join("segments"), "seg");
+                flip(&s[s.len() - 1], 100);
+                flip(&s[s.len() / 2], 200);
+            }),
+        ),
+        (
+            "a bad block in a segment object",
+            Box::new(|b: &Path| {
+                let s = files(&b.join("segments"), "seg");
+                break_block(&s[s.len() / 2], 1);
+            }),
+        ),
+        (
+            "a segment object missing",
+            Box::new(|b: &Path| {
+                let s = files(&b.join("segments"), "seg");
+                std::fs::remove_file(&s[s.len() / 2]).expect("rm");
+            }),
+        ),
+    ];
+    let policy = auditlog_worm::RetentionPolicy::default();
+    for (name, tamper) in &bucket_fixtures {
+        let work = tempfile::tempdir().expect("tmp");
+        copy_dir(store.path(), work.path());
+        tamper(work.path());
+        let url = format!("file://{}", work.path().display());
+        let bucket = |threads| {
+            let target = auditlog_worm::open(&url, &auditlog_worm::TargetOptions::default())
+                .expect("local bucket");
+            match verify_bucket_pinned(
+                target.into(),
+                &history,
+                &strict,
+                threads,
+                &policy,
+                &mut |_, _| {},
+            ) {
+                Ok((s, r)) => format!("OK {s:?} {r:?}"),
+                Err(e) => format!("FAILED {}: {}", e.place, e.what),
+            }
+        };
+        let sequential = bucket(one);
+        assert_eq!(
+            sequential.starts_with("OK"),
+            *name == "clean bucket",
+            "{name}: {sequential}"
+        );
+        assert_eq!(bucket(four), sequential, "{name}");
+        assert_eq!(cli(&url, &[], "4"), cli(&url, &[], "1"), "{name}: CLI");
     }
 }

@@ -134,6 +134,7 @@ fn tails_put_the_open_segment_on_the_store_and_the_bucket_verifier_reads_them() 
             local_target(bucket.path()),
             &history_of(&key),
             pins,
+            std::num::NonZeroUsize::new(2).expect("two"),
             &RetentionPolicy::default(),
             &mut |_, _| {},
         )
