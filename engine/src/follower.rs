@@ -125,24 +125,38 @@ pub(crate) fn bootstrap(data_dir: &std::path::Path, source: &dyn WormTarget) -> 
             .ok_or_else(|| corrupt(place(layout::LOG_META_FILE), "the bucket has no log.json"))?;
         crate::files::replace_file(&meta, &bytes)?;
     }
-    // Every version of the key history is kept; the longest is the newest (a history only
-    // grows: keys are added and retired, never removed).
-    let mut newest: Option<(usize, Vec<u8>)> = None;
+    let Some((keys, _)) = newest_history(source)? else {
+        return Err(corrupt(place("keys/"), "the bucket has no key history"));
+    };
+    crate::files::replace_file(&data_dir.join(layout::KEYS_FILE), &keys)?;
+    Ok(())
+}
+
+/// The bucket's newest key history: every version is kept, and the one with the most
+/// entries is the newest (a history only grows: keys are added and retired, never removed).
+fn newest_history(
+    source: &dyn WormTarget,
+) -> Result<Option<(Vec<u8>, auditlog_formats::keyhistory::CheckedHistory)>> {
+    let place = |k: &str| format!("{}/{k}", source.describe().trim_end_matches('/'));
+    let store = |k: &str, e: auditlog_worm::WormError| EngineError::StoreUnavailable {
+        place: place(k),
+        reason: e.to_string(),
+    };
+    let mut newest: Option<(Vec<u8>, auditlog_formats::keyhistory::CheckedHistory)> = None;
     for o in source.list("keys/").map_err(|e| store("keys/", e))? {
         let Some(bytes) = source.get(&o.key).map_err(|e| store(&o.key, e))? else {
             continue;
         };
         let h = auditlog_formats::keyhistory::KeyHistory::parse(&bytes)
             .map_err(|e| corrupt(place(&o.key), e.to_string()))?;
-        if newest.as_ref().is_none_or(|(n, _)| h.keys.len() > *n) {
-            newest = Some((h.keys.len(), bytes));
+        if newest
+            .as_ref()
+            .is_none_or(|(_, n)| h.history.keys.len() > n.history.keys.len())
+        {
+            newest = Some((bytes, h));
         }
     }
-    let Some((_, keys)) = newest else {
-        return Err(corrupt(place("keys/"), "the bucket has no key history"));
-    };
-    crate::files::replace_file(&data_dir.join(layout::KEYS_FILE), &keys)?;
-    Ok(())
+    Ok(newest)
 }
 
 /// A directory a writer used (it has a replication manifest) becoming a replica — a fenced
@@ -578,6 +592,34 @@ impl Follower {
         Ok(())
     }
 
+    /// Adopts the bucket's newest key history if it extends the replica's as of what the
+    /// replica has verified (FORMATS.md §13, "Extension": no key added or removed for sizes
+    /// already signed); one that does not is refused, named.
+    fn refresh_keys(&self, shared: &Shared) -> Result<()> {
+        let Some((bytes, newest)) = newest_history(self.source.as_ref())? else {
+            return Ok(());
+        };
+        let current = shared.keyring.history();
+        if newest.history == current {
+            return Ok(());
+        }
+        let pinned = current
+            .check()
+            .map_err(|e| corrupt(self.place("keys/"), e.to_string()))?;
+        newest
+            .extends(&pinned, shared.checkpoints.signed_size())
+            .map_err(|e| {
+                corrupt(
+                    self.place("keys/"),
+                    format!("the newest key history does not extend the replica's: {e}"),
+                )
+            })?;
+        crate::files::replace_file(&shared.config.data_dir.join(layout::KEYS_FILE), &bytes)?;
+        shared.keyring.adopt_history(newest);
+        tracing::info!("replica: key history updated from the bucket");
+        Ok(())
+    }
+
     /// The writer's newest checkpoint (the bucket's `checkpoint` pointer), once the
     /// replica holds its records: signatures under the key history, root equal to the
     /// replica's tree; then it is the replica's newest checkpoint.
@@ -591,10 +633,18 @@ impl Follower {
         };
         let place = self.place("checkpoint");
         let note = String::from_utf8(bytes).map_err(|_| corrupt(&place, "not UTF-8"))?;
-        let cp = shared
-            .keyring
-            .open_checkpoint(&note)
-            .map_err(|e| corrupt(&place, e.to_string()))?;
+        let cp = match shared.keyring.open_checkpoint(&note) {
+            Ok(cp) => cp,
+            // Signed by a key the replica's history does not have yet (a rotation): take
+            // the bucket's newest history if it extends the replica's, and try again.
+            Err(first) => {
+                self.refresh_keys(shared)?;
+                shared
+                    .keyring
+                    .open_checkpoint(&note)
+                    .map_err(|_| corrupt(&place, first.to_string()))?
+            }
+        };
         if cp.origin != shared.config.origin {
             return Err(corrupt(&place, format!("origin {:?}", cp.origin)));
         }

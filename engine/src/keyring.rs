@@ -196,6 +196,13 @@ impl Keyring {
         })
     }
 
+    /// A replica's history replaced by a newer one it fetched (already checked to extend it).
+    pub fn adopt_history(&self, checked: CheckedHistory) {
+        let mut g = self.lock();
+        g.signers = vec![None; checked.keys.len()];
+        g.checked = checked;
+    }
+
     /// Opens a checkpoint note under the history (a replica's check of the writer's notes).
     pub fn open_checkpoint(&self, note: &str) -> Result<Checkpoint> {
         self.lock()

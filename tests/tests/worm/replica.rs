@@ -162,3 +162,60 @@ fn a_replica_follows_the_bucket_serves_proofs_and_refuses_writes_and_altered_obj
     assert!(r2.tree_size() <= first_bad, "{}", r2.tree_size());
     r2.shutdown().expect("shutdown");
 }
+
+/// The writer rotates its key (a new key added, the old one retired) while a replica
+/// follows: the replica takes the bucket's newer key history, which extends its own, and
+/// goes on verifying checkpoints signed by the new key only.
+#[test]
+fn a_replica_follows_a_key_rotation() {
+    let wdir = tempfile::tempdir().expect("tmp");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let w = writer(wdir.path(), bucket.path());
+    append(&w, 0, 100);
+    w.wait_checkpoint(100, Duration::from_secs(10))
+        .expect("checkpoint");
+    wait_for("the writer's metadata on the store", 30, || {
+        std::fs::read_dir(bucket.path().join("keys")).is_ok_and(|mut d| d.next().is_some())
+    });
+    let source = format!("file://{}", bucket.path().display());
+    let rdir = tempfile::tempdir().expect("tmp");
+    let r = Engine::open(replica_config(rdir.path(), &source), None).expect("open the replica");
+    wait_for("the replica at 100", 30, || {
+        r.latest_checkpoint()
+            .is_some_and(|c| c.checkpoint.size >= 100)
+    });
+    let old = w.verifier_key();
+    auditlog_engine::KeyFileSigner::load_or_create(
+        &wdir.path().join("keys/next.key"),
+        "auditlog.local/log",
+    )
+    .expect("new key");
+    w.add_key(
+        &auditlog_engine::KeyBackend::File {
+            path: "keys/next.key".into(),
+        },
+        Some("auditlog.local/log"),
+    )
+    .expect("add key");
+    append(&w, 100, 100);
+    w.wait_checkpoint(200, Duration::from_secs(10))
+        .expect("checkpoint");
+    w.retire_key(&old.to_string()).expect("retire");
+    append(&w, 200, 100);
+    let size = w.tree_size();
+    w.wait_checkpoint(size, Duration::from_secs(10))
+        .expect("checkpoint");
+    wait_for("the replica past the rotation", 30, || {
+        r.latest_checkpoint()
+            .is_some_and(|c| c.checkpoint.size == size)
+    });
+    let rs = r.status().replica.expect("replica");
+    assert!(rs.alarm.is_none(), "{rs:?}");
+    assert_eq!(
+        r.key_history().keys.len(),
+        2,
+        "the replica took the new history"
+    );
+    r.shutdown().expect("shutdown");
+    w.shutdown().expect("shutdown");
+}
