@@ -23,7 +23,7 @@ untimed run of each binary warms it).
 
 On a shared machine another process taking a core for part of a run halves the parallel
 verifier's rate and not the sequential ones': a round (one run of each) in which other
-processes used more than --others-max of a core (the machine's busy time from
+processes used more than --others-max (default 5 %) of a core (the machine's busy time from
 /proc/stat, less the verifier's own CPU) is set aside and run again, at most 3 x --runs
 rounds in all; how many were set aside is printed.
 """
@@ -76,7 +76,7 @@ def main():
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--corpus", help="a directory `footprint --keep` left (data/, bucket/)")
-    ap.add_argument("--others-max", type=float, default=0.1,
+    ap.add_argument("--others-max", type=float, default=0.05,
                     help="set a round aside if other processes used more than this share "
                          "of a core during one of its runs")
     a = ap.parse_args()

@@ -67,6 +67,16 @@ impl PieceAt {
     }
 }
 
+impl Leaves {
+    /// Room for a handover's leaves, so that filling it copies nothing.
+    fn with_room() -> Leaves {
+        Leaves {
+            pieces: Vec::new(),
+            leaves: Vec::with_capacity(2 * LEAVES_PER_HANDOVER),
+        }
+    }
+}
+
 /// Leaves are handed over once this many are read (at the end of a piece), so that the
 /// calling thread adds them to the tree while the rest of the segment is read.
 const LEAVES_PER_HANDOVER: usize = 1024;
@@ -83,7 +93,7 @@ impl<'e> Handover<'e> {
     fn new(emit: &'e mut dyn FnMut(Leaves)) -> Handover<'e> {
         Handover {
             emit,
-            now: Leaves::default(),
+            now: Leaves::with_room(),
             read: 0,
         }
     }
@@ -117,7 +127,7 @@ impl<'e> Handover<'e> {
     /// Hands over what was read (and not yet handed over).
     fn flush(&mut self) {
         if !self.now.pieces.is_empty() {
-            (self.emit)(std::mem::take(&mut self.now));
+            (self.emit)(std::mem::replace(&mut self.now, Leaves::with_room()));
         }
     }
 }
