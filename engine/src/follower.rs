@@ -159,15 +159,13 @@ fn newest_history(
     Ok(newest)
 }
 
-/// A directory a writer used (it has a replication manifest) becoming a replica — a fenced
+/// A directory a writer used (its replication manifest records objects it shipped itself)
+/// becoming a replica — a fenced
 /// writer rejoining — may hold records past what the store has, which no one else ever
 /// saw: its log files are moved to `former-writer-<unix ms>/`, kept as evidence, never
 /// served, and the replica starts from the bucket.
 fn set_aside_a_former_writer(data_dir: &std::path::Path) -> Result<()> {
-    let manifest = data_dir
-        .join(layout::REPLICATION_DIR)
-        .join(layout::MANIFEST_FILE);
-    if !manifest.exists() {
+    if !crate::replication::Manifest::shipped_any_itself(&data_dir.join(layout::REPLICATION_DIR))? {
         return Ok(());
     }
     let aside = data_dir.join(format!(
@@ -259,6 +257,8 @@ pub(crate) struct Follower {
     pending: PendingNodes,
     cp_log: CheckpointLog,
     open: Option<Open>,
+    /// `replication/manifest.log`: the segments adopted, recorded as shipped (`FOLLOWED`).
+    manifest: Option<crate::replication::Manifest>,
 }
 
 enum Step {
@@ -290,7 +290,16 @@ impl Follower {
                 file: o.file,
                 write_offset: o.write_offset,
             }),
+            manifest: None,
         }
+    }
+
+    fn manifest(&mut self, shared: &Shared) -> Result<&mut crate::replication::Manifest> {
+        if self.manifest.is_none() {
+            let dir = shared.config.data_dir.join(layout::REPLICATION_DIR);
+            self.manifest = Some(crate::replication::Manifest::open(&dir)?.0);
+        }
+        Ok(self.manifest.as_mut().expect("opened above"))
     }
 
     pub(crate) fn run(mut self, shared: Arc<Shared>) {
@@ -398,6 +407,8 @@ impl Follower {
             f.write_all(&bytes).map_err(io_err(&tmp, "write"))?;
             f.sync_all().map_err(io_err(&tmp, "fsync"))?;
         }
+        let digest = blake3::hash(&bytes).to_hex().to_string();
+        let object_bytes = bytes.len() as u64;
         drop(bytes);
         let checked = (|| {
             let seg = crate::recovery::load_sealed(&tmp, (a, b), shared.config.tree_hash)?;
@@ -437,6 +448,25 @@ impl Follower {
             ));
         }
         crate::files::install(&tmp, &path)?;
+        // Recorded as shipped: should this replica become the writer (a standby), it does
+        // not upload the segment again, and the store's end counts it at once.
+        let retain_until = self
+            .source
+            .retention(&o.key)
+            .map_err(self.store_err(&o.key))?
+            .map_or(0, |r| r.retain_until_unix_s);
+        self.manifest(shared)?
+            .append(&[crate::replication::ManifestEntry {
+                kind: crate::replication::ManifestKind::Segment,
+                key: o.key.clone(),
+                bytes: object_bytes,
+                blake3: digest,
+                retain_until_unix_s: retain_until,
+                shipped_at_unix_s: crate::now_unix_ns() / 1_000_000_000,
+                first: Some(a),
+                end: Some(b),
+                outcome: crate::replication::FOLLOWED.into(),
+            }])?;
         let seg = crate::recovery::load_sealed(&path, (a, b), shared.config.tree_hash)?;
         shared.segments.replace_with_sealed(seg);
         if let Some(open) = self.open.take_if(|o| o.first == a) {

@@ -37,7 +37,8 @@ pub struct Entry {
     pub first: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<u64>,
-    /// `"created"` or `"already_there"` (found on the store after a crash).
+    /// `"created"`, `"already_there"` (found on the store after a crash), or `"followed"`
+    /// (a read replica adopted it from the store: shipped by the writer it followed).
     pub outcome: String,
 }
 
@@ -130,6 +131,9 @@ impl Shipped {
     }
 }
 
+/// The outcome of a segment a replica adopted from the store.
+pub const FOLLOWED: &str = "followed";
+
 pub struct Manifest {
     log: FramedLog,
 }
@@ -145,6 +149,23 @@ impl Manifest {
             shipped.record(&e);
         }
         Ok((Manifest { log }, shipped, entries.len() as u64))
+    }
+
+    /// Whether the manifest in `dir` records an object this node shipped itself (not only
+    /// segments it followed as a replica): the directory was a writer's.
+    pub fn shipped_any_itself(dir: &Path) -> Result<bool> {
+        if !dir.join(auditlog_formats::layout::MANIFEST_FILE).exists() {
+            return Ok(false);
+        }
+        let (log, entries) = FramedLog::open(dir, auditlog_formats::layout::MANIFEST_FILE)?;
+        for (i, raw) in entries.iter().enumerate() {
+            let e: Entry = serde_json::from_slice(raw)
+                .map_err(|e| corrupt(log.path(), format!("entry {i}: {e}")))?;
+            if e.outcome != FOLLOWED {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Records the entries with one sync: after this returns, they survive a crash.

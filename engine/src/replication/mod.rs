@@ -24,7 +24,7 @@ pub(crate) use tail::TailShipper;
 use crate::error::{io_err, EngineError, Result};
 use crate::pruned::{PrunedLog, PrunedSegment};
 use crate::Shared;
-use manifest::Manifest;
+pub(crate) use manifest::{Manifest, FOLLOWED};
 use plan::{Item, Planner};
 use prune::Verdict;
 

@@ -31,7 +31,7 @@ fn node_config(
 [engine]
 submission_bytes_max = 524288
 batch_bytes_max = 524288
-segment_bytes = 4194304
+segment_bytes = 1048576
 block_raw_bytes = 16384
 checkpoint_interval_ms = 50
 
@@ -255,6 +255,22 @@ fn kill_the_writer_in_remote_mode_and_the_standby_loses_nothing() {
     let idx = standby.post_events(&[classified_event(1_000_000, "UNCLASSIFIED")]);
     assert_eq!(idx, vec![size]);
     standby.stop();
+    // The segments it followed count as shipped: none went to the store again.
+    let manifest = std::fs::read(b.path().join("data/replication/manifest.log")).expect("manifest");
+    let (entries, _) = auditlog_formats::checkpoint_log::parse_log(&manifest);
+    let segments: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(e).expect("entry"))
+        .filter(|v| v["kind"] == "segment")
+        .collect();
+    assert!(
+        segments.iter().any(|v| v["outcome"] == "followed"),
+        "the standby followed sealed segments: {segments:?}"
+    );
+    assert!(
+        segments.iter().all(|v| v["outcome"] != "already_there"),
+        "a followed segment was uploaded again: {segments:?}"
+    );
 
     // The bucket, read alone, verifies to its end.
     let target: Arc<dyn WormTarget> = auditlog_worm::open("s3://pair/log", &s3_options(&ep))
