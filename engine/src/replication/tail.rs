@@ -8,8 +8,10 @@
 //! Its own thread and its own target, so a sealed segment's long upload never delays a
 //! tail. It reads batches where the segment set says they are (the open views), checks
 //! them (CRC, continuity) before upload, and reports what the store holds to `StoreAcks`.
-//! A segment sealed before its last batches went out as tails is covered by the
-//! replicator's upload of the sealed segment instead.
+//! It holds each open segment's file until all its batches are in tails, so one sealed
+//! meanwhile is still shipped from it (the preallocator reuses no file anyone holds); only
+//! past `HELD_SEALED_MAX` such segments (a store down for long) does it let the oldest go,
+//! to the sealed segment's own upload.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -22,6 +24,7 @@ use auditlog_worm::{tail_key, tail_prefix, Lock, PutOutcome, WormError, WormTarg
 use super::config::{Durability, ReplicationConfig};
 use super::Monitor;
 use crate::error::{EngineError, Result};
+use crate::segments::BatchLoc;
 use crate::Shared;
 
 /// The store's tails of one open segment: `[segment first, end)` is there, and `end`
@@ -50,7 +53,24 @@ pub(crate) struct TailShipper {
     positions: BTreeMap<u64, Position>,
     /// Open segments whose tails on the store were looked up (at start, or when first seen).
     looked_up: std::collections::BTreeSet<u64>,
+    /// Every open segment with batches not yet in a tail, as last seen, its file held open.
+    held: BTreeMap<u64, Held>,
 }
+
+/// An open segment's batches as the shipper last saw them, with its file held open: one
+/// sealed before its last tails went out is still read from it (the preallocator reuses no
+/// file anyone holds), so rotation does not widen the recovery point.
+struct Held {
+    file: Arc<std::fs::File>,
+    batches: Vec<BatchLoc>,
+    end: u64,
+    /// Still an open segment of the set (not yet sealed).
+    open: bool,
+}
+
+/// Sealed segments whose last tails are still held for (a store that stays down): past
+/// this, the oldest is let go and its sealed segment's upload covers it.
+const HELD_SEALED_MAX: usize = 4;
 
 /// A target for tails: the replication target, with uploads capped at
 /// `tail_request_timeout_ms`.
@@ -75,6 +95,7 @@ pub(crate) fn prepare(
         monitor,
         positions: BTreeMap::new(),
         looked_up: Default::default(),
+        held: BTreeMap::new(),
     }))
 }
 
@@ -158,9 +179,9 @@ impl TailShipper {
 
     /// Ships the next tail of the oldest open segment with unshipped batches.
     fn round(&mut self, shared: &Shared) -> Result<Round, WormError> {
-        self.retire_sealed(shared);
+        self.refresh(shared);
         self.look_up_new_segments(shared)?;
-        let Some(next) = self.next(shared) else {
+        let Some(next) = self.next() else {
             return Ok(Round::Nothing);
         };
         let mut bytes = vec![0u8; (next.to - next.from) as usize];
@@ -177,7 +198,9 @@ impl TailShipper {
         match check_run(&bytes, next.first) {
             Ok((end, _)) if end == next.end => {}
             _ => {
-                self.retire_sealed(shared);
+                // Not what was written there (cannot happen while the file is held): let
+                // the segment go; its sealed segment's upload covers it.
+                self.forget(next.segment);
                 return Ok(Round::Nothing);
             }
         }
@@ -224,14 +247,12 @@ impl TailShipper {
     /// For each open segment not seen before, what its tails on the store already hold
     /// (a restart continues where the last run stopped, never re-cutting a tail).
     fn look_up_new_segments(&mut self, shared: &Shared) -> Result<(), WormError> {
-        let views: Vec<(u64, u64, Vec<crate::segments::BatchLoc>)> = {
-            let set = shared.segments.read();
-            set.open
-                .iter()
-                .filter(|v| !self.looked_up.contains(&v.first))
-                .map(|v| (v.first, v.end, v.batches.clone()))
-                .collect()
-        };
+        let views: Vec<(u64, u64, Vec<BatchLoc>)> = self
+            .held
+            .iter()
+            .filter(|(first, _)| !self.looked_up.contains(first))
+            .map(|(first, h)| (*first, h.end, h.batches.clone()))
+            .collect();
         for (first, view_end, batches) in views {
             let listed = self.target.list(&tail_prefix(first))?;
             let mut end = first;
@@ -275,19 +296,18 @@ impl TailShipper {
         Ok(())
     }
 
-    /// The next tail to ship: the oldest open segment with durable batches past its tails.
-    fn next(&self, shared: &Shared) -> Option<Next> {
-        let set = shared.segments.read();
-        for v in &set.open {
-            let pos = self.positions.get(&v.first).copied().unwrap_or(Position {
-                end: v.first,
+    /// The next tail to ship: the oldest held segment with durable batches past its tails.
+    fn next(&self) -> Option<Next> {
+        for (&seg, h) in &self.held {
+            let pos = self.positions.get(&seg).copied().unwrap_or(Position {
+                end: seg,
                 offset: 0,
             });
-            if pos.end >= v.end {
+            if pos.end >= h.end {
                 continue;
             }
-            let i = v.batches.partition_point(|b| b.first_index < pos.end);
-            let first = v.batches.get(i)?;
+            let i = h.batches.partition_point(|b| b.first_index < pos.end);
+            let first = h.batches.get(i)?;
             assert_eq!(
                 (first.first_index, first.offset),
                 (pos.end, pos.offset),
@@ -295,33 +315,72 @@ impl TailShipper {
             );
             let mut to = first.offset + u64::from(first.total_bytes);
             let mut j = i + 1;
-            while let Some(b) = v.batches.get(j) {
+            while let Some(b) = h.batches.get(j) {
                 if to - first.offset + u64::from(b.total_bytes) > self.cfg.tail_bytes_max {
                     break;
                 }
                 to += u64::from(b.total_bytes);
                 j += 1;
             }
-            let end = v.batches.get(j).map_or(v.end, |b| b.first_index);
+            let end = h.batches.get(j).map_or(h.end, |b| b.first_index);
             return Some(Next {
-                segment: v.first,
+                segment: seg,
                 first: pos.end,
                 end,
                 from: first.offset,
                 to,
-                file: v.file.clone(),
+                file: h.file.clone(),
             });
         }
         None
     }
 
-    /// Forgets segments that are no longer open (sealed: the replicator ships them).
-    fn retire_sealed(&mut self, shared: &Shared) {
-        let set = shared.segments.read();
-        self.positions
-            .retain(|first, _| set.open.iter().any(|v| v.first == *first));
-        self.looked_up
-            .retain(|first| set.open.iter().any(|v| v.first == *first));
+    /// Takes in what the set's open segments gained since the last look (new segments, new
+    /// batches), marks those sealed since, and lets go of sealed ones whose tails are all
+    /// out (or, past `HELD_SEALED_MAX`, the oldest: its sealed upload covers it).
+    fn refresh(&mut self, shared: &Shared) {
+        {
+            let set = shared.segments.read();
+            for h in self.held.values_mut() {
+                h.open = false;
+            }
+            for v in &set.open {
+                let h = self.held.entry(v.first).or_insert_with(|| Held {
+                    file: v.file.clone(),
+                    batches: Vec::new(),
+                    end: v.first,
+                    open: true,
+                });
+                h.open = true;
+                let from = v.batches.partition_point(|b| b.first_index < h.end);
+                h.batches.extend_from_slice(&v.batches[from..]);
+                h.end = h.end.max(v.end);
+            }
+        }
+        let done: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(first, h)| {
+                !h.open && self.positions.get(first).is_some_and(|p| p.end >= h.end)
+            })
+            .map(|(first, _)| *first)
+            .collect();
+        for first in done {
+            self.forget(first);
+        }
+        while self.held.values().filter(|h| !h.open).count() > HELD_SEALED_MAX {
+            let Some(oldest) = self.held.iter().find(|(_, h)| !h.open).map(|(f, _)| *f) else {
+                break;
+            };
+            self.forget(oldest);
+        }
+    }
+
+    /// Lets go of a segment (and its file).
+    fn forget(&mut self, first: u64) {
+        self.held.remove(&first);
+        self.positions.remove(&first);
+        self.looked_up.remove(&first);
     }
 }
 
