@@ -277,6 +277,40 @@ pub struct RunError {
     pub what: String,
 }
 
+/// The cheap half of [`check_run`]: batch headers only (magic, lengths, and each continuing
+/// where the one before ended, from `first`), no checksum or record parsing. For bytes the
+/// caller itself wrote and made durable, read back to be sent on (the tail shipper): it
+/// catches a read at the wrong place, not damage, which the receiver's `check_run` does.
+/// Returns the index after the last record.
+pub fn check_run_headers(bytes: &[u8], first: u64) -> Result<u64, RunError> {
+    let mut at = 0;
+    let mut expect = first;
+    while at < bytes.len() {
+        let h = decode_header(&bytes[at..]).map_err(|e| RunError {
+            offset: at,
+            what: e.to_string(),
+        })?;
+        if h.first_index != expect || at + h.total_bytes() > bytes.len() {
+            return Err(RunError {
+                offset: at,
+                what: format!(
+                    "batch of index {} where {expect} was expected, or cut",
+                    h.first_index
+                ),
+            });
+        }
+        expect = h.end_index();
+        at += h.total_bytes();
+    }
+    if at == 0 {
+        return Err(RunError {
+            offset: 0,
+            what: "no batch".into(),
+        });
+    }
+    Ok(expect)
+}
+
 /// Checks that `bytes` is exactly whole valid batches back to back, the first holding leaf
 /// `first` and each continuing where the one before ended (no zeros, no torn tail: a tail
 /// object is never cut short). Returns the index after the last record and the batches'
@@ -364,6 +398,9 @@ mod tests {
         let mut run = batch(10, &[b"{}", b"{}"]);
         run.extend(batch(12, &[b"{}"]));
         let (end, batches) = check_run(&run, 10).expect("valid run");
+        assert_eq!(check_run_headers(&run, 10), Ok(13));
+        assert!(check_run_headers(&run, 11).is_err());
+        assert!(check_run_headers(&run[..run.len() - 1], 10).is_err());
         assert_eq!(end, 13);
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[1].0, run.len() - batch(12, &[b"{}"]).len());

@@ -18,7 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auditlog_formats::batch::check_run;
+use auditlog_formats::batch::{check_run, check_run_headers};
 use auditlog_worm::{tail_key, tail_prefix, Lock, PutOutcome, WormError, WormTarget};
 
 use super::config::{Durability, ReplicationConfig};
@@ -193,10 +193,12 @@ impl TailShipper {
                 source: e,
             });
         }
-        // The file may have been sealed and recycled since the set was read: only whole,
-        // contiguous, valid batches go out. Otherwise the sealed segment covers them.
-        match check_run(&bytes, next.first) {
-            Ok((end, _)) if end == next.end => {}
+        // The file is held (never recycled under us), and these are bytes this engine wrote
+        // and synced: the headers must continue the log where the tail starts (a read at the
+        // wrong place is caught); every checksum is checked by whoever reads the tail
+        // (`check_run`: the verifier, a replica), not again here on the ingest machine.
+        match check_run_headers(&bytes, next.first) {
+            Ok(end) if end == next.end => {}
             _ => {
                 // Not what was written there (cannot happen while the file is held): let
                 // the segment go; its sealed segment's upload covers it.
