@@ -54,12 +54,7 @@ pub struct SearchArgs {
 
 /// RFC 3339 (to the millisecond) or integer Unix nanoseconds.
 pub fn parse_time(text: &str) -> anyhow::Result<u64> {
-    if let Ok(ns) = text.parse::<u64>() {
-        return Ok(ns);
-    }
-    auditlog_formats::time::rfc3339_to_unix_ms(text)
-        .and_then(|ms| u64::try_from(ms).ok())
-        .and_then(|ms| ms.checked_mul(1_000_000))
+    auditlog_formats::time::parse_unix_ns(text)
         .with_context(|| format!("{text:?} is neither RFC 3339 nor Unix nanoseconds"))
 }
 

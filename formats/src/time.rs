@@ -40,6 +40,18 @@ pub fn days_in_month(year: i64, month: u32) -> u32 {
     }
 }
 
+/// A time as an API or a command line takes it: integer Unix nanoseconds, or an RFC 3339
+/// `date-time` (to the millisecond). `None` for anything else, or before 1970 / past 2554
+/// (what `u64` nanoseconds hold).
+pub fn parse_unix_ns(text: &str) -> Option<u64> {
+    if let Ok(ns) = text.parse::<u64>() {
+        return Some(ns);
+    }
+    rfc3339_to_unix_ms(text)
+        .and_then(|ms| u64::try_from(ms).ok())
+        .and_then(|ms| ms.checked_mul(1_000_000))
+}
+
 /// Milliseconds since the Unix epoch of an RFC 3339 `date-time`
 /// (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`); `None` for anything else. Fraction digits
 /// past milliseconds are truncated.
@@ -130,6 +142,24 @@ pub fn unix_ns_to_rfc3339(unix_ns: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::parse_unix_ns;
+
+    #[test]
+    fn times_as_unix_ns_or_rfc3339() {
+        assert_eq!(
+            parse_unix_ns("1700000000000000000"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(parse_unix_ns("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        assert_eq!(parse_unix_ns("1969-12-31T23:59:59Z"), None, "before 1970");
+        assert_eq!(
+            parse_unix_ns("2999-01-01T00:00:00Z"),
+            None,
+            "past u64 nanoseconds"
+        );
+        assert_eq!(parse_unix_ns("yesterday"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -19,17 +19,11 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> ApiResult<u64> {
     let text = q
         .get(name)
         .ok_or_else(|| ApiError::bad(format!("{name} is required")))?;
-    if let Ok(ns) = text.parse::<u64>() {
-        return Ok(ns);
-    }
-    auditlog_formats::time::rfc3339_to_unix_ms(text)
-        .and_then(|ms| u64::try_from(ms).ok())
-        .and_then(|ms| ms.checked_mul(1_000_000))
-        .ok_or_else(|| {
-            ApiError::bad(format!(
-                "{name}: {text:?} is neither RFC 3339 nor Unix nanoseconds"
-            ))
-        })
+    auditlog_formats::time::parse_unix_ns(text).ok_or_else(|| {
+        ApiError::bad(format!(
+            "{name}: {text:?} is neither RFC 3339 nor Unix nanoseconds"
+        ))
+    })
 }
 
 /// A boundary record: its bytes (base64), receipt time, leaf hash and inclusion proof.
