@@ -107,26 +107,46 @@ pub(crate) fn open_source(cfg: &ReplicaConfig) -> Result<Box<dyn WormTarget>> {
         .map_err(|e| EngineError::Config(format!("replica source {}: {e}", cfg.source)))
 }
 
+/// Where `key` is on `source`, for messages.
+fn place(source: &dyn WormTarget, key: &str) -> String {
+    format!("{}/{key}", source.describe().trim_end_matches('/'))
+}
+
+/// The `map_err` of a request about `key`: the store did not answer (retried later).
+fn unavailable(
+    source: &dyn WormTarget,
+    key: &str,
+) -> impl FnOnce(auditlog_worm::WormError) -> EngineError {
+    let place = place(source, key);
+    move |e| EngineError::StoreUnavailable {
+        place,
+        reason: e.to_string(),
+    }
+}
+
 /// A new replica's data directory: `log.json` and the newest key history from the bucket
 /// (a directory that has them already is left alone).
 pub(crate) fn bootstrap(data_dir: &std::path::Path, source: &dyn WormTarget) -> Result<()> {
-    let place = |k: &str| format!("{}/{k}", source.describe().trim_end_matches('/'));
-    let store = |k: &str, e: auditlog_worm::WormError| EngineError::StoreUnavailable {
-        place: place(k),
-        reason: e.to_string(),
-    };
     crate::private::ensure_private_dir(data_dir)?;
     set_aside_a_former_writer(data_dir)?;
     let meta = data_dir.join(layout::LOG_META_FILE);
     if !meta.exists() {
         let bytes = source
             .get(layout::LOG_META_FILE)
-            .map_err(|e| store(layout::LOG_META_FILE, e))?
-            .ok_or_else(|| corrupt(place(layout::LOG_META_FILE), "the bucket has no log.json"))?;
+            .map_err(unavailable(source, layout::LOG_META_FILE))?
+            .ok_or_else(|| {
+                corrupt(
+                    place(source, layout::LOG_META_FILE),
+                    "the bucket has no log.json",
+                )
+            })?;
         crate::files::replace_file(&meta, &bytes)?;
     }
     let Some((keys, _)) = newest_history(source)? else {
-        return Err(corrupt(place("keys/"), "the bucket has no key history"));
+        return Err(corrupt(
+            place(source, "keys/"),
+            "the bucket has no key history",
+        ));
     };
     crate::files::replace_file(&data_dir.join(layout::KEYS_FILE), &keys)?;
     Ok(())
@@ -137,18 +157,13 @@ pub(crate) fn bootstrap(data_dir: &std::path::Path, source: &dyn WormTarget) -> 
 fn newest_history(
     source: &dyn WormTarget,
 ) -> Result<Option<(Vec<u8>, auditlog_formats::keyhistory::CheckedHistory)>> {
-    let place = |k: &str| format!("{}/{k}", source.describe().trim_end_matches('/'));
-    let store = |k: &str, e: auditlog_worm::WormError| EngineError::StoreUnavailable {
-        place: place(k),
-        reason: e.to_string(),
-    };
     let mut newest: Option<(Vec<u8>, auditlog_formats::keyhistory::CheckedHistory)> = None;
-    for o in source.list("keys/").map_err(|e| store("keys/", e))? {
-        let Some(bytes) = source.get(&o.key).map_err(|e| store(&o.key, e))? else {
+    for o in source.list("keys/").map_err(unavailable(source, "keys/"))? {
+        let Some(bytes) = source.get(&o.key).map_err(unavailable(source, &o.key))? else {
             continue;
         };
         let h = auditlog_formats::keyhistory::KeyHistory::parse(&bytes)
-            .map_err(|e| corrupt(place(&o.key), e.to_string()))?;
+            .map_err(|e| corrupt(place(source, &o.key), e.to_string()))?;
         if newest
             .as_ref()
             .is_none_or(|(_, n)| h.history.keys.len() > n.history.keys.len())
@@ -201,13 +216,7 @@ fn set_aside_a_former_writer(data_dir: &std::path::Path) -> Result<()> {
 /// segments, then each open segment's tails. A writer that takes the lease checks that its
 /// directory holds at least this much before it extends the log.
 pub(crate) fn store_end(source: &dyn WormTarget, from: u64) -> Result<u64> {
-    let err = |k: &str| {
-        let place = k.to_string();
-        move |e: auditlog_worm::WormError| EngineError::StoreUnavailable {
-            place,
-            reason: e.to_string(),
-        }
-    };
+    let err = |k: &str| unavailable(source, k);
     let mut p = from;
     loop {
         let prefix = format!("segments/{p:020}-");
@@ -353,15 +362,11 @@ impl Follower {
     }
 
     fn place(&self, key: &str) -> String {
-        format!("{}/{key}", self.source.describe().trim_end_matches('/'))
+        place(self.source.as_ref(), key)
     }
 
     fn store_err(&self, key: &str) -> impl FnOnce(auditlog_worm::WormError) -> EngineError {
-        let place = self.place(key);
-        move |e| EngineError::StoreUnavailable {
-            place,
-            reason: e.to_string(),
-        }
+        unavailable(self.source.as_ref(), key)
     }
 
     /// One thing new from the bucket, in the order the log needs them.
@@ -502,7 +507,6 @@ impl Follower {
     }
 
     fn apply_tails_of(&mut self, shared: &Shared, segment: u64) -> Result<bool> {
-        let head = self.edge.size();
         let prefix = tail_prefix(segment);
         let list = self.source.list(&prefix).map_err(self.store_err(&prefix))?;
         let mut applied = false;
@@ -534,7 +538,6 @@ impl Follower {
             self.append(shared, segment, &bytes, &batches, end)?;
             applied = true;
         }
-        let _ = head;
         Ok(applied)
     }
 

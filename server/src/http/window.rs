@@ -36,11 +36,7 @@ fn boundary(engine: &Engine, index: u64, size: u64) -> Result<Value, EngineError
         })?
         .received_at_unix_ns;
     let proof = engine.prove_inclusion(index, size)?;
-    let hex = |h: &[u8; 32]| {
-        let mut s = String::with_capacity(64);
-        auditlog_formats::hash::push_hex(&mut s, h);
-        s
-    };
+    let hex = auditlog_formats::hash::to_hex;
     Ok(json!({
         "index": index,
         "received_at_unix_ns": received_at,
@@ -84,11 +80,7 @@ pub(super) async fn get_window(State(st): State<St>, caller: Caller, q: Params) 
             engine
                 .prove_range(w.start, w.end, size)?
                 .iter()
-                .map(|h| {
-                    let mut s = String::with_capacity(64);
-                    auditlog_formats::hash::push_hex(&mut s, h);
-                    s
-                })
+                .map(auditlog_formats::hash::to_hex)
                 .collect()
         } else {
             Vec::new()
