@@ -266,3 +266,40 @@ fn remote_durability_acks_only_what_the_store_holds() {
     }
     moto.signal(libc::SIGCONT);
 }
+
+/// Another writer's tail on the store where this engine's first tail goes (a second writer
+/// on the same bucket, or this directory restored from an old backup): tails stop with
+/// the tail alarm, and in remote durability nothing more is acknowledged.
+#[test]
+fn a_foreign_tail_raises_the_alarm_and_remote_acks_stop() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let url = format!("file://{}", bucket.path().display());
+    // A valid run of one batch for leaf 0, with a record this engine never wrote.
+    let record = auditlog_formats::record::Record {
+        received_at_unix_ns: 1,
+        submitter: Some("token:someone-else"),
+        payload: &classified_event(0, "UNCLASSIFIED"),
+    };
+    let mut body = Vec::new();
+    auditlog_formats::batch::push_entry(&mut body, &record);
+    let mut run = auditlog_formats::batch::encode_header(0, 1, 0, &body).to_vec();
+    run.extend_from_slice(&body);
+    local_target(bucket.path())
+        .put_create(&auditlog_worm::tail_key(0, 0), &run, None)
+        .expect("plant");
+
+    let mut cfg = tail_config(dir.path(), &url, TargetOptions::default(), 50);
+    cfg.replication.as_mut().expect("replication").durability = Durability::Remote;
+    let engine = Engine::open(cfg, None).expect("open");
+    let evs = [classified_event(1, "UNCLASSIFIED")];
+    match engine.append_payloads(evs.iter().map(|e| e.as_slice())) {
+        Err(EngineError::NotDurableRemotely(why)) => {
+            assert!(why.contains("another writer"), "{why}")
+        }
+        other => panic!("acknowledged over another writer's tail: {other:?}"),
+    }
+    let r = engine.status().replication.expect("replication");
+    assert!(r.tail_alarm.is_some(), "{r:?}");
+    engine.shutdown().expect("shutdown");
+}

@@ -163,27 +163,8 @@ fn kill_the_writer_in_remote_mode_and_the_standby_loses_nothing() {
     auditlog_worm::create_bucket("s3://pair", &s3_options(&ep), true).expect("bucket");
     let a = tempfile::tempdir().expect("tmp");
     let b = tempfile::tempdir().expect("tmp");
-    let cfg_a = node_config(a.path(), &ep, "pair", "node-a", "remote");
-    let mut writer = Daemon::launch(a.path())
-        .config_file(&cfg_a)
-        .rust_log("error")
-        .start();
-    let (key, alg, _) = writer.log();
     // The signing key both nodes reach (an HSM in production): here the same key file.
-    let key_dir = b.path().join("data/keys");
-    std::fs::create_dir_all(&key_dir).expect("key dir");
-    std::fs::copy(
-        a.path().join("data/keys/checkpoint.key"),
-        key_dir.join("checkpoint.key"),
-    )
-    .expect("copy key");
-    let cfg_b = node_config(b.path(), &ep, "pair", "node-b", "remote");
-    let mut standby = Daemon::launch(b.path())
-        .config_file(&cfg_b)
-        .rust_log("error")
-        .replica_of("s3://pair/log")
-        .arg("--standby")
-        .start();
+    let (mut writer, mut standby, key, alg) = pair(&ep, "pair", "remote", a.path(), b.path());
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::default();
@@ -289,7 +270,8 @@ fn kill_the_writer_in_remote_mode_and_the_standby_loses_nothing() {
     assert_eq!(summary.events, size + 1);
 }
 
-/// Starts a writer (node-a) and its standby (node-b, same signing key) on `bucket`.
+/// Starts a writer (node-a) and its standby (node-b) on `bucket`; the signing key both
+/// reach (an HSM in production) is here the same key file.
 fn pair(
     ep: &str,
     bucket: &str,
