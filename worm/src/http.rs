@@ -131,6 +131,21 @@ impl Http {
         }
     }
 
+    /// A GET's answer as a tagged object (S3 and Azure: the tag is the ETag): `None` for 404.
+    pub fn etag_tagged(&self, what: &str, r: Resp) -> Result<Option<crate::Tagged>> {
+        match r.status {
+            200 => {
+                let tag = r
+                    .header("etag")
+                    .ok_or_else(|| self.protocol(what, "no ETag in the answer"))?
+                    .to_string();
+                Ok(Some(crate::Tagged { bytes: r.body, tag }))
+            }
+            404 => Ok(None),
+            _ => Err(self.status_error(what, &r)),
+        }
+    }
+
     pub fn protocol(&self, what: &str, reason: impl Into<String>) -> WormError {
         WormError::Protocol {
             target: self.target.clone(),

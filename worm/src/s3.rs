@@ -352,17 +352,7 @@ impl WormTarget for S3Target {
     fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
         let what = format!("GET {key}");
         let r = self.request(&what, "GET", Some(key), &[], &[], None)?;
-        match r.status {
-            200 => {
-                let tag = r
-                    .header("etag")
-                    .ok_or_else(|| self.http.protocol(&what, "no ETag in the answer"))?
-                    .to_string();
-                Ok(Some(Tagged { bytes: r.body, tag }))
-            }
-            404 => Ok(None),
-            _ => Err(self.http.status_error(&what, &r)),
-        }
+        self.http.etag_tagged(&what, r)
     }
 
     fn put_if(&self, key: &str, bytes: &[u8], expected: Option<&str>) -> Result<SwapOutcome> {
