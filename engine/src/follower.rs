@@ -336,10 +336,20 @@ impl Follower {
                     tracing::warn!("replica: {text}; retrying");
                     self.monitor.update(|s| s.last_error = Some(text));
                 }
-                Err(e) => {
+                // An object that fails its checks: refused, named; following stops.
+                Err(e @ EngineError::Corrupt { .. }) => {
                     let text = e.to_string();
                     tracing::error!("replica: refused: {text}; following stops");
                     self.monitor.update(|s| s.alarm = Some(text));
+                }
+                // The replica's own disk (a failed write or sync, a full disk): as for the
+                // writer, the files can no longer be trusted to hold what was written:
+                // fail-stop (reads of what was verified go on; `/ready` says why).
+                Err(e) => {
+                    tracing::error!("replica: {e}; following stops");
+                    self.monitor.update(|s| s.alarm = Some(e.to_string()));
+                    shared.health.fail(crate::health::Fault::of(&e));
+                    return;
                 }
             }
             let until = Instant::now() + poll;
