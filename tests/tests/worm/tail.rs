@@ -303,3 +303,79 @@ fn a_foreign_tail_raises_the_alarm_and_remote_acks_stop() {
     assert!(r.tail_alarm.is_some(), "{r:?}");
     engine.shutdown().expect("shutdown");
 }
+
+/// `remote_pending_bytes_max`: with the store stopped, receipts waiting for it are bounded;
+/// past the bound the sequencer takes no more, the queue fills and `offer` hands the
+/// submission back (back-pressure, not memory); with the store back, every one queued
+/// completes.
+#[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
+fn receipts_waiting_for_the_store_are_bounded() {
+    let moto = start_moto();
+    let ep = moto.endpoint();
+    let opts = s3_options(&ep);
+    auditlog_worm::create_bucket("s3://bounded", &opts, true).expect("bucket with lock");
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = tail_config(dir.path(), "s3://bounded/log", opts, 60_000);
+    cfg.queue_submissions_max = 4;
+    let r = cfg.replication.as_mut().expect("replication");
+    r.durability = Durability::Remote;
+    r.remote_pending_bytes_max = 4096;
+    let engine = Engine::open(cfg, None).expect("open");
+    append(&engine, 0, 1);
+    moto.signal(libc::SIGSTOP);
+    let engine = Arc::new(engine);
+    let producer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            // One event a submission, waiting for room when the queue is full.
+            let mut answers = Vec::new();
+            for n in 1..=300u64 {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let mut b = engine.new_batch(auditlog_engine::Submitter::daemon());
+                b.add(&classified_event(n, "UNCLASSIFIED")).expect("valid");
+                engine
+                    .submit(
+                        b,
+                        Box::new(move |r| {
+                            let _ = tx.send(r);
+                        }),
+                    )
+                    .expect("queued");
+                answers.push(rx);
+            }
+            answers
+        })
+    };
+    // The sequencer stops at the bound (96 bytes a receipt against 4096) with the queue
+    // full behind it, and stays there while the store is stopped.
+    wait_for("receipts held at the bound and the queue full", 30, || {
+        let st = engine.status();
+        st.queue_depth == st.queue_capacity
+            && st
+                .replication
+                .is_some_and(|r| r.remote_waiting_events >= 40)
+    });
+    for _ in 0..20 {
+        let held = engine
+            .status()
+            .replication
+            .map_or(0, |r| r.remote_waiting_events);
+        assert!(held <= 50, "{held} receipts held past the bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!producer.is_finished(), "the producer met no back-pressure");
+    moto.signal(libc::SIGCONT);
+    for rx in producer.join().expect("producer") {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("answered once the store is back")
+            .expect("acknowledged");
+    }
+    let Ok(engine) = Arc::try_unwrap(engine) else {
+        panic!("engine still shared")
+    };
+    engine.shutdown().expect("shutdown");
+}
