@@ -211,7 +211,7 @@ impl LogSource for BucketSource {
         self.at("tile/")
     }
 
-    fn hash_reader(&self) -> Option<FileHashes> {
+    fn hash_reader(&self, _alg: auditlog_formats::TreeHash) -> Option<FileHashes> {
         None
     }
 }

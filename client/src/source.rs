@@ -82,8 +82,8 @@ pub trait LogSource {
     /// The stored hashes to compare with the recomputed tree.
     fn hash_levels(&self) -> Result<HashCheck, VerifyError>;
     fn hashes_place(&self) -> String;
-    /// Stored hashes for consistency proofs, if the source keeps every level.
-    fn hash_reader(&self) -> Option<FileHashes>;
+    /// Stored hashes for consistency proofs, if the source keeps a hash store.
+    fn hash_reader(&self, alg: auditlog_formats::TreeHash) -> Option<FileHashes>;
     /// The stored leaf hashes (level 0, 32 bytes each), standing in for the records of
     /// pruned segments. Only a data directory has pruned segments.
     fn leaf_hashes(&self) -> Option<Box<dyn ReadAt>> {
@@ -303,8 +303,9 @@ impl LogSource for DirSource {
             .to_string()
     }
 
-    fn hash_reader(&self) -> Option<FileHashes> {
+    fn hash_reader(&self, alg: auditlog_formats::TreeHash) -> Option<FileHashes> {
         Some(FileHashes {
+            alg,
             dir: self.dir.join(auditlog_formats::layout::HASHES_DIR),
         })
     }

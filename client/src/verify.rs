@@ -433,7 +433,7 @@ fn check_checkpoints_consistent(
     alg: TreeHash,
     checkpoints: &CheckpointLog,
 ) -> Result<(), VerifyError> {
-    let Some(reader) = src.hash_reader() else {
+    let Some(reader) = src.hash_reader(alg) else {
         return Ok(());
     };
     let place = &checkpoints.place;

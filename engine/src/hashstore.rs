@@ -1,8 +1,14 @@
-//! The hash store: every stored hash of the tree, one append-only file per tree level
-//! (`hashes/level-KK.bin`, node `i` of level K at byte `32 * i`). Any node is one `pread`,
-//! so a proof reads ~2 log2(n) hashes whatever the log's size, and memory stays flat.
+//! The hash store: the tree's hashes at every fourth level (0, 4, 8, …), one append-only
+//! file per stored level (`hashes/level-KK.bin`, node `i` of level K at byte `32 * i`).
+//! A node of a stored level is one `pread`; one of the three levels above is one `pread` of
+//! the 2, 4 or 8 nodes under it on the stored level and 1, 3 or 7 hashes. So a proof still
+//! reads ~2 log2(n) hashes' worth of small preads whatever the log's size, memory stays
+//! flat, and the store is 32 × 16/15 ≈ 34.1 bytes per leaf instead of 64 for every level.
 //! The level-0, 8, 16, … files are, cut in 8 KiB pieces, exactly the tlog-tiles tiles
 //! (height 8), so full tiles can be served or shipped as they are.
+//!
+//! A directory written when every level was stored opens as is: the files of the levels no
+//! longer kept are removed on open (they are derived state, and the rest is unchanged).
 //!
 //! Derived state: written (not synced) by the sequencer after each batch, synced by the
 //! checkpointer before it publishes a checkpoint, and re-derived from segments past the
@@ -18,18 +24,23 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use auditlog_formats::tree::{HashReader, NodeId};
-use auditlog_formats::Hash;
+use auditlog_formats::tree::{self, HashReader, NodeId};
+use auditlog_formats::{Hash, TreeHash};
 
 use crate::error::{io_err, EngineError, Result};
 
 pub(crate) const LEVELS_MAX: usize = 64;
+/// Levels `0, STORED_EVERY, 2·STORED_EVERY, …` are stored (FORMATS.md §5.5).
+pub(crate) const STORED_EVERY: usize = auditlog_formats::layout::HASH_LEVELS_STORED_EVERY;
+use auditlog_formats::layout::hash_level_stored as is_stored;
 
 /// The files, shared between the sequencer (appends), the checkpointer (syncs) and readers.
 #[derive(Clone)]
 pub struct HashFiles {
     dir: PathBuf,
-    files: Arc<RwLock<Vec<Arc<File>>>>,
+    alg: TreeHash,
+    /// Per level, its file (`None` for a level that is not stored).
+    files: Arc<RwLock<Vec<Option<Arc<File>>>>>,
     cache: Arc<RwLock<UpperCache>>,
     /// Tests only: a page cache whose contents the test controls, in place of the kernel's
     /// (which may keep or drop any page whatever it was advised), so that what a cached-only
@@ -89,21 +100,28 @@ impl UpperCache {
 }
 
 impl HashFiles {
-    pub(crate) fn open(dir: &Path, cache_bytes_max: u64) -> Result<HashFiles> {
+    pub(crate) fn open(dir: &Path, cache_bytes_max: u64, alg: TreeHash) -> Result<HashFiles> {
         std::fs::create_dir_all(dir).map_err(io_err(dir, "create hash store directory"))?;
         let files = HashFiles {
             dir: dir.to_path_buf(),
+            alg,
             files: Arc::new(RwLock::new(Vec::new())),
             cache: Arc::new(RwLock::new(UpperCache::new(cache_bytes_max))),
             #[cfg(test)]
             page_model: None,
         };
-        // Open the levels that exist; new ones are created as the tree grows into them.
+        // Open the levels that exist; new ones are created as the tree grows into them. A
+        // level that is not stored any more (a directory of an earlier version) is removed.
         for level in 0..LEVELS_MAX {
-            if !files.path(level).exists() {
-                break;
+            let path = files.path(level);
+            if !path.exists() {
+                continue;
             }
-            files.ensure_level(level)?;
+            if is_stored(level) {
+                files.ensure_level(level)?;
+            } else {
+                std::fs::remove_file(&path).map_err(io_err(&path, "remove unstored level"))?;
+            }
         }
         Ok(files)
     }
@@ -119,14 +137,20 @@ impl HashFiles {
             .unwrap_or_else(|e| e.into_inner())
             .get(level)
             .cloned()
+            .flatten()
     }
 
     fn ensure_level(&self, level: usize) -> Result<Arc<File>> {
+        assert!(is_stored(level), "level {level} is not stored");
         if let Some(f) = self.level_file(level) {
             return Ok(f);
         }
         let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
         while files.len() <= level {
+            if !is_stored(files.len()) {
+                files.push(None);
+                continue;
+            }
             let path = self.path(files.len());
             let f = OpenOptions::new()
                 .read(true)
@@ -135,12 +159,12 @@ impl HashFiles {
                 .truncate(false)
                 .open(&path)
                 .map_err(io_err(&path, "open hash level"))?;
-            files.push(Arc::new(f));
+            files.push(Some(Arc::new(f)));
         }
-        Ok(files[level].clone())
+        Ok(files[level].clone().expect("a stored level has a file"))
     }
 
-    /// Number of nodes stored at `level`.
+    /// Number of nodes stored at `level` (a stored level).
     pub(crate) fn node_count(&self, level: usize) -> Result<u64> {
         match self.level_file(level) {
             None => Ok(0),
@@ -162,8 +186,8 @@ impl HashFiles {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         let mut complete = true;
-        for level in 0..LEVELS_MAX {
-            let want = if level < 64 { size >> level } else { 0 };
+        for level in (0..LEVELS_MAX).step_by(STORED_EVERY) {
+            let want = size >> level;
             let Some(f) = self.level_file(level) else {
                 if want > 0 {
                     complete = false;
@@ -192,7 +216,7 @@ impl HashFiles {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        for level in 0..LEVELS_MAX {
+        for level in (0..LEVELS_MAX).step_by(STORED_EVERY) {
             if let Some(f) = self.level_file(level) {
                 f.set_len(0).map_err(io_err(self.path(level), "truncate"))?;
             }
@@ -204,6 +228,7 @@ impl HashFiles {
     pub(crate) fn sync(&self) -> Result<()> {
         let files = self.files.read().unwrap_or_else(|e| e.into_inner()).clone();
         for (level, f) in files.iter().enumerate() {
+            let Some(f) = f else { continue };
             f.sync_data()
                 .map_err(io_err(self.path(level), "fdatasync"))?;
         }
@@ -226,8 +251,12 @@ impl HashFiles {
         Ok(h)
     }
 
-    /// Reads `out.len() / 32` consecutive nodes of `level` from node `first` on.
+    /// Reads `out.len() / 32` consecutive nodes of `level` from node `first` on: from its
+    /// file, or computed from the nodes under them on the stored level below.
     fn read_level(&self, level: usize, first: u64, out: &mut [u8], wait: Wait) -> Result<()> {
+        if !is_stored(level) {
+            return self.compute_level(level, first, out, wait);
+        }
         let f = self.level_file(level).ok_or_else(|| EngineError::Corrupt {
             path: self.path(level),
             what: format!("missing level for node {first} of level {level}"),
@@ -248,6 +277,17 @@ impl HashFiles {
             let end = first + out.len() as u64 / 32;
             io_err(self.path(level), format!("read nodes {first}..{end}"))(e)
         })
+    }
+
+    /// Nodes of a level that is not stored, from the `2^k` nodes under each on the stored
+    /// level `k` below: `2^k - 1` hashes a node, `k` < `STORED_EVERY`.
+    fn compute_level(&self, level: usize, first: u64, out: &mut [u8], wait: Wait) -> Result<()> {
+        let k = level % STORED_EVERY;
+        let mut below = vec![[0u8; 32]; (out.len() / 32) << k];
+        self.read_level(level - k, first << k, below.as_flattened_mut(), wait)?;
+        let n = tree::fold_levels(self.alg, &mut below, k as u32);
+        out.copy_from_slice(below[..n].as_flattened());
+        Ok(())
     }
 
     /// `node` through the cache: the level is extended up to it with one read, unless
@@ -347,8 +387,12 @@ impl PendingNodes {
         }
     }
 
+    /// Buffers `node` if its level is stored (the others are computed when read).
     #[inline]
     pub(crate) fn push(&mut self, node: NodeId, hash: &Hash) {
+        if !is_stored(node.level as usize) {
+            return;
+        }
         let (first, buf) = &mut self.levels[node.level as usize];
         if buf.is_empty() {
             *first = node.index;
@@ -413,7 +457,7 @@ mod tests {
         let alg = TreeHash::Sha256;
         for budget in [0u64, 32 * 40, 32 * 300, 64 << 20] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let files = HashFiles::open(dir.path(), budget).expect("open");
+            let files = HashFiles::open(dir.path(), budget, TreeHash::Sha256).expect("open");
             let mut oracle = MemoryTree::new(alg);
             let mut pending = PendingNodes::new();
             for round in 0..12u64 {
@@ -465,6 +509,77 @@ mod tests {
             // Recovery cuts levels: the cache must forget what it held past the cut.
             assert!(files.truncate_to(100).expect("truncate"));
             assert_eq!(files.cache.read().expect("lock").bytes, 0);
+        }
+    }
+
+    fn level_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Only levels 0, 4, 8, … get files, and every proof still equals the oracle's. A
+    /// directory an earlier version wrote (every level stored) opens as is: the files of the
+    /// levels no longer kept are removed, the rest read unchanged.
+    #[test]
+    fn every_fourth_level_is_stored_and_an_old_directory_opens() {
+        let alg = TreeHash::Sha256;
+        let leaves = 5000u64;
+        let (new, old) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let files = HashFiles::open(new.path(), 0, alg).expect("open");
+        let mut oracle = MemoryTree::new(alg);
+        let mut pending = PendingNodes::new();
+        for i in 0..leaves {
+            let hashes = &mut oracle.hashes;
+            oracle.edge.append(alg.leaf(&i.to_be_bytes()), |n, h| {
+                (hashes.put(n, h), pending.push(n, h)).0
+            });
+        }
+        pending.flush(&files).expect("flush");
+        let stored = [
+            "level-00.bin",
+            "level-04.bin",
+            "level-08.bin",
+            "level-12.bin",
+        ];
+        assert_eq!(level_files(new.path()), stored);
+        assert_eq!(files.node_count(4).expect("count"), leaves >> 4);
+        // The old layout: a file for every level up to the highest.
+        for level in 0..13u8 {
+            let bytes: Vec<u8> = (0..leaves >> level)
+                .flat_map(|i| *oracle.hashes.get(NodeId::new(level, i)).expect("node"))
+                .collect();
+            std::fs::write(old.path().join(format!("level-{level:02}.bin")), bytes).expect("w");
+        }
+        let migrated = HashFiles::open(old.path(), 32 * 300, alg).expect("open old");
+        assert_eq!(level_files(old.path()), stored);
+        for store in [&files, &migrated] {
+            for size in [1, 2, 3, 16, 17, 255, 256, 4097, leaves] {
+                for index in (0..size).step_by(11).chain([size - 1]) {
+                    assert_eq!(
+                        tree::prove_inclusion(alg, index, size, store).expect("read"),
+                        tree::prove_inclusion(alg, index, size, &oracle.hashes).expect("read"),
+                        "index {index} size {size}"
+                    );
+                }
+                for from in [1, size / 2 + 1, size - 1].into_iter().filter(|&f| f >= 1) {
+                    assert_eq!(
+                        tree::prove_consistency(alg, from, size, store).expect("read"),
+                        tree::prove_consistency(alg, from, size, &oracle.hashes).expect("read"),
+                        "{from} -> {size}"
+                    );
+                }
+                assert_eq!(
+                    tree::tree_hash(alg, size, store).expect("read"),
+                    oracle.root_at(size)
+                );
+            }
         }
     }
 
@@ -528,7 +643,7 @@ mod tests {
 
     fn store_of(dir: &Path, budget: u64, leaves: u64) -> (HashFiles, MemoryTree) {
         let alg = TreeHash::Sha256;
-        let mut files = HashFiles::open(dir, budget).expect("open");
+        let mut files = HashFiles::open(dir, budget, TreeHash::Sha256).expect("open");
         files.page_model = Some(PageModel::new());
         let mut oracle = MemoryTree::new(alg);
         let mut pending = PendingNodes::new();

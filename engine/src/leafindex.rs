@@ -6,24 +6,28 @@
 //!
 //! Layout (`leafindex/{first:020}-{end:020}.run`, bytes in `auditlog_formats::leafindex` and
 //! FORMATS.md §5.6): immutable sorted runs, each covering the leaves `[first, end)` exactly
-//! once, entries (the leaf hash's first 8 bytes as a key, the leaf index) sorted. The newest
+//! once, entries (the leaf hash's first 4 bytes as a key, the leaf index) sorted and
+//! delta-coded, ~5 bytes each. The newest
 //! `MERGE_RUNS` runs are merged into one while the oldest of them is at most twice the
 //! others together (size-tiered, as in an LSM tree), up to `RUN_ENTRIES_MERGED_MAX`, so a
-//! lookup reads one 4 KiB block in each of a few runs, found through an in-memory fence of
-//! every 256th key.
+//! lookup reads one block of 256 entries (~1.3 KiB) in each of a few runs, found through the
+//! run's directory (the key and offset of every block) held in memory.
 //!
-//! Keys are 8 bytes, not 32: a key match is a candidate whose full leaf hash is then read
-//! from the hash store, so a collision costs one extra read and never a wrong answer.
+//! Keys are 4 bytes, not 32: a key match is a candidate whose full leaf hash is then read
+//! from the hash store, so a collision (about one lookup in 256 per run of 2^24 leaves)
+//! costs one extra read and never a wrong answer. Runs of the first format (`AUDLIDX1`,
+//! 16-byte entries) fail the magic check on open and are rebuilt in this one.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use auditlog_formats::layout;
 use auditlog_formats::leafindex::{
-    key_of, RunDecoder, RunEncoder, RunHeader, RUN_ENTRY_BYTES, RUN_HEADER_BYTES,
+    decode_block, key_of, BlockRef, RunDecoder, RunEncoder, RunHeader, ENTRY_BYTES_MAX,
+    RUN_ENTRIES_MAX, RUN_HEADER_BYTES,
 };
 use auditlog_formats::tree::{HashReader, NodeId};
 use auditlog_formats::Hash;
@@ -31,14 +35,11 @@ use auditlog_formats::Hash;
 use crate::error::{corrupt, io_err, Result};
 use crate::hashstore::HashFiles;
 
-const HEADER_BYTES: u64 = RUN_HEADER_BYTES as u64;
-const ENTRY_BYTES: u64 = RUN_ENTRY_BYTES as u64;
-/// Entries per fence block: one 4 KiB read per run per lookup.
-const BLOCK_ENTRIES: u64 = 256;
 /// Leaves read from the hash store and sorted at once when building a run (32 MiB of hashes).
 const RUN_ENTRIES_NEW_MAX: u64 = 1 << 20;
-/// Runs stop merging at this size (256 MiB), bounding the cost of one merge.
-const RUN_ENTRIES_MERGED_MAX: u64 = 1 << 24;
+/// Runs stop merging at this size (~80 MiB), bounding the cost of one merge; it is also the
+/// most one run can hold.
+const RUN_ENTRIES_MERGED_MAX: u64 = RUN_ENTRIES_MAX;
 /// Runs merged at once. Merging two at a time (the older while at most twice the newer)
 /// wrote each entry 5.4 times by 24 M leaves at a run a second of ~550 k leaves; four at a
 /// time 3.8 times, with about as many runs for a lookup to probe (simulated; a run a
@@ -53,8 +54,10 @@ struct Run {
     end: u64,
     path: PathBuf,
     file: File,
-    /// Key of entry `i * BLOCK_ENTRIES`.
-    fences: Vec<u64>,
+    /// Per block: the key of its first entry and where it starts.
+    directory: Vec<BlockRef>,
+    /// Where the directory starts: the end of the last block.
+    directory_at: u64,
 }
 
 impl Run {
@@ -128,7 +131,7 @@ impl LeafIndex {
             crate::yielding::read_exact_at(&level0, &mut bytes, first * 32)
                 .map_err(io_err(&self.dir, "read leaf hashes"))?;
             let mut pace = crate::yielding::Every::new(1024);
-            let entries: Vec<(u64, u64)> = bytes
+            let entries: Vec<(u32, u64)> = bytes
                 .chunks_exact(32)
                 .zip(first..end)
                 .map(|(h, i)| {
@@ -234,30 +237,32 @@ fn remove(path: &Path) -> Result<()> {
 }
 
 /// Candidate indexes (key matches) in `run`, ascending.
-fn run_candidates(run: &Run, key: u64) -> Result<Vec<u64>> {
-    let count = run.count();
+fn run_candidates(run: &Run, key: u32) -> Result<Vec<u64>> {
+    let dir = &run.directory;
     // The first block that may hold `key`: the one before the first fence >= key.
-    let mut block = (run.fences.partition_point(|&f| f < key) as u64).saturating_sub(1);
+    let mut block = dir.partition_point(|b| b.fence < key).saturating_sub(1);
     let mut out = Vec::new();
-    let mut buf = vec![0u8; (BLOCK_ENTRIES * ENTRY_BYTES) as usize];
-    while block * BLOCK_ENTRIES < count {
-        let n = (count - block * BLOCK_ENTRIES).min(BLOCK_ENTRIES);
-        let bytes = &mut buf[..(n * ENTRY_BYTES) as usize];
+    let mut buf = Vec::new();
+    while block < dir.len() {
+        let start = u64::from(dir[block].start);
+        let stop = dir
+            .get(block + 1)
+            .map_or(run.directory_at, |b| u64::from(b.start));
+        buf.resize((stop - start) as usize, 0);
         run.file
-            .read_exact_at(bytes, HEADER_BYTES + block * BLOCK_ENTRIES * ENTRY_BYTES)
+            .read_exact_at(&mut buf, start)
             .map_err(io_err(&run.path, "read leaf index block"))?;
         let mut past = false;
-        for e in bytes.chunks_exact(ENTRY_BYTES as usize) {
-            let k = key_of(e);
+        // Checked after reading, like every stored value: a block decodes whole, in order,
+        // within its run's range.
+        for entry in decode_block(&buf, run.first, run.end) {
+            let (k, index) = entry.map_err(|e| {
+                corrupt(
+                    &run.path,
+                    format!("block {block}: {e} (changed since it was loaded)"),
+                )
+            })?;
             if k == key {
-                let (_, index) = auditlog_formats::leafindex::decode_entry(e);
-                // Checked after reading, like every stored value: a run holds its own range.
-                if !(run.first..run.end).contains(&index) {
-                    return Err(corrupt(
-                        &run.path,
-                        format!("entry index {index} outside run"),
-                    ));
-                }
                 out.push(index);
             } else if k > key {
                 past = true;
@@ -296,8 +301,8 @@ fn scan_tail(hashes: &HashFiles, leaf: &Hash, from: u64, size: u64) -> Result<Op
 /// milliseconds. The entries go to 256 buckets by the key's top byte, and each bucket is
 /// sorted on its own; keys are hash prefixes, so the buckets are even (an uneven one is
 /// only slower).
-fn sort_entries(entries: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    let bucket = |key: u64| (key >> 56) as usize;
+fn sort_entries(entries: Vec<(u32, u64)>) -> Vec<(u32, u64)> {
+    let bucket = |key: u32| (key >> 24) as usize;
     let mut starts = [0usize; 257];
     for &(key, _) in &entries {
         starts[bucket(key) + 1] += 1;
@@ -306,7 +311,7 @@ fn sort_entries(entries: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         starts[b + 1] += starts[b];
     }
     let mut next = starts;
-    let mut out = vec![(0u64, 0u64); entries.len()];
+    let mut out = vec![(0u32, 0u64); entries.len()];
     let mut pace = crate::yielding::Every::new(4096);
     for e in entries {
         let b = bucket(e.0);
@@ -327,7 +332,7 @@ fn write_run(
     dir: &Path,
     first: u64,
     end: u64,
-    entries: impl Iterator<Item = Result<(u64, u64)>>,
+    entries: impl Iterator<Item = Result<(u32, u64)>>,
 ) -> Result<Run> {
     let path = dir.join(layout::run_name(first, end));
     let tmp = path.with_extension("tmp");
@@ -338,25 +343,28 @@ fn write_run(
         .truncate(true)
         .open(&tmp)
         .map_err(io_err(&tmp, "create leaf index run"))?;
-    // Written back in steps as it grows: merged runs reach 256 MiB, and the kernel's own
+    // Written back in steps as it grows: merged runs reach tens of MiB, and the kernel's own
     // writeback of that much at once queued ahead of the sequencer's syncs.
     let mut w = crate::io::WriteBehind::new(&file);
-    w.write_all(&[0u8; HEADER_BYTES as usize])
+    w.write_all(&[0u8; RUN_HEADER_BYTES])
         .map_err(io_err(&tmp, "write"))?;
     let mut enc = RunEncoder::new(first, end);
-    let mut fences = Vec::with_capacity(((end - first) / BLOCK_ENTRIES + 1) as usize);
     let mut pace = crate::yielding::Every::new(256);
+    let mut bytes = Vec::with_capacity(64 << 10);
     for entry in entries {
         pace.tick();
         let (key, index) = entry?;
-        if enc.written().is_multiple_of(BLOCK_ENTRIES) {
-            fences.push(key);
+        enc.entry(key, index, &mut bytes);
+        if bytes.len() >= 60 << 10 {
+            w.write_all(&bytes).map_err(io_err(&tmp, "write"))?;
+            bytes.clear();
         }
-        w.write_all(&enc.entry(key, index))
-            .map_err(io_err(&tmp, "write"))?;
     }
     // Asserts that the run holds each leaf of its range once.
-    let header = enc.header();
+    let directory_at = RUN_HEADER_BYTES as u64 + enc.bytes_written();
+    let (dir_bytes, header, directory) = enc.finish();
+    bytes.extend_from_slice(&dir_bytes);
+    w.write_all(&bytes).map_err(io_err(&tmp, "write"))?;
     w.flush().map_err(io_err(&tmp, "write"))?;
     drop(w);
     file.write_all_at(&header, 0)
@@ -367,48 +375,108 @@ fn write_run(
         end,
         path,
         file,
-        fences,
+        directory,
+        directory_at,
     })
 }
 
-/// Reads a run's header and checks that it is the run its name says.
-fn read_header(path: &Path, r: &mut impl Read, first: u64, end: u64) -> Result<RunHeader> {
-    let mut h = [0u8; RUN_HEADER_BYTES];
-    r.read_exact(&mut h)
-        .map_err(io_err(path, "read run header"))?;
-    let header = RunHeader::decode(&h).map_err(|e| corrupt(path, e.to_string()))?;
-    if (header.first, header.end) != (first, end) {
-        return Err(corrupt(path, "header does not match the run"));
-    }
-    Ok(header)
+/// A run's entries read from its file in order and checked as they come: the header against
+/// the run's name, each entry's form, order and range, and at the end the directory, the
+/// length and the CRC. Reads at its own offset, not through the file's shared cursor.
+struct RunStream<'a> {
+    path: &'a Path,
+    file: &'a File,
+    dec: Option<RunDecoder>,
+    buf: Vec<u8>,
+    /// `buf[pos..]` is unread; the file is read up to `file_at`.
+    pos: usize,
+    file_at: u64,
+    file_len: u64,
+    directory: Option<(Vec<BlockRef>, u64)>,
 }
 
-/// Reads a whole run and checks header, length, CRC, order and ranges.
+impl<'a> RunStream<'a> {
+    fn open(path: &'a Path, file: &'a File, first: u64, end: u64) -> Result<RunStream<'a>> {
+        let file_len = file.metadata().map_err(io_err(path, "stat"))?.len();
+        let mut h = [0u8; RUN_HEADER_BYTES];
+        if file_len < h.len() as u64 {
+            return Err(corrupt(path, format!("{file_len} bytes: no run header")));
+        }
+        file.read_exact_at(&mut h, 0)
+            .map_err(io_err(path, "read run header"))?;
+        let header = RunHeader::decode(&h).map_err(|e| corrupt(path, e.to_string()))?;
+        if (header.first, header.end) != (first, end) {
+            return Err(corrupt(path, "header does not match the run"));
+        }
+        Ok(RunStream {
+            path,
+            file,
+            dec: Some(RunDecoder::new(header)),
+            buf: Vec::new(),
+            pos: 0,
+            file_at: RUN_HEADER_BYTES as u64,
+            file_len,
+            directory: None,
+        })
+    }
+
+    /// Keeps at least `want` unread bytes in the buffer, or all the file has left.
+    fn fill(&mut self, want: usize) -> Result<()> {
+        if self.buf.len() - self.pos >= want || self.file_at == self.file_len {
+            return Ok(());
+        }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let have = self.buf.len();
+        let more = (self.file_len - self.file_at).min(crate::yielding::PIECE_BYTES as u64);
+        self.buf.resize(have + more as usize, 0);
+        self.file
+            .read_exact_at(&mut self.buf[have..], self.file_at)
+            .map_err(io_err(self.path, "read run"))?;
+        self.file_at += more;
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<(u32, u64)>> {
+        let Some(dec) = self.dec.as_mut() else {
+            return Ok(None);
+        };
+        if !dec.done() {
+            self.fill(ENTRY_BYTES_MAX)?;
+            let dec = self.dec.as_mut().expect("checked above");
+            let (entry, used) = dec
+                .entry(&self.buf[self.pos..])
+                .map_err(|e| corrupt(self.path, e.to_string()))?;
+            self.pos += used;
+            return Ok(Some(entry));
+        }
+        // The rest of the file is the directory.
+        let directory_at = dec.directory_at();
+        let rest = self.file_len.saturating_sub(directory_at);
+        let want = usize::try_from(rest).map_err(|_| corrupt(self.path, "too long"))?;
+        self.fill(want)?;
+        let dec = self.dec.take().expect("checked above");
+        let directory = dec
+            .finish(&self.buf[self.pos..])
+            .map_err(|e| corrupt(self.path, e.to_string()))?;
+        self.directory = Some((directory, directory_at));
+        Ok(None)
+    }
+}
+
+/// Reads a whole run and checks header, length, entries, directory and CRC.
 fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
     let file = File::open(path).map_err(io_err(path, "open leaf index run"))?;
-    let len = file.metadata().map_err(io_err(path, "stat"))?.len();
-    let count = end - first;
-    if len != HEADER_BYTES + count * ENTRY_BYTES {
-        return Err(corrupt(path, format!("{len} bytes for {count} entries")));
-    }
-    let mut r = BufReader::with_capacity(1 << 20, &file);
-    let mut dec = RunDecoder::new(read_header(path, &mut r, first, end)?);
-    let mut fences = Vec::with_capacity((count / BLOCK_ENTRIES + 1) as usize);
-    let mut e = [0u8; RUN_ENTRY_BYTES];
-    for i in 0..count {
-        r.read_exact(&mut e).map_err(io_err(path, "read"))?;
-        let (key, _) = dec.entry(&e).map_err(|e| corrupt(path, e.to_string()))?;
-        if i.is_multiple_of(BLOCK_ENTRIES) {
-            fences.push(key);
-        }
-    }
-    dec.finish().map_err(|e| corrupt(path, e.to_string()))?;
+    let mut stream = RunStream::open(path, &file, first, end)?;
+    while stream.next()?.is_some() {}
+    let (directory, directory_at) = stream.directory.take().expect("read to the end");
     Ok(Run {
         first,
         end,
         path: path.to_path_buf(),
         file,
-        fences,
+        directory,
+        directory_at,
     })
 }
 
@@ -416,49 +484,15 @@ fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
 /// leaf index is in exactly one), so the order is total.
 ///
 /// A run was checked when it was loaded, but its bytes are read again here: each source is
-/// checked again as it streams (order, range, and at its end the header's CRC), so a byte
-/// changed on disk since is reported as corruption instead of being carried into the merged
-/// run under a fresh CRC, or tripping `write_run`'s order assertion.
-fn merge(runs: &[Arc<Run>]) -> Result<impl Iterator<Item = Result<(u64, u64)>> + '_> {
-    struct Entries<'a> {
-        r: BufReader<&'a File>,
-        run: &'a Run,
-        dec: RunDecoder,
-    }
-    impl Entries<'_> {
-        fn next(&mut self) -> Result<Option<(u64, u64)>> {
-            let path = &self.run.path;
-            if self.dec.done() {
-                self.dec
-                    .finish()
-                    .map_err(|e| corrupt(path, e.to_string()))?;
-                return Ok(None);
-            }
-            let mut e = [0u8; RUN_ENTRY_BYTES];
-            self.r
-                .read_exact(&mut e)
-                .map_err(io_err(path, "read run"))?;
-            let entry = self
-                .dec
-                .entry(&e)
-                .map_err(|e| corrupt(path, e.to_string()))?;
-            Ok(Some(entry))
-        }
-    }
+/// checked again as it streams (form, order, range, and at its end the directory and the
+/// header's CRC), so a byte changed on disk since is reported as corruption instead of
+/// being carried into the merged run under a fresh CRC, or tripping `write_run`'s order
+/// assertion.
+fn merge(runs: &[Arc<Run>]) -> Result<impl Iterator<Item = Result<(u32, u64)>> + '_> {
     let mut sources = Vec::with_capacity(runs.len());
     let mut heads = Vec::with_capacity(runs.len());
     for run in runs {
-        let mut r = BufReader::with_capacity(crate::yielding::PIECE_BYTES, &run.file);
-        // The reader goes through the file's shared cursor: from the start, whatever
-        // read or wrote through it last.
-        std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(0))
-            .map_err(io_err(&run.path, "seek run"))?;
-        let header = read_header(&run.path, &mut r, run.first, run.end)?;
-        let mut src = Entries {
-            r,
-            run,
-            dec: RunDecoder::new(header),
-        };
+        let mut src = RunStream::open(&run.path, &run.file, run.first, run.end)?;
         heads.push(src.next()?);
         sources.push(src);
     }
@@ -487,7 +521,7 @@ mod tests {
     use super::*;
 
     /// Merging four runs streams exactly the sorted union of their entries, and the result
-    /// loads back as a valid run (order, range, CRC).
+    /// loads back as a valid run (entries, directory, CRC).
     #[test]
     fn four_runs_merge_into_their_sorted_union() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -503,53 +537,69 @@ mod tests {
         let mut all = Vec::new();
         for w in bounds.windows(2) {
             // Small keys so that runs share keys (ties are broken by the leaf index).
-            let entries = sort_entries((w[0]..w[1]).map(|i| (next() % 500, i)).collect());
+            let entries = sort_entries((w[0]..w[1]).map(|i| ((next() % 500) as u32, i)).collect());
             all.extend_from_slice(&entries);
             let run = write_run(dir.path(), w[0], w[1], entries.into_iter().map(Ok)).expect("run");
             runs.push(Arc::new(run));
         }
         all.sort_unstable();
-        let merged: Vec<(u64, u64)> = merge(&runs)
+        let merged: Vec<(u32, u64)> = merge(&runs)
             .expect("merge")
             .collect::<Result<_>>()
             .expect("entries");
         assert_eq!(merged, all);
         let out = write_run(dir.path(), 0, 5000, merged.into_iter().map(Ok)).expect("write");
         let back = load_run(&out.path, 0, 5000).expect("a valid run");
-        assert_eq!(back.fences, out.fences);
+        assert_eq!(
+            (back.directory.clone(), back.directory_at),
+            (out.directory.clone(), out.directory_at)
+        );
+        // Every key is found where it is, through the directory, block by block.
+        for (key, index) in all.iter().step_by(97) {
+            assert!(run_candidates(&back, *key).expect("lookup").contains(index));
+        }
+    }
+
+    /// Bytes of the LEB128 form of `v`.
+    fn leb_len(v: u32) -> u64 {
+        (1..=5)
+            .find(|n| u64::from(v) < 1u64 << (7 * n))
+            .expect("u32")
     }
 
     /// A byte changed on disk after a run was loaded is reported by the merge as corruption
     /// of that run: one that breaks the order (which `write_run` would otherwise assert
-    /// on) and one that keeps it (a duplicated leaf index, caught by the CRC).
+    /// on) and one that keeps it (a duplicated leaf index, caught by the CRC); and by a
+    /// lookup that reads the changed block.
     #[test]
     fn a_run_damaged_after_loading_fails_the_merge_not_the_process() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().expect("tmp");
         let bounds = [0u64, 300, 600, 900, 1200];
-        let build = |tag: &str| -> Vec<Arc<Run>> {
+        let build = |tag: &str| -> (Vec<Arc<Run>>, Vec<Vec<(u32, u64)>>) {
             let sub = dir.path().join(tag);
             std::fs::create_dir_all(&sub).expect("dir");
-            bounds
+            let mut keys = Vec::new();
+            let runs = bounds
                 .windows(2)
                 .map(|w| {
                     let entries = sort_entries(
                         (w[0]..w[1])
-                            .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i))
+                            .map(|i| ((i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32, i))
                             .collect(),
                     );
+                    keys.push(entries.clone());
                     Arc::new(write_run(&sub, w[0], w[1], entries.into_iter().map(Ok)).expect("run"))
                 })
-                .collect()
+                .collect();
+            (runs, keys)
         };
-        let entry_at = |i: u64| HEADER_BYTES + i * ENTRY_BYTES;
 
-        // Out of order: the 100th entry's key becomes the largest possible.
-        let runs = build("order");
-        runs[2]
-            .file
-            .write_all_at(&[0xff; 8], entry_at(100))
-            .expect("damage");
+        // Out of range: the second entry's offset becomes 2^24 - 1.
+        let (runs, keys) = build("order");
+        let e = &keys[2];
+        let at = RUN_HEADER_BYTES as u64 + leb_len(e[0].0) + 3 + leb_len(e[1].0 - e[0].0);
+        runs[2].file.write_all_at(&[0xff; 3], at).expect("damage");
         let err = merge(&runs)
             .expect("merge")
             .collect::<Result<Vec<_>>>()
@@ -559,14 +609,15 @@ mod tests {
             err.to_string().contains("00000000000000000600"),
             "names the run: {err}"
         );
+        let err = run_candidates(&runs[2], e[1].0).unwrap_err();
+        assert!(err.to_string().contains("block 0"), "{err}");
 
         // Still in order, but wrong: the last entry (the largest key) takes its run's first
         // index, so that leaf is in the run twice and another of its leaves is missing.
-        let runs = build("crc");
-        let last = runs[1].count() - 1;
+        let (runs, _) = build("crc");
         runs[1]
             .file
-            .write_all_at(&runs[1].first.to_be_bytes(), entry_at(last) + 8)
+            .write_all_at(&[0; 3], runs[1].directory_at - 3)
             .expect("damage");
         let err = write_run(dir.path(), 0, 1200, merge(&runs).expect("merge"))
             .err()
@@ -609,11 +660,11 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let random: Vec<(u64, u64)> = (0..100_000u64).map(|i| (next(), i)).collect();
-        let one_bucket: Vec<(u64, u64)> = (0..5_000u64)
-            .map(|i| ((0xab << 56) | (next() >> 8), i))
+        let random: Vec<(u32, u64)> = (0..100_000u64).map(|i| (next() as u32, i)).collect();
+        let one_bucket: Vec<(u32, u64)> = (0..5_000u64)
+            .map(|i| ((0xab << 24) | (next() as u32 >> 8), i))
             .collect();
-        let equal_keys: Vec<(u64, u64)> = (0..1_000u64).map(|i| (7, 1_000 - i)).collect();
+        let equal_keys: Vec<(u32, u64)> = (0..1_000u64).map(|i| (7, 1_000 - i)).collect();
         for entries in [random, one_bucket, equal_keys, Vec::new()] {
             let mut want = entries.clone();
             want.sort_unstable();

@@ -210,6 +210,7 @@ impl Rederive {
         let hashes = HashFiles::open(
             &cfg.data_dir.join(layout::HASHES_DIR),
             cfg.hash_cache_bytes_max,
+            alg,
         )?;
         let mut from = cp_size;
         let store_ok = hashes.truncate_to(cp_size)?

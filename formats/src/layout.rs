@@ -12,7 +12,7 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const CHECKPOINT_LOG_FILE: &str = "checkpoints.log";
 /// The leaf-hash index's runs (`leafindex`), derived state.
 pub const LEAF_INDEX_DIR: &str = "leafindex";
-/// The hash store: one file per tree level (`hash_level_file`), derived state.
+/// The hash store: one file per stored tree level (`hash_level_file`), derived state.
 pub const HASHES_DIR: &str = "hashes";
 /// The key history (FORMATS.md §13).
 pub const KEYS_FILE: &str = "keys.json";
@@ -38,6 +38,16 @@ pub const FORWARDER_CURSOR_FILE: &str = "forwarder.cursor";
 /// The hash store's file for tree level `level` (in `HASHES_DIR`).
 pub fn hash_level_file(level: usize) -> String {
     format!("level-{level:02}.bin")
+}
+
+/// The hash store keeps levels `0, 4, 8, …` (FORMATS.md §5.5); a node of another level is
+/// computed from the nodes under it on the stored level below (`tree::fold_levels`). It
+/// divides 8, so the tlog-tiles levels are stored.
+pub const HASH_LEVELS_STORED_EVERY: usize = 4;
+
+/// Whether the hash store keeps a file for `level`.
+pub fn hash_level_stored(level: usize) -> bool {
+    level.is_multiple_of(HASH_LEVELS_STORED_EVERY)
 }
 
 /// `log.json`'s fields.

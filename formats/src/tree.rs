@@ -503,6 +503,24 @@ pub fn consistency_proof_len(old_size: u64, new_size: u64) -> usize {
     len + usize::from(lo != 0)
 }
 
+/// Folds consecutive nodes of one level up `k` levels in place: `nodes` holds `m · 2^k`
+/// nodes starting at a multiple of `2^k`, and afterwards `nodes[..m]` are their ancestors
+/// `k` levels up (each the hash of its two children, `2^k − 1` hashes apiece). Returns `m`.
+pub fn fold_levels(alg: TreeHash, nodes: &mut [Hash], k: u32) -> usize {
+    assert!(
+        nodes.len().is_multiple_of(1 << k),
+        "whole subtrees of 2^k nodes"
+    );
+    let mut n = nodes.len();
+    for _ in 0..k {
+        n /= 2;
+        for i in 0..n {
+            nodes[i] = alg.node(&nodes[2 * i], &nodes[2 * i + 1]);
+        }
+    }
+    n
+}
+
 /// The right edge of the tree: the newest complete node at each level. It is all the
 /// state appending needs (a new leaf only ever combines with these), and the tree head is
 /// the fold of the edge nodes at the set bits of the size.

@@ -234,8 +234,8 @@ fn tamper_cases() -> Vec<(&'static str, Tamper, &'static str)> {
         ),
         (
             "upper tile byte",
-            Box::new(|d: &Path| flip(&d.join("hashes/level-03.bin"), 32 * 5 + 1)),
-            "level-03.bin: node 5",
+            Box::new(|d: &Path| flip(&d.join("hashes/level-04.bin"), 32 * 5 + 1)),
+            "level-04.bin: node 5",
         ),
         (
             "checkpoint byte",
@@ -292,7 +292,8 @@ fn tampering_with_any_file_fails_verification_at_the_right_place() {
     let ok = verify(base.path(), &key).expect("untouched log verifies");
     assert_eq!(ok.events, 8000);
     assert!(ok.sealed_segments >= 2 && ok.checkpoints >= 20, "{ok:?}");
-    assert!(ok.hash_nodes_checked >= 15_000, "{ok:?}");
+    // Every node of the stored levels 0, 4, 8 and 12 (FORMATS.md §5.5): 8000 + 500 + 31 + 1.
+    assert_eq!(ok.hash_nodes_checked, 8532, "{ok:?}");
 
     let bin = auditlog_tests::daemon::client_exe();
     for (name, tamper, expect) in tamper_cases() {
@@ -345,6 +346,103 @@ fn tampering_with_any_file_fails_verification_at_the_right_place() {
 
 /// Rewrites a sealed segment's footer note (and the digest over it), as someone with the
 /// disk or the bucket could: the records and the tree head stay as they were.
+/// A data directory the previous version wrote (every hash level stored, leaf-index runs of
+/// 16-byte entries, `AUDLIDX1`) verifies as it is, its extra levels checked node by node so
+/// that damage there is still named; and the engine opens it: the levels no longer stored
+/// are removed, the old runs rebuilt in the current form, lookups right, and it verifies
+/// again. (FORMATS.md §5.5, §5.6.)
+#[test]
+fn a_directory_of_the_previous_layout_verifies_and_then_opens() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = build_log(dir.path());
+    let hashes = dir.path().join("hashes");
+    let level0 = std::fs::read(hashes.join("level-00.bin")).expect("level 0");
+    let mut t = tree::MemoryTree::new(auditlog_formats::TreeHash::Sha256);
+    for h in level0.chunks_exact(32) {
+        t.append_leaf_hash(h.try_into().expect("32 bytes"));
+    }
+    let size = t.size();
+    let levels: Vec<u8> = (0..64u8).take_while(|l| size >> l > 0).collect();
+    for &level in &levels {
+        let bytes: Vec<u8> = (0..size >> level)
+            .flat_map(|i| *t.hashes.get(tree::NodeId::new(level, i)).expect("node"))
+            .collect();
+        std::fs::write(hashes.join(format!("level-{level:02}.bin")), bytes).expect("write");
+    }
+    // The previous leaf index: one run of every leaf, (key:u64, index:u64) sorted, CRC-32C.
+    let runs = dir.path().join("leafindex");
+    for f in files(&runs, "run") {
+        std::fs::remove_file(f).expect("rm run");
+    }
+    let mut entries: Vec<(u64, u64)> = level0
+        .chunks_exact(32)
+        .zip(0..)
+        .map(|(h, i)| (u64::from_be_bytes(h[..8].try_into().expect("8")), i))
+        .collect();
+    entries.sort_unstable();
+    let body: Vec<u8> = entries
+        .iter()
+        .flat_map(|(k, i)| [k.to_be_bytes(), i.to_be_bytes()].concat())
+        .collect();
+    let mut v1 = b"AUDLIDX1".to_vec();
+    v1.extend(0u64.to_be_bytes());
+    v1.extend(size.to_be_bytes());
+    v1.extend(crc32c::crc32c(&body).to_be_bytes());
+    v1.extend([0; 4]);
+    v1.extend(body);
+    let v1_path = runs.join(format!("{:020}-{size:020}.run", 0));
+    std::fs::write(&v1_path, &v1).expect("write v1 run");
+
+    let every_level: u64 = levels.iter().map(|l| size >> l).sum();
+    let ok = verify(dir.path(), &key).expect("the previous layout verifies");
+    assert_eq!(ok.hash_nodes_checked, every_level, "{ok:?}");
+    let work = tempfile::tempdir().expect("tmp");
+    copy_dir(dir.path(), work.path());
+    flip(&work.path().join("hashes/level-03.bin"), 32 * 5 + 1);
+    let err = verify(work.path(), &key).expect_err("damage in an old level is found");
+    assert!(err.to_string().contains("level-03.bin: node 5"), "{err}");
+
+    let engine = Engine::open(small_config(dir.path()), None).expect("open the old layout");
+    let mut names: Vec<String> = std::fs::read_dir(&hashes)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "level-00.bin",
+            "level-04.bin",
+            "level-08.bin",
+            "level-12.bin"
+        ]
+    );
+    let mut b = engine.new_batch(auditlog_engine::Submitter::token("test-writer"));
+    b.add(&event(size, 256)).expect("valid");
+    engine.append(b).expect("append");
+    engine
+        .wait_checkpoint(size + 1, Duration::from_secs(10))
+        .expect("checkpoint");
+    let magics: Vec<Vec<u8>> = files(&runs, "run")
+        .iter()
+        .map(|p| std::fs::read(p).expect("run")[..8].to_vec())
+        .collect();
+    assert!(
+        !magics.is_empty() && magics.iter().all(|m| m == b"AUDLIDX2"),
+        "the old run was rebuilt in the current form"
+    );
+    for index in [0, 1234, size - 1] {
+        let leaf: [u8; 32] = level0[index as usize * 32..][..32].try_into().expect("32");
+        assert_eq!(
+            engine.index_of_leaf(&leaf, size).expect("lookup"),
+            Some(index)
+        );
+    }
+    engine.shutdown().expect("shutdown");
+    let again = verify(dir.path(), &key).expect("verifies after opening");
+    assert_eq!(again.events, size + 1);
+}
+
 fn reseal_with_note(path: &Path, note: &str) {
     use auditlog_formats::segment::{decode_trailer, TRAILER_BYTES, TRAILER_MAGIC};
     let b = std::fs::read(path).expect("read");

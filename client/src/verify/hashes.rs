@@ -6,8 +6,9 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use auditlog_formats::tree::{HashReader, NodeId};
-use auditlog_formats::Hash;
+use auditlog_formats::layout::{hash_level_file, hash_level_stored, HASH_LEVELS_STORED_EVERY};
+use auditlog_formats::tree::{self, HashReader, NodeId};
+use auditlog_formats::{Hash, TreeHash};
 
 use super::{fail, VerifyError};
 
@@ -19,7 +20,9 @@ pub struct HashCheck {
     pub levels: Vec<Option<Box<dyn Read>>>,
     /// Nodes present per level.
     pub present: Vec<u64>,
-    /// The source keeps every level (a data directory), so short levels are errors.
+    /// The source keeps every stored level (a data directory: levels 0, 4, 8, …, FORMATS.md
+    /// §5.5), so short stored levels are errors. Other levels are checked where present (a
+    /// directory an earlier version wrote, which kept every level).
     pub complete: bool,
     pub checked: u64,
 }
@@ -67,6 +70,9 @@ impl HashCheck {
         for l in 0..64u8 {
             let want = size >> l;
             let have = self.present[l as usize];
+            if !hash_level_stored(l as usize) && self.levels[l as usize].is_none() {
+                continue;
+            }
             if have < (covered >> l) {
                 return Err(());
             }
@@ -78,8 +84,10 @@ impl HashCheck {
     }
 }
 
-/// Stored hashes read from a data directory's level files.
+/// Stored hashes read from a data directory's level files; a node of a level that is not
+/// stored is computed from the nodes under it on the stored level below.
 pub struct FileHashes {
+    pub alg: TreeHash,
     pub dir: PathBuf,
 }
 
@@ -88,12 +96,21 @@ impl HashReader for FileHashes {
     fn read_hashes(&self, nodes: &[NodeId]) -> Result<Vec<Hash>, VerifyError> {
         let mut out = Vec::with_capacity(nodes.len());
         for n in nodes {
-            let p = self.dir.join(format!("level-{:02}.bin", n.level));
+            let level = n.level as usize;
+            let p = self.dir.join(hash_level_file(level));
+            // An earlier version's directory keeps every level: read one that is there.
+            let k = if hash_level_stored(level) || p.exists() {
+                0
+            } else {
+                level % HASH_LEVELS_STORED_EVERY
+            };
+            let p = self.dir.join(hash_level_file(level - k));
             let f = File::open(&p).or_else(|e| fail(&p, e.to_string()))?;
-            let mut h = [0u8; 32];
-            f.read_exact_at(&mut h, n.index * 32)
-                .or_else(|e| fail(&p, format!("node {}: {e}", n.index)))?;
-            out.push(h);
+            let mut under = vec![[0u8; 32]; 1 << k];
+            f.read_exact_at(under.as_flattened_mut(), (n.index << k) * 32)
+                .or_else(|e| fail(&p, format!("node {}: {e}", n.index << k)))?;
+            tree::fold_levels(self.alg, &mut under, k as u32);
+            out.push(under[0]);
         }
         Ok(out)
     }

@@ -5,7 +5,7 @@
 //! deeper checks run on it. The targets decode the raw input first, then the fixed one.
 
 use auditlog_formats::batch::{self, Entries, BATCH_HEADER_BYTES, BATCH_MAGIC};
-use auditlog_formats::leafindex::{RUN_ENTRY_BYTES, RUN_HEADER_BYTES, RUN_MAGIC};
+use auditlog_formats::leafindex::{RUN_HEADER_BYTES, RUN_MAGIC};
 use auditlog_formats::segment::{self, HEADER_BYTES, TRAILER_BYTES, TRAILER_MAGIC};
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
@@ -76,18 +76,33 @@ pub fn fix_segment(data: &[u8]) -> Option<Vec<u8>> {
     Some(b)
 }
 
-/// A leaf-index run: magic, zero reserved bytes, an `end` that matches the whole entries
-/// present (the input is cut to them), and the CRC of those entries.
+/// A leaf-index run: magic, a range as long as the entries the input holds (each a LEB128
+/// delta of at most 5 bytes and a 3-byte offset; the input is cut to them and as many
+/// directory entries as their blocks need) and the CRC of those bytes.
 pub fn fix_run(data: &[u8]) -> Option<Vec<u8>> {
-    let count = data.len().checked_sub(RUN_HEADER_BYTES)? / RUN_ENTRY_BYTES;
+    use auditlog_formats::leafindex::{BLOCK_ENTRIES, DIRECTORY_ENTRY_BYTES};
+    let body = data.get(RUN_HEADER_BYTES..)?;
+    let entry_len = |b: &[u8]| {
+        let delta = b.iter().take(5).position(|c| c & 0x80 == 0)? + 1;
+        (b.len() >= delta + 3).then_some(delta + 3)
+    };
+    let dir_bytes = |count: u64| (count.div_ceil(BLOCK_ENTRIES) as usize) * DIRECTORY_ENTRY_BYTES;
+    let (mut at, mut count) = (0usize, 0u64);
+    while let Some(len) = entry_len(&body[at..]) {
+        if at + len + dir_bytes(count + 1) > body.len() || count == 1 << 24 {
+            break;
+        }
+        at += len;
+        count += 1;
+    }
     if count == 0 {
         return None;
     }
-    let mut b = data[..RUN_HEADER_BYTES + count * RUN_ENTRY_BYTES].to_vec();
+    let mut b = data[..RUN_HEADER_BYTES + at + dir_bytes(count)].to_vec();
     b[..8].copy_from_slice(RUN_MAGIC);
-    let first = get_u64(&b, 8).min(u64::MAX - count as u64);
+    let first = get_u64(&b, 8).min(u64::MAX - count);
     b[8..16].copy_from_slice(&first.to_be_bytes());
-    b[16..24].copy_from_slice(&(first + count as u64).to_be_bytes());
+    b[16..24].copy_from_slice(&(first + count).to_be_bytes());
     let crc = crc32c::crc32c(&b[RUN_HEADER_BYTES..]);
     put_u32(&mut b, 24, crc);
     b[28..32].fill(0);
