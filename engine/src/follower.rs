@@ -152,8 +152,10 @@ pub(crate) fn bootstrap(data_dir: &std::path::Path, source: &dyn WormTarget) -> 
     Ok(())
 }
 
-/// The bucket's newest key history: every version is kept, and the one with the most
-/// entries is the newest (a history only grows: keys are added and retired, never removed).
+/// The bucket's newest key history: every version is kept, and a history only grows (keys
+/// are added, and retired once, never removed), so the newest has the most entries and,
+/// among those, the most retired. (Entries alone tie between a rotation's add and its
+/// retirement, and the older of the two was taken as often as not.)
 fn newest_history(
     source: &dyn WormTarget,
 ) -> Result<Option<(Vec<u8>, auditlog_formats::keyhistory::CheckedHistory)>> {
@@ -164,9 +166,13 @@ fn newest_history(
         };
         let h = auditlog_formats::keyhistory::KeyHistory::parse(&bytes)
             .map_err(|e| corrupt(place(source, &o.key), e.to_string()))?;
+        let growth = |h: &auditlog_formats::keyhistory::KeyHistory| {
+            let retired = h.keys.iter().filter(|k| k.until_size.is_some()).count();
+            (h.keys.len(), retired)
+        };
         if newest
             .as_ref()
-            .is_none_or(|(_, n)| h.history.keys.len() > n.history.keys.len())
+            .is_none_or(|(_, n)| growth(&h.history) > growth(&n.history))
         {
             newest = Some((bytes, h));
         }
@@ -268,6 +274,8 @@ pub(crate) struct Follower {
     open: Option<Open>,
     /// `replication/manifest.log`: the segments adopted, recorded as shipped (`FOLLOWED`).
     manifest: Option<crate::replication::Manifest>,
+    /// The pointer size for which the key histories were last looked at.
+    keys_asked_at: Option<u64>,
 }
 
 enum Step {
@@ -300,6 +308,7 @@ impl Follower {
                 write_offset: o.write_offset,
             }),
             manifest: None,
+            keys_asked_at: None,
         }
     }
 
@@ -663,6 +672,29 @@ impl Follower {
         Ok(())
     }
 
+    /// Whether a new checkpoint (past what the replica holds signed, read before it is
+    /// verified, only to decide this) carries a signature by a key the replica does not
+    /// know. Asked once per pointer size, so a note with a signer that is never a log key
+    /// does not make every poll list the bucket's key histories.
+    fn signed_by_unknown_key(&mut self, shared: &Shared, note: &str) -> bool {
+        let Ok((text, sigs)) = auditlog_formats::note::parse_note(note) else {
+            return false;
+        };
+        let Ok(cp) = auditlog_formats::note::Checkpoint::parse_text(&text) else {
+            return false;
+        };
+        if cp.size <= shared.checkpoints.signed_size() || self.keys_asked_at == Some(cp.size) {
+            return false;
+        }
+        self.keys_asked_at = Some(cp.size);
+        let known = shared.keyring.all_keys();
+        sigs.iter().any(|s| {
+            !known
+                .iter()
+                .any(|k| k.name() == s.name && k.key_id() == s.key_id)
+        })
+    }
+
     /// The writer's newest checkpoint (the bucket's `checkpoint` pointer), once the
     /// replica holds its records: signatures under the key history, root equal to the
     /// replica's tree; then it is the replica's newest checkpoint.
@@ -676,6 +708,12 @@ impl Follower {
         };
         let place = self.place("checkpoint");
         let note = String::from_utf8(bytes).map_err(|_| corrupt(&place, "not UTF-8"))?;
+        if self.signed_by_unknown_key(shared, &note) {
+            // A rotation under way: the writer ships the key history before a checkpoint
+            // its new key signs, so take it now, before this size is verified; after, the
+            // new key would start below a size the replica holds signed (retroactive).
+            self.refresh_keys(shared)?;
+        }
         let cp = match shared.keyring.open_checkpoint(&note) {
             Ok(cp) => cp,
             // Signed by a key the replica's history does not have yet (a rotation): take

@@ -242,7 +242,7 @@ impl Planner {
         if let Some(item) = self.next_tiles(shared, durable)? {
             return Ok(Some(item));
         }
-        Ok(self.next_latest(shared))
+        self.next_latest(shared)
     }
 
     /// At shutdown: only the newest checkpoint the store's data covers, then the `latest`
@@ -259,7 +259,7 @@ impl Planner {
             return Ok(Some(item));
         }
         self.latest_at = None;
-        Ok(self.next_latest(shared))
+        self.next_latest(shared)
     }
 
     /// `log.json` once, and each version of `keys.json` (kept as long as the longest
@@ -283,8 +283,7 @@ impl Planner {
             }
         }
         if let Some(b) = self.small_file(shared, auditlog_formats::layout::KEYS_FILE)? {
-            // One object per version of the history: the name carries its digest.
-            let key = format!("keys/{}.json", &blake3::hash(&b).to_hex()[..16]);
+            let key = history_key(&b);
             if !self.shipped.keys.contains(&key) {
                 return Ok(Some(Item::one(entry(
                     Kind::Keys,
@@ -447,15 +446,30 @@ impl Planner {
     }
 
     /// The `latest` pointer, when the newest checkpoint moved and its interval has passed.
-    fn next_latest(&self, shared: &Shared) -> Option<Item> {
-        let cp = shared.checkpoints.latest()?;
+    /// The `checkpoint` pointer, when due: the newest checkpoint, once the key history it
+    /// was signed under is on the store. The history is read after the checkpoint is taken
+    /// (a key is in `keys.json` before it signs), so a reader that meets a signature by a
+    /// new key in the pointer finds that key in the bucket's history; a replica adopts the
+    /// new key before any size it signs, as its extension rule requires.
+    fn next_latest(&self, shared: &Shared) -> Result<Option<Item>> {
+        let Some(cp) = shared.checkpoints.latest() else {
+            return Ok(None);
+        };
         let due = self.latest_at.is_none_or(|t| {
             t.elapsed() >= Duration::from_millis(self.cfg.latest_checkpoint_interval_ms)
         });
-        (cp.checkpoint.size != self.latest_size && due).then(|| Item::Latest {
+        if cp.checkpoint.size == self.latest_size || !due {
+            return Ok(None);
+        }
+        if let Some(b) = self.small_file(shared, auditlog_formats::layout::KEYS_FILE)? {
+            if !self.shipped.keys.contains(&history_key(&b)) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Item::Latest {
             size: cp.checkpoint.size,
             bytes: cp.note.clone().into_bytes(),
-        })
+        }))
     }
 
     /// Reads what was appended to `checkpoints.log` since the last call (bounded per call).
@@ -502,4 +516,9 @@ impl Planner {
         self.cp_offset += good as u64;
         Ok(())
     }
+}
+
+/// The object key of one version of the key history: the name carries its digest.
+fn history_key(bytes: &[u8]) -> String {
+    format!("keys/{}.json", &blake3::hash(bytes).to_hex()[..16])
 }
