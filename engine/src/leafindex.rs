@@ -576,7 +576,8 @@ mod tests {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().expect("tmp");
         let bounds = [0u64, 300, 600, 900, 1200];
-        let build = |tag: &str| -> (Vec<Arc<Run>>, Vec<Vec<(u32, u64)>>) {
+        type Built = (Vec<Arc<Run>>, Vec<Vec<(u32, u64)>>);
+        let build = |tag: &str| -> Built {
             let sub = dir.path().join(tag);
             std::fs::create_dir_all(&sub).expect("dir");
             let mut keys = Vec::new();
