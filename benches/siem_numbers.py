@@ -32,12 +32,12 @@ def wait_port(port, limit=30):
 class Daemon:
     def __init__(self, dir, extra_siem="", bin_dir=None):
         self.dir = dir
-        self.http, self.tcp, self.syslog = free_port(), free_port(), free_port()
+        self.http, self.tcp, self.syslog, self.ops = free_port(), free_port(), free_port(), free_port()
         cfg = os.path.join(dir, "auditlogd.toml")
         open(cfg, "w").write("[engine]\nsegment_bytes = 268435456\n[siem]\n" + extra_siem)
         self.p = subprocess.Popen([f"{bin_dir or T}/auditlogd", "--config", cfg, "--data-dir", f"{dir}/data",
                                    "--http-addr", f"127.0.0.1:{self.http}", "--tcp-addr", f"127.0.0.1:{self.tcp}",
-                                   "--syslog-addr", f"127.0.0.1:{self.syslog}"],
+                                   "--syslog-addr", f"127.0.0.1:{self.syslog}", "--ops-addr", f"127.0.0.1:{self.ops}"],
                                   stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
         wait_port(self.http)
         self.tokens = dict(l.split() for l in open(f"{dir}/data/initial-tokens"))

@@ -99,6 +99,20 @@ fn proofs(c: &mut Criterion) {
                 .expect("consistency proof")
         })
     });
+    // Inclusion proofs asked for by leaf hash start with this lookup (the leaf-hash index).
+    let leaves: Vec<_> = indices
+        .iter()
+        .take(1024)
+        .map(|&i| (engine.leaf_hash(i).expect("leaf hash"), i))
+        .collect();
+    let at = AtomicUsize::new(0);
+    g.bench_function("index_of_leaf", |b| {
+        b.iter(|| {
+            let (leaf, i) = &leaves[at.fetch_add(1, Ordering::Relaxed) % leaves.len()];
+            let found = engine.index_of_leaf(black_box(leaf), size).expect("lookup");
+            assert!(found.is_some_and(|f| f <= *i), "leaf {i}");
+        })
+    });
     g.finish();
     engine.shutdown().expect("clean shutdown");
 }

@@ -466,7 +466,13 @@ impl<'a> RunStream<'a> {
 
 /// Reads a whole run and checks header, length, entries, directory and CRC.
 fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
-    let file = File::open(path).map_err(io_err(path, "open leaf index run"))?;
+    // Writable, though never written: a merge retires the run by cutting it from the end
+    // (`io::remove_gently`), which a read-only descriptor refuses (EINVAL).
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path, "open leaf index run"))?;
     let mut stream = RunStream::open(path, &file, first, end)?;
     while stream.next()?.is_some() {}
     let (directory, directory_at) = stream.directory.take().expect("read to the end");
@@ -624,6 +630,32 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.to_string().contains("CRC"), "{err}");
+    }
+
+    /// Runs loaded from disk (a restart) are merged and retired like runs this process
+    /// wrote: retiring cuts a run from the end first, which a read-only descriptor refused
+    /// (EINVAL), so the merge failed and the old runs stayed on disk.
+    #[test]
+    fn runs_loaded_on_open_are_merged_and_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let per_run = 300_000u64; // ~1.5 MiB a run: past `remove_gently`'s first step
+        for r in 0..MERGE_RUNS as u64 {
+            let (first, end) = (r * per_run, (r + 1) * per_run);
+            let entries = sort_entries(
+                (first..end)
+                    .map(|i| ((i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32, i))
+                    .collect(),
+            );
+            write_run(dir.path(), first, end, entries.into_iter().map(Ok)).expect("run");
+        }
+        let size = MERGE_RUNS as u64 * per_run;
+        let index = LeafIndex::open(dir.path(), size).expect("open");
+        index.compact().expect("merge runs loaded from disk");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from(layout::run_name(0, size))]);
     }
 
     /// Which runs are merged: the newest four, when the oldest of them is at most twice the
