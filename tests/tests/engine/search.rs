@@ -293,3 +293,112 @@ fn search_without_the_index_scans_to_the_same_answers() {
     );
     engine.shutdown().expect("shutdown");
 }
+
+/// Locating a window from the receipt-time samples gives what a scan of the receipt times
+/// gives, for every time in and around the log; so does the binary search over records
+/// alone (no index).
+#[test]
+fn windows_located_from_the_samples_equal_a_scan() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine = Engine::open(config(dir.path()), None).expect("open");
+    let mut ev = Ev {
+        actor: 0,
+        event_type: 0,
+        outcome: 0,
+        resource: (0, 0),
+        session: None,
+        minute: 0,
+    };
+    for round in 0..40u8 {
+        ev.actor = round % 6;
+        append(&engine, &vec![ev.clone(); 1 + (round as usize * 7) % 50]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let size = engine.tree_size();
+    engine.wait_checkpoint(size, Duration::from_secs(10)).expect("checkpoint");
+    wait_indexed(&engine, size);
+    let mut times = Vec::new();
+    engine
+        .read_records(0, size, &mut |_, rec| {
+            times.push(Record::parse(rec).expect("record").received_at_unix_ns);
+            Ok(true)
+        })
+        .expect("scan");
+    let first_at_or_after = |t: u64| times.partition_point(|&x| x < t) as u64;
+    let mut probes: Vec<u64> = times.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
+    probes.extend([0, u64::MAX]);
+    let check = |engine: &Engine| {
+        for (k, &t) in probes.iter().enumerate() {
+            let until = probes[(k * 7 + 3) % probes.len()].max(t);
+            for at in [size, size / 2] {
+                let w = engine.window(t, until, at).expect("window");
+                let clip = |i: u64| i.min(at);
+                assert_eq!(
+                    (w.start, w.end),
+                    (clip(first_at_or_after(t)), clip(first_at_or_after(until))),
+                    "window [{t}, {until}) at size {at}"
+                );
+            }
+        }
+    };
+    check(&engine);
+    engine.shutdown().expect("shutdown");
+    let mut cfg = config(dir.path());
+    cfg.search_index = false;
+    let engine = Engine::open(cfg, None).expect("reopen");
+    check(&engine);
+    engine.shutdown().expect("shutdown");
+}
+
+/// Over pruned segments the index answers: a search whose matches are all local reads no
+/// pruned segment (none fetched, none from the cache), one whose matches are pruned gets
+/// them from the store, and both equal a scan.
+#[test]
+fn search_over_pruned_segments_fetches_only_hits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    // Embedded default target (`<data_dir>/worm`), sealed segments pruned at once.
+    let mut r = auditlog_tests::replication("", auditlog_worm::TargetOptions::default());
+    r.local_keep_ms = Some(0);
+    cfg.replication = Some(r);
+    let engine = Engine::open(cfg, None).expect("open");
+    let old = Ev {
+        actor: 1,
+        event_type: 0,
+        outcome: 0,
+        resource: (0, 0),
+        session: None,
+        minute: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.status().pruned_segments < 2 {
+        assert!(Instant::now() < deadline, "not pruned: {:?}", engine.status());
+        append(&engine, &vec![old.clone(); 500]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let recent = Ev { actor: 2, ..old.clone() };
+    append(&engine, &vec![recent; 30]);
+    let size = engine.tree_size();
+    engine.wait_checkpoint(size, Duration::from_secs(10)).expect("checkpoint");
+    wait_indexed(&engine, size);
+    let reads = |e: &Engine| {
+        let s = e.status().store_reads;
+        s.fetches + s.cache_hits
+    };
+    let before = reads(&engine);
+    let f = Filter {
+        equals: vec![(SearchField::Actor, "user-2".into())],
+        ..Filter::default()
+    };
+    let got = search_all(&engine, &f, 0, size, 1000);
+    assert_eq!(got.len(), 30);
+    assert_eq!(reads(&engine), before, "a search with local hits read pruned segments");
+    assert_eq!(got, brute_force(&engine, &f, 0, size));
+    let f = Filter {
+        equals: vec![(SearchField::Actor, "user-1".into())],
+        ..Filter::default()
+    };
+    let first = search_all(&engine, &f, 0, 10, 1000);
+    assert_eq!(first, (0..10).collect::<Vec<u64>>(), "pruned hits come from the store");
+    engine.shutdown().expect("shutdown");
+}
