@@ -315,7 +315,9 @@ fn windows_located_from_the_samples_equal_a_scan() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let size = engine.tree_size();
-    engine.wait_checkpoint(size, Duration::from_secs(10)).expect("checkpoint");
+    engine
+        .wait_checkpoint(size, Duration::from_secs(10))
+        .expect("checkpoint");
     wait_indexed(&engine, size);
     let mut times = Vec::new();
     engine
@@ -372,14 +374,23 @@ fn search_over_pruned_segments_fetches_only_hits() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while engine.status().pruned_segments < 2 {
-        assert!(Instant::now() < deadline, "not pruned: {:?}", engine.status());
+        assert!(
+            Instant::now() < deadline,
+            "not pruned: {:?}",
+            engine.status()
+        );
         append(&engine, &vec![old.clone(); 500]);
         std::thread::sleep(Duration::from_millis(5));
     }
-    let recent = Ev { actor: 2, ..old.clone() };
+    let recent = Ev {
+        actor: 2,
+        ..old.clone()
+    };
     append(&engine, &vec![recent; 30]);
     let size = engine.tree_size();
-    engine.wait_checkpoint(size, Duration::from_secs(10)).expect("checkpoint");
+    engine
+        .wait_checkpoint(size, Duration::from_secs(10))
+        .expect("checkpoint");
     wait_indexed(&engine, size);
     let reads = |e: &Engine| {
         let s = e.status().store_reads;
@@ -392,13 +403,21 @@ fn search_over_pruned_segments_fetches_only_hits() {
     };
     let got = search_all(&engine, &f, 0, size, 1000);
     assert_eq!(got.len(), 30);
-    assert_eq!(reads(&engine), before, "a search with local hits read pruned segments");
+    assert_eq!(
+        reads(&engine),
+        before,
+        "a search with local hits read pruned segments"
+    );
     assert_eq!(got, brute_force(&engine, &f, 0, size));
     let f = Filter {
         equals: vec![(SearchField::Actor, "user-1".into())],
         ..Filter::default()
     };
     let first = search_all(&engine, &f, 0, 10, 1000);
-    assert_eq!(first, (0..10).collect::<Vec<u64>>(), "pruned hits come from the store");
+    assert_eq!(
+        first,
+        (0..10).collect::<Vec<u64>>(),
+        "pruned hits come from the store"
+    );
     engine.shutdown().expect("shutdown");
 }
