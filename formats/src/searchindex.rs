@@ -125,6 +125,9 @@ impl RunHeader {
         if h.len() < RUN_HEADER_BYTES || h[..8] != RUN_MAGIC {
             return Err(bad("not a search run (magic)"));
         }
+        if h[36..40] != [0u8; 4] {
+            return Err(bad("reserved bytes are not zero"));
+        }
         let u64_at = |at: usize| u64::from_be_bytes(h[at..at + 8].try_into().expect("8 bytes"));
         let u32_at = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().expect("4 bytes"));
         let header = RunHeader {
