@@ -20,8 +20,8 @@ use std::sync::{Arc, RwLock};
 
 use auditlog_formats::layout;
 use auditlog_formats::searchindex::{
-    check_run, decode_bitmap, decode_term, encode_run, Postings, RunHeader, TermValue,
-    RECEIVED_AT_SAMPLE_EVERY, TERM_BYTES,
+    check_run, decode_bitmap, decode_term, decode_times, encode_run, Postings, RunHeader,
+    TermValue, Times, TERM_BYTES,
 };
 use roaring::RoaringBitmap;
 
@@ -39,8 +39,8 @@ struct Run {
     file: File,
     /// Key of term `i * FENCE_TERMS`.
     fences: Vec<u64>,
-    /// Receipt time of record `first + k * RECEIVED_AT_SAMPLE_EVERY`.
-    samples: Vec<u64>,
+    /// Receipt times (offsets from `first`): change points, or every 64th record.
+    times: Times,
     bytes: u64,
 }
 
@@ -220,24 +220,28 @@ impl SearchIndex {
     }
 
     /// Brackets the first index below `size` received at or after `t`: it is in
-    /// `[lo, hi]` (`hi` itself when none of `[lo, hi)` is), found from the receipt-time
-    /// samples in memory: `hi - lo` is under `RECEIVED_AT_SAMPLE_EVERY` inside the
-    /// indexed records, the unindexed tail otherwise.
+    /// `[lo, hi]` (`hi` itself when none of `[lo, hi)` is), from the receipt times in
+    /// memory. Where a run keeps change points, `lo == hi`: no record is read; where it
+    /// keeps samples, `hi - lo` is under 64; past the indexed records, the unindexed tail.
     pub(crate) fn bracket(&self, t: u64, size: u64) -> (u64, u64) {
         let runs = self.snapshot();
-        let r = runs.partition_point(|run| run.samples.first().is_some_and(|&s| s < t));
-        let (lo, hi) = if r == 0 {
-            (0, runs.first().map_or(size, |run| run.first()))
-        } else {
-            let run = &runs[r - 1];
-            let p = run.samples.partition_point(|&s| s < t) as u64;
-            let lo = run.first() + (p - 1) * RECEIVED_AT_SAMPLE_EVERY + 1;
-            let hi = if p < run.samples.len() as u64 {
-                run.first() + p * RECEIVED_AT_SAMPLE_EVERY
-            } else {
-                runs.get(r).map_or(size, |next| next.first())
-            };
-            (lo, hi)
+        // Runs whose first time is below `t`: the answer is in the last of them or after.
+        let r = runs.partition_point(|run| run.times.points.first().is_some_and(|&(_, s)| s < t));
+        let (lo, hi) = match r.checked_sub(1) {
+            None => (0, runs.first().map_or(size, |run| run.first())),
+            Some(k) => {
+                let run = &runs[k];
+                let at = |o: u32| run.first() + u64::from(o);
+                let points = &run.times.points;
+                let p = points.partition_point(|&(_, s)| s < t);
+                let after = runs.get(k + 1).map_or(size, |next| next.first());
+                let hi = points.get(p).map_or(after, |&(o, _)| at(o));
+                let lo = match run.times.exact {
+                    true => points.get(p).map_or(run.end(), |&(o, _)| at(o)),
+                    false => at(points[p - 1].0) + 1,
+                };
+                (lo, hi)
+            }
         };
         let hi = hi.min(size);
         (lo.min(hi), hi)
@@ -289,8 +293,7 @@ fn postings(run: &Run, key: u64) -> Result<Option<RoaringBitmap>> {
 /// and renamed, not synced: a torn run fails its CRC on open and is built again.
 fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Run> {
     let mut terms: HashMap<u64, Vec<u32>> = HashMap::new();
-    let mut samples =
-        Vec::with_capacity(auditlog_formats::searchindex::sample_count(first, end) as usize);
+    let mut received = Vec::with_capacity((end - first) as usize);
     let mut scratch = Vec::with_capacity(16);
     let mut pace = crate::yielding::Every::new(256);
     let mut next = first;
@@ -300,9 +303,7 @@ fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Ru
         next += 1;
         let (received_at, fields) = crate::search::record_fields(index, rec)?;
         let offset = (index - first) as u32;
-        if (index - first).is_multiple_of(RECEIVED_AT_SAMPLE_EVERY) {
-            samples.push(received_at);
-        }
+        received.push(received_at);
         scratch.clear();
         fields.terms(&mut scratch);
         scratch.sort_unstable();
@@ -325,7 +326,8 @@ fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Ru
         .into_iter()
         .map(|(k, offsets)| (k, Postings::from_sorted(&offsets)))
         .collect();
-    let bytes = encode_run(first, end, &samples, &terms);
+    let times = Times::of(&received);
+    let bytes = encode_run(first, end, &times, &terms);
     let path = dir.join(layout::run_name(first, end));
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &bytes).map_err(io_err(&tmp, "write search run"))?;
@@ -337,7 +339,7 @@ fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Ru
         header,
         path,
         file,
-        samples,
+        times,
         bytes: bytes.len() as u64,
     })
 }
@@ -357,17 +359,14 @@ fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
     if (header.first, header.end) != (first, end) {
         return Err(corrupt(path, "header does not match the run's name"));
     }
-    let samples = bytes[header.samples_at()..header.terms_at()]
-        .chunks_exact(8)
-        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-        .collect();
+    let times = decode_times(&bytes, &header);
     let file = File::open(path).map_err(io_err(path, "open search run"))?;
     Ok(Run {
         fences: fences(&bytes, &header),
         header,
         path: path.to_path_buf(),
         file,
-        samples,
+        times,
         bytes: bytes.len() as u64,
     })
 }

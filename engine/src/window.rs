@@ -1,8 +1,8 @@
 //! Time windows as index ranges. `received_at` never decreases in index order (it is stamped
 //! at the enqueue, `submit.rs`), so the records received in `[since, until)` are one index
-//! range `[a, b)`, found by two binary searches: over the search index's in-memory
-//! receipt-time samples (one per 64 records), then over at most 64 records read in one pass;
-//! O(log n) record reads for the unindexed tail. The boundaries `a - 1` (received before `since`) and `b` (at or after `until`),
+//! range `[a, b)`, found by two binary searches over the search index's receipt times in
+//! memory: where the time changes (then no record is read), or every 64th record (then at
+//! most 64 records are read in one pass); O(log n) record reads for the unindexed tail. The boundaries `a - 1` (received before `since`) and `b` (at or after `until`),
 //! with their inclusion proofs, let a client check that the range is exactly the window.
 
 use auditlog_formats::record::Record;
@@ -63,8 +63,8 @@ impl Engine {
     }
 
     /// The first index below `size` whose receipt time is at least `t` (`size` if none).
-    /// The search index's receipt-time samples (in memory) bracket it within
-    /// `RECEIVED_AT_SAMPLE_EVERY` records, read in one pass (one block); the unindexed
+    /// The search index's receipt times (in memory) give it, or bracket it within
+    /// `RECEIVED_AT_SAMPLE_EVERY` records read in one pass (one block); the unindexed
     /// tail is binary-searched.
     fn first_received_at_or_after(&self, t: u64, size: u64) -> Result<u64> {
         let (mut lo, mut hi) = self.shared.search.bracket(t, size);

@@ -1,17 +1,19 @@
 //! The search index's run files (FORMATS.md §5.7): one run holds the index terms of the
-//! records `[first, end)` with their posting lists, and the receipt times of every
-//! `RECEIVED_AT_SAMPLE_EVERY`th record (the sparse time index that locates a window).
+//! records `[first, end)` with their posting lists, and receipt times (the sparse time
+//! index that locates a window): every point where the receipt time changes when there are
+//! few (a submission's records share one stamp), else that of every
+//! `RECEIVED_AT_SAMPLE_EVERY`th record.
 //!
 //! ```text
-//! header   magic "ALSRCH01" | first u64 | end u64 | terms u32 | samples u32 | crc32c u32 | 0u32
-//! samples  samples × received_at u64          (record first + k·64, k = 0..)
+//! header   magic "ALSRCH01" | first u64 | end u64 | terms u32 | times u32 | crc32c u32 | flags u32
+//!          (the CRC-32C covers every byte of the run but its own four)
+//! times    times × (offset u32 | received_at u64)   flags bit 0: exact (change points)
 //! terms    terms × (key u64 | value u32)      keys strictly ascending
 //! postings for each term whose value's top bit is clear: len u32 | roaring bitmap (portable)
 //! ```
 //! All integers big-endian. A term's value with the top bit set is its one posting (the
-//! offset from `first`); otherwise the byte offset of its bitmap in the postings area. The
-//! CRC-32C covers everything after the header. Posting lists are `roaring` bitmaps (the
-//! portable format of the Roaring specification), offsets relative to `first`.
+//! offset from `first`); otherwise the byte offset of its bitmap in the postings area.
+//! Posting lists are `roaring` bitmaps (the portable format of the Roaring specification), offsets relative to `first`.
 
 use roaring::RoaringBitmap;
 
@@ -34,9 +36,46 @@ fn bad(what: impl Into<String>) -> RunError {
     RunError::Bad(what.into())
 }
 
-/// The receipt-time samples a run of `[first, end)` holds.
-pub fn sample_count(first: u64, end: u64) -> u64 {
-    (end - first).div_ceil(RECEIVED_AT_SAMPLE_EVERY)
+/// Change points are kept (exact) while they are at most one per this many records.
+pub const EXACT_TIMES_RECORDS_PER_POINT: u64 = 16;
+const TIME_BYTES: usize = 12;
+const EXACT: u32 = 1;
+
+/// A run's receipt times: `(offset, received_at)` of some of its records, offsets
+/// ascending from 0. `exact`: the points are where the time changes, so every record has
+/// the time of the point at or before it; otherwise they are every 64th record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Times {
+    pub exact: bool,
+    pub points: Vec<(u32, u64)>,
+}
+
+impl Times {
+    /// From a run's receipt times in record order.
+    pub fn of(received: &[u64]) -> Times {
+        let count = received.len() as u64;
+        let changes: Vec<(u32, u64)> = received
+            .iter()
+            .enumerate()
+            .filter(|&(i, t)| i == 0 || received[i - 1] != *t)
+            .map(|(i, &t)| (i as u32, t))
+            .collect();
+        if changes.len() as u64 <= (count / EXACT_TIMES_RECORDS_PER_POINT).max(1) {
+            return Times {
+                exact: true,
+                points: changes,
+            };
+        }
+        Times {
+            exact: false,
+            points: received
+                .iter()
+                .enumerate()
+                .step_by(RECEIVED_AT_SAMPLE_EVERY as usize)
+                .map(|(i, &t)| (i as u32, t))
+                .collect(),
+        }
+    }
 }
 
 /// A term's posting list, as a run stores it.
@@ -66,10 +105,10 @@ impl Postings {
     }
 }
 
-/// Encodes a whole run. `terms` ascending by key, unique; `samples` as `sample_count` says.
-pub fn encode_run(first: u64, end: u64, samples: &[u64], terms: &[(u64, Postings)]) -> Vec<u8> {
+/// Encodes a whole run. `terms` ascending by key, unique; `times` from `Times::of`.
+pub fn encode_run(first: u64, end: u64, times: &Times, terms: &[(u64, Postings)]) -> Vec<u8> {
     assert!(first <= end && end - first <= RUN_RECORDS_MAX, "run range");
-    assert_eq!(samples.len() as u64, sample_count(first, end), "samples");
+    assert!(check_times(times, end - first).is_ok(), "times");
     assert!(terms.windows(2).all(|w| w[0].0 < w[1].0), "terms ascending");
     let mut table = Vec::with_capacity(terms.len() * TERM_BYTES);
     let mut postings = Vec::new();
@@ -92,9 +131,11 @@ pub fn encode_run(first: u64, end: u64, samples: &[u64], terms: &[(u64, Postings
         };
         table.extend_from_slice(&value.to_be_bytes());
     }
-    let mut body = Vec::with_capacity(samples.len() * 8 + table.len() + postings.len());
-    for s in samples {
-        body.extend_from_slice(&s.to_be_bytes());
+    let mut body =
+        Vec::with_capacity(times.points.len() * TIME_BYTES + table.len() + postings.len());
+    for (o, t) in &times.points {
+        body.extend_from_slice(&o.to_be_bytes());
+        body.extend_from_slice(&t.to_be_bytes());
     }
     body.extend_from_slice(&table);
     body.extend_from_slice(&postings);
@@ -103,11 +144,20 @@ pub fn encode_run(first: u64, end: u64, samples: &[u64], terms: &[(u64, Postings
     out.extend_from_slice(&first.to_be_bytes());
     out.extend_from_slice(&end.to_be_bytes());
     out.extend_from_slice(&(terms.len() as u32).to_be_bytes());
-    out.extend_from_slice(&(samples.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+    out.extend_from_slice(&(times.points.len() as u32).to_be_bytes());
     out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&(if times.exact { EXACT } else { 0 }).to_be_bytes());
     out.extend_from_slice(&body);
+    let crc = run_crc(&out);
+    out[32..36].copy_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// CRC-32C of a run's bytes but its CRC field: the header's other fields (the flags
+/// among them) are covered too.
+fn run_crc(bytes: &[u8]) -> u32 {
+    let c = crc32c::crc32c(&bytes[..32]);
+    crc32c::crc32c_append(c, &bytes[36..])
 }
 
 /// A run's header, checked against its bytes' length.
@@ -116,8 +166,9 @@ pub struct RunHeader {
     pub first: u64,
     pub end: u64,
     pub terms: u64,
-    pub samples: u64,
+    pub times: u64,
     pub crc: u32,
+    pub exact: bool,
 }
 
 impl RunHeader {
@@ -125,8 +176,9 @@ impl RunHeader {
         if h.len() < RUN_HEADER_BYTES || h[..8] != RUN_MAGIC {
             return Err(bad("not a search run (magic)"));
         }
-        if h[36..40] != [0u8; 4] {
-            return Err(bad("reserved bytes are not zero"));
+        let flags = u32::from_be_bytes(h[36..40].try_into().expect("4 bytes"));
+        if flags & !EXACT != 0 {
+            return Err(bad(format!("unknown flags {flags:#x}")));
         }
         let u64_at = |at: usize| u64::from_be_bytes(h[at..at + 8].try_into().expect("8 bytes"));
         let u32_at = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().expect("4 bytes"));
@@ -134,24 +186,22 @@ impl RunHeader {
             first: u64_at(8),
             end: u64_at(16),
             terms: u64::from(u32_at(24)),
-            samples: u64::from(u32_at(28)),
+            times: u64::from(u32_at(28)),
             crc: u32_at(32),
+            exact: flags & EXACT != 0,
         };
         if header.first > header.end || header.end - header.first > RUN_RECORDS_MAX {
             return Err(bad(format!("range [{}, {})", header.first, header.end)));
         }
-        if header.samples != sample_count(header.first, header.end) {
-            return Err(bad(format!("{} receipt-time samples", header.samples)));
-        }
         Ok(header)
     }
 
-    pub fn samples_at(&self) -> usize {
+    pub fn times_at(&self) -> usize {
         RUN_HEADER_BYTES
     }
 
     pub fn terms_at(&self) -> usize {
-        RUN_HEADER_BYTES + self.samples as usize * 8
+        RUN_HEADER_BYTES + self.times as usize * TIME_BYTES
     }
 
     pub fn postings_at(&self) -> usize {
@@ -177,6 +227,47 @@ pub fn decode_term(e: &[u8]) -> (u64, TermValue) {
     (key, value)
 }
 
+/// The receipt times of a checked run.
+pub fn decode_times(bytes: &[u8], h: &RunHeader) -> Times {
+    Times {
+        exact: h.exact,
+        points: bytes[h.times_at()..h.terms_at()]
+            .chunks_exact(TIME_BYTES)
+            .map(|e| {
+                let o = u32::from_be_bytes(e[..4].try_into().expect("4 bytes"));
+                (o, u64::from_be_bytes(e[4..].try_into().expect("8 bytes")))
+            })
+            .collect(),
+    }
+}
+
+/// Receipt times as `Times::of` makes them for `count` records: from offset 0, ascending
+/// in range, times never decreasing (strictly rising between change points); samples at
+/// every 64th record.
+fn check_times(t: &Times, count: u64) -> Result<(), RunError> {
+    let p = &t.points;
+    if count > 0 && p.first().is_none_or(|&(o, _)| o != 0) {
+        return Err(bad("receipt times do not start at the run's first record"));
+    }
+    if p.last().is_some_and(|&(o, _)| u64::from(o) >= count) {
+        return Err(bad("receipt time past the run"));
+    }
+    let ordered = p
+        .windows(2)
+        .all(|w| w[0].0 < w[1].0 && (w[0].1 < w[1].1 || (!t.exact && w[0].1 == w[1].1)));
+    if !ordered {
+        return Err(bad("receipt times out of order"));
+    }
+    let sampled = p.len() as u64 == count.div_ceil(RECEIVED_AT_SAMPLE_EVERY)
+        && p.iter()
+            .enumerate()
+            .all(|(k, &(o, _))| u64::from(o) == k as u64 * RECEIVED_AT_SAMPLE_EVERY);
+    if !t.exact && !sampled {
+        return Err(bad("receipt-time samples not at every 64th record"));
+    }
+    Ok(())
+}
+
 /// Checks a whole run's bytes (header, length, CRC, key order, postings in range) and
 /// returns its header; what `decode_bitmap` then reads is known to be in bounds.
 pub fn check_run(bytes: &[u8]) -> Result<RunHeader, RunError> {
@@ -188,10 +279,11 @@ pub fn check_run(bytes: &[u8]) -> Result<RunHeader, RunError> {
             bytes.len()
         )));
     }
-    if crc32c::crc32c(&bytes[RUN_HEADER_BYTES..]) != h.crc {
+    if run_crc(bytes) != h.crc {
         return Err(bad("CRC mismatch"));
     }
     let count = h.end - h.first;
+    check_times(&decode_times(bytes, &h), count)?;
     let mut last = None;
     for e in bytes[h.terms_at()..postings_at].chunks_exact(TERM_BYTES) {
         let (key, value) = decode_term(e);
@@ -241,10 +333,14 @@ mod tests {
             (9, Postings::from_sorted(&[1, 2, 99])),
             (u64::MAX, Postings::from_sorted(&[0])),
         ];
-        let samples = [10u64, 20];
-        let bytes = encode_run(1000, 1100, &samples, &terms);
+        let mut received = vec![10u64; 64];
+        received.extend([20u64; 36]);
+        let times = Times::of(&received);
+        assert_eq!(times.points, [(0, 10), (64, 20)]);
+        let bytes = encode_run(1000, 1100, &times, &terms);
         let h = check_run(&bytes).expect("valid");
-        assert_eq!((h.first, h.end, h.terms, h.samples), (1000, 1100, 3, 2));
+        assert_eq!((h.first, h.end, h.terms, h.times), (1000, 1100, 3, 2));
+        assert_eq!(decode_times(&bytes, &h), times);
         let (key, value) = decode_term(&bytes[h.terms_at() + TERM_BYTES..]);
         assert_eq!(key, 9);
         let TermValue::At(at) = value else {
@@ -252,11 +348,25 @@ mod tests {
         };
         let b = decode_bitmap(&bytes[h.postings_at()..], at, 100).expect("bitmap");
         assert_eq!(b.iter().collect::<Vec<_>>(), [1, 2, 99]);
-        for i in RUN_HEADER_BYTES..bytes.len() {
+        for i in (0..bytes.len()).filter(|i| !(32..36).contains(i)) {
             let mut d = bytes.clone();
             d[i] ^= 1;
             assert!(check_run(&d).is_err(), "byte {i} changed");
         }
         assert!(check_run(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn times_are_change_points_while_few_else_samples() {
+        let rising: Vec<u64> = (0..200).collect();
+        let t = Times::of(&rising);
+        assert!(!t.exact);
+        assert_eq!(t.points, [(0, 0), (64, 64), (128, 128), (192, 192)]);
+        let mut steps = vec![5u64; 100];
+        steps[40..].fill(6);
+        let t = Times::of(&steps);
+        assert!(t.exact);
+        assert_eq!(t.points, [(0, 5), (40, 6)]);
+        assert_eq!(Times::of(&[]).points, []);
     }
 }

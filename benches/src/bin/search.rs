@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use auditlog_benches::Rng;
 use auditlog_engine::{Engine, EngineConfig, Submitter};
 use clap::{Parser, Subcommand};
 
@@ -55,22 +56,6 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         verify_records: u64,
     },
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 const ACTIONS: [&str; 8] = [
@@ -171,14 +156,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-fn build(
-    events: u64,
-    compare: u64,
-    runs: usize,
-    batch: u64,
-    producers: u64,
-    dir: PathBuf,
-) {
+fn build(events: u64, compare: u64, runs: usize, batch: u64, producers: u64, dir: PathBuf) {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("{}: {e}", dir.display())));
     // Ingest with and without the index, alternating, on fresh logs.
     let (mut off, mut on) = (Vec::new(), Vec::new());
@@ -189,13 +167,23 @@ fn build(
             let engine = Engine::open(config(&d, index), None)
                 .unwrap_or_else(|e| die(&format!("open: {e}")));
             let (secs, _) = ingest(&engine, 0, compare, batch, producers);
-            let lag = if index { wait_indexed(&engine, compare) } else { 0.0 };
+            let lag = if index {
+                wait_indexed(&engine, compare)
+            } else {
+                0.0
+            };
             let rate = compare as f64 / secs;
             println!(
                 "{{\"phase\":\"compare\",\"run\":{run},\"index\":{index},\"events\":{compare},\"events_per_s\":{rate:.0},\"index_caught_up_s\":{lag:.2}}}"
             );
-            if index { on.push(rate) } else { off.push(rate) }
-            engine.shutdown().unwrap_or_else(|e| die(&format!("shutdown: {e}")));
+            if index {
+                on.push(rate)
+            } else {
+                off.push(rate)
+            }
+            engine
+                .shutdown()
+                .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
             let _ = std::fs::remove_dir_all(&d);
         }
     }
@@ -216,8 +204,12 @@ fn build(
     );
     // Locating a one-hour window at random starts over the log's receipt times.
     let size = engine.tree_size();
-    let t0 = engine.received_at(0).unwrap_or_else(|e| die(&e.to_string()));
-    let t1 = engine.received_at(size - 1).unwrap_or_else(|e| die(&e.to_string()));
+    let t0 = engine
+        .received_at(0)
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let t1 = engine
+        .received_at(size - 1)
+        .unwrap_or_else(|e| die(&e.to_string()));
     let mut rng = Rng(7);
     let mut us = Vec::new();
     for _ in 0..2000 {
@@ -233,7 +225,9 @@ fn build(
         quantile(&mut us, 0.5),
         quantile(&mut us, 0.99)
     );
-    engine.shutdown().unwrap_or_else(|e| die(&format!("shutdown: {e}")));
+    engine
+        .shutdown()
+        .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
 }
 
 fn query(url: &str, token: &str, requests: u64) {
@@ -277,7 +271,9 @@ fn verify(url: &str, token: &str, cli: &Path, key: &str, records: u64) {
             .unwrap_or_else(|e| die(&format!("event {i}: {e}")));
         let v: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|e| die(&format!("event {i}: {e}")));
-        v["received_at_unix_ns"].as_u64().unwrap_or_else(|| die("no received_at"))
+        v["received_at_unix_ns"]
+            .as_u64()
+            .unwrap_or_else(|| die("no received_at"))
     };
     let (since, until) = (received(0), received(records));
     let started = Instant::now();
@@ -297,7 +293,9 @@ fn verify(url: &str, token: &str, cli: &Path, key: &str, records: u64) {
     while at < records {
         let end = (at + 10_000).min(records);
         let body = agent
-            .get(&format!("{url}/v1/events?start={at}&end={end}&format=record"))
+            .get(&format!(
+                "{url}/v1/events?start={at}&end={end}&format=record"
+            ))
             .set("Authorization", &format!("Bearer {token}"))
             .call()
             .unwrap_or_else(|e| die(&format!("GET /v1/events: {e}")))
