@@ -6,10 +6,12 @@
 //!
 //! Layout (`search/{first:020}-{end:020}.run`, bytes in `auditlog_formats::searchindex`
 //! and FORMATS.md §5.7): immutable runs, contiguous from 0, each inside one window of
-//! `search_window_records` records (64 Ki by default). A checkpoint's new records make a run of their own; once a
-//! window holds `WINDOW_RUNS_MAX` runs, or its last record is indexed, its runs are built
-//! again as one from the records (a window is at most 64 Ki records: about 0.1 s), so a
-//! lookup reads a few runs per window. A lookup finds a term's 4 KiB block of the term
+//! `search_window_records` records (64 Ki by default). A checkpoint's new records make a
+//! run of their own. Once a window holds `WINDOW_RUNS_MAX` runs, its newest runs of
+//! similar size are built again as one from the records (`rebuild_from`: size-tiered, so a
+//! slow log does not read its window again at every few checkpoints), and once its last
+//! record is indexed, the whole window is (at most 64 Ki records: about 0.3 s). A lookup
+//! reads a few runs per window. A lookup finds a term's 4 KiB block of the term
 //! table through an in-memory fence of every `FENCE_TERMS`th key, then its bitmap.
 
 use std::collections::HashMap;
@@ -152,18 +154,15 @@ impl SearchIndex {
             }
             let window = first - first % self.window_records;
             let end = size.min(window + self.window_records);
-            let in_window = self
+            let in_window: Vec<(u64, u64)> = self
                 .snapshot()
                 .iter()
                 .filter(|r| r.first() >= window)
-                .count();
-            // Whole windows and crowded ones are built again as one run.
-            let from = if in_window > 0
-                && (end == window + self.window_records || in_window + 1 >= WINDOW_RUNS_MAX)
-            {
-                window
-            } else {
-                first
+                .map(|r| (r.first(), r.end() - r.first()))
+                .collect();
+            let from = match end == window + self.window_records {
+                true => window,
+                false => rebuild_from(&in_window, first, end),
             };
             let run = build_run(dir, segments, from, end)?;
             let replaced: Vec<Arc<Run>> = {
@@ -246,6 +245,24 @@ impl SearchIndex {
         let hi = hi.min(size);
         (lo.min(hi), hi)
     }
+}
+
+/// Where the run that indexes `[first, end)` starts, given the window's runs
+/// `(first, records)` before it: at `first`, unless the window would then hold
+/// `WINDOW_RUNS_MAX` runs; then at the newest runs of similar size (each at most twice the
+/// newer ones together, the new records included), which are built again with it.
+fn rebuild_from(in_window: &[(u64, u64)], first: u64, end: u64) -> u64 {
+    if in_window.len() + 1 < WINDOW_RUNS_MAX {
+        return first;
+    }
+    let (mut from, mut newer) = (first, end - first);
+    for &(f, count) in in_window.iter().rev() {
+        if count > 2 * newer {
+            break;
+        }
+        (from, newer) = (f, newer + count);
+    }
+    from
 }
 
 /// A term's postings in a run (`None`: the term is not in it).
@@ -376,5 +393,41 @@ fn remove(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(path, "remove")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crowded_windows_rebuild_their_newest_runs_of_similar_size() {
+        let runs = |counts: &[u64]| -> Vec<(u64, u64)> {
+            let mut at = 0;
+            counts
+                .iter()
+                .map(|&c| {
+                    at += c;
+                    (at - c, c)
+                })
+                .collect()
+        };
+        assert_eq!(rebuild_from(&runs(&[10, 10]), 20, 30), 20, "room left");
+        let seven = runs(&[1000, 10, 10, 10, 10, 10, 10]);
+        assert_eq!(
+            rebuild_from(&seven, 1060, 1070),
+            1000,
+            "the small ones, not the big"
+        );
+        let equal = runs(&[10; 7]);
+        assert_eq!(rebuild_from(&equal, 70, 80), 0, "all of similar size");
+        let growing = runs(&[1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(
+            rebuild_from(&growing, 127, 128),
+            127,
+            "a big run waits for small ones"
+        );
+        let after = runs(&[1, 2, 4, 8, 16, 32, 64, 1]);
+        assert_eq!(rebuild_from(&after, 128, 129), 127);
     }
 }
