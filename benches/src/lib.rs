@@ -25,6 +25,36 @@ pub fn event(n: u64, bytes: usize) -> Vec<u8> {
     e
 }
 
+/// SplitMix64: a small, seeded generator (the corpus must be the same on every machine).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+
+    pub fn hex(&mut self, digits: usize) -> String {
+        let mut s = String::with_capacity(digits);
+        while s.len() < digits {
+            s.push_str(&format!("{:016x}", self.next_u64()));
+        }
+        s.truncate(digits);
+        s
+    }
+}
+
 /// Where benchmark data lives: `$CARGO_TARGET_DIR/bench-data`, else the workspace's
 /// `target/bench-data`.
 pub fn bench_data_root() -> PathBuf {

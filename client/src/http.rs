@@ -365,6 +365,29 @@ impl HttpClient {
         )
     }
 
+    /// `GET /v1/search` with `query` (and `cursor` to go on): the NDJSON lines, and the
+    /// cursor to go on with when the server stopped before the end.
+    pub fn search(
+        &self,
+        query: &[(&str, String)],
+        cursor: Option<&str>,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let mut r = self.request("GET", "/v1/search");
+        for (k, v) in query {
+            r = r.query(k, v);
+        }
+        if let Some(c) = cursor {
+            r = r.query("cursor", c);
+        }
+        let res = r.call();
+        let next = res
+            .as_ref()
+            .ok()
+            .and_then(|resp| resp.header("auditlog-cursor").map(str::to_string));
+        let body = self.finish("GET /v1/search", res, RESPONSE_BYTES_MAX)?;
+        Ok((body, next))
+    }
+
     /// `GET /v1/events?start&end&format=record`: the exact record bytes of `[start, end)`,
     /// in order (asked for in pages of `page` records).
     pub fn records(&self, start: u64, end: u64, page: u64) -> Result<Vec<Vec<u8>>> {

@@ -1,5 +1,7 @@
-//! `auditlog search --since T1 --until T2 [filters] [--verify --key K]`: the events received
-//! in a time window, filtered here. With `--verify`, the answer is provably every matching
+//! `auditlog search [--since T1] [--until T2] [filters] [--limit N]`: the matching events,
+//! found by the server's search index (`GET /v1/search`, cursors followed until the end or
+//! `--limit`). `auditlog search --since T1 --until T2 [filters] --verify --key K`: the
+//! events received in the window, fetched whole and filtered here. With `--verify`, the answer is provably every matching
 //! event received in the window, trusting only the key: the checkpoint's signature; every
 //! record of the window against the checkpoint's root with one range proof; the records
 //! just outside the window (with inclusion proofs) received before `since` and at or after
@@ -10,6 +12,7 @@ use anyhow::{bail, Context};
 use auditlog_formats::hash::from_hex;
 use auditlog_formats::note;
 use auditlog_formats::record::Record;
+use auditlog_formats::search::{EventFields, Filter, SearchField};
 use auditlog_formats::{tree, Hash, TreeHash};
 use base64::Engine as _;
 use serde_json::Value;
@@ -18,16 +21,24 @@ use crate::cli::{load_key, Conn};
 
 #[derive(clap::Args, Debug)]
 pub struct SearchArgs {
-    /// Start of the window (inclusive): RFC 3339 or Unix nanoseconds.
+    /// Start of the receipt-time window (inclusive): RFC 3339 or Unix nanoseconds.
     #[arg(long)]
-    pub since: String,
-    /// End of the window (exclusive): RFC 3339 or Unix nanoseconds.
+    pub since: Option<String>,
+    /// End of the receipt-time window (exclusive): RFC 3339 or Unix nanoseconds.
     #[arg(long)]
-    pub until: String,
+    pub until: Option<String>,
     /// Check every record of the window and its boundaries against a checkpoint signed by
-    /// --key (see the module note).
-    #[arg(long, requires = "key")]
+    /// --key (see the module note); needs --since and --until.
+    #[arg(long, requires_all = ["key", "since", "until"])]
     pub verify: bool,
+    /// The event's own `timestamp` from (inclusive) / until (exclusive).
+    #[arg(long)]
+    pub timestamp_since: Option<String>,
+    #[arg(long)]
+    pub timestamp_until: Option<String>,
+    /// Events printed at most (without --verify).
+    #[arg(long)]
+    pub limit: Option<u64>,
     /// The log's verifier key (`name+keyid+base64` or @FILE), obtained out of band.
     #[arg(long, env = "AUDITLOG_VERIFIER_KEY")]
     pub key: Option<String>,
@@ -172,25 +183,89 @@ pub fn check_window(alg: TreeHash, w: &WindowAnswer<'_>) -> anyhow::Result<(u64,
     Ok((start, end))
 }
 
-/// Whether an event's payload matches every filter given.
-fn matches(a: &SearchArgs, event: &Value) -> bool {
-    let field = |k: &str| event.get(k).and_then(Value::as_str);
-    let eq = |want: &Option<String>, k: &str| want.as_deref().is_none_or(|w| field(k) == Some(w));
-    eq(&a.actor, "actor")
-        && eq(&a.event_type, "event_type")
-        && eq(&a.action, "action")
-        && eq(&a.outcome, "outcome")
-        && eq(&a.classification, "classification")
-        && eq(&a.session_id, "session_id")
-        && eq(&a.request_id, "request_id")
-        && eq(&a.source_ip, "source_ip")
-        && a.resource
-            .as_deref()
-            .is_none_or(|w| field("resource").is_some_and(|r| r.starts_with(w)))
+/// The filters given, as the server and the local check both read them (`resource`
+/// matches by prefix).
+fn filter(a: &SearchArgs) -> anyhow::Result<Filter> {
+    let mut f = Filter::default();
+    for (field, v) in [
+        (SearchField::Actor, &a.actor),
+        (SearchField::EventType, &a.event_type),
+        (SearchField::Action, &a.action),
+        (SearchField::Outcome, &a.outcome),
+        (SearchField::Classification, &a.classification),
+        (SearchField::SessionId, &a.session_id),
+        (SearchField::RequestId, &a.request_id),
+        (SearchField::SourceIp, &a.source_ip),
+    ] {
+        if let Some(v) = v {
+            f.equals.push((field, v.clone()));
+        }
+    }
+    f.resource_prefix = a.resource.clone();
+    f.timestamp_since_unix_ns = a.timestamp_since.as_deref().map(parse_time).transpose()?;
+    f.timestamp_until_unix_ns = a.timestamp_until.as_deref().map(parse_time).transpose()?;
+    Ok(f)
+}
+
+/// The query of `GET /v1/search` for these arguments.
+fn query(a: &SearchArgs, f: &Filter) -> Vec<(&'static str, String)> {
+    let mut q: Vec<(&'static str, String)> = f
+        .equals
+        .iter()
+        .map(|(k, v)| (k.name(), v.clone()))
+        .collect();
+    if let Some(p) = &f.resource_prefix {
+        q.push(("resource", format!("{p}*")));
+    }
+    for (k, v) in [
+        ("since", &a.since),
+        ("until", &a.until),
+        ("timestamp_since", &a.timestamp_since),
+        ("timestamp_until", &a.timestamp_until),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    q
+}
+
+/// Without --verify: the server's search, cursor after cursor.
+fn run_indexed(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
+    let f = filter(a)?;
+    let q = query(a, &f);
+    let client = conn.client()?;
+    let (mut printed, mut cursor) = (0u64, None::<String>);
+    let want = a.limit.unwrap_or(u64::MAX);
+    loop {
+        let (body, next) = client
+            .search(&q, cursor.as_deref())
+            .context("GET /v1/search")?;
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if printed == want {
+                break;
+            }
+            println!("{}", String::from_utf8_lossy(line));
+            printed += 1;
+        }
+        match next {
+            Some(c) if printed < want => cursor = Some(c),
+            _ => break,
+        }
+    }
+    eprintln!("auditlog: {printed} matching events (not verified: --verify --key K)");
+    Ok(())
 }
 
 pub fn run(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
-    let (since, until) = (parse_time(&a.since)?, parse_time(&a.until)?);
+    if !a.verify {
+        return run_indexed(conn, a);
+    }
+    let f = filter(a)?;
+    let (Some(since), Some(until)) = (&a.since, &a.until) else {
+        bail!("--verify needs --since and --until");
+    };
+    let (since, until) = (parse_time(since)?, parse_time(until)?);
     if since > until {
         bail!("--since is after --until");
     }
@@ -217,26 +292,24 @@ pub fn run(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
     let start = window["start"].as_u64().context("no start")?;
     let end = window["end"].as_u64().context("no end")?;
     let records = client.records(start, end.max(start), 1000)?;
-    if a.verify {
-        check_window(
-            alg,
-            &WindowAnswer {
-                since,
-                until,
-                size,
-                root,
-                window: &window,
-                records: &records,
-            },
-        )
-        .context("verification failed")?;
-    }
+    check_window(
+        alg,
+        &WindowAnswer {
+            since,
+            until,
+            size,
+            root,
+            window: &window,
+            records: &records,
+        },
+    )
+    .context("verification failed")?;
     let mut matched = 0u64;
     for (k, rec) in records.iter().enumerate() {
         let r =
             Record::parse(rec).map_err(|e| anyhow::anyhow!("record {}: {e}", start + k as u64))?;
-        let event: Value = serde_json::from_slice(r.payload).unwrap_or(Value::Null);
-        if matches(a, &event) {
+        if f.matches(&EventFields::of(r.payload)) {
+            let event: Value = serde_json::from_slice(r.payload).unwrap_or(Value::Null);
             matched += 1;
             println!(
                 "{}",
@@ -249,13 +322,8 @@ pub fn run(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!(
-        "auditlog: window [{start}, {end}) at size {size}: {} records{}, {matched} matching",
+        "auditlog: window [{start}, {end}) at size {size}: {} records, every one verified with the window's boundaries, {matched} matching",
         records.len(),
-        if a.verify {
-            ", every one verified with the window's boundaries"
-        } else {
-            " (not verified: --verify --key K)"
-        }
     );
     Ok(())
 }

@@ -67,6 +67,11 @@ pub struct EngineConfig {
     /// only the few lowest levels from disk. The lowest cached level rises as the tree
     /// grows, so this bounds memory whatever the log's size.
     pub hash_cache_bytes_max: u64,
+    /// Keep the search index (`searchindex.rs`); off, searches scan within their cost limit.
+    pub search_index: bool,
+    /// Records in one search-index window (`searchindex.rs`): runs never cross a multiple
+    /// of it, and a whole window is one run. Bounds the memory and time of building one.
+    pub search_window_records: u64,
     pub io_mode: IoMode,
     pub signer: SignerConfig,
     /// Where HSM PINs come from (an environment variable or a file, never the config).
@@ -99,6 +104,8 @@ impl EngineConfig {
             zstd_level: 3,
             seal_check_leaves: false,
             hash_cache_bytes_max: 64 << 20,
+            search_index: true,
+            search_window_records: 1 << 16,
             io_mode: IoMode::Auto,
             signer: SignerConfig::DevKeyFile,
             pkcs11_pin: None,
@@ -129,6 +136,11 @@ impl EngineConfig {
                 "queue_submissions_max, batch_events_max and seal_queue_segments_max must be positive"
                     .into(),
             );
+        }
+        if self.search_window_records == 0
+            || self.search_window_records > auditlog_formats::searchindex::RUN_RECORDS_MAX
+        {
+            return Err("search_window_records must be from 1 to 2^31".into());
         }
         if self.origin.is_empty() || self.origin.chars().any(|c| c.is_control()) {
             return Err("origin must be a non-empty line of text".into());

@@ -29,6 +29,8 @@ mod remote;
 pub mod replication;
 pub mod retention;
 mod sealer;
+mod search;
+mod searchindex;
 mod segment_set;
 mod segments;
 mod sequencer;
@@ -59,6 +61,7 @@ pub use remote::StoreReadStats;
 pub use replication::{
     Durability, ManifestEntry, ManifestKind, ReplicationConfig, ReplicationStatus,
 };
+pub use search::{Cursor, SearchEnd, SearchRequest};
 pub use signer::{KeyFileSigner, Signer};
 pub(crate) use submit::Submission;
 pub use submit::{EventBatch, Pushed, Waiting};
@@ -198,10 +201,23 @@ impl Engine {
                 .join(auditlog_formats::layout::LEAF_INDEX_DIR),
             r.report.tree_size,
         )?;
+        let search_dir = config
+            .data_dir
+            .join(auditlog_formats::layout::SEARCH_INDEX_DIR);
+        let search = searchindex::SearchIndex::open(
+            config.search_index.then_some(search_dir.as_path()),
+            config.search_window_records,
+            r.latest.as_ref().map_or(0, |c| c.checkpoint.size),
+        )?;
+        let mut search_cursor_key = [0u8; 32];
+        getrandom::getrandom(&mut search_cursor_key)
+            .map_err(|e| EngineError::Config(format!("random cursor key: {e}")))?;
         let remote = recovery::read_target(&config)?;
         let shared = Arc::new(Shared {
             hashes: r.hashes.clone(),
             leaf_index,
+            search,
+            search_cursor_key,
             keyring: r.keyring,
             io_mode_name,
             head: head::Head::new(TreeHead {

@@ -24,6 +24,9 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     pub hashes: HashFiles,
     pub leaf_index: leafindex::LeafIndex,
+    pub(crate) search: crate::searchindex::SearchIndex,
+    /// Signs search cursors: a cursor is good for this run of the engine only.
+    pub(crate) search_cursor_key: [u8; 32],
     pub(crate) keyring: keyring::Keyring,
     pub io_mode_name: &'static str,
     pub(crate) head: Head,

@@ -101,6 +101,7 @@ impl Supervisor {
         sup.spawn("auditlog-checkpointer", Background::LowIo, move || {
             crate::checkpointer::run(sh, cp_log)
         })?;
+        sup.spawn_indexer()?;
         if let Some(lease) = shared.lease.clone() {
             let sh = shared.clone();
             let t = spawn(&shared, "auditlog-lease", move || {
@@ -141,7 +142,20 @@ impl Supervisor {
         let sh = shared.clone();
         let t = spawn(&shared, "auditlog-follower", move || follower.run(sh))?;
         sup.others.push(t);
+        sup.spawn_indexer()?;
         Ok(sup)
+    }
+
+    /// The search indexer, when the index is on: idle I/O, like sealing (its lag costs
+    /// only scans).
+    fn spawn_indexer(&mut self) -> Result<()> {
+        if !self.shared.search.enabled() {
+            return Ok(());
+        }
+        let sh = self.shared.clone();
+        self.spawn("auditlog-search", Background::IdleIo, move || {
+            crate::search::run_indexer(sh)
+        })
     }
 
     fn spawn(

@@ -1,7 +1,8 @@
 //! Time windows as index ranges. `received_at` never decreases in index order (it is stamped
 //! at the enqueue, `submit.rs`), so the records received in `[since, until)` are one index
-//! range `[a, b)`, found by two binary searches over the records: O(log n) record reads, no
-//! scan. The boundaries `a - 1` (received before `since`) and `b` (at or after `until`),
+//! range `[a, b)`, found by two binary searches over the search index's receipt times in
+//! memory: where the time changes (then no record is read), or every 64th record (then at
+//! most 64 records are read in one pass); O(log n) record reads for the unindexed tail. The boundaries `a - 1` (received before `since`) and `b` (at or after `until`),
 //! with their inclusion proofs, let a client check that the range is exactly the window.
 
 use auditlog_formats::record::Record;
@@ -62,9 +63,12 @@ impl Engine {
     }
 
     /// The first index below `size` whose receipt time is at least `t` (`size` if none).
+    /// The search index's receipt times (in memory) give it, or bracket it within
+    /// `RECEIVED_AT_SAMPLE_EVERY` records read in one pass (one block); the unindexed
+    /// tail is binary-searched.
     fn first_received_at_or_after(&self, t: u64, size: u64) -> Result<u64> {
-        let (mut lo, mut hi) = (0u64, size);
-        while lo < hi {
+        let (mut lo, mut hi) = self.shared.search.bracket(t, size);
+        while hi - lo > auditlog_formats::searchindex::RECEIVED_AT_SAMPLE_EVERY {
             let mid = lo + (hi - lo) / 2;
             if self.received_at(mid)? < t {
                 lo = mid + 1;
@@ -72,6 +76,18 @@ impl Engine {
                 hi = mid;
             }
         }
-        Ok(lo)
+        let mut found = hi;
+        self.read_records(lo, hi, &mut |i, rec| {
+            let r = Record::parse(rec).map_err(|e| EngineError::Corrupt {
+                path: format!("record {i}").into(),
+                what: e.to_string(),
+            })?;
+            if r.received_at_unix_ns >= t {
+                found = i;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        Ok(found)
     }
 }

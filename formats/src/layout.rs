@@ -12,6 +12,8 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const CHECKPOINT_LOG_FILE: &str = "checkpoints.log";
 /// The leaf-hash index's runs (`leafindex`), derived state.
 pub const LEAF_INDEX_DIR: &str = "leafindex";
+/// The search index (FORMATS.md §5.7): runs named as the leaf index's, derived state.
+pub const SEARCH_INDEX_DIR: &str = "search";
 /// The hash store: one file per stored tree level (`hash_level_file`), derived state.
 pub const HASHES_DIR: &str = "hashes";
 /// The key history (FORMATS.md §13).

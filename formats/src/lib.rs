@@ -13,6 +13,8 @@ pub mod leafindex;
 pub mod note;
 pub mod record;
 pub mod schema;
+pub mod search;
+pub mod searchindex;
 pub mod secret;
 pub mod segment;
 pub mod syslog;

@@ -101,6 +101,8 @@ pub struct EngineSection {
     pub zstd_level: Option<i32>,
     pub seal_check_leaves: Option<bool>,
     pub hash_cache_bytes_max: Option<u64>,
+    pub search_index: Option<bool>,
+    pub search_window_records: Option<u64>,
     /// "auto", "io_uring" or "pwrite".
     pub io_mode: Option<String>,
 }
@@ -114,6 +116,8 @@ pub struct ServerSection {
     pub request_timeout_ms: Option<u64>,
     pub long_poll_ms_max: Option<u64>,
     pub range_events_max: Option<u64>,
+    pub search_limit_max: Option<u64>,
+    pub search_records_examined_max: Option<u64>,
     pub tcp_addr: Option<String>,
     pub tcp_frame_bytes_max: Option<u32>,
     pub tcp_batches_in_flight_max: Option<u32>,
@@ -155,6 +159,10 @@ pub struct ServerConfig {
     pub long_poll_ms_max: u64,
     /// Events in one `GET /v1/events?start=&end=` answer.
     pub range_events_max: u64,
+    /// Events one `GET /v1/search` returns at most (its `limit`).
+    pub search_limit_max: u64,
+    /// Records one `GET /v1/search` reads and re-checks at most (its cost limit).
+    pub search_records_examined_max: u64,
     /// TCP ingest listener (FORMATS.md §12.1).
     pub tcp_addr: SocketAddr,
     /// One TCP frame's payload; larger frames are refused and the connection closed.
@@ -229,6 +237,8 @@ impl ServerConfig {
             request_timeout_ms: 60_000,
             long_poll_ms_max: 30_000,
             range_events_max: 10_000,
+            search_limit_max: 1000,
+            search_records_examined_max: 100_000,
             tcp_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tcp_frame_bytes_max: 4 << 20,
             tcp_batches_in_flight_max: 64,
@@ -364,7 +374,9 @@ fn resolve_engine(e: EngineSection, data_dir: Option<PathBuf>) -> anyhow::Result
         block_raw_bytes,
         zstd_level,
         seal_check_leaves,
-        hash_cache_bytes_max
+        hash_cache_bytes_max,
+        search_index,
+        search_window_records
     );
     Ok(engine)
 }
@@ -394,6 +406,8 @@ fn resolve_server(
         request_timeout_ms,
         long_poll_ms_max,
         range_events_max,
+        search_limit_max,
+        search_records_examined_max,
         tcp_frame_bytes_max,
         tcp_batches_in_flight_max,
         tcp_connections_max,
@@ -465,6 +479,9 @@ fn check_server(server: &ServerConfig, queue_submissions_max: usize) -> anyhow::
         || server.tcp_connections_max == 0
     {
         bail!("server.tcp_frame_bytes_max must hold one largest event; tcp_batches_in_flight_max and tcp_connections_max must be positive");
+    }
+    if server.search_limit_max == 0 || server.search_records_examined_max == 0 {
+        bail!("server.search_limit_max and search_records_examined_max must be positive");
     }
     if server.body_bytes_max == 0 || server.connections_max == 0 || server.range_events_max == 0 {
         bail!("server.body_bytes_max, connections_max and range_events_max must be positive");

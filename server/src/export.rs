@@ -25,14 +25,42 @@ const EXPORT_CHUNK_BYTES: usize = 64 << 10;
 /// Chunks waiting for the client, per export.
 const EXPORT_CHUNKS_IN_FLIGHT: usize = 4;
 
+/// The format parameter of an export or a search (default: JSON lines).
+pub(crate) fn format_param(
+    q: &std::collections::HashMap<String, String>,
+) -> ApiResult<ExportFormat> {
+    match q.get("format").map(String::as_str) {
+        None => Ok(ExportFormat::JsonLines),
+        Some(f) => ExportFormat::parse(f)
+            .ok_or_else(|| ApiError::bad(format!("format={f:?}: expected cef, json or csv"))),
+    }
+}
+
+/// Appends one record as an export line (FORMATS.md §14) in `format`.
+pub(crate) fn render_event(
+    alg: auditlog_formats::TreeHash,
+    format: ExportFormat,
+    device: &cef::CefDevice,
+    index: u64,
+    rec: &[u8],
+    buf: &mut String,
+) -> Result<(), EngineError> {
+    let r = Record::parse(rec)
+        .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
+    let leaf = alg.leaf(rec);
+    let e = StoredEvent::of(index, &leaf, &r);
+    let rendered = match format {
+        ExportFormat::JsonLines => export::render_json_line(&e, buf),
+        ExportFormat::Csv => export::render_csv_row(&e, buf),
+        ExportFormat::Cef => cef::render(device, &e, buf).map(|_| buf.push('\n')),
+    };
+    rendered.map_err(|e| EngineError::BadRequest(e.to_string()))
+}
+
 pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {
     let (_, who) = authorize_submitter(&st, &caller, Access::ReadEvents).await?;
     let q = params(q)?;
-    let format = match q.get("format").map(String::as_str) {
-        None => ExportFormat::JsonLines,
-        Some(f) => ExportFormat::parse(f)
-            .ok_or_else(|| ApiError::bad(format!("format={f:?}: expected cef, json or csv")))?,
-    };
+    let format = format_param(&q)?;
     let size = st.engine.tree_size();
     let start = num(&q, "start")?.unwrap_or(0);
     let asked_end = num(&q, "end")?;
@@ -56,16 +84,7 @@ pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiR
             export::render_csv_header(&mut buf);
         }
         let mut render = |index: u64, rec: &[u8]| -> Result<bool, EngineError> {
-            let r = Record::parse(rec)
-                .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
-            let leaf = alg.leaf(rec);
-            let e = StoredEvent::of(index, &leaf, &r);
-            let rendered = match format {
-                ExportFormat::JsonLines => export::render_json_line(&e, &mut buf),
-                ExportFormat::Csv => export::render_csv_row(&e, &mut buf),
-                ExportFormat::Cef => cef::render(&device, &e, &mut buf).map(|_| buf.push('\n')),
-            };
-            rendered.map_err(|e| EngineError::BadRequest(e.to_string()))?;
+            render_event(alg, format, &device, index, rec, &mut buf)?;
             if buf.len() >= EXPORT_CHUNK_BYTES {
                 let chunk = Bytes::from(std::mem::take(&mut buf));
                 buf.reserve(EXPORT_CHUNK_BYTES + (80 << 10));

@@ -28,6 +28,7 @@ use crate::listener::Peer;
 use crate::metrics::{self, HttpCounters};
 use crate::tls::ClientNames;
 
+mod search;
 mod window;
 
 pub struct AppState {
@@ -346,6 +347,7 @@ pub fn router(st: St) -> Router {
         .route("/v1/proof/consistency", get(get_consistency))
         .route("/v1/log", get(get_log))
         .route("/v1/export", get(crate::export::get_export))
+        .route("/v1/search", get(search::get_search))
         // Also on the ops listener (`ops_router`), which is where probes should go.
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -10,6 +10,9 @@ use auditlog_formats::record::Record;
 use auditlog_formats::tree;
 use auditlog_tests::{event, small_config};
 
+#[path = "engine/search.rs"]
+mod search;
+
 fn append_n(engine: &Engine, start: u64, n: u64, per_batch: u64) -> Vec<(u64, [u8; 32])> {
     let mut out = Vec::new();
     let mut i = start;

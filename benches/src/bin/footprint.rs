@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use auditlog_benches::Rng;
 use auditlog_engine::{Engine, EngineConfig, ReplicationConfig, Submitter};
 use clap::Parser;
 use serde_json::json;
@@ -43,36 +44,6 @@ struct Args {
     /// Keep the data directory and the bucket.
     #[arg(long)]
     keep: bool,
-}
-
-/// SplitMix64: a small, seeded generator (the corpus must be the same on every machine).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-
-    fn hex(&mut self, digits: usize) -> String {
-        let mut s = String::with_capacity(digits);
-        while s.len() < digits {
-            s.push_str(&format!("{:016x}", self.next()));
-        }
-        s.truncate(digits);
-        s
-    }
 }
 
 const EVENT_TYPES: [&str; 12] = [

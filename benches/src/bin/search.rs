@@ -1,0 +1,350 @@
+//! Search numbers (issue 21): a log of the audit schema with realistic cardinalities
+//! (10^5 actors, 50 event types, 10^6 resources, sessions of ~20 events, a request id per
+//! event, 10^4 source addresses), built through the in-process engine.
+//!
+//! `search build --events N`: ingest with and without the search index (same run, fresh
+//! logs of `--compare-events`, alternating), then the log of N events with it; reports the
+//! index's bytes per event, how long it took to catch up, and the time to locate a one-hour
+//! window. The log stays in `--dir` for the next step.
+//!
+//! `search query --url U --token T`: actor queries returning 100 events over HTTP (median,
+//! p99), against `auditlogd --data-dir DIR/data`; with `--cli` and `--key`, times
+//! `auditlog search --since --until --verify` over a window of `--verify-records` records.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use auditlog_benches::Rng;
+use auditlog_engine::{Engine, EngineConfig, Submitter};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Build {
+        #[arg(long, default_value_t = 50_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 2_000_000)]
+        compare_events: u64,
+        #[arg(long, default_value_t = 2)]
+        compare_runs: usize,
+        #[arg(long, default_value_t = 4096)]
+        batch: u64,
+        #[arg(long, default_value_t = 2)]
+        producers: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    Query {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 500)]
+        requests: u64,
+        /// The `auditlog` binary, to time `search --verify`.
+        #[arg(long)]
+        cli: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        verify_records: u64,
+    },
+}
+
+const ACTIONS: [&str; 8] = [
+    "login", "logout", "read", "write", "delete", "grant", "query", "update",
+];
+const OUTCOMES: [&str; 3] = ["success", "failure", "error"];
+const CLASSES: [&str; 5] = [
+    "UNCLASSIFIED",
+    "CUI//BASIC",
+    "CUI//SP-PRIV",
+    "CUI//SP-PROP",
+    "CUI//SP-LEI",
+];
+const AREAS: [&str; 6] = ["payroll", "hr", "eng", "ops", "finance", "logistics"];
+
+/// Event `n` of the corpus: actors uniform over 10^5, sessions of about 20 events.
+fn event(r: &mut Rng, n: u64) -> String {
+    let secs = 1_767_225_600 + n / 1000;
+    let (y, mo, d) = auditlog_formats::time::civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    let actor = r.below(100_000);
+    let res = r.below(1_000_000);
+    format!(
+        r#"{{"timestamp":"{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z","event_type":"type.{}","actor":"user{actor:05}@corp.example","action":"{}","resource":"urn:db:{}/{res}","outcome":"{}","source_ip":"10.0.{}.{}","session_id":"s-{actor}-{}","request_id":"r-{n:012x}","severity":{},"classification":"{}","details":{{"bytes":{}}}}}"#,
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        r.below(50),
+        ACTIONS[r.below(8) as usize],
+        AREAS[(res % 6) as usize],
+        OUTCOMES[r.below(3) as usize],
+        r.below(40),
+        r.below(250),
+        n / 2_000_000,
+        r.below(11),
+        CLASSES[r.below(5) as usize],
+        r.below(1 << 20),
+    )
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("search bench: {msg}");
+    std::process::exit(1)
+}
+
+/// Ingests `[from, to)` with `producers` threads; returns (seconds, record bytes).
+fn ingest(engine: &Engine, from: u64, to: u64, batch: u64, producers: u64) -> (f64, u64) {
+    let started = Instant::now();
+    let bytes: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                s.spawn(move || {
+                    let mut rng = Rng(0x5eed + p);
+                    let mut bytes = 0u64;
+                    let mut n = from + p * batch;
+                    while n < to {
+                        let mut b = engine.new_batch(Submitter::token("bench"));
+                        for i in n..(n + batch).min(to) {
+                            let e = event(&mut rng, i);
+                            bytes += e.len() as u64 + 41;
+                            b.add(e.as_bytes())
+                                .unwrap_or_else(|e| die(&format!("event {i}: {e}")));
+                        }
+                        engine
+                            .append(b)
+                            .unwrap_or_else(|e| die(&format!("append: {e}")));
+                        n += producers * batch;
+                    }
+                    bytes
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| die("producer panicked")))
+            .sum()
+    });
+    (started.elapsed().as_secs_f64(), bytes)
+}
+
+fn config(dir: &Path, index: bool) -> EngineConfig {
+    let mut c = EngineConfig::new(dir);
+    c.search_index = index;
+    c
+}
+
+fn wait_indexed(engine: &Engine, size: u64) -> f64 {
+    let started = Instant::now();
+    engine.wait_checkpoint(size, Duration::from_secs(120));
+    while engine.search_index_status().0 < size {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed().as_secs_f64()
+}
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn build(events: u64, compare: u64, runs: usize, batch: u64, producers: u64, dir: PathBuf) {
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("{}: {e}", dir.display())));
+    // Ingest with and without the index, alternating, on fresh logs.
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        for index in [false, true] {
+            let d = dir.join(format!("compare-{run}-{index}"));
+            let _ = std::fs::remove_dir_all(&d);
+            let engine = Engine::open(config(&d, index), None)
+                .unwrap_or_else(|e| die(&format!("open: {e}")));
+            let (secs, _) = ingest(&engine, 0, compare, batch, producers);
+            let lag = if index {
+                wait_indexed(&engine, compare)
+            } else {
+                0.0
+            };
+            let rate = compare as f64 / secs;
+            println!(
+                "{{\"phase\":\"compare\",\"run\":{run},\"index\":{index},\"events\":{compare},\"events_per_s\":{rate:.0},\"index_caught_up_s\":{lag:.2}}}"
+            );
+            if index {
+                on.push(rate)
+            } else {
+                off.push(rate)
+            }
+            engine
+                .shutdown()
+                .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+    let ratio = auditlog_benches::median(&on) / auditlog_benches::median(&off);
+    println!("{{\"phase\":\"compare\",\"ratio_with_index\":{ratio:.3}}}");
+
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let engine =
+        Engine::open(config(&data, true), None).unwrap_or_else(|e| die(&format!("open: {e}")));
+    let (secs, bytes) = ingest(&engine, 0, events, batch, producers);
+    let lag = wait_indexed(&engine, events);
+    let (indexed, index_bytes, index_runs) = engine.search_index_status();
+    println!(
+        "{{\"phase\":\"build\",\"events\":{events},\"ingest_s\":{secs:.1},\"events_per_s\":{:.0},\"record_bytes\":{bytes},\"index_caught_up_s\":{lag:.1},\"indexed\":{indexed},\"index_bytes\":{index_bytes},\"index_bytes_per_event\":{:.2},\"index_runs\":{index_runs}}}",
+        events as f64 / secs,
+        index_bytes as f64 / indexed as f64
+    );
+    // Locating a one-hour window at random starts over the log's receipt times.
+    let size = engine.tree_size();
+    let t0 = engine
+        .received_at(0)
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let t1 = engine
+        .received_at(size - 1)
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let mut rng = Rng(7);
+    let mut us = Vec::new();
+    for _ in 0..2000 {
+        let t = t0 + rng.below((t1 - t0).max(1));
+        let started = Instant::now();
+        engine
+            .window(t, t + 3_600_000_000_000, size)
+            .unwrap_or_else(|e| die(&format!("window: {e}")));
+        us.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "{{\"phase\":\"window\",\"locate_us_median\":{:.1},\"locate_us_p99\":{:.1}}}",
+        quantile(&mut us, 0.5),
+        quantile(&mut us, 0.99)
+    );
+    engine
+        .shutdown()
+        .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
+}
+
+fn query(url: &str, token: &str, requests: u64) {
+    let agent = ureq::AgentBuilder::new().build();
+    let mut rng = Rng(11);
+    let mut ms = Vec::new();
+    let mut returned = 0u64;
+    for _ in 0..requests {
+        let actor = format!("user{:05}@corp.example", rng.below(100_000));
+        let started = Instant::now();
+        let body = agent
+            .get(&format!("{url}/v1/search"))
+            .query("actor", &actor)
+            .query("limit", "100")
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap_or_else(|e| die(&format!("GET /v1/search: {e}")))
+            .into_string()
+            .unwrap_or_else(|e| die(&format!("read: {e}")));
+        ms.push(started.elapsed().as_secs_f64() * 1e3);
+        returned += body.lines().count() as u64;
+    }
+    println!(
+        "{{\"phase\":\"actor_query\",\"requests\":{requests},\"events_per_answer\":{:.1},\"ms_median\":{:.2},\"ms_p99\":{:.2}}}",
+        returned as f64 / requests as f64,
+        quantile(&mut ms, 0.5),
+        quantile(&mut ms, 0.99)
+    );
+}
+
+/// `auditlog search --verify` over the window of the records `[0, records)`.
+fn verify(url: &str, token: &str, cli: &Path, key: &str, records: u64) {
+    let agent = ureq::AgentBuilder::new().build();
+    let received = |i: u64| -> u64 {
+        let text = agent
+            .get(&format!("{url}/v1/events/{i}"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap_or_else(|e| die(&format!("GET /v1/events/{i}: {e}")))
+            .into_string()
+            .unwrap_or_else(|e| die(&format!("event {i}: {e}")));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| die(&format!("event {i}: {e}")));
+        v["received_at_unix_ns"]
+            .as_u64()
+            .unwrap_or_else(|| die("no received_at"))
+    };
+    let (since, until) = (received(0), received(records));
+    let started = Instant::now();
+    let out = Command::new(cli)
+        .args(["--url", url, "--token", token, "search"])
+        .args(["--since", &since.to_string(), "--until", &until.to_string()])
+        .args(["--verify", "--key", key, "--actor", "nobody"])
+        .output()
+        .unwrap_or_else(|e| die(&format!("{}: {e}", cli.display())));
+    let secs = started.elapsed().as_secs_f64();
+    let said = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        die(&format!("auditlog search --verify: {said}"));
+    }
+    let mut bytes = 0u64;
+    let mut at = 0;
+    while at < records {
+        let end = (at + 10_000).min(records);
+        let body = agent
+            .get(&format!(
+                "{url}/v1/events?start={at}&end={end}&format=record"
+            ))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap_or_else(|e| die(&format!("GET /v1/events: {e}")))
+            .into_string()
+            .unwrap_or_else(|e| die(&format!("read: {e}")));
+        for l in body.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| die(&format!("line: {e}")));
+            let b64 = v["record"].as_str().unwrap_or_else(|| die("no record"));
+            bytes += (b64.len() / 4 * 3) as u64;
+        }
+        at = end;
+    }
+    println!(
+        "{{\"phase\":\"verify\",\"records\":{records},\"record_bytes\":{bytes},\"s\":{secs:.2},\"mb_per_s\":{:.1},\"cli\":{:?}}}",
+        bytes as f64 / secs / 1e6,
+        said.trim()
+    );
+}
+
+fn main() {
+    match Args::parse().cmd {
+        Cmd::Build {
+            events,
+            compare_events,
+            compare_runs,
+            batch,
+            producers,
+            dir,
+        } => build(
+            events,
+            compare_events,
+            compare_runs,
+            batch,
+            producers,
+            dir.unwrap_or_else(|| auditlog_benches::bench_data_root().join("search")),
+        ),
+        Cmd::Query {
+            url,
+            token,
+            requests,
+            cli,
+            key,
+            verify_records,
+        } => {
+            query(&url, &token, requests);
+            if let (Some(cli), Some(key)) = (cli, key) {
+                verify(&url, &token, &cli, &key, verify_records);
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Search by field (`GET /v1/search`): the events of an index range that match a
+//! [`Filter`], in index order, at a bounded cost. The search index (`searchindex.rs`)
+//! gives candidates for the indexed records; the unindexed tail, and filters with no index
+//! term (only the event's `timestamp`, or a resource prefix without a separator), are
+//! scanned. Every candidate is re-checked against its record, so hash collisions and
+//! stale terms cost only time. A search stops after `examined_max` records read or `limit`
+//! matches and says where to go on; a cursor carries that, signed with a key of this run
+//! of the engine, so a forged or stale one is refused.
+//!
+//! Records are read through the segment set: a hit in a pruned segment is fetched from the
+//! store; a miss is never read, since the index covers pruned ranges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditlog_formats::record::Record;
+use auditlog_formats::search::{EventFields, Filter};
+use base64::Engine as _;
+
+use crate::error::corrupt;
+use crate::shared::Shared;
+use crate::{Engine, EngineError, Result};
+
+/// One search: `filter` over the records `[start, end)` of the tree of `size`.
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    pub filter: Filter,
+    pub size: u64,
+    pub start: u64,
+    pub end: u64,
+    /// Matches returned at most.
+    pub limit: u64,
+    /// Records read and re-checked at most (the request's cost limit).
+    pub examined_max: u64,
+}
+
+/// How a search ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchEnd {
+    /// Where to go on (`None`: the range is done).
+    pub next: Option<u64>,
+    pub examined: u64,
+    pub matched: u64,
+}
+
+/// What a cursor holds: where a search goes on, for which query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub size: u64,
+    pub end: u64,
+    pub next: u64,
+}
+
+const CURSOR_BYTES: usize = 24 + 16;
+
+/// A record's receipt time and searchable fields: the one place records are read for
+/// search (index building and re-checks alike).
+pub(crate) fn record_fields(index: u64, rec: &[u8]) -> Result<(u64, EventFields<'_>)> {
+    let r = Record::parse(rec).map_err(|e| corrupt(format!("record {index}"), e.to_string()))?;
+    Ok((r.received_at_unix_ns, EventFields::of(r.payload)))
+}
+
+impl Engine {
+    /// Calls `emit(index, record)` for each record of `[start, end)` matching the filter,
+    /// in index order, within the request's limits; `emit` returns false to stop.
+    pub fn search(
+        &self,
+        q: &SearchRequest,
+        emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<SearchEnd> {
+        self.proof_size_check(q.size)?;
+        let end = q.end.min(q.size);
+        let terms = q.filter.terms();
+        let mut out = SearchEnd {
+            next: None,
+            examined: 0,
+            matched: 0,
+        };
+        let mut at = q.start;
+        while at < end {
+            let indexed = match terms.is_empty() {
+                true => None,
+                false => self.shared.search.candidates(&terms, at, end)?,
+            };
+            let Some((candidates, run_end)) = indexed else {
+                // Not indexed (or nothing to look up): scan what is left.
+                return self.scan(q, at, end, out, emit);
+            };
+            for i in candidates {
+                if let Some(stop) = self.check(q, i, end, &mut out, emit)? {
+                    out.next = stop;
+                    return Ok(out);
+                }
+            }
+            at = run_end.min(end);
+        }
+        Ok(out)
+    }
+
+    /// Reads and re-checks record `i`: `Some(next)` when the search stops there.
+    fn check(
+        &self,
+        q: &SearchRequest,
+        i: u64,
+        end: u64,
+        out: &mut SearchEnd,
+        emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<Option<Option<u64>>> {
+        if out.examined >= q.examined_max {
+            return Ok(Some(Some(i)));
+        }
+        let mut stop = None;
+        self.shared
+            .segments
+            .for_each_record(i, i + 1, &mut |i, rec| {
+                stop = self.consider(q, i, rec, end, out, emit)?;
+                Ok(false)
+            })?;
+        Ok(stop)
+    }
+
+    /// Counts record `i` as examined and emits it if it matches.
+    fn consider(
+        &self,
+        q: &SearchRequest,
+        i: u64,
+        rec: &[u8],
+        end: u64,
+        out: &mut SearchEnd,
+        emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<Option<Option<u64>>> {
+        out.examined += 1;
+        let (_, fields) = record_fields(i, rec)?;
+        if !q.filter.matches(&fields) {
+            return Ok(None);
+        }
+        out.matched += 1;
+        let more = emit(i, rec)?;
+        let next = (i + 1 < end).then_some(i + 1);
+        if !more || out.matched >= q.limit {
+            return Ok(Some(next));
+        }
+        Ok(None)
+    }
+
+    fn scan(
+        &self,
+        q: &SearchRequest,
+        from: u64,
+        end: u64,
+        mut out: SearchEnd,
+        emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<SearchEnd> {
+        let mut stop = None;
+        self.shared
+            .segments
+            .for_each_record(from, end, &mut |i, rec| {
+                if out.examined >= q.examined_max {
+                    stop = Some(Some(i));
+                    return Ok(false);
+                }
+                stop = self.consider(q, i, rec, end, &mut out, emit)?;
+                Ok(stop.is_none())
+            })?;
+        out.next = stop.flatten();
+        Ok(out)
+    }
+
+    /// A cursor for going on with a search: opaque, signed with this engine run's key and
+    /// bound to the filter (`digest`).
+    pub fn search_cursor(&self, c: Cursor, digest: &[u8; 16]) -> String {
+        let mut b = Vec::with_capacity(CURSOR_BYTES);
+        b.extend_from_slice(&c.size.to_be_bytes());
+        b.extend_from_slice(&c.end.to_be_bytes());
+        b.extend_from_slice(&c.next.to_be_bytes());
+        let mac = self.cursor_mac(&b, digest);
+        b.extend_from_slice(&mac);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// Takes a cursor back: refused (`BadRequest`) unless this engine run made it for this
+    /// filter.
+    pub fn open_search_cursor(&self, text: &str, digest: &[u8; 16]) -> Result<Cursor> {
+        let bad = |why: &str| EngineError::BadRequest(format!("cursor: {why}"));
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| bad("not a cursor"))?;
+        if b.len() != CURSOR_BYTES {
+            return Err(bad("not a cursor"));
+        }
+        let mac = self.cursor_mac(&b[..24], digest);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &b[24..])) {
+            return Err(bad(
+                "not one this server made for these filters (forged, altered, from another query, or from before a restart)",
+            ));
+        }
+        let n = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        Ok(Cursor {
+            size: n(0),
+            end: n(8),
+            next: n(16),
+        })
+    }
+
+    fn cursor_mac(&self, body: &[u8], digest: &[u8; 16]) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_keyed(&self.shared.search_cursor_key);
+        h.update(body);
+        h.update(digest);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
+    }
+
+    /// Records the search index covers, its bytes on disk and its runs.
+    pub fn search_index_status(&self) -> (u64, u64, usize) {
+        let (bytes, runs) = self.shared.search.footprint();
+        (self.shared.search.indexed_size(), bytes, runs)
+    }
+}
+
+/// The search indexer's thread: indexes every checkpoint's records, off the ingest path.
+/// A failure is logged and retried; searches scan what is not indexed meanwhile.
+pub(crate) fn run_indexer(shared: Arc<Shared>) {
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
+    shared.checkpoints.on_published(Box::new(move |size| {
+        let _ = tx.try_send(size);
+    }));
+    let mut backoff = Duration::from_millis(50);
+    while !shared.health.shutting_down() {
+        let signed = shared.checkpoints.signed_size();
+        if shared.search.indexed_size() < signed {
+            match shared
+                .search
+                .extend(&shared.segments, signed, &|| shared.health.shutting_down())
+            {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::warn!("search index: {e}; retrying in {backoff:?}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            continue;
+        }
+        // Woken by the next checkpoint; the timeout only notices shutdown.
+        let _ = rx.recv_timeout(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,433 @@
+//! The search index: posting lists of event fields, and a sparse receipt-time index.
+//! Derived state like the leaf-hash index (`leafindex.rs`): built by its own thread from
+//! checkpointed records, off the ingest path; never synced; checked on open, and whatever
+//! is not whole (torn, altered, a gap, past the tree) is deleted and built again from the
+//! segments.
+//!
+//! Layout (`search/{first:020}-{end:020}.run`, bytes in `auditlog_formats::searchindex`
+//! and FORMATS.md §5.7): immutable runs, contiguous from 0, each inside one window of
+//! `search_window_records` records (64 Ki by default). A checkpoint's new records make a
+//! run of their own. Once a window holds `WINDOW_RUNS_MAX` runs, its newest runs of
+//! similar size are built again as one from the records (`rebuild_from`: size-tiered, so a
+//! slow log does not read its window again at every few checkpoints), and once its last
+//! record is indexed, the whole window is (at most 64 Ki records: about 0.3 s). A lookup
+//! reads a few runs per window. A lookup finds a term's 4 KiB block of the term
+//! table through an in-memory fence of every `FENCE_TERMS`th key, then its bitmap.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use auditlog_formats::layout;
+use auditlog_formats::searchindex::{
+    check_run, decode_bitmap, decode_term, decode_times, encode_run, Postings, RunHeader,
+    TermValue, Times, TERM_BYTES,
+};
+use roaring::RoaringBitmap;
+
+use crate::error::{corrupt, io_err, Result};
+use crate::segment_set::Segments;
+
+/// Runs in one window before they are built again as one.
+const WINDOW_RUNS_MAX: usize = 8;
+/// Term-table entries per fence block (3 KiB, one read per term per run).
+const FENCE_TERMS: u64 = 256;
+
+struct Run {
+    header: RunHeader,
+    path: PathBuf,
+    file: File,
+    /// Key of term `i * FENCE_TERMS`.
+    fences: Vec<u64>,
+    /// Receipt times (offsets from `first`): change points, or every 64th record.
+    times: Times,
+    bytes: u64,
+}
+
+impl Run {
+    fn first(&self) -> u64 {
+        self.header.first
+    }
+    fn end(&self) -> u64 {
+        self.header.end
+    }
+}
+
+pub(crate) struct SearchIndex {
+    /// `None` when `search_index = false`: nothing is built, searches scan.
+    dir: Option<PathBuf>,
+    /// Runs never cross a multiple of this, and a whole window ends as one run.
+    window_records: u64,
+    runs: RwLock<Vec<Arc<Run>>>,
+}
+
+impl SearchIndex {
+    /// Opens the runs that are whole and cover a prefix of a tree of `tree_size`; every
+    /// other file is deleted (and its records indexed again later).
+    pub(crate) fn open(
+        dir: Option<&Path>,
+        window_records: u64,
+        tree_size: u64,
+    ) -> Result<SearchIndex> {
+        let Some(dir) = dir else {
+            return Ok(SearchIndex {
+                dir: None,
+                window_records,
+                runs: RwLock::new(Vec::new()),
+            });
+        };
+        std::fs::create_dir_all(dir).map_err(io_err(dir, "create search index directory"))?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir, "list search index"))? {
+            let entry = entry.map_err(io_err(dir, "list search index"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match layout::parse_run_name(&name) {
+                Some((first, end)) => found.push((first, end, entry.path())),
+                None => remove(&entry.path())?,
+            }
+        }
+        found.sort();
+        let mut runs: Vec<Arc<Run>> = Vec::new();
+        let mut next = 0u64;
+        for (first, end, path) in found {
+            let usable = first == next
+                && end > first
+                && end <= tree_size
+                && (end - 1) / window_records == first / window_records;
+            match usable.then(|| load_run(&path, first, end)) {
+                Some(Ok(run)) => {
+                    next = end;
+                    runs.push(Arc::new(run));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("search index: dropping {}: {e}", path.display());
+                    remove(&path)?;
+                }
+                None => remove(&path)?,
+            }
+        }
+        Ok(SearchIndex {
+            dir: Some(dir.to_path_buf()),
+            window_records,
+            runs: RwLock::new(runs),
+        })
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Run>> {
+        self.runs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records covered: `[0, indexed_size)`.
+    pub(crate) fn indexed_size(&self) -> u64 {
+        self.runs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map_or(0, |r| r.end())
+    }
+
+    /// Bytes of the index on disk, and runs.
+    pub(crate) fn footprint(&self) -> (u64, usize) {
+        let runs = self.snapshot();
+        (runs.iter().map(|r| r.bytes).sum(), runs.len())
+    }
+
+    /// Indexes the records up to `size` (checkpointed), one window at a time.
+    /// Stops between windows when `stopping()` says so.
+    pub(crate) fn extend(
+        &self,
+        segments: &Segments,
+        size: u64,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        loop {
+            let first = self.indexed_size();
+            if first >= size || stopping() {
+                return Ok(());
+            }
+            let window = first - first % self.window_records;
+            let end = size.min(window + self.window_records);
+            let in_window: Vec<(u64, u64)> = self
+                .snapshot()
+                .iter()
+                .filter(|r| r.first() >= window)
+                .map(|r| (r.first(), r.end() - r.first()))
+                .collect();
+            let from = match end == window + self.window_records {
+                true => window,
+                false => rebuild_from(&in_window, first, end),
+            };
+            let run = build_run(dir, segments, from, end)?;
+            let replaced: Vec<Arc<Run>> = {
+                let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
+                let at = runs.partition_point(|r| r.first() < from);
+                assert!(
+                    runs.last().is_none_or(|r| r.end() == first),
+                    "search index runs changed while building"
+                );
+                let old = runs.split_off(at);
+                runs.push(Arc::new(run));
+                old
+            };
+            for r in replaced {
+                remove(&r.path)?;
+            }
+        }
+    }
+
+    /// Candidates in `[start, end)` for every term in `terms` (AND), from the run that
+    /// holds `start`: `Some((candidates, run end))`, or `None` when `start` is not
+    /// indexed. Candidates are absolute indexes, ascending.
+    pub(crate) fn candidates(
+        &self,
+        terms: &[u64],
+        start: u64,
+        end: u64,
+    ) -> Result<Option<(Vec<u64>, u64)>> {
+        let runs = self.snapshot();
+        let at = runs.partition_point(|r| r.end() <= start);
+        let Some(run) = runs.get(at).filter(|r| r.first() <= start) else {
+            return Ok(None);
+        };
+        let count = run.end() - run.first();
+        let mut acc: Option<RoaringBitmap> = None;
+        for &t in terms {
+            let b = postings(run, t)?.unwrap_or_default();
+            acc = Some(match acc {
+                Some(a) => a & b,
+                None => b,
+            });
+            if acc.as_ref().is_some_and(|a| a.is_empty()) {
+                break;
+            }
+        }
+        let lo = (start - run.first()) as u32;
+        let hi = (end.min(run.end()) - run.first()).min(count) as u32;
+        let out = acc
+            .unwrap_or_default()
+            .range(lo..hi)
+            .map(|o| run.first() + u64::from(o))
+            .collect();
+        Ok(Some((out, run.end())))
+    }
+
+    /// Brackets the first index below `size` received at or after `t`: it is in
+    /// `[lo, hi]` (`hi` itself when none of `[lo, hi)` is), from the receipt times in
+    /// memory. Where a run keeps change points, `lo == hi`: no record is read; where it
+    /// keeps samples, `hi - lo` is under 64; past the indexed records, the unindexed tail.
+    pub(crate) fn bracket(&self, t: u64, size: u64) -> (u64, u64) {
+        let runs = self.snapshot();
+        // Runs whose first time is below `t`: the answer is in the last of them or after.
+        let r = runs.partition_point(|run| run.times.points.first().is_some_and(|&(_, s)| s < t));
+        let (lo, hi) = match r.checked_sub(1) {
+            None => (0, runs.first().map_or(size, |run| run.first())),
+            Some(k) => {
+                let run = &runs[k];
+                let at = |o: u32| run.first() + u64::from(o);
+                let points = &run.times.points;
+                let p = points.partition_point(|&(_, s)| s < t);
+                let after = runs.get(k + 1).map_or(size, |next| next.first());
+                let hi = points.get(p).map_or(after, |&(o, _)| at(o));
+                let lo = match run.times.exact {
+                    true => points.get(p).map_or(run.end(), |&(o, _)| at(o)),
+                    false => at(points[p - 1].0) + 1,
+                };
+                (lo, hi)
+            }
+        };
+        let hi = hi.min(size);
+        (lo.min(hi), hi)
+    }
+}
+
+/// Where the run that indexes `[first, end)` starts, given the window's runs
+/// `(first, records)` before it: at `first`, unless the window would then hold
+/// `WINDOW_RUNS_MAX` runs; then at the newest runs of similar size (each at most twice the
+/// newer ones together, the new records included), which are built again with it.
+fn rebuild_from(in_window: &[(u64, u64)], first: u64, end: u64) -> u64 {
+    if in_window.len() + 1 < WINDOW_RUNS_MAX {
+        return first;
+    }
+    let (mut from, mut newer) = (first, end - first);
+    for &(f, count) in in_window.iter().rev() {
+        if count > 2 * newer {
+            break;
+        }
+        (from, newer) = (f, newer + count);
+    }
+    from
+}
+
+/// A term's postings in a run (`None`: the term is not in it).
+fn postings(run: &Run, key: u64) -> Result<Option<RoaringBitmap>> {
+    let h = &run.header;
+    let block = (run.fences.partition_point(|&f| f <= key) as u64).checked_sub(1);
+    let Some(block) = block else { return Ok(None) };
+    let n = (h.terms - block * FENCE_TERMS).min(FENCE_TERMS);
+    let mut buf = vec![0u8; (n as usize) * TERM_BYTES];
+    let at = h.terms_at() as u64 + block * FENCE_TERMS * TERM_BYTES as u64;
+    run.file
+        .read_exact_at(&mut buf, at)
+        .map_err(io_err(&run.path, "read search term block"))?;
+    let found = buf
+        .chunks_exact(TERM_BYTES)
+        .map(decode_term)
+        .find(|(k, _)| *k == key);
+    let count = run.end() - run.first();
+    match found {
+        None => Ok(None),
+        Some((_, TermValue::One(o))) => Ok(Some(std::iter::once(o).collect())),
+        Some((_, TermValue::At(at))) => {
+            let base = h.postings_at() as u64 + u64::from(at);
+            let mut len = [0u8; 4];
+            run.file
+                .read_exact_at(&mut len, base)
+                .map_err(io_err(&run.path, "read search postings"))?;
+            let len = u32::from_be_bytes(len) as u64;
+            if base + 4 + len > run.bytes {
+                return Err(corrupt(&run.path, format!("bitmap at {at} past the end")));
+            }
+            let mut body = vec![0u8; (4 + len) as usize];
+            run.file
+                .read_exact_at(&mut body, base)
+                .map_err(io_err(&run.path, "read search postings"))?;
+            decode_bitmap(&body, 0, count)
+                .map(Some)
+                .map_err(|e| corrupt(&run.path, e.to_string()))
+        }
+    }
+}
+
+/// Builds the run of the records `[first, end)`: every term's offsets, and the receipt
+/// time of every `RECEIVED_AT_SAMPLE_EVERY`th record. Written whole to a temporary file
+/// and renamed, not synced: a torn run fails its CRC on open and is built again.
+fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Run> {
+    let mut terms: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut received = Vec::with_capacity((end - first) as usize);
+    let mut scratch = Vec::with_capacity(16);
+    let mut pace = crate::yielding::Every::new(256);
+    let mut next = first;
+    segments.for_each_record(first, end, &mut |index, rec| {
+        pace.tick();
+        assert_eq!(index, next, "records in order");
+        next += 1;
+        let (received_at, fields) = crate::search::record_fields(index, rec)?;
+        let offset = (index - first) as u32;
+        received.push(received_at);
+        scratch.clear();
+        fields.terms(&mut scratch);
+        scratch.sort_unstable();
+        scratch.dedup();
+        for &t in &scratch {
+            terms.entry(t).or_default().push(offset);
+        }
+        Ok(true)
+    })?;
+    if next != end {
+        return Err(corrupt(
+            segments.dir(),
+            format!("search index: records [{first}, {end}) ended at {next}"),
+        ));
+    }
+    let mut terms: Vec<(u64, Vec<u32>)> = terms.into_iter().collect();
+    terms.sort_unstable_by_key(|(k, _)| *k);
+    crate::yielding::point();
+    let terms: Vec<(u64, Postings)> = terms
+        .into_iter()
+        .map(|(k, offsets)| (k, Postings::from_sorted(&offsets)))
+        .collect();
+    let times = Times::of(&received);
+    let bytes = encode_run(first, end, &times, &terms);
+    let path = dir.join(layout::run_name(first, end));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &bytes).map_err(io_err(&tmp, "write search run"))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename search run"))?;
+    let file = File::open(&path).map_err(io_err(&path, "open search run"))?;
+    let header = check_run(&bytes).map_err(|e| corrupt(&path, e.to_string()))?;
+    Ok(Run {
+        fences: fences(&bytes, &header),
+        header,
+        path,
+        file,
+        times,
+        bytes: bytes.len() as u64,
+    })
+}
+
+fn fences(bytes: &[u8], h: &RunHeader) -> Vec<u64> {
+    bytes[h.terms_at()..h.postings_at()]
+        .chunks_exact(TERM_BYTES)
+        .step_by(FENCE_TERMS as usize)
+        .map(|e| decode_term(e).0)
+        .collect()
+}
+
+/// Reads a whole run and checks it (`check_run`) and that it is the run its name says.
+fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
+    let bytes = std::fs::read(path).map_err(io_err(path, "read search run"))?;
+    let header = check_run(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
+    if (header.first, header.end) != (first, end) {
+        return Err(corrupt(path, "header does not match the run's name"));
+    }
+    let times = decode_times(&bytes, &header);
+    let file = File::open(path).map_err(io_err(path, "open search run"))?;
+    Ok(Run {
+        fences: fences(&bytes, &header),
+        header,
+        path: path.to_path_buf(),
+        file,
+        times,
+        bytes: bytes.len() as u64,
+    })
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path, "remove")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crowded_windows_rebuild_their_newest_runs_of_similar_size() {
+        let runs = |counts: &[u64]| -> Vec<(u64, u64)> {
+            let mut at = 0;
+            counts
+                .iter()
+                .map(|&c| {
+                    at += c;
+                    (at - c, c)
+                })
+                .collect()
+        };
+        assert_eq!(rebuild_from(&runs(&[10, 10]), 20, 30), 20, "room left");
+        let seven = runs(&[1000, 10, 10, 10, 10, 10, 10]);
+        assert_eq!(
+            rebuild_from(&seven, 1060, 1070),
+            1000,
+            "the small ones, not the big"
+        );
+        let equal = runs(&[10; 7]);
+        assert_eq!(rebuild_from(&equal, 70, 80), 0, "all of similar size");
+        let growing = runs(&[1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(
+            rebuild_from(&growing, 127, 128),
+            127,
+            "a big run waits for small ones"
+        );
+        let after = runs(&[1, 2, 4, 8, 16, 32, 64, 1]);
+        assert_eq!(rebuild_from(&after, 128, 129), 127);
+    }
+}
