@@ -58,8 +58,11 @@ pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiR
         let mut render = |index: u64, rec: &[u8]| -> Result<bool, EngineError> {
             let r = Record::parse(rec)
                 .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
+            let event = r
+                .event_json()
+                .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
             let leaf = alg.leaf(rec);
-            let e = StoredEvent::of(index, &leaf, &r);
+            let e = StoredEvent::of(index, &leaf, &r, &event);
             let rendered = match format {
                 ExportFormat::JsonLines => export::render_json_line(&e, &mut buf),
                 ExportFormat::Csv => export::render_csv_row(&e, &mut buf),

@@ -178,6 +178,7 @@ fn export_each_format_matches_the_events() {
         let rec = Record {
             received_at_unix_ns: v["received_at_unix_ns"].as_u64().expect("ts"),
             submitter: v["submitter"].as_str(),
+            kind: auditlog_formats::record::PayloadKind::Event,
             payload: payload.as_bytes(),
         }
         .to_bytes();

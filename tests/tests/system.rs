@@ -391,6 +391,7 @@ fn append_forged_batch(dir: &Path) -> u64 {
         &Record {
             received_at_unix_ns: 1,
             submitter: Some("auditlogd"),
+            kind: auditlog_formats::record::PayloadKind::Event,
             payload,
         },
     );

@@ -97,6 +97,12 @@ pub fn parse(m: &[u8], received_at_unix_ns: u64) -> Result<SyslogMessage, ParseE
     }
 }
 
+/// True for an RFC 3164 message whose stamp reads `Feb 29`: the one stamp that parses in
+/// some years only.
+pub(super) fn has_feb_29_stamp(m: &[u8]) -> bool {
+    parse_pri(m).is_ok_and(|(_, at)| m[at..].starts_with(b"Feb 29 "))
+}
+
 /// Splits off one space-terminated header field.
 fn field<'a>(s: &mut &'a [u8], what: &'static str, max: usize) -> Result<&'a [u8], ParseError> {
     let sp = s
