@@ -127,6 +127,8 @@ pub struct EventBatch {
     bytes_max: usize,
     /// Who the server authenticated for this submission; every record of it carries it.
     submitter: Submitter,
+    /// The address in a `syslog:<ip>` submitter, read once: `push_syslog` needs it.
+    syslog_peer: Option<std::net::IpAddr>,
     body: Vec<u8>,
     /// Where each record starts in `body` (after its length prefix): its receipt time is
     /// stamped there at the enqueue.
@@ -175,7 +177,7 @@ impl EventBatch {
     pub fn push_syslog(&mut self, message: &[u8]) -> Result<Pushed> {
         let position = self.offsets.len();
         let bad = |reason: String| EngineError::BadEvent { position, reason };
-        let peer = Submitter::syslog_peer(self.submitter.as_str()).ok_or_else(|| {
+        let peer = self.syslog_peer.ok_or_else(|| {
             bad(format!(
                 "submitter {} is not a syslog peer",
                 self.submitter.as_str()
@@ -253,6 +255,7 @@ impl Engine {
         EventBatch {
             mode: c.schema,
             bytes_max: c.submission_bytes_max,
+            syslog_peer: Submitter::syslog_peer(submitter.as_str()),
             submitter,
             body: Vec::new(),
             offsets: Vec::new(),
