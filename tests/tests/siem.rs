@@ -315,7 +315,7 @@ fn large_export_stays_within_memory_limits() {
 /// The event JSON embedded in an API or export line (`..."event":{…}}`), byte for byte.
 fn embedded_event(line: &str) -> &[u8] {
     let at = line.find(",\"event\":").expect("event key") + 9;
-    line[at..line.len() - 1].as_bytes()
+    &line.as_bytes()[at..line.len() - 1]
 }
 
 /// A syslog message is stored once, as received (record version 3, FORMATS.md §4): the
