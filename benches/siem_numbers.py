@@ -11,7 +11,7 @@ Run from the repository root after
 as: python3 benches/siem_numbers.py [--events N] [--syslog-only]
 (--syslog-only: just syslog ingest against rsyslog, 1 and 4 connections.)
 """
-import argparse, json, os, signal, socket, statistics, subprocess, tempfile, time, urllib.request
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, tempfile, time, urllib.request
 
 T = os.environ.get("CARGO_TARGET_DIR", "target") + "/release"
 
@@ -102,9 +102,13 @@ def main():
     a = ap.parse_args()
     n = a.events
     root = tempfile.mkdtemp(prefix="siem-numbers-")
-    if not a.syslog_only:
-        export_and_forward(root, n)
-    syslog_ingest(root, n)
+    try:
+        if not a.syslog_only:
+            export_and_forward(root, n)
+        syslog_ingest(root, n)
+    finally:
+        # Gigabytes of segments per run: a disk shared with other builds fills up.
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def export_and_forward(root, n):
