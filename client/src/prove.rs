@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use auditlog_formats::hash::{from_hex, to_hex};
 use auditlog_formats::note::{self, Checkpoint, VerifierKey};
 use auditlog_formats::record::{
-    Record, Submitter, PAYLOAD_BYTES_MAX, RECORD_BYTES_MAX, RECORD_VERSION, RECORD_VERSION_V1,
+    Record, Submitter, PAYLOAD_BYTES_MAX, RECORD_BYTES_MAX, RECORD_VERSION, RECORD_VERSION_SYSLOG,
+    RECORD_VERSION_V1,
 };
 use auditlog_formats::tree;
 use auditlog_formats::{Hash, TreeHash};
@@ -87,7 +88,10 @@ fn record_from_file(
             bytes.len()
         );
     }
-    if matches!(bytes.first(), Some(&RECORD_VERSION | &RECORD_VERSION_V1)) {
+    if matches!(
+        bytes.first(),
+        Some(&RECORD_VERSION | &RECORD_VERSION_V1 | &RECORD_VERSION_SYSLOG)
+    ) {
         Record::parse(&bytes).with_context(|| format!("{}: not a record", path.display()))?;
         return Ok(bytes);
     }
@@ -113,6 +117,7 @@ fn record_from_file(
     Ok(Record {
         received_at_unix_ns: at,
         submitter,
+        kind: auditlog_formats::record::PayloadKind::Event,
         payload,
     }
     .to_bytes())

@@ -308,8 +308,11 @@ pub fn run(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
     for (k, rec) in records.iter().enumerate() {
         let r =
             Record::parse(rec).map_err(|e| anyhow::anyhow!("record {}: {e}", start + k as u64))?;
-        if f.matches(&EventFields::of(r.payload)) {
-            let event: Value = serde_json::from_slice(r.payload).unwrap_or(Value::Null);
+        let json = r
+            .event_json()
+            .map_err(|e| anyhow::anyhow!("record {}: {e}", start + k as u64))?;
+        if f.matches(&EventFields::of(&json)) {
+            let event: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
             matched += 1;
             println!(
                 "{}",

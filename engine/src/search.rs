@@ -10,6 +10,7 @@
 //! Records are read through the segment set: a hit in a pruned segment is fetched from the
 //! store; a miss is never read, since the index covers pruned ranges.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,11 +54,15 @@ pub struct Cursor {
 
 const CURSOR_BYTES: usize = 24 + 16;
 
-/// A record's receipt time and searchable fields: the one place records are read for
-/// search (index building and re-checks alike).
-pub(crate) fn record_fields(index: u64, rec: &[u8]) -> Result<(u64, EventFields<'_>)> {
-    let r = Record::parse(rec).map_err(|e| corrupt(format!("record {index}"), e.to_string()))?;
-    Ok((r.received_at_unix_ns, EventFields::of(r.payload)))
+/// A record's receipt time and its event (`Record::event_json`: a syslog record's event is
+/// derived from the message), whose searchable fields `EventFields::of` reads: the one place
+/// records are read for search (index building and re-checks alike).
+pub(crate) fn record_event(index: u64, rec: &[u8]) -> Result<(u64, Cow<'_, [u8]>)> {
+    let damaged = |e: auditlog_formats::record::RecordError| {
+        corrupt(format!("record {index}"), e.to_string())
+    };
+    let r = Record::parse(rec).map_err(damaged)?;
+    Ok((r.received_at_unix_ns, r.event_json().map_err(damaged)?))
 }
 
 impl Engine {
@@ -130,8 +135,8 @@ impl Engine {
         emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<Option<Option<u64>>> {
         out.examined += 1;
-        let (_, fields) = record_fields(i, rec)?;
-        if !q.filter.matches(&fields) {
+        let (_, event) = record_event(i, rec)?;
+        if !q.filter.matches(&EventFields::of(&event)) {
             return Ok(None);
         }
         out.matched += 1;

@@ -318,7 +318,8 @@ fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Ru
         pace.tick();
         assert_eq!(index, next, "records in order");
         next += 1;
-        let (received_at, fields) = crate::search::record_fields(index, rec)?;
+        let (received_at, event) = crate::search::record_event(index, rec)?;
+        let fields = auditlog_formats::search::EventFields::of(&event);
         let offset = (index - first) as u32;
         received.push(received_at);
         scratch.clear();

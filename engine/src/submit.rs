@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use auditlog_formats::batch::{push_entry, Entries, ENTRY_PREFIX_BYTES};
-use auditlog_formats::record::{set_received_at, Record};
-use auditlog_formats::schema;
+use auditlog_formats::record::{set_received_at, PayloadKind, Record, PAYLOAD_BYTES_MAX};
+use auditlog_formats::{schema, syslog};
 use auditlog_formats::{Hash, TreeHash};
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -127,6 +127,11 @@ pub struct EventBatch {
     bytes_max: usize,
     /// Who the server authenticated for this submission; every record of it carries it.
     submitter: Submitter,
+    /// The address in a `syslog:<ip>` submitter, read once: `push_syslog` needs it.
+    syslog_peer: Option<std::net::IpAddr>,
+    /// When the batch was made: the receipt year `push_syslog` checks a message in (it
+    /// needs no finer time, and reading the clock per message was 1% of the listener).
+    made_unix_ns: u64,
     body: Vec<u8>,
     /// Where each record starts in `body` (after its length prefix): its receipt time is
     /// stamped there at the enqueue.
@@ -151,14 +156,8 @@ impl EventBatch {
     /// into the next batch). Refused (nothing kept): an invalid event, or one too large for
     /// a submission on its own.
     pub fn push(&mut self, payload: &[u8]) -> Result<Pushed> {
-        match self.put(payload)? {
-            None => Ok(Pushed::Added),
-            Some(_) if !self.is_empty() => Ok(Pushed::Full),
-            Some(bytes) => Err(EngineError::SubmissionTooLarge {
-                bytes,
-                max: self.bytes_max,
-            }),
-        }
+        let put = self.put(payload)?;
+        self.pushed(put)
     }
 
     /// As `push`, for callers whose events must go in this one submission (a TCP frame, a
@@ -166,6 +165,41 @@ impl EventBatch {
     pub fn add(&mut self, payload: &[u8]) -> Result<()> {
         match self.put(payload)? {
             None => Ok(()),
+            Some(bytes) => Err(EngineError::SubmissionTooLarge {
+                bytes,
+                max: self.bytes_max,
+            }),
+        }
+    }
+
+    /// Adds one syslog message, as received without its framing, as a version 3 record
+    /// (FORMATS.md §4): stored once, its event derived when read. As `push`, except for
+    /// the check: not the event schema (there is no event yet) but that the message parses
+    /// as syslog and its event would fit (`syslog::check_to_store`), with the peer taken
+    /// from the batch's submitter, which must be a `syslog:<ip>` form.
+    pub fn push_syslog(&mut self, message: &[u8]) -> Result<Pushed> {
+        let position = self.offsets.len();
+        let bad = |reason: String| EngineError::BadEvent { position, reason };
+        let peer = self.syslog_peer.ok_or_else(|| {
+            bad(format!(
+                "submitter {} is not a syslog peer",
+                self.submitter.as_str()
+            ))
+        })?;
+        if message.is_empty() || message.len() > PAYLOAD_BYTES_MAX {
+            return Err(bad(format!("syslog message of {} bytes", message.len())));
+        }
+        syslog::check_to_store(message, self.made_unix_ns, Some(peer))
+            .map_err(|e| bad(e.to_string()))?;
+        // Syslog events carry no classification: the batch's maximum is unchanged.
+        let put = self.frame(PayloadKind::Syslog, message, 0);
+        self.pushed(put)
+    }
+
+    fn pushed(&self, put: Option<usize>) -> Result<Pushed> {
+        match put {
+            None => Ok(Pushed::Added),
+            Some(_) if !self.is_empty() => Ok(Pushed::Full),
             Some(bytes) => Err(EngineError::SubmissionTooLarge {
                 bytes,
                 max: self.bytes_max,
@@ -182,20 +216,26 @@ impl EventBatch {
             position,
             reason: e.to_string(),
         })?;
+        Ok(self.frame(PayloadKind::Event, payload, info.classification as u8))
+    }
+
+    /// Frames one checked payload as a record; `Some(bytes)` when it does not fit.
+    fn frame(&mut self, kind: PayloadKind, payload: &[u8], classification: u8) -> Option<usize> {
         let record = Record {
             received_at_unix_ns: 0,
             submitter: Some(self.submitter.as_str()),
+            kind,
             payload,
         };
         let added = 4 + record.encoded_len();
         if self.body.len() + added > self.bytes_max {
-            return Ok(Some(self.body.len() + added));
+            return Some(self.body.len() + added);
         }
         let start = self.body.len();
         push_entry(&mut self.body, &record);
         self.offsets.push((start + ENTRY_PREFIX_BYTES) as u32);
-        self.max_classification = self.max_classification.max(info.classification as u8);
-        Ok(None)
+        self.max_classification = self.max_classification.max(classification);
+        None
     }
 }
 
@@ -218,6 +258,8 @@ impl Engine {
         EventBatch {
             mode: c.schema,
             bytes_max: c.submission_bytes_max,
+            syslog_peer: Submitter::syslog_peer(submitter.as_str()),
+            made_unix_ns: now_unix_ns(),
             submitter,
             body: Vec::new(),
             offsets: Vec::new(),

@@ -356,6 +356,7 @@ mod tests {
                     received_at_unix_ns: i as u64,
                     // Both record versions, side by side as in a log upgraded mid-segment.
                     submitter: (i % 2 == 1).then_some("token:t"),
+                    kind: crate::record::PayloadKind::Event,
                     payload: p,
                 },
             );

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use crate::hash::{to_hex, Hash};
+use crate::record::Record;
 
 /// One stored event as the exporters see it.
 #[derive(Clone, Copy, Debug)]
@@ -18,18 +19,20 @@ pub struct StoredEvent<'a> {
     pub received_at_unix_ns: u64,
     /// Who the server authenticated for it (record version 2); `None` for version 1.
     pub submitter: Option<&'a str>,
-    /// The payload exactly as stored: one JSON object.
+    /// The event's JSON object ([`Record::event_json`]): the payload as stored, or the
+    /// event derived from a stored syslog message.
     pub payload: &'a [u8],
 }
 
 impl<'a> StoredEvent<'a> {
-    pub fn of(index: u64, leaf_hash: &'a Hash, record: &crate::record::Record<'a>) -> Self {
+    /// Record `index` as the exporters see it; `event` is `record.event_json()`.
+    pub fn of(index: u64, leaf_hash: &'a Hash, record: &Record<'a>, event: &'a [u8]) -> Self {
         StoredEvent {
             index,
             leaf_hash,
             received_at_unix_ns: record.received_at_unix_ns,
             submitter: record.submitter,
-            payload: record.payload,
+            payload: event,
         }
     }
 }

@@ -494,6 +494,7 @@ mod tests {
             Record {
                 received_at_unix_ns: i,
                 submitter: (i % 2 == 1).then_some("auditlogd"),
+                kind: crate::record::PayloadKind::Event,
                 payload: format!("{{\"i\":{i}}}").as_bytes().to_vec().leak(),
             }
             .to_bytes()

@@ -281,3 +281,88 @@ proptest! {
         prop_assert_eq!(p.msg, msg.strip_prefix('\u{feff}').unwrap_or(&msg));
     }
 }
+
+/// What the listener checks before storing a message as received (record version 3): it
+/// parses in any year, and its event fits the 64 KiB event limit.
+#[test]
+fn check_to_store_refuses_what_could_not_be_shown() {
+    let peer = Some("192.0.2.7".parse().expect("ip"));
+    // 2026 is not a leap year: this stamp is no stamp now, and the message parses as a
+    // bare MSG; in 2028 the same bytes are a stamp without a HOSTNAME, which fails. Stored
+    // now, it could not be derived, nor verified, by a reader of a record received then.
+    let feb29 = b"<13>Feb 29 10:00:00 nohostname";
+    assert!(syslog::parse(feb29, NOW_NS).is_ok());
+    assert_eq!(
+        syslog::check_to_store(feb29, NOW_NS, peer),
+        Err(ParseError::Rfc3164("no HOSTNAME"))
+    );
+    assert_eq!(
+        syslog::check_to_store(b"<13>Feb 29 10:00:00 host tag: fine", NOW_NS, peer),
+        Ok(())
+    );
+    assert_eq!(
+        syslog::check_to_store(b"<13>1 bad", NOW_NS, peer),
+        Err(ParseError::Rfc5424("bad TIMESTAMP"))
+    );
+    // Past the size where any message's event fits, the event is mapped and measured.
+    let long = |fill: u8, n: usize| {
+        let mut m = b"<13>1 2026-11-23T10:00:00Z h a - - - ".to_vec();
+        m.resize(m.len() + n, fill);
+        m
+    };
+    assert_eq!(
+        syslog::check_to_store(&long(b'a', 6000), NOW_NS, peer),
+        Ok(())
+    );
+    assert!(matches!(
+        syslog::check_to_store(&long(1, 6000), NOW_NS, peer),
+        Err(ParseError::EventTooLarge { .. })
+    ));
+}
+
+/// Bytes syslog fields are made of, weighted to the ones that grow in JSON.
+fn field_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        Just(1u8),
+        Just(b'"'),
+        Just(b'\\'),
+        Just(0xff),
+        Just(b' '),
+        Just(b'['),
+        Just(b']'),
+        Just(b'='),
+        Just(b':'),
+        Just(b'-'),
+        b'a'..=b'z',
+    ]
+}
+
+proptest! {
+    /// The bound `check_to_store` relies on to skip the mapping of short messages holds for
+    /// every header form, whatever the fields hold.
+    #[test]
+    fn an_event_is_within_its_bound(
+        head in prop_oneof![
+            Just(&b"<13>Nov 23 10:00:00 "[..]),
+            Just(&b"<13>2026-11-23T10:00:00Z "[..]),
+            Just(&b"<13>1 2026-11-23T10:00:00Z "[..]),
+            Just(&b"<13>1 - "[..]),
+            Just(&b"<13>"[..]),
+        ],
+        body in proptest::collection::vec(field_byte(), 0..200),
+    ) {
+        let mut m = head.to_vec();
+        m.extend_from_slice(&body);
+        let peer = Some("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().expect("ip"));
+        if let Ok(p) = syslog::parse(&m, NOW_NS) {
+            let mut ev = Vec::new();
+            syslog::write_audit_event_unbounded(&p, &m, NOW_NS, peer, &mut ev);
+            let bound = m.len() * syslog::EVENT_BYTES_PER_MESSAGE_BYTE_MAX
+                + syslog::EVENT_FIXED_BYTES_MAX;
+            prop_assert!(ev.len() <= bound, "{} > {bound}", ev.len());
+            prop_assert_eq!(syslog::check_to_store(&m, NOW_NS, peer), Ok(()));
+        } else {
+            prop_assert!(syslog::check_to_store(&m, NOW_NS, peer).is_err());
+        }
+    }
+}

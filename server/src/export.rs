@@ -47,8 +47,11 @@ pub(crate) fn render_event(
 ) -> Result<(), EngineError> {
     let r = Record::parse(rec)
         .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
+    let event = r
+        .event_json()
+        .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
     let leaf = alg.leaf(rec);
-    let e = StoredEvent::of(index, &leaf, &r);
+    let e = StoredEvent::of(index, &leaf, &r, &event);
     let rendered = match format {
         ExportFormat::JsonLines => export::render_json_line(&e, buf),
         ExportFormat::Csv => export::render_csv_row(&e, buf),

@@ -448,8 +448,11 @@ fn render_chunk(
         .read_records(start, end, &mut |index, rec| {
             let r = Record::parse(rec)
                 .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
+            let event = r
+                .event_json()
+                .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
             let leaf = alg.leaf(rec);
-            let e = StoredEvent::of(index, &leaf, &r);
+            let e = StoredEvent::of(index, &leaf, &r, &event);
             line.clear();
             let sev = cef::render(device, &e, &mut line)
                 .map_err(|e| EngineError::BadRequest(e.to_string()))?;

@@ -410,13 +410,14 @@ fn need(m: &HashMap<String, String>, name: &str) -> ApiResult<u64> {
 }
 
 /// One event as the API shows it: the export's JSON line (FORMATS.md §14.1) without its
-/// newline. The payload was validated as a JSON object on ingest, so it is embedded as is.
+/// newline. The event (`Record::event_json`) is a JSON object, so it is embedded as is.
 fn event_json(alg: TreeHash, index: u64, record: &[u8]) -> ApiResult<String> {
-    let r = Record::parse(record)
-        .map_err(|e| ApiError::internal(format!("record {index} is damaged: {e}")))?;
+    let damaged = |e| ApiError::internal(format!("record {index} is damaged: {e}"));
+    let r = Record::parse(record).map_err(damaged)?;
+    let event = r.event_json().map_err(damaged)?;
     let leaf = alg.leaf(record);
-    let mut out = String::with_capacity(record.len() + 160);
-    export::render_json_line(&StoredEvent::of(index, &leaf, &r), &mut out)
+    let mut out = String::with_capacity(event.len() + 160);
+    export::render_json_line(&StoredEvent::of(index, &leaf, &r, &event), &mut out)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     out.pop();
     Ok(out)

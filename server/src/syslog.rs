@@ -1,5 +1,7 @@
 //! The syslog TCP listener (FORMATS.md §14.3–14.4): RFC 6587 framing detected per message,
-//! RFC 5424 and RFC 3164 messages, each mapped to an audit event and appended.
+//! RFC 5424 and RFC 3164 messages, each checked (it parses; its event would fit) and
+//! appended once, as received (record version 3, FORMATS.md §4): the audit event is derived
+//! from it when read, so per message this does framing, a parse and a copy.
 //!
 //! Syslog has no acknowledgements, so this listener batches by what arrived: every read
 //! from the socket (up to `syslog_read_bytes_max`) is decoded and its messages go to the
@@ -18,12 +20,11 @@
 //! closes the connection with nothing stored.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditlog_engine::{now_unix_ns, Engine, EngineError, EventBatch, Pushed, Submitter};
+use auditlog_engine::{Engine, EngineError, EventBatch, Pushed, Submitter};
 
 use crate::admission::Admission;
 use crate::listener::{admit, SourceSlots};
@@ -112,7 +113,7 @@ pub async fn serve(
                         let r = match tls {
                             None => {
                                 let from = Submitter::syslog(ip, None);
-                                connection(stream, ip, from, (&engine, &admission), &cfg, stop).await
+                                connection(stream, from, (&engine, &admission), &cfg, stop).await
                             }
                             Some(tls) => match handshake(stream, &tls).await {
                                 Ok(s) => {
@@ -122,7 +123,7 @@ pub async fn serve(
                                         ip,
                                         names.0.first().map(String::as_str),
                                     );
-                                    connection(s, ip, from, (&engine, &admission), &cfg, stop).await
+                                    connection(s, from, (&engine, &admission), &cfg, stop).await
                                 }
                                 Err(e) => Err(e),
                             },
@@ -177,7 +178,6 @@ async fn handshake(
 
 async fn connection<S: AsyncRead + Unpin>(
     mut stream: S,
-    peer: IpAddr,
     submitter: Submitter,
     (engine, admission): (&Arc<Engine>, &Admission),
     cfg: &SiemConfig,
@@ -198,8 +198,8 @@ async fn connection<S: AsyncRead + Unpin>(
             }
         };
         decoder.extend(&buf[..n]);
-        // Parsing, mapping, validation and hashing are CPU work: off the async workers.
-        let built = tokio::task::block_in_place(|| build(engine, &mut decoder, peer, &submitter));
+        // Parsing and hashing are CPU work: off the async workers.
+        let built = tokio::task::block_in_place(|| build(engine, &mut decoder, &submitter));
         let (batches, framing) = built;
         for batch in batches {
             while in_flight.len() >= cfg.syslog_batches_in_flight_max {
@@ -232,14 +232,9 @@ async fn connection<S: AsyncRead + Unpin>(
 fn build(
     engine: &Engine,
     decoder: &mut Decoder,
-    peer: IpAddr,
     submitter: &Submitter,
 ) -> (Vec<EventBatch>, Option<syslog::FramingError>) {
-    let now = now_unix_ns();
     let mut batches = vec![engine.new_batch(submitter.clone())];
-    // One event at a time is mapped here, then copied into the batch: no allocation per
-    // message for the event's bytes.
-    let mut event = Vec::with_capacity(2048);
     let framing = loop {
         let msg = match decoder.next_message() {
             Ok(Some(m)) => m,
@@ -247,26 +242,15 @@ fn build(
             Err(e) => break Some(e),
         };
         COUNTERS.messages.fetch_add(1, Ordering::Relaxed);
-        event.clear();
-        match syslog::parse(msg, now)
-            .and_then(|m| syslog::write_audit_event(&m, msg, now, Some(peer), &mut event))
-        {
-            Ok(()) => {}
-            Err(e) => {
-                COUNTERS.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("syslog message dropped: {e}");
-                continue;
-            }
-        };
-        let mut pushed = batches.last_mut().map(|b| b.push(&event));
+        let mut pushed = batches.last_mut().map(|b| b.push_syslog(msg));
         if let Some(Ok(Pushed::Full)) = pushed {
             let mut b = engine.new_batch(submitter.clone());
-            pushed = Some(b.add(&event).map(|()| Pushed::Added));
+            pushed = Some(b.push_syslog(msg));
             batches.push(b);
         }
         if let Some(Err(e)) = pushed {
             COUNTERS.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("syslog event refused: {e}");
+            tracing::debug!("syslog message dropped: {e}");
         }
     };
     batches.retain(|b| !b.is_empty());

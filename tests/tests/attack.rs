@@ -306,6 +306,7 @@ fn the_attacks_together_leave_writers_probes_and_memory_whole() {
                                 &Record {
                                     received_at_unix_ns: a.received_at_unix_ns,
                                     submitter: Some(&submitter),
+                                    kind: auditlog_formats::record::PayloadKind::Event,
                                     payload: &batch[i],
                                 }
                                 .to_bytes(),
@@ -375,6 +376,7 @@ fn the_attacks_together_leave_writers_probes_and_memory_whole() {
                                         .as_u64()
                                         .expect("ns"),
                                     submitter: Some(&sub),
+                                    kind: auditlog_formats::record::PayloadKind::Event,
                                     payload: &batch[i],
                                 }
                                 .to_bytes(),
@@ -883,6 +885,7 @@ fn read_leaves(d: &Daemon, alg: TreeHash, size: u64) -> Vec<Hash> {
             let record = Record {
                 received_at_unix_ns: v["received_at_unix_ns"].as_u64().expect("ns"),
                 submitter: v["submitter"].as_str(),
+                kind: auditlog_formats::record::PayloadKind::Event,
                 payload,
             }
             .to_bytes();

@@ -87,6 +87,7 @@ fn read_receipts(path: &Path, sent: &[Vec<u8>], alg: auditlog_formats::TreeHash)
             let rec = Record {
                 received_at_unix_ns: r.received_at_unix_ns,
                 submitter: r.submitter.as_deref(),
+                kind: auditlog_formats::record::PayloadKind::Event,
                 payload: e,
             }
             .to_bytes();

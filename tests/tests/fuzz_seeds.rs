@@ -148,6 +148,14 @@ fn write_fuzz_seeds() {
             let mut b = Vec::new();
             v1.encode_into(&mut b);
             seeds.put("record", "v1", &b);
+            // A syslog message stored once, as the listener writes it.
+            let v3 = Record {
+                submitter: Some("syslog:192.0.2.7"),
+                kind: auditlog_formats::record::PayloadKind::Syslog,
+                payload: b"<34>1 2026-11-23T10:00:00Z web1 su - ID47 [m@1 a=\"b\"] failed",
+                ..parsed
+            };
+            seeds.put("record", "v3", &v3.to_bytes());
         }
         at += h.total_bytes();
     }

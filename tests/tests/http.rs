@@ -723,6 +723,7 @@ mod tcp {
                 let rec = Record {
                     received_at_unix_ns: a.received_at_unix_ns,
                     submitter: submitter.as_deref(),
+                    kind: auditlog_formats::record::PayloadKind::Event,
                     payload: &batches[k][i],
                 }
                 .to_bytes();

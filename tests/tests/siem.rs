@@ -178,6 +178,7 @@ fn export_each_format_matches_the_events() {
         let rec = Record {
             received_at_unix_ns: v["received_at_unix_ns"].as_u64().expect("ts"),
             submitter: v["submitter"].as_str(),
+            kind: auditlog_formats::record::PayloadKind::Event,
             payload: payload.as_bytes(),
         }
         .to_bytes();
@@ -308,6 +309,124 @@ fn large_export_stays_within_memory_limits() {
     assert!(
         peak < before + 24 * 1024,
         "RSS grew from {before} KiB to {peak} KiB during a {bytes}-byte export"
+    );
+}
+
+/// The event JSON embedded in an API or export line (`..."event":{…}}`), byte for byte.
+fn embedded_event(line: &str) -> &[u8] {
+    let at = line.find(",\"event\":").expect("event key") + 9;
+    &line.as_bytes()[at..line.len() - 1]
+}
+
+/// A syslog message is stored once, as received (record version 3, FORMATS.md §4): the
+/// record read back holds the message byte for byte after its header and submitter, and
+/// nothing else, and every reader shows the event the mapping (§14.4) gives for that
+/// message, receipt time and peer — the event the listener stored before.
+#[test]
+fn syslog_messages_are_stored_once_and_read_back_byte_identical() {
+    use auditlog_formats::record::{PayloadKind, RECORD_V2_HEADER_BYTES};
+    use auditlog_formats::syslog;
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = start_daemon(dir.path(), CONFIG);
+    let (key, alg, _) = d.log();
+    let mut sent: Vec<Vec<u8>> = vec![
+        br#"<86>1 2026-11-23T10:00:00.5+01:00 web01 sshd 4242 LOGIN [meta@1 user="bob" q="a\"b\]"][x@2 k="v"] accepted"#.to_vec(),
+        b"<13>Nov 23 10:00:00 host tag[7]: hello".to_vec(),
+        b"<34>1 - - - - - - bad \xff\x01 \"q\" \\ end\nline2".to_vec(),
+        b"<0>bare".to_vec(),
+        b"<14>\xEF\xBB\xBFbom and a tab\there".to_vec(),
+    ];
+    // Long enough that the listener maps it to measure its event.
+    let mut long = b"<165>1 2026-11-23T10:00:00Z h app - - - ".to_vec();
+    long.extend((0..4000).map(|i| b"ab\"\\\x02"[i % 5]));
+    sent.push(long);
+    // Octet counted (they may hold LF), then one LF-framed with CR LF and one that is not
+    // syslog (counted and dropped), then one more.
+    let mut stream = Vec::new();
+    for m in &sent {
+        stream.extend_from_slice(format!("{} ", m.len()).as_bytes());
+        stream.extend_from_slice(m);
+    }
+    stream.extend_from_slice(b"<13>crlf line\r\n<999>not syslog\n<13>last\n");
+    sent.push(b"<13>crlf line".to_vec());
+    sent.push(b"<13>last".to_vec());
+    let mut c = std::net::TcpStream::connect(d.syslog_addr()).expect("connect");
+    c.write_all(&stream).expect("send");
+    drop(c);
+    let (f, n) = (d.first, sent.len() as u64);
+    d.wait_size(f + n, Duration::from_secs(10));
+    wait_for("the connection to close", Duration::from_secs(10), || {
+        d.metric("auditlog_syslog_connections") == Some(0)
+    });
+    assert_eq!(d.tree_size(), f + n);
+    assert_eq!(d.metric("auditlog_syslog_refused_total"), Some(1));
+
+    let cp = d.checkpoint(f + n, &key);
+    let peer = Some("127.0.0.1".parse().expect("ip"));
+    let submitter = "syslog:127.0.0.1";
+    let range = d
+        .get(
+            &format!("/v1/events?start={f}&end={}&format=record", f + n),
+            "reader",
+        )
+        .text();
+    let export = d
+        .get(
+            &format!("/v1/export?format=json&start={f}&end={}", f + n),
+            "reader",
+        )
+        .text();
+    let (range, export): (Vec<&str>, Vec<&str>) =
+        (range.lines().collect(), export.lines().collect());
+    assert_eq!((range.len(), export.len()), (sent.len(), sent.len()));
+    for (k, msg) in sent.iter().enumerate() {
+        let i = f + k as u64;
+        let rec = d
+            .get(&format!("/v1/events/{i}?format=record"), "reader")
+            .body;
+        let r = Record::parse(&rec).expect("record");
+        // The message exactly as sent, without framing, once: the record is its header,
+        // the submitter and the message.
+        assert_eq!((r.kind, r.payload), (PayloadKind::Syslog, &msg[..]), "{k}");
+        assert_eq!(r.submitter, Some(submitter));
+        assert_eq!(
+            rec.len(),
+            RECORD_V2_HEADER_BYTES + submitter.len() + msg.len()
+        );
+        let v: Value = serde_json::from_str(range[k]).expect("line");
+        let b64 = v["record"].as_str().expect("record");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("b64"),
+            rec
+        );
+        // The event shown: the mapping's, for this message, receipt time and peer.
+        let t = r.received_at_unix_ns;
+        let want = syslog::to_audit_event(&syslog::parse(msg, t).expect("parse"), msg, t, peer)
+            .expect("map");
+        let one = d.get(&format!("/v1/events/{i}"), "reader").text();
+        assert_eq!(embedded_event(&one), &want[..], "{k}: {one}");
+        assert_eq!(embedded_event(export[k]), &want[..], "{k}");
+        let e: Value = serde_json::from_slice(&want).expect("json");
+        assert_eq!(
+            e["details"]["syslog"]["original"],
+            String::from_utf8_lossy(msg).as_ref()
+        );
+        d.prove(alg, &cp, i, &alg.leaf(&rec));
+    }
+    assert_eq!(
+        serde_json::from_str::<Value>(export[3]).expect("line")["event"]["timestamp"],
+        auditlog_formats::time::unix_ns_to_rfc3339(
+            Record::parse(
+                &d.get(&format!("/v1/events/{}?format=record", f + 3), "reader")
+                    .body
+            )
+            .expect("record")
+            .received_at_unix_ns
+        ),
+        "a message without a TIMESTAMP shows its receipt time"
     );
 }
 

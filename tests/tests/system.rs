@@ -344,6 +344,74 @@ fn tampering_with_any_file_fails_verification_at_the_right_place() {
     );
 }
 
+/// A syslog message is stored as received (record version 3) beside JSON events (version
+/// 2), and the verifier checks it is still syslog: the mixed log verifies; a message
+/// altered so it no longer parses — its batch's checksum fixed, as anyone with the disk
+/// could — fails at its index, named as a syslog record, not later at a root.
+#[test]
+fn an_altered_syslog_record_fails_verification_at_its_index() {
+    use auditlog_engine::{Pushed, Submitter};
+    use auditlog_formats::batch;
+    use auditlog_formats::record::RECORD_VERSION_SYSLOG;
+    let base = tempfile::tempdir().expect("tmp");
+    let engine = Engine::open(small_config(base.path()), None).expect("open");
+    let peer: std::net::IpAddr = "192.0.2.7".parse().expect("ip");
+    for chunk in 0..3u64 {
+        let mut b = engine.new_batch(Submitter::token("test-writer"));
+        for i in 0..10u64 {
+            b.add(&event(chunk * 20 + i, 200)).expect("valid");
+        }
+        engine.append(b).expect("append");
+        if chunk < 2 {
+            let mut s = engine.new_batch(Submitter::syslog(peer, None));
+            for i in 0..10u64 {
+                let m = format!("<34>1 2026-11-23T10:00:00Z web1 app {i} - - message {i}");
+                assert_eq!(s.push_syslog(m.as_bytes()).expect("syslog"), Pushed::Added);
+            }
+            // Not syslog: refused, as the listener counts and drops it.
+            assert!(s.push_syslog(b"(34) not syslog").is_err());
+            engine.append(s).expect("append");
+        }
+    }
+    engine
+        .wait_checkpoint(50, Duration::from_secs(5))
+        .expect("checkpoint");
+    let key = engine.verifier_key();
+    engine.shutdown().expect("shutdown");
+    assert_eq!(verify(base.path(), &key).expect("clean").events, 50);
+
+    // Index 15 is the 6th message of the first syslog submission.
+    let p = files(&base.path().join("segments"), "open")
+        .pop()
+        .expect("open");
+    let mut b = std::fs::read(&p).expect("read");
+    let mut at = 0;
+    let h = loop {
+        let h = batch::decode_header(&b[at..]).expect("batch");
+        if (h.first_index..h.end_index()).contains(&15) {
+            break h;
+        }
+        at += h.total_bytes();
+    };
+    let body_at = at + batch::BATCH_HEADER_BYTES;
+    let mut body = b[body_at..body_at + h.body_bytes as usize].to_vec();
+    let mut e = 0;
+    for _ in h.first_index..15 {
+        e += batch::ENTRY_PREFIX_BYTES + batch::decode_entry_prefix(&body[e..]).expect("entry");
+    }
+    let rec = e + batch::ENTRY_PREFIX_BYTES;
+    assert_eq!(body[rec], RECORD_VERSION_SYSLOG);
+    let msg = rec + 11 + "syslog:192.0.2.7".len();
+    assert_eq!(body[msg], b'<');
+    body[msg] = b'(';
+    let head = batch::encode_header(h.first_index, h.count, h.max_classification, &body);
+    b[at..body_at].copy_from_slice(&head);
+    b[body_at..body_at + body.len()].copy_from_slice(&body);
+    std::fs::write(&p, b).expect("write");
+    let err = verify(base.path(), &key).expect_err("altered");
+    assert!(err.to_string().contains("index 15: syslog record"), "{err}");
+}
+
 /// Rewrites a sealed segment's footer note (and the digest over it), as someone with the
 /// disk or the bucket could: the records and the tree head stay as they were.
 /// A data directory the previous version wrote (every hash level stored, leaf-index runs of
@@ -489,6 +557,7 @@ fn append_forged_batch(dir: &Path) -> u64 {
         &Record {
             received_at_unix_ns: 1,
             submitter: Some("auditlogd"),
+            kind: auditlog_formats::record::PayloadKind::Event,
             payload,
         },
     );

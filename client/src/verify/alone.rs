@@ -114,7 +114,8 @@ impl<'e> Handover<'e> {
     /// Parses one record of the current piece and keeps its leaf hash.
     fn push_record(&mut self, alg: TreeHash, path: &str, rec: &[u8]) -> Result<(), VerifyError> {
         let piece = self.now.pieces.last_mut().expect("a piece was started");
-        if let Err(e) = Record::parse(rec) {
+        // A syslog record's message must parse (its event is derived from it).
+        if let Err(e) = Record::parse(rec).and_then(|r| r.check_payload()) {
             let index = piece.first_index + piece.leaves as u64;
             return fail(piece.at.place(path), format!("index {index}: {e}"));
         }
@@ -494,6 +495,7 @@ mod tests {
                     &Record {
                         received_at_unix_ns: 1,
                         submitter: Some("test"),
+                        kind: auditlog_formats::record::PayloadKind::Event,
                         payload: payload.as_bytes(),
                     },
                 );

@@ -170,6 +170,28 @@ pub fn write_audit_event(
     out: &mut Vec<u8>,
 ) -> Result<(), ParseError> {
     let start = out.len();
+    write_audit_event_unbounded(m, raw, received_at_unix_ns, peer, out);
+    let bytes = out.len() - start;
+    if bytes > crate::schema::PAYLOAD_BYTES_MAX {
+        out.truncate(start);
+        return Err(ParseError::EventTooLarge {
+            bytes,
+            max: crate::schema::PAYLOAD_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of [`write_audit_event`] without its size limit: how a stored syslog message
+/// (record version 3) shows its event, whose size was checked when it was received
+/// ([`super::check_to_store`]), so that reading it never fails on a limit.
+pub fn write_audit_event_unbounded(
+    m: &SyslogMessage,
+    raw: &[u8],
+    received_at_unix_ns: u64,
+    peer: Option<IpAddr>,
+    out: &mut Vec<u8>,
+) {
     let facility = FACILITY_NAMES[usize::from(m.facility).min(23)];
     let severity = SEVERITY_NAMES[usize::from(m.severity & 7)];
     // Keys of each object in byte order, since serde_json's map is sorted.
@@ -216,15 +238,6 @@ pub fn write_audit_event(
         None => push_str(out, &unix_ns_to_rfc3339(received_at_unix_ns)),
     }
     out.push(b'}');
-    let bytes = out.len() - start;
-    if bytes > crate::schema::PAYLOAD_BYTES_MAX {
-        out.truncate(start);
-        return Err(ParseError::EventTooLarge {
-            bytes,
-            max: crate::schema::PAYLOAD_BYTES_MAX,
-        });
-    }
-    Ok(())
 }
 
 /// `details.syslog`: the parsed fields, MSG and the original message.

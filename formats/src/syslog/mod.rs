@@ -6,14 +6,15 @@
 //! Three files: framing here, message parsing in `parse.rs`, the audit-event mapping and
 //! the RFC 5424 writer in `map.rs`.
 
+use std::net::IpAddr;
 use std::ops::Range;
 
 mod map;
 mod parse;
 
 pub use map::{
-    to_audit_event, write_audit_event, write_rfc5424, Rfc5424Header, AUDIT_SEVERITY,
-    FACILITY_NAMES, SEVERITY_NAMES,
+    to_audit_event, write_audit_event, write_audit_event_unbounded, write_rfc5424, Rfc5424Header,
+    AUDIT_SEVERITY, FACILITY_NAMES, SEVERITY_NAMES,
 };
 pub use parse::{parse, ParseError, SdElement, SyslogFormat, SyslogMessage};
 
@@ -28,6 +29,38 @@ pub enum FramingError {
         "syslog octet count is malformed (expected 1-9 digits, no leading zero, then a space)"
     )]
     BadOctetCount,
+}
+
+/// An upper bound on the event bytes (§14.4) per message byte: a byte is in `original` at
+/// most once and in one parsed field, and a field is written at most three times (HOSTNAME:
+/// `details.syslog.hostname`, `resource`, `actor`); a byte grows to at most 6 (`\u00XX`;
+/// invalid UTF-8 becomes the 3-byte U+FFFD).
+pub const EVENT_BYTES_PER_MESSAGE_BYTE_MAX: usize = 6 + 3 * 6;
+/// And the bytes of an event that no message byte accounts for: keys, names, the peer
+/// address, the receipt time standing in for a missing TIMESTAMP.
+pub const EVENT_FIXED_BYTES_MAX: usize = 1024;
+
+/// The check a message passes before it is stored as received (record version 3), so that
+/// its event can always be derived later and is the event the listener mapped before
+/// messages were stored once: it parses (whatever year it is received in: the only
+/// year-dependent case is an RFC 3164 stamp of Feb 29, which must parse both in a leap
+/// year and in another), and its event fits the 64 KiB event limit. A message short enough
+/// for its event to fit whatever its bytes (2,688 bytes) is not mapped here.
+pub fn check_to_store(m: &[u8], now_unix_ns: u64, peer: Option<IpAddr>) -> Result<(), ParseError> {
+    // 2024-03-01 and 2025-03-01, 00:00 UTC: a Feb 29 stamp is in a leap year, then not.
+    const LEAP_UNIX_NS: u64 = 1_709_251_200_000_000_000;
+    const NOT_LEAP_UNIX_NS: u64 = 1_740_787_200_000_000_000;
+    let parsed = parse(m, now_unix_ns)?;
+    if parse::has_feb_29_stamp(m) {
+        parse(m, LEAP_UNIX_NS)?;
+        parse(m, NOT_LEAP_UNIX_NS)?;
+    }
+    let bound = m.len() * EVENT_BYTES_PER_MESSAGE_BYTE_MAX + EVENT_FIXED_BYTES_MAX;
+    if bound > crate::schema::PAYLOAD_BYTES_MAX {
+        let mut event = Vec::with_capacity(256 + 2 * m.len());
+        write_audit_event(&parsed, m, now_unix_ns, peer, &mut event)?;
+    }
+    Ok(())
 }
 
 /// What `next_frame` found at the start of a buffer.
@@ -85,7 +118,8 @@ pub fn next_frame(buf: &[u8], message_bytes_max: usize) -> Result<Frame, Framing
     }
     // A CR may precede the LF, so the limit allows one more byte before giving up.
     let window = &buf[..buf.len().min(message_bytes_max + 2)];
-    let Some(lf) = window.iter().position(|&c| c == b'\n') else {
+    // memchr: the byte-at-a-time search was 4% of the daemon's CPU at 400k messages/s.
+    let Some(lf) = memchr::memchr(b'\n', window) else {
         if buf.len() > message_bytes_max + 1 {
             return Err(FramingError::TooLarge {
                 bytes: buf.len(),

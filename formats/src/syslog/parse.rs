@@ -97,6 +97,12 @@ pub fn parse(m: &[u8], received_at_unix_ns: u64) -> Result<SyslogMessage, ParseE
     }
 }
 
+/// True for an RFC 3164 message whose stamp reads `Feb 29`: the one stamp that parses in
+/// some years only.
+pub(super) fn has_feb_29_stamp(m: &[u8]) -> bool {
+    parse_pri(m).is_ok_and(|(_, at)| m[at..].starts_with(b"Feb 29 "))
+}
+
 /// Splits off one space-terminated header field.
 fn field<'a>(s: &mut &'a [u8], what: &'static str, max: usize) -> Result<&'a [u8], ParseError> {
     let sp = s
@@ -270,9 +276,22 @@ fn bsd_timestamp(t: &[u8], received_at_unix_ns: u64) -> Option<String> {
     if day > days_in_month(year, month) {
         return None;
     }
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{s:02}Z"
-    ))
+    // Written by hand: `format!` was a tenth of the listener's parse at 400k messages/s.
+    // A u64 of nanoseconds ends in 2554: four digits always.
+    debug_assert!((1969..=9999).contains(&year), "year {year}");
+    let mut b = *b"0000-00-00T00:00:00Z";
+    let put = |b: &mut [u8; 20], at: usize, n: u32| {
+        b[at] = b'0' + (n / 10) as u8;
+        b[at + 1] = b'0' + (n % 10) as u8;
+    };
+    put(&mut b, 0, (year / 100) as u32);
+    put(&mut b, 2, (year % 100) as u32);
+    put(&mut b, 5, month);
+    put(&mut b, 8, day);
+    put(&mut b, 11, h);
+    put(&mut b, 14, mi);
+    put(&mut b, 17, s);
+    Some(b.iter().map(|&c| char::from(c)).collect())
 }
 
 /// RFC 3164 as relays send it, read leniently (§4.3 of that RFC): `TIMESTAMP SP HOSTNAME

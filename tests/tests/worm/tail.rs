@@ -279,6 +279,7 @@ fn a_foreign_tail_raises_the_alarm_and_remote_acks_stop() {
     let record = auditlog_formats::record::Record {
         received_at_unix_ns: 1,
         submitter: Some("token:someone-else"),
+        kind: auditlog_formats::record::PayloadKind::Event,
         payload: &classified_event(0, "UNCLASSIFIED"),
     };
     let mut body = Vec::new();
