@@ -308,8 +308,9 @@ impl RunDecoder {
         } else {
             self.last.0.checked_add(delta)
         };
-        let index = self.header.first + u64::from(offset);
-        let entry = key.map(|k| (k, index));
+        // Checked: `first` comes from the file, and an offset past `end` may pass `u64::MAX`.
+        let index = self.header.first.checked_add(u64::from(offset));
+        let entry = key.zip(index);
         let h = &self.header;
         let entry = match entry {
             Some(e) if (self.read == 0 || e > self.last) && (h.first..h.end).contains(&e.1) => e,
@@ -394,7 +395,7 @@ pub fn decode_block(
                     None => Some(delta),
                     Some((k, _)) => k.checked_add(delta),
                 };
-                let entry = key.map(|k| (k, first + u64::from(offset)));
+                let entry = key.zip(first.checked_add(u64::from(offset)));
                 match entry {
                     Some(e) if last.is_none_or(|l| e > l) && (first..end).contains(&e.1) => {
                         last = Some(e);
@@ -557,6 +558,19 @@ mod tests {
         ));
         // Zero written in two LEB128 bytes, and a delta over u32.
         assert_eq!(get_entry(&[0x80, 0x00, 0, 0, 1]), None);
+        // An offset that would carry `first + offset` past u64::MAX (found by the fuzzer).
+        let top = RunHeader {
+            first: u64::MAX - 2,
+            end: u64::MAX,
+            crc32c: 0,
+        };
+        let mut e = Vec::new();
+        put_entry(&mut e, 0, 0xff_ffff);
+        assert_eq!(RunDecoder::new(top).entry(&e), Err(RunError::Order(0)));
+        assert_eq!(
+            decode_block(&e, u64::MAX - 2, u64::MAX).next(),
+            Some(Err(RunError::Order(0)))
+        );
         assert_eq!(get_entry(&[0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0, 1]), None);
         assert_eq!(
             get_entry(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 1]),
