@@ -109,6 +109,24 @@ pub fn fix_run(data: &[u8]) -> Option<Vec<u8>> {
     Some(b)
 }
 
+/// A search-index run: its magic, zero flags but the exact bit, and the CRC-32C over every
+/// byte but its own four (FORMATS.md §5.7).
+pub fn fix_search_run(data: &[u8]) -> Option<Vec<u8>> {
+    use auditlog_formats::searchindex::{
+        RUN_HEADER_BYTES as SEARCH_HEADER, RUN_MAGIC as SEARCH_MAGIC,
+    };
+    if data.len() < SEARCH_HEADER {
+        return None;
+    }
+    let mut b = data.to_vec();
+    b[..8].copy_from_slice(&SEARCH_MAGIC);
+    b[36..39].fill(0);
+    b[39] &= 1;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..32]), &b[36..]);
+    put_u32(&mut b, 32, crc);
+    Some(b)
+}
+
 /// A signed note: the text re-signed by the fuzz key, so a checkpoint's body is parsed
 /// after its signature verifies. `None` when the input has no note body to sign.
 pub fn fix_note(text: &str, signer: &auditlog_formats::note::NoteSigner) -> Option<String> {
