@@ -426,3 +426,36 @@ fn search_over_pruned_segments_fetches_only_hits() {
     );
     engine.shutdown().expect("shutdown");
 }
+
+/// Syslog records (version 3: the message stored once) are indexed and filtered by the
+/// fields of the event derived from them (`Record::event_json`): `actor` is the app name,
+/// `source_ip` the peer. Fails when search reads the stored payload, a syslog message with
+/// no JSON fields, so that nothing matches.
+#[test]
+fn syslog_events_are_found_by_their_mapped_fields() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine = Engine::open(config(dir.path()), None).expect("open");
+    let peer: std::net::IpAddr = "10.1.2.3".parse().expect("ip");
+    let mut b = engine.new_batch(auditlog_engine::Submitter::syslog(peer, None));
+    for i in 0..300u64 {
+        let app = if i % 3 == 0 { "sshd" } else { "cron" };
+        let msg = format!("<34>Oct 11 22:14:15 host{i} {app}[{i}]: message {i}");
+        b.push_syslog(msg.as_bytes()).expect("a syslog message");
+    }
+    engine.append(b).expect("append");
+    engine
+        .wait_checkpoint(300, Duration::from_secs(10))
+        .expect("checkpoint");
+    wait_indexed(&engine, 300);
+    let mut f = Filter::default();
+    f.equals.push((SearchField::Actor, "sshd".to_string()));
+    let sshd: Vec<u64> = (0..300).filter(|i| i % 3 == 0).collect();
+    assert_eq!(search_all(&engine, &f, 0, 300, 1000), sshd);
+    f.equals
+        .push((SearchField::SourceIp, "10.1.2.3".to_string()));
+    assert_eq!(search_all(&engine, &f, 0, 300, 7), sshd, "paged");
+    f.equals
+        .push((SearchField::SourceIp, "10.9.9.9".to_string()));
+    assert!(search_all(&engine, &f, 0, 300, 1000).is_empty());
+    engine.shutdown().expect("shutdown");
+}
