@@ -440,7 +440,7 @@ fn syslog_events_are_found_by_their_mapped_fields() {
     for i in 0..300u64 {
         let app = if i % 3 == 0 { "sshd" } else { "cron" };
         let msg = format!("<34>Oct 11 22:14:15 host{i} {app}[{i}]: message {i}");
-        b.push_syslog(msg.as_bytes()).expect("a syslog message");
+        let _ = b.push_syslog(msg.as_bytes()).expect("a syslog message");
     }
     engine.append(b).expect("append");
     engine
