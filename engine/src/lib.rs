@@ -147,6 +147,12 @@ pub struct Status {
     pub replication: Option<ReplicationStatus>,
     /// A read replica's following (`None` for a writer).
     pub replica: Option<follower::ReplicaStatus>,
+    /// The search index (`search_index`): records it covers, its bytes on disk, its runs.
+    /// It trails the newest checkpoint while its thread catches up; searches scan the rest.
+    pub search_index_on: bool,
+    pub search_indexed: u64,
+    pub search_index_bytes: u64,
+    pub search_index_runs: usize,
 }
 
 pub struct Engine {
@@ -506,6 +512,7 @@ impl Engine {
     }
 
     pub fn status(&self) -> Status {
+        let (search_indexed, search_index_bytes, search_index_runs) = self.search_index_status();
         let cp = self.latest_checkpoint();
         let set = self.shared.segments.counts();
         let health = self.shared.health.report();
@@ -543,6 +550,10 @@ impl Engine {
                 .replica
                 .is_some()
                 .then(|| self.replica.snapshot()),
+            search_index_on: self.shared.config.search_index,
+            search_indexed,
+            search_index_bytes,
+            search_index_runs,
         }
     }
 

@@ -147,6 +147,9 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
     }
     write_rows(&mut out, &health_rows(status));
     render_pruning(&mut out, status);
+    if status.search_index_on {
+        render_search(&mut out, status);
+    }
     write_rows(&mut out, &connection_rows(conns));
     let _ = writeln!(out, "# HELP auditlog_http_connections_shed_total Connections closed on accept: over the listener's connections_max (full) or its per-source cap (source).\n# TYPE auditlog_http_connections_shed_total counter");
     for (listener, why, n) in &conns.shed {
@@ -411,6 +414,42 @@ fn render_pruning(out: &mut String, status: &auditlog_engine::Status) {
             "gauge",
             "Bytes of verified pruned segments cached in memory.",
             r.cached_bytes,
+        ),
+    ];
+    write_rows(out, &rows);
+}
+
+/// The search index, when `search_index` is on: how far it covers the log (its lag is the
+/// checkpoint size minus that), and its size.
+fn render_search(out: &mut String, status: &auditlog_engine::Status) {
+    let lag = status
+        .checkpoint_size
+        .unwrap_or(0)
+        .saturating_sub(status.search_indexed);
+    let rows: [(&str, &str, &str, u64); 4] = [
+        (
+            "auditlog_search_indexed",
+            "gauge",
+            "Records the search index covers, from index 0.",
+            status.search_indexed,
+        ),
+        (
+            "auditlog_search_index_lag_records",
+            "gauge",
+            "Checkpointed records not yet in the search index: searches scan them within search_records_examined_max.",
+            lag,
+        ),
+        (
+            "auditlog_search_index_bytes",
+            "gauge",
+            "Bytes of the search index on disk.",
+            status.search_index_bytes,
+        ),
+        (
+            "auditlog_search_index_runs",
+            "gauge",
+            "Runs of the search index (a search reads each one's terms).",
+            status.search_index_runs as u64,
         ),
     ];
     write_rows(out, &rows);

@@ -1823,6 +1823,29 @@ fn search_by_field_pages_with_cursors_and_refuses_bad_input() {
     let size = d.tree_size();
     let cp = d.checkpoint(size, &key);
     let token = d.token("auditor");
+    // The index's coverage and lag are metrics: the lag reaches 0 once it catches up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = d.call("GET", "/metrics", None, None).text();
+        let value = |name: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse::<u64>().ok())
+        };
+        let indexed = value("auditlog_search_indexed").expect("the index's metric");
+        if indexed >= size && value("auditlog_search_index_lag_records") == Some(0) {
+            assert!(
+                value("auditlog_search_index_bytes").is_some_and(|b| b > 0),
+                "{m}"
+            );
+            assert!(
+                value("auditlog_search_index_runs").is_some_and(|r| r > 0),
+                "{m}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the index never caught up: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let get = |q: &str| -> (u16, Option<String>, String) {
         let r = ureq::get(&format!("{}/v1/search?{q}", d.base))
             .set("Authorization", &format!("Bearer {token}"))
