@@ -45,19 +45,30 @@ pub(crate) fn render_event(
     rec: &[u8],
     buf: &mut String,
 ) -> Result<(), EngineError> {
-    let r = Record::parse(rec)
-        .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
-    let event = r
-        .event_json()
-        .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
+    with_stored_event(alg, index, rec, |_, e| {
+        let rendered = match format {
+            ExportFormat::JsonLines => export::render_json_line(e, buf),
+            ExportFormat::Csv => export::render_csv_row(e, buf),
+            ExportFormat::Cef => cef::render(device, e, buf).map(|_| buf.push('\n')),
+        };
+        rendered.map_err(|e| EngineError::BadRequest(e.to_string()))
+    })
+}
+
+/// Record `index` as exports and the forwarder show it: parsed, its event
+/// (`Record::event_json`, derived for a syslog record) and its leaf hash. The one place
+/// stored records become `StoredEvent`s; a record that does not parse is named.
+pub(crate) fn with_stored_event<T>(
+    alg: auditlog_formats::TreeHash,
+    index: u64,
+    rec: &[u8],
+    f: impl FnOnce(&Record<'_>, &StoredEvent<'_>) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let damaged = |e| EngineError::BadRequest(format!("record {index} is damaged: {e}"));
+    let r = Record::parse(rec).map_err(damaged)?;
+    let event = r.event_json().map_err(damaged)?;
     let leaf = alg.leaf(rec);
-    let e = StoredEvent::of(index, &leaf, &r, &event);
-    let rendered = match format {
-        ExportFormat::JsonLines => export::render_json_line(&e, buf),
-        ExportFormat::Csv => export::render_csv_row(&e, buf),
-        ExportFormat::Cef => cef::render(device, &e, buf).map(|_| buf.push('\n')),
-    };
-    rendered.map_err(|e| EngineError::BadRequest(e.to_string()))
+    f(&r, &StoredEvent::of(index, &leaf, &r, &event))
 }
 
 pub async fn get_export(State(st): State<St>, caller: Caller, q: Params) -> ApiResult {

@@ -30,8 +30,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use auditlog_engine::{Engine, EngineError};
 use auditlog_formats::cef::{self, CefDevice};
-use auditlog_formats::export::StoredEvent;
-use auditlog_formats::record::Record;
 use auditlog_formats::syslog::{write_rfc5424, Rfc5424Header};
 use auditlog_formats::time::unix_ns_to_rfc3339;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
@@ -446,17 +444,13 @@ fn render_chunk(
     let mut line = String::new();
     engine
         .read_records(start, end, &mut |index, rec| {
-            let r = Record::parse(rec)
-                .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
-            let event = r
-                .event_json()
-                .map_err(|e| EngineError::BadRequest(format!("record {index} is damaged: {e}")))?;
-            let leaf = alg.leaf(rec);
-            let e = StoredEvent::of(index, &leaf, &r, &event);
             line.clear();
-            let sev = cef::render(device, &e, &mut line)
-                .map_err(|e| EngineError::BadRequest(e.to_string()))?;
-            let ts = unix_ns_to_rfc3339(r.received_at_unix_ns);
+            let (sev, received_at) = crate::export::with_stored_event(alg, index, rec, |r, e| {
+                let sev = cef::render(device, e, &mut line)
+                    .map_err(|e| EngineError::BadRequest(e.to_string()))?;
+                Ok((sev, r.received_at_unix_ns))
+            })?;
+            let ts = unix_ns_to_rfc3339(received_at);
             let h = Rfc5424Header {
                 facility: FACILITY,
                 severity: syslog_severity(sev),
