@@ -76,33 +76,7 @@ impl LeafIndex {
     /// Opens the runs that are whole and cover a prefix of a tree of `tree_size`; anything
     /// else (a torn or altered run, a gap, a run past the tree) is deleted and rebuilt later.
     pub(crate) fn open(dir: &Path, tree_size: u64) -> Result<LeafIndex> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir, "create leaf index directory"))?;
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io_err(dir, "list leaf index"))? {
-            let entry = entry.map_err(io_err(dir, "list leaf index"))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match layout::parse_run_name(&name) {
-                Some((first, end)) => found.push((first, end, entry.path())),
-                None => remove(&entry.path())?,
-            }
-        }
-        found.sort();
-        let mut runs: Vec<Arc<Run>> = Vec::new();
-        let mut next = 0u64;
-        for (first, end, path) in found {
-            let usable = first == next && end > first && end <= tree_size;
-            match usable.then(|| load_run(&path, first, end)) {
-                Some(Ok(run)) => {
-                    next = end;
-                    runs.push(Arc::new(run));
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("leaf index: dropping {}: {e}", path.display());
-                    remove(&path)?;
-                }
-                None => remove(&path)?,
-            }
-        }
+        let runs = crate::runs::open_chain(dir, "leaf index", |_, end| end <= tree_size, load_run)?;
         Ok(LeafIndex {
             dir: dir.to_path_buf(),
             runs: RwLock::new(runs),
@@ -224,15 +198,7 @@ fn retire(run: Arc<Run>) -> Result<()> {
                 _ => Err(e),
             })
             .map_err(io_err(&run.path, "remove")),
-        Err(shared) => remove(&shared.path),
-    }
-}
-
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path, "remove")(e)),
+        Err(shared) => crate::runs::remove(&shared.path),
     }
 }
 

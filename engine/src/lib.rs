@@ -28,6 +28,7 @@ mod recovery;
 mod remote;
 pub mod replication;
 pub mod retention;
+mod runs;
 mod sealer;
 mod search;
 mod searchindex;

@@ -78,36 +78,12 @@ impl SearchIndex {
                 runs: RwLock::new(Vec::new()),
             });
         };
-        std::fs::create_dir_all(dir).map_err(io_err(dir, "create search index directory"))?;
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io_err(dir, "list search index"))? {
-            let entry = entry.map_err(io_err(dir, "list search index"))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match layout::parse_run_name(&name) {
-                Some((first, end)) => found.push((first, end, entry.path())),
-                None => remove(&entry.path())?,
-            }
-        }
-        found.sort();
-        let mut runs: Vec<Arc<Run>> = Vec::new();
-        let mut next = 0u64;
-        for (first, end, path) in found {
-            let usable = first == next
-                && end > first
-                && end <= tree_size
-                && (end - 1) / window_records == first / window_records;
-            match usable.then(|| load_run(&path, first, end)) {
-                Some(Ok(run)) => {
-                    next = end;
-                    runs.push(Arc::new(run));
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("search index: dropping {}: {e}", path.display());
-                    remove(&path)?;
-                }
-                None => remove(&path)?,
-            }
-        }
+        let runs = crate::runs::open_chain(
+            dir,
+            "search index",
+            |first, end| end <= tree_size && (end - 1) / window_records == first / window_records,
+            load_run,
+        )?;
         Ok(SearchIndex {
             dir: Some(dir.to_path_buf()),
             window_records,
@@ -177,7 +153,7 @@ impl SearchIndex {
                 old
             };
             for r in replaced {
-                remove(&r.path)?;
+                crate::runs::remove(&r.path)?;
             }
         }
     }
@@ -387,14 +363,6 @@ fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
         times,
         bytes: bytes.len() as u64,
     })
-}
-
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path, "remove")(e)),
-    }
 }
 
 #[cfg(test)]
