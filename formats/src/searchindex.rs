@@ -17,6 +17,8 @@
 
 use roaring::RoaringBitmap;
 
+use crate::{be_u32, be_u64};
+
 pub const RUN_MAGIC: [u8; 8] = *b"ALSRCH01";
 pub const RUN_HEADER_BYTES: usize = 40;
 pub const TERM_BYTES: usize = 12;
@@ -176,12 +178,12 @@ impl RunHeader {
         if h.len() < RUN_HEADER_BYTES || h[..8] != RUN_MAGIC {
             return Err(bad("not a search run (magic)"));
         }
-        let flags = u32::from_be_bytes(h[36..40].try_into().expect("4 bytes"));
+        let flags = be_u32(&h[36..40]);
         if flags & !EXACT != 0 {
             return Err(bad(format!("unknown flags {flags:#x}")));
         }
-        let u64_at = |at: usize| u64::from_be_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-        let u32_at = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| be_u64(&h[at..at + 8]);
+        let u32_at = |at: usize| be_u32(&h[at..at + 4]);
         let header = RunHeader {
             first: u64_at(8),
             end: u64_at(16),
@@ -217,8 +219,8 @@ pub enum TermValue {
 }
 
 pub fn decode_term(e: &[u8]) -> (u64, TermValue) {
-    let key = u64::from_be_bytes(e[..8].try_into().expect("12-byte entry"));
-    let v = u32::from_be_bytes(e[8..12].try_into().expect("12-byte entry"));
+    let key = be_u64(&e[..8]);
+    let v = be_u32(&e[8..12]);
     let value = if v & ONE != 0 {
         TermValue::One(v & !ONE)
     } else {
@@ -234,8 +236,8 @@ pub fn decode_times(bytes: &[u8], h: &RunHeader) -> Times {
         points: bytes[h.times_at()..h.terms_at()]
             .chunks_exact(TIME_BYTES)
             .map(|e| {
-                let o = u32::from_be_bytes(e[..4].try_into().expect("4 bytes"));
-                (o, u64::from_be_bytes(e[4..].try_into().expect("8 bytes")))
+                let o = be_u32(&e[..4]);
+                (o, be_u64(&e[4..]))
             })
             .collect(),
     }
@@ -310,7 +312,7 @@ pub fn decode_bitmap(postings: &[u8], at: u32, count: u64) -> Result<RoaringBitm
     let at = at as usize;
     let len = postings
         .get(at..at + 4)
-        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+        .map(|b| be_u32(b) as usize)
         .ok_or_else(|| bad(format!("bitmap at {at} past the end")))?;
     let body = postings
         .get(at + 4..at + 4 + len)
