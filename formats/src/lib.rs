@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod cef;
 pub mod checkpoint_log;
+pub mod columnar;
 pub mod export;
 pub mod frame;
 pub mod hash;
@@ -20,6 +21,7 @@ pub mod segment;
 pub mod syslog;
 pub mod time;
 pub mod tree;
+pub mod varint;
 
 pub use hash::{Hash, TreeHash};
 
