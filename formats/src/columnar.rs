@@ -12,7 +12,7 @@
 //! varints and the hex runs as bytes. Random ids become their entropy, repeated strings a
 //! byte, and zstd then sees each kind of data apart.
 
-use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use crate::varint;
@@ -21,6 +21,16 @@ use crate::varint;
 pub const STREAMS_MAX: usize = 1024;
 /// Values a stream remembers for references (the first this many distinct ones).
 pub const DICT_ENTRIES_MAX: usize = 4096;
+/// A stream that has remembered this many values stops remembering unless at least one
+/// value in [`REMEMBER_HITS_PER`] was referenced: random ids are not looked up in vain.
+pub const REMEMBER_TRIAL: usize = 256;
+pub const REMEMBER_HITS_PER: usize = 16;
+
+/// Whether a stream that remembers `n` values and was referenced `hits` times remembers its
+/// next new value. Encoder and decoder both follow it.
+fn remembers(n: usize, hits: usize) -> bool {
+    n < DICT_ENTRIES_MAX && (n < REMEMBER_TRIAL || hits * REMEMBER_HITS_PER >= n)
+}
 /// Shapes a stream remembers for references.
 pub const SHAPES_MAX: usize = 4096;
 /// The largest decoded section (a block's lanes of one group).
@@ -147,7 +157,9 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 // ---------------------------------------------------------------- encoder
 
 struct EncStream<'a> {
-    dict: HashMap<Cow<'a, [u8]>, u32>,
+    dict: HashMap<&'a [u8], u32>,
+    /// References written.
+    hits: usize,
     shapes: HashMap<Vec<u8>, u32>,
     lanes: [Vec<u8>; STREAM_LANES],
 }
@@ -156,20 +168,36 @@ impl<'a> EncStream<'a> {
     fn new() -> Self {
         EncStream {
             dict: HashMap::new(),
+            hits: 0,
             shapes: HashMap::new(),
             lanes: Default::default(),
         }
     }
 
-    fn put(&mut self, v: Cow<'a, [u8]>, scratch: &mut Vec<u8>) {
-        if let Some(&r) = self.dict.get(v.as_ref()) {
-            varint::put(&mut self.lanes[L_REF], u64::from(r) + 1);
-            return;
+    fn put(&mut self, v: &'a [u8], scratch: &mut Vec<u8>) {
+        let n = self.dict.len();
+        if !remembers(n, self.hits) {
+            // A stream of (nearly) unique values stops being looked up at all.
+            return self.put_new(v, scratch);
         }
+        match self.dict.entry(v) {
+            Entry::Occupied(o) => {
+                self.hits += 1;
+                varint::put(&mut self.lanes[L_REF], u64::from(*o.get()) + 1);
+            }
+            Entry::Vacant(e) => {
+                e.insert(n as u32);
+                self.put_new(v, scratch);
+            }
+        }
+    }
+
+    /// Writes `v` as a new value (reference 0): its shape and runs.
+    fn put_new(&mut self, v: &[u8], scratch: &mut Vec<u8>) {
         self.lanes[L_REF].push(0);
         scratch.clear();
         let [_, shape_ref, shapes, digits, hex] = &mut self.lanes;
-        split_value(&v, scratch, digits, hex);
+        split_value(v, scratch, digits, hex);
         match self.shapes.get(scratch.as_slice()) {
             Some(&r) => varint::put(shape_ref, u64::from(r) + 1),
             None => {
@@ -182,19 +210,27 @@ impl<'a> EncStream<'a> {
                 }
             }
         }
-        if self.dict.len() < DICT_ENTRIES_MAX {
-            let n = self.dict.len() as u32;
-            self.dict.insert(v, n);
-        }
     }
+}
+
+/// A template seen in the block: its entry in the template stream's dictionary (none once
+/// that is full) and the streams of its holes.
+struct Template {
+    entry: Option<u32>,
+    holes: Vec<usize>,
 }
 
 struct Encoder<'a> {
     fixed: [Vec<u8>; FIXED_LANES],
     streams: Vec<EncStream<'a>>,
     ids: HashMap<(u8, &'a [u8]), usize>,
-    /// For each template stream dictionary entry: the streams of its holes.
-    template_holes: HashMap<Vec<u8>, Vec<usize>>,
+    /// The template stream's dictionary (its own is unused), with each template's holes.
+    templates: HashMap<Vec<u8>, Template>,
+    /// Templates remembered (given an entry) and references to them: [`remembers`].
+    templates_remembered: usize,
+    template_hits: usize,
+    template: Vec<u8>,
+    holes: Vec<(u8, &'a [u8], &'a [u8])>,
     scratch: Vec<u8>,
     previous_time: u64,
 }
@@ -204,7 +240,7 @@ impl<'a> Encoder<'a> {
         stream_id(&mut self.ids, &mut self.streams, tag, key, EncStream::new)
     }
 
-    fn put(&mut self, tag: u8, key: &'a [u8], v: Cow<'a, [u8]>) {
+    fn put(&mut self, tag: u8, key: &'a [u8], v: &'a [u8]) {
         let s = self.stream(tag, key);
         self.streams[s].put(v, &mut self.scratch);
     }
@@ -221,36 +257,52 @@ impl<'a> Encoder<'a> {
         self.previous_time = parts.received_at;
         varint::put(&mut self.fixed[LANE_TIME], varint::zigzag(delta));
         if let Some(submitter) = parts.submitter {
-            self.put(TAG_SUBMITTER, b"", Cow::Borrowed(submitter));
+            self.put(TAG_SUBMITTER, b"", submitter);
         }
         if parts.version == 3 {
-            self.put(TAG_MESSAGE, b"", Cow::Borrowed(parts.body));
+            self.put(TAG_MESSAGE, b"", parts.body);
             return;
         }
-        let template_stream = self.stream(TAG_TEMPLATE, b"");
-        let mut template = Vec::with_capacity(parts.body.len() / 2);
-        let mut holes: Vec<(u8, &'a [u8], &'a [u8])> = Vec::new();
+        let ts = self.stream(TAG_TEMPLATE, b"");
+        let mut template = std::mem::take(&mut self.template);
+        let mut holes = std::mem::take(&mut self.holes);
+        template.clear();
+        holes.clear();
         cut_template(parts.body, &mut template, &mut holes);
-        let ids = match self.template_holes.get(&template) {
-            Some(ids) => ids.clone(),
-            None => {
-                let ids: Vec<usize> = holes.iter().map(|&(t, k, _)| self.stream(t, k)).collect();
-                if self.template_holes.len() < DICT_ENTRIES_MAX {
-                    self.template_holes.insert(template.clone(), ids.clone());
+        match self.templates.get(template.as_slice()) {
+            Some(t) => {
+                match t.entry {
+                    Some(e) => {
+                        self.template_hits += 1;
+                        varint::put(&mut self.streams[ts].lanes[L_REF], u64::from(e) + 1);
+                    }
+                    None => self.streams[ts].put_new(&template, &mut self.scratch),
                 }
-                ids
+                for (&(_, _, v), &s) in holes.iter().zip(&t.holes) {
+                    self.streams[s].put(v, &mut self.scratch);
+                }
             }
-        };
-        self.streams[template_stream].put(Cow::Owned(template), &mut self.scratch);
-        for (&(_, _, v), s) in holes.iter().zip(ids) {
-            self.streams[s].put(Cow::Borrowed(v), &mut self.scratch);
+            None => {
+                self.streams[ts].put_new(&template, &mut self.scratch);
+                let ids: Vec<usize> = holes.iter().map(|&(t, k, _)| self.stream(t, k)).collect();
+                for (&(_, _, v), &s) in holes.iter().zip(&ids) {
+                    self.streams[s].put(v, &mut self.scratch);
+                }
+                let n = self.templates_remembered;
+                let entry = remembers(n, self.template_hits).then_some(n as u32);
+                self.templates_remembered += usize::from(entry.is_some());
+                self.templates
+                    .insert(template.clone(), Template { entry, holes: ids });
+            }
         }
+        self.template = template;
+        self.holes = holes;
     }
 }
 
 /// The stream of `(tag, key)`, made (by `make`) on first use; keys past [`STREAMS_MAX`]
 /// go to the overflow stream. Encoder and decoder both call this in the same order.
-fn stream_id<K: std::hash::Hash + Eq + Copy, S>(
+fn stream_id<K, S>(
     ids: &mut HashMap<(u8, K), usize>,
     streams: &mut Vec<S>,
     tag: u8,
@@ -258,7 +310,7 @@ fn stream_id<K: std::hash::Hash + Eq + Copy, S>(
     make: fn() -> S,
 ) -> usize
 where
-    K: Default,
+    K: std::hash::Hash + Eq + Copy + Default,
 {
     if let Some(&id) = ids.get(&(tag, key)) {
         return id;
@@ -369,7 +421,11 @@ pub fn encode(
         fixed: Default::default(),
         streams: Vec::new(),
         ids: HashMap::new(),
-        template_holes: HashMap::new(),
+        templates: HashMap::new(),
+        templates_remembered: 0,
+        template_hits: 0,
+        template: Vec::new(),
+        holes: Vec::new(),
         scratch: Vec::new(),
         previous_time: 0,
     };
@@ -427,7 +483,14 @@ struct Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
+    #[inline]
     fn varint(&mut self) -> Result<u64, ColumnarError> {
+        if let Some(&b) = self.bytes.get(self.at) {
+            if b < 0x80 {
+                self.at += 1;
+                return Ok(u64::from(b));
+            }
+        }
         match varint::get(&self.bytes[self.at..], varint::U64_BYTES_MAX) {
             Some((v, used)) => {
                 self.at += used;
@@ -455,6 +518,8 @@ impl<'a> Lane<'a> {
 struct DecStream {
     /// Ranges of earlier values in the stream's target (the output or the template arena).
     dict: Vec<(usize, usize)>,
+    /// References read.
+    hits: usize,
     /// Ranges of shapes in the stream's shapes lane.
     shapes: Vec<(usize, usize)>,
     /// Index of the stream's first lane.
@@ -489,6 +554,7 @@ impl<'a> Decoder<'a> {
         }
         self.streams.push(DecStream {
             dict: Vec::new(),
+            hits: 0,
             shapes: Vec::new(),
             lane,
         });
@@ -497,11 +563,13 @@ impl<'a> Decoder<'a> {
     }
 
     /// Decodes stream `s`'s next value onto `target`; returns its range there and its
-    /// dictionary entry, if it has one.
+    /// dictionary entry, if it has one. A reference to an earlier value is copied to the
+    /// end of `target` only with `copy`; else its earlier range is returned.
     fn value(
         &mut self,
         s: usize,
         target: &mut Vec<u8>,
+        copy: bool,
     ) -> Result<(usize, usize, Option<usize>), ColumnarError> {
         let lane = self.streams[s].lane;
         let r = self.lanes[lane + L_REF].varint()?;
@@ -509,6 +577,10 @@ impl<'a> Decoder<'a> {
             let Some(&(start, len)) = self.streams[s].dict.get(r as usize - 1) else {
                 return bad("a reference to no earlier value");
             };
+            self.streams[s].hits += 1;
+            if !copy {
+                return Ok((start, len, Some(r as usize - 1)));
+            }
             let at = target.len();
             target.extend_from_within(start..start + len);
             self.check_size(target)?;
@@ -542,16 +614,21 @@ impl<'a> Decoder<'a> {
                     push_digits(target, v, usize::from(n))?;
                 }
                 (S_HEX, Some(n)) if usize::from(n) >= HEX_RUN_BYTES_MIN => {
-                    for &b in self.lanes[lane + L_HEX].take(usize::from(n))? {
-                        target.push(HEX_DIGITS[usize::from(b >> 4)]);
-                        target.push(HEX_DIGITS[usize::from(b & 15)]);
-                    }
+                    let bytes = self.lanes[lane + L_HEX].take(usize::from(n))?;
+                    target.extend(bytes.iter().flat_map(|&b| {
+                        [
+                            HEX_DIGITS[usize::from(b >> 4)],
+                            HEX_DIGITS[usize::from(b & 15)],
+                        ]
+                    }));
                 }
                 (S_ESCAPE, Some(b)) => target.push(b),
                 (S_DIGITS | S_HEX | S_ESCAPE, _) => return bad("a shape is malformed"),
-                (b, _) => {
-                    target.push(b);
-                    i += 1;
+                _ => {
+                    let run = shape[i..].iter().position(|&b| b <= S_ESCAPE);
+                    let end = run.map_or(shape.len(), |r| i + r);
+                    target.extend_from_slice(&shape[i..end]);
+                    i = end;
                     continue;
                 }
             }
@@ -560,16 +637,18 @@ impl<'a> Decoder<'a> {
         }
         self.check_size(target)?;
         let len = target.len() - start;
-        let dict = &mut self.streams[s].dict;
-        if dict.len() < DICT_ENTRIES_MAX {
-            dict.push((start, len));
-            return Ok((start, len, Some(dict.len() - 1)));
+        let stream = &mut self.streams[s];
+        if remembers(stream.dict.len(), stream.hits) {
+            stream.dict.push((start, len));
+            return Ok((start, len, Some(stream.dict.len() - 1)));
         }
         Ok((start, len, None))
     }
 
+    /// Bounds the memory a block takes while decoding: the output (checked exactly per
+    /// record) and the templates, which can be up to twice their payloads (escapes).
     fn check_size(&self, target: &[u8]) -> Result<(), ColumnarError> {
-        if target.len() > self.capacity {
+        if target.len() > 2 * self.capacity + 64 {
             return bad(format!("decodes to more than {} bytes", self.capacity));
         }
         Ok(())
@@ -589,7 +668,9 @@ pub fn decode(
         at: 0,
     };
     let count = usize::try_from(head.varint()?).unwrap_or(usize::MAX);
-    if count < FIXED_LANES || count > LANES_MAX || (count - FIXED_LANES) % STREAM_LANES != 0 {
+    if !(FIXED_LANES..=LANES_MAX).contains(&count)
+        || !(count - FIXED_LANES).is_multiple_of(STREAM_LANES)
+    {
         return bad(format!("{count} lanes"));
     }
     let mut lens = Vec::with_capacity(count);
@@ -630,7 +711,9 @@ pub fn decode(
         } else {
             record(&mut d, kind, &mut previous_time, &mut out, &mut arena)?;
         }
-        d.check_size(&out)?;
+        if out.len() > capacity {
+            return bad(format!("decodes to more than {capacity} bytes"));
+        }
         let len =
             u32::try_from(out.len() - entry_at - 4).or_else(|_| bad("a record over 4 GiB"))?;
         out[entry_at..entry_at + 4].copy_from_slice(&len.to_be_bytes());
@@ -660,30 +743,33 @@ fn record(
         let len_at = out.len();
         out.extend_from_slice(&[0, 0]);
         let s = d.stream(TAG_SUBMITTER, b"")?;
-        let (_, len, _) = d.value(s, out)?;
+        let (_, len, _) = d.value(s, out, true)?;
         let len = u16::try_from(len).or_else(|_| bad("a submitter over 65535 bytes"))?;
         out[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
     }
     if kind == 3 {
         let s = d.stream(TAG_MESSAGE, b"")?;
-        d.value(s, out)?;
+        d.value(s, out, true)?;
         return Ok(());
     }
     let s = d.stream(TAG_TEMPLATE, b"")?;
-    let (t_at, t_len, entry) = d.value(s, arena)?;
+    let (t_at, t_len, entry) = d.value(s, arena, false)?;
     let template = &arena[t_at..t_at + t_len];
     // The streams of a known template's holes, in order, are kept by its dictionary entry.
-    if let Some(ids) = entry.and_then(|e| d.template_holes.get(e)).cloned() {
-        return fill_template(template, out, |out, k, _, _| match ids.get(k) {
-            Some(&s) => d.value(s, out).map(|_| ()),
+    if let Some(e) = entry.filter(|&e| e < d.template_holes.len()) {
+        let ids = std::mem::take(&mut d.template_holes[e]);
+        let filled = fill_template(template, out, |out, k, _, _| match ids.get(k) {
+            Some(&s) => d.value(s, out, true).map(|_| ()),
             None => bad("a template has more holes than before"),
         });
+        d.template_holes[e] = ids;
+        return filled;
     }
     let mut ids = Vec::new();
     fill_template(template, out, |out, _, tag, key| {
         let s = d.stream(tag, key)?;
         ids.push(s);
-        d.value(s, out).map(|_| ())
+        d.value(s, out, true).map(|_| ())
     })?;
     if let Some(e) = entry {
         if d.template_holes.len() == e {
@@ -719,7 +805,12 @@ where
                 key = lane.take(len)?;
                 out.extend_from_slice(key);
             }
-            b => out.push(b),
+            _ => {
+                let from = lane.at - 1;
+                let run = t[lane.at..].iter().position(|&b| b <= T_KEY);
+                lane.at = run.map_or(t.len(), |r| lane.at + r);
+                out.extend_from_slice(&t[from..lane.at]);
+            }
         }
     }
     Ok(())
@@ -869,6 +960,21 @@ mod tests {
             round_trip(&block(std::slice::from_ref(r)));
         }
         round_trip(&[]);
+    }
+
+    #[test]
+    fn templates_larger_than_their_payloads_round_trip() {
+        // Escaped marker bytes make a template up to twice its payload.
+        let records: Vec<Vec<u8>> = (0..50u8)
+            .map(|i| {
+                event(
+                    u64::from(i),
+                    Some("t"),
+                    &"\u{0}\u{1}\u{2}\u{3}".repeat(20 + usize::from(i)),
+                )
+            })
+            .collect();
+        round_trip(&block(&records));
     }
 
     #[test]
