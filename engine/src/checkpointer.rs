@@ -81,7 +81,11 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
         } else {
             auditlog_formats::tree::tree_hash(shared.config.tree_hash, size, &shared.hashes)?
         };
-        publish(shared, log, size, root)?;
+        if !publish(shared, log, size, root)? {
+            // A segment's unsigned end came in below `size` meanwhile: sign it first.
+            shared.checkpoints.wake();
+            break;
+        }
     }
     if let Err(e) = shared.leaf_index.compact() {
         tracing::warn!("leaf index: {e}");
@@ -89,13 +93,15 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
     Ok(())
 }
 
-/// Signs the head at `size`, appends it to the log, and only then announces it.
+/// Signs the head at `size`, appends it to the log, and only then announces it. False (and
+/// nothing published) when a segment sealed without a note ends below `size` and past the
+/// newest checkpoint: its checkpoint comes first.
 fn publish(
     shared: &Shared,
     log: &mut CheckpointLog,
     size: u64,
     root: auditlog_formats::Hash,
-) -> Result<()> {
+) -> Result<bool> {
     let checkpoint = Checkpoint {
         origin: shared.config.origin.clone(),
         size,
@@ -118,9 +124,15 @@ fn publish(
         tracing::info!("checkpoint signing works again");
     }
     shared.health.set_signer_error(None);
+    let gate = shared.health.publish_gate();
+    let signed = shared.checkpoints.signed_size();
+    if gate.iter().any(|&end| signed < end && end < size) {
+        return Ok(false);
+    }
     log.append(&note)?;
     shared
         .checkpoints
         .publish(SignedCheckpoint { checkpoint, note });
-    Ok(())
+    drop(gate);
+    Ok(true)
 }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
 
@@ -181,17 +181,36 @@ impl Health {
         read(&self.signer_error)
     }
 
-    /// A segment sealed with no note in its footer, ending at `end`.
-    pub fn footer_unsigned(&self, end: u64) {
+    /// A segment about to be sealed with no note in its footer, ending at `end`: the
+    /// checkpointer then signs a checkpoint at `end`. Decided under the same lock as the
+    /// checkpointer's publishing ([`Health::publish_gate`]), so no checkpoint past `end`
+    /// can be published between the two. False when one already was (`signed` > `end`):
+    /// the caller must sign the footer itself. Idempotent (a seal retried).
+    pub fn footer_unsigned(&self, end: u64, signed: impl Fn() -> u64) -> bool {
         let mut q = self
             .unsigned_footers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        assert!(
-            q.back().is_none_or(|&b| b < end),
-            "unsigned footers out of order"
-        );
-        q.push_back(end);
+        let signed = signed();
+        if signed >= end {
+            return signed == end;
+        }
+        if q.back() != Some(&end) {
+            assert!(
+                q.back().is_none_or(|&b| b < end),
+                "unsigned footers out of order"
+            );
+            q.push_back(end);
+        }
+        true
+    }
+
+    /// Held while a checkpoint is published: whether a segment's end below `size` and past
+    /// `signed` awaits its checkpoint (then `size` must wait: checkpoints are in order).
+    pub fn publish_gate(&self) -> MutexGuard<'_, VecDeque<u64>> {
+        self.unsigned_footers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The ends of segments sealed without a signed note that no checkpoint in the log
@@ -255,5 +274,36 @@ impl Health {
             seal_error: read(&self.seal_error),
             seal_failures: self.seal_failures.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment's end is registered for a checkpoint only while no checkpoint past it was
+    /// published: once one was, the sealer must sign the footer itself (the race that left
+    /// `[.., 35000)` with neither a note nor a checkpoint at its end when the signer came
+    /// back between the seal's check and its registration).
+    #[test]
+    fn an_unsigned_footer_is_registered_only_below_the_newest_checkpoint() {
+        let h = Health::default();
+        assert!(h.footer_unsigned(100, || 50));
+        assert!(
+            h.footer_unsigned(100, || 50),
+            "a retried seal registers once"
+        );
+        assert_eq!(*h.publish_gate(), [100]);
+        assert!(
+            !h.footer_unsigned(200, || 250),
+            "a checkpoint past it exists"
+        );
+        assert!(
+            h.footer_unsigned(250, || 250),
+            "a checkpoint at its end covers it"
+        );
+        assert_eq!(*h.publish_gate(), [100]);
+        assert!(h.footer_unsigned(300, || 250));
+        assert_eq!(h.unsigned_footers_past(100), [300]);
     }
 }

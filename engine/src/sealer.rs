@@ -91,7 +91,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     };
     let written = write_sealed(shared, job, &tmp, header)?;
     let seg = read_back(shared, job, &tmp, header, &written)?;
-    install(shared, job, seg, written.unsigned)
+    install(shared, job, seg)
 }
 
 /// What was written, for the read-back check.
@@ -100,8 +100,6 @@ struct Written {
     /// BLAKE3 of every record read from the open segment, in its block framing: what the
     /// sealed blocks must decompress to.
     records: blake3::Hash,
-    /// The footer carries no signed note (the signer was down).
-    unsigned: bool,
 }
 
 /// Writes the sealed file at `tmp`: header, blocks, footer; synced.
@@ -133,8 +131,7 @@ fn write_sealed(
         root,
         extensions: Vec::new(),
     };
-    let note = footer_note(shared, &cp);
-    let unsigned = note.is_empty();
+    let note = footer_note(shared, &cp)?;
     let tail = builder.finish(
         prior.subtree_roots(),
         root,
@@ -146,11 +143,7 @@ fn write_sealed(
     w.flush().map_err(io_err(tmp, "write"))?;
     drop(w);
     out.sync_all().map_err(io_err(tmp, "fsync"))?;
-    Ok(Written {
-        root,
-        records,
-        unsigned,
-    })
+    Ok(Written { root, records })
 }
 
 /// Re-blocks the open segment's records into fixed-size compressed blocks: the open
@@ -293,7 +286,7 @@ fn read_back(
 /// The checked file takes its name and replaces the open segment for readers; the open
 /// file is retired. Not unlinked: the preallocator zeroes it in place for a later segment
 /// (freeing it stalled the disk). Renamed first, so recovery never takes it for an open one.
-fn install(shared: &Shared, job: &SealJob, seg: Segment, unsigned: bool) -> Result<()> {
+fn install(shared: &Shared, job: &SealJob, seg: Segment) -> Result<()> {
     let dir = shared.segments_dir();
     let final_path = dir.join(sealed_name(job.first, job.end));
     std::fs::rename(&seg.path, &final_path)
@@ -303,9 +296,6 @@ fn install(shared: &Shared, job: &SealJob, seg: Segment, unsigned: bool) -> Resu
         path: final_path,
         ..seg
     });
-    if unsigned {
-        shared.health.footer_unsigned(job.end);
-    }
     let recycled = dir.join(segments::recycle_name(job.first));
     std::fs::rename(&job.path, &recycled)
         .map_err(io_err(&job.path, "retire sealed open segment"))?;
@@ -318,26 +308,37 @@ fn install(shared: &Shared, job: &SealJob, seg: Segment, unsigned: bool) -> Resu
 /// The signed note for a footer, or none while the signer is down: a seal never waits for
 /// the signer (an HSM outage would otherwise fill the seal queue and stop ingest). A footer
 /// without a note is covered by the checkpoint the checkpointer signs at its end once the
-/// signer is back (`Shared::unsigned_footers`); the verifier asks that of it.
-fn footer_note(shared: &Shared, cp: &Checkpoint) -> String {
-    if shared.health.signer_down() {
-        return String::new();
-    }
-    match shared.keyring.sign(cp) {
-        Ok(note) => {
-            shared.health.signer_worked();
-            note
+/// signer is back (`Health::footer_unsigned`, registered before the footer is written, so
+/// no later checkpoint can slip past it); the verifier asks that of it.
+fn footer_note(shared: &Shared, cp: &Checkpoint) -> Result<String> {
+    if !shared.health.signer_down() {
+        match shared.keyring.sign(cp) {
+            Ok(note) => {
+                shared.health.signer_worked();
+                return Ok(note);
+            }
+            Err(e) => {
+                shared.health.signer_failed();
+                tracing::warn!(
+                    "sealing [.., {}) without a signed footer: {e}; its checkpoint is signed when the signer is back",
+                    cp.size
+                );
+                shared.health.set_signer_error(Some(e.to_string()));
+            }
         }
-        Err(e) => {
-            shared.health.signer_failed();
-            tracing::warn!(
-                "sealing [.., {}) without a signed footer: {e}; its checkpoint is signed when the signer is back",
-                cp.size
-            );
-            shared.health.set_signer_error(Some(e.to_string()));
-            String::new()
-        }
     }
+    if shared
+        .health
+        .footer_unsigned(cp.size, || shared.checkpoints.signed_size())
+    {
+        return Ok(String::new());
+    }
+    // A checkpoint past this segment was published since the signer was last seen down: it
+    // works again, and this footer must carry its own note (a failure fails the seal, which
+    // is retried).
+    let note = shared.keyring.sign(cp)?;
+    shared.health.signer_worked();
+    Ok(note)
 }
 
 /// `FaultHooks::damage_seals`: changes the last byte (a record's) of the first block.

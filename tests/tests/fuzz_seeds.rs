@@ -95,6 +95,7 @@ fn write_fuzz_seeds() {
             "batch",
             "segment",
             "block",
+            "columnar",
             "leafindex",
             "record",
             "note",
@@ -186,6 +187,7 @@ fn write_fuzz_seeds() {
         let (o, c) = (b.offset as usize, b.compressed_bytes as usize);
         let raw = segment::decode_block(i as u32, b, &seg[o..o + c]).expect("block");
         seeds.put("block", &format!("block-{i}"), &raw);
+        seeds.put("columnar", &format!("coded-{i}"), &seg[o..o + c]);
     }
     if !footer.checkpoint_note.is_empty() {
         seeds.put("note", "footer", footer.checkpoint_note.as_bytes());
