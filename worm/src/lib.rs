@@ -23,8 +23,8 @@ pub mod sigv4;
 pub mod time;
 mod xml;
 
-use std::fmt;
 use auditlog_formats::tiles::{Tile, TileKind, TILE_WIDTH};
+use std::fmt;
 
 pub use auditlog_formats::Secret;
 
