@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 
 use auditlog_formats::schema::SchemaMode;
+use auditlog_formats::segment::BlockCodec;
 use auditlog_formats::TreeHash;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -58,6 +59,9 @@ pub struct EngineConfig {
     /// Raw bytes per compressed block of a sealed segment.
     pub block_raw_bytes: usize,
     pub zstd_level: i32,
+    /// How sealed blocks are coded: columnar lanes (segment format 2, the default) or one
+    /// zstd frame of the raw block (format 1). Either is read whatever this says.
+    pub block_codec: BlockCodec,
     /// On read-back, the sealer checks the file's digest and that its blocks decompress to
     /// exactly the records it read from the open segment (BLAKE3 of both). With this on it
     /// also hashes every sealed record into the tree again (about 0.6 µs an event of
@@ -102,6 +106,7 @@ impl EngineConfig {
             checkpoint_interval_ms: 1000,
             block_raw_bytes: 256 << 10,
             zstd_level: 3,
+            block_codec: BlockCodec::Columnar,
             seal_check_leaves: false,
             hash_cache_bytes_max: 64 << 20,
             search_index: true,

@@ -84,6 +84,7 @@ pub(crate) fn seal(shared: &Shared, job: &SealJob) -> Result<()> {
     let tmp = dir.join(format!("{}.tmp", sealed_name(job.first, job.end)));
     let _ = std::fs::remove_file(&tmp);
     let header = SegmentHeader {
+        codec: shared.config.block_codec,
         tree_hash: shared.config.tree_hash,
         first_index: job.first,
         count: job.end - job.first,
@@ -353,6 +354,7 @@ mod tests {
     #[test]
     fn read_back_digest_finds_a_changed_byte() {
         let header = SegmentHeader {
+            codec: Default::default(),
             tree_hash: auditlog_formats::TreeHash::Sha256,
             first_index: 0,
             count: 1,

@@ -25,7 +25,7 @@
 //! of tens of MiB; [`encode_run`] and [`decode_run`] are their whole-buffer forms, and
 //! [`decode_block`] reads the one block a lookup needs.
 
-use crate::be_u64;
+use crate::{be_u64, varint};
 
 pub const RUN_MAGIC: &[u8; 8] = b"AUDLIDX2";
 /// The magic of the first version's runs (16-byte entries), which the engine deletes and
@@ -144,35 +144,14 @@ impl BlockRef {
 
 /// Appends one entry's bytes.
 fn put_entry(out: &mut Vec<u8>, delta: u32, offset: u32) {
-    let mut d = delta;
-    while d >= 0x80 {
-        out.push((d as u8 & 0x7f) | 0x80);
-        d >>= 7;
-    }
-    out.push(d as u8);
+    varint::put(out, u64::from(delta));
     out.extend_from_slice(&offset.to_be_bytes()[1..]);
 }
 
 /// `(delta, offset, bytes used)` of the entry at the start of `b`; `None` if it is cut or
 /// its delta is not minimal LEB128 of a u32.
 fn get_entry(b: &[u8]) -> Option<(u32, u32, usize)> {
-    let mut delta = 0u64;
-    let mut used = 0;
-    loop {
-        let byte = *b.get(used)?;
-        delta |= u64::from(byte & 0x7f) << (7 * used);
-        used += 1;
-        if byte & 0x80 == 0 {
-            // Minimal: no trailing zero group (a lone zero is the delta 0).
-            if byte == 0 && used > 1 {
-                return None;
-            }
-            break;
-        }
-        if used == DELTA_BYTES_MAX {
-            return None;
-        }
-    }
+    let (delta, used) = varint::get(b, DELTA_BYTES_MAX)?;
     let delta = u32::try_from(delta).ok()?;
     let o = b.get(used..used + 3)?;
     let offset = u32::from_be_bytes([0, o[0], o[1], o[2]]);

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod cef;
 pub mod checkpoint_log;
+pub mod columnar;
 pub mod export;
 pub mod frame;
 pub mod hash;
@@ -21,6 +22,7 @@ pub mod syslog;
 pub mod tiles;
 pub mod time;
 pub mod tree;
+pub mod varint;
 
 pub use hash::{Hash, TreeHash};
 

@@ -12,7 +12,10 @@ use crate::{be_u32, be_u64};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"AUDLSEG1";
 pub const TRAILER_MAGIC: &[u8; 8] = b"AUDLSEGX";
+/// The version a segment whose blocks are zstd frames of their raw block carries.
 pub const FORMAT_VERSION: u8 = 1;
+/// The version a segment whose blocks are in the columnar form carries (§3.3).
+pub const FORMAT_VERSION_COLUMNAR: u8 = 2;
 pub const HEADER_BYTES: usize = 32;
 pub const BLOCK_ENTRY_BYTES: usize = 32;
 pub const TRAILER_BYTES: usize = 56;
@@ -40,8 +43,50 @@ pub enum SegmentError {
     Block { block: u32, reason: String },
 }
 
+/// How a segment's blocks are coded: its format version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BlockCodec {
+    /// Version 1: each block one zstd frame of its raw block.
+    Zstd,
+    /// Version 2: each block the raw block's lanes, [`crate::columnar`].
+    #[default]
+    Columnar,
+}
+
+impl BlockCodec {
+    pub fn version(self) -> u8 {
+        match self {
+            BlockCodec::Zstd => FORMAT_VERSION,
+            BlockCodec::Columnar => FORMAT_VERSION_COLUMNAR,
+        }
+    }
+
+    pub fn from_version(v: u8) -> Option<BlockCodec> {
+        match v {
+            FORMAT_VERSION => Some(BlockCodec::Zstd),
+            FORMAT_VERSION_COLUMNAR => Some(BlockCodec::Columnar),
+            _ => None,
+        }
+    }
+
+    /// The configuration name: `zstd` or `columnar`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockCodec::Zstd => "zstd",
+            BlockCodec::Columnar => "columnar",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<BlockCodec> {
+        [BlockCodec::Zstd, BlockCodec::Columnar]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    pub codec: BlockCodec,
     pub tree_hash: TreeHash,
     pub first_index: u64,
     pub count: u64,
@@ -51,7 +96,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut h = [0u8; HEADER_BYTES];
         h[0..8].copy_from_slice(HEADER_MAGIC);
-        h[8] = FORMAT_VERSION;
+        h[8] = self.codec.version();
         h[9] = self.tree_hash.code();
         h[16..24].copy_from_slice(&self.first_index.to_be_bytes());
         h[24..32].copy_from_slice(&self.count.to_be_bytes());
@@ -65,9 +110,7 @@ impl SegmentHeader {
         if &b[0..8] != HEADER_MAGIC {
             return Err(SegmentError::Magic("header"));
         }
-        if b[8] != FORMAT_VERSION {
-            return Err(SegmentError::Version(b[8]));
-        }
+        let codec = BlockCodec::from_version(b[8]).ok_or(SegmentError::Version(b[8]))?;
         let tree_hash = TreeHash::from_code(b[9]).ok_or(SegmentError::TreeHash(b[9]))?;
         let (first_index, count) = (be_u64(&b[16..24]), be_u64(&b[24..32]));
         if count == 0 || first_index.checked_add(count).is_none() {
@@ -76,6 +119,7 @@ impl SegmentHeader {
             )));
         }
         Ok(SegmentHeader {
+            codec,
             tree_hash,
             first_index,
             count,
@@ -92,6 +136,8 @@ pub struct BlockEntry {
     pub record_count: u32,
     /// CRC-32C of the compressed bytes, so one block can be checked without the whole file.
     pub crc32c: u32,
+    /// The segment's block codec (from its header; not stored in the entry).
+    pub codec: BlockCodec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,8 +202,13 @@ impl SegmentBuilder {
                 .compressor
                 .insert(zstd::bulk::Compressor::new(self.zstd_level)?),
         };
-        let compressed = compressor.compress(raw)?;
+        let compressed = match self.header.codec {
+            BlockCodec::Zstd => compressor.compress(raw)?,
+            BlockCodec::Columnar => crate::columnar::encode(raw, compressor)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+        };
         self.blocks.push(BlockEntry {
+            codec: self.header.codec,
             first_index: self.next_index,
             offset: self.offset,
             compressed_bytes: compressed.len() as u32,
@@ -286,6 +337,7 @@ pub fn decode_footer(
             raw_bytes: r.u32().ok_or_else(|| bad("truncated block index"))?,
             record_count: r.u32().ok_or_else(|| bad("truncated block index"))?,
             crc32c: r.u32().ok_or_else(|| bad("truncated block index"))?,
+            codec: header.codec,
         };
         if e.first_index != next_index
             || e.offset != next_offset
@@ -345,9 +397,10 @@ pub fn decode_footer(
     })
 }
 
-/// `zstd::bulk::decompress` with a context kept per thread: making one per block was
-/// ~1% of the daemon's CPU while sealing (its allocation and set-up, for blocks of ~1 MiB).
-fn decompress(compressed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+/// Decodes one block of `codec` with a zstd context kept per thread: making one per block
+/// was ~1% of the daemon's CPU while sealing (its allocation and set-up, for blocks of
+/// ~1 MiB).
+fn decompress(codec: BlockCodec, compressed: &[u8], capacity: usize) -> Result<Vec<u8>, String> {
     thread_local! {
         static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
@@ -356,9 +409,16 @@ fn decompress(compressed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
         let mut c = c.borrow_mut();
         let d = match c.as_mut() {
             Some(d) => d,
-            None => c.insert(zstd::bulk::Decompressor::new()?),
+            None => c.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?),
         };
-        d.decompress(compressed, capacity)
+        match codec {
+            BlockCodec::Zstd => d
+                .decompress(compressed, capacity)
+                .map_err(|e| format!("zstd: {e}")),
+            BlockCodec::Columnar => {
+                crate::columnar::decode(compressed, capacity, d).map_err(|e| e.to_string())
+            }
+        }
     })
 }
 
@@ -397,8 +457,7 @@ pub fn decode_block(
             entry.crc32c
         )));
     }
-    let raw =
-        decompress(compressed, entry.raw_bytes as usize).map_err(|e| fail(format!("zstd: {e}")))?;
+    let raw = decompress(entry.codec, compressed, entry.raw_bytes as usize).map_err(fail)?;
     if raw.len() != entry.raw_bytes as usize {
         return Err(fail(format!(
             "{} raw bytes, index says {}",
@@ -480,15 +539,18 @@ mod tests {
             .collect();
         let packed = zstd::bulk::compress(&good, 3).expect("compress");
         for _ in 0..3 {
-            assert!(decompress(b"not a zstd frame", 1 << 20).is_err());
-            assert!(decompress(&packed, good.len() - 1).is_err());
-            assert_eq!(decompress(&packed, good.len()).expect("good block"), good);
+            assert!(decompress(BlockCodec::Zstd, b"not a zstd frame", 1 << 20).is_err());
+            assert!(decompress(BlockCodec::Zstd, &packed, good.len() - 1).is_err());
+            assert_eq!(
+                decompress(BlockCodec::Zstd, &packed, good.len()).expect("good block"),
+                good
+            );
         }
     }
 
     /// Builds a segment of leaves [first, first+count) of a tree whose earlier leaves are
     /// also synthetic; returns the file bytes and the full tree.
-    fn build(first: u64, count: u64, per_block: u64) -> (Vec<u8>, MemoryTree) {
+    fn build(codec: BlockCodec, first: u64, count: u64, per_block: u64) -> (Vec<u8>, MemoryTree) {
         let alg = TreeHash::Sha256;
         let rec = |i: u64| {
             Record {
@@ -505,6 +567,7 @@ mod tests {
         }
         let prior = tree.edge.subtree_roots();
         let header = SegmentHeader {
+            codec,
             tree_hash: alg,
             first_index: first,
             count,
@@ -542,14 +605,19 @@ mod tests {
 
     #[test]
     fn round_trip_and_root_from_prior_edge() {
-        for (first, count, per_block) in [
-            (0u64, 1u64, 1u64),
-            (0, 100, 7),
-            (13, 50, 50),
-            (1000, 333, 64),
+        for (codec, first, count, per_block) in [
+            (BlockCodec::Zstd, 0u64, 1u64, 1u64),
+            (BlockCodec::Zstd, 0, 100, 7),
+            (BlockCodec::Columnar, 0, 1, 1),
+            (BlockCodec::Columnar, 0, 100, 7),
+            (BlockCodec::Columnar, 13, 50, 50),
+            (BlockCodec::Zstd, 1000, 333, 64),
+            (BlockCodec::Columnar, 1000, 333, 64),
         ] {
-            let (file, tree) = build(first, count, per_block);
+            let (file, tree) = build(codec, first, count, per_block);
             let (h, footer) = parse(&file).expect("parses");
+            assert_eq!(h.codec, codec);
+            assert_eq!(file[8], codec.version());
             assert_eq!((h.first_index, h.count), (first, count));
             assert_eq!(footer.root, tree.root());
             let mut leaves = Vec::new();
@@ -581,6 +649,7 @@ mod tests {
     fn overflowing_leaf_ranges_are_refused() {
         // Found by `cargo fuzz run segment`: first_index + count past u64 panicked.
         let h = SegmentHeader {
+            codec: BlockCodec::Zstd,
             tree_hash: TreeHash::Sha256,
             first_index: u64::MAX - 1,
             count: 5,
@@ -597,14 +666,16 @@ mod tests {
 
     #[test]
     fn any_changed_byte_is_refused() {
-        let (file, _) = build(5, 40, 9);
-        for at in 0..file.len() {
-            let mut t = file.clone();
-            t[at] ^= 0x01;
-            assert!(parse(&t).is_err(), "flip at {at} not caught");
-        }
-        for cut in [1, 10, TRAILER_BYTES, file.len() / 2] {
-            assert!(parse(&file[..file.len() - cut]).is_err());
+        for codec in [BlockCodec::Zstd, BlockCodec::Columnar] {
+            let (file, _) = build(codec, 5, 40, 9);
+            for at in 0..file.len() {
+                let mut t = file.clone();
+                t[at] ^= 0x01;
+                assert!(parse(&t).is_err(), "{codec:?}: flip at {at} not caught");
+            }
+            for cut in [1, 10, TRAILER_BYTES, file.len() / 2] {
+                assert!(parse(&file[..file.len() - cut]).is_err());
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use auditlog_engine::{EngineConfig, IoMode, PinSource};
 use auditlog_formats::schema::SchemaMode;
+use auditlog_formats::segment::BlockCodec;
 use auditlog_formats::TreeHash;
 use serde::Deserialize;
 
@@ -99,6 +100,8 @@ pub struct EngineSection {
     pub checkpoint_interval_ms: Option<u64>,
     pub block_raw_bytes: Option<usize>,
     pub zstd_level: Option<i32>,
+    /// "columnar" or "zstd".
+    pub block_codec: Option<String>,
     pub seal_check_leaves: Option<bool>,
     pub hash_cache_bytes_max: Option<u64>,
     pub search_index: Option<bool>,
@@ -356,6 +359,10 @@ fn resolve_engine(e: EngineSection, data_dir: Option<PathBuf>) -> anyhow::Result
             "raw" => SchemaMode::Raw,
             _ => bail!("engine.schema {v:?}: expected audit or raw"),
         };
+    }
+    if let Some(v) = e.block_codec {
+        engine.block_codec = BlockCodec::from_name(&v)
+            .with_context(|| format!("engine.block_codec {v:?}: expected columnar or zstd"))?;
     }
     if let Some(v) = e.io_mode {
         engine.io_mode = match v.as_str() {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use auditlog_benches::Rng;
 use auditlog_engine::{Engine, EngineConfig, ReplicationConfig, Submitter};
+use auditlog_formats::segment::BlockCodec;
 use clap::Parser;
 use serde_json::json;
 
@@ -35,6 +36,9 @@ struct Args {
     /// The sealer's zstd level (default: the engine's).
     #[arg(long)]
     zstd_level: Option<i32>,
+    /// The sealer's block codec, `columnar` or `zstd` (default: the engine's).
+    #[arg(long)]
+    codec: Option<String>,
     /// The sealer's raw block size in KiB (default: the engine's).
     #[arg(long)]
     block_kib: Option<usize>,
@@ -174,10 +178,18 @@ fn main() {
     if let Some(l) = a.zstd_level {
         cfg.zstd_level = l;
     }
+    if let Some(c) = &a.codec {
+        cfg.block_codec =
+            BlockCodec::from_name(c).unwrap_or_else(|| die("--codec: columnar or zstd"));
+    }
     if let Some(k) = a.block_kib {
         cfg.block_raw_bytes = k << 10;
     }
-    let (zstd_level, block_kib) = (cfg.zstd_level, cfg.block_raw_bytes >> 10);
+    let (zstd_level, block_kib, codec) = (
+        cfg.zstd_level,
+        cfg.block_raw_bytes >> 10,
+        cfg.block_codec.name(),
+    );
     cfg.replication = Some(ReplicationConfig {
         target: format!("file://{}", bucket.display()),
         // A local directory keeps no retention lock; the bytes are what is measured here.
@@ -273,7 +285,7 @@ fn main() {
     );
     let sealer_us = sealer_cpu.as_secs_f64() * 1e6 / sealed_events.max(1) as f64;
     println!(
-        "sealer: zstd level {zstd_level}, {block_kib} KiB blocks, {sealer_us:.2} µs of CPU per sealed event"
+        "sealer: {codec} blocks, zstd level {zstd_level}, {block_kib} KiB blocks, {sealer_us:.2} µs of CPU per sealed event"
     );
     let mut out = serde_json::Map::new();
     for (name, v) in &rows {
@@ -297,7 +309,7 @@ fn main() {
     if let Some(p) = &a.json {
         let summary = json!({
             "events": a.events, "seed": a.seed, "segment_mib": a.segment_mib,
-            "zstd_level": zstd_level, "block_kib": block_kib, "sealer_cpu_us_per_event": sealer_us,
+            "codec": codec, "zstd_level": zstd_level, "block_kib": block_kib, "sealer_cpu_us_per_event": sealer_us,
             "ndjson_bytes_per_event": raw_bytes as f64 / a.events as f64,
             "components": out, "local_bytes_per_event": local, "bucket_bytes_per_event": in_bucket,
         });

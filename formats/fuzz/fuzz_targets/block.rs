@@ -1,10 +1,11 @@
 #![no_main]
 //! The records of a sealed segment's raw block: decoded as they are, re-encoded by
 //! `push_block_entry` (the sealer's encoder) to the same bytes, and, when they are all
-//! well formed, sealed into a one-block segment that must decode back to them.
+//! well formed, sealed into a one-block segment of either codec that must decode back to
+//! them.
 use auditlog_formats::segment::{
-    block_records, decode_block, decode_footer, decode_trailer, push_block_entry, SegmentBuilder,
-    SegmentHeader, HEADER_BYTES, TRAILER_BYTES,
+    block_records, decode_block, decode_footer, decode_trailer, push_block_entry, BlockCodec,
+    SegmentBuilder, SegmentHeader, HEADER_BYTES, TRAILER_BYTES,
 };
 use auditlog_formats::TreeHash;
 
@@ -29,7 +30,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if !whole || count == 0 || again.len() != data.len() {
         return;
     }
+    for codec in [BlockCodec::Zstd, BlockCodec::Columnar] {
+        seal_one_block(codec, data, count);
+    }
+});
+
+fn seal_one_block(codec: BlockCodec, data: &[u8], count: u32) {
     let header = SegmentHeader {
+        codec,
         tree_hash: TreeHash::Sha256,
         first_index: 0,
         count: count as u64,
@@ -51,4 +59,4 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let raw =
         decode_block(0, entry, &file[at..at + entry.compressed_bytes as usize]).expect("block");
     assert_eq!(raw, data);
-});
+}
