@@ -26,7 +26,7 @@ pub enum TileKind {
     Entries,
 }
 
-/// One tile-tiles resource: tile `n` of its kind, `width` hashes or entries wide (256 for a
+/// One tlog-tiles resource: tile `n` of its kind, `width` hashes or entries wide (256 for a
 /// full tile, 1 to 255 for a partial one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
