@@ -10,12 +10,16 @@ use std::time::Duration;
 
 use auditlog_formats::hash::{from_hex, to_hex};
 use auditlog_formats::record::RECORD_BYTES_MAX;
+use auditlog_formats::tiles::{bundle_entries, Tile, TileKind, ENTRY_BYTES_MAX, TILE_WIDTH};
 use auditlog_formats::Hash;
 use serde::Deserialize;
 
 /// Largest JSON or text answer read into memory: a receipt is about 120 bytes, so this
 /// covers a full-sized NDJSON request's receipts many times over.
 pub const RESPONSE_BYTES_MAX: u64 = 64 << 20;
+/// Entry bundles fetched at once by `entries`, so that one request's round trip and the
+/// server's read of 256 records do not set the pace.
+const BUNDLE_FETCHERS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -423,6 +427,80 @@ impl HttpClient {
                 return Err(HttpError::bad(&what, "fewer records than asked for"));
             }
             at = stop;
+        }
+        Ok(out)
+    }
+
+    /// The exact record bytes of `[start, end)` from the C2SP tlog-tiles entry bundles of
+    /// the tree of `size` (`GET /tile/entries/<N>[.p/<W>]`, FORMATS.md §5.8): binary, 256
+    /// records a request, instead of `records`' base64 JSON lines. The bundles
+    /// `start / 256 .. ceil(end / 256)` are fetched by `BUNDLE_FETCHERS` connections at once,
+    /// full ones where the tree has them and the partial one of `size` at its end; the
+    /// records outside the range at either edge are dropped. `end <= size`.
+    pub fn entries(&self, start: u64, end: u64, size: u64) -> Result<Vec<Vec<u8>>> {
+        assert!(start <= end && end <= size, "[{start}, {end}) in {size}");
+        let width = u64::from(TILE_WIDTH);
+        let bundles: Vec<Tile> = (start / width..end.div_ceil(width))
+            .map(|n| Tile {
+                kind: TileKind::Entries,
+                n,
+                width: (size - n * width).min(width) as u32,
+            })
+            .collect();
+        let per = bundles.len().div_ceil(BUNDLE_FETCHERS).max(1);
+        let fetched: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = bundles
+                .chunks(per)
+                .map(|chunk| {
+                    s.spawn(move || -> Result<Vec<Vec<u8>>> {
+                        let mut out = Vec::new();
+                        for t in chunk {
+                            let first = t.n * width;
+                            let (lo, hi) =
+                                (start.max(first) - first, end.min(first + width) - first);
+                            out.extend(self.bundle(*t, lo as usize..hi as usize)?);
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for part in fetched {
+            out.extend(part?);
+        }
+        assert_eq!(
+            out.len() as u64,
+            end - start,
+            "every bundle was checked whole"
+        );
+        Ok(out)
+    }
+
+    /// Entries `keep` of one bundle, checked to hold exactly its width of whole entries.
+    fn bundle(&self, t: Tile, keep: std::ops::Range<usize>) -> Result<Vec<Vec<u8>>> {
+        let path = format!("/{}", t.path());
+        let what = format!("GET {path}");
+        let bytes_max = t.width as u64 * (2 + ENTRY_BYTES_MAX as u64);
+        let body = self.finish(&what, self.request("GET", &path).call(), bytes_max)?;
+        let mut out = Vec::with_capacity(keep.len());
+        let mut count = 0;
+        for (k, e) in bundle_entries(&body).enumerate() {
+            let e = e.map_err(|e| HttpError::bad(&what, e.to_string()))?;
+            if keep.contains(&k) {
+                out.push(e.to_vec());
+            }
+            count += 1;
+        }
+        if count != t.width as usize {
+            return Err(HttpError::bad(
+                &what,
+                format!("{count} entries, expected {}", t.width),
+            ));
         }
         Ok(out)
     }

@@ -1,7 +1,8 @@
 //! `auditlog search [--since T1] [--until T2] [filters] [--limit N]`: the matching events,
 //! found by the server's search index (`GET /v1/search`, cursors followed until the end or
 //! `--limit`). `auditlog search --since T1 --until T2 [filters] --verify --key K`: the
-//! events received in the window, fetched whole and filtered here. With `--verify`, the answer is provably every matching
+//! events received in the window, fetched whole (as tlog-tiles entry bundles) and filtered
+//! here. With `--verify`, the answer is provably every matching
 //! event received in the window, trusting only the key: the checkpoint's signature; every
 //! record of the window against the checkpoint's root with one range proof; the records
 //! just outside the window (with inclusion proofs) received before `since` and at or after
@@ -257,6 +258,26 @@ fn run_indexed(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The records of `[start, end)` as the tree of `size` holds them: from the tlog-tiles
+/// entry bundles (binary, FORMATS.md §5.8), or as base64 JSON pages (`/v1/events`) where
+/// the server has no bundles for them (a BLAKE3 log, a bundle holding a record over one
+/// entry, a server from before the tiles API). Either way every record is checked below.
+fn window_records(
+    client: &crate::http::HttpClient,
+    alg: TreeHash,
+    start: u64,
+    end: u64,
+    size: u64,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    if alg == TreeHash::Sha256 {
+        match client.entries(start, end, size) {
+            Err(crate::http::HttpError::Api { status: 404, .. }) => {}
+            r => return Ok(r?),
+        }
+    }
+    Ok(client.records(start, end, 1000)?)
+}
+
 pub fn run(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
     if !a.verify {
         return run_indexed(conn, a);
@@ -291,7 +312,7 @@ pub fn run(conn: &Conn, a: &SearchArgs) -> anyhow::Result<()> {
         .context("GET /v1/proof/window")?;
     let start = window["start"].as_u64().context("no start")?;
     let end = window["end"].as_u64().context("no end")?;
-    let records = client.records(start, end.max(start), 1000)?;
+    let records = window_records(&client, alg, start, end.max(start), size)?;
     check_window(
         alg,
         &WindowAnswer {

@@ -346,6 +346,14 @@ impl HashFiles {
     }
 }
 
+impl HashFiles {
+    /// `out.len() / 32` consecutive nodes of `level` from node `first` on, waiting for the
+    /// disk if need be: a tlog-tiles tile is one such read of level 8L (`tiles.rs`).
+    pub(crate) fn read_nodes(&self, level: usize, first: u64, out: &mut [u8]) -> Result<()> {
+        self.read_level(level, first, out, Wait::Yes)
+    }
+}
+
 impl HashReader for HashFiles {
     type Error = EngineError;
 

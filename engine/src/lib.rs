@@ -40,6 +40,7 @@ pub mod signer;
 mod store_acks;
 mod submit;
 mod supervisor;
+mod tiles;
 mod window;
 mod yielding;
 
@@ -66,6 +67,7 @@ pub use search::{Cursor, SearchEnd, SearchRequest};
 pub use signer::{KeyFileSigner, Signer};
 pub(crate) use submit::Submission;
 pub use submit::{EventBatch, Pushed, Waiting};
+pub use tiles::TileError;
 pub use window::Window;
 
 pub use head::{CheckpointListener, Stats, TreeHead, BATCH_EVENTS_BUCKETS, SYNC_BUCKETS_US};

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use auditlog_formats::batch::{push_entry, Entries, ENTRY_PREFIX_BYTES};
 use auditlog_formats::record::{set_received_at, PayloadKind, Record, PAYLOAD_BYTES_MAX};
+use auditlog_formats::tiles::ENTRY_BYTES_MAX;
 use auditlog_formats::{schema, syslog};
 use auditlog_formats::{Hash, TreeHash};
 use crossbeam_channel::{Sender, TrySendError};
@@ -192,7 +193,7 @@ impl EventBatch {
         syslog::check_to_store(message, self.made_unix_ns, Some(peer))
             .map_err(|e| bad(e.to_string()))?;
         // Syslog events carry no classification: the batch's maximum is unchanged.
-        let put = self.frame(PayloadKind::Syslog, message, 0);
+        let put = self.frame(PayloadKind::Syslog, message, 0)?;
         self.pushed(put)
     }
 
@@ -216,27 +217,52 @@ impl EventBatch {
             position,
             reason: e.to_string(),
         })?;
-        Ok(self.frame(PayloadKind::Event, payload, info.classification as u8))
+        self.frame(PayloadKind::Event, payload, info.classification as u8)
     }
 
-    /// Frames one checked payload as a record; `Some(bytes)` when it does not fit.
-    fn frame(&mut self, kind: PayloadKind, payload: &[u8], classification: u8) -> Option<usize> {
+    /// Frames one checked payload as a record; `Some(bytes)` when it does not fit. A record
+    /// over one tlog-tiles entry is refused (FORMATS.md §4): every record of the log can be
+    /// served in an entry bundle.
+    fn frame(
+        &mut self,
+        kind: PayloadKind,
+        payload: &[u8],
+        classification: u8,
+    ) -> Result<Option<usize>> {
         let record = Record {
             received_at_unix_ns: 0,
             submitter: Some(self.submitter.as_str()),
             kind,
             payload,
         };
+        if record.encoded_len() > ENTRY_BYTES_MAX {
+            return Err(EngineError::BadEvent {
+                position: self.offsets.len(),
+                reason: entry_too_large(&record),
+            });
+        }
         let added = 4 + record.encoded_len();
         if self.body.len() + added > self.bytes_max {
-            return Some(self.body.len() + added);
+            return Ok(Some(self.body.len() + added));
         }
         let start = self.body.len();
         push_entry(&mut self.body, &record);
         self.offsets.push((start + ENTRY_PREFIX_BYTES) as u32);
         self.max_classification = self.max_classification.max(classification);
-        None
+        Ok(None)
     }
+}
+
+/// Why a record over one tlog-tiles entry is refused, with the payload limit that follows
+/// for this submitter (the header and submitter count against the 65,535 bytes).
+fn entry_too_large(record: &Record) -> String {
+    let overhead = record.encoded_len() - record.payload.len();
+    format!(
+        "event of {} bytes is too large: its record would be {} bytes ({overhead} of header and submitter), over the {ENTRY_BYTES_MAX}-byte limit of one tlog-tiles entry; events from this submitter are at most {} bytes",
+        record.payload.len(),
+        record.encoded_len(),
+        ENTRY_BYTES_MAX - overhead
+    )
 }
 
 /// What [`EventBatch::push`] did with an event it did not refuse.

@@ -19,6 +19,7 @@ pub mod searchindex;
 pub mod secret;
 pub mod segment;
 pub mod syslog;
+pub mod tiles;
 pub mod time;
 pub mod tree;
 pub mod varint;

@@ -40,7 +40,9 @@ pub fn set_received_at(record: &mut [u8], received_at_unix_ns: u64) {
 
 /// The smallest header of any version.
 pub const RECORD_HEADER_BYTES: usize = RECORD_V1_HEADER_BYTES;
-/// The tlog-tiles entry-bundle limit on one entry.
+/// The largest payload a reader accepts. New records are limited further, to one
+/// tlog-tiles entry whole (`tiles::ENTRY_BYTES_MAX`, FORMATS.md §4); records of older logs
+/// may reach this.
 pub const PAYLOAD_BYTES_MAX: usize = 65536;
 /// A submitter is 1 to this many bytes of UTF-8 without control characters.
 pub const SUBMITTER_BYTES_MAX: usize = 1024;

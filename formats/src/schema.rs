@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer as _};
 
-/// Largest accepted payload: the tlog-tiles entry-bundle limit for one entry.
+/// Largest accepted event (64 KiB). The record holding it has a tighter limit, one
+/// tlog-tiles entry of 65,535 bytes with its header and submitter (FORMATS.md §4), which
+/// the engine checks when it frames the record.
 pub const PAYLOAD_BYTES_MAX: usize = 65536;
 
 /// Largest accepted value, in UTF-8 bytes after unescaping, of `event_type`, `actor`,

@@ -121,6 +121,7 @@ pub struct ServerSection {
     pub range_events_max: Option<u64>,
     pub search_limit_max: Option<u64>,
     pub search_records_examined_max: Option<u64>,
+    pub tiles_public: Option<bool>,
     pub tcp_addr: Option<String>,
     pub tcp_frame_bytes_max: Option<u32>,
     pub tcp_batches_in_flight_max: Option<u32>,
@@ -166,6 +167,10 @@ pub struct ServerConfig {
     pub search_limit_max: u64,
     /// Records one `GET /v1/search` reads and re-checks at most (its cost limit).
     pub search_records_examined_max: u64,
+    /// The C2SP tlog-tiles read API (`/checkpoint`, `/tile/…`) without credentials: for
+    /// a log whose entries anyone may read and witness. Off, it asks what proofs and event
+    /// reads ask.
+    pub tiles_public: bool,
     /// TCP ingest listener (FORMATS.md §12.1).
     pub tcp_addr: SocketAddr,
     /// One TCP frame's payload; larger frames are refused and the connection closed.
@@ -242,6 +247,7 @@ impl ServerConfig {
             range_events_max: 10_000,
             search_limit_max: 1000,
             search_records_examined_max: 100_000,
+            tiles_public: false,
             tcp_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tcp_frame_bytes_max: 4 << 20,
             tcp_batches_in_flight_max: 64,
@@ -415,6 +421,7 @@ fn resolve_server(
         range_events_max,
         search_limit_max,
         search_records_examined_max,
+        tiles_public,
         tcp_frame_bytes_max,
         tcp_batches_in_flight_max,
         tcp_connections_max,

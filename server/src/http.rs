@@ -29,6 +29,7 @@ use crate::metrics::{self, HttpCounters};
 use crate::tls::ClientNames;
 
 mod search;
+mod tiles;
 mod window;
 
 pub struct AppState {
@@ -99,6 +100,11 @@ impl ClassLimits {
     }
 
     pub fn take(&self, who: &Submitter) -> ApiResult<ClassSlot> {
+        self.take_key(who.as_str())
+    }
+
+    /// As `take`, for a caller named otherwise than by a submitter (a source address).
+    pub fn take_key(&self, who: &str) -> ApiResult<ClassSlot> {
         let busy = |what: String| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -108,7 +114,7 @@ impl ClassLimits {
         };
         let slot = self
             .per_principal
-            .take(who.as_str().to_string())
+            .take(who.to_string())
             .ok_or_else(|| busy(format!("{who} has {} of these running", self.names.1)))?;
         let permit = self
             .all
@@ -210,6 +216,8 @@ pub type ApiResult<T = Response> = Result<T, ApiError>;
 pub struct Caller {
     authorization: Option<HeaderValue>,
     client: ClientNames,
+    /// The source address, where the listener knows it.
+    addr: Option<std::net::IpAddr>,
 }
 
 impl axum::extract::FromRequestParts<St> for Caller {
@@ -219,13 +227,11 @@ impl axum::extract::FromRequestParts<St> for Caller {
         parts: &mut axum::http::request::Parts,
         _: &St,
     ) -> Result<Caller, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<Peer>>();
         Ok(Caller {
             authorization: parts.headers.get(header::AUTHORIZATION).cloned(),
-            client: parts
-                .extensions
-                .get::<ConnectInfo<Peer>>()
-                .map(|c| c.0.client.clone())
-                .unwrap_or_default(),
+            client: peer.map(|c| c.0.client.clone()).unwrap_or_default(),
+            addr: peer.and_then(|c| c.0.addr).map(|a| a.ip()),
         })
     }
 }
@@ -348,6 +354,9 @@ pub fn router(st: St) -> Router {
         .route("/v1/log", get(get_log))
         .route("/v1/export", get(crate::export::get_export))
         .route("/v1/search", get(search::get_search))
+        // C2SP tlog-tiles (`tiles.rs`): paths fixed by the spec, not under /v1.
+        .route("/checkpoint", get(tiles::get_checkpoint))
+        .route("/tile/{*path}", get(tiles::get_tile))
         // Also on the ops listener (`ops_router`), which is where probes should go.
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -1,11 +1,12 @@
 //! The programs outside Rust that some system tests run: SoftHSM2, rsyslog and its OpenSSL
-//! driver, moto (with boto3) and Azurite. `./scripts/test` installs them; a test that needs
+//! driver, moto (with boto3), Azurite and Go (with golang.org/x/mod, for a tlog-tiles
+//! client written elsewhere). `./scripts/test` installs them; a test that needs
 //! one calls [`require`] before starting anything, so that plain `cargo test` on a machine
 //! without them fails at once with one line naming that script, rather than each test
 //! panicking its own way (some after a 30 s wait for a port).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Once, OnceLock};
 
@@ -25,6 +26,9 @@ pub enum Tool {
     KubernetesValidate,
     /// `systemd-analyze` (Debian's systemd): unit files.
     SystemdAnalyze,
+    /// `go` with `golang.org/x/mod` in Debian's GOPATH (`golang-golang-x-mod-dev`): the
+    /// C2SP tlog-tiles client of tests/go/tilesclient, on Go's `sumdb/tlog` and `note`.
+    GoXMod,
 }
 
 impl Tool {
@@ -38,6 +42,7 @@ impl Tool {
             Tool::Azurite => "azurite",
             Tool::KubernetesValidate => "kubernetes-validate",
             Tool::SystemdAnalyze => "systemd",
+            Tool::GoXMod => "golang-go golang-golang-x-mod-dev",
         }
     }
 
@@ -58,6 +63,7 @@ impl Tool {
             Tool::Azurite => azurite_blob().is_file(),
             Tool::KubernetesValidate => which("kubernetes-validate").is_some(),
             Tool::SystemdAnalyze => which("systemd-analyze").is_some(),
+            Tool::GoXMod => which("go").is_some() && Path::new(GO_X_MOD_TLOG).is_dir(),
         }
     }
 }
@@ -128,4 +134,33 @@ pub fn azurite_blob() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from("/opt/auditlog-tools/azurite/node_modules/.bin/azurite-blob")
         })
+}
+
+/// Where Debian's golang-golang-x-mod-dev puts Go's transparency-log package.
+const GO_X_MOD_TLOG: &str = "/usr/share/gocode/src/golang.org/x/mod/sumdb/tlog";
+
+/// Builds the Go program in `tests/go/<name>` into `out_dir` and returns its path: in
+/// GOPATH mode over Debian's packaged sources, so nothing is fetched from the network.
+pub fn build_go(name: &str, out_dir: &Path) -> PathBuf {
+    require(Tool::GoXMod);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(name);
+    let exe = out_dir.join(name);
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", out_dir.join("gocache"))
+        .env("GOFLAGS", "")
+        .output()
+        .expect("run go build");
+    assert!(
+        out.status.success(),
+        "go build {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
 }

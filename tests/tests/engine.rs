@@ -1203,3 +1203,52 @@ fn received_at_never_decreases_in_index_order() {
         }
     }
 }
+
+/// A new record is at most one tlog-tiles entry (65,535 bytes, FORMATS.md §4): the payload
+/// limit is what the header and the submitter leave, and one byte more is refused with a
+/// reason naming both limits. The record then comes back byte for byte in its entry bundle,
+/// hashing (RFC 9162, SHA-256) to the leaf in the level-0 tile. Fails if ingest still
+/// takes a 65,536-byte payload, or a bundle or tile differs from the record and its leaf.
+#[test]
+fn a_record_is_at_most_one_tiles_entry_and_its_bundle_holds_it() {
+    use auditlog_engine::{Pushed, Submitter, TileError};
+    use auditlog_formats::tiles::{bundle_entries, Tile, ENTRY_BYTES_MAX};
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine = Engine::open(small_config(dir.path()), None).expect("open");
+    let who = Submitter::token("test-writer");
+    let payload_max = ENTRY_BYTES_MAX - 11 - who.as_str().len();
+    let mut b = engine.new_batch(who);
+    assert_eq!(b.push(&event(0, payload_max)).expect("fits"), Pushed::Added);
+    match b.push(&event(1, payload_max + 1)) {
+        Err(EngineError::BadEvent { reason, .. }) => assert!(
+            reason.contains("65535") && reason.contains(&format!("at most {payload_max} bytes")),
+            "{reason}"
+        ),
+        other => panic!("a record over one entry: {other:?}"),
+    }
+    assert_eq!(b.len(), 1, "the refused event is not kept");
+    engine.append(b).expect("append");
+    let size = engine.tree_size();
+    engine
+        .wait_checkpoint(size, Duration::from_secs(10))
+        .expect("checkpoint");
+    let tile = |p: &str| engine.read_tile(Tile::parse(p).expect("path"));
+    let last = size - 1;
+    let bundle = tile(&format!("tile/entries/000.p/{size}")).expect("bundle");
+    let entries: Vec<&[u8]> = bundle_entries(&bundle)
+        .collect::<Result<_, _>>()
+        .expect("whole entries");
+    let record = engine.read_record(last).expect("record");
+    assert_eq!(entries.len() as u64, size);
+    assert_eq!(entries[last as usize], record.as_slice());
+    assert_eq!(record.len(), ENTRY_BYTES_MAX);
+    let leaves = tile(&format!("tile/0/000.p/{size}")).expect("tile");
+    let leaf = auditlog_formats::TreeHash::Sha256.leaf(&record);
+    assert_eq!(&leaves[32 * last as usize..], leaf.as_slice());
+    // Past the newest checkpoint: nothing, with the sizes named.
+    match tile(&format!("tile/entries/000.p/{}", size + 1)) {
+        Err(e @ TileError::Beyond { .. }) => assert!(e.to_string().contains(&size.to_string())),
+        other => panic!("past the checkpoint: {other:?}"),
+    }
+    assert!(matches!(tile("tile/0/000"), Err(TileError::Beyond { .. })));
+}

@@ -1743,6 +1743,24 @@ fn search_verifies_the_window_and_catches_a_lying_server(
                 .expect("b64")
         })
         .collect();
+    // The CLI reads them from the tlog-tiles entry bundles: the same bytes, the edges of
+    // the bundles dropped (the window starts and ends inside one).
+    let client = auditlog_client::http::HttpClient::new(
+        &d.base,
+        Some(&d.token("auditor")),
+        &Default::default(),
+    )
+    .expect("client");
+    assert!(start % 256 != 0 || end % 256 != 0);
+    assert_eq!(
+        client.entries(start, end, size).expect("bundles"),
+        records,
+        "the bundles hold the records exactly"
+    );
+    assert_eq!(
+        client.entries(0, size, size).expect("all").len() as u64,
+        size
+    );
     let cp = d.checkpoint(size, key);
     assert_eq!(cp.size, size);
     let check = |window: &Value, records: &[Vec<u8>]| {

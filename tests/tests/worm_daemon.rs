@@ -296,3 +296,5 @@ fn pruned_events_served_from_the_store_and_503_while_it_is_down() {
 
 #[path = "worm_daemon/takeover.rs"]
 mod takeover;
+#[path = "worm_daemon/tiles.rs"]
+mod tiles;

@@ -23,6 +23,7 @@ pub mod sigv4;
 pub mod time;
 mod xml;
 
+use auditlog_formats::tiles::{Tile, TileKind, TILE_WIDTH};
 use std::fmt;
 
 pub use auditlog_formats::Secret;
@@ -378,26 +379,10 @@ pub fn content_md5(bytes: &[u8]) -> [u8; 16] {
     md5::Md5::digest(bytes).into()
 }
 
-/// The tlog-tiles path of tile `n` at tile level `level`: `tile/<L>/x001/x234/067`.
+/// The tlog-tiles path of tile `n` at tile level `level`: `tile/<L>/x001/x234/067`
+/// (the grammar is `auditlog_formats::tiles`, which the HTTP tiles API serves too).
 pub fn tile_key(level: u8, n: u64) -> String {
-    let mut groups = Vec::new();
-    let mut v = n;
-    loop {
-        groups.push(v % 1000);
-        v /= 1000;
-        if v == 0 {
-            break;
-        }
-    }
-    let mut out = format!("tile/{level}");
-    for (i, g) in groups.iter().enumerate().rev() {
-        if i == 0 {
-            out.push_str(&format!("/{g:03}"));
-        } else {
-            out.push_str(&format!("/x{g:03}"));
-        }
-    }
-    out
+    Tile::full(TileKind::Hashes { level }, n).path()
 }
 
 /// A bundle of `count` consecutive full level-0 tiles from tile `first`, their bytes
@@ -444,32 +429,16 @@ pub fn parse_tail_key(key: &str) -> Option<(u64, u64)> {
     (first >= seg).then_some((seg, first))
 }
 
-/// Inverse of [`tile_key`].
+/// Inverse of [`tile_key`]: a full hash tile's level and index.
 pub fn parse_tile_key(key: &str) -> Option<(u8, u64)> {
-    let rest = key.strip_prefix("tile/")?;
-    let mut parts = rest.split('/');
-    let level: u8 = parts.next()?.parse().ok()?;
-    let mut n: u64 = 0;
-    let mut last = false;
-    for p in parts {
-        if last {
-            return None;
-        }
-        let digits = match p.strip_prefix('x') {
-            Some(d) => d,
-            None => {
-                last = true;
-                p
-            }
-        };
-        if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        n = n
-            .checked_mul(1000)?
-            .checked_add(digits.parse::<u64>().ok()?)?;
+    match Tile::parse(key).ok()? {
+        Tile {
+            kind: TileKind::Hashes { level },
+            n,
+            width: TILE_WIDTH,
+        } => Some((level, n)),
+        _ => None,
     }
-    last.then_some((level, n))
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ use crate::error::{io_err, Result};
 use crate::segments::{sealed_name, Body};
 use crate::Shared;
 
-/// Bytes in one full tile: 256 hashes of 32 bytes (C2SP tlog-tiles, height 8).
-const TILE_BYTES: usize = 8192;
+use auditlog_formats::tiles::TILE_BYTES;
 
 /// An object to create: its manifest entry and its bytes.
 pub(crate) type NewEntry = (Entry, Vec<u8>);
