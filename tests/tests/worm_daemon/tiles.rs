@@ -110,7 +110,7 @@ fn a_go_tlog_client_verifies_the_writer_and_a_replica_through_the_tiles_api() {
         .expect("origin")
         .to_string();
     let size = w.tree_size();
-    assert!(size >= EVENTS && size % 256 != 0, "size {size}");
+    assert!(size >= EVENTS && !size.is_multiple_of(256), "size {size}");
     let cp = w.checkpoint(size, &key);
     let vkey = key.to_string();
 
