@@ -309,7 +309,8 @@ fn install(shared: &Shared, job: &SealJob, seg: Segment) -> Result<()> {
 /// the signer (an HSM outage would otherwise fill the seal queue and stop ingest). A footer
 /// without a note is covered by the checkpoint the checkpointer signs at its end once the
 /// signer is back (`Health::footer_unsigned`, registered before the footer is written, so
-/// no later checkpoint can slip past it); the verifier asks that of it.
+/// no later checkpoint can slip past it), or, for a segment whose records a checkpoint
+/// already covered before the seal, by that checkpoint.
 fn footer_note(shared: &Shared, cp: &Checkpoint) -> Result<String> {
     if !shared.health.signer_down() {
         match shared.keyring.sign(cp) {
@@ -333,12 +334,22 @@ fn footer_note(shared: &Shared, cp: &Checkpoint) -> Result<String> {
     {
         return Ok(String::new());
     }
-    // A checkpoint past this segment was published since the signer was last seen down: it
-    // works again, and this footer must carry its own note (a failure fails the seal, which
-    // is retried).
-    let note = shared.keyring.sign(cp)?;
-    shared.health.signer_worked();
-    Ok(note)
+    // A checkpoint past this segment's end was published before this seal: one at its end
+    // can no longer be added in order. The footer carries its own note if the signer works
+    // again, else none: the later checkpoint covers the segment (the verifier accepts that).
+    match shared.keyring.sign(cp) {
+        Ok(note) => {
+            shared.health.signer_worked();
+            Ok(note)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "sealing [.., {}) without a signed footer: {e}; the newest checkpoint covers it",
+                cp.size
+            );
+            Ok(String::new())
+        }
+    }
 }
 
 /// `FaultHooks::damage_seals`: changes the last byte (a record's) of the first block.

@@ -22,6 +22,18 @@ pub fn event(n: u64, bytes: usize) -> Vec<u8> {
 }
 
 /// Small segments and fast checkpoints, so tests exercise sealing and rotation.
+/// Waits (polling every 20 ms, up to `secs`) until `ok`; panics naming `what` on timeout.
+pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn small_config(dir: &std::path::Path) -> EngineConfig {
     let mut c = EngineConfig::new(dir);
     c.batch_bytes_max = 128 << 10;

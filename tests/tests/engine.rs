@@ -895,9 +895,12 @@ fn shutdown_with_seals_failing_and_the_seal_queue_full_completes() {
         last_size = size;
     }
     assert!(last_size < submitted, "appends never waited for the sealer");
-    let s = engine.status();
-    assert_eq!(s.sealed_segments, 0);
-    assert!(s.seal_failures > 0 && s.seal_error.is_some(), "{s:?}");
+    // The sealer's first attempt may still be encoding when appends stall.
+    auditlog_tests::wait_for("a failed seal", 60, || {
+        let s = engine.status();
+        s.seal_failures > 0 && s.seal_error.is_some()
+    });
+    assert_eq!(engine.status().sealed_segments, 0);
 
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(engine.shutdown()));
@@ -1057,6 +1060,9 @@ fn a_signer_outage_stops_no_write_and_footers_are_signed_when_it_returns() {
     let (size, sealed) = (engine.tree_size(), engine.status().sealed_segments);
     receipts.extend(append_within_a_minute(&engine, size, 20_000));
     wait_sealed(&engine, sealed + 3);
+    // Segments queued before this outage may end below checkpoints already published: a
+    // checkpoint at their end cannot follow in order, and the newest one covers them.
+    let signed_before_outage = engine.status().checkpoint_size.unwrap_or(0);
     let (unsigned_now, _) = unsigned_footers_and_logged_sizes(dir.path());
     let Ok(engine) = Arc::try_unwrap(engine) else {
         panic!("engine still shared")
@@ -1073,7 +1079,10 @@ fn a_signer_outage_stops_no_write_and_footers_are_signed_when_it_returns() {
         "out of order: {logged:?}"
     );
     for end in &unsigned {
-        assert!(logged.contains(end), "no checkpoint at {end}: {logged:?}");
+        assert!(
+            logged.contains(end) || *end <= signed_before_outage,
+            "no checkpoint at {end}: {logged:?}"
+        );
     }
     let key = flaky_key().verifier_key();
     let s = auditlog_client::verify::verify_dir(dir.path(), &key, &mut |_, _| {})

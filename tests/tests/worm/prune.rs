@@ -2,6 +2,7 @@
 //! on the store, and their records, proofs and exports are then served from the store.
 //! Part of the `worm` test binary.
 
+use auditlog_tests::wait_for;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -45,14 +46,6 @@ fn ingest_until_sealed(engine: &Engine, sent: &mut Vec<Vec<u8>>, segments: usize
             .expect("append");
         assert_eq!(r.first_index, n);
         sent.extend(evs);
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -3,22 +3,15 @@
 //! checkpoint it verified; it refuses writes, and refuses, naming it, an object on the
 //! store that was altered. Part of the `worm` test binary.
 
+use auditlog_tests::wait_for;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditlog_engine::follower::ReplicaConfig;
 use auditlog_engine::{Engine, EngineConfig, EngineError};
 use auditlog_formats::tree;
 use auditlog_tests::{classified_event, replication, small_config};
 use auditlog_worm::TargetOptions;
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn writer(dir: &Path, bucket: &Path) -> Engine {
     let mut cfg = small_config(dir);

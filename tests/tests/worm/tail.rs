@@ -2,9 +2,10 @@
 //! bucket verifier as the log's open end; and `durability = "remote"`, where an event is
 //! acknowledged only once the store holds it. Part of the `worm` test binary.
 
+use auditlog_tests::wait_for;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditlog_client::verify::Pins;
 use auditlog_engine::{Durability, Engine, EngineConfig, EngineError, Receipts};
@@ -25,14 +26,6 @@ fn tail_config(dir: &Path, target: &str, opts: TargetOptions, interval_ms: u64) 
     r.tail_request_timeout_ms = 1_000;
     cfg.replication = Some(r);
     cfg
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Submits one event without waiting: its answer comes on the channel.
