@@ -124,7 +124,7 @@ impl EngineConfig {
             search_index: true,
             search_window_records: 1 << 23,
             search_block_records: 128,
-            search_bucket_bits: 16,
+            search_bucket_bits: 15,
             io_mode: IoMode::Auto,
             signer: SignerConfig::DevKeyFile,
             pkcs11_pin: None,

@@ -28,16 +28,18 @@ use std::sync::{Arc, RwLock};
 
 use auditlog_formats::layout;
 use auditlog_formats::searchindex::{
-    check_run, decode_term, decode_terms, decode_times, encode_run, term_postings, Postings,
-    RunHeader, Shape, TermValue, Times, TERM_BYTES,
+    check_run, decode_term, decode_terms, decode_times, encode_run, read_bitmap, term_postings,
+    Postings, RunHeader, Shape, TermValue, Times, TERM_BYTES,
 };
 use roaring::RoaringBitmap;
 
 use crate::error::{corrupt, io_err, Result};
 use crate::segment_set::Segments;
 
-/// Runs in one window before they are built again as one.
-const WINDOW_RUNS_MAX: usize = 8;
+/// Runs in one window before its newest of similar size are merged. Every run costs its
+/// terms' fixed bytes (about 6 MB at 10^5 actors, 2^15 buckets), so few: a window's tail
+/// holds about log2(window / run) of them.
+const WINDOW_RUNS_MAX: usize = 4;
 /// Term-table entries per fence block (3 KiB, one read per term per run).
 const FENCE_TERMS: u64 = 256;
 /// Records one run is built from at most: the builder holds every term's blocks of them
@@ -300,23 +302,34 @@ fn postings(run: &Run, key: u64) -> Result<Option<RoaringBitmap>> {
         None => Ok(None),
         Some((_, TermValue::One(o))) => Ok(Some(std::iter::once(o).collect())),
         Some((_, TermValue::At(at))) => {
+            // The portable format says its own length: read it through a buffer that
+            // ends at the run's end (one read for all but the biggest bitmaps).
             let base = h.postings_at() as u64 + u64::from(at);
-            let mut len = [0u8; 4];
-            run.file
-                .read_exact_at(&mut len, base)
-                .map_err(io_err(&run.path, "read search postings"))?;
-            let len = u32::from_be_bytes(len) as u64;
-            if base + 4 + len > run.bytes {
-                return Err(corrupt(&run.path, format!("bitmap at {at} past the end")));
-            }
-            let mut body = vec![0u8; (4 + len) as usize];
-            run.file
-                .read_exact_at(&mut body, base)
-                .map_err(io_err(&run.path, "read search postings"))?;
-            term_postings(&body, TermValue::At(0), h.blocks())
+            let body = ReadAt {
+                file: &run.file,
+                at: base,
+                end: run.bytes,
+            };
+            read_bitmap(std::io::BufReader::with_capacity(4096, body), h.blocks())
                 .map(Some)
-                .map_err(|e| corrupt(&run.path, e.to_string()))
+                .map_err(|e| corrupt(&run.path, format!("bitmap at {at}: {e}")))
         }
+    }
+}
+
+/// A file's bytes `[at, end)` as a reader.
+struct ReadAt<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.end.saturating_sub(self.at)) as usize;
+        let got = self.file.read_at(&mut buf[..n], self.at)?;
+        self.at += got as u64;
+        Ok(got)
     }
 }
 

@@ -10,7 +10,8 @@
 //!          (the CRC-32C covers every byte of the run but its own four)
 //! times    times × (offset u32 | received_at u64)   flags bit 0: exact (change points)
 //! terms    terms × (key u64 | value u32)      keys strictly ascending
-//! postings for each term whose value's top bit is clear: len u32 | roaring bitmap (portable)
+//! postings for each term whose value's top bit is clear: a roaring bitmap (portable format,
+//!          which says its own length)
 //! ```
 //! All integers big-endian. A posting is a **block**: block `b` of a run is the records
 //! `[(first / B + b) · B, (first / B + b + 1) · B) ∩ [first, end)` for `B = block_records`,
@@ -242,8 +243,6 @@ pub fn encode_run(
                 assert!(b.max().is_some_and(|m| u64::from(m) < blocks));
                 let at = u32::try_from(postings.len()).expect("postings area under 2 GiB");
                 assert!(at & ONE == 0, "postings area under 2 GiB");
-                let len = u32::try_from(b.serialized_size()).expect("bitmap size");
-                postings.extend_from_slice(&len.to_be_bytes());
                 b.serialize_into(&mut postings).expect("writing to memory");
                 at
             }
@@ -444,7 +443,7 @@ pub fn check_run(bytes: &[u8]) -> Result<RunHeader, RunError> {
             TermValue::One(o) if u64::from(o) >= blocks => {
                 return Err(bad(format!("posting {o} outside the run")))
             }
-            TermValue::At(at) if postings_at + at as usize + 4 > bytes.len() => {
+            TermValue::At(at) if postings_at + at as usize + BITMAP_BYTES_MIN > bytes.len() => {
                 return Err(bad(format!("bitmap at {at} past the end")))
             }
             _ => {}
@@ -453,22 +452,26 @@ pub fn check_run(bytes: &[u8]) -> Result<RunHeader, RunError> {
     Ok(h)
 }
 
-/// Reads the bitmap at `at` in a run's postings area (`postings`: from there to the end),
-/// checking that it lies inside and that every block is below `blocks`.
-pub fn decode_bitmap(postings: &[u8], at: u32, blocks: u64) -> Result<RoaringBitmap, RunError> {
-    let at = at as usize;
-    let len = postings
-        .get(at..at + 4)
-        .map(|b| be_u32(b) as usize)
-        .ok_or_else(|| bad(format!("bitmap at {at} past the end")))?;
-    let body = postings
-        .get(at + 4..at + 4 + len)
-        .ok_or_else(|| bad(format!("bitmap at {at} of {len} bytes past the end")))?;
-    let b = RoaringBitmap::deserialize_from(body).map_err(|e| bad(format!("bitmap: {e}")))?;
+/// A serialized Roaring bitmap's least bytes (its cookie and container count).
+const BITMAP_BYTES_MIN: usize = 8;
+
+/// Reads one bitmap from `r` (the portable format says where it ends) and checks that every
+/// block is below `blocks`.
+pub fn read_bitmap(r: impl std::io::Read, blocks: u64) -> Result<RoaringBitmap, RunError> {
+    let b = RoaringBitmap::deserialize_from(r).map_err(|e| bad(format!("bitmap: {e}")))?;
     if b.max().is_some_and(|m| u64::from(m) >= blocks) {
         return Err(bad("bitmap posting outside the run"));
     }
     Ok(b)
+}
+
+/// Reads the bitmap at `at` in a run's postings area (`postings`: from there to the end),
+/// checking that it lies inside and that every block is below `blocks`.
+pub fn decode_bitmap(postings: &[u8], at: u32, blocks: u64) -> Result<RoaringBitmap, RunError> {
+    let body = postings
+        .get(at as usize..)
+        .ok_or_else(|| bad(format!("bitmap at {at} past the end")))?;
+    read_bitmap(body, blocks)
 }
 
 /// A term's postings: its one block, or its bitmap read from the postings area.
