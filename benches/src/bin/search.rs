@@ -51,6 +51,9 @@ enum Cmd {
         /// Skip the same-run comparison of ingest with and without the index.
         #[arg(long)]
         no_compare: bool,
+        /// Skip timing the index's rebuild.
+        #[arg(long)]
+        no_rebuild: bool,
     },
     Query {
         #[arg(long)]
@@ -237,6 +240,7 @@ fn build(
     dir: PathBuf,
     shape: Shape,
     queries: u64,
+    rebuild: bool,
 ) {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("{}: {e}", dir.display())));
     // Ingest with and without the index, alternating, on fresh logs.
@@ -312,6 +316,9 @@ fn build(
     engine
         .shutdown()
         .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
+    if !rebuild {
+        return;
+    }
     // The indexer alone: the index deleted, rebuilt from the segments by an idle engine.
     let _ = std::fs::remove_dir_all(data.join("search"));
     let started = Instant::now();
@@ -428,6 +435,7 @@ fn main() {
             shape,
             queries,
             no_compare,
+            no_rebuild,
         } => build(
             events,
             compare_events,
@@ -437,6 +445,7 @@ fn main() {
             dir.unwrap_or_else(|| auditlog_benches::bench_data_root().join("search")),
             shape,
             queries,
+            !no_rebuild,
         ),
         Cmd::Query {
             url,
