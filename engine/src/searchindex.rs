@@ -66,6 +66,9 @@ impl Run {
     }
 }
 
+/// Records `[start, end)`.
+pub(crate) type RecordRange = (u64, u64);
+
 pub(crate) struct SearchIndex {
     /// `None` when `search_index = false`: nothing is built, searches scan.
     dir: Option<PathBuf>,
@@ -203,7 +206,7 @@ impl SearchIndex {
         terms: &[u64],
         start: u64,
         end: u64,
-    ) -> Result<Option<(Vec<(u64, u64)>, u64)>> {
+    ) -> Result<Option<(Vec<RecordRange>, u64)>> {
         let runs = self.snapshot();
         let at = runs.partition_point(|r| r.end() <= start);
         let Some(run) = runs.get(at).filter(|r| r.first() <= start) else {

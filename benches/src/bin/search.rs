@@ -189,7 +189,11 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 fn field_queries(engine: &Engine, events: u64, queries: u64) {
     let size = engine.tree_size();
     let mut rng = Rng(13);
-    for field in [SearchField::Actor, SearchField::SessionId, SearchField::RequestId] {
+    for field in [
+        SearchField::Actor,
+        SearchField::SessionId,
+        SearchField::RequestId,
+    ] {
         let (mut ms, mut examined, mut matched) = (Vec::new(), 0u64, 0u64);
         for _ in 0..queries {
             let value = match field {
