@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auditlog_formats::record::Record;
-use auditlog_formats::search::{EventFields, Filter};
+use auditlog_formats::search::{EventFields, Filter, Prefilter};
 use base64::Engine as _;
 
 use crate::error::corrupt;
@@ -55,6 +55,14 @@ pub struct Cursor {
 
 const CURSOR_BYTES: usize = 24 + 16;
 
+/// What every record of one search is checked against: the request, its filter's
+/// substring searchers, and the end of its range (where a stopped search would go on).
+struct Check<'a> {
+    q: &'a SearchRequest,
+    pre: Prefilter,
+    end: u64,
+}
+
 /// A record's receipt time and its event (`Record::event_json`: a syslog record's event is
 /// derived from the message), whose searchable fields `EventFields::of` reads: the one place
 /// records are read for search (index building and re-checks alike).
@@ -77,6 +85,11 @@ impl Engine {
         self.proof_size_check(q.size)?;
         let end = q.end.min(q.size);
         let terms = q.filter.terms(self.shared.search.shape().bucket_bits);
+        let c = Check {
+            q,
+            pre: q.filter.prefilter(),
+            end,
+        };
         let mut out = SearchEnd {
             next: None,
             examined: 0,
@@ -90,11 +103,11 @@ impl Engine {
             };
             let Some((blocks, run_end)) = indexed else {
                 // Not indexed (or nothing to look up): scan what is left.
-                return Ok(self.scan(q, at, end, end, out, emit)?.0);
+                return Ok(self.scan(&c, (at, end), out, emit)?.0);
             };
             for (a, z) in blocks {
                 let stopped;
-                (out, stopped) = self.scan(q, a, z, end, out, emit)?;
+                (out, stopped) = self.scan(&c, (a, z), out, emit)?;
                 if stopped {
                     return Ok(out);
                 }
@@ -108,35 +121,33 @@ impl Engine {
     /// search stops there (`next`: where it goes on, `None` at the end of the range).
     fn consider(
         &self,
-        q: &SearchRequest,
+        c: &Check<'_>,
         i: u64,
         rec: &[u8],
-        end: u64,
         out: &mut SearchEnd,
         emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<Option<Option<u64>>> {
         out.examined += 1;
         let (_, event) = record_event(i, rec)?;
-        if !q.filter.may_match(&event) || !q.filter.matches(&EventFields::of(&event)) {
+        let q = c.q;
+        if !c.pre.may_match(&event) || !q.filter.matches(&EventFields::of(&event)) {
             return Ok(None);
         }
         out.matched += 1;
         let more = emit(i, rec)?;
-        let next = (i + 1 < end).then_some(i + 1);
+        let next = (i + 1 < c.end).then_some(i + 1);
         if !more || out.matched >= q.limit {
             return Ok(Some(next));
         }
         Ok(None)
     }
 
-    /// Re-checks the records `[from, to)` of a search over `[.., end)`: the search so
+    /// Re-checks the records `[from, to)` of a search (over `[.., c.end)`): the search so
     /// far, and whether it stopped (a limit reached; `next` says where to go on).
     fn scan(
         &self,
-        q: &SearchRequest,
-        from: u64,
-        to: u64,
-        end: u64,
+        c: &Check<'_>,
+        (from, to): (u64, u64),
         mut out: SearchEnd,
         emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<(SearchEnd, bool)> {
@@ -144,11 +155,11 @@ impl Engine {
         self.shared
             .segments
             .for_each_record(from, to, &mut |i, rec| {
-                if out.examined >= q.examined_max {
+                if out.examined >= c.q.examined_max {
                     stop = Some(Some(i));
                     return Ok(false);
                 }
-                stop = self.consider(q, i, rec, end, &mut out, emit)?;
+                stop = self.consider(c, i, rec, &mut out, emit)?;
                 Ok(stop.is_none())
             })?;
         out.next = stop.flatten();

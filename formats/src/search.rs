@@ -216,6 +216,31 @@ impl<'a> EventFields<'a> {
     }
 }
 
+/// A filter's quick refusal: false only when an event's bytes show that it cannot match
+/// (so a block of candidates is re-checked at the speed of a substring search). An event
+/// with no backslash has every string as its raw bytes, so a field equal to `v` puts `"v"`
+/// in it, and a resource starting with `p` puts `"p`.
+pub struct Prefilter {
+    equals: Vec<memchr::memmem::Finder<'static>>,
+    prefix: Option<memchr::memmem::Finder<'static>>,
+}
+
+impl Prefilter {
+    pub fn may_match(&self, event: &[u8]) -> bool {
+        if memchr::memchr(b'\\', event).is_some() {
+            return true;
+        }
+        let quoted = |f: &memchr::memmem::Finder<'_>, closed: bool| {
+            let len = f.needle().len();
+            f.find_iter(event).any(|i| {
+                i > 0 && event[i - 1] == b'"' && (!closed || event.get(i + len) == Some(&b'"'))
+            })
+        };
+        self.equals.iter().all(|f| quoted(f, true))
+            && self.prefix.as_ref().is_none_or(|f| quoted(f, false))
+    }
+}
+
 /// A search's conditions, all of which must hold (AND).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -248,25 +273,19 @@ impl Filter {
         equal && prefix && time
     }
 
-    /// Whether an event's JSON can match, judged from its bytes without parsing them:
-    /// false only when it cannot (so a block of candidates is re-checked at the speed of a
-    /// substring search). An event with no backslash has every string as its raw bytes, so
-    /// a field equal to `v` puts `"v"` in it, and a resource starting with `p` puts `"p`.
+    /// Whether an event's JSON can match, judged from its bytes without parsing them
+    /// (`Prefilter::may_match`).
     pub fn may_match(&self, event: &[u8]) -> bool {
-        if memchr::memchr(b'\\', event).is_some() {
-            return true;
+        self.prefilter().may_match(event)
+    }
+
+    /// The filter's substring searchers, built once for a search's many records.
+    pub fn prefilter(&self) -> Prefilter {
+        let finder = |v: &str| memchr::memmem::Finder::new(v.as_bytes()).into_owned();
+        Prefilter {
+            equals: self.equals.iter().map(|(_, v)| finder(v)).collect(),
+            prefix: self.resource_prefix.as_deref().map(finder),
         }
-        let quoted = |v: &str, closed: bool| {
-            let v = v.as_bytes();
-            memchr::memmem::find_iter(event, v).any(|i| {
-                i > 0 && event[i - 1] == b'"' && (!closed || event.get(i + v.len()) == Some(&b'"'))
-            })
-        };
-        self.equals.iter().all(|(_, v)| quoted(v, true))
-            && self
-                .resource_prefix
-                .as_deref()
-                .is_none_or(|p| quoted(p, false))
     }
 
     /// Index terms every matching event has, in an index of `bucket_bits`: one per exact
