@@ -283,6 +283,21 @@ proptest! {
     }
 }
 
+/// `n` events whose fields cycle through small sets, with sessions or without.
+fn cyclic(n: u32, sessions: bool) -> Vec<Ev> {
+    (0..n)
+        .map(|i| Ev {
+            actor: (i % 7) as u8,
+            event_type: (i % 3) as u8,
+            outcome: (i % 2) as u8,
+            resource: ((i % 4) as u8, (i % 5) as u8),
+            session: sessions.then_some((i % 5) as u8),
+            request: (i % 40) as u8,
+            minute: (i % 60) as u8,
+        })
+        .collect()
+}
+
 /// The index's run files, sorted.
 fn run_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut runs: Vec<_> = std::fs::read_dir(dir.join("search"))
@@ -300,17 +315,7 @@ fn run_files(dir: &Path) -> Vec<std::path::PathBuf> {
 fn runs_of_another_format_or_shape_are_rebuilt_on_open() {
     let dir = tempfile::tempdir().expect("tmp");
     let engine = Engine::open(config(dir.path()), None).expect("open");
-    let evs: Vec<Ev> = (0..300u32)
-        .map(|i| Ev {
-            actor: (i % 7) as u8,
-            event_type: (i % 3) as u8,
-            outcome: (i % 2) as u8,
-            resource: ((i % 4) as u8, (i % 5) as u8),
-            session: Some((i % 5) as u8),
-            request: (i % 40) as u8,
-            minute: (i % 60) as u8,
-        })
-        .collect();
+    let evs = cyclic(300, true);
     append(&engine, &evs);
     let size = engine.tree_size();
     engine
@@ -390,17 +395,7 @@ fn search_without_the_index_scans_to_the_same_answers() {
     let mut cfg = config(dir.path());
     cfg.search_index = false;
     let engine = Engine::open(cfg, None).expect("open");
-    let evs: Vec<Ev> = (0..300u32)
-        .map(|i| Ev {
-            actor: (i % 7) as u8,
-            event_type: (i % 3) as u8,
-            outcome: (i % 2) as u8,
-            resource: ((i % 4) as u8, (i % 5) as u8),
-            session: None,
-            request: (i % 40) as u8,
-            minute: (i % 60) as u8,
-        })
-        .collect();
+    let evs = cyclic(300, false);
     append(&engine, &evs);
     let size = engine.tree_size();
     engine
