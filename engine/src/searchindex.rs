@@ -172,24 +172,42 @@ impl SearchIndex {
             if from < first {
                 let parts = self.snapshot();
                 let parts = &parts[parts.partition_point(|r| r.first() < from)..];
-                let merged = merge_runs(dir, self.shape, parts)?;
-                self.replace(from, merged)?;
+                match merge_runs(dir, self.shape, parts) {
+                    Ok(merged) => self.replace(from, merged)?,
+                    Err(e) => {
+                        // A part unreadable (damaged since it was opened): its records
+                        // are built again from the segments on the next try.
+                        self.truncate(from)?;
+                        return Err(e);
+                    }
+                }
             }
         }
     }
 
     /// Puts `run` in place of the runs from `from` on, and removes their files.
     fn replace(&self, from: u64, run: Run) -> Result<()> {
+        self.swap(from, Some(run))
+    }
+
+    /// Drops the runs from `from` on, and removes their files.
+    fn truncate(&self, from: u64) -> Result<()> {
+        self.swap(from, None)
+    }
+
+    fn swap(&self, from: u64, run: Option<Run>) -> Result<()> {
         let replaced: Vec<Arc<Run>> = {
             let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
             let at = runs.partition_point(|r| r.first() < from);
             assert!(
                 runs.get(at).is_none_or(|r| r.first() == from)
-                    && runs.last().is_none_or(|r| r.end() <= run.end()),
+                    && run
+                        .as_ref()
+                        .is_none_or(|run| { runs.last().is_none_or(|r| r.end() <= run.end()) }),
                 "search index runs changed while building"
             );
             let old = runs.split_off(at);
-            runs.push(Arc::new(run));
+            runs.extend(run.map(Arc::new));
             old
         };
         for r in replaced {
@@ -392,7 +410,9 @@ fn merge_runs(dir: &Path, shape: Shape, parts: &[Arc<Run>]) -> Result<Run> {
     for r in parts {
         let bytes = std::fs::read(&r.path).map_err(io_err(&r.path, "read search run"))?;
         let h = check_run(&bytes).map_err(|e| corrupt(&r.path, e.to_string()))?;
-        assert!(h == r.header, "a search run changed on disk");
+        if h != r.header {
+            return Err(corrupt(&r.path, "changed on disk since it was opened"));
+        }
         inputs.push((bytes, h));
     }
     let times: Vec<(u64, u64, &Times)> = parts
