@@ -298,6 +298,20 @@ fn cyclic(n: u32, sessions: bool) -> Vec<Ev> {
         .collect()
 }
 
+fn actor_is(actor: u8) -> Filter {
+    Filter {
+        equals: vec![(SearchField::Actor, format!("user-{actor}"))],
+        ..Filter::default()
+    }
+}
+
+/// A search of the whole log, cursors followed: it equals a scan.
+fn same_as_scan(engine: &Engine, f: &Filter, size: u64) -> Vec<u64> {
+    let got = search_all(engine, f, 0, size, 1000);
+    assert_eq!(got, brute_force(engine, f, 0, size), "{f:?}");
+    got
+}
+
 /// The index's run files, sorted.
 fn run_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut runs: Vec<_> = std::fs::read_dir(dir.join("search"))
@@ -348,11 +362,7 @@ fn runs_of_another_format_or_shape_are_rebuilt_on_open() {
     let answers = |engine: &Engine| -> Vec<Vec<u64>> {
         filters
             .iter()
-            .map(|f| {
-                let got = search_all(engine, f, 0, size, 1000);
-                assert_eq!(got, brute_force(engine, f, 0, size), "{f:?}");
-                got
-            })
+            .map(|f| same_as_scan(engine, f, size))
             .collect()
     };
     // Every run on disk is of this format and shape (block size at bytes 40..44, bucket
@@ -421,14 +431,7 @@ fn a_run_damaged_before_its_merge_is_built_again() {
         "the damaged run stayed"
     );
     for actor in 0..7 {
-        let f = Filter {
-            equals: vec![(SearchField::Actor, format!("user-{actor}"))],
-            ..Filter::default()
-        };
-        assert_eq!(
-            search_all(&engine, &f, 0, size, 1000),
-            brute_force(&engine, &f, 0, size)
-        );
+        same_as_scan(&engine, &actor_is(actor), size);
     }
     engine.shutdown().expect("shutdown");
 }
@@ -448,14 +451,7 @@ fn search_without_the_index_scans_to_the_same_answers() {
         .expect("checkpoint");
     assert_eq!(engine.search_index_status(), (0, 0, 0));
     assert!(!dir.path().join("search").exists());
-    let f = Filter {
-        equals: vec![(SearchField::Actor, "user-3".into())],
-        ..Filter::default()
-    };
-    assert_eq!(
-        search_all(&engine, &f, 0, size, 1000),
-        brute_force(&engine, &f, 0, size)
-    );
+    same_as_scan(&engine, &actor_is(3), size);
     engine.shutdown().expect("shutdown");
 }
 
