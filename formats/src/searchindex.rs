@@ -101,7 +101,8 @@ pub struct Times {
 /// are multiples of `RECEIVED_AT_SAMPLE_EVERY`.
 fn sample_offsets(first: u64, end: u64) -> impl Iterator<Item = u64> {
     let every = RECEIVED_AT_SAMPLE_EVERY;
-    let next = (first / every + 1) * every - first;
+    // The offset of the next multiple of 64 (none fits past u64::MAX: `count` is smaller).
+    let next = every - first % every;
     let count = end.saturating_sub(first);
     (count > 0)
         .then_some(0)
@@ -531,6 +532,20 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(check_run(&bytes[..len]).is_err(), "cut to {len} bytes");
         }
+    }
+
+    /// A run at the top of the index space is checked without overflow (found by `cargo
+    /// fuzz run searchindex`: the next sample's index overflowed u64).
+    #[test]
+    fn a_run_at_the_end_of_the_index_space_is_checked_without_overflow() {
+        let first = u64::MAX - 10;
+        let times = Times::of(first, &[7; 10]);
+        let bytes = encode_run(first, u64::MAX, SHAPE, &times, &[]);
+        assert!(check_run(&bytes).is_ok());
+        let rising: Vec<u64> = (0..10).collect();
+        let t = Times::of(first, &rising);
+        assert_eq!(t.points, [(0, 0)]);
+        assert!(check_times(&t, first, u64::MAX).is_ok());
     }
 
     /// A run of the format before blocks and buckets is not read: it fails the magic
