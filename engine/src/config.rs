@@ -74,8 +74,17 @@ pub struct EngineConfig {
     /// Keep the search index (`searchindex.rs`); off, searches scan within their cost limit.
     pub search_index: bool,
     /// Records in one search-index window (`searchindex.rs`): runs never cross a multiple
-    /// of it, and a whole window is one run. Bounds the memory and time of building one.
+    /// of it, and a whole window is one run (merged from smaller runs' postings). With
+    /// `search_block_records`, at most 65 536 blocks keep a term's postings in one Roaring
+    /// container.
     pub search_window_records: u64,
+    /// Records per search-index block: a posting names a block, and a search re-checks
+    /// every record of a candidate block. Changing it rebuilds the index.
+    pub search_block_records: u32,
+    /// A bucketed field's (resource, session and request ids) values share
+    /// `2^search_bucket_bits` buckets: fewer, fuller buckets make a smaller index and more
+    /// records to re-check per search by such a field. Changing it rebuilds the index.
+    pub search_bucket_bits: u32,
     pub io_mode: IoMode,
     pub signer: SignerConfig,
     /// Where HSM PINs come from (an environment variable or a file, never the config).
@@ -90,6 +99,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// How the search index's postings are made.
+    pub(crate) fn search_shape(&self) -> auditlog_formats::searchindex::Shape {
+        auditlog_formats::searchindex::Shape {
+            block_records: self.search_block_records,
+            bucket_bits: self.search_bucket_bits,
+        }
+    }
+
     pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
         EngineConfig {
             data_dir: data_dir.into(),
@@ -110,7 +127,9 @@ impl EngineConfig {
             seal_check_leaves: false,
             hash_cache_bytes_max: 64 << 20,
             search_index: true,
-            search_window_records: 1 << 16,
+            search_window_records: 1 << 23,
+            search_block_records: 128,
+            search_bucket_bits: 15,
             io_mode: IoMode::Auto,
             signer: SignerConfig::DevKeyFile,
             pkcs11_pin: None,
@@ -146,6 +165,11 @@ impl EngineConfig {
             || self.search_window_records > auditlog_formats::searchindex::RUN_RECORDS_MAX
         {
             return Err("search_window_records must be from 1 to 2^31".into());
+        }
+        if !self.search_shape().valid() {
+            return Err(
+                "search_block_records must be positive, search_bucket_bits at most 32".into(),
+            );
         }
         if self.origin.is_empty() || self.origin.chars().any(|c| c.is_control()) {
             return Err("origin must be a non-empty line of text".into());

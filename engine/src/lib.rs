@@ -216,6 +216,7 @@ impl Engine {
         let search = searchindex::SearchIndex::open(
             config.search_index.then_some(search_dir.as_path()),
             config.search_window_records,
+            config.search_shape(),
             r.latest.as_ref().map_or(0, |c| c.checkpoint.size),
         )?;
         let mut search_cursor_key = [0u8; 32];

@@ -1,9 +1,10 @@
 //! Search by field (`GET /v1/search`): the events of an index range that match a
 //! [`Filter`], in index order, at a bounded cost. The search index (`searchindex.rs`)
-//! gives candidates for the indexed records; the unindexed tail, and filters with no index
-//! term (only the event's `timestamp`, or a resource prefix without a separator), are
-//! scanned. Every candidate is re-checked against its record, so hash collisions and
-//! stale terms cost only time. A search stops after `examined_max` records read or `limit`
+//! gives candidate blocks of records for the indexed records; the unindexed tail, and
+//! filters with no index term (only the event's `timestamp`, or a resource prefix without
+//! a separator), are scanned. Every record of a candidate block is re-checked (first by a
+//! substring search of its bytes, `Filter::may_match`, then parsed), so blocks, buckets
+//! and hash collisions cost only time. A search stops after `examined_max` records read or `limit`
 //! matches and says where to go on; a cursor carries that, signed with a key of this run
 //! of the engine, so a forged or stale one is refused.
 //!
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auditlog_formats::record::Record;
-use auditlog_formats::search::{EventFields, Filter};
+use auditlog_formats::search::{EventFields, Filter, Prefilter};
 use base64::Engine as _;
 
 use crate::error::corrupt;
@@ -54,6 +55,14 @@ pub struct Cursor {
 
 const CURSOR_BYTES: usize = 24 + 16;
 
+/// What every record of one search is checked against: the request, its filter's
+/// substring searchers, and the end of its range (where a stopped search would go on).
+struct Check<'a> {
+    q: &'a SearchRequest,
+    pre: Prefilter,
+    end: u64,
+}
+
 /// A record's receipt time and its event (`Record::event_json`: a syslog record's event is
 /// derived from the message), whose searchable fields `EventFields::of` reads: the one place
 /// records are read for search (index building and re-checks alike).
@@ -75,7 +84,12 @@ impl Engine {
     ) -> Result<SearchEnd> {
         self.proof_size_check(q.size)?;
         let end = q.end.min(q.size);
-        let terms = q.filter.terms();
+        let terms = q.filter.terms(self.shared.search.shape().bucket_bits);
+        let c = Check {
+            q,
+            pre: q.filter.prefilter(),
+            end,
+        };
         let mut out = SearchEnd {
             next: None,
             examined: 0,
@@ -87,13 +101,14 @@ impl Engine {
                 true => None,
                 false => self.shared.search.candidates(&terms, at, end)?,
             };
-            let Some((candidates, run_end)) = indexed else {
+            let Some((blocks, run_end)) = indexed else {
                 // Not indexed (or nothing to look up): scan what is left.
-                return self.scan(q, at, end, out, emit);
+                return Ok(self.scan(&c, (at, end), out, emit)?.0);
             };
-            for i in candidates {
-                if let Some(stop) = self.check(q, i, end, &mut out, emit)? {
-                    out.next = stop;
+            for (a, z) in blocks {
+                let stopped;
+                (out, stopped) = self.scan(&c, (a, z), out, emit)?;
+                if stopped {
                     return Ok(out);
                 }
             }
@@ -102,73 +117,53 @@ impl Engine {
         Ok(out)
     }
 
-    /// Reads and re-checks record `i`: `Some(next)` when the search stops there.
-    fn check(
-        &self,
-        q: &SearchRequest,
-        i: u64,
-        end: u64,
-        out: &mut SearchEnd,
-        emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
-    ) -> Result<Option<Option<u64>>> {
-        if out.examined >= q.examined_max {
-            return Ok(Some(Some(i)));
-        }
-        let mut stop = None;
-        self.shared
-            .segments
-            .for_each_record(i, i + 1, &mut |i, rec| {
-                stop = self.consider(q, i, rec, end, out, emit)?;
-                Ok(false)
-            })?;
-        Ok(stop)
-    }
-
-    /// Counts record `i` as examined and emits it if it matches.
+    /// Counts record `i` as examined and emits it if it matches: `Some(next)` when the
+    /// search stops there (`next`: where it goes on, `None` at the end of the range).
     fn consider(
         &self,
-        q: &SearchRequest,
+        c: &Check<'_>,
         i: u64,
         rec: &[u8],
-        end: u64,
         out: &mut SearchEnd,
         emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<Option<Option<u64>>> {
         out.examined += 1;
         let (_, event) = record_event(i, rec)?;
-        if !q.filter.matches(&EventFields::of(&event)) {
+        let q = c.q;
+        if !c.pre.may_match(&event) || !q.filter.matches(&EventFields::of(&event)) {
             return Ok(None);
         }
         out.matched += 1;
         let more = emit(i, rec)?;
-        let next = (i + 1 < end).then_some(i + 1);
+        let next = (i + 1 < c.end).then_some(i + 1);
         if !more || out.matched >= q.limit {
             return Ok(Some(next));
         }
         Ok(None)
     }
 
+    /// Re-checks the records `[from, to)` of a search (over `[.., c.end)`): the search so
+    /// far, and whether it stopped (a limit reached; `next` says where to go on).
     fn scan(
         &self,
-        q: &SearchRequest,
-        from: u64,
-        end: u64,
+        c: &Check<'_>,
+        (from, to): (u64, u64),
         mut out: SearchEnd,
         emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
-    ) -> Result<SearchEnd> {
+    ) -> Result<(SearchEnd, bool)> {
         let mut stop = None;
         self.shared
             .segments
-            .for_each_record(from, end, &mut |i, rec| {
-                if out.examined >= q.examined_max {
+            .for_each_record(from, to, &mut |i, rec| {
+                if out.examined >= c.q.examined_max {
                     stop = Some(Some(i));
                     return Ok(false);
                 }
-                stop = self.consider(q, i, rec, end, &mut out, emit)?;
+                stop = self.consider(c, i, rec, &mut out, emit)?;
                 Ok(stop.is_none())
             })?;
         out.next = stop.flatten();
-        Ok(out)
+        Ok((out, stop.is_some()))
     }
 
     /// A cursor for going on with a search: opaque, signed with this engine run's key and

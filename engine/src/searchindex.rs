@@ -1,18 +1,24 @@
 //! The search index: posting lists of event fields, and a sparse receipt-time index.
 //! Derived state like the leaf-hash index (`leafindex.rs`): built by its own thread from
 //! checkpointed records, off the ingest path; never synced; checked on open, and whatever
-//! is not whole (torn, altered, a gap, past the tree) is deleted and built again from the
-//! segments.
+//! is not whole (torn, altered, a gap, past the tree, another format or shape) is deleted
+//! and built again from the segments.
 //!
 //! Layout (`search/{first:020}-{end:020}.run`, bytes in `auditlog_formats::searchindex`
 //! and FORMATS.md §5.7): immutable runs, contiguous from 0, each inside one window of
-//! `search_window_records` records (64 Ki by default). A checkpoint's new records make a
-//! run of their own. Once a window holds `WINDOW_RUNS_MAX` runs, its newest runs of
-//! similar size are built again as one from the records (`rebuild_from`: size-tiered, so a
-//! slow log does not read its window again at every few checkpoints), and once its last
-//! record is indexed, the whole window is (at most 64 Ki records: about 0.3 s). A lookup
-//! reads a few runs per window. A lookup finds a term's 4 KiB block of the term
-//! table through an in-memory fence of every `FENCE_TERMS`th key, then its bitmap.
+//! `search_window_records` records (8 Mi by default). A posting names a block of
+//! `search_block_records` records (128), and the nearly unique fields' values share
+//! `2^search_bucket_bits` buckets per field: a term then costs a few bytes per block it
+//! occurs in, not 12 per value, and a search re-checks every record of a candidate block.
+//!
+//! A checkpoint's new records make a run of their own (at most `BUILD_RECORDS_MAX`
+//! records, which bounds the builder's memory). Runs are merged from their postings, never
+//! by reading records again (blocks are aligned to absolute indexes, so a merge shifts
+//! block numbers and unions): once a window holds `WINDOW_RUNS_MAX` runs its newest of
+//! similar size (`rebuild_from`: size-tiered, so a slow log does not merge its window
+//! again and again), and once its last record is indexed, all of it. The indexer thus
+//! reads every record once. A lookup finds a term's 3 KiB block of the term table
+//! through an in-memory fence of every `FENCE_TERMS`th key, then its bitmap.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,18 +28,23 @@ use std::sync::{Arc, RwLock};
 
 use auditlog_formats::layout;
 use auditlog_formats::searchindex::{
-    check_run, decode_bitmap, decode_term, decode_times, encode_run, Postings, RunHeader,
-    TermValue, Times, TERM_BYTES,
+    check_run, decode_term, decode_terms, decode_times, encode_run, read_bitmap, term_postings,
+    Postings, RunHeader, Shape, TermValue, Times, TERM_BYTES,
 };
 use roaring::RoaringBitmap;
 
 use crate::error::{corrupt, io_err, Result};
 use crate::segment_set::Segments;
 
-/// Runs in one window before they are built again as one.
-const WINDOW_RUNS_MAX: usize = 8;
+/// Runs in one window before its newest of similar size are merged. Every run costs its
+/// terms' fixed bytes (about 6 MB at 10^5 actors, 2^15 buckets), so few: a window's tail
+/// holds about log2(window / run) of them.
+const WINDOW_RUNS_MAX: usize = 4;
 /// Term-table entries per fence block (3 KiB, one read per term per run).
 const FENCE_TERMS: u64 = 256;
+/// Records one run is built from at most: the builder holds every term's blocks of them
+/// in memory (about 25 MB per Mi records of the audit schema).
+const BUILD_RECORDS_MAX: u64 = 1 << 20;
 
 struct Run {
     header: RunHeader,
@@ -41,7 +52,7 @@ struct Run {
     file: File,
     /// Key of term `i * FENCE_TERMS`.
     fences: Vec<u64>,
-    /// Receipt times (offsets from `first`): change points, or every 64th record.
+    /// Receipt times: change points, or samples at every 64th index.
     times: Times,
     bytes: u64,
 }
@@ -55,26 +66,33 @@ impl Run {
     }
 }
 
+/// Records `[start, end)`.
+pub(crate) type RecordRange = (u64, u64);
+
 pub(crate) struct SearchIndex {
     /// `None` when `search_index = false`: nothing is built, searches scan.
     dir: Option<PathBuf>,
     /// Runs never cross a multiple of this, and a whole window ends as one run.
     window_records: u64,
+    shape: Shape,
     runs: RwLock<Vec<Arc<Run>>>,
 }
 
 impl SearchIndex {
-    /// Opens the runs that are whole and cover a prefix of a tree of `tree_size`; every
-    /// other file is deleted (and its records indexed again later).
+    /// Opens the runs that are whole, of this `shape`, and cover a prefix of a tree of
+    /// `tree_size`; every other file is deleted (and its records indexed again later).
     pub(crate) fn open(
         dir: Option<&Path>,
         window_records: u64,
+        shape: Shape,
         tree_size: u64,
     ) -> Result<SearchIndex> {
+        assert!(shape.valid(), "search index shape checked by the config");
         let Some(dir) = dir else {
             return Ok(SearchIndex {
                 dir: None,
                 window_records,
+                shape,
                 runs: RwLock::new(Vec::new()),
             });
         };
@@ -82,17 +100,23 @@ impl SearchIndex {
             dir,
             "search index",
             |first, end| end <= tree_size && (end - 1) / window_records == first / window_records,
-            load_run,
+            |path, first, end| load_run(path, first, end, shape),
         )?;
         Ok(SearchIndex {
             dir: Some(dir.to_path_buf()),
             window_records,
+            shape,
             runs: RwLock::new(runs),
         })
     }
 
     pub(crate) fn enabled(&self) -> bool {
         self.dir.is_some()
+    }
+
+    /// How postings are made (a query's terms depend on its `bucket_bits`).
+    pub(crate) fn shape(&self) -> Shape {
+        self.shape
     }
 
     fn snapshot(&self) -> Vec<Arc<Run>> {
@@ -114,8 +138,9 @@ impl SearchIndex {
         (runs.iter().map(|r| r.bytes).sum(), runs.len())
     }
 
-    /// Indexes the records up to `size` (checkpointed), one window at a time.
-    /// Stops between windows when `stopping()` says so.
+    /// Indexes the records up to `size` (checkpointed), at most `BUILD_RECORDS_MAX` at a
+    /// time and never across a window, merging a window's runs as they crowd it and once
+    /// it is whole. Stops between runs when `stopping()` says so.
     pub(crate) fn extend(
         &self,
         segments: &Segments,
@@ -129,7 +154,9 @@ impl SearchIndex {
                 return Ok(());
             }
             let window = first - first % self.window_records;
-            let end = size.min(window + self.window_records);
+            let end = size
+                .min(window + self.window_records)
+                .min(first + BUILD_RECORDS_MAX);
             let in_window: Vec<(u64, u64)> = self
                 .snapshot()
                 .iter()
@@ -140,39 +167,69 @@ impl SearchIndex {
                 true => window,
                 false => rebuild_from(&in_window, first, end),
             };
-            let run = build_run(dir, segments, from, end)?;
-            let replaced: Vec<Arc<Run>> = {
-                let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
-                let at = runs.partition_point(|r| r.first() < from);
-                assert!(
-                    runs.last().is_none_or(|r| r.end() == first),
-                    "search index runs changed while building"
-                );
-                let old = runs.split_off(at);
-                runs.push(Arc::new(run));
-                old
-            };
-            for r in replaced {
-                crate::runs::remove(&r.path)?;
+            let run = build_run(dir, segments, self.shape, first, end)?;
+            self.replace(first, run)?;
+            if from < first {
+                let parts = self.snapshot();
+                let parts = &parts[parts.partition_point(|r| r.first() < from)..];
+                match merge_runs(dir, self.shape, parts) {
+                    Ok(merged) => self.replace(from, merged)?,
+                    Err(e) => {
+                        // A part unreadable (damaged since it was opened): its records
+                        // are built again from the segments on the next try.
+                        self.truncate(from)?;
+                        return Err(e);
+                    }
+                }
             }
         }
     }
 
-    /// Candidates in `[start, end)` for every term in `terms` (AND), from the run that
-    /// holds `start`: `Some((candidates, run end))`, or `None` when `start` is not
-    /// indexed. Candidates are absolute indexes, ascending.
+    /// Puts `run` in place of the runs from `from` on, and removes their files.
+    fn replace(&self, from: u64, run: Run) -> Result<()> {
+        self.swap(from, Some(run))
+    }
+
+    /// Drops the runs from `from` on, and removes their files.
+    fn truncate(&self, from: u64) -> Result<()> {
+        self.swap(from, None)
+    }
+
+    fn swap(&self, from: u64, run: Option<Run>) -> Result<()> {
+        let replaced: Vec<Arc<Run>> = {
+            let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
+            let at = runs.partition_point(|r| r.first() < from);
+            assert!(
+                runs.get(at).is_none_or(|r| r.first() == from)
+                    && run
+                        .as_ref()
+                        .is_none_or(|run| { runs.last().is_none_or(|r| r.end() <= run.end()) }),
+                "search index runs changed while building"
+            );
+            let old = runs.split_off(at);
+            runs.extend(run.map(Arc::new));
+            old
+        };
+        for r in replaced {
+            crate::runs::remove(&r.path)?;
+        }
+        Ok(())
+    }
+
+    /// The records of the candidate blocks in `[start, end)` for every term in `terms`
+    /// (AND), from the run that holds `start`: `Some((ranges, run end))`, or `None` when
+    /// `start` is not indexed. Ranges are ascending and disjoint.
     pub(crate) fn candidates(
         &self,
         terms: &[u64],
         start: u64,
         end: u64,
-    ) -> Result<Option<(Vec<u64>, u64)>> {
+    ) -> Result<Option<(Vec<RecordRange>, u64)>> {
         let runs = self.snapshot();
         let at = runs.partition_point(|r| r.end() <= start);
         let Some(run) = runs.get(at).filter(|r| r.first() <= start) else {
             return Ok(None);
         };
-        let count = run.end() - run.first();
         let mut acc: Option<RoaringBitmap> = None;
         for &t in terms {
             let b = postings(run, t)?.unwrap_or_default();
@@ -184,12 +241,18 @@ impl SearchIndex {
                 break;
             }
         }
-        let lo = (start - run.first()) as u32;
-        let hi = (end.min(run.end()) - run.first()).min(count) as u32;
+        let (first, shape) = (run.first(), run.header.shape);
+        let end = end.min(run.end());
+        let lo = shape.block_of(first, start);
+        let hi = shape.block_of(first, end.max(start + 1) - 1);
         let out = acc
             .unwrap_or_default()
-            .range(lo..hi)
-            .map(|o| run.first() + u64::from(o))
+            .range(lo..=hi)
+            .map(|b| {
+                let (a, z) = shape.block_records_range(first, run.end(), b);
+                (a.max(start), z.min(end))
+            })
+            .filter(|(a, z)| a < z)
             .collect();
         Ok(Some((out, run.end())))
     }
@@ -256,35 +319,44 @@ fn postings(run: &Run, key: u64) -> Result<Option<RoaringBitmap>> {
         .chunks_exact(TERM_BYTES)
         .map(decode_term)
         .find(|(k, _)| *k == key);
-    let count = run.end() - run.first();
     match found {
         None => Ok(None),
         Some((_, TermValue::One(o))) => Ok(Some(std::iter::once(o).collect())),
         Some((_, TermValue::At(at))) => {
+            // The portable format says its own length: read it through a buffer that
+            // ends at the run's end (one read for all but the biggest bitmaps).
             let base = h.postings_at() as u64 + u64::from(at);
-            let mut len = [0u8; 4];
-            run.file
-                .read_exact_at(&mut len, base)
-                .map_err(io_err(&run.path, "read search postings"))?;
-            let len = u32::from_be_bytes(len) as u64;
-            if base + 4 + len > run.bytes {
-                return Err(corrupt(&run.path, format!("bitmap at {at} past the end")));
-            }
-            let mut body = vec![0u8; (4 + len) as usize];
-            run.file
-                .read_exact_at(&mut body, base)
-                .map_err(io_err(&run.path, "read search postings"))?;
-            decode_bitmap(&body, 0, count)
+            let body = ReadAt {
+                file: &run.file,
+                at: base,
+                end: run.bytes,
+            };
+            read_bitmap(std::io::BufReader::with_capacity(4096, body), h.blocks())
                 .map(Some)
-                .map_err(|e| corrupt(&run.path, e.to_string()))
+                .map_err(|e| corrupt(&run.path, format!("bitmap at {at}: {e}")))
         }
     }
 }
 
-/// Builds the run of the records `[first, end)`: every term's offsets, and the receipt
-/// time of every `RECEIVED_AT_SAMPLE_EVERY`th record. Written whole to a temporary file
-/// and renamed, not synced: a torn run fails its CRC on open and is built again.
-fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Run> {
+/// A file's bytes `[at, end)` as a reader.
+struct ReadAt<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.end.saturating_sub(self.at)) as usize;
+        let got = self.file.read_at(&mut buf[..n], self.at)?;
+        self.at += got as u64;
+        Ok(got)
+    }
+}
+
+/// Builds the run of the records `[first, end)`: every term's blocks, and the receipt
+/// times.
+fn build_run(dir: &Path, segments: &Segments, shape: Shape, first: u64, end: u64) -> Result<Run> {
     let mut terms: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut received = Vec::with_capacity((end - first) as usize);
     let mut scratch = Vec::with_capacity(16);
@@ -296,14 +368,16 @@ fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Ru
         next += 1;
         let (received_at, event) = crate::search::record_event(index, rec)?;
         let fields = auditlog_formats::search::EventFields::of(&event);
-        let offset = (index - first) as u32;
+        let block = shape.block_of(first, index);
         received.push(received_at);
         scratch.clear();
-        fields.terms(&mut scratch);
-        scratch.sort_unstable();
-        scratch.dedup();
+        fields.terms(shape.bucket_bits, &mut scratch);
         for &t in &scratch {
-            terms.entry(t).or_default().push(offset);
+            // Records come in order, so a block already listed is the last one.
+            let blocks = terms.entry(t).or_default();
+            if blocks.last() != Some(&block) {
+                blocks.push(block);
+            }
         }
         Ok(true)
     })?;
@@ -318,22 +392,85 @@ fn build_run(dir: &Path, segments: &Segments, first: u64, end: u64) -> Result<Ru
     crate::yielding::point();
     let terms: Vec<(u64, Postings)> = terms
         .into_iter()
-        .map(|(k, offsets)| (k, Postings::from_sorted(&offsets)))
+        .map(|(k, blocks)| (k, Postings::from_sorted(&blocks)))
         .collect();
-    let times = Times::of(&received);
-    let bytes = encode_run(first, end, &times, &terms);
-    let path = dir.join(layout::run_name(first, end));
+    let times = Times::of(first, &received);
+    write_run(dir, encode_run(first, end, shape, &times, &terms))
+}
+
+/// Merges contiguous runs into one from their postings (no record is read): each term's
+/// blocks shifted to the merged run's first block and united, terms in key order (a
+/// k-way merge of the sorted term tables), receipt times merged.
+fn merge_runs(dir: &Path, shape: Shape, parts: &[Arc<Run>]) -> Result<Run> {
+    let (first, end) = match (parts.first(), parts.last()) {
+        (Some(a), Some(z)) => (a.first(), z.end()),
+        _ => panic!("a merge of no runs"),
+    };
+    let mut inputs = Vec::with_capacity(parts.len());
+    for r in parts {
+        let bytes = std::fs::read(&r.path).map_err(io_err(&r.path, "read search run"))?;
+        let h = check_run(&bytes).map_err(|e| corrupt(&r.path, e.to_string()))?;
+        if h != r.header {
+            return Err(corrupt(&r.path, "changed on disk since it was opened"));
+        }
+        inputs.push((bytes, h));
+    }
+    let times: Vec<(u64, u64, &Times)> = parts
+        .iter()
+        .map(|r| (r.first(), r.end(), &r.times))
+        .collect();
+    let times = Times::merge(first, end, &times);
+    let mut cursors: Vec<_> = inputs
+        .iter()
+        .map(|(bytes, h)| decode_terms(bytes, h).peekable())
+        .collect();
+    let mut terms: Vec<(u64, Postings)> = Vec::new();
+    let mut blocks: Vec<u32> = Vec::new();
+    let mut pace = crate::yielding::Every::new(256);
+    while let Some(key) = cursors
+        .iter_mut()
+        .filter_map(|c| c.peek().map(|t| t.0))
+        .min()
+    {
+        pace.tick();
+        blocks.clear();
+        for (k, cursor) in cursors.iter_mut().enumerate() {
+            let Some((_, value)) = cursor.next_if(|t| t.0 == key) else {
+                continue;
+            };
+            let (bytes, h) = &inputs[k];
+            let shift = shape.block_of(first, h.first);
+            let b = term_postings(&bytes[h.postings_at()..], value, h.blocks())
+                .map_err(|e| corrupt(&parts[k].path, e.to_string()))?;
+            // Inputs in index order: blocks ascend, the one at a boundary maybe twice.
+            for v in b.iter().map(|v| v + shift) {
+                if blocks.last() != Some(&v) {
+                    blocks.push(v);
+                }
+            }
+        }
+        terms.push((key, Postings::from_sorted(&blocks)));
+    }
+    drop(cursors);
+    drop(inputs);
+    write_run(dir, encode_run(first, end, shape, &times, &terms))
+}
+
+/// Writes a run's bytes whole to a temporary file and renames it, not synced: a torn run
+/// fails its CRC on open and is built again.
+fn write_run(dir: &Path, bytes: Vec<u8>) -> Result<Run> {
+    let header = check_run(&bytes).map_err(|e| corrupt(dir, e.to_string()))?;
+    let path = dir.join(layout::run_name(header.first, header.end));
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &bytes).map_err(io_err(&tmp, "write search run"))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename search run"))?;
     let file = File::open(&path).map_err(io_err(&path, "open search run"))?;
-    let header = check_run(&bytes).map_err(|e| corrupt(&path, e.to_string()))?;
     Ok(Run {
         fences: fences(&bytes, &header),
+        times: decode_times(&bytes, &header),
         header,
         path,
         file,
-        times,
         bytes: bytes.len() as u64,
     })
 }
@@ -346,12 +483,19 @@ fn fences(bytes: &[u8], h: &RunHeader) -> Vec<u64> {
         .collect()
 }
 
-/// Reads a whole run and checks it (`check_run`) and that it is the run its name says.
-fn load_run(path: &Path, first: u64, end: u64) -> Result<Run> {
+/// Reads a whole run and checks it (`check_run`), that it is the run its name says and
+/// that it was made in this `shape`.
+fn load_run(path: &Path, first: u64, end: u64, shape: Shape) -> Result<Run> {
     let bytes = std::fs::read(path).map_err(io_err(path, "read search run"))?;
     let header = check_run(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
     if (header.first, header.end) != (first, end) {
         return Err(corrupt(path, "header does not match the run's name"));
+    }
+    if header.shape != shape {
+        return Err(corrupt(
+            path,
+            format!("made with {:?}, not the configured {shape:?}", header.shape),
+        ));
     }
     let times = decode_times(&bytes, &header);
     let file = File::open(path).map_err(io_err(path, "open search run"))?;

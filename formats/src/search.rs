@@ -5,7 +5,12 @@
 //!
 //! A term is a 64-bit hash of (field, value) (FNV-1a, FORMATS.md §5.7): the index keeps
 //! hashes, not values, and every candidate is re-checked against the record, so a
-//! collision costs a read, never a wrong answer.
+//! collision costs a read, never a wrong answer. The fields whose values are nearly unique
+//! (`SearchField::bucketed`: resource, session and request ids) are folded further: the
+//! top `bucket_bits` of the hash pick one of `2^bucket_bits` buckets per field, and the
+//! bucket is the term. A term table entry then serves many values instead of one (the
+//! index's bytes per event stay small), at the price of re-checking the bucket's other
+//! values' blocks.
 
 use std::borrow::Cow;
 
@@ -57,6 +62,15 @@ impl SearchField {
         SearchField::ALL.into_iter().find(|f| f.name() == name)
     }
 
+    /// Whether the field's terms are buckets of values rather than values: the fields
+    /// whose values are nearly unique per event (never changes: terms are on disk).
+    pub fn bucketed(self) -> bool {
+        matches!(
+            self,
+            SearchField::Resource | SearchField::SessionId | SearchField::RequestId
+        )
+    }
+
     /// The byte that starts the field's terms (never changes: terms are on disk).
     fn tag(self) -> u8 {
         match self {
@@ -75,6 +89,8 @@ impl SearchField {
 
 /// The tag of a resource prefix's term.
 const RESOURCE_PREFIX_TAG: u8 = 0x85;
+/// Set in the tag of a bucket's term (`tag | BUCKET_TAG`, then the bucket number).
+const BUCKET_TAG: u8 = 0x40;
 /// Resource prefixes indexed per event: the value cut after each of its first separators.
 pub const RESOURCE_PREFIX_LEVELS_MAX: usize = 4;
 /// Where a resource is cut into indexed prefixes (just after the separator).
@@ -91,9 +107,28 @@ fn fnv1a(tag: u8, value: &[u8]) -> u64 {
     h
 }
 
-/// The term of `field` = `value`.
-pub fn term(field: SearchField, value: &str) -> u64 {
-    fnv1a(field.tag(), value.as_bytes())
+/// MurmurHash3's 64-bit finalizer (`fmix64`).
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The term of `field` = `value` in an index of `bucket_bits` (at most 32): the value's
+/// hash, or for a bucketed field, the hash of the field's bucket that the hash's top
+/// `bucket_bits` bits pick (bucket 0 when 0).
+pub fn term(field: SearchField, value: &str, bucket_bits: u32) -> u64 {
+    assert!(bucket_bits <= 32, "bucket_bits");
+    let h = fnv1a(field.tag(), value.as_bytes());
+    if !field.bucketed() {
+        return h;
+    }
+    // FNV-1a's top bits mix poorly over short values that differ in their last bytes
+    // (`r-1`, `r-2`): MurmurHash3's 64-bit finalizer spreads them first.
+    let bucket = fmix64(h).checked_shr(64 - bucket_bits).unwrap_or(0) as u32;
+    fnv1a(field.tag() | BUCKET_TAG, &bucket.to_be_bytes())
 }
 
 /// The term of "resource starts with `prefix`", for a prefix that ends just after a
@@ -169,15 +204,40 @@ impl<'a> EventFields<'a> {
     }
 
     /// Every index term of the event, appended to `out` (duplicates possible).
-    pub fn terms(&self, out: &mut Vec<u64>) {
+    pub fn terms(&self, bucket_bits: u32, out: &mut Vec<u64>) {
         for f in SearchField::ALL {
             if let Some(v) = self.get(f) {
-                out.push(term(f, v));
+                out.push(term(f, v, bucket_bits));
             }
         }
         if let Some(r) = self.get(SearchField::Resource) {
             out.extend(resource_prefixes(r).map(resource_prefix_term));
         }
+    }
+}
+
+/// A filter's quick refusal: false only when an event's bytes show that it cannot match
+/// (so a block of candidates is re-checked at the speed of a substring search). An event
+/// with no backslash has every string as its raw bytes, so a field equal to `v` puts `"v"`
+/// in it, and a resource starting with `p` puts `"p`.
+pub struct Prefilter {
+    equals: Vec<memchr::memmem::Finder<'static>>,
+    prefix: Option<memchr::memmem::Finder<'static>>,
+}
+
+impl Prefilter {
+    pub fn may_match(&self, event: &[u8]) -> bool {
+        if memchr::memchr(b'\\', event).is_some() {
+            return true;
+        }
+        let quoted = |f: &memchr::memmem::Finder<'_>, closed: bool| {
+            let len = f.needle().len();
+            f.find_iter(event).any(|i| {
+                i > 0 && event[i - 1] == b'"' && (!closed || event.get(i + len) == Some(&b'"'))
+            })
+        };
+        self.equals.iter().all(|f| quoted(f, true))
+            && self.prefix.as_ref().is_none_or(|f| quoted(f, false))
     }
 }
 
@@ -213,11 +273,30 @@ impl Filter {
         equal && prefix && time
     }
 
-    /// Index terms every matching event has: one per exact condition, and for a resource
-    /// prefix the longest indexed prefix it starts with (if any). Empty: the filter cannot
-    /// use the index (records are scanned).
-    pub fn terms(&self) -> Vec<u64> {
-        let mut out: Vec<u64> = self.equals.iter().map(|(f, v)| term(*f, v)).collect();
+    /// Whether an event's JSON can match, judged from its bytes without parsing them
+    /// (`Prefilter::may_match`).
+    pub fn may_match(&self, event: &[u8]) -> bool {
+        self.prefilter().may_match(event)
+    }
+
+    /// The filter's substring searchers, built once for a search's many records.
+    pub fn prefilter(&self) -> Prefilter {
+        let finder = |v: &str| memchr::memmem::Finder::new(v.as_bytes()).into_owned();
+        Prefilter {
+            equals: self.equals.iter().map(|(_, v)| finder(v)).collect(),
+            prefix: self.resource_prefix.as_deref().map(finder),
+        }
+    }
+
+    /// Index terms every matching event has, in an index of `bucket_bits`: one per exact
+    /// condition, and for a resource prefix the longest indexed prefix it starts with (if
+    /// any). Empty: the filter cannot use the index (records are scanned).
+    pub fn terms(&self, bucket_bits: u32) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .equals
+            .iter()
+            .map(|(f, v)| term(*f, v, bucket_bits))
+            .collect();
         if let Some(p) = &self.resource_prefix {
             if let Some(longest) = resource_prefixes(p).last() {
                 out.push(resource_prefix_term(longest));
@@ -308,9 +387,9 @@ mod tests {
         };
         assert!(f.matches(&e));
         assert_eq!(
-            f.terms(),
+            f.terms(16),
             [
-                term(SearchField::Actor, "alice"),
+                term(SearchField::Actor, "alice", 16),
                 resource_prefix_term("db/")
             ]
         );
@@ -318,5 +397,55 @@ mod tests {
         assert!(!f.matches(&e));
         f.timestamp_since_unix_ns = Some(1_714_564_800_000_000_000);
         assert!(f.matches(&e));
+    }
+
+    /// Bucketed fields fold values into `2^bits` buckets (all into one at 0 bits), other
+    /// fields never; a bucket's term is neither a value's term nor another field's bucket.
+    #[test]
+    fn bucketed_terms_fold_values_into_buckets() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("r-{i}")).collect();
+        let distinct = |field: SearchField, bits: u32| {
+            let mut t: Vec<u64> = ids.iter().map(|v| term(field, v, bits)).collect();
+            t.sort_unstable();
+            t.dedup();
+            t.len()
+        };
+        assert_eq!(distinct(SearchField::RequestId, 0), 1);
+        assert_eq!(distinct(SearchField::RequestId, 2), 4);
+        assert!((200..=256).contains(&distinct(SearchField::SessionId, 8)));
+        assert_eq!(distinct(SearchField::Actor, 0), 1000);
+        assert_ne!(
+            term(SearchField::RequestId, "x", 0),
+            term(SearchField::SessionId, "x", 0)
+        );
+        assert_eq!(term(SearchField::Actor, "x", 0), fnv1a(1, b"x"));
+        // fmix64's known value (MurmurHash3 reference: fmix64(1)).
+        assert_eq!(fmix64(1), 0xb456_bcfc_34c2_cb2c);
+    }
+
+    /// The byte pre-check never refuses an event the parsed check accepts, escapes and
+    /// near misses included.
+    #[test]
+    fn may_match_never_refuses_a_match() {
+        let f = Filter {
+            equals: vec![(SearchField::Actor, "al".into())],
+            resource_prefix: Some("db/".into()),
+            ..Filter::default()
+        };
+        let events: [&[u8]; 6] = [
+            br#"{"actor":"al","resource":"db/x"}"#,
+            br#"{"actor":"al","resource":"db/x"}"#,
+            br#"{"actor":"alice","resource":"db/x"}"#,
+            br#"{"actor":"al","resource":"xdb/"}"#,
+            br#"{"actor":"xal","resource":"db/x"}"#,
+            br#"{"resource":"db/x","actor":"al"}"#,
+        ];
+        let may: Vec<bool> = events.iter().map(|e| f.may_match(e)).collect();
+        let does: Vec<bool> = events
+            .iter()
+            .map(|e| f.matches(&EventFields::of(e)))
+            .collect();
+        assert_eq!(does, [true, true, false, false, false, true]);
+        assert_eq!(may, [true, true, false, false, false, true]);
     }
 }

@@ -106,6 +106,8 @@ pub struct EngineSection {
     pub hash_cache_bytes_max: Option<u64>,
     pub search_index: Option<bool>,
     pub search_window_records: Option<u64>,
+    pub search_block_records: Option<u32>,
+    pub search_bucket_bits: Option<u32>,
     /// "auto", "io_uring" or "pwrite".
     pub io_mode: Option<String>,
 }
@@ -389,7 +391,9 @@ fn resolve_engine(e: EngineSection, data_dir: Option<PathBuf>) -> anyhow::Result
         seal_check_leaves,
         hash_cache_bytes_max,
         search_index,
-        search_window_records
+        search_window_records,
+        search_block_records,
+        search_bucket_bits
     );
     Ok(engine)
 }

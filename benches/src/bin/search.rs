@@ -5,7 +5,10 @@
 //! `search build --events N`: ingest with and without the search index (same run, fresh
 //! logs of `--compare-events`, alternating), then the log of N events with it; reports the
 //! index's bytes per event, how long it took to catch up, and the time to locate a one-hour
-//! window. The log stays in `--dir` for the next step.
+//! window, then actor, session and request-id queries in process (`--queries` of each,
+//! limit 100, the server's default cost limit), then deletes the index and times its
+//! rebuild on an idle engine (the indexer's own rate). `--window`, `--block` and
+//! `--bucket-bits` set the index's shape. The log stays in `--dir` for the next step.
 //!
 //! `search query --url U --token T`: actor queries returning 100 events over HTTP (median,
 //! p99), against `auditlogd --data-dir DIR/data`; with `--cli` and `--key`, times
@@ -16,7 +19,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use auditlog_benches::Rng;
-use auditlog_engine::{Engine, EngineConfig, Submitter};
+use auditlog_engine::{Engine, EngineConfig, SearchRequest, Submitter};
+use auditlog_formats::search::{Filter, SearchField};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,6 +44,23 @@ enum Cmd {
         producers: u64,
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        shape: Shape,
+        #[arg(long, default_value_t = 200)]
+        queries: u64,
+        /// Skip the same-run comparison of ingest with and without the index.
+        #[arg(long)]
+        no_compare: bool,
+        /// Skip timing the index's rebuild.
+        #[arg(long)]
+        no_rebuild: bool,
+    },
+    /// The in-process field queries of `build` again, on the log `build` left in `--dir`.
+    Fields {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        queries: u64,
     },
     Query {
         #[arg(long)]
@@ -56,6 +77,17 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         verify_records: u64,
     },
+}
+
+/// The search index's shape (the engine's defaults when not given).
+#[derive(clap::Args, Clone, Copy)]
+struct Shape {
+    #[arg(long)]
+    window: Option<u64>,
+    #[arg(long)]
+    block: Option<u32>,
+    #[arg(long)]
+    bucket_bits: Option<u32>,
 }
 
 const ACTIONS: [&str; 8] = [
@@ -136,9 +168,12 @@ fn ingest(engine: &Engine, from: u64, to: u64, batch: u64, producers: u64) -> (f
     (started.elapsed().as_secs_f64(), bytes)
 }
 
-fn config(dir: &Path, index: bool) -> EngineConfig {
+fn config(dir: &Path, index: bool, shape: Shape) -> EngineConfig {
     let mut c = EngineConfig::new(dir);
     c.search_index = index;
+    c.search_window_records = shape.window.unwrap_or(c.search_window_records);
+    c.search_block_records = shape.block.unwrap_or(c.search_block_records);
+    c.search_bucket_bits = shape.bucket_bits.unwrap_or(c.search_bucket_bits);
     c
 }
 
@@ -156,7 +191,82 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-fn build(events: u64, compare: u64, runs: usize, batch: u64, producers: u64, dir: PathBuf) {
+/// This thread's CPU time in seconds: a query's own cost, whatever else loads the machine.
+fn thread_cpu_s() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// In-process searches of `limit` 100 by one field, `queries` random values: latency
+/// median and p99 (wall and this thread's CPU), and records examined per query.
+fn field_queries(engine: &Engine, events: u64, queries: u64) {
+    let size = engine.tree_size();
+    let mut rng = Rng(13);
+    for field in [
+        SearchField::Actor,
+        SearchField::SessionId,
+        SearchField::RequestId,
+    ] {
+        let (mut ms, mut cpu_ms, mut examined, mut matched) = (Vec::new(), Vec::new(), 0u64, 0u64);
+        for _ in 0..queries {
+            let value = match field {
+                SearchField::Actor => format!("user{:05}@corp.example", rng.below(100_000)),
+                SearchField::SessionId => {
+                    let n = rng.below(events);
+                    format!("s-{}-{}", rng.below(100_000), n / 2_000_000)
+                }
+                _ => format!("r-{:012x}", rng.below(events)),
+            };
+            let q = SearchRequest {
+                filter: Filter {
+                    equals: vec![(field, value)],
+                    ..Filter::default()
+                },
+                size,
+                start: 0,
+                end: size,
+                limit: 100,
+                examined_max: 100_000,
+            };
+            let (started, cpu) = (Instant::now(), thread_cpu_s());
+            let end = engine
+                .search(&q, &mut |_, _| Ok(true))
+                .unwrap_or_else(|e| die(&format!("search: {e}")));
+            ms.push(started.elapsed().as_secs_f64() * 1e3);
+            cpu_ms.push((thread_cpu_s() - cpu) * 1e3);
+            examined += end.examined;
+            matched += end.matched;
+        }
+        println!(
+            "{{\"phase\":\"query\",\"field\":\"{}\",\"queries\":{queries},\"matched_per_query\":{:.1},\"examined_per_query\":{:.0},\"ms_median\":{:.2},\"ms_p99\":{:.2},\"cpu_ms_median\":{:.2},\"cpu_ms_p99\":{:.2}}}",
+            field.name(),
+            matched as f64 / queries as f64,
+            examined as f64 / queries as f64,
+            quantile(&mut ms, 0.5),
+            quantile(&mut ms, 0.99),
+            quantile(&mut cpu_ms, 0.5),
+            quantile(&mut cpu_ms, 0.99)
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    events: u64,
+    compare: u64,
+    runs: usize,
+    batch: u64,
+    producers: u64,
+    dir: PathBuf,
+    shape: Shape,
+    queries: u64,
+    rebuild: bool,
+) {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(&format!("{}: {e}", dir.display())));
     // Ingest with and without the index, alternating, on fresh logs.
     let (mut off, mut on) = (Vec::new(), Vec::new());
@@ -164,7 +274,7 @@ fn build(events: u64, compare: u64, runs: usize, batch: u64, producers: u64, dir
         for index in [false, true] {
             let d = dir.join(format!("compare-{run}-{index}"));
             let _ = std::fs::remove_dir_all(&d);
-            let engine = Engine::open(config(&d, index), None)
+            let engine = Engine::open(config(&d, index, shape), None)
                 .unwrap_or_else(|e| die(&format!("open: {e}")));
             let (secs, _) = ingest(&engine, 0, compare, batch, producers);
             let lag = if index {
@@ -187,13 +297,15 @@ fn build(events: u64, compare: u64, runs: usize, batch: u64, producers: u64, dir
             let _ = std::fs::remove_dir_all(&d);
         }
     }
-    let ratio = auditlog_benches::median(&on) / auditlog_benches::median(&off);
-    println!("{{\"phase\":\"compare\",\"ratio_with_index\":{ratio:.3}}}");
+    if runs > 0 {
+        let ratio = auditlog_benches::median(&on) / auditlog_benches::median(&off);
+        println!("{{\"phase\":\"compare\",\"ratio_with_index\":{ratio:.3}}}");
+    }
 
     let data = dir.join("data");
     let _ = std::fs::remove_dir_all(&data);
-    let engine =
-        Engine::open(config(&data, true), None).unwrap_or_else(|e| die(&format!("open: {e}")));
+    let engine = Engine::open(config(&data, true, shape), None)
+        .unwrap_or_else(|e| die(&format!("open: {e}")));
     let (secs, bytes) = ingest(&engine, 0, events, batch, producers);
     let lag = wait_indexed(&engine, events);
     let (indexed, index_bytes, index_runs) = engine.search_index_status();
@@ -224,6 +336,26 @@ fn build(events: u64, compare: u64, runs: usize, batch: u64, producers: u64, dir
         "{{\"phase\":\"window\",\"locate_us_median\":{:.1},\"locate_us_p99\":{:.1}}}",
         quantile(&mut us, 0.5),
         quantile(&mut us, 0.99)
+    );
+    field_queries(&engine, events, queries);
+    engine
+        .shutdown()
+        .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
+    if !rebuild {
+        return;
+    }
+    // The indexer alone: the index deleted, rebuilt from the segments by an idle engine.
+    let _ = std::fs::remove_dir_all(data.join("search"));
+    let started = Instant::now();
+    let engine = Engine::open(config(&data, true, shape), None)
+        .unwrap_or_else(|e| die(&format!("open: {e}")));
+    wait_indexed(&engine, events);
+    let secs = started.elapsed().as_secs_f64();
+    let (_, index_bytes, _) = engine.search_index_status();
+    println!(
+        "{{\"phase\":\"rebuild\",\"events\":{events},\"s\":{secs:.1},\"events_per_s\":{:.0},\"index_bytes_per_event\":{:.2}}}",
+        events as f64 / secs,
+        index_bytes as f64 / events as f64
     );
     engine
         .shutdown()
@@ -325,14 +457,31 @@ fn main() {
             batch,
             producers,
             dir,
+            shape,
+            queries,
+            no_compare,
+            no_rebuild,
         } => build(
             events,
             compare_events,
-            compare_runs,
+            if no_compare { 0 } else { compare_runs },
             batch,
             producers,
             dir.unwrap_or_else(|| auditlog_benches::bench_data_root().join("search")),
+            shape,
+            queries,
+            !no_rebuild,
         ),
+        Cmd::Fields { dir, queries } => {
+            let engine = Engine::open(EngineConfig::new(dir.join("data")), None)
+                .unwrap_or_else(|e| die(&format!("open: {e}")));
+            let events = engine.tree_size();
+            wait_indexed(&engine, events);
+            field_queries(&engine, events, queries);
+            engine
+                .shutdown()
+                .unwrap_or_else(|e| die(&format!("shutdown: {e}")));
+        }
         Cmd::Query {
             url,
             token,

@@ -1,7 +1,5 @@
 #![no_main]
-use auditlog_formats::searchindex::{
-    check_run, decode_bitmap, decode_term, decode_times, TermValue, TERM_BYTES,
-};
+use auditlog_formats::searchindex::{check_run, decode_terms, decode_times, term_postings};
 
 /// A run that passes `check_run` must be readable whole without a panic: its receipt times,
 /// every term, every bitmap (which may still be refused, with an error).
@@ -11,10 +9,8 @@ fn check(data: &[u8]) {
     };
     let _ = decode_times(data, &h);
     let postings = &data[h.postings_at()..];
-    for e in data[h.terms_at()..h.postings_at()].chunks_exact(TERM_BYTES) {
-        if let (_, TermValue::At(at)) = decode_term(e) {
-            let _ = decode_bitmap(postings, at, h.end - h.first);
-        }
+    for (_, value) in decode_terms(data, &h) {
+        let _ = term_postings(postings, value, h.blocks());
     }
 }
 

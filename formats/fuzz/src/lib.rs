@@ -109,8 +109,9 @@ pub fn fix_run(data: &[u8]) -> Option<Vec<u8>> {
     Some(b)
 }
 
-/// A search-index run: its magic, zero flags but the exact bit, and the CRC-32C over every
-/// byte but its own four (FORMATS.md §5.7).
+/// A search-index run: its magic, zero flags but the exact bit, a block size of at least
+/// one, at most 32 bucket bits, and the CRC-32C over every byte but its own four
+/// (FORMATS.md §5.7).
 pub fn fix_search_run(data: &[u8]) -> Option<Vec<u8>> {
     use auditlog_formats::searchindex::{
         RUN_HEADER_BYTES as SEARCH_HEADER, RUN_MAGIC as SEARCH_MAGIC,
@@ -122,6 +123,9 @@ pub fn fix_search_run(data: &[u8]) -> Option<Vec<u8>> {
     b[..8].copy_from_slice(&SEARCH_MAGIC);
     b[36..39].fill(0);
     b[39] &= 1;
+    b[43] |= u8::from(b[40..44] == [0; 4]);
+    b[44..47].fill(0);
+    b[47] &= 31;
     let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..32]), &b[36..]);
     put_u32(&mut b, 32, crc);
     Some(b)

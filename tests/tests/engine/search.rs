@@ -20,6 +20,7 @@ struct Ev {
     outcome: u8,
     resource: (u8, u8),
     session: Option<u8>,
+    request: u8,
     minute: u8,
 }
 
@@ -28,13 +29,14 @@ fn payload(e: &Ev) -> Vec<u8> {
         .session
         .map_or(String::new(), |s| format!(r#","session_id":"s{s}""#));
     format!(
-        r#"{{"timestamp":"2026-11-23T10:{:02}:00Z","event_type":"t{}","actor":"user-{}","action":"read","resource":"db/{}/row{}","outcome":"{}","classification":"UNCLASSIFIED"{session}}}"#,
+        r#"{{"timestamp":"2026-11-23T10:{:02}:00Z","event_type":"t{}","actor":"user-{}","action":"read","resource":"db/{}/row{}","outcome":"{}","classification":"UNCLASSIFIED","request_id":"q{}"{session}}}"#,
         e.minute,
         e.event_type,
         e.actor,
         e.resource.0,
         e.resource.1,
         ["success", "failure", "error"][e.outcome as usize % 3],
+        e.request,
     )
     .into_bytes()
 }
@@ -46,15 +48,17 @@ fn ev() -> impl Strategy<Value = Ev> {
         0u8..3,
         (0u8..4, 0u8..5),
         proptest::option::of(0u8..5),
+        0u8..40,
         0u8..60,
     )
         .prop_map(
-            |(actor, event_type, outcome, resource, session, minute)| Ev {
+            |(actor, event_type, outcome, resource, session, request, minute)| Ev {
                 actor,
                 event_type,
                 outcome,
                 resource,
                 session,
+                request,
                 minute,
             },
         )
@@ -68,36 +72,51 @@ fn filter() -> impl Strategy<Value = Filter> {
         proptest::option::of(0u8..6),
         proptest::option::of(0u8..5),
         proptest::option::of((0u8..60, 1u8..30)),
+        proptest::option::of((0u8..41, 0u8..5, 0u8..5)),
     )
-        .prop_map(|(actor, event_type, outcome, resource, session, time)| {
-            let mut f = Filter::default();
-            if let Some(a) = actor {
-                f.equals.push((SearchField::Actor, format!("user-{a}")));
-            }
-            if let Some(t) = event_type {
-                f.equals.push((SearchField::EventType, format!("t{t}")));
-            }
-            if let Some(o) = outcome {
-                let o = ["success", "failure", "error"][o as usize];
-                f.equals.push((SearchField::Outcome, o.to_string()));
-            }
-            // Prefixes with and without an indexed form ("db/1/" is one, "db/1/ro" is
-            // answered from it, "d" from none: scanned).
-            f.resource_prefix = resource.map(|r| match r {
-                4 => "d".to_string(),
-                5 => "db/".to_string(),
-                r => format!("db/{r}/ro"),
-            });
-            if let Some(s) = session {
-                f.equals.push((SearchField::SessionId, format!("s{s}")));
-            }
-            if let Some((from, len)) = time {
-                let at = |m: u64| 1_795_428_000_000_000_000 + m * 60_000_000_000;
-                f.timestamp_since_unix_ns = Some(at(u64::from(from)));
-                f.timestamp_until_unix_ns = Some(at(u64::from(from) + u64::from(len)));
-            }
-            f
-        })
+        .prop_map(
+            |(actor, event_type, outcome, resource, session, time, ids)| {
+                let mut f = Filter::default();
+                if let Some(a) = actor {
+                    f.equals.push((SearchField::Actor, format!("user-{a}")));
+                }
+                if let Some(t) = event_type {
+                    f.equals.push((SearchField::EventType, format!("t{t}")));
+                }
+                if let Some(o) = outcome {
+                    let o = ["success", "failure", "error"][o as usize];
+                    f.equals.push((SearchField::Outcome, o.to_string()));
+                }
+                // Prefixes with and without an indexed form ("db/1/" is one, "db/1/ro" is
+                // answered from it, "d" from none: scanned).
+                f.resource_prefix = resource.map(|r| match r {
+                    4 => "d".to_string(),
+                    5 => "db/".to_string(),
+                    r => format!("db/{r}/ro"),
+                });
+                if let Some(s) = session {
+                    f.equals.push((SearchField::SessionId, format!("s{s}")));
+                }
+                // The bucketed fields: a request id (40 is in no event), a whole resource.
+                if let Some((request, r, row)) = ids {
+                    match request % 3 {
+                        0 => f
+                            .equals
+                            .push((SearchField::RequestId, format!("q{request}"))),
+                        1 => f
+                            .equals
+                            .push((SearchField::Resource, format!("db/{r}/row{row}"))),
+                        _ => {}
+                    }
+                }
+                if let Some((from, len)) = time {
+                    let at = |m: u64| 1_795_428_000_000_000_000 + m * 60_000_000_000;
+                    f.timestamp_since_unix_ns = Some(at(u64::from(from)));
+                    f.timestamp_until_unix_ns = Some(at(u64::from(from) + u64::from(len)));
+                }
+                f
+            },
+        )
 }
 
 /// The oracle: the filter applied to each event as a JSON document, written without the
@@ -182,9 +201,16 @@ fn wait_indexed(engine: &Engine, size: u64) {
 }
 
 fn config(dir: &Path) -> EngineConfig {
+    shaped(dir, 128, 4, 2)
+}
+
+/// Small windows (a few hundred events span several, with runs merged in each), small
+/// blocks, and few buckets (at 0 bits, one per field: every value collides).
+fn shaped(dir: &Path, window: u64, block: u32, bucket_bits: u32) -> EngineConfig {
     let mut c = small_config(dir);
-    // Small windows: a few hundred events span several, with runs rebuilt in each.
-    c.search_window_records = 128;
+    c.search_window_records = window;
+    c.search_block_records = block;
+    c.search_bucket_bits = bucket_bits;
     c
 }
 
@@ -218,8 +244,10 @@ proptest! {
     fn search_answers_equal_a_brute_force_scan(
         rounds in proptest::collection::vec(proptest::collection::vec(ev(), 1..120), 1..8),
         filters in proptest::collection::vec((filter(), 0u64..900, 0u64..900, 1u64..6), 1..25),
+        (window, block, bucket_bits) in (prop_oneof![Just(128u64), Just(100), Just(1000)], 1u32..10, 0u32..4),
     ) {
         let dir = tempfile::tempdir().expect("tmp");
+        let config = |d: &Path| shaped(d, window, block, bucket_bits);
         let engine = Engine::open(config(dir.path()), None).expect("open");
         for r in &rounds {
             append(&engine, r);
@@ -239,11 +267,7 @@ proptest! {
         engine.shutdown().expect("shutdown");
 
         // A run torn as a crash mid-write leaves it, and one altered: both rebuilt.
-        let mut runs: Vec<_> = std::fs::read_dir(dir.path().join("search"))
-            .expect("index dir")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        runs.sort();
+        let runs = run_files(dir.path());
         let torn = std::fs::read(&runs[0]).expect("run");
         std::fs::write(&runs[0], &torn[..torn.len() / 2]).expect("tear");
         let last = runs.last().expect("a run");
@@ -259,6 +283,159 @@ proptest! {
     }
 }
 
+/// `n` events whose fields cycle through small sets, with sessions or without.
+fn cyclic(n: u32, sessions: bool) -> Vec<Ev> {
+    (0..n)
+        .map(|i| Ev {
+            actor: (i % 7) as u8,
+            event_type: (i % 3) as u8,
+            outcome: (i % 2) as u8,
+            resource: ((i % 4) as u8, (i % 5) as u8),
+            session: sessions.then_some((i % 5) as u8),
+            request: (i % 40) as u8,
+            minute: (i % 60) as u8,
+        })
+        .collect()
+}
+
+fn actor_is(actor: u8) -> Filter {
+    Filter {
+        equals: vec![(SearchField::Actor, format!("user-{actor}"))],
+        ..Filter::default()
+    }
+}
+
+/// A search of the whole log, cursors followed: it equals a scan.
+fn same_as_scan(engine: &Engine, f: &Filter, size: u64) -> Vec<u64> {
+    let got = search_all(engine, f, 0, size, 1000);
+    assert_eq!(got, brute_force(engine, f, 0, size), "{f:?}");
+    got
+}
+
+/// The index's run files, sorted.
+fn run_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut runs: Vec<_> = std::fs::read_dir(dir.join("search"))
+        .expect("index dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    runs.sort();
+    runs
+}
+
+/// A run of the first format (`ALSRCH01`: a posting per record, no buckets), and runs
+/// made with another block size or bucket count, are deleted on open and built again, with
+/// the same answers. Fails when such runs are read as they are.
+#[test]
+fn runs_of_another_format_or_shape_are_rebuilt_on_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine = Engine::open(config(dir.path()), None).expect("open");
+    let evs = cyclic(300, true);
+    append(&engine, &evs);
+    let size = engine.tree_size();
+    engine
+        .wait_checkpoint(size, Duration::from_secs(10))
+        .expect("checkpoint");
+    wait_indexed(&engine, size);
+    engine.shutdown().expect("shutdown");
+    let runs = run_files(dir.path());
+    // The first run as the first format: its magic, its CRC made right again.
+    let mut old = std::fs::read(&runs[0]).expect("run");
+    old[..8].copy_from_slice(b"ALSRCH01");
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&old[..32]), &old[36..]);
+    old[32..36].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&runs[0], &old).expect("write");
+    let filters = [
+        Filter {
+            equals: vec![(SearchField::Actor, "user-3".into())],
+            ..Filter::default()
+        },
+        Filter {
+            equals: vec![(SearchField::RequestId, "q7".into())],
+            ..Filter::default()
+        },
+        Filter {
+            equals: vec![(SearchField::SessionId, "s2".into())],
+            resource_prefix: Some("db/1/".into()),
+            ..Filter::default()
+        },
+    ];
+    let answers = |engine: &Engine| -> Vec<Vec<u64>> {
+        filters
+            .iter()
+            .map(|f| same_as_scan(engine, f, size))
+            .collect()
+    };
+    // Every run on disk is of this format and shape (block size at bytes 40..44, bucket
+    // bits at 44..48).
+    let shapes = |dir: &Path| -> Vec<(Vec<u8>, u32, u32)> {
+        run_files(dir)
+            .iter()
+            .map(|p| {
+                let b = std::fs::read(p).expect("run");
+                let u32_at = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
+                (b[..8].to_vec(), u32_at(40), u32_at(44))
+            })
+            .collect()
+    };
+    let engine = Engine::open(config(dir.path()), None).expect("reopen");
+    wait_indexed(&engine, size);
+    let before = answers(&engine);
+    assert!(before.iter().all(|a| !a.is_empty()));
+    engine.shutdown().expect("shutdown");
+    assert!(shapes(dir.path())
+        .iter()
+        .all(|s| *s == (b"ALSRCH02".to_vec(), 4, 2)));
+    for (block, bits) in [(5, 2), (4, 0)] {
+        let engine = Engine::open(shaped(dir.path(), 128, block, bits), None).expect("reopen");
+        wait_indexed(&engine, size);
+        assert_eq!(answers(&engine), before);
+        engine.shutdown().expect("shutdown");
+        let want = (b"ALSRCH02".to_vec(), block, bits);
+        assert!(
+            shapes(dir.path()).iter().all(|s| *s == want),
+            "{block} {bits}"
+        );
+    }
+}
+
+/// A run damaged on disk after it was opened is found when its window is merged: the
+/// merge drops it and what follows, and the records are indexed again from the segments,
+/// with the same answers. Fails when a failed merge leaves the damaged run in place.
+#[test]
+fn a_run_damaged_before_its_merge_is_built_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine = Engine::open(config(dir.path()), None).expect("open");
+    let evs = cyclic(120, true);
+    append(&engine, &evs[..50]);
+    engine
+        .wait_checkpoint(50, Duration::from_secs(10))
+        .expect("checkpoint");
+    wait_indexed(&engine, 50);
+    let damaged = run_files(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&damaged).expect("run");
+    bytes[60] ^= 0x10;
+    std::fs::write(&damaged, &bytes).expect("damage");
+    // The window of 128 fills: its runs are merged, the damaged one among them.
+    append(&engine, &evs[50..]);
+    append(&engine, &evs[..20]);
+    let size = engine.tree_size();
+    engine
+        .wait_checkpoint(size, Duration::from_secs(10))
+        .expect("checkpoint");
+    wait_indexed(&engine, size);
+    let whole = run_files(dir.path());
+    assert!(
+        whole
+            .iter()
+            .all(|p| std::fs::read(p).expect("run") != bytes),
+        "the damaged run stayed"
+    );
+    for actor in 0..7 {
+        same_as_scan(&engine, &actor_is(actor), size);
+    }
+    engine.shutdown().expect("shutdown");
+}
+
 /// Without the index (`search_index = false`) answers are the same, found by scanning.
 #[test]
 fn search_without_the_index_scans_to_the_same_answers() {
@@ -266,16 +443,7 @@ fn search_without_the_index_scans_to_the_same_answers() {
     let mut cfg = config(dir.path());
     cfg.search_index = false;
     let engine = Engine::open(cfg, None).expect("open");
-    let evs: Vec<Ev> = (0..300u32)
-        .map(|i| Ev {
-            actor: (i % 7) as u8,
-            event_type: (i % 3) as u8,
-            outcome: (i % 2) as u8,
-            resource: ((i % 4) as u8, (i % 5) as u8),
-            session: None,
-            minute: (i % 60) as u8,
-        })
-        .collect();
+    let evs = cyclic(300, false);
     append(&engine, &evs);
     let size = engine.tree_size();
     engine
@@ -283,14 +451,7 @@ fn search_without_the_index_scans_to_the_same_answers() {
         .expect("checkpoint");
     assert_eq!(engine.search_index_status(), (0, 0, 0));
     assert!(!dir.path().join("search").exists());
-    let f = Filter {
-        equals: vec![(SearchField::Actor, "user-3".into())],
-        ..Filter::default()
-    };
-    assert_eq!(
-        search_all(&engine, &f, 0, size, 1000),
-        brute_force(&engine, &f, 0, size)
-    );
+    same_as_scan(&engine, &actor_is(3), size);
     engine.shutdown().expect("shutdown");
 }
 
@@ -307,6 +468,7 @@ fn windows_located_from_the_samples_equal_a_scan() {
         outcome: 0,
         resource: (0, 0),
         session: None,
+        request: 0,
         minute: 0,
     };
     // Single events (a time each: windows keep samples), then bursts sharing a stamp
@@ -375,6 +537,7 @@ fn search_over_pruned_segments_fetches_only_hits() {
         outcome: 0,
         resource: (0, 0),
         session: None,
+        request: 0,
         minute: 0,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
