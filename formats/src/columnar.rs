@@ -483,7 +483,7 @@ struct Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, ColumnarError> {
         if let Some(&b) = self.bytes.get(self.at) {
             if b < 0x80 {
@@ -491,6 +491,11 @@ impl<'a> Lane<'a> {
                 return Ok(u64::from(b));
             }
         }
+        self.varint_long()
+    }
+
+    #[cold]
+    fn varint_long(&mut self) -> Result<u64, ColumnarError> {
         match varint::get(&self.bytes[self.at..], varint::U64_BYTES_MAX) {
             Some((v, used)) => {
                 self.at += used;
@@ -530,7 +535,10 @@ struct Decoder<'a> {
     lanes: Vec<Lane<'a>>,
     streams: Vec<DecStream>,
     ids: HashMap<(u8, Vec<u8>), usize>,
-    template_holes: Vec<Vec<usize>>,
+    /// Each remembered template's pieces, by its dictionary entry.
+    templates: Vec<Vec<Piece>>,
+    /// The submitter, template and message streams' ids, once they have them.
+    fixed: [Option<usize>; 3],
     capacity: usize,
 }
 
@@ -559,6 +567,16 @@ impl<'a> Decoder<'a> {
             lane,
         });
         self.ids.insert((tag, key), id);
+        Ok(id)
+    }
+
+    /// The submitter, template or message stream (`tag` 0, 1, 2), its id kept.
+    fn fixed_stream(&mut self, tag: u8) -> Result<usize, ColumnarError> {
+        if let Some(id) = self.fixed[usize::from(tag)] {
+            return Ok(id);
+        }
+        let id = self.stream(tag, b"")?;
+        self.fixed[usize::from(tag)] = Some(id);
         Ok(id)
     }
 
@@ -694,7 +712,8 @@ pub fn decode(
         lanes,
         streams: Vec::new(),
         ids: HashMap::new(),
-        template_holes: Vec::new(),
+        templates: Vec::new(),
+        fixed: [None; 3],
         capacity,
     };
     let mut out = Vec::with_capacity(capacity);
@@ -742,52 +761,65 @@ fn record(
     if kind != 1 {
         let len_at = out.len();
         out.extend_from_slice(&[0, 0]);
-        let s = d.stream(TAG_SUBMITTER, b"")?;
+        let s = d.fixed_stream(TAG_SUBMITTER)?;
         let (_, len, _) = d.value(s, out, true)?;
         let len = u16::try_from(len).or_else(|_| bad("a submitter over 65535 bytes"))?;
         out[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
     }
     if kind == 3 {
-        let s = d.stream(TAG_MESSAGE, b"")?;
+        let s = d.fixed_stream(TAG_MESSAGE)?;
         d.value(s, out, true)?;
         return Ok(());
     }
-    let s = d.stream(TAG_TEMPLATE, b"")?;
+    let s = d.fixed_stream(TAG_TEMPLATE)?;
     let (t_at, t_len, entry) = d.value(s, arena, false)?;
-    let template = &arena[t_at..t_at + t_len];
-    // The streams of a known template's holes, in order, are kept by its dictionary entry.
-    if let Some(e) = entry.filter(|&e| e < d.template_holes.len()) {
-        let ids = std::mem::take(&mut d.template_holes[e]);
-        let filled = fill_template(template, out, |out, k, _, _| match ids.get(k) {
-            Some(&s) => d.value(s, out, true).map(|_| ()),
-            None => bad("a template has more holes than before"),
-        });
-        d.template_holes[e] = ids;
+    // A remembered template's pieces are kept by its dictionary entry.
+    if let Some(e) = entry.filter(|&e| e < d.templates.len()) {
+        let pieces = std::mem::take(&mut d.templates[e]);
+        let filled = fill(d, &pieces, arena, out);
+        d.templates[e] = pieces;
         return filled;
     }
-    let mut ids = Vec::new();
-    fill_template(template, out, |out, _, tag, key| {
-        let s = d.stream(tag, key)?;
-        ids.push(s);
-        d.value(s, out, true).map(|_| ())
-    })?;
-    if let Some(e) = entry {
-        if d.template_holes.len() == e {
-            d.template_holes.push(ids);
+    let pieces = pieces_of(d, &arena[t_at..t_at + t_len], t_at)?;
+    fill(d, &pieces, arena, out)?;
+    if entry == Some(d.templates.len()) {
+        d.templates.push(pieces);
+    }
+    Ok(())
+}
+
+/// A piece of a template: bytes of the template arena, or the next value of a stream.
+#[derive(Clone, Copy)]
+enum Piece {
+    Bytes(usize, usize),
+    Value(usize),
+}
+
+/// Writes a template's pieces onto `out`.
+fn fill(
+    d: &mut Decoder<'_>,
+    pieces: &[Piece],
+    arena: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ColumnarError> {
+    for &p in pieces {
+        match p {
+            Piece::Bytes(a, b) => out.extend_from_slice(&arena[a..b]),
+            Piece::Value(s) => {
+                d.value(s, out, true)?;
+            }
         }
     }
     Ok(())
 }
 
-/// Writes a template onto `out`, calling `hole(out, k, tag, key)` to write its `k`-th cut
-/// value.
-fn fill_template<F>(t: &[u8], out: &mut Vec<u8>, mut hole: F) -> Result<(), ColumnarError>
-where
-    F: FnMut(&mut Vec<u8>, usize, u8, &[u8]) -> Result<(), ColumnarError>,
-{
+/// Reads a template (at `at` in the arena) into pieces, naming the stream of each hole in
+/// order (a new name gets the next stream number, as the encoder numbered it).
+fn pieces_of(d: &mut Decoder<'_>, t: &[u8], at: usize) -> Result<Vec<Piece>, ColumnarError> {
+    let mut pieces = Vec::new();
     let mut key: &[u8] = b"";
     let mut lane = Lane { bytes: t, at: 0 };
-    let mut k = 0;
+    let bytes = |from: usize, to: usize| Piece::Bytes(at + from, at + to);
     while lane.at < t.len() {
         match lane.byte()? {
             c @ (T_STRING | T_NUMBER) => {
@@ -796,24 +828,27 @@ where
                 } else {
                     TAG_NUMBER
                 };
-                hole(out, k, tag, key)?;
-                k += 1;
+                pieces.push(Piece::Value(d.stream(tag, key)?));
             }
-            T_ESCAPE => out.push(lane.byte()?),
+            T_ESCAPE => {
+                lane.byte()?;
+                pieces.push(bytes(lane.at - 1, lane.at));
+            }
             T_KEY => {
                 let len = usize::try_from(lane.varint()?).unwrap_or(usize::MAX);
+                let from = lane.at;
                 key = lane.take(len)?;
-                out.extend_from_slice(key);
+                pieces.push(bytes(from, lane.at));
             }
             _ => {
                 let from = lane.at - 1;
                 let run = t[lane.at..].iter().position(|&b| b <= T_KEY);
                 lane.at = run.map_or(t.len(), |r| lane.at + r);
-                out.extend_from_slice(&t[from..lane.at]);
+                pieces.push(bytes(from, lane.at));
             }
         }
     }
-    Ok(())
+    Ok(pieces)
 }
 
 /// Writes `v` as exactly `n` decimal digits, zero-padded.
