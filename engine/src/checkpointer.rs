@@ -56,15 +56,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
 
 fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
     let head = shared.head.get();
-    let signed = shared.checkpoints.signed_size();
-    assert!(signed <= head.size, "tree shrank below its checkpoint");
-    // Segments sealed while the signer was down, oldest first, then the head: checkpoints
-    // are signed in order, each segment's at its end (the signature its footer lacks).
-    let mut sizes = shared.health.unsigned_footers_past(signed);
-    assert!(sizes.last().is_none_or(|&s| s <= head.size));
-    if sizes.last() != Some(&head.size) && head.size > signed {
-        sizes.push(head.size);
-    }
+    let mut sizes = sizes_to_sign(shared, head.size);
     if sizes.is_empty() {
         return Ok(());
     }
@@ -75,22 +67,40 @@ fn checkpoint_once(shared: &Shared, log: &mut CheckpointLog) -> Result<()> {
     if let Err(e) = shared.leaf_index.extend(&shared.hashes, head.size) {
         tracing::warn!("leaf index: {e}");
     }
-    for size in sizes {
-        let root = if size == head.size {
-            head.root
-        } else {
-            auditlog_formats::tree::tree_hash(shared.config.tree_hash, size, &shared.hashes)?
-        };
-        if !publish(shared, log, size, root)? {
-            // A segment's unsigned end came in below `size` meanwhile: sign it first.
-            shared.checkpoints.wake();
-            break;
+    'sizes: while !sizes.is_empty() {
+        for &size in &sizes {
+            let root = if size == head.size {
+                head.root
+            } else {
+                auditlog_formats::tree::tree_hash(shared.config.tree_hash, size, &shared.hashes)?
+            };
+            if !publish(shared, log, size, root)? {
+                // A segment's unsigned end came in below `size` meanwhile: sign it first.
+                sizes = sizes_to_sign(shared, head.size);
+                continue 'sizes;
+            }
         }
+        break;
     }
     if let Err(e) = shared.leaf_index.compact() {
         tracing::warn!("leaf index: {e}");
     }
     Ok(())
+}
+
+/// The sizes to sign, in order, up to the head at `head_size`: the ends of segments sealed
+/// while the signer was down (each gets its checkpoint, the signature its footer lacks),
+/// then the head. An end past `head_size` (a seal registered after the head was read) waits
+/// for the next pass.
+fn sizes_to_sign(shared: &Shared, head_size: u64) -> Vec<u64> {
+    let signed = shared.checkpoints.signed_size();
+    assert!(signed <= head_size, "tree shrank below its checkpoint");
+    let mut sizes = shared.health.unsigned_footers_past(signed);
+    sizes.retain(|&s| s <= head_size);
+    if sizes.last() != Some(&head_size) && head_size > signed {
+        sizes.push(head_size);
+    }
+    sizes
 }
 
 /// Signs the head at `size`, appends it to the log, and only then announces it. False (and

@@ -39,7 +39,8 @@ pub const SECTION_BYTES_MAX: usize = 32 << 20;
 const FIXED_LANES: usize = 3;
 const STREAM_LANES: usize = 5;
 const GROUPS: usize = 4;
-const LANES_MAX: usize = FIXED_LANES + STREAM_LANES * (STREAMS_MAX + 4);
+/// Every named stream and the overflow stream.
+const LANES_MAX: usize = FIXED_LANES + STREAM_LANES * (STREAMS_MAX + 1);
 
 // Lanes: kind, time, opaque; then per stream: ref, shape ref, shapes, digits, hex.
 const LANE_KIND: usize = 0;
@@ -237,7 +238,11 @@ struct Encoder<'a> {
 
 impl<'a> Encoder<'a> {
     fn stream(&mut self, tag: u8, key: &'a [u8]) -> usize {
-        stream_id(&mut self.ids, &mut self.streams, tag, key, EncStream::new)
+        let (id, new) = stream_number(&mut self.ids, tag, key);
+        if new {
+            self.streams.push(EncStream::new());
+        }
+        id
     }
 
     fn put(&mut self, tag: u8, key: &'a [u8], v: &'a [u8]) {
@@ -300,30 +305,30 @@ impl<'a> Encoder<'a> {
     }
 }
 
-/// The stream of `(tag, key)`, made (by `make`) on first use; keys past [`STREAMS_MAX`]
-/// go to the overflow stream. Encoder and decoder both call this in the same order.
-fn stream_id<K, S>(
-    ids: &mut HashMap<(u8, K), usize>,
-    streams: &mut Vec<S>,
-    tag: u8,
-    key: K,
-    make: fn() -> S,
-) -> usize
+/// The number of stream `(tag, key)` and whether it is new: numbers are handed out in order
+/// of first use, and names past [`STREAMS_MAX`] share the overflow stream. The one naming
+/// rule of encoder and decoder (which call it in the same order).
+fn stream_number<K>(ids: &mut HashMap<(u8, K), usize>, tag: u8, key: K) -> (usize, bool)
 where
-    K: std::hash::Hash + Eq + Copy + Default,
+    K: std::hash::Hash + Eq + Default,
 {
-    if let Some(&id) = ids.get(&(tag, key)) {
-        return id;
-    }
-    let (tag, key) = if ids.len() < STREAMS_MAX {
-        (tag, key)
-    } else {
-        (TAG_OVERFLOW, K::default())
+    // Each stream has exactly one name in the map, so the next number is its size.
+    let next = ids.len();
+    let key = match ids.entry((tag, key)) {
+        Entry::Occupied(o) => return (*o.get(), false),
+        Entry::Vacant(v) if next < STREAMS_MAX => {
+            v.insert(next);
+            return (next, true);
+        }
+        Entry::Vacant(_) => (TAG_OVERFLOW, K::default()),
     };
-    *ids.entry((tag, key)).or_insert_with(|| {
-        streams.push(make());
-        streams.len() - 1
-    })
+    match ids.entry(key) {
+        Entry::Occupied(o) => (*o.get(), false),
+        Entry::Vacant(v) => {
+            v.insert(next);
+            (next, true)
+        }
+    }
 }
 
 /// A record's parts when its version is known and its header whole.
@@ -454,18 +459,19 @@ pub fn encode(
     }
     let mut out = Vec::new();
     let mut bodies = Vec::with_capacity(GROUPS);
-    for s in &sections {
+    for s in sections {
         let packed = compressor
-            .compress(s)
+            .compress(&s)
             .map_err(|e| ColumnarError(format!("zstd: {e}")))?;
-        let (mode, body) = if packed.len() < s.len() {
+        let raw_len = s.len();
+        let (mode, body) = if packed.len() < raw_len {
             (1u8, packed)
         } else {
-            (0u8, s.clone())
+            (0u8, s)
         };
         out.push(mode);
         varint::put(&mut out, body.len() as u64);
-        varint::put(&mut out, s.len() as u64);
+        varint::put(&mut out, raw_len as u64);
         bodies.push(body);
     }
     for b in bodies {
@@ -544,18 +550,10 @@ struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     fn stream(&mut self, tag: u8, key: &[u8]) -> Result<usize, ColumnarError> {
-        if let Some(&id) = self.ids.get(&(tag, key.to_vec())) {
+        let (id, new) = stream_number(&mut self.ids, tag, key.to_vec());
+        if !new {
             return Ok(id);
         }
-        let (tag, key) = if self.ids.len() < STREAMS_MAX {
-            (tag, key.to_vec())
-        } else {
-            (TAG_OVERFLOW, Vec::new())
-        };
-        if let Some(&id) = self.ids.get(&(tag, key.clone())) {
-            return Ok(id);
-        }
-        let id = self.streams.len();
         let lane = FIXED_LANES + STREAM_LANES * id;
         if lane + STREAM_LANES > self.lanes.len() {
             return bad("a stream has no lanes");
@@ -566,7 +564,6 @@ impl<'a> Decoder<'a> {
             shapes: Vec::new(),
             lane,
         });
-        self.ids.insert((tag, key), id);
         Ok(id)
     }
 
