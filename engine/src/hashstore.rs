@@ -540,16 +540,7 @@ mod tests {
             tempfile::tempdir().expect("tmp"),
             tempfile::tempdir().expect("tmp"),
         );
-        let files = HashFiles::open(new.path(), 0, alg).expect("open");
-        let mut oracle = MemoryTree::new(alg);
-        let mut pending = PendingNodes::new();
-        for i in 0..leaves {
-            let hashes = &mut oracle.hashes;
-            oracle.edge.append(alg.leaf(&i.to_be_bytes()), |n, h| {
-                (hashes.put(n, h), pending.push(n, h)).0
-            });
-        }
-        pending.flush(&files).expect("flush");
+        let (files, oracle) = store_of(new.path(), 0, leaves);
         let stored = [
             "level-00.bin",
             "level-04.bin",

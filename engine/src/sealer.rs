@@ -131,7 +131,7 @@ fn write_sealed(
         root,
         extensions: Vec::new(),
     };
-    let note = footer_note(shared, &cp)?;
+    let note = footer_note(shared, &cp);
     let tail = builder.finish(
         prior.subtree_roots(),
         root,
@@ -311,12 +311,12 @@ fn install(shared: &Shared, job: &SealJob, seg: Segment) -> Result<()> {
 /// signer is back (`Health::footer_unsigned`, registered before the footer is written, so
 /// no later checkpoint can slip past it), or, for a segment whose records a checkpoint
 /// already covered before the seal, by that checkpoint.
-fn footer_note(shared: &Shared, cp: &Checkpoint) -> Result<String> {
+fn footer_note(shared: &Shared, cp: &Checkpoint) -> String {
     if !shared.health.signer_down() {
         match shared.keyring.sign(cp) {
             Ok(note) => {
                 shared.health.signer_worked();
-                return Ok(note);
+                return note;
             }
             Err(e) => {
                 shared.health.signer_failed();
@@ -332,7 +332,7 @@ fn footer_note(shared: &Shared, cp: &Checkpoint) -> Result<String> {
         .health
         .footer_unsigned(cp.size, || shared.checkpoints.signed_size())
     {
-        return Ok(String::new());
+        return String::new();
     }
     // A checkpoint past this segment's end was published before this seal: one at its end
     // can no longer be added in order. The footer carries its own note if the signer works
@@ -340,14 +340,14 @@ fn footer_note(shared: &Shared, cp: &Checkpoint) -> Result<String> {
     match shared.keyring.sign(cp) {
         Ok(note) => {
             shared.health.signer_worked();
-            Ok(note)
+            note
         }
         Err(e) => {
             tracing::warn!(
                 "sealing [.., {}) without a signed footer: {e}; the newest checkpoint covers it",
                 cp.size
             );
-            Ok(String::new())
+            String::new()
         }
     }
 }

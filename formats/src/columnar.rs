@@ -225,6 +225,7 @@ struct Encoder<'a> {
     fixed: [Vec<u8>; FIXED_LANES],
     streams: Vec<EncStream<'a>>,
     ids: HashMap<(u8, &'a [u8]), usize>,
+    fixed_ids: [Option<usize>; 3],
     /// The template stream's dictionary (its own is unused), with each template's holes.
     templates: HashMap<Vec<u8>, Template>,
     /// Templates remembered (given an entry) and references to them: [`remembers`].
@@ -245,8 +246,19 @@ impl<'a> Encoder<'a> {
         id
     }
 
-    fn put(&mut self, tag: u8, key: &'a [u8], v: &'a [u8]) {
-        let s = self.stream(tag, key);
+    /// The submitter, template or message stream (`tag` 0, 1, 2), its number kept: one
+    /// lookup a block, not one a record.
+    fn fixed_stream(&mut self, tag: u8) -> usize {
+        if let Some(id) = self.fixed_ids[usize::from(tag)] {
+            return id;
+        }
+        let id = self.stream(tag, b"");
+        self.fixed_ids[usize::from(tag)] = Some(id);
+        id
+    }
+
+    fn put_fixed(&mut self, tag: u8, v: &'a [u8]) {
+        let s = self.fixed_stream(tag);
         self.streams[s].put(v, &mut self.scratch);
     }
 
@@ -262,13 +274,13 @@ impl<'a> Encoder<'a> {
         self.previous_time = parts.received_at;
         varint::put(&mut self.fixed[LANE_TIME], varint::zigzag(delta));
         if let Some(submitter) = parts.submitter {
-            self.put(TAG_SUBMITTER, b"", submitter);
+            self.put_fixed(TAG_SUBMITTER, submitter);
         }
         if parts.version == 3 {
-            self.put(TAG_MESSAGE, b"", parts.body);
+            self.put_fixed(TAG_MESSAGE, parts.body);
             return;
         }
-        let ts = self.stream(TAG_TEMPLATE, b"");
+        let ts = self.fixed_stream(TAG_TEMPLATE);
         let mut template = std::mem::take(&mut self.template);
         let mut holes = std::mem::take(&mut self.holes);
         template.clear();
@@ -426,6 +438,7 @@ pub fn encode(
         fixed: Default::default(),
         streams: Vec::new(),
         ids: HashMap::new(),
+        fixed_ids: [None; 3],
         templates: HashMap::new(),
         templates_remembered: 0,
         template_hits: 0,
