@@ -1,5 +1,7 @@
 //! C2SP signed notes (<https://c2sp.org/signed-note>) and tlog checkpoints
-//! (<https://c2sp.org/tlog-checkpoint>), Ed25519 only.
+//! (<https://c2sp.org/tlog-checkpoint>). Keys are Ed25519 (type 0x01) or, for signers
+//! that have no Ed25519 (Azure Key Vault), ECDSA P-256 with SHA-256 (type 0x02, see
+//! [`ecdsa`]); private keys, and so [`NoteSigner`], are Ed25519 only.
 //!
 //! Byte-compatible with Go's `golang.org/x/mod/sumdb/note`: keys, key strings and notes
 //! produced by either side are accepted by the other. Where this module is stricter than Go
@@ -18,6 +20,10 @@ use thiserror::Error;
 
 use crate::hash::Hash;
 
+pub mod ecdsa;
+
+pub use ecdsa::ALG_ECDSA_SHA256;
+
 /// Signature type byte of Ed25519 in the key id hash and in key strings.
 pub const ALG_ED25519: u8 = 0x01;
 /// Signature lines beyond this make a note malformed; bounds the work an attacker can cause.
@@ -35,7 +41,7 @@ pub enum NoteError {
     InvalidKeyName(String),
     #[error("note key: {0}")]
     MalformedKey(&'static str),
-    #[error("note key: unsupported algorithm byte 0x{0:02x} (only 0x01, Ed25519, is supported)")]
+    #[error("note key: unsupported algorithm byte 0x{0:02x} (supported: 0x01 Ed25519, 0x02 ECDSA P-256)")]
     UnsupportedAlgorithm(u8),
     #[error("note key: key id {found} does not match the key (computed {computed})")]
     KeyIdMismatch { found: String, computed: String },
@@ -94,8 +100,8 @@ fn check_name(name: &str) -> Result<(), NoteError> {
     }
 }
 
-/// Splits `name+hex8+base64` and decodes the id and the 33-byte `alg || key` material.
-fn split_key_string(s: &str) -> Result<(&str, [u8; 4], [u8; 32]), NoteError> {
+/// Splits `name+hex8+base64` and decodes the id, the algorithm byte and the key material.
+fn split_key_string(s: &str) -> Result<(&str, [u8; 4], u8, Vec<u8>), NoteError> {
     let (name, rest) = s
         .split_once('+')
         .ok_or(NoteError::MalformedKey("expected name+keyid+keydata"))?;
@@ -117,19 +123,24 @@ fn split_key_string(s: &str) -> Result<(&str, [u8; 4], [u8; 32]), NoteError> {
     let mut id = [0u8; 4];
     hex::decode_to_slice(id_hex, &mut id)
         .map_err(|_| NoteError::MalformedKey("key id is not 8 lowercase hex digits"))?;
-    let material = B64
+    let mut material = B64
         .decode(key64)
         .map_err(|_| NoteError::MalformedKey("key data is not valid base64"))?;
-    let Some((&alg, key)) = material.split_first() else {
+    if material.is_empty() {
         return Err(NoteError::MalformedKey("key data is empty"));
-    };
+    }
+    let alg = material.remove(0);
+    Ok((name, id, alg, material))
+}
+
+/// The 32 bytes of an Ed25519 key string's material (public key or seed).
+fn ed25519_material(alg: u8, material: &[u8]) -> Result<[u8; 32], NoteError> {
     if alg != ALG_ED25519 {
         return Err(NoteError::UnsupportedAlgorithm(alg));
     }
-    let key: [u8; 32] = key
+    material
         .try_into()
-        .map_err(|_| NoteError::MalformedKey("Ed25519 key data is not 1 + 32 bytes"))?;
-    Ok((name, id, key))
+        .map_err(|_| NoteError::MalformedKey("Ed25519 key data is not 1 + 32 bytes"))
 }
 
 fn check_id(found: [u8; 4], computed: [u8; 4]) -> Result<(), NoteError> {
@@ -143,24 +154,35 @@ fn check_id(found: [u8; 4], computed: [u8; 4]) -> Result<(), NoteError> {
     }
 }
 
-/// A named Ed25519 public key that verifies note signatures.
+/// The public half of a verifier key, by algorithm.
+#[derive(Clone, Debug)]
+enum PublicKey {
+    Ed25519 {
+        bytes: [u8; 32],
+        // Kept decompressed so verifying many notes does not redo the point decoding.
+        verifying: VerifyingKey,
+    },
+    EcdsaP256(ecdsa::EcdsaKey),
+}
+
+/// A named public key that verifies note signatures: Ed25519 or ECDSA P-256.
 ///
-/// Fields are private so that every value has passed the checks of [`VerifierKey::new`]:
-/// valid name, canonical non-small-order point, and `key_id` derived from the two.
+/// Fields are private so that every value has passed the checks of [`VerifierKey::new`] or
+/// [`VerifierKey::new_ecdsa_p256`]: valid name, canonical key, and `key_id` derived from
+/// them by the algorithm's rule.
 #[derive(Clone, Debug)]
 pub struct VerifierKey {
     name: String,
     key_id: [u8; 4],
-    public_key: [u8; 32],
-    // Kept decompressed so verifying many notes does not redo the point decoding.
-    verifying: VerifyingKey,
+    public: PublicKey,
 }
 
 impl PartialEq for VerifierKey {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
             && self.key_id == other.key_id
-            && self.public_key == other.public_key
+            && self.algorithm() == other.algorithm()
+            && self.public_key() == other.public_key()
     }
 }
 
@@ -170,12 +192,13 @@ impl std::hash::Hash for VerifierKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.name.hash(state);
         self.key_id.hash(state);
-        self.public_key.hash(state);
+        self.algorithm().hash(state);
+        self.public_key().hash(state);
     }
 }
 
 impl VerifierKey {
-    /// A verifier for `public_key` under `name`; computes the key id.
+    /// An Ed25519 verifier for `public_key` under `name`; computes the key id.
     pub fn new(name: &str, public_key: [u8; 32]) -> Result<VerifierKey, NoteError> {
         check_name(name)?;
         let verifying = VerifyingKey::from_bytes(&public_key)
@@ -193,16 +216,35 @@ impl VerifierKey {
         Ok(VerifierKey {
             name: name.to_owned(),
             key_id: key_id(name, &public_key),
-            public_key,
-            verifying,
+            public: PublicKey::Ed25519 {
+                bytes: public_key,
+                verifying,
+            },
         })
     }
 
-    /// Parses `name+hex8(key_id)+base64(0x01 || public_key)`, checking the id against the key.
+    /// An ECDSA P-256 verifier for the DER SubjectPublicKeyInfo `spki_der` under `name`;
+    /// the key id is the first 4 bytes of SHA-256 of the DER (not of the name).
+    pub fn new_ecdsa_p256(name: &str, spki_der: &[u8]) -> Result<VerifierKey, NoteError> {
+        check_name(name)?;
+        let key = ecdsa::EcdsaKey::from_spki_der(spki_der)?;
+        Ok(VerifierKey {
+            name: name.to_owned(),
+            key_id: key.key_id(),
+            public: PublicKey::EcdsaP256(key),
+        })
+    }
+
+    /// Parses `name+hex8(key_id)+base64(alg || key)`, checking the id against the key:
+    /// alg 0x01 with a 32-byte Ed25519 key, or 0x02 with a P-256 SPKI DER.
     pub fn parse(s: &str) -> Result<VerifierKey, NoteError> {
-        let (name, id, public_key) = split_key_string(s)?;
-        check_id(id, key_id(name, &public_key))?;
-        VerifierKey::new(name, public_key)
+        let (name, id, alg, material) = split_key_string(s)?;
+        let key = match alg {
+            ALG_ECDSA_SHA256 => VerifierKey::new_ecdsa_p256(name, &material)?,
+            _ => VerifierKey::new(name, ed25519_material(alg, &material)?)?,
+        };
+        check_id(id, key.key_id)?;
+        Ok(key)
     }
 
     pub fn name(&self) -> &str {
@@ -213,16 +255,36 @@ impl VerifierKey {
         self.key_id
     }
 
-    pub fn public_key(&self) -> &[u8; 32] {
-        &self.public_key
+    /// The signature type byte: [`ALG_ED25519`] or [`ALG_ECDSA_SHA256`].
+    pub fn algorithm(&self) -> u8 {
+        match self.public {
+            PublicKey::Ed25519 { .. } => ALG_ED25519,
+            PublicKey::EcdsaP256(_) => ALG_ECDSA_SHA256,
+        }
     }
 
-    /// Strict RFC 8032 verification (`verify_strict`): rejects small-order `R` and
-    /// non-canonical `S`, so one message has no malleated second valid signature.
-    pub fn verify(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
-        self.verifying
-            .verify_strict(msg, &Signature::from_bytes(sig))
-            .is_ok()
+    /// The key material after the type byte: 32 bytes of Ed25519 key, or the SPKI DER.
+    pub fn public_key(&self) -> &[u8] {
+        match &self.public {
+            PublicKey::Ed25519 { bytes, .. } => bytes,
+            PublicKey::EcdsaP256(k) => k.spki_der(),
+        }
+    }
+
+    /// Verifies a note signature (without its key id prefix) over `msg`.
+    ///
+    /// Ed25519: strict RFC 8032 verification (`verify_strict`) of a 64-byte signature,
+    /// rejecting small-order `R` and non-canonical `S`, so one message has no malleated
+    /// second valid signature. ECDSA: see [`ecdsa`] (DER only, high S accepted as Go does).
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        match &self.public {
+            PublicKey::Ed25519 { verifying, .. } => <&[u8; 64]>::try_from(sig).is_ok_and(|sig| {
+                verifying
+                    .verify_strict(msg, &Signature::from_bytes(sig))
+                    .is_ok()
+            }),
+            PublicKey::EcdsaP256(k) => k.verify(msg, sig),
+        }
     }
 
     fn matches(&self, name: &str, id: [u8; 4]) -> bool {
@@ -232,9 +294,9 @@ impl VerifierKey {
 
 impl fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut material = [0u8; 33];
-        material[0] = ALG_ED25519;
-        material[1..].copy_from_slice(&self.public_key);
+        let mut material = Vec::with_capacity(1 + self.public_key().len());
+        material.push(self.algorithm());
+        material.extend_from_slice(self.public_key());
         write!(
             f,
             "{}+{}+{}",
@@ -292,8 +354,8 @@ impl NoteSigner {
             .ok_or(NoteError::MalformedKey(
                 "private key does not start with PRIVATE+KEY+",
             ))?;
-        let (name, id, seed) = split_key_string(rest)?;
-        let signer = NoteSigner::from_seed(name, seed)?;
+        let (name, id, alg, material) = split_key_string(rest)?;
+        let signer = NoteSigner::from_seed(name, ed25519_material(alg, &material)?)?;
         check_id(id, signer.key_id)?;
         Ok(signer)
     }
@@ -316,8 +378,10 @@ impl NoteSigner {
         VerifierKey {
             name: self.name.clone(),
             key_id: self.key_id,
-            public_key: verifying.to_bytes(),
-            verifying,
+            public: PublicKey::Ed25519 {
+                bytes: verifying.to_bytes(),
+                verifying,
+            },
         }
     }
 
@@ -465,15 +529,13 @@ pub fn open_note(msg: &str, known: &[VerifierKey]) -> Result<OpenedNote, NoteErr
             }
             continue;
         };
-        if candidates.any(|k| k.public_key != key.public_key) {
+        if candidates.any(|k| k.public_key() != key.public_key()) {
             return Err(NoteError::AmbiguousKey { name: sig.name });
         }
         if verified.iter().any(|v| v.matches(&sig.name, sig.key_id)) {
             return Err(NoteError::DuplicateSignature { name: sig.name });
         }
-        let ok = <&[u8; 64]>::try_from(sig.signature.as_slice())
-            .is_ok_and(|s| key.verify(text.as_bytes(), s));
-        if !ok {
+        if !key.verify(text.as_bytes(), &sig.signature) {
             return Err(NoteError::InvalidSignature { name: sig.name });
         }
         verified.push(key.clone());
@@ -682,13 +744,11 @@ mod tests {
         let k = peter();
         assert_eq!(k.name(), "PeterNeumann");
         assert_eq!(k.key_id(), [0xc7, 0x4f, 0x20, 0xa3]);
-        assert_eq!(key_id(k.name(), k.public_key()), k.key_id());
+        let public: [u8; 32] = k.public_key().try_into().unwrap();
+        assert_eq!(key_id(k.name(), &public), k.key_id());
         assert_eq!(k.to_string(), PETER_VKEY);
         assert_eq!(PETER_VKEY.parse::<VerifierKey>().unwrap(), k);
-        assert_eq!(
-            VerifierKey::new("PeterNeumann", *k.public_key()).unwrap(),
-            k
-        );
+        assert_eq!(VerifierKey::new("PeterNeumann", public).unwrap(), k);
     }
 
     #[test]

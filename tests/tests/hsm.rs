@@ -318,7 +318,8 @@ fn ed25519_verifies(key: &VerifierKey, note_text: &str) {
         .iter()
         .find(|s| s.name == key.name() && s.key_id == key.key_id())
         .expect("a signature by the key");
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(key.public_key()).expect("key");
+    let public: &[u8; 32] = key.public_key().try_into().expect("an Ed25519 key");
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(public).expect("key");
     let sig: [u8; 64] = sig.signature.as_slice().try_into().expect("64 bytes");
     vk.verify_strict(text.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
         .expect("ed25519-dalek verifies the HSM signature");
