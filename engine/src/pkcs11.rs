@@ -233,7 +233,7 @@ impl Signer for Pkcs11Signer {
         }
     }
 
-    fn sign(&self, message: &[u8]) -> Result<[u8; 64]> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             let (conn, public) = connect(&self.spec, &self.pin).map_err(|e| {
@@ -251,7 +251,7 @@ impl Signer for Pkcs11Signer {
         }
         let conn = guard.as_ref().expect("connected above");
         match self.sign_with(conn, message) {
-            Ok(sig) => Ok(sig),
+            Ok(sig) => Ok(sig.to_vec()),
             Err(why) => {
                 // The session may be dead (token removed, device error): start over next time.
                 *guard = None;

@@ -1,6 +1,7 @@
-//! Checkpoint signers behind one trait: an Ed25519 key file (the development default) and,
-//! later, PKCS#11. A signature is checked against the signer's public key before a
-//! checkpoint is published, so a faulty signer cannot publish a bad checkpoint.
+//! Checkpoint signers behind one trait: an Ed25519 key file (the development default),
+//! PKCS#11 (`pkcs11.rs`) and the cloud KMSs (`kms/`). A signature is checked against the
+//! signer's public key before a checkpoint is published, so a faulty signer cannot publish a
+//! bad checkpoint.
 
 use std::path::Path;
 
@@ -11,9 +12,11 @@ use crate::error::{io_err, EngineError, Result};
 use crate::private;
 
 pub trait Signer: Send + Sync {
+    /// The public key; its type (Ed25519 or ECDSA P-256) says what `sign` returns.
     fn verifier_key(&self) -> VerifierKey;
-    /// A pure Ed25519 signature of `message`.
-    fn sign(&self, message: &[u8]) -> Result<[u8; 64]>;
+    /// A note signature of `message` for the verifier key's type (FORMATS.md §9): 64 bytes
+    /// of pure Ed25519, or the DER of an ECDSA P-256 / SHA-256 signature.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
     /// Where the private key lives, as the key history records it (public information).
     fn backend(&self) -> KeyBackend {
         KeyBackend::External {
@@ -40,7 +43,7 @@ pub fn sign_checkpoint(checkpoint: &Checkpoint, signers: &[&dyn Signer]) -> Resu
         let line = NoteSignature {
             name: key.name().to_string(),
             key_id: key.key_id(),
-            signature: sig.to_vec(),
+            signature: sig,
         };
         note_text.push_str(&line.to_line());
         keys.push(key);
@@ -126,8 +129,8 @@ impl Signer for KeyFileSigner {
         self.key.verifier_key()
     }
 
-    fn sign(&self, message: &[u8]) -> Result<[u8; 64]> {
-        Ok(self.key.sign(message))
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.key.sign(message).to_vec())
     }
 
     fn backend(&self) -> KeyBackend {

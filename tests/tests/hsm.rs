@@ -98,8 +98,11 @@ fn library_signs_and_names_each_failure() {
     let msg = b"origin\n1\nAAAA\n";
     let sig = signer.sign(msg).expect("sign");
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&public).expect("ed25519 key");
-    vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
-        .expect("a SoftHSM2 signature verifies with ed25519-dalek");
+    vk.verify_strict(
+        msg,
+        &ed25519_dalek::Signature::from_bytes(sig.as_slice().try_into().expect("64 bytes")),
+    )
+    .expect("a SoftHSM2 signature verifies with ed25519-dalek");
 
     // The token goes away: signing fails; it comes back: signing recovers.
     let moved = dir.path().join("tokens-away");
@@ -117,8 +120,11 @@ fn library_signs_and_names_each_failure() {
         .sign(msg)
         .or_else(|_| signer.sign(msg))
         .expect("signing recovers");
-    vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&back))
-        .expect("verifies after reconnect");
+    vk.verify_strict(
+        msg,
+        &ed25519_dalek::Signature::from_bytes(back.as_slice().try_into().expect("64 bytes")),
+    )
+    .expect("verifies after reconnect");
 }
 
 // ---- The daemon with its key in SoftHSM2 -------------------------------------------------
