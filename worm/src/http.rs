@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use crate::{Result, TargetOptions, WormError};
 
-pub(crate) struct Http {
+pub struct Http {
     agent: ureq::Agent,
     target: String,
     /// Largest answer body read; a bigger one is an error, not an allocation.
     pub body_bytes_max: u64,
 }
 
-pub(crate) struct Resp {
+pub struct Resp {
     pub status: u16,
     headers: Vec<(String, String)>,
     pub body: Vec<u8>,

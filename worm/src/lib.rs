@@ -13,9 +13,10 @@
 //! that `object_store` cannot set (its headers are fixed per store instance), and because the
 //! engine's replicator is one plain thread that has no use for an async runtime.
 
+pub mod aws_creds;
 mod azure;
 mod gcs;
-mod http;
+pub mod http;
 mod local;
 pub mod policy;
 mod s3;

@@ -11,7 +11,7 @@
 use base64::Engine as _;
 
 use crate::http::{uri_encode, Http, Resp};
-use crate::sigv4::{self, Credentials, SignRequest};
+use crate::sigv4::{self, Credentials};
 use crate::{
     content_md5, time, xml, Lock, ObjectInfo, PutOutcome, Result, Retention, SwapOutcome, Tagged,
     TargetOptions, WormCheck, WormError, WormTarget,
@@ -84,38 +84,20 @@ impl S3Target {
         body: Option<&[u8]>,
     ) -> Result<Resp> {
         let path = self.path(key);
-        let host = self
-            .endpoint
-            .split_once("://")
-            .map_or(self.endpoint.as_str(), |(_, h)| h)
-            .to_string();
-        let amz_date = time::amz_date(unix_now());
-        let payload = sigv4::sha256_hex(body.unwrap_or(b""));
-        let mut headers = vec![
-            ("host".to_string(), host),
-            ("x-amz-date".to_string(), amz_date.clone()),
-            ("x-amz-content-sha256".to_string(), payload.clone()),
-        ];
-        if let Some(t) = &self.creds.session_token {
-            headers.push(("x-amz-security-token".into(), t.clone()));
-        }
-        headers.extend_from_slice(extra);
-        let auth = sigv4::authorization(
-            &SignRequest {
+        let headers = sigv4::signed_headers(
+            &sigv4::Request {
                 method,
+                endpoint: &self.endpoint,
                 path: &path,
                 query,
-                headers: &headers,
-                payload_sha256: &payload,
+                extra,
+                body: body.unwrap_or(b""),
                 region: &self.region,
                 service: "s3",
-                amz_date: &amz_date,
+                unix_s: unix_now(),
             },
             &self.creds,
         );
-        // ureq writes Host itself from the URL; sending ours too would duplicate it.
-        headers.retain(|(k, _)| k != "host");
-        headers.push(("authorization".into(), auth));
         let mut url = format!("{}{}", self.endpoint, uri_encode(&path, true));
         if !query.is_empty() {
             url.push('?');

@@ -7,10 +7,20 @@ use sha2::{Digest, Sha256};
 
 use crate::http::uri_encode;
 
+#[derive(Clone)]
 pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Hand-written so a secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct SignRequest<'a> {
@@ -95,6 +105,59 @@ pub fn authorization(req: &SignRequest<'_>, creds: &Credentials) -> String {
         "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={sig}",
         creds.access_key_id
     )
+}
+
+/// One request to sign: what [`signed_headers`] needs besides the credentials.
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// `scheme://host[:port]`: the host signed is what follows the scheme.
+    pub endpoint: &'a str,
+    /// The URL path, not yet encoded.
+    pub path: &'a str,
+    pub query: &'a [(String, String)],
+    /// Headers to sign besides `host`, `x-amz-date`, `x-amz-content-sha256` and the token.
+    pub extra: &'a [(String, String)],
+    pub body: &'a [u8],
+    pub region: &'a str,
+    pub service: &'a str,
+    pub unix_s: u64,
+}
+
+/// The headers to send with `req` (`host` excluded: the HTTP client writes it from the
+/// URL, and a second one would be a duplicate), `authorization` last.
+pub fn signed_headers(req: &Request<'_>, creds: &Credentials) -> Vec<(String, String)> {
+    let host = req
+        .endpoint
+        .split_once("://")
+        .map_or(req.endpoint, |(_, h)| h)
+        .to_string();
+    let amz_date = crate::time::amz_date(req.unix_s);
+    let payload = sha256_hex(req.body);
+    let mut headers = vec![
+        ("host".to_string(), host),
+        ("x-amz-date".to_string(), amz_date.clone()),
+        ("x-amz-content-sha256".to_string(), payload.clone()),
+    ];
+    if let Some(t) = &creds.session_token {
+        headers.push(("x-amz-security-token".into(), t.clone()));
+    }
+    headers.extend_from_slice(req.extra);
+    let auth = authorization(
+        &SignRequest {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: &headers,
+            payload_sha256: &payload,
+            region: req.region,
+            service: req.service,
+            amz_date: &amz_date,
+        },
+        creds,
+    );
+    headers.retain(|(k, _)| k != "host");
+    headers.push(("authorization".into(), auth));
+    headers
 }
 
 #[cfg(test)]
