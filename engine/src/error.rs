@@ -50,6 +50,8 @@ pub enum EngineError {
     Signer(String),
     #[error(transparent)]
     Pkcs11(crate::pkcs11::Pkcs11Error),
+    #[error(transparent)]
+    Kms(crate::kms::KmsError),
     /// A file that holds a secret is a link, open to others, or unreadable.
     #[error(transparent)]
     PrivateFile(#[from] crate::private::PrivateFileError),

@@ -68,6 +68,32 @@ pub fn open_backend(
             };
             Ok(Arc::new(Pkcs11Signer::open(spec, pin.clone(), name)?))
         }
+        KeyBackend::AwsKms {
+            region,
+            key_id,
+            endpoint,
+        } => {
+            let spec = crate::kms::aws::AwsKmsSpec {
+                region: region.clone(),
+                key_id: key_id.clone(),
+                endpoint: endpoint.clone(),
+            };
+            let env = auditlog_worm::aws_creds::AwsEnv::from_process();
+            Ok(Arc::new(crate::kms::aws::AwsKmsSigner::open(spec, name, env)?))
+        }
+        KeyBackend::AzureKeyVault {
+            vault,
+            key,
+            version,
+        } => {
+            let spec = crate::kms::azure::AzureKeySpec {
+                vault: vault.clone(),
+                key: key.clone(),
+                version: version.clone(),
+            };
+            let env = crate::kms::azure::AzureEnv::from_process();
+            Ok(Arc::new(crate::kms::azure::AzureKeySigner::open(spec, name, env)?))
+        }
         KeyBackend::External { description } => Err(EngineError::Config(format!(
             "key {name} was supplied by the embedding program ({description}) and cannot be reopened"
         ))),

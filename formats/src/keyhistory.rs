@@ -26,6 +26,20 @@ pub enum KeyBackend {
         token_label: String,
         key_label: String,
     },
+    /// A key in AWS KMS: region, key id or ARN, and the endpoint when it is not AWS's
+    /// default for the region. Credentials are the daemon's (the AWS chain), never here.
+    AwsKms {
+        region: String,
+        key_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
+    /// A key in Azure Key Vault or Managed HSM: the vault URL, key name and key version.
+    AzureKeyVault {
+        vault: String,
+        key: String,
+        version: String,
+    },
     /// Supplied by the embedding program; cannot be reopened from the history alone.
     External { description: String },
 }

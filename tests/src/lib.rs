@@ -2,6 +2,7 @@
 
 pub mod attack;
 pub mod certs;
+pub mod recording;
 pub mod tools;
 pub mod worm_servers;
 
