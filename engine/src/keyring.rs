@@ -81,6 +81,17 @@ pub fn open_backend(
             let env = auditlog_worm::aws_creds::AwsEnv::from_process();
             Ok(Arc::new(crate::kms::aws::AwsKmsSigner::open(spec, name, env)?))
         }
+        KeyBackend::GcpKms {
+            key_version,
+            endpoint,
+        } => {
+            let spec = crate::kms::gcp::GcpKeySpec {
+                key_version: key_version.clone(),
+                endpoint: endpoint.clone(),
+            };
+            let env = crate::kms::gcp::GcpEnv::from_process();
+            Ok(Arc::new(crate::kms::gcp::GcpKmsSigner::open(spec, name, env)?))
+        }
         KeyBackend::AzureKeyVault {
             vault,
             key,

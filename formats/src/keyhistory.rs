@@ -34,6 +34,13 @@ pub enum KeyBackend {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         endpoint: Option<String>,
     },
+    /// A key version in Google Cloud KMS (`projects/…/cryptoKeyVersions/N`), and the
+    /// endpoint when it is not Google's.
+    GcpKms {
+        key_version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
     /// A key in Azure Key Vault or Managed HSM: the vault URL, key name and key version.
     AzureKeyVault {
         vault: String,

@@ -499,7 +499,9 @@ fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
             // The daemon reaches a KMS key with its own credentials (the cloud's identity
             // chain); the request names only where the key is, and the public key the KMS
             // returns is what the history pins.
-            KeyBackend::AwsKms { .. } | KeyBackend::AzureKeyVault { .. } => Ok(()),
+            KeyBackend::AwsKms { .. }
+            | KeyBackend::GcpKms { .. }
+            | KeyBackend::AzureKeyVault { .. } => Ok(()),
             KeyBackend::External { .. } => refuse(
                 "backend_not_allowed",
                 "an external key cannot be added by request".into(),

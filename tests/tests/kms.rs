@@ -11,6 +11,7 @@ use std::time::Duration;
 use auditlog_client::verify::{load_history, verify_dir};
 use auditlog_engine::kms::aws::{AwsKmsSigner, AwsKmsSpec, KEY_SPEC_P256};
 use auditlog_engine::kms::azure::{AzureEnv, AzureKeySigner, AzureKeySpec};
+use auditlog_engine::kms::gcp::{GcpEnv, GcpKeySpec, GcpKmsSigner};
 use auditlog_engine::{Engine, KmsError, Signer};
 use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::{self, VerifierKey, ALG_ECDSA_SHA256, ALG_ED25519};
@@ -623,4 +624,173 @@ fn azure_workload_identity_and_start_errors() {
         .err()
         .expect("refused");
     assert!(matches!(err, KmsError::Credentials { .. }), "{err}");
+}
+
+// ---- Google Cloud KMS: a recording KMS and token endpoint with local keys ----
+
+const KEY_VERSION: &str =
+    "projects/p/locations/global/keyRings/r/cryptoKeys/checkpoints/cryptoKeyVersions/1";
+
+/// A GCP KMS for an Ed25519 key; `bad_crc` makes it answer with a wrong `signatureCrc32c`.
+fn fake_gcp_kms(bad_crc: Arc<AtomicBool>) -> RecordingServer {
+    let key = ed25519_key();
+    RecordingServer::start(Arc::new(move |r: &Request| {
+        if r.header("authorization") != Some("Bearer gcp-token") {
+            return (401, json!({"error": {"message": "no token"}}).to_string());
+        }
+        let public = format!("/v1/{KEY_VERSION}/publicKey");
+        let sign = format!("/v1/{KEY_VERSION}:asymmetricSign");
+        if r.method == "GET" && r.target == public {
+            let pem = format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                B64.encode(ed25519_spki(&key))
+            );
+            let v = json!({"pem": pem, "algorithm": "EC_SIGN_ED25519",
+                           "pemCrc32c": crc32c::crc32c(pem.as_bytes()).to_string(),
+                           "name": KEY_VERSION});
+            return (200, v.to_string());
+        }
+        if r.method == "POST" && r.target == sign {
+            let body = r.json();
+            let data = B64
+                .decode(body["data"].as_str().expect("data"))
+                .expect("b64");
+            assert_eq!(
+                body["dataCrc32c"].as_str(),
+                Some(crc32c::crc32c(&data).to_string().as_str())
+            );
+            let sig = key.sign(&data).to_bytes();
+            let mut crc = crc32c::crc32c(&sig);
+            if bad_crc.load(Ordering::SeqCst) {
+                crc ^= 1;
+            }
+            let v = json!({"signature": B64.encode(sig), "signatureCrc32c": crc.to_string(),
+                           "verifiedDataCrc32c": true, "name": KEY_VERSION});
+            return (200, v.to_string());
+        }
+        (404, json!({"error": {"message": "not found"}}).to_string())
+    }))
+}
+
+fn openssl(args: &[&str]) {
+    // Quiet: key generation draws progress dots on stderr.
+    let st = std::process::Command::new("openssl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+#[test]
+fn gcp_kms_service_account_key_signs_a_log_that_verifies_offline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pem = dir.path().join("sa.pem");
+    let pub_der = dir.path().join("sa.pub.der");
+    let p = |x: &std::path::Path| x.to_str().expect("utf-8").to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &p(&pem),
+    ]);
+    openssl(&[
+        "rsa",
+        "-in",
+        &p(&pem),
+        "-RSAPublicKey_out",
+        "-outform",
+        "DER",
+        "-out",
+        &p(&pub_der),
+    ]);
+    let decoding = jsonwebtoken::DecodingKey::from_rsa_der(&std::fs::read(&pub_der).expect("read"));
+    let token = RecordingServer::start(Arc::new(move |r: &Request| {
+        let form = r.form();
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("grant_type").as_deref(),
+            Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+        );
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.validate_aud = false;
+        let claims =
+            jsonwebtoken::decode::<Value>(&get("assertion").expect("assertion"), &decoding, &v)
+                .expect("an RS256 assertion signed by the service account's key")
+                .claims;
+        assert_eq!(claims["iss"], "signer@p.iam.gserviceaccount.com");
+        assert_eq!(claims["scope"], "https://www.googleapis.com/auth/cloudkms");
+        assert!(claims["aud"].as_str().expect("aud").ends_with("/token"));
+        let v = json!({"access_token": "gcp-token", "expires_in": 3599, "token_type": "Bearer"});
+        (200, v.to_string())
+    }));
+    let sa = dir.path().join("sa.json");
+    let sa_json = json!({
+        "type": "service_account",
+        "client_email": "signer@p.iam.gserviceaccount.com",
+        "private_key_id": "k1",
+        "private_key": std::fs::read_to_string(&pem).expect("pem"),
+        "token_uri": format!("{}/token", token.url()),
+    });
+    std::fs::write(&sa, sa_json.to_string()).expect("write");
+    let kms = fake_gcp_kms(Arc::new(AtomicBool::new(false)));
+    let spec = GcpKeySpec {
+        key_version: KEY_VERSION.into(),
+        endpoint: Some(kms.url()),
+    };
+    let genv = GcpEnv {
+        credentials_file: Some(p(&sa)),
+        metadata_host: None,
+    };
+    let signer = GcpKmsSigner::open(spec, NAME, genv).expect("open");
+    assert_eq!(signer.verifier_key().algorithm(), ALG_ED25519);
+    let log = sign_a_log_and_verify_offline(Arc::new(signer), 100);
+    assert!(matches!(
+        backend_in_history(log.path()),
+        KeyBackend::GcpKms { key_version, .. } if key_version == KEY_VERSION
+    ));
+    assert_eq!(token.requests().len(), 1, "the token is cached");
+}
+
+#[test]
+fn gcp_kms_metadata_server_token_and_a_bad_crc_is_refused() {
+    let meta = RecordingServer::start(Arc::new(|r: &Request| {
+        if r.header("metadata-flavor") != Some("Google") {
+            return (403, "".into());
+        }
+        assert_eq!(
+            r.target,
+            "/computeMetadata/v1/instance/service-accounts/default/token"
+        );
+        let v = json!({"access_token": "gcp-token", "expires_in": 3599, "token_type": "Bearer"});
+        (200, v.to_string())
+    }));
+    let bad_crc = Arc::new(AtomicBool::new(false));
+    let kms = fake_gcp_kms(bad_crc.clone());
+    let genv = GcpEnv {
+        credentials_file: None,
+        metadata_host: Some(format!("127.0.0.1:{}", meta.port)),
+    };
+    let spec = GcpKeySpec {
+        key_version: KEY_VERSION.into(),
+        endpoint: Some(kms.url()),
+    };
+    let signer = GcpKmsSigner::open(spec.clone(), NAME, genv.clone()).expect("open");
+    let sig = signer.sign(b"text\n").expect("sign");
+    assert!(signer.verifier_key().verify(b"text\n", &sig));
+    bad_crc.store(true, Ordering::SeqCst);
+    let e = signer
+        .sign(b"text\n")
+        .expect_err("a damaged signature is refused");
+    assert!(e.to_string().contains("signatureCrc32c"), "{e}");
+    let mut missing = spec;
+    missing.key_version.push('9');
+    let e = GcpKmsSigner::open(missing, NAME, genv)
+        .err()
+        .expect("refused");
+    assert!(matches!(e, KmsError::KeyNotFound { .. }), "{e}");
 }

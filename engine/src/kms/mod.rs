@@ -1,5 +1,5 @@
-//! Checkpoint signers whose keys live in a cloud KMS: AWS KMS (`aws.rs`), Azure Key Vault
-//! and Managed HSM (`azure.rs`). Each is a few REST calls over the WORM crate's bounded HTTP
+//! Checkpoint signers whose keys live in a cloud KMS: AWS KMS (`aws.rs`), Google Cloud KMS
+//! (`gcp.rs`), Azure Key Vault and Managed HSM (`azure.rs`). Each is a few REST calls over the WORM crate's bounded HTTP
 //! client (and, for AWS, its SigV4 and credential chain); no cloud SDK (README: "Checkpoint
 //! keys in a cloud KMS" says why).
 //!
@@ -17,6 +17,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod gcp;
 
 use auditlog_formats::note::VerifierKey;
 
