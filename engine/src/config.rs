@@ -28,6 +28,12 @@ pub enum SignerConfig {
         spec: crate::pkcs11::Pkcs11Spec,
         name: Option<String>,
     },
+    /// A key in a cloud KMS (`KeyBackend::AwsKms`, `GcpKms` or `AzureKeyVault`), reached
+    /// with the daemon's cloud identity; `name` is the note key name.
+    Kms {
+        backend: auditlog_formats::keyhistory::KeyBackend,
+        name: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -130,6 +130,12 @@ fn configured_signer(cfg: &EngineConfig) -> Result<Arc<dyn Signer>> {
                 name.as_deref().unwrap_or(&default_name),
             )?))
         }
+        SignerConfig::Kms { backend, name } => open_backend(
+            backend,
+            name.as_deref().unwrap_or(&default_name),
+            &cfg.data_dir,
+            None,
+        ),
     }
 }
 

@@ -58,6 +58,7 @@ pub use auditlog_formats::keyhistory::{KeyBackend, KeyEntry, KeyHistory};
 pub use checkpoints::SignedCheckpoint;
 pub use config::{EngineConfig, FaultHooks, IoMode, SignerConfig};
 pub use error::{EngineError, Result};
+pub use keyring::open_backend;
 pub use kms::aws::{AwsKmsSigner, AwsKmsSpec};
 pub use kms::KmsError;
 pub use pkcs11::{PinSource, Pkcs11Error, Pkcs11Signer, Pkcs11Spec};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use auditlog_engine::{EngineConfig, IoMode, PinSource};
+use auditlog_engine::{EngineConfig, IoMode, KeyBackend, PinSource};
 use auditlog_formats::schema::SchemaMode;
 use auditlog_formats::segment::BlockCodec;
 use auditlog_formats::TreeHash;
@@ -53,6 +53,17 @@ pub struct SignerSection {
     pub pin_env: Option<String>,
     /// File holding the HSM user PIN (trailing newline ignored).
     pub pin_file: Option<PathBuf>,
+    /// `aws_kms`: the key's region and id (key id, key ARN or alias).
+    pub region: Option<String>,
+    pub key_id: Option<String>,
+    /// `aws_kms`, `gcp_kms`: the KMS endpoint when not the cloud's default.
+    pub endpoint: Option<String>,
+    /// `gcp_kms`: the full key version name (`projects/…/cryptoKeyVersions/N`);
+    /// `azure_key_vault`: the key version.
+    pub key_version: Option<String>,
+    /// `azure_key_vault`: the vault (or Managed HSM) URL and the key's name in it.
+    pub vault_url: Option<String>,
+    pub vault_key: Option<String>,
 }
 
 /// `[admin]`: the two-person rule for critical operations.
@@ -537,9 +548,58 @@ fn resolve_signer(s: &SignerSection, engine: &mut EngineConfig) -> anyhow::Resul
                 name: s.key_name.clone(),
             };
         }
-        other => bail!("signer.backend {other:?}: expected file or pkcs11"),
+        "aws_kms" => {
+            let (Some(region), Some(key_id)) = (&s.region, &s.key_id) else {
+                bail!("signer.backend = \"aws_kms\" needs region and key_id");
+            };
+            engine.signer = kms_signer(
+                s,
+                KeyBackend::AwsKms {
+                    region: region.clone(),
+                    key_id: key_id.clone(),
+                    endpoint: s.endpoint.clone(),
+                },
+            );
+        }
+        "gcp_kms" => {
+            let Some(key_version) = &s.key_version else {
+                bail!("signer.backend = \"gcp_kms\" needs key_version (projects/…/cryptoKeyVersions/N)");
+            };
+            engine.signer = kms_signer(
+                s,
+                KeyBackend::GcpKms {
+                    key_version: key_version.clone(),
+                    endpoint: s.endpoint.clone(),
+                },
+            );
+        }
+        "azure_key_vault" => {
+            let (Some(vault), Some(key), Some(version)) =
+                (&s.vault_url, &s.vault_key, &s.key_version)
+            else {
+                bail!("signer.backend = \"azure_key_vault\" needs vault_url, vault_key and key_version");
+            };
+            engine.signer = kms_signer(
+                s,
+                KeyBackend::AzureKeyVault {
+                    vault: vault.clone(),
+                    key: key.clone(),
+                    version: version.clone(),
+                },
+            );
+        }
+        other => bail!(
+            "signer.backend {other:?}: expected file, pkcs11, aws_kms, gcp_kms or azure_key_vault"
+        ),
     }
     Ok(())
+}
+
+fn kms_signer(s: &SignerSection, backend: KeyBackend) -> auditlog_engine::SignerConfig {
+    auditlog_engine::SignerConfig::Kms {
+        backend,
+        name: s.key_name.clone(),
+    }
 }
 
 fn resolve_admin(a: &AdminSection) -> anyhow::Result<AdminConfig> {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use auditlog_engine::keyhistory_path;
-use auditlog_engine::{KeyFileSigner, KeyHistory, PinSource, Pkcs11Spec, Signer, SignerConfig};
+use auditlog_engine::{
+    KeyBackend, KeyFileSigner, KeyHistory, PinSource, Pkcs11Spec, Signer, SignerConfig,
+};
 use auditlog_formats::note::VerifierKey;
 use clap::Subcommand;
 
@@ -27,8 +29,10 @@ pub enum Cmd {
 
 #[derive(Subcommand)]
 pub enum KeysCmd {
-    /// Generate an Ed25519 key in the HSM (--pkcs11) or in a key file (--file PATH) and print
-    /// its verifier key and the `backend` to give a rotate_key request.
+    /// Generate an Ed25519 key in the HSM (--pkcs11) or in a key file (--file PATH), create
+    /// one in AWS KMS (--aws-kms) or adopt one in AWS KMS (--aws-kms --key-id), Google Cloud
+    /// KMS (--gcp-kms) or Azure Key Vault (--azure-kv); print its verifier key and the
+    /// `backend` to give a rotate_key request.
     Generate(GenerateArgs),
     /// Print the current verifier key(s) of the log.
     Show,
@@ -38,11 +42,42 @@ pub enum KeysCmd {
 
 // No doc comment here: the `Generate` subcommand's own is its help text.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("place").required(true)
+    .args(["pkcs11", "file", "aws_kms", "gcp_kms", "azure_kv"])))]
 pub struct GenerateArgs {
-    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    #[arg(long)]
     pkcs11: bool,
     #[arg(long)]
     file: Option<PathBuf>,
+    /// AWS KMS: creates a key (CreateKey) unless --key-id names one to adopt.
+    #[arg(long)]
+    aws_kms: bool,
+    /// Google Cloud KMS: adopts the EC_SIGN_ED25519 key version --key-version.
+    #[arg(long)]
+    gcp_kms: bool,
+    /// Azure Key Vault / Managed HSM: adopts the P-256 key --vault-key version --key-version
+    /// in --vault-url.
+    #[arg(long)]
+    azure_kv: bool,
+    /// AWS region (default: AWS_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// AWS key id, key ARN or alias of an existing key.
+    #[arg(long)]
+    key_id: Option<String>,
+    /// AWS key spec of a created key: ed25519 (ECC_NIST_EDWARDS25519) or p256 (ECC_NIST_P256).
+    #[arg(long, default_value = "ed25519")]
+    key_spec: String,
+    /// KMS endpoint when not the cloud's default (AWS, Google).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Google: the full key version name; Azure: the key version.
+    #[arg(long)]
+    key_version: Option<String>,
+    #[arg(long)]
+    vault_url: Option<String>,
+    #[arg(long)]
+    vault_key: Option<String>,
     /// PKCS#11 module (default: `[signer] pkcs11_module`).
     #[arg(long)]
     module: Option<PathBuf>,
@@ -123,6 +158,10 @@ fn keys_show(cfg: &Config) -> anyhow::Result<()> {
             let name = name.clone().unwrap_or_else(|| default_name(cfg));
             auditlog_engine::Pkcs11Signer::open(spec.clone(), pin, &name)?.verifier_key()
         }
+        SignerConfig::Kms { backend, name } => {
+            let name = name.clone().unwrap_or_else(|| default_name(cfg));
+            auditlog_engine::open_backend(backend, &name, data_dir, None)?.verifier_key()
+        }
     };
     println!("{key}");
     Ok(())
@@ -131,7 +170,7 @@ fn keys_show(cfg: &Config) -> anyhow::Result<()> {
 /// Generates a key in a key file or the HSM and prints its verifier key and the
 /// `backend` a rotate_key request names.
 fn keys_generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
-    let name = a.name.unwrap_or_else(|| default_name(cfg));
+    let name = a.name.clone().unwrap_or_else(|| default_name(cfg));
     if let Some(path) = a.file {
         let key = KeyFileSigner::generate(&path, &name)?.verifier_key();
         println!("{key}");
@@ -139,12 +178,15 @@ fn keys_generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
         println!("backend: {backend}");
         return Ok(());
     }
+    if a.aws_kms || a.gcp_kms || a.azure_kv {
+        return kms_generate(cfg, a, &name);
+    }
     if !a.pkcs11 {
-        bail!("give --pkcs11 or --file PATH");
+        bail!("give --pkcs11, --file PATH, --aws-kms, --gcp-kms or --azure-kv");
     }
     let configured = match &cfg.engine.signer {
         SignerConfig::Pkcs11 { spec, .. } => Some(spec.clone()),
-        SignerConfig::DevKeyFile => None,
+        SignerConfig::DevKeyFile | SignerConfig::Kms { .. } => None,
     };
     let spec = Pkcs11Spec {
         module: a
@@ -171,6 +213,56 @@ fn keys_generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
     println!("{key}");
     let backend = serde_json::json!({"type": "pkcs11", "module": spec.module.display().to_string(), "token_label": spec.token_label, "key_label": spec.key_label});
     println!("backend: {backend}");
+    Ok(())
+}
+
+/// Creates (AWS, without --key-id) or adopts a KMS key, reads its public key back and
+/// prints its verifier key and backend.
+fn kms_generate(cfg: &Config, a: GenerateArgs, name: &str) -> anyhow::Result<()> {
+    let backend = if a.aws_kms {
+        let region = a
+            .region
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .context("--region (or AWS_REGION) is needed")?;
+        let key_id = match a.key_id {
+            Some(k) => k,
+            None => {
+                let spec = match a.key_spec.as_str() {
+                    "ed25519" => auditlog_engine::kms::aws::KEY_SPEC_ED25519,
+                    "p256" => auditlog_engine::kms::aws::KEY_SPEC_P256,
+                    other => bail!("--key-spec {other:?}: expected ed25519 or p256"),
+                };
+                let env = auditlog_engine::kms::aws::AwsEnv::from_process();
+                let description = format!("auditlog checkpoint key {name}");
+                auditlog_engine::AwsKmsSigner::create(
+                    &region,
+                    a.endpoint.clone(),
+                    spec,
+                    &description,
+                    env,
+                )?
+            }
+        };
+        KeyBackend::AwsKms {
+            region,
+            key_id,
+            endpoint: a.endpoint,
+        }
+    } else if a.gcp_kms {
+        KeyBackend::GcpKms {
+            key_version: a.key_version.context("--key-version is needed")?,
+            endpoint: a.endpoint,
+        }
+    } else {
+        KeyBackend::AzureKeyVault {
+            vault: a.vault_url.context("--vault-url is needed")?,
+            key: a.vault_key.context("--vault-key is needed")?,
+            version: a.key_version.context("--key-version is needed")?,
+        }
+    };
+    let signer = auditlog_engine::open_backend(&backend, name, &cfg.engine.data_dir, None)?;
+    println!("{}", signer.verifier_key());
+    println!("backend: {}", serde_json::to_string(&backend)?);
     Ok(())
 }
 

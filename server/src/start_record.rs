@@ -67,6 +67,8 @@ pub fn security_configuration(
             "token_label": spec.token_label,
             "key_label": spec.key_label,
         }),
+        // Public information only (the key history records the same).
+        SignerConfig::Kms { backend, .. } => json!({ "backend": backend }),
     };
     let s = &cfg.server;
     let tls = s.tls.as_ref();

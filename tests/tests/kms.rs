@@ -794,3 +794,142 @@ fn gcp_kms_metadata_server_token_and_a_bad_crc_is_refused() {
         .expect("refused");
     assert!(matches!(e, KmsError::KeyNotFound { .. }), "{e}");
 }
+
+// ---- The daemon: `keys generate --aws-kms` and a rotation across backends (tools tier) ----
+
+const AWS_TEST_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+/// A log started on a key file rotates to a P-256 key that `auditlogd keys generate
+/// --aws-kms` created in moto, under the two-person rule (one admin requests, another
+/// approves); both keys sign in the overlap, the KMS key alone after the file key's
+/// retirement, and the offline verifier accepts both eras with the key history.
+#[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
+fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
+    use auditlog_client::verify::verify_dir_with_history;
+    use auditlog_tests::daemon::{daemon_command, Daemon, CONFIG};
+
+    let moto = auditlog_tests::worm_servers::start_moto();
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let config = dir.path().join("auditlogd.toml");
+    std::fs::write(
+        &config,
+        format!("{CONFIG}\n[admin]\napprovals_required = 1\n"),
+    )
+    .expect("config");
+    let cli = |args: &[&str]| {
+        let mut c = daemon_command();
+        c.arg("--config").arg(&config).arg("--data-dir").arg(&data);
+        for (k, v) in AWS_TEST_ENV {
+            c.env(k, v);
+        }
+        let out = c.args(args).output().expect("run auditlogd");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let printed = cli(&[
+        "keys",
+        "generate",
+        "--aws-kms",
+        "--key-spec",
+        "p256",
+        "--endpoint",
+        &moto.endpoint(),
+    ]);
+    let mut lines = printed.lines();
+    let b_key: VerifierKey = lines.next().expect("key").parse().expect("verifier key");
+    assert_eq!(b_key.algorithm(), ALG_ECDSA_SHA256);
+    let backend: Value = serde_json::from_str(
+        lines
+            .next()
+            .and_then(|l| l.strip_prefix("backend: "))
+            .expect("backend line"),
+    )
+    .expect("backend json");
+    assert_eq!(backend["type"], "aws_kms");
+    let bob = cli(&["tokens", "add", "--role", "admin", "--name", "bob"])
+        .trim()
+        .to_string();
+
+    let mut launch = Daemon::launch(dir.path())
+        .config_file(&config)
+        .data_dir(&data);
+    for (k, v) in AWS_TEST_ENV {
+        launch = launch.env(k, v);
+    }
+    let mut d = launch.start();
+    let alice = d.token("admin");
+    let (a_key, _, _) = d.log();
+    assert_eq!(
+        a_key.algorithm(),
+        ALG_ED25519,
+        "the log starts on its key file"
+    );
+    let events = |from: u64| (from..from + 10).map(|i| event(i, 200)).collect::<Vec<_>>();
+    d.post_events(&events(0));
+    d.checkpoint(d.tree_size(), &a_key);
+
+    let request = |token: &str, body: Value| {
+        let r = d.call(
+            "POST",
+            "/v1/admin/requests",
+            Some(token),
+            Some(("application/json", body.to_string().as_bytes())),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["id"].as_str().expect("id").to_string()
+    };
+    let approve = |id: &str, token: &str| {
+        let r = d.call(
+            "POST",
+            &format!("/v1/admin/requests/{id}/approve"),
+            Some(token),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["state"], "executed");
+    };
+    let id = request(&alice, json!({"op": "rotate_key", "backend": backend}));
+    approve(&id, &bob);
+    d.post_events(&events(10));
+    let r = d.get(
+        &format!("/v1/checkpoint?min_size={}&wait_ms=10000", d.tree_size()),
+        "auditor",
+    );
+    let (_, opened) =
+        note::open_checkpoint(&r.text(), &[a_key.clone(), b_key.clone()]).expect("opens");
+    assert_eq!(
+        opened.verified,
+        vec![a_key.clone(), b_key.clone()],
+        "both sign"
+    );
+
+    let id = request(&bob, json!({"op": "retire_key", "key": a_key.to_string()}));
+    approve(&id, &alice);
+    d.post_events(&events(20));
+    let cp = d.checkpoint(d.tree_size(), &b_key);
+    let total = d.tree_size();
+    assert!(cp.size <= total);
+    d.stop();
+
+    let hist = load_history(&data.join("keys.json")).expect("history");
+    assert!(matches!(
+        &hist.history.keys[1].backend,
+        KeyBackend::AwsKms { .. }
+    ));
+    let s = verify_dir_with_history(&data, &hist, &mut |_, _| {}).expect("both eras verify");
+    assert_eq!(s.events, total);
+}

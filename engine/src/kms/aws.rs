@@ -10,7 +10,8 @@
 
 use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::VerifierKey;
-use auditlog_worm::aws_creds::{AwsCredentials, AwsEnv};
+use auditlog_worm::aws_creds::AwsCredentials;
+pub use auditlog_worm::aws_creds::AwsEnv;
 use auditlog_worm::http::{Http, Resp};
 use auditlog_worm::sigv4;
 use base64::engine::general_purpose::STANDARD as B64;
