@@ -25,7 +25,14 @@ pub(crate) struct S3Target {
     endpoint: String,
     path_style: bool,
     region: String,
-    creds: Credentials,
+    creds: S3Credentials,
+}
+
+/// Keys given in the options or the environment, else the rest of the AWS chain (web
+/// identity, container, instance metadata), asked when a request needs them.
+enum S3Credentials {
+    Static(Credentials),
+    Chain(crate::aws_creds::AwsCredentials),
 }
 
 const LIST_PAGES_MAX: usize = 100_000;
@@ -40,18 +47,22 @@ impl S3Target {
             Some(e) => (e.trim_end_matches('/').to_string(), true),
             None => (format!("https://{bucket}.s3.{region}.amazonaws.com"), false),
         };
-        let creds = Credentials {
-            access_key_id: TargetOptions::env_or(&opts.access_key_id, &["AWS_ACCESS_KEY_ID"])
-                .ok_or_else(|| WormError::Config("S3: no AWS_ACCESS_KEY_ID".into()))?,
-            secret_access_key: TargetOptions::secret_env_or(
-                &opts.secret_access_key,
-                &["AWS_SECRET_ACCESS_KEY"],
-            )
-            .ok_or_else(|| WormError::Config("S3: no AWS_SECRET_ACCESS_KEY".into()))?,
-            session_token: TargetOptions::secret_env_or(
-                &opts.session_token,
-                &["AWS_SESSION_TOKEN"],
-            ),
+        let creds = match TargetOptions::env_or(&opts.access_key_id, &["AWS_ACCESS_KEY_ID"]) {
+            Some(access_key_id) => S3Credentials::Static(Credentials {
+                access_key_id,
+                secret_access_key: TargetOptions::secret_env_or(
+                    &opts.secret_access_key,
+                    &["AWS_SECRET_ACCESS_KEY"],
+                )
+                .ok_or_else(|| WormError::Config("S3: no AWS_SECRET_ACCESS_KEY".into()))?,
+                session_token: TargetOptions::secret_env_or(
+                    &opts.session_token,
+                    &["AWS_SESSION_TOKEN"],
+                ),
+            }),
+            None => S3Credentials::Chain(crate::aws_creds::AwsCredentials::new(
+                crate::aws_creds::AwsEnv::from_process(),
+            )),
         };
         Ok(S3Target {
             http: Http::new(format!("s3://{bucket}/{prefix}"), opts),
@@ -84,6 +95,15 @@ impl S3Target {
         body: Option<&[u8]>,
     ) -> Result<Resp> {
         let path = self.path(key);
+        let now = unix_now();
+        let chained;
+        let creds = match &self.creds {
+            S3Credentials::Static(c) => c,
+            S3Credentials::Chain(chain) => {
+                chained = chain.get(now)?.1;
+                &chained
+            }
+        };
         let headers = sigv4::signed_headers(
             &sigv4::Request {
                 method,
@@ -94,9 +114,9 @@ impl S3Target {
                 body: body.unwrap_or(b""),
                 region: &self.region,
                 service: "s3",
-                unix_s: unix_now(),
+                unix_s: now,
             },
-            &self.creds,
+            creds,
         );
         let mut url = format!("{}{}", self.endpoint, uri_encode(&path, true));
         if !query.is_empty() {
