@@ -933,3 +933,103 @@ fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
     let s = verify_dir_with_history(&data, &hist, &mut |_, _| {}).expect("both eras verify");
     assert_eq!(s.events, total);
 }
+
+// ---- Numbers (docs/benchmarks.md): run with --ignored --nocapture ----
+
+/// Signing latency per backend against the local servers (median and 99th percentile of
+/// `n` checkpoints, each signed and verified by `sign_checkpoint` as the daemon does), and
+/// the signing thread's CPU per checkpoint (`RUSAGE_THREAD`: the daemon's cost, not the
+/// fake server's), which at one checkpoint a second is that fraction of a core.
+#[test]
+#[ignore = "numbers: cargo test -p auditlog-tests --features tools --test kms -- --ignored --nocapture"]
+fn kms_signing_latency_and_cpu() {
+    let n = 1000;
+    let measure = |label: &str, signer: &dyn Signer| {
+        let mut lat = Vec::with_capacity(n);
+        let thread_cpu_us = || {
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: getrusage writes the struct it is given.
+            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+            let t = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+            t(ru.ru_utime) + t(ru.ru_stime)
+        };
+        let cpu0 = thread_cpu_us();
+        for i in 0..n {
+            let cp = auditlog_formats::note::Checkpoint {
+                origin: NAME.into(),
+                size: i as u64 + 1,
+                root: [i as u8; 32],
+                extensions: vec![],
+            };
+            let t = std::time::Instant::now();
+            auditlog_engine::signer::sign_checkpoint(&cp, &[signer]).expect("sign");
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        let cpu_us = (thread_cpu_us() - cpu0) as f64 / n as f64;
+        lat.sort_unstable();
+        println!(
+            "{label:<28} median {:>6} us  p99 {:>6} us  cpu {:>7.1} us/checkpoint ({:.4}% of a core at 1/s)",
+            lat[n / 2],
+            lat[n * 99 / 100],
+            cpu_us,
+            cpu_us / 10_000.0
+        );
+    };
+    let file = auditlog_engine::KeyFileSigner::load_or_create(
+        &tempfile::tempdir().expect("tmp").path().join("k"),
+        NAME,
+    )
+    .expect("key file");
+    measure("key file (Ed25519)", &file);
+    let kms = fake_aws_kms(Arc::new(AtomicBool::new(true)));
+    let aws = AwsKmsSigner::open(aws_spec(&kms.url()), NAME, static_env()).expect("open");
+    measure("AWS KMS Ed25519 (recording)", &aws);
+    let gcp_kms = fake_gcp_kms(Arc::new(AtomicBool::new(false)));
+    let meta = RecordingServer::start(Arc::new(|_: &Request| {
+        (
+            200,
+            json!({"access_token": "gcp-token", "expires_in": 3599}).to_string(),
+        )
+    }));
+    let gcp = GcpKmsSigner::open(
+        GcpKeySpec {
+            key_version: KEY_VERSION.into(),
+            endpoint: Some(gcp_kms.url()),
+        },
+        NAME,
+        GcpEnv {
+            credentials_file: None,
+            metadata_host: Some(format!("127.0.0.1:{}", meta.port)),
+        },
+    )
+    .expect("open");
+    measure("Google Cloud KMS (recording)", &gcp);
+    let az = fake_azure();
+    let azure =
+        AzureKeySigner::open(azure_spec(&az.vault), NAME, azure_env(&az.login)).expect("open");
+    measure("Azure Key Vault P-256 (rec.)", &azure);
+    if auditlog_tests::tools::which("moto_server").is_some() {
+        let moto = auditlog_tests::worm_servers::start_moto();
+        let e = || {
+            env(&[
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+            ])
+        };
+        let arn = AwsKmsSigner::create(
+            "us-east-1",
+            Some(moto.endpoint()),
+            KEY_SPEC_P256,
+            "bench",
+            e(),
+        )
+        .expect("CreateKey");
+        let spec = AwsKmsSpec {
+            region: "us-east-1".into(),
+            key_id: arn,
+            endpoint: Some(moto.endpoint()),
+        };
+        let moto_signer = AwsKmsSigner::open(spec, NAME, e()).expect("open");
+        measure("AWS KMS P-256 (moto)", &moto_signer);
+    }
+}

@@ -13,8 +13,6 @@
 //!   `AZURE_CLIENT_ID`, and `AZURE_AUTHORITY_HOST` to override the authority. The token is
 //!   kept until 5 minutes before it expires.
 
-use std::sync::Mutex;
-
 use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::{ecdsa, VerifierKey};
 use auditlog_worm::http::Http;
@@ -23,15 +21,13 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::KmsError;
+use super::{oauth, KmsError};
 use crate::error::Result;
 use crate::signer::Signer;
 
 const KMS: &str = "Azure Key Vault";
 pub const API_VERSION: &str = "7.4";
 pub const AUTHORITY_DEFAULT: &str = "https://login.microsoftonline.com";
-/// A token is fetched again this long before it expires.
-const REFRESH_BEFORE_EXPIRY_S: u64 = 300;
 
 /// Which key: public information, kept in the key history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,8 +76,7 @@ struct Vault {
     key_label: String,
     env: AzureEnv,
     http: Http,
-    /// Bearer token and its expiry (unix seconds).
-    token: Mutex<Option<(String, u64)>>,
+    token: oauth::TokenCache,
 }
 
 impl AzureKeySigner {
@@ -98,7 +93,7 @@ impl AzureKeySigner {
             http: super::http(format!("azure-kv {}", spec.key)),
             url,
             env,
-            token: Mutex::new(None),
+            token: oauth::TokenCache::default(),
         };
         let what = "get key";
         let url = format!("{}?api-version={API_VERSION}", s.key_label);
@@ -161,28 +156,21 @@ impl Vault {
     }
 
     /// A bearer token, from the cache or the identity platform.
+    /// A bearer token, from the cache or the identity platform.
     fn bearer(&self) -> std::result::Result<String, KmsError> {
-        let now = super::unix_now_s();
-        let mut g = self.token.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, exp)) = g.as_ref() {
-            if now + REFRESH_BEFORE_EXPIRY_S < *exp {
-                return Ok(t.clone());
-            }
-        }
-        let no = |why: String| KmsError::Credentials {
-            kms: KMS,
-            key: self.key_label.clone(),
-            why,
-        };
+        self.token
+            .get(|| self.fetch_token())
+            .map_err(|why| KmsError::Credentials {
+                kms: KMS,
+                key: self.key_label.clone(),
+                why,
+            })
+    }
+
+    fn fetch_token(&self) -> std::result::Result<auditlog_worm::http::Resp, String> {
         let e = &self.env;
-        let tenant = e
-            .tenant_id
-            .as_deref()
-            .ok_or_else(|| no("AZURE_TENANT_ID is not set".into()))?;
-        let client = e
-            .client_id
-            .as_deref()
-            .ok_or_else(|| no("AZURE_CLIENT_ID is not set".into()))?;
+        let tenant = e.tenant_id.as_deref().ok_or("AZURE_TENANT_ID is not set")?;
+        let client = e.client_id.as_deref().ok_or("AZURE_CLIENT_ID is not set")?;
         let mut form = vec![
             ("grant_type", "client_credentials".to_string()),
             ("client_id", client.to_string()),
@@ -191,8 +179,7 @@ impl Vault {
         match (&e.client_secret, &e.federated_token_file) {
             (Some(secret), _) => form.push(("client_secret", secret.clone())),
             (None, Some(file)) => {
-                let t =
-                    std::fs::read_to_string(file).map_err(|err| no(format!("{file}: {err}")))?;
+                let t = std::fs::read_to_string(file).map_err(|err| format!("{file}: {err}"))?;
                 form.push((
                     "client_assertion_type",
                     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
@@ -200,42 +187,18 @@ impl Vault {
                 form.push(("client_assertion", t.trim().to_string()));
             }
             (None, None) => {
-                return Err(no(
+                return Err(
                     "neither AZURE_CLIENT_SECRET nor AZURE_FEDERATED_TOKEN_FILE is set".into(),
-                ))
+                )
             }
         }
-        let body = form_encode(&form);
         let authority = e
             .authority_host
             .as_deref()
             .unwrap_or(AUTHORITY_DEFAULT)
             .trim_end_matches('/');
         let url = format!("{authority}/{tenant}/oauth2/v2.0/token");
-        let headers = [(
-            "content-type".to_string(),
-            "application/x-www-form-urlencoded".to_string(),
-        )];
-        let what = "token";
-        let r = self
-            .http
-            .send(what, "POST", &url, &headers, Some(body.as_bytes()))
-            .map_err(|err| no(err.to_string()))?;
-        if !r.ok() {
-            return Err(no(format!("{url}: HTTP {}: {}", r.status, r.text())));
-        }
-        let v: Value =
-            serde_json::from_slice(&r.body).map_err(|err| no(format!("token answer: {err}")))?;
-        let token = v["access_token"]
-            .as_str()
-            .ok_or_else(|| no("no access_token in the answer".into()))?
-            .to_string();
-        let expires_in = v["expires_in"]
-            .as_u64()
-            .or_else(|| v["expires_in"].as_str().and_then(|s| s.parse().ok()))
-            .unwrap_or(0);
-        *g = Some((token.clone(), now + expires_in));
-        Ok(token)
+        oauth::post_form(&self.http, &url, &form).map_err(|why| format!("{url}: {why}"))
     }
 
     fn call(
@@ -246,57 +209,12 @@ impl Vault {
         body: Option<&Value>,
     ) -> std::result::Result<Value, KmsError> {
         let token = self.bearer()?;
-        let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
-        let body = body.map(Value::to_string);
-        if body.is_some() {
-            headers.push(("content-type".into(), "application/json".into()));
-        }
-        let r = self
-            .http
-            .send(
-                what,
-                method,
-                url,
-                &headers,
-                body.as_deref().map(str::as_bytes),
-            )
-            .map_err(|e| KmsError::Unreachable {
-                kms: KMS,
-                key: self.key_label.clone(),
-                what,
-                why: e.to_string(),
-            })?;
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if !r.ok() {
-            let why = v["error"]["message"]
-                .as_str()
-                .map_or_else(|| r.text(), str::to_string);
-            let key = self.key_label.clone();
-            return Err(match r.status {
-                404 => KmsError::KeyNotFound { kms: KMS, key, why },
-                401 | 403 => KmsError::AccessDenied { kms: KMS, key, why },
-                status => KmsError::Refused {
-                    kms: KMS,
-                    key,
-                    what,
-                    status,
-                    why,
-                },
-            });
-        }
-        if v.is_null() {
-            return Err(self.bad(what, "not JSON"));
-        }
-        Ok(v)
+        let t = oauth::Target {
+            kms: KMS,
+            key: &self.key_label,
+        };
+        oauth::call(&self.http, &t, &token, what, method, url, body)
     }
-}
-
-fn form_encode(form: &[(&str, String)]) -> String {
-    let pairs: Vec<(String, String)> = form
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    auditlog_worm::sigv4::canonical_query(&pairs)
 }
 
 impl Signer for AzureKeySigner {

@@ -11,8 +11,6 @@
 //!   RS256 with the file's key), else from the metadata server (`GCE_METADATA_HOST`
 //!   overrides `metadata.google.internal`). Kept until 5 minutes before it expires.
 
-use std::sync::Mutex;
-
 use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::VerifierKey;
 use auditlog_worm::http::Http;
@@ -20,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::KmsError;
+use super::{oauth, KmsError};
 use crate::error::Result;
 use crate::signer::Signer;
 
@@ -28,7 +26,6 @@ const KMS: &str = "Google Cloud KMS";
 pub const ENDPOINT_DEFAULT: &str = "https://cloudkms.googleapis.com";
 pub const METADATA_HOST_DEFAULT: &str = "metadata.google.internal";
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
-const REFRESH_BEFORE_EXPIRY_S: u64 = 300;
 
 /// Which key: public information, kept in the key history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,8 +75,7 @@ struct Api {
     endpoint: String,
     env: GcpEnv,
     http: Http,
-    /// Access token and its expiry (unix seconds).
-    token: Mutex<Option<(String, u64)>>,
+    token: oauth::TokenCache,
 }
 
 impl GcpKmsSigner {
@@ -100,7 +96,7 @@ impl GcpKmsSigner {
             http: super::http(format!("gcp-kms {}", spec.key_version)),
             endpoint,
             env,
-            token: Mutex::new(None),
+            token: oauth::TokenCache::default(),
             spec,
         };
         let what = "getPublicKey";
@@ -148,15 +144,10 @@ impl Api {
 
     /// An access token, from the cache, a service-account key or the metadata server.
     fn bearer(&self) -> std::result::Result<String, KmsError> {
-        let now = super::unix_now_s();
-        let mut g = self.token.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, exp)) = g.as_ref() {
-            if now + REFRESH_BEFORE_EXPIRY_S < *exp {
-                return Ok(t.clone());
-            }
-        }
-        let r = match &self.env.credentials_file {
-            Some(file) => self.token_from_key_file(file, now)?,
+        let fetch = || match &self.env.credentials_file {
+            Some(file) => self
+                .token_from_key_file(file, super::unix_now_s())
+                .map_err(|why| format!("{file}: {why}")),
             None => {
                 let host = self
                     .env
@@ -169,21 +160,12 @@ impl Api {
                 let h = [("metadata-flavor".to_string(), "Google".to_string())];
                 self.http
                     .send("metadata token", "GET", &url, &h, None)
-                    .map_err(|e| self.no_credentials(format!("metadata server: {e}")))?
+                    .map_err(|e| format!("metadata server: {e}"))
             }
         };
-        if !r.ok() {
-            return Err(self.no_credentials(format!("token: HTTP {}: {}", r.status, r.text())));
-        }
-        let v: Value = serde_json::from_slice(&r.body)
-            .map_err(|e| self.no_credentials(format!("token answer: {e}")))?;
-        let token = v["access_token"]
-            .as_str()
-            .ok_or_else(|| self.no_credentials("no access_token in the answer".into()))?
-            .to_string();
-        let expires_in = v["expires_in"].as_u64().unwrap_or(0);
-        *g = Some((token.clone(), now + expires_in));
-        Ok(token)
+        self.token
+            .get(fetch)
+            .map_err(|why| self.no_credentials(why))
     }
 
     /// The JWT bearer grant (RFC 7523) with the service account's RSA key.
@@ -191,12 +173,11 @@ impl Api {
         &self,
         file: &str,
         now: u64,
-    ) -> std::result::Result<auditlog_worm::http::Resp, KmsError> {
-        let no = |why: String| self.no_credentials(format!("{file}: {why}"));
-        let text = std::fs::read(file).map_err(|e| no(e.to_string()))?;
-        let sa: ServiceAccount = serde_json::from_slice(&text)
-            .map_err(|e| no(format!("not a service-account key: {e}")))?;
-        let key = rsa_key(&sa.private_key).map_err(|e| no(format!("private_key: {e}")))?;
+    ) -> std::result::Result<auditlog_worm::http::Resp, String> {
+        let text = std::fs::read(file).map_err(|e| e.to_string())?;
+        let sa: ServiceAccount =
+            serde_json::from_slice(&text).map_err(|e| format!("not a service-account key: {e}"))?;
+        let key = rsa_key(&sa.private_key).map_err(|e| format!("private_key: {e}"))?;
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = sa.private_key_id.clone();
         let claims = json!({
@@ -207,22 +188,15 @@ impl Api {
             "exp": now + 3600,
         });
         let assertion =
-            jsonwebtoken::encode(&header, &claims, &key).map_err(|e| no(format!("JWT: {e}")))?;
+            jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("JWT: {e}"))?;
         let form = [
             (
-                "grant_type".to_string(),
+                "grant_type",
                 "urn:ietf:params:oauth:grant-type:jwt-bearer".to_string(),
             ),
-            ("assertion".to_string(), assertion),
+            ("assertion", assertion),
         ];
-        let body = auditlog_worm::sigv4::canonical_query(&form);
-        let h = [(
-            "content-type".to_string(),
-            "application/x-www-form-urlencoded".to_string(),
-        )];
-        self.http
-            .send("token", "POST", &sa.token_uri, &h, Some(body.as_bytes()))
-            .map_err(|e| no(e.to_string()))
+        oauth::post_form(&self.http, &sa.token_uri, &form)
     }
 
     fn call(
@@ -233,48 +207,11 @@ impl Api {
         body: Option<&Value>,
     ) -> std::result::Result<Value, KmsError> {
         let token = self.bearer()?;
-        let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
-        let body = body.map(Value::to_string);
-        if body.is_some() {
-            headers.push(("content-type".into(), "application/json".into()));
-        }
-        let key = self.spec.key_version.clone();
-        let r = self
-            .http
-            .send(
-                what,
-                method,
-                url,
-                &headers,
-                body.as_deref().map(str::as_bytes),
-            )
-            .map_err(|e| KmsError::Unreachable {
-                kms: KMS,
-                key: key.clone(),
-                what,
-                why: e.to_string(),
-            })?;
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if !r.ok() {
-            let why = v["error"]["message"]
-                .as_str()
-                .map_or_else(|| r.text(), str::to_string);
-            return Err(match r.status {
-                404 => KmsError::KeyNotFound { kms: KMS, key, why },
-                401 | 403 => KmsError::AccessDenied { kms: KMS, key, why },
-                status => KmsError::Refused {
-                    kms: KMS,
-                    key,
-                    what,
-                    status,
-                    why,
-                },
-            });
-        }
-        if v.is_null() {
-            return Err(self.bad(what, "not JSON"));
-        }
-        Ok(v)
+        let t = oauth::Target {
+            kms: KMS,
+            key: &self.spec.key_version,
+        };
+        oauth::call(&self.http, &t, &token, what, method, url, body)
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+mod oauth;
 
 use auditlog_formats::note::VerifierKey;
 
