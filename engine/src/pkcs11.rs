@@ -240,7 +240,7 @@ impl Signer for Pkcs11Signer {
                 forget_context(&self.spec.module);
                 EngineError::Signer(format!("reconnecting: {e}"))
             })?;
-            if &public != self.verifier.public_key() {
+            if public.as_slice() != self.verifier.public_key() {
                 return Err(EngineError::Signer(format!(
                     "token {:?} key {:?} now holds a different public key; refusing to sign",
                     self.spec.token_label, self.spec.key_label

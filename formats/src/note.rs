@@ -100,8 +100,16 @@ fn check_name(name: &str) -> Result<(), NoteError> {
     }
 }
 
+/// A key string's parts: `name+hex8(id)+base64(alg || material)`, decoded, not checked.
+struct KeyString<'a> {
+    name: &'a str,
+    id: [u8; 4],
+    alg: u8,
+    material: Vec<u8>,
+}
+
 /// Splits `name+hex8+base64` and decodes the id, the algorithm byte and the key material.
-fn split_key_string(s: &str) -> Result<(&str, [u8; 4], u8, Vec<u8>), NoteError> {
+fn split_key_string(s: &str) -> Result<KeyString<'_>, NoteError> {
     let (name, rest) = s
         .split_once('+')
         .ok_or(NoteError::MalformedKey("expected name+keyid+keydata"))?;
@@ -130,7 +138,12 @@ fn split_key_string(s: &str) -> Result<(&str, [u8; 4], u8, Vec<u8>), NoteError> 
         return Err(NoteError::MalformedKey("key data is empty"));
     }
     let alg = material.remove(0);
-    Ok((name, id, alg, material))
+    Ok(KeyString {
+        name,
+        id,
+        alg,
+        material,
+    })
 }
 
 /// The 32 bytes of an Ed25519 key string's material (public key or seed).
@@ -238,12 +251,12 @@ impl VerifierKey {
     /// Parses `name+hex8(key_id)+base64(alg || key)`, checking the id against the key:
     /// alg 0x01 with a 32-byte Ed25519 key, or 0x02 with a P-256 SPKI DER.
     pub fn parse(s: &str) -> Result<VerifierKey, NoteError> {
-        let (name, id, alg, material) = split_key_string(s)?;
-        let key = match alg {
-            ALG_ECDSA_SHA256 => VerifierKey::new_ecdsa_p256(name, &material)?,
-            _ => VerifierKey::new(name, ed25519_material(alg, &material)?)?,
+        let k = split_key_string(s)?;
+        let key = match k.alg {
+            ALG_ECDSA_SHA256 => VerifierKey::new_ecdsa_p256(k.name, &k.material)?,
+            alg => VerifierKey::new(k.name, ed25519_material(alg, &k.material)?)?,
         };
-        check_id(id, key.key_id)?;
+        check_id(k.id, key.key_id)?;
         Ok(key)
     }
 
@@ -354,9 +367,9 @@ impl NoteSigner {
             .ok_or(NoteError::MalformedKey(
                 "private key does not start with PRIVATE+KEY+",
             ))?;
-        let (name, id, alg, material) = split_key_string(rest)?;
-        let signer = NoteSigner::from_seed(name, ed25519_material(alg, &material)?)?;
-        check_id(id, signer.key_id)?;
+        let k = split_key_string(rest)?;
+        let signer = NoteSigner::from_seed(k.name, ed25519_material(k.alg, &k.material)?)?;
+        check_id(k.id, signer.key_id)?;
         Ok(signer)
     }
 

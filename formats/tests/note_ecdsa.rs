@@ -141,8 +141,11 @@ fn a_checkpoint_signed_with_a_local_key_opens() {
     let sig: Signature = signing.sign(text.as_bytes());
     let der = sig.to_der();
     assert!(key.verify(text.as_bytes(), der.as_bytes()));
-    let (opened, _) =
-        open_checkpoint(&note_with(&text, &key, der.as_bytes()), &[key.clone()]).expect("opens");
+    let (opened, _) = open_checkpoint(
+        &note_with(&text, &key, der.as_bytes()),
+        std::slice::from_ref(&key),
+    )
+    .expect("opens");
     assert_eq!(opened, cp);
     // The fixed-width form (JOSE, Azure) converts to the same DER; it is not itself accepted.
     assert_eq!(

@@ -33,7 +33,7 @@ pub enum KeysCmd {
     /// one in AWS KMS (--aws-kms) or adopt one in AWS KMS (--aws-kms --key-id), Google Cloud
     /// KMS (--gcp-kms) or Azure Key Vault (--azure-kv); print its verifier key and the
     /// `backend` to give a rotate_key request.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Print the current verifier key(s) of the log.
     Show,
     /// Print the key history (keys.json).
@@ -131,7 +131,7 @@ pub fn run(cmd: Cmd, cfg: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Keys(KeysCmd::Show) => keys_show(cfg),
-        Cmd::Keys(KeysCmd::Generate(a)) => keys_generate(cfg, a),
+        Cmd::Keys(KeysCmd::Generate(a)) => keys_generate(cfg, *a),
     }
 }
 
