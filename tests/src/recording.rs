@@ -94,6 +94,20 @@ fn serve_one(
     rec: &Mutex<Vec<Request>>,
     handler: &Handler,
 ) -> std::io::Result<()> {
+    let req = read_request(&c)?;
+    rec.lock().expect("lock").push(req.clone());
+    let (status, answer) = handler(&req);
+    let mut c = c;
+    write!(
+        c,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    )?;
+    c.flush()
+}
+
+/// Reads one HTTP/1.1 request (request line, headers, a `Content-Length` body).
+pub fn read_request(c: &std::net::TcpStream) -> std::io::Result<Request> {
     let mut r = BufReader::new(c.try_clone()?);
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -116,19 +130,10 @@ fn serve_one(
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     let mut parts = line.split_whitespace();
-    let req = Request {
+    Ok(Request {
         method: parts.next().unwrap_or("").to_string(),
         target: parts.next().unwrap_or("").to_string(),
         headers,
         body,
-    };
-    rec.lock().expect("lock").push(req.clone());
-    let (status, answer) = handler(&req);
-    let mut c = c;
-    write!(
-        c,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-        answer.len()
-    )?;
-    c.flush()
+    })
 }

@@ -3,7 +3,7 @@
 //! small recording GCS JSON-API server (no GCS emulator enforces retention); and boto3 (it
 //! ships with moto) as an independent S3 client for read-backs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -278,31 +278,13 @@ fn serve_gcs(
     upload_queries: &Mutex<Vec<String>>,
     objects: &Objects,
 ) -> std::io::Result<()> {
-    let mut r = BufReader::new(c.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h)?;
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let req = crate::recording::read_request(&c)?;
+    let (method, target, body) = (req.method.as_str(), req.target.as_str(), &req.body);
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let decode = |s: &str| s.replace("%2F", "/");
     let (status, answer): (u16, Vec<u8>) = if method == "POST" && path.starts_with("/upload/") {
         // multipart/related: JSON metadata, then the media.
-        let text = String::from_utf8_lossy(&body).into_owned();
+        let text = String::from_utf8_lossy(body).into_owned();
         let json_start = text.find("\r\n\r\n").map_or(0, |i| i + 4);
         let json_end = text[json_start..]
             .find("\r\n--")

@@ -418,6 +418,33 @@ fn aws_credentials_from_imdsv2() {
 
 // ---- AWS KMS against moto (tools tier) ----
 
+fn moto_env() -> AwsEnv {
+    env(&[
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ])
+}
+
+/// A P-256 signing key created in moto (`CreateKey`), and a signer opened on it.
+fn moto_p256_key(moto: &auditlog_tests::worm_servers::Server) -> (String, AwsKmsSigner) {
+    let endpoint = Some(moto.endpoint());
+    let arn = AwsKmsSigner::create(
+        "us-east-1",
+        endpoint.clone(),
+        KEY_SPEC_P256,
+        "test",
+        moto_env(),
+    )
+    .expect("CreateKey");
+    let spec = AwsKmsSpec {
+        region: "us-east-1".into(),
+        key_id: arn.clone(),
+        endpoint,
+    };
+    let signer = AwsKmsSigner::open(spec, NAME, moto_env()).expect("GetPublicKey");
+    (arn, signer)
+}
+
 #[test]
 #[cfg_attr(
     not(feature = "tools"),
@@ -425,27 +452,8 @@ fn aws_credentials_from_imdsv2() {
 )]
 fn aws_kms_p256_key_from_moto_signs_a_log_that_verifies_offline() {
     let moto = auditlog_tests::worm_servers::start_moto();
-    let e = || {
-        env(&[
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-        ])
-    };
-    let arn = AwsKmsSigner::create(
-        "us-east-1",
-        Some(moto.endpoint()),
-        KEY_SPEC_P256,
-        "auditlog test",
-        e(),
-    )
-    .expect("CreateKey");
+    let (arn, signer) = moto_p256_key(&moto);
     assert!(arn.starts_with("arn:aws:kms:us-east-1:"), "{arn}");
-    let spec = AwsKmsSpec {
-        region: "us-east-1".into(),
-        key_id: arn.clone(),
-        endpoint: Some(moto.endpoint()),
-    };
-    let signer = AwsKmsSigner::open(spec, NAME, e()).expect("GetPublicKey");
     let key = signer.verifier_key();
     assert_eq!(key.algorithm(), ALG_ECDSA_SHA256);
     // The printed verifier key is all an auditor needs.
@@ -464,7 +472,7 @@ fn aws_kms_p256_key_from_moto_signs_a_log_that_verifies_offline() {
             endpoint: Some(moto.endpoint()),
         },
         NAME,
-        e(),
+        moto_env(),
     )
     .err()
     .expect("no such key");
@@ -1010,26 +1018,7 @@ fn kms_signing_latency_and_cpu() {
     measure("Azure Key Vault P-256 (rec.)", &azure);
     if auditlog_tests::tools::which("moto_server").is_some() {
         let moto = auditlog_tests::worm_servers::start_moto();
-        let e = || {
-            env(&[
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
-            ])
-        };
-        let arn = AwsKmsSigner::create(
-            "us-east-1",
-            Some(moto.endpoint()),
-            KEY_SPEC_P256,
-            "bench",
-            e(),
-        )
-        .expect("CreateKey");
-        let spec = AwsKmsSpec {
-            region: "us-east-1".into(),
-            key_id: arn,
-            endpoint: Some(moto.endpoint()),
-        };
-        let moto_signer = AwsKmsSigner::open(spec, NAME, e()).expect("open");
+        let (_, moto_signer) = moto_p256_key(&moto);
         measure("AWS KMS P-256 (moto)", &moto_signer);
     }
 }
