@@ -15,10 +15,9 @@
 
 use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::{ecdsa, VerifierKey};
-use auditlog_worm::http::Http;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{oauth, KmsError};
@@ -72,11 +71,9 @@ pub struct AzureKeySigner {
 struct Vault {
     /// The vault URL without a trailing `/`.
     url: String,
-    /// `{vault}/keys/{name}/{version}`, for errors.
-    key_label: String,
     env: AzureEnv,
-    http: Http,
-    token: oauth::TokenCache,
+    /// Names the key `{vault}/keys/{name}/{version}` in errors.
+    client: oauth::BearerClient,
 }
 
 impl AzureKeySigner {
@@ -89,22 +86,23 @@ impl AzureKeySigner {
     ) -> std::result::Result<AzureKeySigner, KmsError> {
         let url = spec.vault.trim_end_matches('/').to_string();
         let s = Vault {
-            key_label: format!("{url}/keys/{}/{}", spec.key, spec.version),
-            http: super::http(format!("azure-kv {}", spec.key)),
+            client: oauth::BearerClient::new(
+                KMS,
+                format!("{url}/keys/{}/{}", spec.key, spec.version),
+            ),
             url,
             env,
-            token: oauth::TokenCache::default(),
         };
         let what = "get key";
-        let url = format!("{}?api-version={API_VERSION}", s.key_label);
-        let v = s.call(what, "GET", &url, None)?;
+        let url = format!("{}?api-version={API_VERSION}", s.client.key);
+        let v = s.client.call(|| s.fetch_token(), what, "GET", &url, None)?;
         let jwk = &v["key"];
         let kty = jwk["kty"].as_str().unwrap_or("");
         let crv = jwk["crv"].as_str().unwrap_or("");
         if !matches!(kty, "EC" | "EC-HSM") || crv != "P-256" {
             return Err(KmsError::UnsupportedKey {
                 kms: KMS,
-                key: s.key_label.clone(),
+                key: s.client.key.clone(),
                 spec: format!("{kty} {crv}"),
                 want: "an EC key on P-256 (ES256)",
             });
@@ -139,12 +137,7 @@ impl AzureKeySigner {
 
 impl Vault {
     fn bad(&self, what: &'static str, why: impl Into<String>) -> KmsError {
-        KmsError::BadAnswer {
-            kms: KMS,
-            key: self.key_label.clone(),
-            what,
-            why: why.into(),
-        }
+        self.client.bad(what, why)
     }
 
     fn scope(&self) -> &'static str {
@@ -155,18 +148,7 @@ impl Vault {
         }
     }
 
-    /// A bearer token, from the cache or the identity platform.
-    /// A bearer token, from the cache or the identity platform.
-    fn bearer(&self) -> std::result::Result<String, KmsError> {
-        self.token
-            .get(|| self.fetch_token())
-            .map_err(|why| KmsError::Credentials {
-                kms: KMS,
-                key: self.key_label.clone(),
-                why,
-            })
-    }
-
+    /// A token from the identity platform (client secret or workload identity).
     fn fetch_token(&self) -> std::result::Result<auditlog_worm::http::Resp, String> {
         let e = &self.env;
         let tenant = e.tenant_id.as_deref().ok_or("AZURE_TENANT_ID is not set")?;
@@ -198,22 +180,7 @@ impl Vault {
             .unwrap_or(AUTHORITY_DEFAULT)
             .trim_end_matches('/');
         let url = format!("{authority}/{tenant}/oauth2/v2.0/token");
-        oauth::post_form(&self.http, &url, &form).map_err(|why| format!("{url}: {why}"))
-    }
-
-    fn call(
-        &self,
-        what: &'static str,
-        method: &str,
-        url: &str,
-        body: Option<&Value>,
-    ) -> std::result::Result<Value, KmsError> {
-        let token = self.bearer()?;
-        let t = oauth::Target {
-            kms: KMS,
-            key: &self.key_label,
-        };
-        oauth::call(&self.http, &t, &token, what, method, url, body)
+        oauth::post_form(&self.client.http, &url, &form).map_err(|why| format!("{url}: {why}"))
     }
 }
 
@@ -233,9 +200,10 @@ impl Signer for AzureKeySigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         let what = "sign";
         let vault = &self.vault;
-        let url = format!("{}/sign?api-version={API_VERSION}", vault.key_label);
+        let url = format!("{}/sign?api-version={API_VERSION}", vault.client.key);
         let digest = Sha256::digest(message);
-        let v = vault.call(
+        let v = vault.client.call(
+            || vault.fetch_token(),
             what,
             "POST",
             &url,

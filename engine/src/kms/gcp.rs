@@ -13,7 +13,6 @@
 
 use auditlog_formats::keyhistory::KeyBackend;
 use auditlog_formats::note::VerifierKey;
-use auditlog_worm::http::Http;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -74,8 +73,7 @@ struct Api {
     spec: GcpKeySpec,
     endpoint: String,
     env: GcpEnv,
-    http: Http,
-    token: oauth::TokenCache,
+    client: oauth::BearerClient,
 }
 
 impl GcpKmsSigner {
@@ -93,15 +91,14 @@ impl GcpKmsSigner {
             .trim_end_matches('/')
             .to_string();
         let s = Api {
-            http: super::http(format!("gcp-kms {}", spec.key_version)),
+            client: oauth::BearerClient::new(KMS, spec.key_version.clone()),
             endpoint,
             env,
-            token: oauth::TokenCache::default(),
             spec,
         };
         let what = "getPublicKey";
         let url = format!("{}/v1/{}/publicKey", s.endpoint, s.spec.key_version);
-        let v = s.call(what, "GET", &url, None)?;
+        let v = s.client.call(|| s.fetch_token(), what, "GET", &url, None)?;
         let alg = v["algorithm"].as_str().unwrap_or("");
         if alg != "EC_SIGN_ED25519" {
             return Err(KmsError::UnsupportedKey {
@@ -126,25 +123,12 @@ impl GcpKmsSigner {
 
 impl Api {
     fn bad(&self, what: &'static str, why: impl Into<String>) -> KmsError {
-        KmsError::BadAnswer {
-            kms: KMS,
-            key: self.spec.key_version.clone(),
-            what,
-            why: why.into(),
-        }
+        self.client.bad(what, why)
     }
 
-    fn no_credentials(&self, why: String) -> KmsError {
-        KmsError::Credentials {
-            kms: KMS,
-            key: self.spec.key_version.clone(),
-            why,
-        }
-    }
-
-    /// An access token, from the cache, a service-account key or the metadata server.
-    fn bearer(&self) -> std::result::Result<String, KmsError> {
-        let fetch = || match &self.env.credentials_file {
+    /// A token from a service-account key or the metadata server.
+    fn fetch_token(&self) -> std::result::Result<auditlog_worm::http::Resp, String> {
+        match &self.env.credentials_file {
             Some(file) => self
                 .token_from_key_file(file, super::unix_now_s())
                 .map_err(|why| format!("{file}: {why}")),
@@ -158,14 +142,12 @@ impl Api {
                     "http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
                 );
                 let h = [("metadata-flavor".to_string(), "Google".to_string())];
-                self.http
+                self.client
+                    .http
                     .send("metadata token", "GET", &url, &h, None)
                     .map_err(|e| format!("metadata server: {e}"))
             }
-        };
-        self.token
-            .get(fetch)
-            .map_err(|why| self.no_credentials(why))
+        }
     }
 
     /// The JWT bearer grant (RFC 7523) with the service account's RSA key.
@@ -196,22 +178,7 @@ impl Api {
             ),
             ("assertion", assertion),
         ];
-        oauth::post_form(&self.http, &sa.token_uri, &form)
-    }
-
-    fn call(
-        &self,
-        what: &'static str,
-        method: &str,
-        url: &str,
-        body: Option<&Value>,
-    ) -> std::result::Result<Value, KmsError> {
-        let token = self.bearer()?;
-        let t = oauth::Target {
-            kms: KMS,
-            key: &self.spec.key_version,
-        };
-        oauth::call(&self.http, &t, &token, what, method, url, body)
+        oauth::post_form(&self.client.http, &sa.token_uri, &form)
     }
 }
 
@@ -266,7 +233,9 @@ impl Signer for GcpKmsSigner {
             "data": B64.encode(message),
             "dataCrc32c": crc32c::crc32c(message).to_string(),
         });
-        let v = api.call(what, "POST", &url, Some(&body))?;
+        let v = api
+            .client
+            .call(|| api.fetch_token(), what, "POST", &url, Some(&body))?;
         if v["verifiedDataCrc32c"] != Value::Bool(true) {
             return Err(api
                 .bad(

@@ -74,67 +74,94 @@ pub(crate) fn post_form(http: &Http, url: &str, form: &[(&str, String)]) -> Resu
     .map_err(|e| e.to_string())
 }
 
-/// Which key a call is about, for its errors.
-pub(crate) struct Target<'a> {
+/// A KMS REST endpoint reached with an OAuth bearer token: the HTTP client, the token
+/// cache, and the KMS and key its errors name.
+pub(crate) struct BearerClient {
     pub kms: &'static str,
-    pub key: &'a str,
+    pub key: String,
+    pub http: Http,
+    tokens: TokenCache,
 }
 
-/// One JSON call with a bearer token: the answer's JSON, or 404 → key not found,
-/// 401/403 → access denied, anything else refused; `error.message` is the reason.
-pub(crate) fn call(
-    http: &Http,
-    t: &Target<'_>,
-    token: &str,
-    what: &'static str,
-    method: &str,
-    url: &str,
-    body: Option<&Value>,
-) -> Result<Value, KmsError> {
-    let (kms, key) = (t.kms, t.key.to_string());
-    let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
-    let body = body.map(Value::to_string);
-    if body.is_some() {
-        headers.push(("content-type".into(), "application/json".into()));
-    }
-    let r = http
-        .send(
-            what,
-            method,
-            url,
-            &headers,
-            body.as_deref().map(str::as_bytes),
-        )
-        .map_err(|e| KmsError::Unreachable {
-            kms,
-            key: key.clone(),
-            what,
-            why: e.to_string(),
-        })?;
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    if !r.ok() {
-        let why = v["error"]["message"]
-            .as_str()
-            .map_or_else(|| r.text(), str::to_string);
-        return Err(match r.status {
-            404 => KmsError::KeyNotFound { kms, key, why },
-            401 | 403 => KmsError::AccessDenied { kms, key, why },
-            status => KmsError::Refused {
-                kms,
-                key,
-                what,
-                status,
-                why,
-            },
-        });
-    }
-    if v.is_null() {
-        return Err(KmsError::BadAnswer {
+impl BearerClient {
+    pub(crate) fn new(kms: &'static str, key: String) -> BearerClient {
+        BearerClient {
+            http: super::http(format!("{kms} {key}")),
             kms,
             key,
-            what,
-            why: "not JSON".into(),
-        });
+            tokens: TokenCache::default(),
+        }
     }
-    Ok(v)
+
+    pub(crate) fn bad(&self, what: &'static str, why: impl Into<String>) -> KmsError {
+        KmsError::BadAnswer {
+            kms: self.kms,
+            key: self.key.clone(),
+            what,
+            why: why.into(),
+        }
+    }
+
+    /// One JSON call with a bearer token (cached, else from `fetch_token`, the token
+    /// endpoint's answer): the answer's JSON, or 404 → key not found, 401/403 → access
+    /// denied, anything else refused; `error.message` is the reason.
+    pub(crate) fn call(
+        &self,
+        fetch_token: impl FnOnce() -> Result<Resp, String>,
+        what: &'static str,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, KmsError> {
+        let (kms, key) = (self.kms, self.key.clone());
+        let token = self
+            .tokens
+            .get(fetch_token)
+            .map_err(|why| KmsError::Credentials {
+                kms,
+                key: key.clone(),
+                why,
+            })?;
+        let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+        let body = body.map(Value::to_string);
+        if body.is_some() {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        let r = self
+            .http
+            .send(
+                what,
+                method,
+                url,
+                &headers,
+                body.as_deref().map(str::as_bytes),
+            )
+            .map_err(|e| KmsError::Unreachable {
+                kms,
+                key: key.clone(),
+                what,
+                why: e.to_string(),
+            })?;
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if !r.ok() {
+            let why = v["error"]["message"]
+                .as_str()
+                .map_or_else(|| r.text(), str::to_string);
+            return Err(match r.status {
+                404 => KmsError::KeyNotFound { kms, key, why },
+                401 | 403 => KmsError::AccessDenied { kms, key, why },
+                status => KmsError::Refused {
+                    kms,
+                    key,
+                    what,
+                    status,
+                    why,
+                },
+            });
+        }
+        if v.is_null() {
+            return Err(self.bad(what, "not JSON"));
+        }
+        Ok(v)
+    }
 }
