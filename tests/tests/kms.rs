@@ -1022,3 +1022,86 @@ fn kms_signing_latency_and_cpu() {
         measure("AWS KMS P-256 (moto)", &moto_signer);
     }
 }
+
+// ---- The daemon with `[signer] backend = "aws_kms"` against the recording KMS ----
+
+/// A daemon signing in (recording) AWS KMS: its start fails with a line naming the KMS, the
+/// key and the cause when KMS cannot be reached or the key is missing; while running, a
+/// KMS outage stops no ingest, `/ready` answers 503 naming it and the metrics count it,
+/// and signing resumes when KMS is back.
+#[test]
+fn daemon_on_aws_kms_start_errors_and_an_outage_while_running() {
+    use auditlog_tests::daemon::{Daemon, CONFIG};
+
+    let up = Arc::new(AtomicBool::new(true));
+    let kms = fake_aws_kms(up.clone());
+    let dir = tempfile::tempdir().expect("tmp");
+    let signer = |endpoint: &str| {
+        format!(
+            "{CONFIG}\n[signer]\nbackend = \"aws_kms\"\nregion = \"us-east-1\"\nkey_id = \"alias/checkpoints\"\nendpoint = \"{endpoint}\"\n"
+        )
+    };
+    let launch = |config: String| {
+        let mut l = Daemon::launch(dir.path()).config(&config);
+        for (k, v) in AWS_TEST_ENV {
+            l = l.env(k, v);
+        }
+        l
+    };
+    let closed = format!("http://127.0.0.1:{}", auditlog_tests::daemon::free_port());
+    let out = launch(signer(&closed))
+        .command()
+        .output()
+        .expect("run auditlogd");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("AWS KMS key alias/checkpoints: GetPublicKey: cannot reach the KMS"),
+        "{stderr}"
+    );
+    let missing = RecordingServer::start(Arc::new(|_: &Request| {
+        let v = json!({"__type": "NotFoundException", "message": "Alias is not found."});
+        (400, v.to_string())
+    }));
+    let out = launch(signer(&missing.url()))
+        .command()
+        .output()
+        .expect("run auditlogd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("AWS KMS key alias/checkpoints: not found"),
+        "{stderr}"
+    );
+
+    let mut d = launch(signer(&kms.url())).start();
+    let (key, _, _) = d.log();
+    assert_eq!(key.public_key(), ed25519_key().verifying_key().as_bytes());
+    let events = |from: u64| (from..from + 10).map(|i| event(i, 200)).collect::<Vec<_>>();
+    d.post_events(&events(0));
+    d.checkpoint(d.tree_size(), &key);
+    up.store(false, Ordering::SeqCst);
+    d.post_events(&events(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = d.call("GET", "/ready", None, None);
+        if r.status == 503 && String::from_utf8_lossy(&r.body).contains("AWS KMS") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never named the KMS"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.metric("auditlog_signer_error"), Some(1));
+    d.post_events(&events(20));
+    up.store(true, Ordering::SeqCst);
+    d.checkpoint(d.tree_size(), &key);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while d.call("GET", "/ready", None, None).status != 200 {
+        assert!(std::time::Instant::now() < deadline, "/ready stayed 503");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.stop();
+    verify_dir(&dir.path().join("data"), &key, &mut |_, _| {}).expect("offline verifier");
+}
