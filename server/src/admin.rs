@@ -452,8 +452,30 @@ fn execute_approved(
 /// Carries out an approved operation; the text is what the audit event and the answer say.
 /// What no approval can make acceptable: retention below the legal floor, a PKCS#11 module
 /// outside `admin.pkcs11_modules_allowed` (it would be loaded into the daemon and handed
-/// the HSM PIN), a key file outside the data directory. Checked when a request is made and
+/// the HSM PIN), a key file outside the data directory, a KMS endpoint not the cloud's own
+/// nor allowlisted. Checked when a request is made and
 /// again before it executes (the configuration may have changed in between).
+fn kms_endpoint_allowed(cfg: &AdminConfig, endpoint: &str) -> bool {
+    let e = endpoint.trim_end_matches('/');
+    cfg.kms_endpoints_allowed.iter().any(|a| a == e)
+}
+
+/// A public-cloud Key Vault or Managed HSM URL: `https://<name>.vault.azure.net` or
+/// `https://<name>.managedhsm.azure.net`, nothing else in its authority.
+fn is_azure_vault_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    !host.contains(['@', ':'])
+        && [".vault.azure.net", ".managedhsm.azure.net"]
+            .iter()
+            .any(|d| {
+                host.strip_suffix(d)
+                    .is_some_and(|n| !n.is_empty() && !n.contains('.'))
+            })
+}
+
 fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
     let refuse = |code: &'static str, why: String| {
         Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, why))
@@ -496,12 +518,29 @@ fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
                     ),
                 }
             }
-            // The daemon reaches a KMS key with its own credentials (the cloud's identity
-            // chain); the request names only where the key is, and the public key the KMS
-            // returns is what the history pins.
-            KeyBackend::AwsKms { .. }
-            | KeyBackend::GcpKms { .. }
-            | KeyBackend::AzureKeyVault { .. } => Ok(()),
+            // The daemon reaches a KMS key with its own cloud identity, so a request may
+            // name only the cloud's own endpoints or allowlisted ones: anywhere else would
+            // receive the daemon's signed requests or bearer tokens.
+            KeyBackend::AwsKms { endpoint, .. } | KeyBackend::GcpKms { endpoint, .. } => {
+                match endpoint {
+                    None => Ok(()),
+                    Some(e) if kms_endpoint_allowed(cfg, e) => Ok(()),
+                    Some(e) => refuse(
+                        "kms_endpoint_not_allowed",
+                        format!("KMS endpoint {e:?} is not in admin.kms_endpoints_allowed (nor the [signer] endpoint)"),
+                    ),
+                }
+            }
+            KeyBackend::AzureKeyVault { vault, .. } => {
+                if is_azure_vault_url(vault) || kms_endpoint_allowed(cfg, vault) {
+                    Ok(())
+                } else {
+                    refuse(
+                        "kms_endpoint_not_allowed",
+                        format!("vault {vault:?} is neither https://*.vault.azure.net nor https://*.managedhsm.azure.net, nor in admin.kms_endpoints_allowed"),
+                    )
+                }
+            }
             KeyBackend::External { .. } => refuse(
                 "backend_not_allowed",
                 "an external key cannot be added by request".into(),
@@ -609,6 +648,29 @@ pub fn tokens_add(data_dir: &FsPath, role: &str, name: &str) -> anyhow::Result<(
 
 #[cfg(test)]
 mod tests {
+    /// Only a vault's own host in the Azure public cloud passes without an allowlist.
+    #[test]
+    fn azure_vault_urls() {
+        for ok in [
+            "https://v1.vault.azure.net",
+            "https://v1.vault.azure.net/",
+            "https://hsm.managedhsm.azure.net",
+        ] {
+            assert!(super::is_azure_vault_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://v1.vault.azure.net",
+            "https://vault.azure.net",
+            "https://a.b.vault.azure.net",
+            "https://v1.vault.azure.net.evil.example",
+            "https://v1.vault.azure.net@evil.example",
+            "https://v1.vault.azure.net:8443",
+            "https://evil.example/v1.vault.azure.net",
+        ] {
+            assert!(!super::is_azure_vault_url(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn rfc3339_is_valid_audit_timestamp() {
         let t = super::rfc3339_now();

@@ -74,6 +74,7 @@ pub struct AdminSection {
     pub request_ttl_ms: Option<u64>,
     pub requests_pending_max: Option<usize>,
     pub pkcs11_modules_allowed: Option<Vec<PathBuf>>,
+    pub kms_endpoints_allowed: Option<Vec<String>>,
 }
 
 /// The two-person rule, resolved.
@@ -88,6 +89,10 @@ pub struct AdminConfig {
     /// PKCS#11 modules a `rotate_key` request may name (the module is loaded into the
     /// daemon and handed the HSM PIN): these, and the `[signer]` section's own module.
     pub pkcs11_modules_allowed: Vec<PathBuf>,
+    /// KMS endpoints (AWS, Google) and vault URLs (Azure) other than the clouds' own that a
+    /// `rotate_key` request may name (the daemon sends them requests signed with, or bearer
+    /// tokens of, its cloud identity): these, and the `[signer]` section's own.
+    pub kms_endpoints_allowed: Vec<String>,
     /// The data directory: a `rotate_key` key file must be inside it.
     pub data_dir: PathBuf,
 }
@@ -335,6 +340,14 @@ pub fn resolve(file: FileConfig, mut over: Overrides) -> anyhow::Result<Config> 
     admin.data_dir = engine.data_dir.clone();
     if let Some(m) = &file.signer.pkcs11_module {
         admin.pkcs11_modules_allowed.push(m.clone());
+    }
+    for e in [&file.signer.endpoint, &file.signer.vault_url]
+        .into_iter()
+        .flatten()
+    {
+        admin
+            .kms_endpoints_allowed
+            .push(e.trim_end_matches('/').to_string());
     }
     engine.replication = Some(file.replication.unwrap_or_default());
     if let Some(source) = over.replica_of.take() {
@@ -608,6 +621,12 @@ fn resolve_admin(a: &AdminSection) -> anyhow::Result<AdminConfig> {
         request_ttl_ms: a.request_ttl_ms.unwrap_or(86_400_000),
         requests_pending_max: a.requests_pending_max.unwrap_or(64),
         pkcs11_modules_allowed: a.pkcs11_modules_allowed.clone().unwrap_or_default(),
+        kms_endpoints_allowed: a
+            .kms_endpoints_allowed
+            .iter()
+            .flatten()
+            .map(|e| e.trim_end_matches('/').to_string())
+            .collect(),
         data_dir: PathBuf::new(),
     };
     if c.approvals_required == 0 {

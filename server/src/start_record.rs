@@ -90,6 +90,7 @@ pub fn security_configuration(
             "approvals_required": cfg.admin.approvals_required,
             "pkcs11_modules_allowed": cfg.admin.pkcs11_modules_allowed.iter()
                 .map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "kms_endpoints_allowed": cfg.admin.kms_endpoints_allowed,
         },
         "listeners": {
             "http": s.http_addr.to_string(),

@@ -831,7 +831,10 @@ fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
     let config = dir.path().join("auditlogd.toml");
     std::fs::write(
         &config,
-        format!("{CONFIG}\n[admin]\napprovals_required = 1\n"),
+        format!(
+            "{CONFIG}\n[admin]\napprovals_required = 1\nkms_endpoints_allowed = [\"{}\"]\n",
+            moto.endpoint()
+        ),
     )
     .expect("config");
     let cli = |args: &[&str]| {
@@ -910,6 +913,21 @@ fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["state"], "executed");
     };
+    // An endpoint nobody allowlisted would be sent the daemon's signed requests: refused.
+    for bad in [
+        json!({"type": "aws_kms", "region": "us-east-1", "key_id": "k", "endpoint": "http://127.0.0.1:9"}),
+        json!({"type": "azure_key_vault", "vault": "https://vault.azure.net.evil.example", "key": "k", "version": "1"}),
+    ] {
+        let body = json!({"op": "rotate_key", "backend": bad}).to_string();
+        let r = d.call(
+            "POST",
+            "/v1/admin/requests",
+            Some(&alice),
+            Some(("application/json", body.as_bytes())),
+        );
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "kms_endpoint_not_allowed");
+    }
     let id = request(&alice, json!({"op": "rotate_key", "backend": backend}));
     approve(&id, &bob);
     d.post_events(&events(10));
