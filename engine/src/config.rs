@@ -71,6 +71,9 @@ pub struct EngineConfig {
     /// only the few lowest levels from disk. The lowest cached level rises as the tree
     /// grows, so this bounds memory whatever the log's size.
     pub hash_cache_bytes_max: u64,
+    /// Decoded blocks of sealed segments kept for reads that come back to them (the tiles
+    /// API's entry bundles: ~3 to a 256 KiB block; a search's candidates); 0 keeps none.
+    pub block_cache_bytes: usize,
     /// Keep the search index (`searchindex.rs`); off, searches scan within their cost limit.
     pub search_index: bool,
     /// Records in one search-index window (`searchindex.rs`): runs never cross a multiple
@@ -126,6 +129,7 @@ impl EngineConfig {
             block_codec: BlockCodec::Columnar,
             seal_check_leaves: false,
             hash_cache_bytes_max: 64 << 20,
+            block_cache_bytes: 4 << 20,
             search_index: true,
             search_window_records: 1 << 23,
             search_block_records: 128,

@@ -6,6 +6,7 @@
 //! [`EventBatch`] on their own thread (validation, record encoding and leaf hashing run
 //! there, in parallel) and submit it into a bounded queue.
 
+mod blockcache;
 mod checkpointer;
 pub mod checkpoints;
 pub mod config;
@@ -241,6 +242,7 @@ impl Engine {
                 config.tree_hash,
                 r.hashes,
                 remote,
+                config.block_cache_bytes,
             ),
             health: health::Health::with_unsigned_footers(r.unsigned_footers),
             recycled: preallocator::Recycled::new(r.recycle),

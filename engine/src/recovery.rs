@@ -404,7 +404,7 @@ fn recover_sealed(
             unsigned_footers.push_back(b);
         }
         if b > tree.from {
-            seg.for_each_record(tree.from.max(a), b, &mut |i, rec| {
+            seg.for_each_record(None, tree.from.max(a), b, &mut |i, rec| {
                 tree.leaf(i, rec)?;
                 Ok(true)
             })?;

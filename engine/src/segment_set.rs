@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use auditlog_formats::TreeHash;
 
+use crate::blockcache::BlockCache;
 use crate::error::{EngineError, Result};
 use crate::hashstore::HashFiles;
 use crate::pruned::PrunedSegment;
@@ -46,6 +47,8 @@ pub(crate) struct Segments {
     /// The tree's hashes, to check records read back from the store.
     hashes: HashFiles,
     remote: RemoteSegments,
+    /// Recently decoded blocks of local sealed segments.
+    cache: BlockCache,
 }
 
 enum ReadPlan {
@@ -61,6 +64,7 @@ impl Segments {
         alg: TreeHash,
         hashes: HashFiles,
         remote: RemoteSegments,
+        block_cache_bytes: usize,
     ) -> Segments {
         Segments {
             set: RwLock::new(set),
@@ -68,6 +72,7 @@ impl Segments {
             alg,
             hashes,
             remote,
+            cache: BlockCache::new(block_cache_bytes),
         }
     }
 
@@ -184,8 +189,8 @@ impl Segments {
         let mut at = start;
         while at < end {
             let (more, next) = match self.plan(at, end)? {
-                ReadPlan::Sealed(s) => (s.for_each_record(at, end, f)?, s.end),
-                ReadPlan::Open(s) => (s.for_each_record(at, end, f)?, s.end),
+                ReadPlan::Sealed(s) => (s.for_each_record(Some(&self.cache), at, end, f)?, s.end),
+                ReadPlan::Open(s) => (s.for_each_record(None, at, end, f)?, s.end),
                 ReadPlan::Pruned(p) => (
                     self.remote
                         .for_each_record(&p, self.alg, &self.hashes, at, end, f)?,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use auditlog_formats::batch::{self, BatchError, Entries, BATCH_HEADER_BYTES};
 use auditlog_formats::segment::{self, Footer, SegmentHeader, TRAILER_BYTES};
 
+use crate::blockcache::{BlockCache, BlockKey};
 use crate::error::{corrupt, io_err, Result};
 
 pub(crate) use auditlog_formats::layout::{
@@ -313,13 +314,56 @@ pub(crate) fn for_each_sealed_record(
     path: &Path,
     file: &(impl SealedBytes + ?Sized),
     footer: &Footer,
+    cache: Option<&BlockCache>,
     start: u64,
     end: u64,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
-    for_each_sealed_block(path, file, footer, start, end, &mut |b, raw| {
-        walk(path, b.first_index, raw, start, end, f)
-    })
+    let Some(cache) = cache else {
+        return for_each_sealed_block(path, file, footer, start, end, &mut |b, raw| {
+            walk(path, b.first_index, raw, start, end, f)
+        });
+    };
+    let i = first_block(footer, start);
+    let segment_first = footer.blocks.first().map_or(0, |b| b.first_index);
+    let mut buf = Vec::new();
+    for (n, b) in footer.blocks.iter().enumerate().skip(i) {
+        if b.first_index >= end {
+            break;
+        }
+        let key = BlockKey {
+            segment_first,
+            block: n as u32,
+            crc32c: b.crc32c,
+        };
+        let raw = cache.get_or_decode(key, || read_block(path, file, n, b, &mut buf))?;
+        if !walk(path, b.first_index, &raw, start, end, f)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The number of the block holding `start` (or the first block).
+fn first_block(footer: &Footer, start: u64) -> usize {
+    footer
+        .blocks
+        .partition_point(|b| b.first_index <= start)
+        .saturating_sub(1)
+}
+
+/// Block `n` read into `buf` and decoded, its CRC and sizes checked.
+fn read_block(
+    path: &Path,
+    file: &(impl SealedBytes + ?Sized),
+    n: usize,
+    b: &segment::BlockEntry,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>> {
+    buf.resize(b.compressed_bytes as usize, 0);
+    file.read_bytes_at(buf, b.offset)
+        .map_err(|e| io_err(path, format!("read block {n}"))(e))?;
+    segment::decode_block(n as u32, b, buf).map_err(|e| corrupt(path, e.to_string()))
 }
 
 /// Calls `f(block, raw)` with each block of a sealed segment that holds records of
@@ -333,20 +377,17 @@ pub(crate) fn for_each_sealed_block(
     end: u64,
     f: &mut dyn FnMut(&segment::BlockEntry, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
-    let i = footer
-        .blocks
-        .partition_point(|b| b.first_index <= start)
-        .saturating_sub(1);
     let mut buf = Vec::new();
-    for (n, b) in footer.blocks.iter().enumerate().skip(i) {
+    for (n, b) in footer
+        .blocks
+        .iter()
+        .enumerate()
+        .skip(first_block(footer, start))
+    {
         if b.first_index >= end {
             break;
         }
-        buf.resize(b.compressed_bytes as usize, 0);
-        file.read_bytes_at(&mut buf, b.offset)
-            .map_err(|e| io_err(path, format!("read block {n}"))(e))?;
-        let raw =
-            segment::decode_block(n as u32, b, &buf).map_err(|e| corrupt(path, e.to_string()))?;
+        let raw = read_block(path, file, n, b, &mut buf)?;
         if !f(b, &raw)? {
             return Ok(false);
         }
@@ -355,9 +396,11 @@ pub(crate) fn for_each_sealed_block(
 }
 
 impl Segment {
-    /// Calls `f(index, record)` for every record in `[start, end)` ∩ this segment, in order.
+    /// Calls `f(index, record)` for every record in `[start, end)` ∩ this segment, in order;
+    /// a sealed segment's blocks through `cache` when given.
     pub(crate) fn for_each_record(
         &self,
+        cache: Option<&BlockCache>,
         start: u64,
         end: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
@@ -397,7 +440,15 @@ impl Segment {
                 }
             }
             Body::Sealed { footer, .. } => {
-                return for_each_sealed_record(&self.path, &*self.file, footer, start, end, f);
+                return for_each_sealed_record(
+                    &self.path,
+                    &*self.file,
+                    footer,
+                    cache,
+                    start,
+                    end,
+                    f,
+                );
             }
         }
         Ok(true)
