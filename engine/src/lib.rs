@@ -29,6 +29,7 @@ mod recovery;
 mod remote;
 pub mod replication;
 pub mod retention;
+pub mod rotation;
 mod runs;
 mod sealer;
 mod search;
@@ -345,6 +346,24 @@ impl Engine {
     /// Stores a retention policy in `log.json` (durably; the replicator reads it).
     pub fn set_retention(&self, policy: &retention::RetentionPolicy) -> Result<()> {
         retention::write(&self.shared.config.data_dir, policy)
+    }
+
+    /// The key rotation policy stored in `log.json`, if one was approved.
+    pub fn rotation_policy(&self) -> Result<Option<rotation::RotationPolicy>> {
+        rotation::read(&self.shared.config.data_dir)
+    }
+
+    /// Stores a key rotation policy in `log.json` (durably).
+    pub fn set_rotation_policy(&self, policy: &rotation::RotationPolicy) -> Result<()> {
+        rotation::write(&self.shared.config.data_dir, policy)
+    }
+
+    /// Makes a new key in `next` labelled `label` (not yet in the key history: `add_key`
+    /// adds it) and returns its backend.
+    pub fn create_key(&self, next: &rotation::NextKey, label: &str) -> Result<KeyBackend> {
+        let cfg = &self.shared.config;
+        let name = recovery::key_name(&cfg.origin);
+        rotation::create_key(next, label, &name, &cfg.data_dir, cfg.pkcs11_pin.as_ref())
     }
 
     /// Ends a key's validity after the largest size signed so far. `which` is its verifier

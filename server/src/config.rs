@@ -63,6 +63,8 @@ pub struct AdminSection {
     pub request_ttl_ms: Option<u64>,
     pub requests_pending_max: Option<usize>,
     pub pkcs11_modules_allowed: Option<Vec<PathBuf>>,
+    pub rotation_check_interval_ms: Option<u64>,
+    pub rotation_days_default: Option<u32>,
 }
 
 /// The two-person rule, resolved.
@@ -79,6 +81,10 @@ pub struct AdminConfig {
     pub pkcs11_modules_allowed: Vec<PathBuf>,
     /// The data directory: a `rotate_key` key file must be inside it.
     pub data_dir: PathBuf,
+    /// How often the key rotation scheduler looks at the signing key's age.
+    pub rotation_check_interval_ms: u64,
+    /// Without an approved rotation policy, a signing key this many days old is overdue.
+    pub rotation_days_default: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -551,7 +557,18 @@ fn resolve_admin(a: &AdminSection) -> anyhow::Result<AdminConfig> {
         requests_pending_max: a.requests_pending_max.unwrap_or(64),
         pkcs11_modules_allowed: a.pkcs11_modules_allowed.clone().unwrap_or_default(),
         data_dir: PathBuf::new(),
+        rotation_check_interval_ms: a.rotation_check_interval_ms.unwrap_or(3_600_000),
+        rotation_days_default: a.rotation_days_default.unwrap_or(90),
     };
+    if c.rotation_check_interval_ms == 0
+        || c.rotation_days_default == 0
+        || c.rotation_days_default > auditlog_engine::rotation::ROTATION_DAYS_MAX
+    {
+        bail!(
+            "admin.rotation_check_interval_ms must be positive, admin.rotation_days_default within 1..={}",
+            auditlog_engine::rotation::ROTATION_DAYS_MAX
+        );
+    }
     if c.approvals_required == 0 {
         bail!(
             "admin.approvals_required must be at least 1: critical operations need a second admin"
