@@ -50,6 +50,16 @@ impl BlockCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The block `key` if it is cached (it becomes the most recently used).
+    pub fn get(&self, key: BlockKey) -> Option<Arc<Vec<u8>>> {
+        let mut lru = self.lock();
+        let at = lru.blocks.iter().position(|(k, _)| *k == key)?;
+        let hit = lru.blocks.remove(at).expect("position is in range");
+        let raw = hit.1.clone();
+        lru.blocks.push_front(hit);
+        Some(raw)
+    }
+
     /// The block `key`, decoded by `decode` unless it is cached. Two readers missing the
     /// same block at once both decode it (the cache is a speed-up, never a wait).
     pub fn get_or_decode(
@@ -57,14 +67,8 @@ impl BlockCache {
         key: BlockKey,
         decode: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<Arc<Vec<u8>>> {
-        {
-            let mut lru = self.lock();
-            if let Some(at) = lru.blocks.iter().position(|(k, _)| *k == key) {
-                let hit = lru.blocks.remove(at).expect("position is in range");
-                let raw = hit.1.clone();
-                lru.blocks.push_front(hit);
-                return Ok(raw);
-            }
+        if let Some(raw) = self.get(key) {
+            return Ok(raw);
         }
         let raw = Arc::new(decode()?);
         if raw.len() <= self.bytes_max {

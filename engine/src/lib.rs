@@ -406,7 +406,7 @@ impl Engine {
         let mut out = None;
         self.shared
             .segments
-            .for_each_record(index, index + 1, &mut |_, rec| {
+            .for_each_record(true, index, index + 1, &mut |_, rec| {
                 out = Some(rec.to_vec());
                 Ok(false)
             })?;
@@ -433,7 +433,7 @@ impl Engine {
         if start >= end {
             return Ok(());
         }
-        self.shared.segments.for_each_record(start, end, f)
+        self.shared.segments.for_each_record(false, start, end, f)
     }
 
     pub fn leaf_hash(&self, index: u64) -> Result<Hash> {

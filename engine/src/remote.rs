@@ -264,7 +264,7 @@ impl Fetched {
             &self.place,
             &self.bytes[..],
             &self.footer,
-            None,
+            segments::Reads::Uncached,
             start,
             end,
             f,

@@ -103,11 +103,13 @@ impl Engine {
             };
             let Some((blocks, run_end)) = indexed else {
                 // Not indexed (or nothing to look up): scan what is left.
-                return Ok(self.scan(&c, (at, end), out, emit)?.0);
+                return Ok(self.scan(&c, (at, end), false, out, emit)?.0);
             };
             for (a, z) in blocks {
                 let stopped;
-                (out, stopped) = self.scan(&c, (a, z), out, emit)?;
+                // A candidate block is a point read: its segment block is decoded only as
+                // far as its records.
+                (out, stopped) = self.scan(&c, (a, z), true, out, emit)?;
                 if stopped {
                     return Ok(out);
                 }
@@ -142,19 +144,21 @@ impl Engine {
         Ok(None)
     }
 
-    /// Re-checks the records `[from, to)` of a search (over `[.., c.end)`): the search so
-    /// far, and whether it stopped (a limit reached; `next` says where to go on).
+    /// Re-checks the records `[from, to)` of a search (over `[.., c.end)`), a `point` read
+    /// or a scan: the search so far, and whether it stopped (a limit reached; `next` says
+    /// where to go on).
     fn scan(
         &self,
         c: &Check<'_>,
         (from, to): (u64, u64),
+        point: bool,
         mut out: SearchEnd,
         emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<(SearchEnd, bool)> {
         let mut stop = None;
         self.shared
             .segments
-            .for_each_record(from, to, &mut |i, rec| {
+            .for_each_record(point, from, to, &mut |i, rec| {
                 if out.examined >= c.q.examined_max {
                     stop = Some(Some(i));
                     return Ok(false);

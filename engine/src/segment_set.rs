@@ -13,7 +13,7 @@ use crate::error::{EngineError, Result};
 use crate::hashstore::HashFiles;
 use crate::pruned::PrunedSegment;
 use crate::remote::{RemoteSegments, StoreReadStats};
-use crate::segments::{BatchLoc, Body, Segment};
+use crate::segments::{BatchLoc, Body, Reads, Segment};
 use crate::sequencer::OpenSegment;
 
 pub(crate) struct SegmentSet {
@@ -179,9 +179,12 @@ impl Segments {
         }))
     }
 
-    /// Reads `[start, end)` in order through `f`, which returns false to stop early.
+    /// Reads `[start, end)` in order through `f`, which returns false to stop early. A
+    /// `point` read (a few records: a search's candidates, one event) decodes a block it
+    /// does not find in the cache only as far as it needs, and keeps nothing.
     pub fn for_each_record(
         &self,
+        point: bool,
         start: u64,
         end: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
@@ -189,8 +192,14 @@ impl Segments {
         let mut at = start;
         while at < end {
             let (more, next) = match self.plan(at, end)? {
-                ReadPlan::Sealed(s) => (s.for_each_record(Some(&self.cache), at, end, f)?, s.end),
-                ReadPlan::Open(s) => (s.for_each_record(None, at, end, f)?, s.end),
+                ReadPlan::Sealed(s) => {
+                    let reads = Reads::Cached {
+                        cache: &self.cache,
+                        point,
+                    };
+                    (s.for_each_record(reads, at, end, f)?, s.end)
+                }
+                ReadPlan::Open(s) => (s.for_each_record(Reads::Uncached, at, end, f)?, s.end),
                 ReadPlan::Pruned(p) => (
                     self.remote
                         .for_each_record(&p, self.alg, &self.hashes, at, end, f)?,

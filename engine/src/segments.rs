@@ -314,12 +314,12 @@ pub(crate) fn for_each_sealed_record(
     path: &Path,
     file: &(impl SealedBytes + ?Sized),
     footer: &Footer,
-    cache: Option<&BlockCache>,
+    reads: Reads<'_>,
     start: u64,
     end: u64,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
-    let Some(cache) = cache else {
+    let Reads::Cached { cache, point } = reads else {
         return for_each_sealed_block(path, file, footer, start, end, &mut |b, raw| {
             walk(path, b.first_index, raw, start, end, f)
         });
@@ -336,12 +336,31 @@ pub(crate) fn for_each_sealed_record(
             block: n as u32,
             crc32c: b.crc32c,
         };
-        let raw = cache.get_or_decode(key, || read_block(path, file, n, b, &mut buf))?;
+        // A point read decodes a block only as far as its records, and keeps nothing.
+        let wanted = (end - b.first_index).min(u64::from(b.record_count)) as u32;
+        let raw = match cache.get(key) {
+            Some(raw) => raw,
+            None if point && wanted < b.record_count => {
+                Arc::new(read_block_records(path, file, n, b, wanted, &mut buf)?)
+            }
+            None => cache.get_or_decode(key, || {
+                read_block_records(path, file, n, b, b.record_count, &mut buf)
+            })?,
+        };
         if !walk(path, b.first_index, &raw, start, end, f)? {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// How a sealed segment's blocks are read: decoded for this read only (the sealer's
+/// check, a store's copy), or through the block cache, where a point read (a few records:
+/// a search's candidates, one event) decodes a block it misses only as far as it needs.
+#[derive(Clone, Copy)]
+pub(crate) enum Reads<'c> {
+    Uncached,
+    Cached { cache: &'c BlockCache, point: bool },
 }
 
 /// The number of the block holding `start` (or the first block).
@@ -352,18 +371,21 @@ fn first_block(footer: &Footer, start: u64) -> usize {
         .saturating_sub(1)
 }
 
-/// Block `n` read into `buf` and decoded, its CRC and sizes checked.
-fn read_block(
+/// The first `records` records of block `n`, read into `buf` and decoded, its CRC and
+/// sizes checked.
+fn read_block_records(
     path: &Path,
     file: &(impl SealedBytes + ?Sized),
     n: usize,
     b: &segment::BlockEntry,
+    records: u32,
     buf: &mut Vec<u8>,
 ) -> Result<Vec<u8>> {
     buf.resize(b.compressed_bytes as usize, 0);
     file.read_bytes_at(buf, b.offset)
         .map_err(|e| io_err(path, format!("read block {n}"))(e))?;
-    segment::decode_block(n as u32, b, buf).map_err(|e| corrupt(path, e.to_string()))
+    segment::decode_block_records(n as u32, b, buf, records)
+        .map_err(|e| corrupt(path, e.to_string()))
 }
 
 /// Calls `f(block, raw)` with each block of a sealed segment that holds records of
@@ -387,7 +409,7 @@ pub(crate) fn for_each_sealed_block(
         if b.first_index >= end {
             break;
         }
-        let raw = read_block(path, file, n, b, &mut buf)?;
+        let raw = read_block_records(path, file, n, b, b.record_count, &mut buf)?;
         if !f(b, &raw)? {
             return Ok(false);
         }
@@ -397,10 +419,10 @@ pub(crate) fn for_each_sealed_block(
 
 impl Segment {
     /// Calls `f(index, record)` for every record in `[start, end)` ∩ this segment, in order;
-    /// a sealed segment's blocks through `cache` when given.
+    /// a sealed segment's blocks as `reads` says.
     pub(crate) fn for_each_record(
         &self,
-        cache: Option<&BlockCache>,
+        reads: Reads<'_>,
         start: u64,
         end: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
@@ -444,7 +466,7 @@ impl Segment {
                     &self.path,
                     &*self.file,
                     footer,
-                    cache,
+                    reads,
                     start,
                     end,
                     f,

@@ -88,6 +88,10 @@ struct Shape {
     block: Option<u32>,
     #[arg(long)]
     bucket_bits: Option<u32>,
+    /// Seal zstd blocks (segment format 1) instead of the default columnar ones: a search
+    /// re-checks a candidate by decoding its segment block, so the codec sets its cost.
+    #[arg(long)]
+    zstd_blocks: bool,
 }
 
 const ACTIONS: [&str; 8] = [
@@ -174,6 +178,9 @@ fn config(dir: &Path, index: bool, shape: Shape) -> EngineConfig {
     c.search_window_records = shape.window.unwrap_or(c.search_window_records);
     c.search_block_records = shape.block.unwrap_or(c.search_block_records);
     c.search_bucket_bits = shape.bucket_bits.unwrap_or(c.search_bucket_bits);
+    if shape.zstd_blocks {
+        c.block_codec = auditlog_formats::segment::BlockCodec::Zstd;
+    }
     c
 }
 
