@@ -88,6 +88,9 @@ pub struct EngineConfig {
     /// `2^search_bucket_bits` buckets: fewer, fuller buckets make a smaller index and more
     /// records to re-check per search by such a field. Changing it rebuilds the index.
     pub search_bucket_bits: u32,
+    /// Threads that decode a search's next candidate blocks while it checks one (1: the
+    /// search's own thread only).
+    pub search_readers: usize,
     pub io_mode: IoMode,
     pub signer: SignerConfig,
     /// Where HSM PINs come from (an environment variable or a file, never the config).
@@ -134,6 +137,7 @@ impl EngineConfig {
             search_window_records: 1 << 23,
             search_block_records: 128,
             search_bucket_bits: 15,
+            search_readers: 2,
             io_mode: IoMode::Auto,
             signer: SignerConfig::DevKeyFile,
             pkcs11_pin: None,
@@ -174,6 +178,9 @@ impl EngineConfig {
             return Err(
                 "search_block_records must be positive, search_bucket_bits at most 32".into(),
             );
+        }
+        if !(1..=16).contains(&self.search_readers) {
+            return Err("search_readers must be from 1 to 16".into());
         }
         if self.origin.is_empty() || self.origin.chars().any(|c| c.is_control()) {
             return Err("origin must be a non-empty line of text".into());

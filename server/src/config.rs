@@ -115,6 +115,7 @@ pub struct EngineSection {
     pub search_window_records: Option<u64>,
     pub search_block_records: Option<u32>,
     pub search_bucket_bits: Option<u32>,
+    pub search_readers: Option<usize>,
     /// "auto", "io_uring" or "pwrite".
     pub io_mode: Option<String>,
 }
@@ -401,7 +402,8 @@ fn resolve_engine(e: EngineSection, data_dir: Option<PathBuf>) -> anyhow::Result
         search_index,
         search_window_records,
         search_block_records,
-        search_bucket_bits
+        search_bucket_bits,
+        search_readers
     );
     Ok(engine)
 }
