@@ -35,6 +35,8 @@ pub struct FileConfig {
     /// `[replica]`: how a read replica (`--replica-of URL`) reaches the bucket; its
     /// `source` is the command line's.
     pub replica: Option<auditlog_engine::follower::ReplicaConfig>,
+    /// `[witness]`: witnesses that must cosign a checkpoint before it is published.
+    pub witness: Option<auditlog_engine::WitnessConfig>,
 }
 
 /// `[signer]`: which key signs checkpoints when the log is created. The PIN is never here,
@@ -326,6 +328,11 @@ pub fn resolve(file: FileConfig, mut over: Overrides) -> anyhow::Result<Config> 
         admin.pkcs11_modules_allowed.push(m.clone());
     }
     engine.replication = Some(file.replication.unwrap_or_default());
+    if let Some(w) = &file.witness {
+        // Named at start, before anything is opened: a bad key or policy is a config error.
+        w.check(engine.tree_hash).map_err(anyhow::Error::msg)?;
+    }
+    engine.witness = file.witness;
     if let Some(source) = over.replica_of.take() {
         engine.replica = Some(auditlog_engine::follower::ReplicaConfig {
             source,
