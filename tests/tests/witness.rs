@@ -8,6 +8,9 @@ use auditlog_formats::tree::{self, MemoryTree};
 use auditlog_formats::TreeHash;
 use auditlog_tests::witness::{Answer, Witness};
 
+#[path = "witness/daemon.rs"]
+mod daemon;
+
 const ORIGIN: &str = "example.com/behind-the-sofa";
 
 /// The request body of c2sp.org/tlog-witness, verbatim.
