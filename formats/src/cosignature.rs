@@ -52,6 +52,12 @@ pub enum CosignatureError {
     MalformedRequest { line: usize, reason: &'static str },
     #[error("add-checkpoint body: {0}")]
     Note(#[from] NoteError),
+    #[error("witness policy: {have} of the {need} cosignatures required ({missing})")]
+    PolicyNotMet {
+        have: usize,
+        need: usize,
+        missing: String,
+    },
 }
 
 /// `SHA-256(name || 0x0A || 0x04 || public_key)[..4]`: a cosigner key's id.
@@ -329,6 +335,40 @@ pub fn valid_cosignatures(
         }
     }
     out
+}
+
+/// Checks that a signed checkpoint `note` carries valid cosignatures from at least `need`
+/// distinct `witnesses`; the error names each listed witness that did not validly cosign,
+/// and why (no line by its name and key id, or a line that does not verify).
+pub fn require_cosignatures(
+    note: &str,
+    witnesses: &[WitnessKey],
+    need: usize,
+) -> Result<Vec<ValidCosignature>, CosignatureError> {
+    let (text, sigs) = crate::note::parse_note(note)?;
+    let valid = valid_cosignatures(&text, &sigs, witnesses);
+    if valid.len() >= need {
+        return Ok(valid);
+    }
+    let mut missing: Vec<String> = Vec::new();
+    for (i, w) in witnesses.iter().enumerate() {
+        if witnesses[..i].contains(w) || valid.iter().any(|v| v.witness == i) {
+            continue;
+        }
+        let why = match sigs.iter().find(|s| w.names(s)) {
+            None => "no cosignature".to_string(),
+            Some(s) => match w.verify(&text, s) {
+                Err(e) => e.to_string(),
+                Ok(_) => unreachable!("a verifying line is counted as valid"),
+            },
+        };
+        missing.push(format!("{}: {why}", w.name()));
+    }
+    Err(CosignatureError::PolicyNotMet {
+        have: valid.len(),
+        need,
+        missing: missing.join("; "),
+    })
 }
 
 /// The body of `POST <prefix>/add-checkpoint`.

@@ -8,6 +8,8 @@ use auditlog_formats::tree::{self, MemoryTree};
 use auditlog_formats::TreeHash;
 use auditlog_tests::witness::{Answer, Witness};
 
+#[path = "witness/client.rs"]
+mod client;
 #[path = "witness/daemon.rs"]
 mod daemon;
 

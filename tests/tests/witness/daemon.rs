@@ -9,7 +9,7 @@ use auditlog_tests::daemon::{Daemon, CONFIG};
 use auditlog_tests::event;
 use auditlog_tests::witness::{Mode, Witness};
 
-const ORIGIN: &str = "auditlog.local/log";
+pub(crate) const ORIGIN: &str = "auditlog.local/log";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(witnesses: &[&Witness], policy: usize) -> String {
@@ -24,14 +24,14 @@ fn config(witnesses: &[&Witness], policy: usize) -> String {
     c
 }
 
-fn witnesses(n: u8) -> Vec<Witness> {
+pub(crate) fn witnesses(n: u8) -> Vec<Witness> {
     (0..n)
         .map(|i| Witness::start(&format!("witness.test/w{i}"), 10 + i))
         .collect()
 }
 
 /// Starts a daemon that needs `policy` of `ws`, then has every witness trust its key.
-fn start(dir: &std::path::Path, ws: &[Witness], policy: usize) -> (Daemon, VerifierKey) {
+pub(crate) fn start(dir: &std::path::Path, ws: &[Witness], policy: usize) -> (Daemon, VerifierKey) {
     let refs: Vec<&Witness> = ws.iter().collect();
     let d = Daemon::start_with(dir, &config(&refs, policy));
     let (key, _, _) = d.log();
@@ -60,7 +60,7 @@ fn published(d: &Daemon, key: &VerifierKey, ws: &[Witness]) -> Option<(Checkpoin
     Some((cp, valid))
 }
 
-fn wait_published(
+pub(crate) fn wait_published(
     d: &Daemon,
     key: &VerifierKey,
     ws: &[Witness],
@@ -110,7 +110,7 @@ fn ready(d: &Daemon) -> (u16, String) {
     }
 }
 
-fn post(d: &Daemon, n: u64) -> u64 {
+pub(crate) fn post(d: &Daemon, n: u64) -> u64 {
     let events: Vec<Vec<u8>> = (0..n).map(|i| event(i, 200)).collect();
     let idx = d.post_events(&events);
     idx.last().expect("receipts") + 1
