@@ -223,3 +223,37 @@ fn a_fork_is_refused_by_the_witness_and_nothing_is_published() {
     assert!(now.size < size);
     assert_eq!(ws[0].latest(ORIGIN), Some((cp.size, [7; 32])));
 }
+
+/// docs/benchmarks.md: the time from an acknowledged event to a published checkpoint that
+/// covers it (a long-poll on `/v1/checkpoint?min_size`), with 3 local witnesses (policy 2)
+/// and without witnesses, medians over 100 events one at a time.
+#[test]
+#[ignore = "a measurement: cargo test -p auditlog-tests --test witness publish_latency -- --ignored --nocapture"]
+fn publish_latency_with_three_local_witnesses() {
+    let median = |d: &Daemon, key: &VerifierKey| -> Duration {
+        let mut took = Vec::new();
+        for i in 0..100 {
+            let size = d.post_events(&[event(i, 200)])[0] + 1;
+            let t = Instant::now();
+            let r = d.get(
+                &format!("/v1/checkpoint?min_size={size}&wait_ms=10000"),
+                "auditor",
+            );
+            took.push(t.elapsed());
+            assert_eq!(r.status, 200);
+            open_checkpoint(&r.text(), std::slice::from_ref(key)).expect("signed");
+        }
+        took.sort();
+        took[took.len() / 2]
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let ws = witnesses(3);
+    let (d, key) = start(dir.path(), &ws, 2);
+    wait_published(&d, &key, &ws, d.first);
+    let with = median(&d, &key);
+    let plain_dir = tempfile::tempdir().expect("tmp");
+    let plain = Daemon::start(plain_dir.path());
+    let (plain_key, _, _) = plain.log();
+    let without = median(&plain, &plain_key);
+    println!("checkpoint published after an ack, median of 100: with 3 local witnesses (policy 2) {with:?}, without witnesses {without:?}");
+}
