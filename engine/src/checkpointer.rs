@@ -3,6 +3,8 @@
 //! and only then announces it. Signing never sits on the ingest path: a slow or failing
 //! signer delays checkpoints, never acknowledgements (nor seals: a segment sealed while the
 //! signer was down gets its checkpoint here, at its end, in order, before the head's).
+//! With `[witness]`, a signed checkpoint is published only once enough witnesses cosigned
+//! it (`witness.rs`); too few is a failed pass, retried with the same backoff.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
