@@ -14,12 +14,11 @@ use std::str::FromStr;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::hash::Hash;
-use crate::note::{is_valid_key_name, parse_signature_line, NoteError, NoteSignature};
+use crate::note::{parse_signature_line, NoteError, NoteSignature, NoteSigner, VerifierKey};
 
 /// Signature type byte of timestamped Ed25519 cosignatures, in key ids and verifier keys.
 pub const ALG_COSIGNATURE_V1: u8 = 0x04;
@@ -77,44 +76,26 @@ pub fn cosigned_message(checkpoint_text: &str, timestamp: u64) -> String {
 
 /// A witness's public key: `name+hex8(key_id)+base64(0x04 || ed25519_public_key)`.
 ///
-/// Fields are private so every value passed [`WitnessKey::new`]'s checks.
-#[derive(Clone, Debug)]
+/// The Ed25519 key is held as a note [`VerifierKey`] of the same name: its checks (valid
+/// name, canonical point of full order) and its strict verification are the ones every log
+/// key gets; only the id (type 0x04) and the signed message differ. Fields are private so
+/// every value passed [`WitnessKey::new`]'s checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WitnessKey {
-    name: String,
+    ed25519: VerifierKey,
     key_id: [u8; 4],
-    public_key: [u8; 32],
-    verifying: VerifyingKey,
 }
-
-impl PartialEq for WitnessKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.public_key == other.public_key
-    }
-}
-
-impl Eq for WitnessKey {}
 
 impl WitnessKey {
     pub fn new(name: &str, public_key: [u8; 32]) -> Result<WitnessKey, CosignatureError> {
-        if !is_valid_key_name(name) {
-            return Err(CosignatureError::InvalidKeyName(name.to_owned()));
-        }
-        let verifying = VerifyingKey::from_bytes(&public_key)
-            .map_err(|_| CosignatureError::MalformedKey("public key is not an Ed25519 point"))?;
-        // As for log keys: one spelling per key, and no key anyone could forge for.
-        if verifying.to_edwards().compress().to_bytes() != public_key {
-            return Err(CosignatureError::MalformedKey(
-                "public key is not canonically encoded",
-            ));
-        }
-        if verifying.is_weak() {
-            return Err(CosignatureError::MalformedKey("public key has small order"));
-        }
+        let ed25519 = VerifierKey::new(name, public_key).map_err(|e| match e {
+            NoteError::InvalidKeyName(n) => CosignatureError::InvalidKeyName(n),
+            NoteError::MalformedKey(why) => CosignatureError::MalformedKey(why),
+            _ => CosignatureError::MalformedKey("not an Ed25519 public key"),
+        })?;
         Ok(WitnessKey {
-            name: name.to_owned(),
             key_id: key_id(name, &public_key),
-            public_key,
-            verifying,
+            ed25519,
         })
     }
 
@@ -161,7 +142,7 @@ impl WitnessKey {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.ed25519.name()
     }
 
     pub fn key_id(&self) -> [u8; 4] {
@@ -169,12 +150,12 @@ impl WitnessKey {
     }
 
     pub fn public_key(&self) -> &[u8; 32] {
-        &self.public_key
+        self.ed25519.public_key()
     }
 
     /// Whether a signature line is by this key (name and id); says nothing of validity.
     pub fn names(&self, sig: &NoteSignature) -> bool {
-        sig.name == self.name && sig.key_id == self.key_id
+        sig.name == self.name() && sig.key_id == self.key_id
     }
 
     /// Verifies `sig` as this key's cosignature over `checkpoint_text` (strict RFC 8032),
@@ -203,11 +184,11 @@ impl WitnessKey {
         }
         let ed: &[u8; 64] = ed.try_into().expect("split at 8 of 72");
         let msg = cosigned_message(checkpoint_text, timestamp);
-        self.verifying
-            .verify_strict(msg.as_bytes(), &Signature::from_bytes(ed))
-            .map_err(|_| CosignatureError::Invalid {
+        if !self.ed25519.verify(msg.as_bytes(), ed) {
+            return Err(CosignatureError::Invalid {
                 name: sig.name.clone(),
-            })?;
+            });
+        }
         Ok(timestamp)
     }
 }
@@ -216,11 +197,11 @@ impl fmt::Display for WitnessKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut material = [0u8; 33];
         material[0] = ALG_COSIGNATURE_V1;
-        material[1..].copy_from_slice(&self.public_key);
+        material[1..].copy_from_slice(self.public_key());
         write!(
             f,
             "{}+{}+{}",
-            self.name,
+            self.name(),
             hex::encode(self.key_id),
             B64.encode(material)
         )
@@ -235,27 +216,20 @@ impl FromStr for WitnessKey {
     }
 }
 
-/// A witness's private key; signs cosignatures (the test witness and tests use it).
-#[derive(Clone)]
+/// A witness's private key; signs cosignatures (the test witness and tests use it). The
+/// Ed25519 signing is a note [`NoteSigner`]'s (whose `Debug` shows no secret).
+#[derive(Clone, Debug)]
 pub struct WitnessSigner {
     key: WitnessKey,
-    signing_key: SigningKey,
-}
-
-impl fmt::Debug for WitnessSigner {
-    // Hand-written so the seed never reaches a log line.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WitnessSigner")
-            .field("key", &self.key.to_string())
-            .finish_non_exhaustive()
-    }
+    ed25519: NoteSigner,
 }
 
 impl WitnessSigner {
     pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<WitnessSigner, CosignatureError> {
-        let signing_key = SigningKey::from_bytes(&seed);
-        let key = WitnessKey::new(name, signing_key.verifying_key().to_bytes())?;
-        Ok(WitnessSigner { key, signing_key })
+        let ed25519 = NoteSigner::from_seed(name, seed)
+            .map_err(|_| CosignatureError::InvalidKeyName(name.to_owned()))?;
+        let key = WitnessKey::new(name, *ed25519.verifier_key().public_key())?;
+        Ok(WitnessSigner { key, ed25519 })
     }
 
     pub fn witness_key(&self) -> &WitnessKey {
@@ -271,9 +245,9 @@ impl WitnessSigner {
         let msg = cosigned_message(checkpoint_text, timestamp);
         let mut signature = Vec::with_capacity(COSIGNATURE_BYTES);
         signature.extend_from_slice(&timestamp.to_be_bytes());
-        signature.extend_from_slice(&self.signing_key.sign(msg.as_bytes()).to_bytes());
+        signature.extend_from_slice(&self.ed25519.sign(msg.as_bytes()));
         NoteSignature {
-            name: self.key.name.clone(),
+            name: self.key.name().to_string(),
             key_id: self.key.key_id,
             signature,
         }

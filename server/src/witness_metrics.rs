@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use auditlog_engine::Status;
 
-use crate::metrics::metric;
+use crate::metrics::{metric, COUNTER, GAUGE};
 
 pub fn render(out: &mut String, status: &Status) {
     if status.witnesses.is_empty() {
@@ -14,41 +14,52 @@ pub fn render(out: &mut String, status: &Status) {
     metric(
         out,
         "auditlog_witness_policy",
-        "gauge",
+        GAUGE,
         "Cosignatures a checkpoint needs before it is published.",
         status.witness_policy as u64,
     );
     metric(
         out,
         "auditlog_witness_policy_unmet",
-        "gauge",
+        GAUGE,
         "1 when the newest checkpoint was not published: too few witnesses cosigned it.",
         status.witness_error.is_some() as u64,
     );
-    let _ = writeln!(out, "# HELP auditlog_witness_cosignatures_total Valid cosignatures received, per witness.\n# TYPE auditlog_witness_cosignatures_total counter");
-    for w in &status.witnesses {
-        let _ = writeln!(
-            out,
-            "auditlog_witness_cosignatures_total{{witness=\"{}\"}} {}",
-            w.name, w.cosignatures
-        );
-    }
-    let _ = writeln!(out, "# HELP auditlog_witness_failures_total Submissions that got no valid cosignature, per witness and reason (unreachable, conflict, inconsistent, refused, bad_cosignature).\n# TYPE auditlog_witness_failures_total counter");
-    for w in &status.witnesses {
-        for (reason, n) in w.failures {
-            let _ = writeln!(
-                out,
-                "auditlog_witness_failures_total{{witness=\"{}\",reason=\"{reason}\"}} {n}",
-                w.name
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP auditlog_witness_cosigned_size The tree size each witness last cosigned, as far as this daemon knows (0: not yet).\n# TYPE auditlog_witness_cosigned_size gauge");
-    for w in &status.witnesses {
-        let _ = writeln!(
-            out,
-            "auditlog_witness_cosigned_size{{witness=\"{}\"}} {}",
-            w.name, w.cosigned_size
-        );
+    let ws = &status.witnesses;
+    family(
+        out,
+        ("auditlog_witness_cosignatures_total", COUNTER),
+        "Valid cosignatures received, per witness.",
+        ws.iter()
+            .map(|w| (format!("witness=\"{}\"", w.name), w.cosignatures)),
+    );
+    family(
+        out,
+        ("auditlog_witness_failures_total", COUNTER),
+        "Submissions that got no valid cosignature, per witness and reason (unreachable, conflict, inconsistent, refused, bad_cosignature).",
+        ws.iter().flat_map(|w| {
+            w.failures
+                .map(|(reason, n)| (format!("witness=\"{}\",reason=\"{reason}\"", w.name), n))
+        }),
+    );
+    family(
+        out,
+        ("auditlog_witness_cosigned_size", GAUGE),
+        "The tree size each witness last cosigned, as far as this daemon knows (0: not yet).",
+        ws.iter()
+            .map(|w| (format!("witness=\"{}\"", w.name), w.cosigned_size)),
+    );
+}
+
+/// One metric family: its help and type, then one line per label set.
+fn family(
+    out: &mut String,
+    (name, kind): (&str, &str),
+    help: &str,
+    series: impl Iterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in series {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
     }
 }
