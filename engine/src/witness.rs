@@ -29,6 +29,10 @@ use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 
+/// Most witnesses configured: their lines and the log's must stay within a note's 100
+/// signature lines (`note::MAX_SIGNATURES`), and each costs a request per checkpoint.
+pub const WITNESSES_MAX: usize = 32;
+
 /// `[witness]`: who cosigns checkpoints, and how many must before one is published.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +73,12 @@ impl WitnessConfig {
             return Err(format!(
                 "witness: witnesses check RFC 6962 SHA-256 trees; this log's tree hash is {}",
                 tree_hash.name()
+            ));
+        }
+        if self.witnesses.len() > WITNESSES_MAX {
+            return Err(format!(
+                "witness: {} witnesses listed, at most {WITNESSES_MAX}",
+                self.witnesses.len()
             ));
         }
         if self.policy == 0 || self.policy > self.witnesses.len() {
