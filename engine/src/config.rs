@@ -102,6 +102,8 @@ pub struct EngineConfig {
     /// A read replica: follow this bucket instead of taking writes (`replication` and the
     /// signer are then unused).
     pub replica: Option<crate::follower::ReplicaConfig>,
+    /// Witnesses that must cosign a checkpoint before it is published; `None`: none.
+    pub witness: Option<crate::witness::WitnessConfig>,
 }
 
 impl EngineConfig {
@@ -144,6 +146,7 @@ impl EngineConfig {
             faults: None,
             replication: None,
             replica: None,
+            witness: None,
         }
     }
 

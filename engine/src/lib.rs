@@ -44,6 +44,7 @@ mod submit;
 mod supervisor;
 mod tiles;
 mod window;
+pub mod witness;
 mod yielding;
 
 use std::path::PathBuf;
@@ -71,6 +72,7 @@ pub(crate) use submit::Submission;
 pub use submit::{EventBatch, Pushed, Waiting};
 pub use tiles::TileError;
 pub use window::Window;
+pub use witness::{WitnessConfig, WitnessEntry, WitnessStatus};
 
 pub use head::{CheckpointListener, Stats, TreeHead, BATCH_EVENTS_BUCKETS, SYNC_BUCKETS_US};
 pub(crate) use shared::Shared;
@@ -133,6 +135,11 @@ pub struct Status {
     /// failed seals since start.
     pub seal_error: Option<String>,
     pub seal_failures: u64,
+    /// Why the newest checkpoint is not published: too few witnesses cosigned it.
+    pub witness_error: Option<String>,
+    /// Each configured witness (none without `[witness]`) and the policy `k`.
+    pub witnesses: Vec<WitnessStatus>,
+    pub witness_policy: usize,
     pub io_mode: &'static str,
     /// Sealed segments on the local disk.
     pub sealed_segments: usize,
@@ -225,6 +232,12 @@ impl Engine {
         getrandom::getrandom(&mut search_cursor_key)
             .map_err(|e| EngineError::Config(format!("random cursor key: {e}")))?;
         let remote = recovery::read_target(&config)?;
+        let witnesses = match &config.witness {
+            Some(w) if config.replica.is_none() => {
+                Some(witness::Witnesses::new(w, config.tree_hash)?)
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             hashes: r.hashes.clone(),
             leaf_index,
@@ -257,6 +270,7 @@ impl Engine {
             queued: std::sync::OnceLock::new(),
             lease,
             stamps: Default::default(),
+            witnesses,
             config,
         });
         let (replicator, replication) = r.replicator.unzip();
@@ -552,6 +566,13 @@ impl Engine {
             signer_failures_in_a_row: health.signer_failures_in_a_row,
             seal_error: health.seal_error,
             seal_failures: health.seal_failures,
+            witness_error: self.shared.witnesses.as_ref().and_then(|w| w.error()),
+            witnesses: self
+                .shared
+                .witnesses
+                .as_ref()
+                .map_or_else(Vec::new, |w| w.status()),
+            witness_policy: self.shared.witnesses.as_ref().map_or(0, |w| w.policy()),
             io_mode: self.shared.io_mode_name,
             sealed_segments: set.sealed,
             open_segments: set.open,

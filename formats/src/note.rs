@@ -392,7 +392,8 @@ fn check_text(text: &str) -> Result<(), NoteError> {
     check_no_control(text)
 }
 
-fn parse_signature_line(line: &str, n: usize) -> Result<NoteSignature, NoteError> {
+/// Decodes one signature line (without its newline); `n` is its number, for errors.
+pub fn parse_signature_line(line: &str, n: usize) -> Result<NoteSignature, NoteError> {
     let bad = |reason| NoteError::MalformedSignatureLine { line: n, reason };
     let rest = line
         .strip_prefix(SIG_PREFIX)

@@ -35,6 +35,8 @@ pub struct FileConfig {
     /// `[replica]`: how a read replica (`--replica-of URL`) reaches the bucket; its
     /// `source` is the command line's.
     pub replica: Option<auditlog_engine::follower::ReplicaConfig>,
+    /// `[witness]`: witnesses that must cosign a checkpoint before it is published.
+    pub witness: Option<auditlog_engine::WitnessConfig>,
 }
 
 /// `[signer]`: which key signs checkpoints when the log is created. The PIN is never here,
@@ -334,6 +336,11 @@ pub fn resolve(file: FileConfig, mut over: Overrides) -> anyhow::Result<Config> 
         admin.pkcs11_modules_allowed.push(m.clone());
     }
     engine.replication = Some(file.replication.unwrap_or_default());
+    if let Some(w) = &file.witness {
+        // Named at start, before anything is opened: a bad key or policy is a config error.
+        w.check(engine.tree_hash).map_err(anyhow::Error::msg)?;
+    }
+    engine.witness = file.witness;
     if let Some(source) = over.replica_of.take() {
         engine.replica = Some(auditlog_engine::follower::ReplicaConfig {
             source,
@@ -659,6 +666,47 @@ mod tests {
         let file: FileConfig = toml::from_str(&text).expect("parse");
         let shown = format!("{file:?}");
         assert!(!shown.contains("s3-secret-9") && !shown.contains("azure-key-9"));
+    }
+
+    #[test]
+    fn witness_section_is_checked_at_load() {
+        let w0 = "witness.test/w0+23fc7de5+BEOnLnFEAXYt9mtowm373yaCquyfJHTspGE+QkoPuv08";
+        let w1 = "witness.test/w1+202e6e51+BGa+fjMsekUzMr2dCn99sFX1xe8aBq2mbZizn7aBDEc6";
+        let text = |engine: &str, policy: usize, keys: &[&str]| {
+            let mut t = format!("{engine}[witness]\npolicy = {policy}\ntimeout_ms = 700\n");
+            for k in keys {
+                t.push_str(&format!(
+                    "[[witness.witnesses]]\nurl = \"http://127.0.0.1:1/w\"\nkey = \"{k}\"\n"
+                ));
+            }
+            t
+        };
+        let resolve_text = |t: &str| -> anyhow::Result<Config> {
+            resolve(toml::from_str(t)?, Overrides::default())
+        };
+        let c = resolve_text(&text("", 2, &[w0, w1])).expect("valid");
+        let w = c.engine.witness.expect("witness section");
+        assert_eq!(
+            (w.policy, w.timeout_ms, w.body_bytes_max),
+            (2, 700, 16 << 10)
+        );
+        assert_eq!(w.witnesses[1].key, w1);
+        for (t, why) in [
+            (text("", 3, &[w0, w1]), "between 1 and the 2"),
+            (text("", 0, &[w0]), "between 1 and the 1"),
+            (text("", 1, &[w0, w0]), "listed twice"),
+            (text("", 1, &["nope"]), "witness key"),
+            (
+                text("[engine]\ntree_hash = \"blake3\"\n", 1, &[w0]),
+                "SHA-256",
+            ),
+        ] {
+            let e = format!("{:#}", resolve_text(&t).expect_err(why));
+            assert!(e.contains(why), "{e}");
+        }
+        assert!(
+            toml::from_str::<FileConfig>("[witness]\npolicy = 1\nwitnesses = []\nk = 1\n").is_err()
+        );
     }
 
     #[test]

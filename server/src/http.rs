@@ -756,6 +756,9 @@ async fn ready(State(st): State<St>) -> ApiResult {
     if let Some(f) = &s.seal_error {
         reasons.push(format!("sealing: {f}"));
     }
+    if let Some(f) = &s.witness_error {
+        reasons.push(format!("witnesses: {f}"));
+    }
     reasons.extend(checkpoint_stale(
         &s,
         st.engine.uptime().as_millis() as u64,

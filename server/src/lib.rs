@@ -30,6 +30,7 @@ mod submit;
 mod syslog;
 mod tcp;
 mod tls;
+mod witness_metrics;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

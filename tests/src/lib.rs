@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod certs;
 pub mod tools;
+pub mod witness;
 pub mod worm_servers;
 
 use auditlog_engine::EngineConfig;
