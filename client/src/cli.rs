@@ -595,6 +595,8 @@ pub struct CheckpointArgs {
     /// Verify the signature with this verifier key (`name+keyid+base64` or @FILE).
     #[arg(long, env = "AUDITLOG_VERIFIER_KEY")]
     pub key: Option<String>,
+    #[command(flatten)]
+    pub witnesses: crate::witness::WitnessArgs,
 }
 
 /// Prints the note on stdout (so it can be saved for `prove --since`); what was verified
@@ -615,6 +617,12 @@ pub fn checkpoint(conn: &Conn, args: &CheckpointArgs) -> anyhow::Result<()> {
             ),
             Err(e) => bail!("checkpoint signature check with key {key} FAILED: {e}"),
         }
+    }
+    if let Some(policy) = args.witnesses.policy()? {
+        let line = policy
+            .check(&text)
+            .context("checkpoint cosignature check FAILED")?;
+        eprintln!("witnesses: {line}");
     }
     print!("{text}");
     std::io::stdout().flush().context("writing to stdout")?;

@@ -15,3 +15,4 @@ pub mod app;
 pub mod cli;
 mod prove;
 mod verify_cmd;
+pub mod witness;

@@ -60,6 +60,8 @@ pub struct ProveArgs {
     /// How long the server may wait for a checkpoint covering the event, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub wait_ms: u64,
+    #[command(flatten)]
+    pub witnesses: crate::witness::WitnessArgs,
 }
 
 /// Prints one checked step.
@@ -353,6 +355,16 @@ fn fetch_checkpoint(
         .checkpoint(Some(need), args.wait_ms)
         .map_err(|e| failed("checkpoint", e))?;
     let cp = open_checkpoint("checkpoint", &text, key, &info.origin)?;
+    if let Some(policy) = args
+        .witnesses
+        .policy()
+        .map_err(|e| failed("witnesses", format!("{e:#}")))?
+    {
+        let line = policy
+            .check(&text)
+            .map_err(|e| failed("witnesses", format!("{e:#}")))?;
+        ok("witnesses", line);
+    }
     let size = args.size.unwrap_or(cp.size);
     if size > cp.size {
         return Err(failed(

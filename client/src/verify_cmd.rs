@@ -60,11 +60,15 @@ pub struct VerifyArgs {
     /// the other; the verdict and the first failure named are the same for every count.
     #[arg(long, value_name = "N")]
     threads: Option<NonZeroUsize>,
+    /// With --since: the kept checkpoint must carry the witnesses' cosignatures.
+    #[command(flatten)]
+    witnesses: crate::witness::WitnessArgs,
 }
 
 pub fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let history = pinned_history(&a)?;
     let since = kept_checkpoint(&a, &history)?;
+    witnessed_since(&a)?;
     let pins = Pins {
         origin: a.origin.clone(),
         since,
@@ -156,6 +160,24 @@ fn kept_checkpoint(a: &VerifyArgs, history: &CheckedHistory) -> anyhow::Result<O
         })?;
     }
     Ok(since)
+}
+
+/// With --witness, the kept checkpoint (--since: the one the auditor pinned, which the log
+/// must extend) carries the cosignatures the policy needs.
+fn witnessed_since(a: &VerifyArgs) -> anyhow::Result<()> {
+    let Some(policy) = a.witnesses.policy()? else {
+        return Ok(());
+    };
+    let Some(path) = &a.since else {
+        anyhow::bail!("--witness checks the kept checkpoint: give it with --since NOTE_FILE");
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let line = policy
+        .check(&text)
+        .with_context(|| format!("{}: the kept checkpoint's cosignatures", path.display()))?;
+    println!("witnesses: {line}");
+    Ok(())
 }
 
 /// A progress bar on a terminal only.

@@ -3,6 +3,8 @@
 //! and only then announces it. Signing never sits on the ingest path: a slow or failing
 //! signer delays checkpoints, never acknowledgements (nor seals: a segment sealed while the
 //! signer was down gets its checkpoint here, at its end, in order, before the head's).
+//! With `[witness]`, a signed checkpoint is published only once enough witnesses cosigned
+//! it (`witness.rs`); too few is a failed pass, retried with the same backoff.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use auditlog_formats::note::Checkpoint;
 
 use crate::checkpoints::{CheckpointLog, SignedCheckpoint};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::Shared;
 
 pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
@@ -30,11 +32,16 @@ pub(crate) fn run(shared: Arc<Shared>, mut log: CheckpointLog) {
             Err(e) if stopping => {
                 // The last try: shutdown does not wait out a backoff for it.
                 tracing::warn!("final checkpoint failed: {e}");
-                shared.health.set_signer_error(Some(e.to_string()));
+                if !matches!(e, EngineError::WitnessPolicy(_)) {
+                    shared.health.set_signer_error(Some(e.to_string()));
+                }
             }
             Err(e) => {
                 tracing::warn!("checkpoint failed, will retry in {backoff:?}: {e}");
-                shared.health.set_signer_error(Some(e.to_string()));
+                // Witnesses say why in their own status (`/ready`, metrics): the signer worked.
+                if !matches!(e, EngineError::WitnessPolicy(_)) {
+                    shared.health.set_signer_error(Some(e.to_string()));
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -134,6 +141,19 @@ fn publish(
         tracing::info!("checkpoint signing works again");
     }
     shared.health.set_signer_error(None);
+    // Witnesses are asked before the gate is taken: their round trips never hold it.
+    let note = match &shared.witnesses {
+        None => note,
+        Some(w) => w.cosign(&checkpoint, &note, &|old, new| {
+            auditlog_formats::tree::prove_consistency(
+                shared.config.tree_hash,
+                old,
+                new,
+                &shared.hashes,
+            )?
+            .map_err(|e| EngineError::BadRequest(e.to_string()))
+        })?,
+    };
     let gate = shared.health.publish_gate();
     let signed = shared.checkpoints.signed_size();
     if gate.iter().any(|&end| signed < end && end < size) {

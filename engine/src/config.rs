@@ -77,6 +77,9 @@ pub struct EngineConfig {
     /// only the few lowest levels from disk. The lowest cached level rises as the tree
     /// grows, so this bounds memory whatever the log's size.
     pub hash_cache_bytes_max: u64,
+    /// Decoded blocks of sealed segments kept for reads that come back to them (the tiles
+    /// API's entry bundles: ~3 to a 256 KiB block; a search's candidates); 0 keeps none.
+    pub block_cache_bytes: usize,
     /// Keep the search index (`searchindex.rs`); off, searches scan within their cost limit.
     pub search_index: bool,
     /// Records in one search-index window (`searchindex.rs`): runs never cross a multiple
@@ -91,6 +94,9 @@ pub struct EngineConfig {
     /// `2^search_bucket_bits` buckets: fewer, fuller buckets make a smaller index and more
     /// records to re-check per search by such a field. Changing it rebuilds the index.
     pub search_bucket_bits: u32,
+    /// Threads that decode a search's next candidate blocks while it checks one (1: the
+    /// search's own thread only).
+    pub search_readers: usize,
     pub io_mode: IoMode,
     pub signer: SignerConfig,
     /// Where HSM PINs come from (an environment variable or a file, never the config).
@@ -102,6 +108,8 @@ pub struct EngineConfig {
     /// A read replica: follow this bucket instead of taking writes (`replication` and the
     /// signer are then unused).
     pub replica: Option<crate::follower::ReplicaConfig>,
+    /// Witnesses that must cosign a checkpoint before it is published; `None`: none.
+    pub witness: Option<crate::witness::WitnessConfig>,
 }
 
 impl EngineConfig {
@@ -132,16 +140,19 @@ impl EngineConfig {
             block_codec: BlockCodec::Columnar,
             seal_check_leaves: false,
             hash_cache_bytes_max: 64 << 20,
+            block_cache_bytes: 4 << 20,
             search_index: true,
             search_window_records: 1 << 23,
             search_block_records: 128,
             search_bucket_bits: 15,
+            search_readers: 2,
             io_mode: IoMode::Auto,
             signer: SignerConfig::DevKeyFile,
             pkcs11_pin: None,
             faults: None,
             replication: None,
             replica: None,
+            witness: None,
         }
     }
 
@@ -176,6 +187,9 @@ impl EngineConfig {
             return Err(
                 "search_block_records must be positive, search_bucket_bits at most 32".into(),
             );
+        }
+        if !(1..=16).contains(&self.search_readers) {
+            return Err("search_readers must be from 1 to 16".into());
         }
         if self.origin.is_empty() || self.origin.chars().any(|c| c.is_control()) {
             return Err("origin must be a non-empty line of text".into());

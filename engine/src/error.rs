@@ -41,6 +41,9 @@ pub enum EngineError {
     /// did not answer (or none is configured): worth retrying later.
     #[error("{place}: object store unavailable: {reason}")]
     StoreUnavailable { place: String, reason: String },
+    /// Fewer witnesses cosigned a checkpoint than the policy needs: it is not published.
+    #[error("witness policy not met: {0}")]
+    WitnessPolicy(String),
     /// Only from the `*_cached` calls: the answer needs disk reads; ask the waiting call.
     #[error("the answer needs reads from disk")]
     WouldBlock,

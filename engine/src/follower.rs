@@ -450,7 +450,7 @@ impl Follower {
         let head = self.edge.size();
         if b > head {
             let (edge, pending) = (&mut self.edge, &mut self.pending);
-            seg.for_each_record(head, b, &mut |_, rec| {
+            seg.for_each_record(crate::segments::Reads::Uncached, head, b, &mut |_, rec| {
                 edge.append(shared.config.tree_hash.leaf(rec), |n, h| pending.push(n, h));
                 Ok(true)
             })?;

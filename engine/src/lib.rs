@@ -6,6 +6,7 @@
 //! [`EventBatch`] on their own thread (validation, record encoding and leaf hashing run
 //! there, in parallel) and submit it into a bounded queue.
 
+mod blockcache;
 mod checkpointer;
 pub mod checkpoints;
 pub mod config;
@@ -29,6 +30,7 @@ mod recovery;
 mod remote;
 pub mod replication;
 pub mod retention;
+pub mod rotation;
 mod runs;
 mod sealer;
 mod search;
@@ -43,6 +45,7 @@ mod submit;
 mod supervisor;
 mod tiles;
 mod window;
+pub mod witness;
 mod yielding;
 
 use std::path::PathBuf;
@@ -73,6 +76,7 @@ pub(crate) use submit::Submission;
 pub use submit::{EventBatch, Pushed, Waiting};
 pub use tiles::TileError;
 pub use window::Window;
+pub use witness::{WitnessConfig, WitnessEntry, WitnessStatus};
 
 pub use head::{CheckpointListener, Stats, TreeHead, BATCH_EVENTS_BUCKETS, SYNC_BUCKETS_US};
 pub(crate) use shared::Shared;
@@ -135,6 +139,11 @@ pub struct Status {
     /// failed seals since start.
     pub seal_error: Option<String>,
     pub seal_failures: u64,
+    /// Why the newest checkpoint is not published: too few witnesses cosigned it.
+    pub witness_error: Option<String>,
+    /// Each configured witness (none without `[witness]`) and the policy `k`.
+    pub witnesses: Vec<WitnessStatus>,
+    pub witness_policy: usize,
     pub io_mode: &'static str,
     /// Sealed segments on the local disk.
     pub sealed_segments: usize,
@@ -227,6 +236,12 @@ impl Engine {
         getrandom::getrandom(&mut search_cursor_key)
             .map_err(|e| EngineError::Config(format!("random cursor key: {e}")))?;
         let remote = recovery::read_target(&config)?;
+        let witnesses = match &config.witness {
+            Some(w) if config.replica.is_none() => {
+                Some(witness::Witnesses::new(w, config.tree_hash)?)
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             hashes: r.hashes.clone(),
             leaf_index,
@@ -245,6 +260,7 @@ impl Engine {
                 config.tree_hash,
                 r.hashes,
                 remote,
+                config.block_cache_bytes,
             ),
             health: health::Health::with_unsigned_footers(r.unsigned_footers),
             recycled: preallocator::Recycled::new(r.recycle),
@@ -258,6 +274,7 @@ impl Engine {
             queued: std::sync::OnceLock::new(),
             lease,
             stamps: Default::default(),
+            witnesses,
             config,
         });
         let (replicator, replication) = r.replicator.unzip();
@@ -349,6 +366,24 @@ impl Engine {
         retention::write(&self.shared.config.data_dir, policy)
     }
 
+    /// The key rotation policy stored in `log.json`, if one was approved.
+    pub fn rotation_policy(&self) -> Result<Option<rotation::RotationPolicy>> {
+        rotation::read(&self.shared.config.data_dir)
+    }
+
+    /// Stores a key rotation policy in `log.json` (durably).
+    pub fn set_rotation_policy(&self, policy: &rotation::RotationPolicy) -> Result<()> {
+        rotation::write(&self.shared.config.data_dir, policy)
+    }
+
+    /// Makes a new key in `next` labelled `label` (not yet in the key history: `add_key`
+    /// adds it) and returns its backend.
+    pub fn create_key(&self, next: &rotation::NextKey, label: &str) -> Result<KeyBackend> {
+        let cfg = &self.shared.config;
+        let name = recovery::key_name(&cfg.origin);
+        rotation::create_key(next, label, &name, &cfg.data_dir, cfg.pkcs11_pin.as_ref())
+    }
+
     /// Ends a key's validity after the largest size signed so far. `which` is its verifier
     /// key string or `name+hex8(key_id)`.
     pub fn retire_key(&self, which: &str) -> Result<KeyEntry> {
@@ -389,7 +424,7 @@ impl Engine {
         let mut out = None;
         self.shared
             .segments
-            .for_each_record(index, index + 1, &mut |_, rec| {
+            .for_each_record(true, index, index + 1, &mut |_, rec| {
                 out = Some(rec.to_vec());
                 Ok(false)
             })?;
@@ -416,7 +451,7 @@ impl Engine {
         if start >= end {
             return Ok(());
         }
-        self.shared.segments.for_each_record(start, end, f)
+        self.shared.segments.for_each_record(false, start, end, f)
     }
 
     pub fn leaf_hash(&self, index: u64) -> Result<Hash> {
@@ -535,6 +570,13 @@ impl Engine {
             signer_failures_in_a_row: health.signer_failures_in_a_row,
             seal_error: health.seal_error,
             seal_failures: health.seal_failures,
+            witness_error: self.shared.witnesses.as_ref().and_then(|w| w.error()),
+            witnesses: self
+                .shared
+                .witnesses
+                .as_ref()
+                .map_or_else(Vec::new, |w| w.status()),
+            witness_policy: self.shared.witnesses.as_ref().map_or(0, |w| w.policy()),
             io_mode: self.shared.io_mode_name,
             sealed_segments: set.sealed,
             open_segments: set.open,

@@ -404,10 +404,15 @@ fn recover_sealed(
             unsigned_footers.push_back(b);
         }
         if b > tree.from {
-            seg.for_each_record(tree.from.max(a), b, &mut |i, rec| {
-                tree.leaf(i, rec)?;
-                Ok(true)
-            })?;
+            seg.for_each_record(
+                crate::segments::Reads::Uncached,
+                tree.from.max(a),
+                b,
+                &mut |i, rec| {
+                    tree.leaf(i, rec)?;
+                    Ok(true)
+                },
+            )?;
         }
         set.sealed.push(Arc::new(seg));
         if signed_footer {

@@ -260,6 +260,14 @@ impl Fetched {
         end: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<bool> {
-        segments::for_each_sealed_record(&self.place, &self.bytes[..], &self.footer, start, end, f)
+        segments::for_each_sealed_record(
+            &self.place,
+            &self.bytes[..],
+            &self.footer,
+            segments::Reads::Uncached,
+            start,
+            end,
+            f,
+        )
     }
 }

@@ -76,25 +76,43 @@ impl RetentionPolicy {
     }
 }
 
+pub(crate) fn read(data_dir: &Path) -> Result<Option<RetentionPolicy>> {
+    read_meta_field(data_dir, "retention")
+}
+
+/// Stores `policy` in `log.json` (`read_meta_field`'s durable counterpart).
+pub(crate) fn write(data_dir: &Path, policy: &RetentionPolicy) -> Result<()> {
+    policy.validate().map_err(EngineError::BadRequest)?;
+    write_meta_field(data_dir, "retention", policy)
+}
+
 /// Serialises read-modify-write of `log.json`.
 static META_LOCK: Mutex<()> = Mutex::new(());
 
-pub(crate) fn read(data_dir: &Path) -> Result<Option<RetentionPolicy>> {
+/// A policy field of `log.json` (`retention`, `rotation`): `None` when absent or null.
+pub(crate) fn read_meta_field<T: serde::de::DeserializeOwned>(
+    data_dir: &Path,
+    field: &str,
+) -> Result<Option<T>> {
     let path = data_dir.join(auditlog_formats::layout::LOG_META_FILE);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;
-    match v.get("retention") {
+    match v.get(field) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(r) => serde_json::from_value(r.clone())
             .map(Some)
-            .map_err(|e| corrupt(&path, format!("retention: {e}"))),
+            .map_err(|e| corrupt(&path, format!("{field}: {e}"))),
     }
 }
 
-/// Rewrites `log.json` with `policy`, keeping every other field: temp, fsync, rename, fsync.
-pub(crate) fn write(data_dir: &Path, policy: &RetentionPolicy) -> Result<()> {
-    policy.validate().map_err(EngineError::BadRequest)?;
+/// Rewrites `log.json` with `field` set to `value`, keeping every other field: temp, fsync,
+/// rename, fsync.
+pub(crate) fn write_meta_field<T: Serialize>(
+    data_dir: &Path,
+    field: &str,
+    value: &T,
+) -> Result<()> {
     let _g = META_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = data_dir.join(auditlog_formats::layout::LOG_META_FILE);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
@@ -104,8 +122,8 @@ pub(crate) fn write(data_dir: &Path, policy: &RetentionPolicy) -> Result<()> {
         .as_object_mut()
         .ok_or_else(|| corrupt(&path, "not a JSON object"))?;
     obj.insert(
-        "retention".into(),
-        serde_json::to_value(policy).map_err(|e| EngineError::BadRequest(e.to_string()))?,
+        field.into(),
+        serde_json::to_value(value).map_err(|e| EngineError::BadRequest(e.to_string()))?,
     );
     let out =
         serde_json::to_string_pretty(&v).map_err(|e| EngineError::BadRequest(e.to_string()))?;

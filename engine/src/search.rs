@@ -103,14 +103,12 @@ impl Engine {
             };
             let Some((blocks, run_end)) = indexed else {
                 // Not indexed (or nothing to look up): scan what is left.
-                return Ok(self.scan(&c, (at, end), out, emit)?.0);
+                return Ok(self.scan(&c, (at, end), false, out, emit)?.0);
             };
-            for (a, z) in blocks {
-                let stopped;
-                (out, stopped) = self.scan(&c, (a, z), out, emit)?;
-                if stopped {
-                    return Ok(out);
-                }
+            let stopped;
+            (out, stopped) = self.scan_candidates(&c, &blocks, out, emit)?;
+            if stopped {
+                return Ok(out);
             }
             at = run_end.min(end);
         }
@@ -142,19 +140,21 @@ impl Engine {
         Ok(None)
     }
 
-    /// Re-checks the records `[from, to)` of a search (over `[.., c.end)`): the search so
-    /// far, and whether it stopped (a limit reached; `next` says where to go on).
+    /// Re-checks the records `[from, to)` of a search (over `[.., c.end)`), a `point` read
+    /// or a scan: the search so far, and whether it stopped (a limit reached; `next` says
+    /// where to go on).
     fn scan(
         &self,
         c: &Check<'_>,
         (from, to): (u64, u64),
+        point: bool,
         mut out: SearchEnd,
         emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
     ) -> Result<(SearchEnd, bool)> {
         let mut stop = None;
         self.shared
             .segments
-            .for_each_record(from, to, &mut |i, rec| {
+            .for_each_record(point, from, to, &mut |i, rec| {
                 if out.examined >= c.q.examined_max {
                     stop = Some(Some(i));
                     return Ok(false);
@@ -164,6 +164,69 @@ impl Engine {
             })?;
         out.next = stop.flatten();
         Ok((out, stop.is_some()))
+    }
+
+    /// Re-checks candidate blocks in order, as `scan` does each. A candidate is a point
+    /// read (its segment block decoded only as far as its records), and with
+    /// `search_readers` > 1 that many threads decode the next candidates while this one
+    /// checks: a query's latency is mostly decoding ~100 segment blocks, one per match.
+    /// Readers run at most two candidates ahead of the check; when the search stops, they
+    /// stop at their next candidate.
+    fn scan_candidates(
+        &self,
+        c: &Check<'_>,
+        blocks: &[(u64, u64)],
+        mut out: SearchEnd,
+        emit: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<(SearchEnd, bool)> {
+        let readers = self.shared.config.search_readers.min(blocks.len());
+        if readers <= 1 {
+            for &range in blocks {
+                let stopped;
+                (out, stopped) = self.scan(c, range, true, out, emit)?;
+                if stopped {
+                    return Ok((out, true));
+                }
+            }
+            return Ok((out, false));
+        }
+        type Records = Result<Vec<(u64, Vec<u8>)>>;
+        std::thread::scope(|s| {
+            let mut channels = Vec::with_capacity(readers);
+            for r in 0..readers {
+                let (tx, rx) = crossbeam_channel::bounded::<Records>(2);
+                channels.push(rx);
+                let segments = &self.shared.segments;
+                s.spawn(move || {
+                    for &(a, z) in blocks.iter().skip(r).step_by(readers) {
+                        let mut got = Vec::with_capacity((z - a) as usize);
+                        let read = segments.for_each_record(true, a, z, &mut |i, rec| {
+                            got.push((i, rec.to_vec()));
+                            Ok(true)
+                        });
+                        if tx.send(read.map(|()| got)).is_err() {
+                            return; // the search stopped
+                        }
+                    }
+                });
+            }
+            for (k, _) in blocks.iter().enumerate() {
+                let Ok(records) = channels[k % readers].recv() else {
+                    unreachable!("a reader sends every candidate of its share")
+                };
+                for (i, rec) in records? {
+                    if out.examined >= c.q.examined_max {
+                        out.next = Some(i);
+                        return Ok((out, true));
+                    }
+                    if let Some(next) = self.consider(c, i, &rec, &mut out, emit)? {
+                        out.next = next;
+                        return Ok((out, true));
+                    }
+                }
+            }
+            Ok((out, false))
+        })
     }
 
     /// A cursor for going on with a search: opaque, signed with this engine run's key and

@@ -362,7 +362,7 @@ fn build_run(dir: &Path, segments: &Segments, shape: Shape, first: u64, end: u64
     let mut scratch = Vec::with_capacity(16);
     let mut pace = crate::yielding::Every::new(256);
     let mut next = first;
-    segments.for_each_record(first, end, &mut |index, rec| {
+    segments.for_each_record(false, first, end, &mut |index, rec| {
         pace.tick();
         assert_eq!(index, next, "records in order");
         next += 1;

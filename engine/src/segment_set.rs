@@ -8,11 +8,12 @@ use std::sync::{Arc, RwLock};
 
 use auditlog_formats::TreeHash;
 
+use crate::blockcache::BlockCache;
 use crate::error::{EngineError, Result};
 use crate::hashstore::HashFiles;
 use crate::pruned::PrunedSegment;
 use crate::remote::{RemoteSegments, StoreReadStats};
-use crate::segments::{BatchLoc, Body, Segment};
+use crate::segments::{BatchLoc, Body, Reads, Segment};
 use crate::sequencer::OpenSegment;
 
 pub(crate) struct SegmentSet {
@@ -46,6 +47,8 @@ pub(crate) struct Segments {
     /// The tree's hashes, to check records read back from the store.
     hashes: HashFiles,
     remote: RemoteSegments,
+    /// Recently decoded blocks of local sealed segments.
+    cache: BlockCache,
 }
 
 enum ReadPlan {
@@ -61,6 +64,7 @@ impl Segments {
         alg: TreeHash,
         hashes: HashFiles,
         remote: RemoteSegments,
+        block_cache_bytes: usize,
     ) -> Segments {
         Segments {
             set: RwLock::new(set),
@@ -68,6 +72,7 @@ impl Segments {
             alg,
             hashes,
             remote,
+            cache: BlockCache::new(block_cache_bytes),
         }
     }
 
@@ -174,9 +179,12 @@ impl Segments {
         }))
     }
 
-    /// Reads `[start, end)` in order through `f`, which returns false to stop early.
+    /// Reads `[start, end)` in order through `f`, which returns false to stop early. A
+    /// `point` read (a few records: a search's candidates, one event) decodes a block it
+    /// does not find in the cache only as far as it needs, and keeps nothing.
     pub fn for_each_record(
         &self,
+        point: bool,
         start: u64,
         end: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
@@ -184,8 +192,14 @@ impl Segments {
         let mut at = start;
         while at < end {
             let (more, next) = match self.plan(at, end)? {
-                ReadPlan::Sealed(s) => (s.for_each_record(at, end, f)?, s.end),
-                ReadPlan::Open(s) => (s.for_each_record(at, end, f)?, s.end),
+                ReadPlan::Sealed(s) => {
+                    let reads = Reads::Cached {
+                        cache: &self.cache,
+                        point,
+                    };
+                    (s.for_each_record(reads, at, end, f)?, s.end)
+                }
+                ReadPlan::Open(s) => (s.for_each_record(Reads::Uncached, at, end, f)?, s.end),
                 ReadPlan::Pruned(p) => (
                     self.remote
                         .for_each_record(&p, self.alg, &self.hashes, at, end, f)?,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use auditlog_formats::batch::{self, BatchError, Entries, BATCH_HEADER_BYTES};
 use auditlog_formats::segment::{self, Footer, SegmentHeader, TRAILER_BYTES};
 
+use crate::blockcache::{BlockCache, BlockKey};
 use crate::error::{corrupt, io_err, Result};
 
 pub(crate) use auditlog_formats::layout::{
@@ -313,13 +314,78 @@ pub(crate) fn for_each_sealed_record(
     path: &Path,
     file: &(impl SealedBytes + ?Sized),
     footer: &Footer,
+    reads: Reads<'_>,
     start: u64,
     end: u64,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
-    for_each_sealed_block(path, file, footer, start, end, &mut |b, raw| {
-        walk(path, b.first_index, raw, start, end, f)
-    })
+    let Reads::Cached { cache, point } = reads else {
+        return for_each_sealed_block(path, file, footer, start, end, &mut |b, raw| {
+            walk(path, b.first_index, raw, start, end, f)
+        });
+    };
+    let i = first_block(footer, start);
+    let segment_first = footer.blocks.first().map_or(0, |b| b.first_index);
+    let mut buf = Vec::new();
+    for (n, b) in footer.blocks.iter().enumerate().skip(i) {
+        if b.first_index >= end {
+            break;
+        }
+        let key = BlockKey {
+            segment_first,
+            block: n as u32,
+            crc32c: b.crc32c,
+        };
+        // A point read decodes a block only as far as its records, and keeps nothing.
+        let wanted = (end - b.first_index).min(u64::from(b.record_count)) as u32;
+        let raw = match cache.get(key) {
+            Some(raw) => raw,
+            None if point && wanted < b.record_count => {
+                Arc::new(read_block_records(path, file, n, b, wanted, &mut buf)?)
+            }
+            None => cache.get_or_decode(key, || {
+                read_block_records(path, file, n, b, b.record_count, &mut buf)
+            })?,
+        };
+        if !walk(path, b.first_index, &raw, start, end, f)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// How a sealed segment's blocks are read: decoded for this read only (the sealer's
+/// check, a store's copy), or through the block cache, where a point read (a few records:
+/// a search's candidates, one event) decodes a block it misses only as far as it needs.
+#[derive(Clone, Copy)]
+pub(crate) enum Reads<'c> {
+    Uncached,
+    Cached { cache: &'c BlockCache, point: bool },
+}
+
+/// The number of the block holding `start` (or the first block).
+fn first_block(footer: &Footer, start: u64) -> usize {
+    footer
+        .blocks
+        .partition_point(|b| b.first_index <= start)
+        .saturating_sub(1)
+}
+
+/// The first `records` records of block `n`, read into `buf` and decoded, its CRC and
+/// sizes checked.
+fn read_block_records(
+    path: &Path,
+    file: &(impl SealedBytes + ?Sized),
+    n: usize,
+    b: &segment::BlockEntry,
+    records: u32,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>> {
+    buf.resize(b.compressed_bytes as usize, 0);
+    file.read_bytes_at(buf, b.offset)
+        .map_err(|e| io_err(path, format!("read block {n}"))(e))?;
+    segment::decode_block_records(n as u32, b, buf, records)
+        .map_err(|e| corrupt(path, e.to_string()))
 }
 
 /// Calls `f(block, raw)` with each block of a sealed segment that holds records of
@@ -333,20 +399,17 @@ pub(crate) fn for_each_sealed_block(
     end: u64,
     f: &mut dyn FnMut(&segment::BlockEntry, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
-    let i = footer
-        .blocks
-        .partition_point(|b| b.first_index <= start)
-        .saturating_sub(1);
     let mut buf = Vec::new();
-    for (n, b) in footer.blocks.iter().enumerate().skip(i) {
+    for (n, b) in footer
+        .blocks
+        .iter()
+        .enumerate()
+        .skip(first_block(footer, start))
+    {
         if b.first_index >= end {
             break;
         }
-        buf.resize(b.compressed_bytes as usize, 0);
-        file.read_bytes_at(&mut buf, b.offset)
-            .map_err(|e| io_err(path, format!("read block {n}"))(e))?;
-        let raw =
-            segment::decode_block(n as u32, b, &buf).map_err(|e| corrupt(path, e.to_string()))?;
+        let raw = read_block_records(path, file, n, b, b.record_count, &mut buf)?;
         if !f(b, &raw)? {
             return Ok(false);
         }
@@ -355,9 +418,11 @@ pub(crate) fn for_each_sealed_block(
 }
 
 impl Segment {
-    /// Calls `f(index, record)` for every record in `[start, end)` ∩ this segment, in order.
+    /// Calls `f(index, record)` for every record in `[start, end)` ∩ this segment, in order;
+    /// a sealed segment's blocks as `reads` says.
     pub(crate) fn for_each_record(
         &self,
+        reads: Reads<'_>,
         start: u64,
         end: u64,
         f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
@@ -397,7 +462,15 @@ impl Segment {
                 }
             }
             Body::Sealed { footer, .. } => {
-                return for_each_sealed_record(&self.path, &*self.file, footer, start, end, f);
+                return for_each_sealed_record(
+                    &self.path,
+                    &*self.file,
+                    footer,
+                    reads,
+                    start,
+                    end,
+                    f,
+                );
             }
         }
         Ok(true)

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) lease: Option<std::sync::Arc<crate::lease::Lease>>,
     /// The last receipt time stamped (`submit.rs`): stamps follow the queue's order.
     pub(crate) stamps: crate::submit::Stamps,
+    /// Witnesses that cosign checkpoints before they are published (`witness.rs`).
+    pub(crate) witnesses: Option<crate::witness::Witnesses>,
 }
 
 impl Shared {

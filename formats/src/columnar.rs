@@ -690,6 +690,20 @@ pub fn decode(
     capacity: usize,
     decompressor: &mut zstd::bulk::Decompressor<'_>,
 ) -> Result<Vec<u8>, ColumnarError> {
+    decode_records(data, capacity, usize::MAX, decompressor)
+}
+
+/// The first `records_max` records of a block (all of them if it holds fewer), framed as
+/// in the raw block: what a read of a few records near a block's start costs, instead of
+/// the whole block (a record's values may refer to earlier ones, so never fewer). Only a
+/// whole block is checked to use every lane to its end; a prefix is checked as far as it
+/// goes (the block's CRC-32C covers the rest).
+pub fn decode_records(
+    data: &[u8],
+    capacity: usize,
+    records_max: usize,
+    decompressor: &mut zstd::bulk::Decompressor<'_>,
+) -> Result<Vec<u8>, ColumnarError> {
     let sections = sections(data, decompressor)?;
     let mut head = Lane {
         bytes: &sections[0],
@@ -730,7 +744,7 @@ pub fn decode(
     let mut arena = Vec::new();
     let mut previous_time = 0u64;
     let records = d.lanes[LANE_KIND].bytes.len();
-    for _ in 0..records {
+    for _ in 0..records.min(records_max) {
         let kind = d.lanes[LANE_KIND].byte()?;
         let entry_at = out.len();
         out.extend_from_slice(&[0; 4]);
@@ -747,7 +761,7 @@ pub fn decode(
             u32::try_from(out.len() - entry_at - 4).or_else(|_| bad("a record over 4 GiB"))?;
         out[entry_at..entry_at + 4].copy_from_slice(&len.to_be_bytes());
     }
-    if d.lanes.iter().any(|l| l.at != l.bytes.len()) {
+    if records_max >= records && d.lanes.iter().any(|l| l.at != l.bytes.len()) {
         return bad("a lane has bytes no record used");
     }
     Ok(out)
@@ -863,9 +877,27 @@ fn pieces_of(d: &mut Decoder<'_>, t: &[u8], at: usize) -> Result<Vec<Piece>, Col
 
 /// Writes `v` as exactly `n` decimal digits, zero-padded.
 fn push_digits(target: &mut Vec<u8>, mut v: u64, n: usize) -> Result<(), ColumnarError> {
+    // Two digits a step from a table of "00".."99" (a division by 100 instead of two by 10).
+    const PAIRS: [u8; 200] = {
+        let mut t = [0u8; 200];
+        let mut i = 0;
+        while i < 100 {
+            t[2 * i] = b'0' + (i / 10) as u8;
+            t[2 * i + 1] = b'0' + (i % 10) as u8;
+            i += 1;
+        }
+        t
+    };
     let mut buf = [b'0'; DIGIT_RUN_MAX];
-    for d in buf[..n].iter_mut().rev() {
-        *d = b'0' + (v % 10) as u8;
+    let mut at = n;
+    while at >= 2 && v > 0 {
+        let pair = (v % 100) as usize;
+        v /= 100;
+        buf[at - 2..at].copy_from_slice(&PAIRS[2 * pair..2 * pair + 2]);
+        at -= 2;
+    }
+    if at == 1 {
+        buf[0] = b'0' + (v % 10) as u8;
         v /= 10;
     }
     if v != 0 {
@@ -915,6 +947,32 @@ fn sections(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Digit runs come back with their leading zeros, at every length and parity; a
+    /// value longer than its run is refused.
+    #[test]
+    fn digit_runs_known_answers() {
+        for (v, n, want) in [
+            (0u64, 1usize, "0"),
+            (7, 3, "007"),
+            (42, 2, "42"),
+            (1234567, 7, "1234567"),
+            (1234567, 10, "0001234567"),
+            (
+                9_999_999_999_999_999_999,
+                DIGIT_RUN_MAX,
+                "9999999999999999999",
+            ),
+            (5, DIGIT_RUN_MAX, "0000000000000000005"),
+        ] {
+            let mut out = b"x".to_vec();
+            push_digits(&mut out, v, n).expect("fits");
+            assert_eq!(out, [b"x", want.as_bytes()].concat(), "{v} in {n}");
+        }
+        for (v, n) in [(10u64, 1usize), (100, 2), (12345, 4), (u64::MAX, 19)] {
+            assert!(push_digits(&mut Vec::new(), v, n).is_err(), "{v} in {n}");
+        }
+    }
     use crate::batch::push_entry;
     use crate::record::{PayloadKind, Record};
     use proptest::prelude::*;

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod cef;
 pub mod checkpoint_log;
 pub mod columnar;
+pub mod cosignature;
 pub mod export;
 pub mod frame;
 pub mod hash;

@@ -284,6 +284,14 @@ impl VerifierKey {
         }
     }
 
+    /// The 32-byte public key of an Ed25519 key; `None` for an ECDSA key.
+    pub fn ed25519_public_key(&self) -> Option<&[u8; 32]> {
+        match &self.public {
+            PublicKey::Ed25519 { bytes, .. } => Some(bytes),
+            PublicKey::EcdsaP256(_) => None,
+        }
+    }
+
     /// Verifies a note signature (without its key id prefix) over `msg`.
     ///
     /// Ed25519: strict RFC 8032 verification (`verify_strict`) of a 64-byte signature,
@@ -406,6 +414,11 @@ impl NoteSigner {
         self.key_id
     }
 
+    /// The Ed25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signing_key.verifying_key().to_bytes()
+    }
+
     /// Deterministic RFC 8032 Ed25519 signature of `msg`.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing_key.sign(msg).to_bytes()
@@ -469,7 +482,8 @@ fn check_text(text: &str) -> Result<(), NoteError> {
     check_no_control(text)
 }
 
-fn parse_signature_line(line: &str, n: usize) -> Result<NoteSignature, NoteError> {
+/// Decodes one signature line (without its newline); `n` is its number, for errors.
+pub fn parse_signature_line(line: &str, n: usize) -> Result<NoteSignature, NoteError> {
     let bad = |reason| NoteError::MalformedSignatureLine { line: n, reason };
     let rest = line
         .strip_prefix(SIG_PREFIX)

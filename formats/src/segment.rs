@@ -400,7 +400,12 @@ pub fn decode_footer(
 /// Decodes one block of `codec` with a zstd context kept per thread: making one per block
 /// was ~1% of the daemon's CPU while sealing (its allocation and set-up, for blocks of
 /// ~1 MiB).
-fn decompress(codec: BlockCodec, compressed: &[u8], capacity: usize) -> Result<Vec<u8>, String> {
+fn decompress(
+    codec: BlockCodec,
+    compressed: &[u8],
+    capacity: usize,
+    records_max: usize,
+) -> Result<Vec<u8>, String> {
     thread_local! {
         static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
@@ -416,7 +421,8 @@ fn decompress(codec: BlockCodec, compressed: &[u8], capacity: usize) -> Result<V
                 .decompress(compressed, capacity)
                 .map_err(|e| format!("zstd: {e}")),
             BlockCodec::Columnar => {
-                crate::columnar::decode(compressed, capacity, d).map_err(|e| e.to_string())
+                crate::columnar::decode_records(compressed, capacity, records_max, d)
+                    .map_err(|e| e.to_string())
             }
         }
     })
@@ -446,6 +452,19 @@ pub fn decode_block(
     entry: &BlockEntry,
     compressed: &[u8],
 ) -> Result<Vec<u8>, SegmentError> {
+    decode_block_records(block, entry, compressed, entry.record_count)
+}
+
+/// The first `records` records of a block (all of them if it holds fewer), checked
+/// against its index entry as far as they go: the checksum of the whole block, then the
+/// count (and, for a whole block, the size). A columnar block decodes only that far; a zstd
+/// block is decompressed whole and cut.
+pub fn decode_block_records(
+    block: u32,
+    entry: &BlockEntry,
+    compressed: &[u8],
+    records: u32,
+) -> Result<Vec<u8>, SegmentError> {
     let fail = |reason: String| SegmentError::Block { block, reason };
     if compressed.len() != entry.compressed_bytes as usize {
         return Err(fail("short read".into()));
@@ -457,25 +476,38 @@ pub fn decode_block(
             entry.crc32c
         )));
     }
-    let raw = decompress(entry.codec, compressed, entry.raw_bytes as usize).map_err(fail)?;
-    if raw.len() != entry.raw_bytes as usize {
+    let whole = records >= entry.record_count;
+    let wanted = records.min(entry.record_count);
+    let mut raw = decompress(
+        entry.codec,
+        compressed,
+        entry.raw_bytes as usize,
+        wanted as usize,
+    )
+    .map_err(fail)?;
+    if (entry.codec == BlockCodec::Zstd || whole) && raw.len() != entry.raw_bytes as usize {
         return Err(fail(format!(
             "{} raw bytes, index says {}",
             raw.len(),
             entry.raw_bytes
         )));
     }
-    let mut n = 0u32;
+    let (mut n, mut end) = (0u32, 0usize);
     for e in block_records(&raw) {
-        e.map_err(|(p, r)| fail(format!("record {p}: {r}")))?;
+        if n == wanted && !whole {
+            break;
+        }
+        let rec = e.map_err(|(p, r)| fail(format!("record {p}: {r}")))?;
         n += 1;
+        end = rec.as_ptr() as usize - raw.as_ptr() as usize + rec.len();
     }
-    if n != entry.record_count {
+    if n != if whole { entry.record_count } else { wanted } {
         return Err(fail(format!(
             "{n} records, index says {}",
             entry.record_count
         )));
     }
+    raw.truncate(end);
     Ok(raw)
 }
 
@@ -539,10 +571,12 @@ mod tests {
             .collect();
         let packed = zstd::bulk::compress(&good, 3).expect("compress");
         for _ in 0..3 {
-            assert!(decompress(BlockCodec::Zstd, b"not a zstd frame", 1 << 20).is_err());
-            assert!(decompress(BlockCodec::Zstd, &packed, good.len() - 1).is_err());
+            assert!(
+                decompress(BlockCodec::Zstd, b"not a zstd frame", 1 << 20, usize::MAX).is_err()
+            );
+            assert!(decompress(BlockCodec::Zstd, &packed, good.len() - 1, usize::MAX).is_err());
             assert_eq!(
-                decompress(BlockCodec::Zstd, &packed, good.len()).expect("good block"),
+                decompress(BlockCodec::Zstd, &packed, good.len(), usize::MAX).expect("good block"),
                 good
             );
         }
@@ -629,6 +663,22 @@ mod tests {
                 )
                 .expect("block");
                 leaves.extend(Entries::new(&raw).map(|r| TreeHash::Sha256.leaf(r.expect("rec"))));
+                // Any prefix is the whole block's first records, byte for byte.
+                let compressed =
+                    &file[b.offset as usize..(b.offset + b.compressed_bytes as u64) as usize];
+                let whole: Vec<&[u8]> = Entries::new(&raw).map(|r| r.expect("rec")).collect();
+                for k in [0, 1, b.record_count / 2, b.record_count, b.record_count + 5] {
+                    let part = decode_block_records(n as u32, b, compressed, k).expect("prefix");
+                    let got: Vec<&[u8]> = Entries::new(&part).map(|r| r.expect("rec")).collect();
+                    assert_eq!(
+                        got,
+                        whole[..(k.min(b.record_count)) as usize],
+                        "{k} records"
+                    );
+                    let mut flipped = compressed.to_vec();
+                    flipped[compressed.len() / 2] ^= 1;
+                    assert!(decode_block_records(n as u32, b, &flipped, k).is_err());
+                }
             }
             assert_eq!(leaves.len() as u64, count);
             let root = root_from_edge(

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use auditlog_engine::retention::RetentionPolicy;
+use auditlog_engine::rotation::{NextKey, RotationPolicy};
 use auditlog_engine::{Engine, KeyBackend};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -54,6 +55,10 @@ pub enum Operation {
         name: String,
         token_sha256: String,
     },
+    /// Rotate keys on a schedule (`rotation.rs`): the policy is stored in `log.json`.
+    SetRotationPolicy {
+        rotation: RotationPolicy,
+    },
 }
 
 impl Operation {
@@ -63,6 +68,7 @@ impl Operation {
             Operation::RetireKey { .. } => "retire_key",
             Operation::SetRetention { .. } => "set_retention",
             Operation::AddAdmin { .. } => "add_admin",
+            Operation::SetRotationPolicy { .. } => "set_rotation_policy",
         }
     }
 }
@@ -102,7 +108,7 @@ struct RequestFile {
 }
 
 pub struct Admin {
-    cfg: AdminConfig,
+    pub(crate) cfg: AdminConfig,
     path: PathBuf,
     requests: Mutex<Vec<AdminRequest>>,
 }
@@ -128,6 +134,12 @@ impl Admin {
             path,
             requests: Mutex::new(requests),
         })
+    }
+
+    /// How many requests `f` holds for.
+    pub(crate) fn requests_where(&self, f: impl Fn(&AdminRequest) -> bool) -> usize {
+        let reqs = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        reqs.iter().filter(|r| f(r)).count()
     }
 
     fn save(&self, requests: &[AdminRequest]) -> anyhow::Result<()> {
@@ -265,6 +277,17 @@ async fn create(State(st): State<St>, headers: HeaderMap, body: Bytes) -> ApiRes
 }
 
 fn create_blocking(st: &St, who: Principal, op: Operation) -> ApiResult {
+    let req = file_request(st, &who.name, op)?;
+    Ok((StatusCode::CREATED, axum::Json(req)).into_response())
+}
+
+/// Files a request by `requester` (an admin, or the daemon's rotation scheduler), recorded
+/// in the log before anyone can act on it.
+pub(crate) fn file_request(
+    st: &St,
+    requester: &str,
+    op: Operation,
+) -> Result<AdminRequest, ApiError> {
     let admin = &st.admin;
     let mut reqs = admin.requests.lock().unwrap_or_else(|e| e.into_inner());
     let now = now_ms();
@@ -282,7 +305,7 @@ fn create_blocking(st: &St, who: Principal, op: Operation) -> ApiResult {
         );
         record(
             &st.engine,
-            &who.name,
+            requester,
             "refuse",
             &id,
             "failure",
@@ -297,7 +320,7 @@ fn create_blocking(st: &St, who: Principal, op: Operation) -> ApiResult {
     let req = AdminRequest {
         id: id.clone(),
         op,
-        requester: who.name.clone(),
+        requester: requester.to_string(),
         created_at_unix_ms: now,
         expires_at_unix_ms: now + admin.cfg.request_ttl_ms,
         approvals: Vec::new(),
@@ -307,7 +330,7 @@ fn create_blocking(st: &St, who: Principal, op: Operation) -> ApiResult {
     // The log records the request before anyone can act on it.
     record(
         &st.engine,
-        &who.name,
+        requester,
         "request",
         &id,
         "success",
@@ -318,7 +341,7 @@ fn create_blocking(st: &St, who: Principal, op: Operation) -> ApiResult {
     admin
         .save(&reqs)
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    Ok((StatusCode::CREATED, axum::Json(req)).into_response())
+    Ok(req)
 }
 
 async fn approve(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
@@ -489,12 +512,7 @@ fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
         }
         Operation::RotateKey { backend, .. } => match backend {
             KeyBackend::Pkcs11 { module, .. } => {
-                let same = |a: &FsPath| {
-                    let b = FsPath::new(module);
-                    a == b
-                        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
-                };
-                if cfg.pkcs11_modules_allowed.iter().any(|m| same(m)) {
+                if module_allowed(cfg, module) {
                     Ok(())
                 } else {
                     refuse(
@@ -547,6 +565,16 @@ fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
             ),
         },
         Operation::RetireKey { .. } => Ok(()),
+        Operation::SetRotationPolicy { rotation } => {
+            rotation.validate().map_err(ApiError::bad)?;
+            match &rotation.backend {
+                NextKey::Pkcs11 { module, .. } if !module_allowed(cfg, module) => refuse(
+                    "module_not_allowed",
+                    format!("PKCS#11 module {module:?} is not in admin.pkcs11_modules_allowed (nor the [signer] module)"),
+                ),
+                _ => Ok(()),
+            }
+        }
         Operation::AddAdmin { name, token_sha256 } => {
             crate::auth::check_token_name(name).map_err(|e| ApiError::bad(e.to_string()))?;
             if token_hash(token_sha256).is_none() {
@@ -557,6 +585,14 @@ fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), ApiError> {
             Ok(())
         }
     }
+}
+
+/// Whether `module` is one of `admin.pkcs11_modules_allowed` (by path, or the same file).
+fn module_allowed(cfg: &AdminConfig, module: &str) -> bool {
+    let b = FsPath::new(module);
+    cfg.pkcs11_modules_allowed
+        .iter()
+        .any(|a| a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y))
 }
 
 fn token_hash(hex_text: &str) -> Option<[u8; 32]> {
@@ -591,6 +627,15 @@ fn execute(st: &St, op: &Operation) -> Result<String, String> {
         Operation::SetRetention { retention } => engine
             .set_retention(retention)
             .map(|()| "retention policy stored in log.json".to_string())
+            .map_err(|e| e.to_string()),
+        Operation::SetRotationPolicy { rotation } => engine
+            .set_rotation_policy(rotation)
+            .map(|()| {
+                format!(
+                    "rotation policy stored in log.json: a key rotates at {} days, the old one retired {} days later",
+                    rotation.rotation_days, rotation.overlap_days
+                )
+            })
             .map_err(|e| e.to_string()),
         Operation::AddAdmin { name, token_sha256 } => {
             let hash = token_hash(token_sha256).ok_or("token_sha256 is not a SHA-256")?;

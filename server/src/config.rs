@@ -35,6 +35,8 @@ pub struct FileConfig {
     /// `[replica]`: how a read replica (`--replica-of URL`) reaches the bucket; its
     /// `source` is the command line's.
     pub replica: Option<auditlog_engine::follower::ReplicaConfig>,
+    /// `[witness]`: witnesses that must cosign a checkpoint before it is published.
+    pub witness: Option<auditlog_engine::WitnessConfig>,
 }
 
 /// `[signer]`: which key signs checkpoints when the log is created. The PIN is never here,
@@ -75,6 +77,8 @@ pub struct AdminSection {
     pub requests_pending_max: Option<usize>,
     pub pkcs11_modules_allowed: Option<Vec<PathBuf>>,
     pub kms_endpoints_allowed: Option<Vec<String>>,
+    pub rotation_check_interval_ms: Option<u64>,
+    pub rotation_days_default: Option<u32>,
 }
 
 /// The two-person rule, resolved.
@@ -95,6 +99,10 @@ pub struct AdminConfig {
     pub kms_endpoints_allowed: Vec<String>,
     /// The data directory: a `rotate_key` key file must be inside it.
     pub data_dir: PathBuf,
+    /// How often the key rotation scheduler looks at the signing key's age.
+    pub rotation_check_interval_ms: u64,
+    /// Without an approved rotation policy, a signing key this many days old is overdue.
+    pub rotation_days_default: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,10 +128,12 @@ pub struct EngineSection {
     pub block_codec: Option<String>,
     pub seal_check_leaves: Option<bool>,
     pub hash_cache_bytes_max: Option<u64>,
+    pub block_cache_bytes: Option<usize>,
     pub search_index: Option<bool>,
     pub search_window_records: Option<u64>,
     pub search_block_records: Option<u32>,
     pub search_bucket_bits: Option<u32>,
+    pub search_readers: Option<usize>,
     /// "auto", "io_uring" or "pwrite".
     pub io_mode: Option<String>,
 }
@@ -350,6 +360,11 @@ pub fn resolve(file: FileConfig, mut over: Overrides) -> anyhow::Result<Config> 
             .push(e.trim_end_matches('/').to_string());
     }
     engine.replication = Some(file.replication.unwrap_or_default());
+    if let Some(w) = &file.witness {
+        // Named at start, before anything is opened: a bad key or policy is a config error.
+        w.check(engine.tree_hash).map_err(anyhow::Error::msg)?;
+    }
+    engine.witness = file.witness;
     if let Some(source) = over.replica_of.take() {
         engine.replica = Some(auditlog_engine::follower::ReplicaConfig {
             source,
@@ -414,10 +429,12 @@ fn resolve_engine(e: EngineSection, data_dir: Option<PathBuf>) -> anyhow::Result
         zstd_level,
         seal_check_leaves,
         hash_cache_bytes_max,
+        block_cache_bytes,
         search_index,
         search_window_records,
         search_block_records,
-        search_bucket_bits
+        search_bucket_bits,
+        search_readers
     );
     Ok(engine)
 }
@@ -628,7 +645,18 @@ fn resolve_admin(a: &AdminSection) -> anyhow::Result<AdminConfig> {
             .map(|e| e.trim_end_matches('/').to_string())
             .collect(),
         data_dir: PathBuf::new(),
+        rotation_check_interval_ms: a.rotation_check_interval_ms.unwrap_or(3_600_000),
+        rotation_days_default: a.rotation_days_default.unwrap_or(90),
     };
+    if c.rotation_check_interval_ms == 0
+        || c.rotation_days_default == 0
+        || c.rotation_days_default > auditlog_engine::rotation::ROTATION_DAYS_MAX
+    {
+        bail!(
+            "admin.rotation_check_interval_ms must be positive, admin.rotation_days_default within 1..={}",
+            auditlog_engine::rotation::ROTATION_DAYS_MAX
+        );
+    }
     if c.approvals_required == 0 {
         bail!(
             "admin.approvals_required must be at least 1: critical operations need a second admin"
@@ -717,6 +745,47 @@ mod tests {
         let file: FileConfig = toml::from_str(&text).expect("parse");
         let shown = format!("{file:?}");
         assert!(!shown.contains("s3-secret-9") && !shown.contains("azure-key-9"));
+    }
+
+    #[test]
+    fn witness_section_is_checked_at_load() {
+        let w0 = "witness.test/w0+23fc7de5+BEOnLnFEAXYt9mtowm373yaCquyfJHTspGE+QkoPuv08";
+        let w1 = "witness.test/w1+202e6e51+BGa+fjMsekUzMr2dCn99sFX1xe8aBq2mbZizn7aBDEc6";
+        let text = |engine: &str, policy: usize, keys: &[&str]| {
+            let mut t = format!("{engine}[witness]\npolicy = {policy}\ntimeout_ms = 700\n");
+            for k in keys {
+                t.push_str(&format!(
+                    "[[witness.witnesses]]\nurl = \"http://127.0.0.1:1/w\"\nkey = \"{k}\"\n"
+                ));
+            }
+            t
+        };
+        let resolve_text = |t: &str| -> anyhow::Result<Config> {
+            resolve(toml::from_str(t)?, Overrides::default())
+        };
+        let c = resolve_text(&text("", 2, &[w0, w1])).expect("valid");
+        let w = c.engine.witness.expect("witness section");
+        assert_eq!(
+            (w.policy, w.timeout_ms, w.body_bytes_max),
+            (2, 700, 16 << 10)
+        );
+        assert_eq!(w.witnesses[1].key, w1);
+        for (t, why) in [
+            (text("", 3, &[w0, w1]), "between 1 and the 2"),
+            (text("", 0, &[w0]), "between 1 and the 1"),
+            (text("", 1, &[w0, w0]), "listed twice"),
+            (text("", 1, &["nope"]), "witness key"),
+            (
+                text("[engine]\ntree_hash = \"blake3\"\n", 1, &[w0]),
+                "SHA-256",
+            ),
+        ] {
+            let e = format!("{:#}", resolve_text(&t).expect_err(why));
+            assert!(e.contains(why), "{e}");
+        }
+        assert!(
+            toml::from_str::<FileConfig>("[witness]\npolicy = 1\nwitnesses = []\nk = 1\n").is_err()
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct AppState {
     pub cfg: ServerConfig,
     pub http: HttpCounters,
     pub admin: Arc<crate::admin::Admin>,
+    /// What the key rotation scheduler last found (`rotation.rs`).
+    pub rotation: crate::rotation::Rotation,
     pub started: Instant,
     /// Client certificate name -> role, under mutual TLS.
     pub client_roles: BTreeMap<String, Role>,
@@ -754,6 +756,9 @@ async fn ready(State(st): State<St>) -> ApiResult {
     if let Some(f) = &s.seal_error {
         reasons.push(format!("sealing: {f}"));
     }
+    if let Some(f) = &s.witness_error {
+        reasons.push(format!("witnesses: {f}"));
+    }
     reasons.extend(checkpoint_stale(
         &s,
         st.engine.uptime().as_millis() as u64,
@@ -764,9 +769,16 @@ async fn ready(State(st): State<St>) -> ApiResult {
         s.replication.as_ref(),
         st.engine.config().replication.as_ref(),
     ));
+    // Not a reason to take the node out of service, but said where operators look.
+    let warnings: Vec<String> = st.rotation.status().warning.into_iter().collect();
     if reasons.is_empty() {
-        Ok(axum::Json(json!({"status": "ready"})).into_response())
+        let mut body = json!({"status": "ready"});
+        if !warnings.is_empty() {
+            body["warnings"] = json!(warnings);
+        }
+        Ok(axum::Json(body).into_response())
     } else {
+        reasons.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -798,11 +810,35 @@ async fn get_metrics(State(st): State<St>) -> Response {
             })
             .collect(),
     };
-    let text = metrics::render(
+    let mut text = metrics::render(
         &st.engine.status(),
         &st.http,
         &conns,
         st.started.elapsed().as_secs(),
+    );
+    let r = st.rotation.status();
+    metrics::write_rows(
+        &mut text,
+        &[
+            (
+                "auditlog_signing_key_age_days",
+                metrics::GAUGE,
+                "Age of the newest signing key, in whole days since it was added to the key history.",
+                r.key_age_days,
+            ),
+            (
+                "auditlog_signing_key_rotation_overdue",
+                metrics::GAUGE,
+                "1 while the newest signing key is past its rotation age and not rotated (no approved policy, or a step failed).",
+                u64::from(r.overdue),
+            ),
+            (
+                "auditlog_key_rotation_checks_total",
+                metrics::COUNTER,
+                "Key rotation checks made since the start (admin.rotation_check_interval_ms apart).",
+                r.checks,
+            ),
+        ],
     );
     with_type(text, "text/plain; version=0.0.4; charset=utf-8")
 }

@@ -20,6 +20,7 @@ mod listener;
 mod metrics;
 mod oidc;
 mod oidc_config;
+mod rotation;
 mod serve;
 mod siem_config;
 mod siem_metrics;
@@ -29,6 +30,7 @@ mod submit;
 mod syslog;
 mod tcp;
 mod tls;
+mod witness_metrics;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -247,6 +249,10 @@ fn run(
         )?,
         Some(_) => None,
     };
+    if replica.is_none() {
+        // Stops with the runtime; a step in flight is a blocking task the runtime drains.
+        runtime.spawn(rotation::run(state.clone()));
+    }
     let served = runtime.block_on(async {
         let listeners = Listeners::bind(cfg)?;
         if let Some(path) = listening_file {
@@ -323,6 +329,7 @@ fn app_state(
         cfg: cfg.server.clone(),
         http: metrics::HttpCounters::default(),
         admin,
+        rotation: Default::default(),
         started: Instant::now(),
         client_roles: shared.client_roles.clone(),
         oidc,

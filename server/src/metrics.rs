@@ -171,6 +171,7 @@ pub fn render(status: &Status, http: &HttpCounters, conns: &Connections, uptime_
         uptime_s,
     );
     crate::siem_metrics::render(&mut out, status.tree_size);
+    crate::witness_metrics::render(&mut out, status);
     if let Some(r) = &status.replication {
         render_replication(&mut out, r);
     }

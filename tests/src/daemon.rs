@@ -47,6 +47,25 @@ fn bin(name: &str) -> PathBuf {
     bin
 }
 
+/// A token added on the host (`auditlogd tokens add`) before the daemon starts; printed once.
+pub fn add_token(data_dir: &Path, role: &str, name: &str) -> String {
+    let out = daemon_command()
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["tokens", "add", "--role", role, "--name", name])
+        .output()
+        .expect("auditlogd tokens add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
 /// `auditlogd` with its ops listener on port 0 (tests run many daemons at once; the default
 /// 127.0.0.1:9090 would collide), for its key and token commands. Set `--ops-addr` after this
 /// to choose one.

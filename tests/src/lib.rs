@@ -4,6 +4,7 @@ pub mod attack;
 pub mod certs;
 pub mod recording;
 pub mod tools;
+pub mod witness;
 pub mod worm_servers;
 
 use auditlog_engine::EngineConfig;

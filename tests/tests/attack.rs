@@ -35,7 +35,7 @@ use auditlog_formats::tree::RightEdge;
 use auditlog_formats::{Hash, TreeHash};
 use auditlog_tests::attack::{self, End, Kind, Plan, Target};
 use auditlog_tests::certs::Ca;
-use auditlog_tests::daemon::{daemon_command, Daemon};
+use auditlog_tests::daemon::{add_token, Daemon};
 use auditlog_tests::event;
 use serde_json::Value;
 
@@ -95,25 +95,6 @@ syslog_tls_cert_path = "{cert}"
 syslog_tls_key_path = "{key}"
 "#
     )
-}
-
-/// A token added on the host before the daemon starts.
-fn add_token(dir: &std::path::Path, role: &str, name: &str) -> String {
-    let out = daemon_command()
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["tokens", "add", "--role", role, "--name", name])
-        .output()
-        .expect("auditlogd tokens add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
 }
 
 fn v4(addr: &str) -> SocketAddrV4 {
@@ -233,9 +214,9 @@ fn the_attacks_together_leave_writers_probes_and_memory_whole() {
         "localhost",
         &["localhost", "127.0.0.1"],
     );
-    let attacker_writer = add_token(dir.path(), "writer", "flood");
+    let attacker_writer = add_token(&dir.path().join("data"), "writer", "flood");
     let readers: Vec<String> = (0..READERS)
-        .map(|i| add_token(dir.path(), "reader", &format!("scraper-{i}")))
+        .map(|i| add_token(&dir.path().join("data"), "reader", &format!("scraper-{i}")))
         .collect();
     let d = Daemon::launch(dir.path())
         .config(&config(

@@ -15,6 +15,8 @@ use serde_json::Value;
 
 #[path = "http/oidc.rs"]
 mod oidc;
+#[path = "http/rotation.rs"]
+mod rotation;
 
 fn hash(v: &Value) -> [u8; 32] {
     let h = hex::decode(v.as_str().expect("hex string")).expect("hex");
