@@ -40,6 +40,23 @@ pub enum NextKey {
     File { dir: String },
     /// A key generated in the HSM's token, labelled by the time it is made.
     Pkcs11 { module: String, token_label: String },
+    /// A key created in AWS KMS (`CreateKey`, `SIGN_VERIFY`) of `key_spec` `ed25519` or
+    /// `p256`, in `region`, at `endpoint` when it is not AWS's own.
+    AwsKms {
+        region: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        key_spec: String,
+    },
+}
+
+/// The AWS `KeySpec` of a policy's `key_spec`.
+fn aws_key_spec(name: &str) -> Option<&'static str> {
+    match name {
+        "ed25519" => Some(crate::kms::aws::KEY_SPEC_ED25519),
+        "p256" => Some(crate::kms::aws::KEY_SPEC_P256),
+        _ => None,
+    }
 }
 
 impl RotationPolicy {
@@ -72,15 +89,22 @@ impl NextKey {
             NextKey::Pkcs11 { token_label, .. } if token_label.is_empty() => {
                 Err("token_label must not be empty".into())
             }
+            NextKey::AwsKms { region, .. } if region.is_empty() => {
+                Err("region must not be empty".into())
+            }
+            NextKey::AwsKms { key_spec, .. } if aws_key_spec(key_spec).is_none() => Err(format!(
+                "key_spec {key_spec:?}: expected \"ed25519\" or \"p256\""
+            )),
             _ => Ok(()),
         }
     }
 
     /// Where the key after `current` is made when no policy says: beside it (the same
-    /// directory, the same token). `None` for a key supplied by the embedding program or
-    /// held in a cloud KMS.
-    pub fn beside(current: &KeyBackend) -> Option<NextKey> {
-        match current {
+    /// directory, the same token, the same AWS region and kind of key). `None` for a key
+    /// in Google's or Azure's KMS (adopted, never created here) or one supplied by the
+    /// embedding program.
+    pub fn beside(current: &KeyEntry) -> Option<NextKey> {
+        match &current.backend {
             KeyBackend::File { path } => Some(NextKey::File {
                 dir: Path::new(path)
                     .parent()
@@ -96,10 +120,18 @@ impl NextKey {
                 module: module.clone(),
                 token_label: token_label.clone(),
             }),
-            // Not yet: the scheduler makes no cloud KMS key (AWS CreateKey could); an
-            // overdue KMS key is reported and rotated by request.
-            KeyBackend::AwsKms { .. }
-            | KeyBackend::GcpKms { .. }
+            KeyBackend::AwsKms {
+                region, endpoint, ..
+            } => {
+                let key: auditlog_formats::note::VerifierKey = current.verifier_key.parse().ok()?;
+                let ecdsa = key.algorithm() == auditlog_formats::note::ALG_ECDSA_SHA256;
+                Some(NextKey::AwsKms {
+                    region: region.clone(),
+                    endpoint: endpoint.clone(),
+                    key_spec: if ecdsa { "p256" } else { "ed25519" }.into(),
+                })
+            }
+            KeyBackend::GcpKms { .. }
             | KeyBackend::AzureKeyVault { .. }
             | KeyBackend::External { .. } => None,
         }
@@ -173,6 +205,26 @@ pub(crate) fn create_key(
                 key_label: spec.key_label,
             })
         }
+        NextKey::AwsKms {
+            region,
+            endpoint,
+            key_spec,
+        } => {
+            let spec = aws_key_spec(key_spec).expect("validated above");
+            let key_id = crate::kms::aws::AwsKmsSigner::create(
+                region,
+                endpoint.clone(),
+                spec,
+                &format!("auditlog checkpoint key {name}, made {label} by the rotation policy"),
+                crate::kms::aws::AwsEnv::from_process(),
+            )
+            .map_err(|e| EngineError::Signer(e.to_string()))?;
+            Ok(KeyBackend::AwsKms {
+                region: region.clone(),
+                key_id,
+                endpoint: endpoint.clone(),
+            })
+        }
     }
 }
 
@@ -214,6 +266,18 @@ mod tests {
             token_label: String::new(),
         };
         assert!(p(90, 7, &hsm).validate().is_err());
+        for (region, spec, ok) in [
+            ("us-east-1", "p256", true),
+            ("", "p256", false),
+            ("r", "rsa", false),
+        ] {
+            let aws = NextKey::AwsKms {
+                region: region.into(),
+                endpoint: None,
+                key_spec: spec.into(),
+            };
+            assert_eq!(p(90, 7, &aws).validate().is_ok(), ok, "{region} {spec}");
+        }
         let text = r#"{"rotation_days":90,"backend":{"type":"file","dir":"keys"}}"#;
         let parsed: RotationPolicy = serde_json::from_str(text).expect("overlap defaults");
         assert_eq!(parsed, p(90, 7, &file));
@@ -241,17 +305,51 @@ mod tests {
             keys: vec![entry(0, Some(10), day)],
         };
         assert!(newest_signing_key(&retired).is_none());
+        let with = |backend: KeyBackend, key: &str| KeyEntry {
+            backend,
+            verifier_key: key.into(),
+            ..entry(0, None, day)
+        };
+        let ed = auditlog_formats::note::NoteSigner::from_seed("log", [7; 32])
+            .expect("key")
+            .verifier_key()
+            .to_string();
+        let ed = ed.as_str();
         assert_eq!(
-            NextKey::beside(&KeyBackend::File {
-                path: "keys/checkpoint.key".into()
-            }),
+            NextKey::beside(&with(
+                KeyBackend::File {
+                    path: "keys/checkpoint.key".into()
+                },
+                ed
+            )),
             Some(NextKey::File { dir: "keys".into() })
         );
         assert_eq!(
-            NextKey::beside(&KeyBackend::File {
-                path: "k.key".into()
-            }),
+            NextKey::beside(&with(
+                KeyBackend::File {
+                    path: "k.key".into()
+                },
+                ed
+            )),
             Some(NextKey::File { dir: ".".into() })
         );
+        let aws = KeyBackend::AwsKms {
+            region: "eu-west-1".into(),
+            key_id: "arn:k".into(),
+            endpoint: None,
+        };
+        assert_eq!(
+            NextKey::beside(&with(aws, ed)),
+            Some(NextKey::AwsKms {
+                region: "eu-west-1".into(),
+                endpoint: None,
+                key_spec: "ed25519".into()
+            })
+        );
+        let gcp = KeyBackend::GcpKms {
+            key_version: "projects/p/cryptoKeyVersions/1".into(),
+            endpoint: None,
+        };
+        assert_eq!(NextKey::beside(&with(gcp, ed)), None, "adopted, never made");
     }
 }

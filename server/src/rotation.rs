@@ -196,7 +196,7 @@ fn file_request(
     if pending > 0 {
         return Ok(None);
     }
-    let next = NextKey::beside(&newest.backend).ok_or_else(|| {
+    let next = NextKey::beside(newest).ok_or_else(|| {
         format!(
             "signing key {} is {age} days old (over {due_days}) and was supplied by the embedding program: rotate it by hand",
             newest.verifier_key

@@ -66,6 +66,18 @@ pub fn add_token(data_dir: &Path, role: &str, name: &str) -> String {
         .to_string()
 }
 
+/// Moves every key's recorded addition in `keys.json` `days` into the past (with the daemon
+/// stopped): how tests make a key old enough to rotate.
+pub fn age_keys(data: &Path, days: u64) {
+    let path = data.join("keys.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    for k in v["keys"].as_array_mut().expect("keys") {
+        let at = k["added_at_unix_ns"].as_u64().expect("added_at");
+        k["added_at_unix_ns"] = Value::from(at - days * 86_400 * 1_000_000_000);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json")).expect("write");
+}
+
 /// `auditlogd` with its ops listener on port 0 (tests run many daemons at once; the default
 /// 127.0.0.1:9090 would collide), for its key and token commands. Set `--ops-addr` after this
 /// to choose one.

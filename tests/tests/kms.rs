@@ -960,6 +960,98 @@ fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
     assert_eq!(s.events, total);
 }
 
+/// An approved rotation policy whose backend is AWS KMS (issue 22 §2 across backends): a log
+/// on a key file whose key is past `rotation_days` gets its next key created in moto's KMS
+/// (P-256) by the scheduler, added, and signing beside the old one; a policy naming an
+/// endpoint nobody allowlisted is refused.
+#[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "tools tier, needs moto: ./scripts/test"
+)]
+fn a_rotation_policy_makes_the_next_key_in_aws_kms() {
+    use auditlog_tests::daemon::{add_token, age_keys, Daemon, CONFIG};
+
+    let moto = auditlog_tests::worm_servers::start_moto();
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let config = dir.path().join("auditlogd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{CONFIG}\n[admin]\napprovals_required = 1\nrotation_check_interval_ms = 100\nkms_endpoints_allowed = [\"{}\"]\n",
+            moto.endpoint()
+        ),
+    )
+    .expect("config");
+    let bob = add_token(&data, "admin", "bob");
+    let start = || {
+        let mut launch = Daemon::launch(dir.path())
+            .config_file(&config)
+            .data_dir(&data);
+        for (k, v) in AWS_TEST_ENV {
+            launch = launch.env(k, v);
+        }
+        launch.start()
+    };
+    let mut d = start();
+    let (old, _, _) = d.log();
+    d.stop();
+    age_keys(&data, 30);
+    let d = start();
+    let alice = d.token("admin");
+    let request = |body: Value| {
+        d.call(
+            "POST",
+            "/v1/admin/requests",
+            Some(&alice),
+            Some(("application/json", body.to_string().as_bytes())),
+        )
+    };
+    let policy = |endpoint: String| {
+        json!({"op": "set_rotation_policy", "rotation": {"rotation_days": 20, "backend":
+            {"type": "aws_kms", "region": "us-east-1", "endpoint": endpoint, "key_spec": "p256"}}})
+    };
+    let r = request(policy("http://127.0.0.1:9".into()));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "kms_endpoint_not_allowed");
+    let r = request(policy(moto.endpoint()));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let r = d.call(
+        "POST",
+        &format!("/v1/admin/requests/{id}/approve"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "executed", "{}", r.text());
+
+    let history = || {
+        load_history(&data.join("keys.json"))
+            .expect("history")
+            .history
+    };
+    auditlog_tests::wait_for("the key made in AWS KMS", 30, || history().keys.len() == 2);
+    let h = history();
+    assert!(
+        matches!(&h.keys[1].backend, KeyBackend::AwsKms { region, endpoint: Some(e), .. }
+            if region == "us-east-1" && *e == moto.endpoint()),
+        "{:?}",
+        h.keys[1].backend
+    );
+    let new: VerifierKey = h.keys[1].verifier_key.parse().expect("key");
+    assert_eq!(new.algorithm(), ALG_ECDSA_SHA256);
+    let size = d.tree_size();
+    d.post_events(&[event(size, 100)]);
+    let r = d.get(
+        &format!("/v1/checkpoint?min_size={}&wait_ms=10000", size + 1),
+        "auditor",
+    );
+    let (_, opened) = note::open_checkpoint(&r.text(), &[old.clone(), new.clone()]).expect("opens");
+    assert_eq!(opened.verified, vec![old, new], "both sign in the overlap");
+}
+
 // ---- Numbers (docs/benchmarks.md): run with --ignored --nocapture ----
 
 /// Signing latency per backend against the local servers (median and 99th percentile of

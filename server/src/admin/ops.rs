@@ -155,6 +155,12 @@ pub(super) fn check_operation(cfg: &AdminConfig, op: &Operation) -> Result<(), A
                     "module_not_allowed",
                     format!("PKCS#11 module {module:?} is not in admin.pkcs11_modules_allowed (nor the [signer] module)"),
                 ),
+                NextKey::AwsKms {
+                    endpoint: Some(e), ..
+                } if !kms_endpoint_allowed(cfg, e) => refuse(
+                    "kms_endpoint_not_allowed",
+                    format!("KMS endpoint {e:?} is not in admin.kms_endpoints_allowed (nor the [signer] endpoint)"),
+                ),
                 _ => Ok(()),
             }
         }

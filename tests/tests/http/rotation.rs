@@ -8,11 +8,9 @@ use std::path::Path;
 
 use auditlog_formats::keyhistory::KeyHistory;
 use auditlog_formats::note::{self, VerifierKey};
-use auditlog_tests::daemon::{add_token, Daemon, CONFIG};
+use auditlog_tests::daemon::{add_token, age_keys, Daemon, CONFIG};
 use auditlog_tests::wait_for;
 use serde_json::{json, Value};
-
-const DAY_NS: u64 = 86_400 * 1_000_000_000;
 
 fn config() -> String {
     format!("{CONFIG}\n[admin]\napprovals_required = 1\nrotation_check_interval_ms = 100\n")
@@ -21,17 +19,6 @@ fn config() -> String {
 fn history(data: &Path) -> KeyHistory {
     let bytes = std::fs::read(data.join("keys.json")).expect("keys.json");
     KeyHistory::parse(&bytes).expect("a valid history").history
-}
-
-/// Moves every key's recorded addition `days` into the past (the daemon is stopped).
-fn age_keys(data: &Path, days: u64) {
-    let path = data.join("keys.json");
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
-    for k in v["keys"].as_array_mut().expect("keys") {
-        let at = k["added_at_unix_ns"].as_u64().expect("added_at");
-        k["added_at_unix_ns"] = json!(at - days * DAY_NS);
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json")).expect("write");
 }
 
 fn call(d: &Daemon, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
