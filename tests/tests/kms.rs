@@ -826,6 +826,50 @@ const AWS_TEST_ENV: [(&str, &str); 4] = [
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
+/// A daemon's directory and configuration beside a moto server whose endpoint the
+/// two-person rule allows (`[admin]` gets `admin_extra` too); the daemon runs with
+/// [`AWS_TEST_ENV`].
+struct MotoLog {
+    moto: auditlog_tests::worm_servers::Server,
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl MotoLog {
+    fn new(admin_extra: &str) -> MotoLog {
+        let moto = auditlog_tests::worm_servers::start_moto();
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = dir.path().join("data");
+        let config = dir.path().join("auditlogd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{}\n[admin]\napprovals_required = 1\n{admin_extra}kms_endpoints_allowed = [\"{}\"]\n",
+                auditlog_tests::daemon::CONFIG,
+                moto.endpoint()
+            ),
+        )
+        .expect("config");
+        MotoLog {
+            moto,
+            dir,
+            data,
+            config,
+        }
+    }
+
+    fn start(&self) -> auditlog_tests::daemon::Daemon {
+        let mut launch = auditlog_tests::daemon::Daemon::launch(self.dir.path())
+            .config_file(&self.config)
+            .data_dir(&self.data);
+        for (k, v) in AWS_TEST_ENV {
+            launch = launch.env(k, v);
+        }
+        launch.start()
+    }
+}
+
 /// A log started on a key file rotates to a P-256 key that `auditlogd keys generate
 /// --aws-kms` created in moto, under the two-person rule (one admin requests, another
 /// approves); both keys sign in the overlap, the KMS key alone after the file key's
@@ -837,23 +881,13 @@ const AWS_TEST_ENV: [(&str, &str); 4] = [
 )]
 fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
     use auditlog_client::verify::verify_dir_with_history;
-    use auditlog_tests::daemon::{daemon_command, Daemon, CONFIG};
+    use auditlog_tests::daemon::daemon_command;
 
-    let moto = auditlog_tests::worm_servers::start_moto();
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("data");
-    let config = dir.path().join("auditlogd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{CONFIG}\n[admin]\napprovals_required = 1\nkms_endpoints_allowed = [\"{}\"]\n",
-            moto.endpoint()
-        ),
-    )
-    .expect("config");
+    let log = MotoLog::new("");
+    let (moto, data, config) = (&log.moto, &log.data, &log.config);
     let cli = |args: &[&str]| {
         let mut c = daemon_command();
-        c.arg("--config").arg(&config).arg("--data-dir").arg(&data);
+        c.arg("--config").arg(config).arg("--data-dir").arg(data);
         for (k, v) in AWS_TEST_ENV {
             c.env(k, v);
         }
@@ -889,13 +923,7 @@ fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
         .trim()
         .to_string();
 
-    let mut launch = Daemon::launch(dir.path())
-        .config_file(&config)
-        .data_dir(&data);
-    for (k, v) in AWS_TEST_ENV {
-        launch = launch.env(k, v);
-    }
-    let mut d = launch.start();
+    let mut d = log.start();
     let alice = d.token("admin");
     let (a_key, _, _) = d.log();
     assert_eq!(
@@ -970,7 +998,7 @@ fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
         &hist.history.keys[1].backend,
         KeyBackend::AwsKms { .. }
     ));
-    let s = verify_dir_with_history(&data, &hist, &mut |_, _| {}).expect("both eras verify");
+    let s = verify_dir_with_history(data, &hist, &mut |_, _| {}).expect("both eras verify");
     assert_eq!(s.events, total);
 }
 
@@ -984,35 +1012,16 @@ fn rotation_from_a_key_file_to_aws_kms_verifies_end_to_end() {
     ignore = "tools tier, needs moto: ./scripts/test"
 )]
 fn a_rotation_policy_makes_the_next_key_in_aws_kms() {
-    use auditlog_tests::daemon::{add_token, age_keys, Daemon, CONFIG};
+    use auditlog_tests::daemon::{add_token, age_keys};
 
-    let moto = auditlog_tests::worm_servers::start_moto();
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("data");
-    let config = dir.path().join("auditlogd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{CONFIG}\n[admin]\napprovals_required = 1\nrotation_check_interval_ms = 100\nkms_endpoints_allowed = [\"{}\"]\n",
-            moto.endpoint()
-        ),
-    )
-    .expect("config");
-    let bob = add_token(&data, "admin", "bob");
-    let start = || {
-        let mut launch = Daemon::launch(dir.path())
-            .config_file(&config)
-            .data_dir(&data);
-        for (k, v) in AWS_TEST_ENV {
-            launch = launch.env(k, v);
-        }
-        launch.start()
-    };
-    let mut d = start();
+    let log = MotoLog::new("rotation_check_interval_ms = 100\n");
+    let (moto, data) = (&log.moto, &log.data);
+    let bob = add_token(data, "admin", "bob");
+    let mut d = log.start();
     let (old, _, _) = d.log();
     d.stop();
-    age_keys(&data, 30);
-    let d = start();
+    age_keys(data, 30);
+    let d = log.start();
     let alice = d.token("admin");
     let request = |body: Value| {
         d.call(

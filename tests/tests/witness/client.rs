@@ -62,30 +62,25 @@ fn prove_checkpoint_and_verify_require_the_witness_policy() {
         cli(Some(&d), &args)
     };
 
+    // All three listed, with a policy of `k`.
+    let all_three = |k: &str| {
+        prove(&[
+            "--witness",
+            &w0,
+            "--witness",
+            &w1,
+            "--witness",
+            &w2,
+            "--witness-policy",
+            k,
+        ])
+    };
     // Policy met: 2 of the 3 listed.
-    let (ok, out) = prove(&[
-        "--witness",
-        &w0,
-        "--witness",
-        &w1,
-        "--witness",
-        &w2,
-        "--witness-policy",
-        "2",
-    ]);
+    let (ok, out) = all_three("2");
     assert!(ok, "{out}");
     assert!(out.contains("2 of 2 required cosignatures OK"), "{out}");
     // One more than cosigned: refused, naming the witness missing.
-    let (ok, out) = prove(&[
-        "--witness",
-        &w0,
-        "--witness",
-        &w1,
-        "--witness",
-        &w2,
-        "--witness-policy",
-        "3",
-    ]);
+    let (ok, out) = all_three("3");
     assert!(!ok, "{out}");
     assert!(
         out.contains("2 of the 3") && out.contains("witness.test/w2: no cosignature"),
