@@ -622,3 +622,58 @@ fn syslog_events_are_found_by_their_mapped_fields() {
     assert!(search_all(&engine, &f, 0, 300, 1000).is_empty());
     engine.shutdown().expect("shutdown");
 }
+
+/// A damaged block among a search's candidates fails the search with a clear error, with
+/// one reader or several (none left waiting on a search that stopped), never a short or
+/// wrong answer. The block cache is off so the damaged bytes are what is read.
+#[test]
+fn a_damaged_candidate_block_fails_the_search_with_any_number_of_readers() {
+    for readers in [1, 2, 3] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut cfg = config(dir.path());
+        cfg.block_cache_bytes = 0;
+        cfg.search_readers = readers;
+        let engine = Engine::open(cfg, None).expect("open");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while engine.status().sealed_segments < 1 {
+            assert!(Instant::now() < deadline, "nothing sealed");
+            append(&engine, &cyclic(500, false));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let size = engine.tree_size();
+        engine
+            .wait_checkpoint(size, Duration::from_secs(10))
+            .expect("checkpoint");
+        wait_indexed(&engine, size);
+        let seg = std::fs::read_dir(dir.path().join("segments"))
+            .expect("segments")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .expect("a sealed segment");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .expect("open segment");
+        let at = file.metadata().expect("stat").len() / 3;
+        let mut b = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, at).expect("read");
+        std::os::unix::fs::FileExt::write_all_at(&file, &[b[0] ^ 0x40], at).expect("damage");
+        let q = SearchRequest {
+            filter: actor_is(3),
+            size,
+            start: 0,
+            end: size,
+            limit: u64::MAX,
+            examined_max: u64::MAX,
+        };
+        let e = engine
+            .search(&q, &mut |_, _| Ok(true))
+            .expect_err("the damage is found");
+        assert!(
+            e.to_string().contains("checksum mismatch"),
+            "{readers}: {e}"
+        );
+        engine.shutdown().expect("shutdown");
+    }
+}
